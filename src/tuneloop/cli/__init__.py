@@ -1,0 +1,62 @@
+"""The `tuneloop` command: one Typer sub-app per lifecycle stage.
+
+Commands are thin: parse, call the library, print. A `TuneloopError` (a user mistake) is printed
+as a short message with a hint and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from tuneloop import __version__
+from tuneloop.errors import TuneloopError
+
+app = typer.Typer(
+    name="tuneloop",
+    help="From raw documents to a fine-tuned, versioned, served LLM - and back from user feedback.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"tuneloop {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    """tuneloop: data -> train -> evaluate -> register -> serve -> feedback -> better model."""
+
+
+def _register() -> None:
+    # Stages register here only when they work end to end (no stubs).
+    from tuneloop.cli import doctor, models, plan
+
+    app.add_typer(models.app, name="models")
+    app.command("doctor")(doctor.doctor)
+    app.command("plan")(plan.plan)
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, prog_name="tuneloop")
+    except TuneloopError as e:
+        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+        if e.hint:
+            err_console.print(f"  [yellow]hint:[/] {e.hint}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/]")
+        sys.exit(130)

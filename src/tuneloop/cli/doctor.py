@@ -1,0 +1,8 @@
+"""`tuneloop doctor` (being written)."""
+
+import typer
+
+
+def doctor() -> None:
+    """(being written)"""
+    raise typer.Exit(1)
