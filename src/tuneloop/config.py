@@ -78,7 +78,9 @@ def parse_override(item: str) -> tuple[tuple[str, ...], str]:
 
 def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     if not path.is_file():
-        raise ConfigError(f"config file '{path}' does not exist", hint="check the path, or omit it to use defaults")
+        raise ConfigError(
+            f"config file '{path}' does not exist", hint="check the path, or omit it to use defaults"
+        )
     text = path.read_text(encoding="utf-8")
     try:
         node = yaml.compose(text)
@@ -87,7 +89,9 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError(f"{path}{at}: invalid YAML: {problem}", hint="check indentation and quoting") from None
+        raise ConfigError(
+            f"{path}{at}: invalid YAML: {problem}", hint="check indentation and quoting"
+        ) from None
     if data is None:
         return {}, {}
     if not isinstance(data, dict):
@@ -100,12 +104,12 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
 def _collect_lines(node: Any, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = prefix + (str(key_node.value),)
+            key = (*prefix, str(key_node.value))
             out[key] = key_node.start_mark.line + 1
             _collect_lines(value_node, key, out)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            key = prefix + (str(i),)
+            key = (*prefix, str(i))
             out[key] = item.start_mark.line + 1
             _collect_lines(item, key, out)
 
@@ -206,7 +210,9 @@ def _loc_str(loc: Sequence[Any]) -> str:
     return out
 
 
-def _describe(cls: type[Config], error: ValidationError, where: str, lines: dict[tuple[str, ...], int]) -> str:
+def _describe(
+    cls: type[Config], error: ValidationError, where: str, lines: dict[tuple[str, ...], int]
+) -> str:
     messages = []
     for err in error.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))

@@ -1,10 +1,10 @@
 """Where tuneloop keeps its state: TUNELOOP_HOME (default ~/.cache/tuneloop).
 
-    models/      model store: one HF folder per model, plus tuneloop.json (source, checksums)
-    mlflow.db    MLflow tracking + registry (SQLite)
-    artifacts/   MLflow artifact root
-    runs/        training runs
-    serve/       serving state (keys, request logs, feedback)
+models/      model store: one HF folder per model, plus tuneloop.json (source, checksums)
+mlflow.db    MLflow tracking + registry (SQLite)
+artifacts/   MLflow artifact root
+runs/        training runs
+serve/       serving state (keys, request logs, feedback)
 """
 
 from __future__ import annotations

@@ -8,20 +8,42 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from tuneloop import __version__
 from tuneloop.errors import TuneloopError
 
+err_console = Console(stderr=True)
+
+
+def print_error(e: TuneloopError) -> None:
+    err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+    if e.hint:
+        err_console.print(f"  [yellow]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
+
+
+class _Group(TyperGroup):
+    """Turns a user mistake anywhere below into a short message and exit code 2 (no traceback)."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except TuneloopError as e:
+            print_error(e)
+            raise typer.Exit(2) from None
+
+
 app = typer.Typer(
+    cls=_Group,
     name="tuneloop",
     help="From raw documents to a fine-tuned, versioned, served LLM - and back from user feedback.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err_console = Console(stderr=True)
 
 
 def _version(value: bool) -> None:
@@ -32,7 +54,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """tuneloop: data -> train -> evaluate -> register -> serve -> feedback -> better model."""
 
@@ -42,6 +66,7 @@ def _register() -> None:
     from tuneloop.cli import doctor, models, plan
 
     app.add_typer(models.app, name="models")
+    app.command("ask")(models.ask)
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
 
@@ -52,10 +77,8 @@ _register()
 def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="tuneloop")
-    except TuneloopError as e:
-        err_console.print(f"[bold red]error:[/] {e.message}", highlight=False)
-        if e.hint:
-            err_console.print(f"  [yellow]hint:[/] {e.hint}", highlight=False)
+    except TuneloopError as e:  # raised outside a command (e.g. while parsing)
+        print_error(e)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")

@@ -87,7 +87,9 @@ def build_config(family: str = "llama", vocab_size: int = 512, **overrides: Any)
     return cls(**fields)
 
 
-def build_tiny_model(path: str | Path, family: str = "llama", seed: int = 0, dtype: str = "float32", **overrides: Any) -> Path:
+def build_tiny_model(
+    path: str | Path, family: str = "llama", seed: int = 0, dtype: str = "float32", **overrides: Any
+) -> Path:
     """Write a tiny random model + tokenizer as an HF folder at `path` and return it."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -1,0 +1,88 @@
+"""Loading HF model folders, and a plain `generate` reference path used by `tuneloop ask`.
+
+This is the simple, slow oracle: the serving engine must give the same greedy tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from threading import Thread
+from typing import Any
+
+from tuneloop.errors import TuneloopError
+
+
+def pick_device(device: str = "auto") -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pick_dtype(device: str) -> Any:
+    """bf16 where the hardware does it well, float32 on CPU (bf16 matmuls are slow on many CPUs)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def load_model(path: str | Path, device: str = "auto", dtype: Any = None, quiet: bool = True) -> Any:
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if quiet:  # the per-tensor loading bar is noise for a 1-second load in a CLI
+        transformers.utils.logging.disable_progress_bar()
+    device = pick_device(device)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype or pick_dtype(device))
+    return model.to(device).eval()
+
+
+def chat_inputs(tokenizer: Any, messages: list[dict[str, str]], device: str) -> dict[str, Any]:
+    if not tokenizer.chat_template:
+        raise TuneloopError("this model's tokenizer has no chat template", hint="use an instruct/chat model")
+    enc = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+    )
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+def stream_chat(
+    model: Any,
+    tokenizer: Any,
+    messages: list[dict[str, str]],
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+) -> Iterator[str]:
+    """Yield the assistant's reply as text pieces while it is generated."""
+    from transformers import TextIteratorStreamer
+
+    inputs = chat_inputs(tokenizer, messages, str(model.device))
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    sampling: dict[str, Any] = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature > 0
+        else {"do_sample": False}
+    )
+    kwargs = dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer, **sampling)
+    kwargs["pad_token_id"] = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
+    worker = Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    worker.start()
+    yield from streamer
+    worker.join()
+
+
+def chat(model: Any, tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> str:
+    return "".join(stream_chat(model, tokenizer, messages, **kwargs)).strip()
