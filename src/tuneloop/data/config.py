@@ -1,0 +1,115 @@
+"""`DataConfig`: every knob of `tuneloop data prepare`, typed and validated (YAML + key=value overrides).
+
+The resolved config is written into the manifest, so a dataset records exactly how it was made.
+Engine choice and worker count are *not* here: they change how fast, never what comes out.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from tuneloop.config import Config
+
+Kind = Literal["pretrain", "sft", "preference"]
+PII_TYPES = ("email", "id_card", "bank_card", "phone", "ip")
+
+
+class InputConfig(Config):
+    """Where and how raw files are read."""
+
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options, e.g. {'key': ..., 'secret': ...} for s3://"
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, OSS); env AWS_ENDPOINT_URL works too"
+    )
+    text_field: str = Field("text", description="field holding the text in jsonl/csv/parquet rows (pretrain)")
+    encoding: str | None = Field(None, description="force an encoding instead of detecting it")
+    html_extractor: Literal["trafilatura", "plain"] = "trafilatura"
+
+
+class CleanConfig(Config):
+    normalization: Literal["NFC", "NFKC", "none"] = Field(
+        "NFC", description="NFKC also folds full-width punctuation to ASCII, which changes Chinese text"
+    )
+    remove_control: bool = True
+    normalize_whitespace: bool = True
+
+
+class QualityConfig(Config):
+    enabled: bool = True
+    min_chars: int = Field(20, ge=0, description="non-space characters")
+    max_chars: int = Field(2_000_000, ge=1)
+    max_symbol_ratio: float = Field(0.4, ge=0, le=1)
+    max_duplicate_line_fraction: float = Field(0.3, ge=0, le=1)
+    max_duplicate_ngram_fraction: float = Field(0.3, ge=0, le=1)
+    ngram_size: int = Field(5, ge=2, description="n-gram of words, or of characters for CJK")
+    apply_to_chat: bool = Field(
+        False, description="run quality filters on sft/preference rows too (length always applies)"
+    )
+
+
+class DedupConfig(Config):
+    exact: bool = True
+    near: bool = True
+    threshold: float = Field(
+        0.8, gt=0, le=1, description="estimated Jaccard similarity above which two docs are near-duplicates"
+    )
+    num_perm: int = Field(128, ge=8)
+    bands: int = Field(16, ge=1)
+    shingle_size: int = Field(5, ge=1, description="characters per shingle (works for CJK: no word split)")
+    seed: int = 1
+    sample_pairs: int = Field(20, ge=0, description="removed pairs kept in the manifest")
+
+    @model_validator(mode="after")
+    def _bands_divide(self) -> DedupConfig:
+        if self.num_perm % self.bands:
+            raise ValueError(
+                f"dedup.num_perm ({self.num_perm}) must be a multiple of dedup.bands ({self.bands})"
+            )
+        return self
+
+    @property
+    def rows(self) -> int:
+        return self.num_perm // self.bands
+
+
+class PIIConfig(Config):
+    mode: Literal["redact", "drop", "off"] = "redact"
+    types: list[Literal["email", "id_card", "bank_card", "phone", "ip"]] = Field(
+        default_factory=lambda: list(PII_TYPES)
+    )
+
+
+class ChunkConfig(Config):
+    max_tokens: int = Field(512, ge=8)
+    overlap: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> ChunkConfig:
+        if self.overlap >= self.max_tokens // 2:
+            raise ValueError(f"chunk.overlap ({self.overlap}) must be less than half of chunk.max_tokens")
+        return self
+
+
+class SplitConfig(Config):
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    seed: int = 42
+
+
+class DataConfig(Config):
+    kind: Kind = "pretrain"
+    tokenizer: str = Field(
+        "smollm2-135m-instruct", description="model reference or folder whose tokenizer counts tokens"
+    )
+    input: InputConfig = Field(default_factory=InputConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    pii: PIIConfig = Field(default_factory=PIIConfig)
+    chunk: ChunkConfig = Field(default_factory=ChunkConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    parquet: bool = Field(True, description="also write train.parquet / val.parquet")
+    max_skips_listed: int = Field(1000, ge=0, description="skipped items listed one by one in the manifest")

@@ -1,0 +1,126 @@
+"""Deduplication across the whole dataset: exact (hash of normalized text) and near (MinHash + LSH).
+
+Documents are compared on normalized text (NFKC, lower case, punctuation and spacing removed), so
+copies that differ in formatting count as copies. MinHash shingles are character n-grams, which
+work for Chinese and Japanese as well as for English (no word splitting). The first document in the
+canonical order (input file, record) is kept, so the result does not depend on engine or workers.
+
+The decisions are pure functions over (order, hash/signature) items: the local engine feeds them
+from shard files, the Spark engine from `groupByKey`, and both get the same answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Hashable, Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+from tuneloop.data.config import DedupConfig
+
+_WORDS = re.compile(r"[^\W_]+")
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_BLOCK = 4096  # shingles per block: bounds the (num_perm, block) temporary to ~4 MB
+
+
+def normalize(text: str) -> str:
+    return " ".join(_WORDS.findall(unicodedata.normalize("NFKC", text).lower()))
+
+
+def exact_hash(text: str) -> int:
+    key = normalize(text).replace(" ", "")
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+class MinHasher:
+    """`num_perm` min-wise hashes of a text's character shingles, as uint32 (numpy, no Python loop per shingle)."""
+
+    def __init__(self, cfg: DedupConfig):
+        self.n = cfg.shingle_size
+        self.bands, self.rows = cfg.bands, cfg.rows
+        rng = np.random.default_rng(cfg.seed)
+        self.a = (rng.integers(1, 2**63, cfg.num_perm, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
+        self.b = rng.integers(0, 2**63, cfg.num_perm, dtype=np.uint64)
+
+    def shingles(self, text: str) -> np.ndarray:
+        """64-bit hashes of every `n` consecutive code points (one shingle for shorter texts)."""
+        cps = np.frombuffer(normalize(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        width = max(len(cps) - self.n + 1, 1)
+        h = np.zeros(width, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for k in range(min(self.n, len(cps))):
+                h = h * _MIX + cps[k : k + width] + np.uint64(1)
+            h ^= h >> np.uint64(31)  # spread the polynomial's low bits before the linear permutations
+            h *= np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(29)
+        return np.unique(h)
+
+    def signature(self, text: str) -> np.ndarray:
+        h = self.shingles(text)
+        sig = np.full(len(self.a), np.iinfo(np.uint32).max, dtype=np.uint32)
+        with np.errstate(over="ignore"):
+            for start in range(0, len(h), _BLOCK):
+                block = h[start : start + _BLOCK]
+                # (num_perm, block): multiply-shift hashing, top 32 bits are the permuted value
+                perm = (self.a[:, None] * block[None, :] + self.b[:, None]) >> np.uint64(32)
+                np.minimum(sig, perm.min(axis=1).astype(np.uint32), out=sig)
+        return sig
+
+    def band_keys(self, sigs: np.ndarray) -> np.ndarray:
+        """(N, num_perm) signatures -> (N, bands) 64-bit keys; equal key in any band = candidate pair."""
+        rows = sigs.reshape(len(sigs), self.bands, self.rows).astype(np.uint64)
+        keys = np.zeros((len(sigs), self.bands), dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for r in range(self.rows):
+                keys = keys * _MIX + rows[:, :, r] + np.uint64(1)
+        return keys
+
+
+def exact_duplicates(items: Iterable[tuple[int, Hashable, str]]) -> dict[Hashable, tuple[Hashable, str, str]]:
+    """(hash, order, id) items -> {removed order: (kept order, removed id, kept id)}; first in order is kept."""
+    first: dict[int, tuple[Hashable, str]] = {}
+    removed: dict[Hashable, tuple[Hashable, str, str]] = {}
+    for h, order, doc_id in sorted(items, key=lambda x: x[1]):
+        if h in first:
+            removed[order] = (first[h][0], doc_id, first[h][1])
+        else:
+            first[h] = (order, doc_id)
+    return removed
+
+
+def group_edges(members: Sequence[tuple[Any, np.ndarray]], threshold: float) -> list[tuple[Any, Any, float]]:
+    """One LSH bucket, members sorted by order: link each to the first if their signatures agree enough."""
+    head_order, head_sig = members[0]
+    edges = []
+    for order, sig in members[1:]:
+        sim = float(np.mean(sig == head_sig))
+        if sim >= threshold:
+            edges.append((order, head_order, round(sim, 4)))
+    return edges
+
+
+def resolve_clusters(edges: Iterable[tuple[Any, Any, float]]) -> dict[Any, tuple[Any, float]]:
+    """Union-find over verified pairs -> {removed order: (kept order, similarity of its closest link)}.
+
+    The kept document of a cluster is its first in canonical order.
+    """
+    parent: dict[Any, Any] = {}
+
+    def find(x: Any) -> Any:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:  # path compression
+            parent[x], x = root, parent[x]
+        return root
+
+    best: dict[Any, float] = {}
+    for a, b, sim in sorted(edges, key=lambda e: (e[0], e[1])):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+        best[a] = max(best.get(a, 0.0), sim)
+    return {x: (find(x), best.get(x, 0.0)) for x in sorted(parent) if find(x) != x}

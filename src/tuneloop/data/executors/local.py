@@ -1,0 +1,233 @@
+"""Local engine: all cores through a process pool, streaming through shard files on disk.
+
+Phase 1 runs one task per input file and writes its surviving documents plus their dedup keys to a
+shard; phase 2 (in this process) makes the global dedup/split decisions from the keys only; phase 3
+chunks each shard into part files; the parts are joined in input order. Memory holds one document
+per worker plus the keys (~0.5 KB per document), never the corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop.data.chunk import Chunker, tokenizer_path
+from tuneloop.data.config import DataConfig
+from tuneloop.data.dedup import MinHasher, group_edges
+from tuneloop.data.document import Doc
+from tuneloop.data.output import SPLITS, concat
+from tuneloop.data.pipeline import Decision, Order, decide, final_rows, finish, prepare_out, process_file
+from tuneloop.data.readers import InputFile, list_inputs
+from tuneloop.data.stats import Stats
+
+
+def run_local(
+    inputs: list[str], out: Path, cfg: DataConfig, *, workers: int | None = None, progress: bool = False
+) -> dict[str, Any]:
+    files = list_inputs(inputs, cfg.input)
+    tok_dir = tokenizer_path(cfg.tokenizer)
+    work = prepare_out(out)
+    workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
+    timings: dict[str, float] = {}
+    with _pool(workers) as pmap, _progress(progress) as bar:
+        t = time.perf_counter()
+        tasks = [(i, f, cfg, str(work)) for i, f in enumerate(files)]
+        results = list(bar("read, clean, filter, PII, hash", pmap(_phase1, tasks), [f.size for f in files]))
+        timings["read+clean+pii+minhash"] = time.perf_counter() - t
+        t = time.perf_counter()
+        stats = Stats()
+        for r in results:
+            stats.merge(Stats.from_json(r))
+        decision = _decide(work, len(files), cfg, stats)
+        timings["dedup+split"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tasks3 = [
+            (i, _subset(decision.removed, i), _subset(decision.val, i), cfg, tok_dir, str(work))
+            for i in range(len(files))
+        ]
+        parts = list(bar("chunk, tokenize, write", pmap(_phase3, tasks3), [r["kept"] + 1 for r in results]))
+        timings["chunk+tokenize"] = time.perf_counter() - t
+    t = time.perf_counter()
+    manifest = _write(out, work, parts, cfg, stats, decision, tok_dir)
+    timings["write"] = time.perf_counter() - t
+    _cleanup(work)
+    manifest["run"] = {
+        "engine": "local",
+        "workers": workers,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "bytes_read": stats.bytes_read,
+    }
+    return manifest
+
+
+def _phase1(task: tuple[int, InputFile, DataConfig, str]) -> dict[str, Any]:
+    idx, file, cfg, work = task
+    stats = Stats()
+    index, exact, split, sigs, ids = [], [], [], [], []
+    with open(Path(work) / f"{idx:06d}.docs.jsonl", "w", encoding="utf-8") as f:
+        for k in process_file(idx, file, cfg, stats):
+            f.write(json.dumps(k.doc.to_json(), ensure_ascii=False) + "\n")
+            index.append(k.doc.index)
+            exact.append(k.exact)
+            split.append(k.split)
+            ids.append(k.doc.id)
+            if k.sig is not None:
+                sigs.append(k.sig)
+    np.savez(
+        Path(work) / f"{idx:06d}.keys.npz",
+        index=np.array(index, dtype=np.int64),
+        exact=np.array(exact, dtype=np.uint64),
+        split=np.array(split, dtype=np.uint64),
+        sigs=np.array(sigs, dtype=np.uint32).reshape(len(sigs), cfg.dedup.num_perm),
+        ids=np.array(ids, dtype=str),
+    )
+    return {**stats.to_json(), "kept": len(index)}
+
+
+def _decide(work: Path, n_files: int, cfg: DataConfig, stats: Stats) -> Decision:
+    keys = [np.load(work / f"{i:06d}.keys.npz") for i in range(n_files)]
+    orders: list[Order] = [(i, int(x)) for i, k in enumerate(keys) for x in k["index"]]
+    id_list = [str(x) for k in keys for x in k["ids"]]
+    exact = np.concatenate([k["exact"] for k in keys]) if keys else np.zeros(0, np.uint64)
+    split = np.concatenate([k["split"] for k in keys]) if keys else np.zeros(0, np.uint64)
+    sigs = np.concatenate([k["sigs"] for k in keys]) if cfg.dedup.near and orders else None
+    where = {o: n for n, o in enumerate(orders)}
+
+    def near_edges(gone: set[Order]) -> list[tuple[Order, Order, float]]:
+        alive = np.array([n for n, o in enumerate(orders) if o not in gone], dtype=np.int64)
+        return _lsh_edges(alive, sigs, orders, cfg) if sigs is not None and alive.size else []
+
+    def split_items(gone: set[Order]) -> Iterator[tuple[int, Order]]:
+        return ((int(split[n]), o) for n, o in enumerate(orders) if o not in gone)
+
+    items = [(int(h), o, i) for h, o, i in zip(exact.tolist(), orders, id_list, strict=True)]
+    return decide(items, near_edges, split_items, lambda os_: {o: id_list[where[o]] for o in os_}, cfg, stats)
+
+
+def _lsh_edges(
+    alive: np.ndarray, sigs: np.ndarray, orders: list[Order], cfg: DataConfig
+) -> list[tuple[Order, Order, float]]:
+    """Candidate pairs from equal band keys (sorting, not a Python dict per band), verified on signatures."""
+    hasher = MinHasher(cfg.dedup)
+    keys = hasher.band_keys(sigs[alive])
+    edges: set[tuple[Order, Order, float]] = set()
+    for band in range(keys.shape[1]):
+        col = keys[:, band]
+        idx = np.argsort(col, kind="stable")  # stable: equal keys stay in canonical order
+        sorted_keys = col[idx]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        ends = np.r_[starts[1:], len(idx)]
+        for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
+            members = [(orders[alive[j]], sigs[alive[j]]) for j in idx[s:e]]
+            edges.update(group_edges(members, cfg.dedup.threshold))
+    return sorted(edges)
+
+
+def _subset(orders: dict[Order, Any] | set[Order], file: int) -> set[int]:
+    return {i for f, i in orders if f == file}
+
+
+def _phase3(task: tuple[int, set[int], set[int], DataConfig, str, str]) -> dict[str, Any]:
+    idx, removed, val, cfg, tok_dir, work = task
+    chunker = Chunker(tok_dir, cfg.chunk)
+    tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
+    docs = dict.fromkeys(SPLITS, 0)
+    paths = {s: Path(work) / f"{idx:06d}.{s}.jsonl" for s in SPLITS}
+    source = Path(work) / f"{idx:06d}.docs.jsonl"
+    with (
+        paths["train"].open("w", encoding="utf-8") as tr,
+        paths["val"].open("w", encoding="utf-8") as va,
+        source.open(encoding="utf-8") as f,
+    ):
+        for line in f:
+            doc = Doc.from_json(json.loads(line))
+            if doc.index in removed:
+                continue
+            split = "val" if doc.index in val else "train"
+            docs[split] += 1
+            for row, n in final_rows(doc, chunker, cfg.kind):
+                (va if split == "val" else tr).write(row + "\n")
+                tokens[split].append(n)
+    return {"tokens": tokens, "docs": docs}
+
+
+def _write(
+    out: Path,
+    work: Path,
+    parts: list[dict[str, Any]],
+    cfg: DataConfig,
+    stats: Stats,
+    decision: Decision,
+    tok_dir: str,
+) -> dict[str, Any]:
+    n = len(parts)
+    for split in SPLITS:
+        concat([work / f"{i:06d}.{split}.jsonl" for i in range(n)], out / f"{split}.jsonl")
+    tokens = {s: np.array([t for p in parts for t in p["tokens"][s]], dtype=np.int64) for s in SPLITS}
+    split_docs = {s: sum(p["docs"][s] for p in parts) for s in SPLITS}
+    return finish(out, cfg, stats, decision, tokens, split_docs, cfg.tokenizer)
+
+
+def _cleanup(work: Path) -> None:
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _init_worker() -> None:
+    # one process per core already: a Rust thread pool per process would oversubscribe
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[Callable]:
+    if workers == 1:
+        _init_worker()
+        yield map
+        return
+    # spawn: the parent may hold threads (fsspec's event loop, tokenizers) that fork would copy broken
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+        yield lambda fn, tasks: pool.imap(fn, tasks, chunksize=1)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable]:
+    """`bar(label, results, weights)`: a rich progress bar advancing by each task's weight."""
+    if not enabled:
+        yield lambda _label, results, _weights: results
+        return
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as prog:
+
+        def bar(label: str, results: Iterator, weights: list[int]) -> Iterator:
+            task = prog.add_task(label, total=max(sum(weights), 1))
+            for w, r in zip(weights, results, strict=False):
+                prog.advance(task, max(w, 1) if w else 1)
+                yield r
+            prog.update(task, completed=max(sum(weights), 1))
+
+        yield bar

@@ -1,0 +1,119 @@
+"""`manifest.json`: what went in (files with sha256), what happened (counts per stage, removal
+reasons, skipped inputs, PII counts, dedup samples), what came out (token statistics, file
+checksums), how (the resolved config, tuneloop version) and a fingerprint of the outputs.
+
+Nothing in it depends on time, engine or worker count, so it is byte-identical for the same input
+and config, like the data files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop import __version__
+from tuneloop.data.config import DataConfig
+from tuneloop.data.stats import Stats
+
+STAGES = ("read", "format", "clean", "quality", "pii", "dedup_exact", "dedup_near")
+
+
+def token_stats(counts: Sequence[int] | np.ndarray) -> dict[str, Any]:
+    """total, mean, p50, p95 (nearest rank: always a real row's count), max."""
+    arr = np.sort(np.asarray(counts, dtype=np.int64))
+    if arr.size == 0:
+        return {"rows": 0, "total": 0, "mean": 0.0, "p50": 0, "p95": 0, "max": 0}
+
+    def rank(p: float) -> int:
+        return int(arr[max(math.ceil(p * arr.size) - 1, 0)])
+
+    return {
+        "rows": int(arr.size),
+        "total": int(arr.sum()),
+        "mean": round(float(arr.mean()), 2),
+        "p50": rank(0.5),
+        "p95": rank(0.95),
+        "max": int(arr[-1]),
+    }
+
+
+def fingerprint(outputs: dict[str, dict[str, Any]]) -> str:
+    """sha256 over the names and checksums of the JSONL outputs (Parquet is derived from them)."""
+    sha = hashlib.sha256()
+    for name in sorted(outputs):
+        if name.endswith(".jsonl"):
+            sha.update(f"{name}:{outputs[name]['sha256']}\n".encode())
+    return "sha256:" + sha.hexdigest()
+
+
+def build_manifest(
+    cfg: DataConfig,
+    inputs: list[dict[str, Any]],
+    stats: Stats,
+    dedup: dict[str, Any],
+    tokens: dict[str, np.ndarray],
+    split_docs: dict[str, int],
+    outputs: dict[str, dict[str, Any]],
+    tokenizer: str,
+) -> dict[str, Any]:
+    skips = sorted(stats.skips, key=lambda s: (s.file, s.line or 0, s.reason))
+    all_tokens = np.concatenate([tokens["train"], tokens["val"]])
+    return {
+        "tuneloop_version": __version__,
+        "kind": cfg.kind,
+        "fingerprint": fingerprint(outputs),
+        "inputs": inputs,
+        "counts": {
+            **{s: stats.counts.get(s, 0) for s in STAGES},
+            "documents": sum(split_docs.values()),
+            "train_documents": split_docs["train"],
+            "val_documents": split_docs["val"],
+            "train_rows": int(tokens["train"].size),
+            "val_rows": int(tokens["val"].size),
+        },
+        "removed": dict(sorted(stats.removed.items())),
+        "skipped": {"total": len(skips), "items": [s.to_json() for s in skips[: cfg.max_skips_listed]]},
+        "pii": {"mode": cfg.pii.mode, **{k: stats.pii[k] for k in sorted(stats.pii)}},
+        "dedup": dedup,
+        "tokens": {
+            "tokenizer": tokenizer,
+            **token_stats(all_tokens),
+            "over_max_tokens": int((all_tokens > cfg.chunk.max_tokens).sum()),
+            "train": token_stats(tokens["train"]),
+            "val": token_stats(tokens["val"]),
+        },
+        "outputs": outputs,
+        "config": cfg.model_dump(mode="json"),
+    }
+
+
+def write_manifest(manifest: dict[str, Any], out: Path) -> Path:
+    path = out / "manifest.json"
+    path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, how many) lines for the end-of-run table: read, kept, removed by reason, skipped."""
+    c = manifest["counts"]
+    rows = [("files read", str(len(manifest["inputs"]))), ("records read", str(c["read"]))]
+    rows += [(f"removed: {reason}", str(n)) for reason, n in manifest["removed"].items()]
+    rows.append(("skipped inputs (file/line)", str(manifest["skipped"]["total"])))
+    rows += [(f"PII {kind}", str(n)) for kind, n in manifest["pii"].items() if kind != "mode"]
+    rows += [
+        ("documents kept", str(c["documents"])),
+        ("train rows", str(c["train_rows"])),
+        ("val rows", str(c["val_rows"])),
+        ("tokens total", str(manifest["tokens"]["total"])),
+        (
+            "tokens p50 / p95 / max",
+            f"{manifest['tokens']['p50']} / {manifest['tokens']['p95']} / {manifest['tokens']['max']}",
+        ),
+    ]
+    return rows

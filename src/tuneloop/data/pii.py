@@ -1,0 +1,137 @@
+"""PII: find emails, phone numbers, Chinese resident IDs, bank cards and IP addresses; redact or drop.
+
+Numbers are validated, not just pattern-matched: an 18-digit ID must pass the GB 11643 mod-11
+checksum and a card number the Luhn check, so order numbers and timestamps are left alone.
+Digit boundaries use [0-9] look-arounds rather than \\b, which fails between a CJK character and a digit.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tuneloop.data.config import PIIConfig
+from tuneloop.data.document import Doc
+from tuneloop.data.stats import Stats
+from tuneloop.data.step import Step
+
+_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
+_ID_CHECK = "10X98765432"
+
+
+def valid_cn_id(number: str) -> bool:
+    """GB 11643-1999: the 18th character is the mod-11 checksum of the first 17 digits."""
+    if len(number) != 18 or not number[:17].isdigit():
+        return False
+    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS, strict=True))
+    return _ID_CHECK[total % 11] == number[17].upper()
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card_ok(match: str) -> bool:
+    digits = re.sub(r"[ -]", "", match)
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
+def _ip_ok(match: str) -> bool:
+    try:
+        ipaddress.ip_address(match)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Detector:
+    type: str
+    pattern: re.Pattern[str]
+    valid: Callable[[str], bool] = lambda _m: True
+
+    @property
+    def placeholder(self) -> str:
+        return f"<{self.type.upper()}>"
+
+
+# Order matters: IDs (18 digits) before cards, cards (13-19) before phones (11), so a number is claimed once.
+DETECTORS = (
+    Detector("email", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")),
+    Detector(
+        "id_card",
+        re.compile(
+            r"(?<![0-9A-Za-z])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
+        ),
+        valid_cn_id,
+    ),
+    Detector(
+        "bank_card", re.compile(r"(?<![0-9])[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}(?![0-9])"), _card_ok
+    ),
+    Detector(
+        "phone",
+        re.compile(
+            r"(?<![0-9+])(?:(?:\+|00)86[ -]?)?1[3-9][0-9](?:[ -]?[0-9]{4}){2}(?![0-9])"  # Chinese mobile
+            r"|(?<![0-9A-Za-z])(?:\+|00)[1-9][0-9]{0,2}[ .-]?(?:\(?[0-9]{1,4}\)?[ .-]?){1,4}[0-9]{2,4}(?![0-9])"  # international
+            r"|(?<![0-9])\(?[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}(?![0-9])"  # North American
+        ),
+    ),
+    Detector(
+        "ip",
+        re.compile(
+            r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9.])|(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"
+        ),
+        _ip_ok,
+    ),
+)
+
+
+def find_pii(text: str, types: list[str] | None = None) -> list[tuple[str, str]]:
+    """(type, matched text) for every PII item in `text`, in detection order."""
+    found: list[tuple[str, str]] = []
+    redact(text, types, found)
+    return found
+
+
+def redact(text: str, types: list[str] | None = None, found: list[tuple[str, str]] | None = None) -> str:
+    """`text` with each PII item replaced by its typed placeholder, e.g. <EMAIL>."""
+    for det in DETECTORS:
+        if types is not None and det.type not in types:
+            continue
+
+        def sub(m: re.Match[str], det: Detector = det) -> str:
+            if not det.valid(m.group()):
+                return m.group()
+            if found is not None:
+                found.append((det.type, m.group()))
+            return det.placeholder
+
+        text = det.pattern.sub(sub, text)
+    return text
+
+
+class PIIStep(Step):
+    name = "pii"
+
+    def __init__(self, cfg: PIIConfig):
+        self.cfg = cfg
+
+    def process(self, doc: Doc, stats: Stats) -> Doc | None:
+        if self.cfg.mode == "off":
+            return doc
+        found: list[tuple[str, str]] = []
+        doc.map_text(lambda t: redact(t, self.cfg.types, found))
+        stats.pii.update(Counter(t for t, _ in found))
+        if found and self.cfg.mode == "drop":
+            stats.drop("pii.contains_pii")
+            return None
+        return doc

@@ -1,0 +1,227 @@
+"""The pipeline, engine-neutral: what happens to one file, one document, and the global decisions.
+
+    read -> format -> clean -> quality -> pii   (per file, in parallel: `process_file`)
+    exact dedup -> near dedup -> choose val      (global: `decide`)
+    chunk / count tokens -> rows                 (per document, in parallel: `final_rows`)
+    write jsonl + parquet + manifest             (`finish`)
+
+The executors (`executors/local.py`, `executors/spark.py`) only move data between these functions,
+so both engines produce the same dataset by construction (and a test checks it).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop.data.chunk import Chunker
+from tuneloop.data.clean import Cleaner, QualityFilter
+from tuneloop.data.config import DataConfig
+from tuneloop.data.dedup import MinHasher, exact_duplicates, exact_hash, resolve_clusters
+from tuneloop.data.document import Doc
+from tuneloop.data.formats import FormatError, to_row
+from tuneloop.data.manifest import build_manifest, write_manifest
+from tuneloop.data.output import SPLITS, describe, dump_row, write_parquet
+from tuneloop.data.pii import PIIStep
+from tuneloop.data.readers import FileReader, InputFile
+from tuneloop.data.split import choose_val, split_key
+from tuneloop.data.stats import Stats
+
+log = logging.getLogger("tuneloop.data")
+Order = tuple[int, int]
+
+
+@dataclass(slots=True)
+class Keyed:
+    """A document after the per-file steps, with everything the global decisions need."""
+
+    doc: Doc
+    exact: int
+    sig: np.ndarray | None
+    split: int
+
+
+def process_file(idx: int, file: InputFile, cfg: DataConfig, stats: Stats) -> Iterator[Keyed]:
+    """Read one file and run the per-document steps; its input entry lands in `stats.inputs`."""
+    reader = FileReader(file, cfg.input, stats)
+    counter = {"records": 0}
+    docs: Iterable[Doc] = _formatted(idx, file, reader, cfg, stats, counter)
+    for step in (
+        Cleaner(cfg.clean),
+        QualityFilter(cfg.quality, chat=cfg.kind != "pretrain"),
+        PIIStep(cfg.pii),
+    ):
+        docs = step(docs, stats)
+    hasher = MinHasher(cfg.dedup) if cfg.dedup.near else None
+    kept = 0
+    for doc in docs:
+        view = doc.view()
+        kept += 1
+        yield Keyed(
+            doc,
+            exact_hash(view),
+            hasher.signature(view) if hasher else None,
+            split_key(cfg.split.seed, doc.id),
+        )
+    stats.bytes_read += reader.nbytes
+    fmt = (file.format or "unsupported") + (".gz" if file.gzip else "")
+    stats.inputs.append(
+        {
+            "path": file.name,
+            "sha256": reader.sha256,
+            "bytes": reader.nbytes,
+            "format": fmt,
+            "records": counter["records"],
+            "documents": kept,
+        }
+    )
+
+
+def _formatted(
+    idx: int, file: InputFile, reader: FileReader, cfg: DataConfig, stats: Stats, counter: dict[str, int]
+) -> Iterator[Doc]:
+    for n, (line, record) in enumerate(reader):
+        counter["records"] += 1
+        stats.counts["read"] += 1
+        try:
+            row = to_row(record, cfg.kind, cfg.input.text_field)
+        except FormatError as e:
+            stats.drop(f"format.{e.code}")
+            stats.skip(file.name, line, f"wrong shape for {cfg.kind}: {e}")
+            continue
+        stats.counts["format"] += 1
+        yield Doc(idx, n, f"{file.name}:{line}", row)
+
+
+@dataclass
+class Decision:
+    """The global outcome: which documents go (and why), which go to validation, dedup samples."""
+
+    removed: dict[Order, str] = field(default_factory=dict)
+    val: set[Order] = field(default_factory=set)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def decide(
+    exact_items: list[tuple[int, Order, str]],
+    near_edges: Callable[[set[Order]], list[tuple[Order, Order, float]]],
+    split_items: Callable[[set[Order]], Iterable[tuple[int, Order]]],
+    ids: Callable[[set[Order]], dict[Order, str]],
+    cfg: DataConfig,
+    stats: Stats,
+) -> Decision:
+    """Exact dedup, then near dedup among the survivors, then the validation choice among what is left."""
+    d = Decision()
+    exact = exact_duplicates(exact_items) if cfg.dedup.exact else {}
+    d.removed.update(dict.fromkeys(exact, "dedup.exact"))
+    if exact:
+        stats.drop("dedup.exact", len(exact))
+    stats.counts["dedup_exact"] = len(exact_items) - len(exact)
+    near = resolve_clusters(near_edges(set(exact))) if cfg.dedup.near else {}
+    d.removed.update(dict.fromkeys(near, "dedup.near"))
+    if near:
+        stats.drop("dedup.near", len(near))
+    stats.counts["dedup_near"] = stats.counts["dedup_exact"] - len(near)
+    d.val = choose_val(split_items(set(d.removed)), cfg.split.val_fraction)
+    d.info = _dedup_info(exact, near, ids, cfg)
+    return d
+
+
+def _dedup_info(
+    exact: dict[Order, tuple], near: dict[Order, tuple[Order, float]], ids: Callable, cfg: DataConfig
+) -> dict[str, Any]:
+    k = cfg.dedup.sample_pairs
+    exact_pairs = [{"removed": rid, "kept": kid} for _, (_, rid, kid) in sorted(exact.items())[:k]]
+    sample = sorted(near.items())[:k]
+    names = ids({o for o, _ in sample} | {kept for _, (kept, _) in sample})
+    near_pairs = [{"removed": names[o], "kept": names[kept], "similarity": sim} for o, (kept, sim) in sample]
+    return {
+        "exact": {"removed": len(exact), "pairs": exact_pairs},
+        "near": {
+            "removed": len(near),
+            "threshold": cfg.dedup.threshold,
+            "num_perm": cfg.dedup.num_perm,
+            "bands": cfg.dedup.bands,
+            "shingle_size": cfg.dedup.shingle_size,
+            "pairs": near_pairs,
+        },
+    }
+
+
+def final_rows(doc: Doc, chunker: Chunker, kind: str) -> list[tuple[str, int]]:
+    """(JSON line, token count) for each output row of a surviving document."""
+    if kind == "pretrain":
+        return [(dump_row({"text": text}), n) for text, n in chunker.chunks(doc.row["text"])]
+    texts = [t for t in _contents(doc.row) if t]
+    return [(dump_row(doc.row), sum(chunker.count(texts)) if texts else 0)]
+
+
+def _contents(row: dict[str, Any]) -> Iterator[str]:
+    for value in row.values():
+        for m in value:
+            yield m["content"]
+
+
+def finish(
+    out: Path,
+    cfg: DataConfig,
+    stats: Stats,
+    decision: Decision,
+    tokens: dict[str, np.ndarray],
+    split_docs: dict[str, int],
+    tokenizer: str,
+) -> dict[str, Any]:
+    """Parquet copies, checksums and the manifest for the `train.jsonl` / `val.jsonl` already in `out`."""
+    outputs = {}
+    for split in SPLITS:
+        jsonl = out / f"{split}.jsonl"
+        outputs[jsonl.name] = describe(jsonl)
+        if cfg.parquet:
+            pq = write_parquet(jsonl, cfg.kind)
+            outputs[pq.name] = describe(pq)
+    inputs = sorted(stats.inputs, key=lambda i: i["path"])
+    manifest = build_manifest(cfg, inputs, stats, decision.info, tokens, split_docs, outputs, tokenizer)
+    write_manifest(manifest, out)
+    for skip in stats.skips[:20]:
+        log.warning("skipped %s%s: %s", skip.file, f":{skip.line}" if skip.line else "", skip.reason)
+    if len(stats.skips) > 20:
+        log.warning("... and %d more skipped inputs, all listed in manifest.json", len(stats.skips) - 20)
+    return manifest
+
+
+def prepare_out(out: Path) -> Path:
+    """The output folder, emptied of a previous run's dataset files (other files are left alone)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("train.jsonl", "val.jsonl", "train.parquet", "val.parquet", "manifest.json"):
+        (out / name).unlink(missing_ok=True)
+    work = out / ".tuneloop-work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    return work
+
+
+def prepare(
+    inputs: list[str],
+    out: str | Path,
+    cfg: DataConfig | None = None,
+    *,
+    engine: str = "local",
+    workers: int | None = None,
+    spark_master: str = "local[*]",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run the whole pipeline and return the manifest (also written to `out/manifest.json`)."""
+    cfg = cfg or DataConfig()
+    if engine == "spark":
+        from tuneloop.data.executors.spark import run_spark
+
+        return run_spark(inputs, Path(out), cfg, master=spark_master, progress=progress)
+    from tuneloop.data.executors.local import run_local
+
+    return run_local(inputs, Path(out), cfg, workers=workers, progress=progress)

@@ -1,0 +1,28 @@
+"""Train/validation split by document: all pieces of a document land on the same side.
+
+Each document gets a seeded hash of its id; the `val_fraction` share with the smallest hashes goes to
+validation. That is exact in size, reproducible, and independent of order, engine and workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Hashable, Iterable
+
+
+def split_key(seed: int, doc_id: str) -> int:
+    digest = hashlib.blake2b(f"{seed}:{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def val_count(n: int, fraction: float) -> int:
+    """round(n * fraction), but at least one validation and one training document when both are possible."""
+    if fraction <= 0 or n < 2:
+        return 0
+    return min(max(round(n * fraction), 1), n - 1)
+
+
+def choose_val(items: Iterable[tuple[int, Hashable]], fraction: float) -> set[Hashable]:
+    """(split key, order) for every surviving document -> the orders that go to validation."""
+    ranked = sorted(items)
+    return {order for _, order in ranked[: val_count(len(ranked), fraction)]}

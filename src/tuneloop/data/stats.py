@@ -1,0 +1,69 @@
+"""`Stats`: what each step saw, kept and dropped (and why), mergeable across workers and engines.
+
+Like datatrove's step stats: every drop has a reason `step.reason`, every skipped input has a file,
+a line and a reason, so nothing is ever lost silently.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Skip:
+    """An input (a file or one line of it) that could not be read."""
+
+    file: str
+    line: int | None
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "reason": self.reason}
+
+
+@dataclass
+class Stats:
+    counts: Counter[str] = field(default_factory=Counter)  # documents seen at each stage
+    removed: Counter[str] = field(default_factory=Counter)  # "step.reason" -> documents dropped
+    pii: Counter[str] = field(default_factory=Counter)  # type -> matches found
+    skips: list[Skip] = field(default_factory=list)
+    inputs: list[dict[str, Any]] = field(default_factory=list)  # one entry per input file, with sha256
+    bytes_read: int = 0
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        self.removed[reason] += n
+
+    def skip(self, file: str, line: int | None, reason: str) -> None:
+        self.skips.append(Skip(file, line, reason))
+
+    def merge(self, other: Stats) -> Stats:
+        self.counts.update(other.counts)
+        self.removed.update(other.removed)
+        self.pii.update(other.pii)
+        self.skips.extend(other.skips)
+        self.inputs.extend(other.inputs)
+        self.bytes_read += other.bytes_read
+        return self
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "counts": dict(self.counts),
+            "removed": dict(self.removed),
+            "pii": dict(self.pii),
+            "skips": [s.to_json() for s in self.skips],
+            "inputs": self.inputs,
+            "bytes_read": self.bytes_read,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Stats:
+        return cls(
+            Counter(data["counts"]),
+            Counter(data["removed"]),
+            Counter(data["pii"]),
+            [Skip(**s) for s in data["skips"]],
+            data["inputs"],
+            data["bytes_read"],
+        )
