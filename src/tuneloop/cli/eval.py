@@ -1,0 +1,84 @@
+"""`tuneloop eval MODEL --data FILE [--baseline MODEL]`: thin; the work is in tuneloop.evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tuneloop.evaluation.compare import Comparison, compare, metric_rows
+from tuneloop.evaluation.harness import EvalReport, evaluate
+from tuneloop.evaluation.report import fmt, to_json, write_reports
+
+
+def eval_command(
+    model: str = typer.Argument(..., help="Model to evaluate: folder, store name, adapter folder or hub id."),
+    data: Path = typer.Option(
+        ..., "--data", help="JSONL file (SFT messages or text rows), or a dataset folder."
+    ),
+    baseline: str | None = typer.Option(None, "--baseline", help="A second model to compare against."),
+    max_samples: int | None = typer.Option(
+        None, "--max-samples", min=1, help="Evaluate the first N rows only."
+    ),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest generated reply."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows per forward pass / generate call."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    out: Path | None = typer.Option(None, "--out", help="Folder to write eval.json and eval.md into."),
+    json_output: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
+) -> None:
+    """Measure a model: perplexity, and for SFT data generated answers scored against references."""
+    kwargs = dict(
+        max_samples=max_samples, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device
+    )
+    report = evaluate(model, data, **kwargs)
+    base = evaluate(baseline, data, **kwargs) if baseline else None
+    comparison = compare(report, base) if base else None
+    if out is not None:
+        write_reports(out, report, base, comparison)
+    if json_output:
+        typer.echo(json.dumps(to_json(report, base, comparison), indent=2, ensure_ascii=False))
+        return
+    _print_human(report, base, comparison, out)
+
+
+def _table(report: EvalReport, base: EvalReport | None) -> Table:
+    table = Table(title=f"{report.n} {report.kind} rows from {escape(report.data)}", title_justify="left")
+    table.add_column("metric")
+    table.add_column(escape(report.model), justify="right")
+    if base:
+        table.add_column(escape(base.model), justify="right")
+        table.add_column("delta", justify="right")
+    for row in metric_rows(report.metrics, base.metrics if base else None):
+        cells = [row.name, fmt(row.model, row.name)]
+        if base:
+            color = {True: "green", False: "red", None: "dim"}[row.better]
+            cells += [fmt(row.baseline, row.name), f"[{color}]{fmt(row.delta, 'delta')}[/]"]
+        table.add_row(*cells)
+    return table
+
+
+def _print_human(
+    report: EvalReport, base: EvalReport | None, comparison: Comparison | None, out: Path | None
+) -> None:
+    console = Console()
+    console.print(_table(report, base))
+    if report.truncated:
+        console.print(f"[yellow]{report.truncated} rows truncated at {report.max_length} tokens[/]")
+    for s in comparison.samples if comparison else []:
+        console.print(f"\n[bold]Q:[/] {escape(s.question)}\n  reference: {escape(s.reference)}")
+        console.print(f"  model:     {escape(s.model)}\n  baseline:  {escape(s.baseline)}")
+    if not comparison:
+        for s in report.samples[:3]:
+            console.print(
+                f"\n[bold]Q:[/] {escape(s.question)}\n  reference: {escape(s.reference)}\n  model:     {escape(s.prediction)}"
+            )
+    seconds = report.timing["total_s"] + (base.timing["total_s"] if base else 0)
+    console.print(
+        f"\n[dim]{seconds:.1f} s"
+        + (f"; wrote {out / 'eval.json'} and {out / 'eval.md'}" if out else "")
+        + "[/]"
+    )

@@ -1,0 +1,77 @@
+"""Batched greedy generation of the reply to each conversation's last user turn.
+
+Prompts are rendered with the model's chat template (generation prompt on) and left-padded, so
+every row's new tokens start at the same column. Greedy decoding makes the output deterministic,
+and a batch must give what a plain one-prompt `model.generate` gives (the test's oracle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tuneloop.errors import TuneloopError
+
+
+def prompt_and_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """The conversation up to its last user turn, and the assistant reply that follows it."""
+    last_user = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last_user is None:
+        raise TuneloopError("no user turn to answer", hint="an SFT row needs a user turn before the reply")
+    reply = next((m["content"] for m in messages[last_user + 1 :] if m["role"] == "assistant"), None)
+    if reply is None:
+        raise TuneloopError(
+            "no assistant reply after the last user turn", hint="end the row with the reference reply"
+        )
+    return messages[: last_user + 1], reply
+
+
+def greedy_kwargs(tokenizer: Any, max_new_tokens: int) -> dict[str, Any]:
+    """Generation settings that override whatever sampling defaults the model's folder carries."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        num_beams=1,
+        pad_token_id=pad,
+    )
+
+
+def generate_replies(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[dict[str, str]]],
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+) -> list[str]:
+    """The greedy reply to each prompt (a conversation ending with a user turn), in order."""
+    replies: list[str] = []
+    for start in range(0, len(prompts), batch_size):
+        replies += _generate_batch(model, tokenizer, prompts[start : start + batch_size], max_new_tokens)
+    return replies
+
+
+def _generate_batch(
+    model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new: int
+) -> list[str]:
+    import torch
+
+    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # new tokens must start at the same column in every row
+    try:
+        pad_id = greedy_kwargs(tokenizer, max_new)["pad_token_id"]
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token_id = pad_id
+        enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.padding_side = side
+    enc = {k: v.to(model.device) for k, v in enc.items()}
+    with torch.no_grad():
+        out = model.generate(**enc, **greedy_kwargs(tokenizer, max_new))
+    new = out[:, enc["input_ids"].shape[1] :]  # (B, new tokens)
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in new]
