@@ -105,6 +105,7 @@ class Decision:
 
     removed: dict[Order, str] = field(default_factory=dict)
     val: set[Order] = field(default_factory=set)
+    kept: int = 0  # documents left after dedup
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -128,6 +129,7 @@ def decide(
     if near:
         stats.drop("dedup.near", len(near))
     stats.counts["dedup_near"] = stats.counts["dedup_exact"] - len(near)
+    d.kept = stats.counts["dedup_near"]
     d.val = choose_val(split_items(set(d.removed)), cfg.split.val_fraction)
     d.info = _dedup_info(exact, near, ids, cfg)
     return d
@@ -174,8 +176,6 @@ def finish(
     stats: Stats,
     decision: Decision,
     tokens: dict[str, np.ndarray],
-    split_docs: dict[str, int],
-    tokenizer: str,
 ) -> dict[str, Any]:
     """Parquet copies, checksums and the manifest for the `train.jsonl` / `val.jsonl` already in `out`."""
     outputs = {}
@@ -186,7 +186,8 @@ def finish(
             pq = write_parquet(jsonl, cfg.kind)
             outputs[pq.name] = describe(pq)
     inputs = sorted(stats.inputs, key=lambda i: i["path"])
-    manifest = build_manifest(cfg, inputs, stats, decision.info, tokens, split_docs, outputs, tokenizer)
+    split_docs = {"train": decision.kept - len(decision.val), "val": len(decision.val)}
+    manifest = build_manifest(cfg, inputs, stats, decision.info, tokens, split_docs, outputs, cfg.tokenizer)
     write_manifest(manifest, out)
     for skip in stats.skips[:20]:
         log.warning("skipped %s%s: %s", skip.file, f":{skip.line}" if skip.line else "", skip.reason)

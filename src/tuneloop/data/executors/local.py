@@ -172,8 +172,7 @@ def _write(
     for split in SPLITS:
         concat([work / f"{i:06d}.{split}.jsonl" for i in range(n)], out / f"{split}.jsonl")
     tokens = {s: np.array([t for p in parts for t in p["tokens"][s]], dtype=np.int64) for s in SPLITS}
-    split_docs = {s: sum(p["docs"][s] for p in parts) for s in SPLITS}
-    return finish(out, cfg, stats, decision, tokens, split_docs, cfg.tokenizer)
+    return finish(out, cfg, stats, decision, tokens)
 
 
 def _cleanup(work: Path) -> None:

@@ -1,0 +1,114 @@
+"""`tuneloop data`: turn raw documents into a training-ready dataset folder.
+
+tuneloop data prepare docs/ faq.csv chats.jsonl.gz --out data/v1 --kind sft chunk.max_tokens=1024
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuneloop.errors import TuneloopError
+
+app = typer.Typer(
+    help="Prepare datasets: clean, deduplicate, redact PII, chunk, split.", no_args_is_help=True
+)
+console = Console(stderr=True)
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+KINDS = ("pretrain", "sft", "preference")
+ENGINES = ("local", "spark")
+
+
+@app.command()
+def prepare(
+    inputs: list[str] = typer.Argument(
+        ..., help="Files, folders, globs or s3:// URLs; trailing key=value items override the config."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output folder for train/val .jsonl/.parquet and manifest.json."
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="data.yaml (see DataConfig)."),
+    kind: str | None = typer.Option(
+        None, "--kind", help="pretrain | sft | preference (overrides the config)."
+    ),
+    engine: str = typer.Option("local", "--engine", help="local (all cores) | spark."),
+    spark_master: str = typer.Option(
+        "local[*]", "--spark-master", help="Spark master URL for --engine spark."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", min=1, help="Processes for the local engine (default: all cores)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON instead of a table."),
+) -> None:
+    """Read, clean, filter, redact PII, deduplicate, chunk and split INPUT... into a dataset folder."""
+    from tuneloop.config import load_config
+    from tuneloop.data.config import DataConfig
+    from tuneloop.data.pipeline import prepare as run
+
+    paths, overrides = _split_args(inputs)
+    if kind is not None:
+        if kind not in KINDS:
+            raise TuneloopError(f"--kind '{kind}' is not one of {', '.join(KINDS)}")
+        overrides.insert(0, f"kind={kind}")
+    if engine not in ENGINES:
+        raise TuneloopError(f"--engine '{engine}' is not one of {', '.join(ENGINES)}")
+    if not paths:
+        raise TuneloopError(
+            "no INPUT given", hint="pass files, folders, globs or s3:// URLs before key=value overrides"
+        )
+    cfg = load_config(DataConfig, config, overrides)
+    # the library logs skipped inputs; here the report below prints them once, as warnings
+    logging.getLogger("tuneloop.data").addHandler(logging.NullHandler())
+    logging.getLogger("tuneloop.data").propagate = False
+    manifest = run(
+        paths, out, cfg, engine=engine, workers=workers, spark_master=spark_master, progress=progress
+    )
+    if as_json:
+        typer.echo(json.dumps(manifest, ensure_ascii=False, indent=2))
+        return
+    _report(manifest, out)
+
+
+def _split_args(items: list[str]) -> tuple[list[str], list[str]]:
+    """INPUT... and key=value overrides share the positional arguments; a real path is never an override."""
+    paths, overrides = [], []
+    for item in items:
+        is_override = bool(_OVERRIDE.match(item)) and not os.path.exists(item)
+        (overrides if is_override else paths).append(item)
+    return paths, overrides
+
+
+def _report(manifest: dict, out: Path) -> None:
+    from tuneloop.data.manifest import summary_rows
+
+    for skip in manifest["skipped"]["items"][:20]:
+        line = f":{skip['line']}" if skip["line"] else ""
+        console.print(
+            f"[yellow]warning:[/] skipped {skip['file']}{line}: {skip['reason']}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if manifest["skipped"]["total"] > 20:
+        console.print(
+            f"[yellow]warning:[/] ... {manifest['skipped']['total'] - 20} more skipped, see manifest.json"
+        )
+    table = Table(title=f"data prepare: {manifest['kind']}", show_header=True)
+    table.add_column("stage / reason")
+    table.add_column("count", justify="right")
+    for what, n in summary_rows(manifest):
+        table.add_row(what, n)
+    Console().print(table)
+    seconds = manifest.get("run", {}).get("seconds", {})
+    if seconds:
+        typer.echo("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    typer.echo(
+        f"wrote {out}/train.jsonl, val.jsonl, *.parquet, manifest.json  fingerprint {manifest['fingerprint']}"
+    )

@@ -1,0 +1,162 @@
+"""Spark engine: the same pipeline functions as the local engine, moved by RDD operations.
+
+Per-file steps run in `flatMap` (one partition per input file); exact duplicates are found by
+grouping on the hash, near-duplicates by grouping on (band, band key) across the whole dataset,
+never per partition. The driver only sees duplicate pairs and (split key, order) pairs, and rows
+come back sorted by canonical order through `toLocalIterator`, so the files are byte-identical to
+the local engine's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tuneloop.data.chunk import Chunker, tokenizer_path
+from tuneloop.data.config import DataConfig
+from tuneloop.data.dedup import MinHasher, group_edges
+from tuneloop.data.document import Doc
+from tuneloop.data.output import SPLITS
+from tuneloop.data.pipeline import Decision, Order, decide, final_rows, finish, prepare_out, process_file
+from tuneloop.data.readers import InputFile, list_inputs
+from tuneloop.data.stats import Stats
+from tuneloop.errors import missing_extra
+
+_SESSIONS: dict[str, Any] = {}
+
+
+def spark_context(master: str, progress: bool = False) -> Any:
+    """One SparkContext per master for the life of the process (tests reuse it)."""
+    try:
+        from pyspark import SparkConf, SparkContext
+    except ImportError:
+        raise missing_extra("pyspark", "spark") from None
+    if master not in _SESSIONS:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        conf = (
+            SparkConf()
+            .setMaster(master)
+            .setAppName("tuneloop-data")
+            .set("spark.ui.enabled", "false")
+            .set("spark.driver.memory", "2g")
+            .set("spark.python.worker.reuse", "true")
+        )
+        _SESSIONS[master] = SparkContext.getOrCreate(conf)
+        _SESSIONS[master].setLogLevel("ERROR")
+    return _SESSIONS[master]
+
+
+def run_spark(
+    inputs: list[str], out: Path, cfg: DataConfig, *, master: str = "local[*]", progress: bool = False
+) -> dict[str, Any]:
+    files = list_inputs(inputs, cfg.input)
+    tok_dir = tokenizer_path(cfg.tokenizer)
+    work = prepare_out(out)
+    sc = spark_context(master, progress)
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
+    tagged = (
+        sc.parallelize(list(enumerate(files)), max(len(files), 1))
+        .flatMap(lambda t: _phase1(t[0], t[1], cfg))
+        .cache()
+    )
+    stats = Stats()
+    for s in tagged.filter(lambda r: r[0] == "stats").map(lambda r: r[1]).collect():
+        stats.merge(Stats.from_json(s))
+    docs = tagged.filter(lambda r: r[0] == "doc").map(lambda r: r[1]).cache()
+    timings["read+clean+pii+minhash"] = time.perf_counter() - t
+    t = time.perf_counter()
+    decision = _decide(sc, docs, cfg, stats)
+    timings["dedup+split"] = time.perf_counter() - t
+    t = time.perf_counter()
+    tokens = _write_rows(sc, docs, decision, cfg, tok_dir, out)
+    timings["chunk+tokenize"] = time.perf_counter() - t
+    t = time.perf_counter()
+    manifest = finish(out, cfg, stats, decision, tokens)
+    timings["write"] = time.perf_counter() - t
+    tagged.unpersist()
+    docs.unpersist()
+    work.rmdir()
+    manifest["run"] = {
+        "engine": "spark",
+        "master": master,
+        "seconds": {k: round(v, 3) for k, v in timings.items()},
+        "bytes_read": stats.bytes_read,
+    }
+    return manifest
+
+
+def _phase1(idx: int, file: InputFile, cfg: DataConfig) -> Iterator[tuple[str, Any]]:
+    stats = Stats()
+    for k in process_file(idx, file, cfg, stats):
+        sig = k.sig.tobytes() if k.sig is not None else b""
+        yield "doc", (k.doc.order, k.doc.id, k.doc.row, k.exact, sig, k.split)
+    yield "stats", stats.to_json()
+
+
+def _decide(sc: Any, docs: Any, cfg: DataConfig, stats: Stats) -> Decision:
+    exact_items = docs.map(
+        lambda d: (d[3], d[0], d[1])
+    ).collect()  # (hash, order, id): 8 bytes + a short id each
+
+    def near_edges(gone: set[Order]) -> list[tuple[Order, Order, float]]:
+        bgone = sc.broadcast(gone)
+        return _lsh_edges(docs.filter(lambda d: d[0] not in bgone.value), cfg)
+
+    def split_items(gone: set[Order]) -> list[tuple[int, Order]]:
+        bgone = sc.broadcast(gone)
+        return docs.filter(lambda d: d[0] not in bgone.value).map(lambda d: (d[5], d[0])).collect()
+
+    def ids(orders: set[Order]) -> dict[Order, str]:
+        return dict(docs.filter(lambda d: d[0] in orders).map(lambda d: (d[0], d[1])).collect())
+
+    return decide(exact_items, near_edges, split_items, ids, cfg, stats)
+
+
+def _lsh_edges(docs: Any, cfg: DataConfig) -> list[tuple[Order, Order, float]]:
+    dcfg, threshold = cfg.dedup, cfg.dedup.threshold
+
+    def bands(d: tuple) -> list[tuple[tuple[int, int], tuple[Order, bytes]]]:
+        sig = np.frombuffer(d[4], dtype=np.uint32)
+        keys = MinHasher(dcfg).band_keys(sig[None, :])[0]
+        return [((b, int(k)), (d[0], d[4])) for b, k in enumerate(keys)]
+
+    def edges(members: Any) -> list[tuple[Order, Order, float]]:
+        ordered = sorted(members)
+        return group_edges([(o, np.frombuffer(s, dtype=np.uint32)) for o, s in ordered], threshold)
+
+    grouped = docs.flatMap(bands).groupByKey().filter(lambda kv: len(kv[1]) > 1)
+    return sorted(set(grouped.flatMap(lambda kv: edges(kv[1])).collect()))
+
+
+def _write_rows(
+    sc: Any, docs: Any, decision: Decision, cfg: DataConfig, tok_dir: str, out: Path
+) -> dict[str, np.ndarray]:
+    removed, val = sc.broadcast(set(decision.removed)), sc.broadcast(decision.val)
+    chunk_cfg, kind = cfg.chunk, cfg.kind
+
+    def rows(part: Iterator[tuple]) -> Iterator[tuple[tuple[int, int, int], tuple[str, str, int]]]:
+        chunker = Chunker(tok_dir, chunk_cfg)
+        for d in part:
+            if d[0] in removed.value:
+                continue
+            split = "val" if d[0] in val.value else "train"
+            for j, (line, n) in enumerate(final_rows(Doc(d[0][0], d[0][1], d[1], d[2]), chunker, kind)):
+                yield (d[0][0], d[0][1], j), (split, line, n)
+
+    ordered = docs.mapPartitions(rows).sortByKey()
+    tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
+    with (
+        (out / "train.jsonl").open("w", encoding="utf-8") as tr,
+        (out / "val.jsonl").open("w", encoding="utf-8") as va,
+    ):
+        for _, (split, line, n) in ordered.toLocalIterator():
+            (va if split == "val" else tr).write(line + "\n")
+            tokens[split].append(n)
+    return {s: np.array(tokens[s], dtype=np.int64) for s in SPLITS}
