@@ -69,6 +69,9 @@ def _register() -> None:
     app.command("ask")(models.ask)
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
+    from tuneloop.cli import eval as eval_cli
+
+    app.command("eval")(eval_cli.eval_command)
 
 
 _register()

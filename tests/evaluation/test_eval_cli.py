@@ -1,0 +1,102 @@
+"""`tuneloop eval` through the real CLI: reports written, and every bad input exits 2 naming file:line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tuneloop.cli import app
+
+runner = CliRunner()
+ROW = {
+    "messages": [
+        {"role": "user", "content": "Where is the capital?"},
+        {"role": "assistant", "content": "北京"},
+    ],
+    "answer": "北京",
+}
+
+
+def _run(*args: str):
+    result = runner.invoke(app, ["eval", *args])
+    return result, result.output  # stdout and stderr together (click >= 8.2)
+
+
+def test_eval_with_baseline_writes_json_and_markdown(tiny_llama, tiny_model_factory, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps(ROW, ensure_ascii=False) + "\n" + json.dumps(ROW, ensure_ascii=False) + "\n")
+    baseline = tiny_model_factory("mistral")
+    result, output = _run(
+        str(tiny_llama),
+        "--data",
+        str(data),
+        "--baseline",
+        str(baseline),
+        "--out",
+        str(tmp_path / "out"),
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "2",
+    )
+    assert result.exit_code == 0, output
+    assert "perplexity" in output and "delta" in output and "contains_answer" in output
+    saved = json.loads((tmp_path / "out" / "eval.json").read_text())
+    assert saved["model"]["n"] == 2 and saved["baseline"]["model"] == str(baseline)
+    assert {r["name"] for r in saved["comparison"]["metrics"]} >= {"perplexity", "rouge_l", "token_f1"}
+    assert "| rouge_l |" in (tmp_path / "out" / "eval.md").read_text()
+
+
+def test_eval_json_flag_prints_parseable_json(tiny_llama, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps(ROW) + "\n")
+    result = runner.invoke(
+        app, ["eval", str(tiny_llama), "--data", str(data), "--json", "--max-new-tokens", "2"]
+    )
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["model"]["metrics"]["perplexity"] > 1
+
+
+BAD_FILES = {
+    "invalid_json": (json.dumps(ROW) + "\n{not json}\n", r"bad.jsonl:2: invalid JSON"),
+    "no_messages_or_text": (json.dumps(ROW) + '\n{"prompt": "hi"}\n', r"bad.jsonl:2: row has neither"),
+    "no_assistant_turn": (
+        json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n",
+        r"bad.jsonl:1: no assistant turn",
+    ),
+    "bad_role": (
+        json.dumps({"messages": [{"role": "bot", "content": "x"}]}) + "\n",
+        r"bad.jsonl:1: message 0",
+    ),
+    "mixed_kinds": (json.dumps(ROW) + "\n" + json.dumps({"text": "x"}) + "\n", r"bad.jsonl:2: a text row"),
+    "reply_before_question": (
+        json.dumps({"messages": [{"role": "assistant", "content": "x"}, {"role": "user", "content": "y"}]})
+        + "\n",
+        r"bad.jsonl:1: no assistant reply after the last user turn",
+    ),
+    "empty": ("\n\n", r"bad.jsonl' is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_data_exits_2_naming_file_and_line(case, tiny_llama, tmp_path):
+    content, expected = BAD_FILES[case]
+    (tmp_path / "bad.jsonl").write_text(content)
+    result, output = _run(str(tiny_llama), "--data", str(tmp_path / "bad.jsonl"))
+    assert result.exit_code == 2, output
+    assert expected in " ".join(output.split()), output
+    assert "Traceback" not in output and "hint:" in output
+
+
+def test_missing_data_file_exits_2(tiny_llama, tmp_path):
+    result, output = _run(str(tiny_llama), "--data", str(tmp_path / "nope.jsonl"))
+    assert result.exit_code == 2 and "nope.jsonl" in output and "does not exist" in output
+
+
+def test_missing_model_exits_2(tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps(ROW) + "\n")
+    result, output = _run(str(tmp_path / "no-model"), "--data", str(data))
+    assert result.exit_code == 2 and "does not exist" in output

@@ -1,0 +1,64 @@
+"""Answer metrics on pairs whose scores were worked out by hand, in English and Chinese."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneloop.evaluation import metrics
+
+
+def test_tokenize_splits_cjk_characters_and_keeps_latin_words_whole():
+    text = "北京是首都。Hello, WORLD 64 devices！ＡＢＣ"
+    assert metrics.tokenize(text) == ["北", "京", "是", "首", "都", "hello", "world", "64", "devices", "abc"]
+
+
+def test_exact_match_ignores_case_width_punctuation_and_spacing():
+    assert metrics.exact_match("  Paris. ", "paris") == 1.0
+    assert metrics.exact_match("北京。", "北 京") == 1.0
+    assert metrics.exact_match("ＰＡＲＩＳ!", "paris") == 1.0  # NFKC folds full-width letters
+    assert metrics.exact_match("Paris, France", "Paris") == 0.0
+
+
+def test_token_f1_of_known_english_pair():
+    # pred: the cat sat (3), ref: the cat is here (4), common: the, cat -> P=2/3, R=2/4, F1=4/7
+    assert metrics.token_f1("The cat sat.", "the cat is here") == pytest.approx(4 / 7)
+
+
+def test_token_f1_of_known_chinese_pair():
+    # pred 北京是首都 (5 chars), ref 首都北京 (4): common 4 -> P=4/5, R=1, F1=8/9
+    assert metrics.token_f1("北京是首都", "首都北京") == pytest.approx(8 / 9)
+
+
+def test_rouge_l_of_known_english_pair():
+    # pred 6 tokens, ref 5 tokens, LCS = the cat on the mat = 5 -> P=5/6, R=1, F=10/11
+    assert metrics.rouge_l("the cat sat on the mat", "the cat on the mat") == pytest.approx(10 / 11)
+
+
+def test_rouge_l_is_order_sensitive_where_f1_is_not():
+    # 北京是首都 vs 首都北京: LCS is 北京 or 首都 = 2 -> P=2/5, R=2/4, F = 2*0.4*0.5/0.9 = 4/9
+    assert metrics.rouge_l("北京是首都", "首都北京") == pytest.approx(4 / 9)
+    assert metrics.token_f1("北京是首都", "首都北京") > metrics.rouge_l("北京是首都", "首都北京")
+
+
+def test_lcs_length_of_known_sequences():
+    assert metrics.lcs_length(list("ABCBDAB"), list("BDCABA")) == 4
+
+
+def test_empty_texts_agree_and_empty_vs_text_disagree():
+    assert metrics.token_f1("", "...") == 1.0
+    assert metrics.rouge_l("", "Paris") == 0.0
+    assert metrics.token_f1("Paris", "") == 0.0
+
+
+def test_contains_answer_needs_contiguous_tokens():
+    assert metrics.contains_answer("The cluster has 64 devices in total.", "64 Devices") == 1.0
+    assert metrics.contains_answer("64 GPUs and 8 devices", "64 devices") == 0.0
+    assert metrics.contains_answer("中国的首都是北京。", "北京") == 1.0
+    assert metrics.contains_answer("北方的京城", "北京") == 0.0
+
+
+def test_mean_scores_averages_contains_answer_over_rows_that_have_it():
+    rows = [metrics.score("Paris", "Paris", "Paris"), metrics.score("Rome", "Paris")]
+    means = metrics.mean_scores(rows)
+    assert means["exact_match"] == 0.5
+    assert means["contains_answer"] == 1.0  # only the first row carries an answer
