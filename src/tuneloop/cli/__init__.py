@@ -11,6 +11,7 @@ import sys
 import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from tuneloop import __version__
@@ -20,9 +21,10 @@ err_console = Console(stderr=True)
 
 
 def print_error(e: TuneloopError) -> None:
-    err_console.print(f"[bold red]error:[/] {e.message}", highlight=False, soft_wrap=True)
+    # escape: messages hold user text and hints hold brackets (pip install 'tuneloop[train]')
+    err_console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
     if e.hint:
-        err_console.print(f"  [yellow]hint:[/] {e.hint}", highlight=False, soft_wrap=True)
+        err_console.print(f"  [yellow]hint:[/] {escape(e.hint)}", highlight=False, soft_wrap=True)
 
 
 class _Group(TyperGroup):
@@ -69,6 +71,9 @@ def _register() -> None:
     app.command("ask")(models.ask)
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
+    from tuneloop.cli import train as train_cli
+
+    app.command("train")(train_cli.train)
     from tuneloop.cli import eval as eval_cli
 
     app.command("eval")(eval_cli.eval_command)

@@ -1,0 +1,1 @@
+"""Fine-tuning: SFT, continued pretraining and DPO with full / LoRA / QLoRA (imports no server stack)."""

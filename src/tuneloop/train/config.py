@@ -1,0 +1,136 @@
+"""The training config: one YAML file (or none) plus `key=value` overrides, validated at construction.
+
+tuneloop train train.yaml lora.rank=32 optim.lr=1e-4 batch.global_batch=64
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from tuneloop.config import Config
+
+
+class LoraSettings(Config):
+    rank: int = Field(16, gt=0, description="LoRA rank r")
+    alpha: float = Field(32.0, gt=0, description="LoRA alpha (scale = alpha / rank)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    targets: list[str] | Literal["all-linear"] = Field("all-linear", description="module names or all-linear")
+    dora: bool = Field(False, description="weight-decomposed LoRA (DoRA)")
+
+
+class QLoraSettings(Config):
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
+class DataSettings(Config):
+    path: str = Field(..., description="a dataset folder from `tuneloop data prepare` or a .jsonl file")
+    val_path: str | None = Field(
+        None, description="validation .jsonl (default: val.jsonl in the dataset folder)"
+    )
+    max_length: int = Field(1024, gt=8, description="tokens per sequence")
+    overlong: Literal["truncate", "drop"] = "truncate"
+    packing: bool = Field(False, description="pack short examples into one sequence (no cross-attention)")
+    max_train_examples: int | None = Field(None, gt=0)
+    max_val_examples: int | None = Field(256, gt=0)
+
+
+class OptimSettings(Config):
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0, description="overrides warmup_ratio")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="floor of the decay, as a fraction of lr")
+    max_grad_norm: float | None = Field(1.0, gt=0)
+
+
+class BatchSettings(Config):
+    micro_batch: int = Field(4, gt=0, description="sequences per forward pass per process")
+    global_batch: int = Field(16, gt=0, description="sequences per optimizer step, all processes together")
+
+
+class EarlyStopping(Config):
+    patience: int | None = Field(None, gt=0, description="evaluations without improvement before stopping")
+    min_delta: float = Field(0.0, ge=0)
+
+
+class Plateau(Config):
+    patience: int | None = Field(None, gt=0, description="evaluations of rising val loss before lr is cut")
+    factor: float = Field(0.5, gt=0, lt=1)
+
+
+class CheckpointSettings(Config):
+    every: int | None = Field(None, gt=0, description="save a resumable checkpoint every N steps")
+    keep: int = Field(2, gt=0, description="keep the last K checkpoints")
+
+
+class TrackingSettings(Config):
+    mlflow: bool = True
+    tracking_uri: str | None = Field(None, description="default: sqlite in TUNELOOP_HOME")
+    experiment: str = "tuneloop"
+    system_metrics: bool = True
+    tensorboard: bool = True
+    wandb: bool | Literal["auto"] = Field("auto", description="auto: when installed and WANDB_API_KEY is set")
+
+
+class DpoSettings(Config):
+    beta: float = Field(0.1, gt=0)
+
+
+class EvalSettings(Config):
+    every: int | None = Field(None, gt=0, description="validation loss every N steps")
+    final: bool = Field(True, description="run `tuneloop eval` on the validation set at the end")
+    max_samples: int = Field(64, gt=0, description="generations scored in the final evaluation")
+    max_new_tokens: int = Field(64, gt=0)
+
+
+class TrainConfig(Config):
+    model: str = Field("smollm2-135m-instruct", description="model reference (folder, store name, hub id)")
+    objective: Literal["sft", "pretrain", "dpo"] = "sft"
+    method: Literal["full", "lora", "qlora"] = "lora"
+    data: DataSettings
+    lora: LoraSettings = LoraSettings()
+    qlora: QLoraSettings = QLoraSettings()
+    optim: OptimSettings = OptimSettings()
+    batch: BatchSettings = BatchSettings()
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="overrides epochs")
+    eval: EvalSettings = EvalSettings()
+    early_stopping: EarlyStopping = EarlyStopping()
+    plateau: Plateau = Plateau()
+    checkpoint: CheckpointSettings = CheckpointSettings()
+    resume: str = Field("auto", description="auto | never | path of a checkpoint folder")
+    seed: int = 42
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    gradient_checkpointing: bool = False
+    dpo: DpoSettings = DpoSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    name: str | None = Field(None, description="run name (default: derived from model/objective/method)")
+    output_dir: str | None = Field(None, description="default: TUNELOOP_HOME/runs/<name>")
+    profile: bool = Field(False, description="record a torch profiler trace for a few steps")
+    num_workers: int = Field(0, ge=0, description="tokenization worker processes")
+    device: str = Field("auto", description="auto | cpu | cuda")
+    log_every: int = Field(1, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.objective == "dpo" and self.data.packing:
+            raise ValueError(
+                "data.packing does not apply to dpo (pairs are scored whole); set data.packing=false"
+            )
+        if self.batch.global_batch % self.batch.micro_batch:
+            raise ValueError(
+                f"batch.global_batch ({self.batch.global_batch}) must be a multiple of batch.micro_batch "
+                f"({self.batch.micro_batch})"
+            )
+        return self
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        base = self.model.rstrip("/").split("/")[-1]
+        return f"{base}-{self.objective}-{self.method}"

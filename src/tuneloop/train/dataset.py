@@ -1,0 +1,204 @@
+"""Training examples: dataset rows -> token ids and labels, with truncation/dropping counted and packing.
+
+Rows follow the dataset contract of `tuneloop data prepare`: SFT rows are OpenAI `messages`,
+pretraining rows are `{"text": ...}`, preference rows are `{"prompt", "chosen", "rejected"}`.
+SFT labels cover assistant turns only, using the model's own chat template — the same masking the
+evaluator uses (`tuneloop.evaluation.perplexity.sft_token_labels`), so train and eval agree.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneloop.errors import TuneloopError
+
+IGNORE = -100
+KIND_KEYS = {"sft": "messages", "pretrain": "text", "dpo": "chosen"}
+KIND_NAMES = {
+    "messages": "SFT (messages)",
+    "text": "pretraining (text)",
+    "chosen": "preference (prompt/chosen/rejected)",
+}
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int] | None = None  # set for packed sequences: restarts at 0 per segment
+    segments: list[int] | None = None  # lengths of the packed pieces
+
+
+@dataclass
+class PairExample:
+    chosen: Example
+    rejected: Example
+
+
+@dataclass
+class Prepared:
+    examples: list[Any]
+    counts: Counter = field(default_factory=Counter)
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(_first(e).input_ids) for e in self.examples)
+
+
+def _first(e: Any) -> Example:
+    return e.chosen if isinstance(e, PairExample) else e
+
+
+def dataset_files(path: str, val_path: str | None) -> tuple[Path, Path | None]:
+    """(train file, val file or None) for a dataset folder or a single .jsonl file."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        train = p / "train.jsonl"
+        if not train.is_file():
+            raise TuneloopError(
+                f"dataset folder '{p}' has no train.jsonl", hint="run `tuneloop data prepare` first"
+            )
+        val = Path(val_path).expanduser() if val_path else (p / "val.jsonl")
+        return train, (val if val.is_file() and val.stat().st_size > 0 else None)
+    if not p.is_file():
+        raise TuneloopError(
+            f"data.path '{path}' does not exist", hint="give a dataset folder or a .jsonl file"
+        )
+    val = Path(val_path).expanduser() if val_path else None
+    if val is not None and not val.is_file():
+        raise TuneloopError(f"data.val_path '{val_path}' does not exist")
+    return p, val
+
+
+def read_rows(path: Path, objective: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a broken line or a row of the wrong kind is an error naming file and line."""
+    rows: list[dict[str, Any]] = []
+    key = KIND_KEYS[objective]
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise TuneloopError(
+                    f"{path}:{lineno}: invalid JSON ({e.msg})", hint="fix or remove the line"
+                ) from None
+            if not isinstance(row, dict) or key not in row:
+                found = next((k for k in KIND_NAMES if isinstance(row, dict) and k in row), None)
+                what = f"holds {KIND_NAMES[found]} rows" if found else "has a row of unknown shape"
+                raise TuneloopError(
+                    f"{path}:{lineno}: objective '{objective}' needs {KIND_NAMES[key]} rows, but the file {what}",
+                    hint="prepare the data with the matching --kind, or set objective= to match the data",
+                )
+            rows.append(row)
+            if limit and len(rows) >= limit:
+                break
+    if not rows:
+        raise TuneloopError(f"{path} has no rows", hint="check that `tuneloop data prepare` kept any data")
+    return rows
+
+
+def tokenize(
+    rows: list[dict[str, Any]], tokenizer: Any, objective: str, max_length: int, overlong: str
+) -> Prepared:
+    """Token ids + labels for every row; overlong rows are truncated or dropped, and counted."""
+    out = Prepared([])
+    for row in rows:
+        if objective == "dpo":
+            ex = _pair(tokenizer, row, max_length, overlong, out.counts)
+        else:
+            ids, labels = _sft(tokenizer, row) if objective == "sft" else _text(tokenizer, row)
+            ex = _fit(Example(ids, labels), max_length, overlong, out.counts)
+        if ex is None:
+            continue
+        if all(label == IGNORE for label in _first(ex).labels):
+            out.counts["dropped_no_labels"] += 1
+            continue
+        out.examples.append(ex)
+    out.counts["examples"] = len(out.examples)
+    return out
+
+
+def _sft(tokenizer: Any, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+    from tuneloop.evaluation.perplexity import sft_token_labels
+
+    return sft_token_labels(tokenizer, row["messages"])
+
+
+def _text(tokenizer: Any, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+    ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        ids = [*ids, tokenizer.eos_token_id]  # the model learns where a document ends
+    return ids, list(ids)
+
+
+def _fit(ex: Example, max_length: int, overlong: str, counts: Counter) -> Example | None:
+    if len(ex.input_ids) <= max_length:
+        return ex
+    if overlong == "drop":
+        counts["dropped_overlong"] += 1
+        return None
+    counts["truncated"] += 1
+    return Example(ex.input_ids[:max_length], ex.labels[:max_length])
+
+
+def _as_messages(value: Any, role: str) -> list[dict[str, str]]:
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, dict):
+        return [value]
+    return list(value)
+
+
+def _pair(
+    tokenizer: Any, row: dict[str, Any], max_length: int, overlong: str, counts: Counter
+) -> PairExample | None:
+    from tuneloop.evaluation.perplexity import sft_token_labels
+
+    prompt = _as_messages(row.get("prompt", []), "user")
+    sides = []
+    for key in ("chosen", "rejected"):
+        if key not in row:
+            raise TuneloopError(
+                f"preference row without '{key}'", hint="rows need prompt, chosen and rejected"
+            )
+        ids, labels = sft_token_labels(tokenizer, prompt + _as_messages(row[key], "assistant"))
+        # only the answer is scored: prompt turns (incl. earlier assistant turns) are masked
+        n_prompt = len(sft_token_labels(tokenizer, prompt)[0]) if prompt else 0
+        labels = [IGNORE] * n_prompt + labels[n_prompt:]
+        sides.append(_fit(Example(ids, labels), max_length, overlong, counts))
+    if sides[0] is None or sides[1] is None:
+        return None
+    return PairExample(sides[0], sides[1])
+
+
+def pack(examples: list[Example], max_length: int) -> list[Example]:
+    """Greedily pack consecutive examples into sequences of at most `max_length` tokens.
+
+    Each piece keeps its own positions (restarting at 0) and the collator builds a block-diagonal
+    mask, so packed examples never attend to each other: the loss equals the unpacked loss.
+    """
+    packed: list[Example] = []
+    current: list[Example] = []
+    for ex in examples:
+        if current and sum(len(e.input_ids) for e in current) + len(ex.input_ids) > max_length:
+            packed.append(_join(current))
+            current = []
+        current.append(ex)
+    if current:
+        packed.append(_join(current))
+    return packed
+
+
+def _join(parts: list[Example]) -> Example:
+    ids = [t for p in parts for t in p.input_ids]
+    # A piece's first label is never predicted when unpacked (the shift drops it); masking it here
+    # keeps the previous piece's last token from learning to predict the next piece.
+    labels = [t for p in parts for t in [IGNORE, *p.labels[1:]]]
+    positions = [i for p in parts for i in range(len(p.input_ids))]
+    return Example(ids, labels, positions, [len(p.input_ids) for p in parts])

@@ -1,0 +1,274 @@
+"""The training recipe: a short readable script of setup steps around `Trainer.fit`.
+
+model reference -> tokenizer -> examples -> model (full / LoRA / QLoRA) -> tracking -> resume ->
+fit -> best weights -> run folder (weights, tokenizer, config, metrics, loss.png, eval) -> MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloop import __version__, paths
+from tuneloop.errors import TuneloopError
+from tuneloop.train import checkpoint, distributed
+from tuneloop.train.config import TrainConfig
+from tuneloop.train.dataset import Prepared, dataset_files, pack, read_rows, tokenize
+
+log = logging.getLogger("tuneloop.train")
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    model_dir: Path
+    metrics: dict[str, Any]
+    mlflow_run_id: str | None
+    tracking_uri: str | None
+
+
+def run(cfg: TrainConfig) -> RunResult:
+    import torch
+
+    from tuneloop.models.loading import load_tokenizer
+    from tuneloop.models.resolve import resolve_model
+    from tuneloop.train.model_setup import (
+        load_for_training,
+        pick_device,
+        pick_precision,
+        trainable_parameters,
+    )
+    from tuneloop.train.tracking import Tracker
+    from tuneloop.train.trainer import Trainer
+
+    device = pick_device(cfg.device)
+    d = distributed.init(device)
+    if device.startswith("cuda") and d.world > 1:
+        device = f"cuda:{d.local_rank}"
+    precision = pick_precision(cfg.precision, device)
+    resolved = _resolve_once(cfg.model, d, resolve_model)
+    if resolved.is_adapter:
+        raise TuneloopError(
+            f"'{cfg.model}' is an adapter", hint="train on top of a full model (merge the adapter first)"
+        )
+    run_dir = Path(cfg.output_dir).expanduser() if cfg.output_dir else paths.runs_dir() / cfg.run_name()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = _resume_folder(cfg, run_dir)
+
+    tokenizer = load_tokenizer(resolved.path)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    train_file, val_file = dataset_files(cfg.data.path, cfg.data.val_path)
+    train = _examples(cfg, train_file, tokenizer, cfg.data.max_train_examples, packing=cfg.data.packing)
+    val = (
+        _examples(cfg, val_file, tokenizer, cfg.data.max_val_examples, packing=False)
+        if val_file
+        else Prepared([])
+    )
+    if len(train.examples) == 0:
+        raise TuneloopError(
+            f"no training examples left in {train_file}", hint=f"counts: {dict(train.counts)}"
+        )
+    if cfg.eval.every and not val.examples and d.main:
+        log.warning("eval.every is set but there is no validation data: no validation loss will be computed")
+
+    torch.manual_seed(cfg.seed)  # same LoRA init on every process
+    model = load_for_training(cfg, str(resolved.path), device, precision)
+    model.train()
+    trainable, total = trainable_parameters(model)
+    tracker = Tracker(cfg, run_dir, enabled=d.main)
+    state_hint = _peek_state(resume_from)
+    tracker.start(resume_run_id=state_hint.get("mlflow_run_id"))
+    trainer = Trainer(cfg, model, train.examples, val.examples, pad_id=pad_id, device=device, precision=precision,
+                      dist=d, run_dir=run_dir, tracker=tracker)  # fmt: skip
+    if resume_from is not None:
+        trainer.resume(resume_from)
+    facts = {
+        "trainable_parameters": trainable, "total_parameters": total, "train_examples": len(train.examples),
+        "val_examples": len(val.examples), "train_tokens": train.tokens, "total_steps": trainer.plan.total_steps,
+        "world_size": d.world, "device": device, "precision": precision.name,
+        **{f"data.{k}": v for k, v in train.counts.items()},
+    }  # fmt: skip
+    if resume_from is None:
+        tracker.log_params({f"run.{k}": v for k, v in facts.items()})
+    if d.main:
+        log.info("training %s (%s, %s): %s", cfg.model, cfg.objective, cfg.method, facts)
+    started = time.perf_counter()
+    try:
+        with _profiler(cfg, run_dir) as prof:
+            trainer.profiler = prof
+            state = trainer.fit()
+    except KeyboardInterrupt:
+        if cfg.checkpoint.every:
+            trainer.save_checkpoint()  # Ctrl-C keeps the progress; resume=auto continues from here
+        tracker.finish("KILLED")
+        raise
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    seconds = time.perf_counter() - started
+    restored = trainer.restore_best()
+    model_dir = run_dir / "model"
+    metrics: dict[str, Any] = {}
+    if d.main:
+        metrics = _write_outputs(
+            cfg, trainer, tokenizer, resolved, train_file, run_dir, model_dir, facts, seconds, restored
+        )
+        metrics.update(_final_eval(cfg, model_dir, val_file, run_dir, tracker))
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+        for name in (
+            "loss.png",
+            "config.yaml",
+            "metrics.json",
+            "run.json",
+            "eval.json",
+            "eval.md",
+            "profile",
+        ):
+            tracker.artifact(run_dir / name)
+        if cfg.method != "full":
+            tracker.artifact(model_dir, "adapter")
+        tracker.set_tags({"tuneloop.stopped_early": state.stopped_early})
+    tracker.finish()
+    distributed.shutdown(d)
+    return RunResult(run_dir, model_dir, metrics, tracker.run_id, tracker.tracking_uri)
+
+
+def _resolve_once(ref: str, d: Any, resolve_model: Any) -> Any:
+    """Process 0 pulls a built-in model if needed; the others wait and then find it in the store."""
+    import torch.distributed as tdist
+
+    if d.world > 1 and not d.main:
+        tdist.barrier()
+        return resolve_model(ref, pull=False)
+    resolved = resolve_model(ref, pull=True)
+    if d.world > 1:
+        tdist.barrier()
+    return resolved
+
+
+def _resume_folder(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return checkpoint.latest(run_dir / "checkpoints")
+    folder = Path(cfg.resume).expanduser()
+    if not folder.is_dir():
+        raise TuneloopError(
+            f"resume='{cfg.resume}' is not a checkpoint folder",
+            hint="use resume=auto, never, or a step-* folder",
+        )
+    return folder
+
+
+def _peek_state(folder: Path | None) -> dict[str, Any]:
+    return json.loads((folder / "state.json").read_text()) if folder else {}
+
+
+def _examples(cfg: TrainConfig, path: Path, tokenizer: Any, limit: int | None, packing: bool) -> Prepared:
+    rows = read_rows(path, cfg.objective, limit)
+    prepared = tokenize(rows, tokenizer, cfg.objective, cfg.data.max_length, cfg.data.overlong)
+    prepared.counts["rows"] = len(rows)
+    if packing:
+        before = len(prepared.examples)
+        prepared.examples = pack(prepared.examples, cfg.data.max_length)
+        prepared.counts["packed_sequences"] = len(prepared.examples)
+        log.info(
+            "packed %d examples into %d sequences of <= %d tokens",
+            before,
+            len(prepared.examples),
+            cfg.data.max_length,
+        )
+    return prepared
+
+
+def _profiler(cfg: TrainConfig, run_dir: Path) -> Any:
+    import contextlib
+
+    if not cfg.profile:
+        return contextlib.nullcontext()
+    from tuneloop.train.profiling import StepProfiler
+
+    return StepProfiler(run_dir / "profile")
+
+
+def _write_outputs(cfg: TrainConfig, trainer: Any, tokenizer: Any, resolved: Any, train_file: Path, run_dir: Path,
+                   model_dir: Path, facts: dict[str, Any], seconds: float, restored: bool) -> dict[str, Any]:  # fmt: skip
+    from tuneloop.train.plots import loss_plot
+
+    state = trainer.state
+    model = trainer.model
+    if cfg.method == "full":
+        model.to(dtype=_save_dtype(resolved.path))  # fp32 master weights back to the model's own dtype
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    loss_plot(state.train_loss, state.val_loss, run_dir / "loss.png", title=f"{cfg.run_name()}")
+    run_info = {
+        "tuneloop_version": __version__,
+        "base_model": {"reference": cfg.model, "path": str(resolved.path), **resolved.lineage},
+        "dataset": {"train": str(train_file), "fingerprint": dataset_fingerprint(train_file)},
+        "objective": cfg.objective, "method": cfg.method, "git_commit": _git_commit(),
+        "mlflow_run_id": trainer.tracker.run_id, "tracking_uri": trainer.tracker.tracking_uri,
+    }  # fmt: skip
+    (run_dir / "run.json").write_text(json.dumps(run_info, indent=2, default=str))
+    return {
+        **facts,
+        "steps": state.step,
+        "final_train_loss": state.train_loss[-1][1] if state.train_loss else None,
+        "best_val_loss": state.best_val,
+        "val_loss": state.val_loss,
+        "train_loss": state.train_loss,
+        "stopped_early": state.stopped_early,
+        "restored_best": restored,
+        "lr_cuts": state.lr_cuts,
+        "oom_backoffs": state.oom_backoffs,
+        "train_seconds": seconds,
+        "tokens_per_s": state.tokens_seen / max(seconds, 1e-9),
+    }
+
+
+def _final_eval(
+    cfg: TrainConfig, model_dir: Path, val_file: Path | None, run_dir: Path, tracker: Any
+) -> dict[str, Any]:
+    if not (cfg.eval.final and val_file and cfg.objective == "sft"):
+        return {}
+    from tuneloop.evaluation.harness import evaluate
+    from tuneloop.evaluation.report import write_reports
+
+    report = evaluate(str(model_dir), str(val_file), max_samples=cfg.eval.max_samples,
+                      max_new_tokens=cfg.eval.max_new_tokens)  # fmt: skip
+    write_reports(run_dir, report)
+    metrics = {f"eval/{k}": v for k, v in report.metrics.items() if isinstance(v, (int, float))}
+    tracker.log(metrics, step=0)
+    return metrics
+
+
+def dataset_fingerprint(train_file: Path) -> str:
+    manifest = train_file.parent / "manifest.json"
+    if manifest.is_file():
+        fp = json.loads(manifest.read_text()).get("fingerprint")
+        if fp:
+            return str(fp)
+    return "sha256:" + hashlib.sha256(train_file.read_bytes()).hexdigest()
+
+
+def _save_dtype(path: Path) -> Any:
+    import torch
+
+    cfg = json.loads((Path(path) / "config.json").read_text())
+    name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    return getattr(torch, str(name), torch.float32)
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
