@@ -100,3 +100,10 @@ def test_missing_model_exits_2(tmp_path):
     data.write_text(json.dumps(ROW) + "\n")
     result, output = _run(str(tmp_path / "no-model"), "--data", str(data))
     assert result.exit_code == 2 and "does not exist" in output
+
+
+def test_unknown_device_exits_2_before_loading(tiny_llama, tmp_path):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps(ROW) + "\n")
+    result, output = _run(str(tiny_llama), "--data", str(data), "--device", "gpu0")
+    assert result.exit_code == 2 and "unknown device 'gpu0'" in output

@@ -62,3 +62,9 @@ def test_mean_scores_averages_contains_answer_over_rows_that_have_it():
     means = metrics.mean_scores(rows)
     assert means["exact_match"] == 0.5
     assert means["contains_answer"] == 1.0  # only the first row carries an answer
+
+
+def test_thousands_separators_do_not_split_numbers():
+    assert metrics.tokenize("1,000 devices") == ["1000", "devices"]
+    assert metrics.contains_answer("It supports 1,000 clients.", "1000 clients") == 1.0
+    assert metrics.tokenize("2,5") == ["2", "5"]  # not a thousands group: the comma is punctuation

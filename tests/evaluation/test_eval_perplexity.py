@@ -100,3 +100,13 @@ def test_perplexity_equals_exp_of_mean_nll_from_a_direct_forward(tiny):
     result = perplexity(model, examples, batch_size=2)
     assert result.tokens == count
     assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-4)
+
+
+def test_template_that_refuses_a_conversation_is_a_user_error(tiny_llama):
+    tok = load_tokenizer(tiny_llama)
+    tok.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}{{ m['content'] }}{% endfor %}"
+    )
+    with pytest.raises(TuneloopError, match=r"refused this conversation.*System role not supported"):
+        sft_labels(tok, CONVERSATION, 512)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.perplexity import render_chat
 
 
 def prompt_and_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
@@ -60,7 +61,7 @@ def _generate_batch(
 ) -> list[str]:
     import torch
 
-    texts = [tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
+    texts = [render_chat(tokenizer, p, True) for p in prompts]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # new tokens must start at the same column in every row
     try:

@@ -17,11 +17,14 @@ from collections.abc import Iterable, Sequence
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0003134f"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
 
+# "1,000" and "1000" are the same number; a comma before anything but three digits is punctuation.
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
 METRIC_NAMES = ("exact_match", "token_f1", "rouge_l", "contains_answer")
 
 
 def normalize(text: str) -> str:
-    return unicodedata.normalize("NFKC", text).lower()
+    return _THOUSANDS.sub("", unicodedata.normalize("NFKC", text).lower())
 
 
 def tokenize(text: str) -> list[str]:

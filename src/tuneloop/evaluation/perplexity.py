@@ -19,8 +19,17 @@ from tuneloop.errors import TuneloopError
 IGNORE = -100
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def render_chat(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+    """The conversation as the model's chat template writes it; a template's refusal is a user error."""
+    try:
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation_prompt
+        )
+    except Exception as e:  # jinja's raise_exception: "roles must alternate", "system role not supported"
+        raise TuneloopError(
+            f"the chat template refused this conversation: {type(e).__name__}: {str(e)[:200]}",
+            hint="check the roles and their order against what this model's template supports",
+        ) from None
 
 
 def assistant_char_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
@@ -32,13 +41,13 @@ def assistant_char_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tupl
     """
     if not getattr(tokenizer, "chat_template", None):
         raise TuneloopError("this model's tokenizer has no chat template", hint="use an instruct/chat model")
-    full = _render(tokenizer, messages, False)
+    full = render_chat(tokenizer, messages, False)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        head = _render(tokenizer, messages[:i], True) if i else ""
-        upto = _render(tokenizer, messages[: i + 1], False)
+        head = render_chat(tokenizer, messages[:i], True) if i else ""
+        upto = render_chat(tokenizer, messages[: i + 1], False)
         if not (full.startswith(upto) and upto.startswith(head)):
             raise TuneloopError(
                 f"the chat template does not render conversations prefix by prefix (turn {i})",
