@@ -69,7 +69,9 @@ class Chunker:
         self.max, self.overlap = cfg.max_tokens, cfg.overlap
 
     def count(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self.tok.encode_batch(texts, add_special_tokens=False)]
+        # encode_batch_fast skips offsets (tokenizers >= 0.21): counting needs none
+        encode = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        return [len(e.ids) for e in encode(texts, add_special_tokens=False)]
 
     def chunks(self, text: str) -> list[tuple[str, int]]:
         """(chunk text, token count) pairs covering `text`, each within the limit."""

@@ -23,15 +23,15 @@ from tuneloop.data.config import DedupConfig
 
 _WORDS = re.compile(r"[^\W_]+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-_BLOCK = 4096  # shingles per block: bounds the (num_perm, block) temporary to ~4 MB
+_BLOCK = 256  # shingles per block: the (num_perm, block) temporary stays in cache (measured fastest)
 
 
 def normalize(text: str) -> str:
     return " ".join(_WORDS.findall(unicodedata.normalize("NFKC", text).lower()))
 
 
-def exact_hash(text: str) -> int:
-    key = normalize(text).replace(" ", "")
+def exact_hash(text: str, normalized: str | None = None) -> int:
+    key = (normalize(text) if normalized is None else normalized).replace(" ", "")
     return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
 
 
@@ -45,9 +45,12 @@ class MinHasher:
         self.a = (rng.integers(1, 2**63, cfg.num_perm, dtype=np.uint64) << np.uint64(1)) | np.uint64(1)
         self.b = rng.integers(0, 2**63, cfg.num_perm, dtype=np.uint64)
 
-    def shingles(self, text: str) -> np.ndarray:
-        """64-bit hashes of every `n` consecutive code points (one shingle for shorter texts)."""
-        cps = np.frombuffer(normalize(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    def shingles(self, normalized: str) -> np.ndarray:
+        """64-bit hashes of every `n` consecutive code points of normalized text (one for shorter texts).
+
+        Repeated shingles are kept: they cannot change a minimum, and np.unique would cost a sort.
+        """
+        cps = np.frombuffer(normalized.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         width = max(len(cps) - self.n + 1, 1)
         h = np.zeros(width, dtype=np.uint64)
         with np.errstate(over="ignore"):
@@ -56,10 +59,10 @@ class MinHasher:
             h ^= h >> np.uint64(31)  # spread the polynomial's low bits before the linear permutations
             h *= np.uint64(0xBF58476D1CE4E5B9)
             h ^= h >> np.uint64(29)
-        return np.unique(h)
+        return h
 
-    def signature(self, text: str) -> np.ndarray:
-        h = self.shingles(text)
+    def signature(self, text: str, normalized: str | None = None) -> np.ndarray:
+        h = self.shingles(normalize(text) if normalized is None else normalized)
         sig = np.full(len(self.a), np.iinfo(np.uint32).max, dtype=np.uint32)
         with np.errstate(over="ignore"):
             for start in range(0, len(h), _BLOCK):

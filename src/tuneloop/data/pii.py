@@ -53,11 +53,17 @@ def _ip_ok(match: str) -> bool:
     return True
 
 
+_HAS_DIGITS = re.compile(r"[0-9][0-9 ().-]{5,}[0-9]").search
+_HAS_ADDRESS = re.compile(r"[0-9]\.[0-9]|[0-9A-Fa-f]:[0-9A-Fa-f]*:").search
+
+
 @dataclass(frozen=True)
 class Detector:
     type: str
     pattern: re.Pattern[str]
     valid: Callable[[str], bool] = lambda _m: True
+    # a cheap test that must pass before the full pattern runs (most text has no PII at all)
+    maybe: Callable[[str], object] = lambda _t: True
 
     @property
     def placeholder(self) -> str:
@@ -66,16 +72,24 @@ class Detector:
 
 # Order matters: IDs (18 digits) before cards, cards (13-19) before phones (11), so a number is claimed once.
 DETECTORS = (
-    Detector("email", re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")),
+    Detector(
+        "email",
+        re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+        maybe=lambda t: "@" in t,
+    ),
     Detector(
         "id_card",
         re.compile(
             r"(?<![0-9A-Za-z])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
         ),
         valid_cn_id,
+        _HAS_DIGITS,
     ),
     Detector(
-        "bank_card", re.compile(r"(?<![0-9])[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}(?![0-9])"), _card_ok
+        "bank_card",
+        re.compile(r"(?<![0-9])[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}(?![0-9])"),
+        _card_ok,
+        _HAS_DIGITS,
     ),
     Detector(
         "phone",
@@ -84,6 +98,7 @@ DETECTORS = (
             r"|(?<![0-9A-Za-z])(?:\+|00)[1-9][0-9]{0,2}[ .-]?(?:\(?[0-9]{1,4}\)?[ .-]?){1,4}[0-9]{2,4}(?![0-9])"  # international
             r"|(?<![0-9])\(?[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}(?![0-9])"  # North American
         ),
+        maybe=_HAS_DIGITS,
     ),
     Detector(
         "ip",
@@ -91,6 +106,7 @@ DETECTORS = (
             r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9.])|(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"
         ),
         _ip_ok,
+        _HAS_ADDRESS,
     ),
 )
 
@@ -105,7 +121,7 @@ def find_pii(text: str, types: list[str] | None = None) -> list[tuple[str, str]]
 def redact(text: str, types: list[str] | None = None, found: list[tuple[str, str]] | None = None) -> str:
     """`text` with each PII item replaced by its typed placeholder, e.g. <EMAIL>."""
     for det in DETECTORS:
-        if types is not None and det.type not in types:
+        if (types is not None and det.type not in types) or not det.maybe(text):
             continue
 
         def sub(m: re.Match[str], det: Detector = det) -> str:

@@ -23,7 +23,7 @@ import numpy as np
 from tuneloop.data.chunk import Chunker
 from tuneloop.data.clean import Cleaner, QualityFilter
 from tuneloop.data.config import DataConfig
-from tuneloop.data.dedup import MinHasher, exact_duplicates, exact_hash, resolve_clusters
+from tuneloop.data.dedup import MinHasher, exact_duplicates, exact_hash, normalize, resolve_clusters
 from tuneloop.data.document import Doc
 from tuneloop.data.formats import FormatError, to_row
 from tuneloop.data.manifest import build_manifest, write_manifest
@@ -62,11 +62,12 @@ def process_file(idx: int, file: InputFile, cfg: DataConfig, stats: Stats) -> It
     kept = 0
     for doc in docs:
         view = doc.view()
+        norm = normalize(view)  # shared by both hashes: normalizing is a third of the dedup cost
         kept += 1
         yield Keyed(
             doc,
-            exact_hash(view),
-            hasher.signature(view) if hasher else None,
+            exact_hash(view, norm),
+            hasher.signature(view, norm) if hasher else None,
             split_key(cfg.split.seed, doc.id),
         )
     stats.bytes_read += reader.nbytes

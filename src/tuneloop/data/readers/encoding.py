@@ -28,7 +28,7 @@ def detect_encoding(sample: bytes) -> str | None:
     """The encoding of `sample` (the first bytes of a file), or None if it does not look like text."""
     if bom := bom_encoding(sample):
         return bom
-    if _is_utf8(sample):
+    if _is_utf8(sample) or _mostly_utf8(sample):
         return "utf-8"
     from charset_normalizer import from_bytes
 
@@ -51,6 +51,13 @@ def _is_utf8(sample: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _mostly_utf8(sample: bytes) -> bool:
+    # a UTF-8 file with a few broken lines should stay UTF-8 (the broken lines are skipped one
+    # by one); a legacy-encoded file produces invalid sequences at nearly every non-ASCII char
+    bad = sample.decode("utf-8", errors="replace").count("\ufffd")
+    return bad * 1000 < len(sample) and any(b > 0x7F for b in sample)
 
 
 def _try(name: str, sample: bytes) -> str | None:

@@ -1,0 +1,133 @@
+"""Fixtures for the data pipeline tests: a tokenizer folder, configs, corpora (mixed, bad) and Spark."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tuneloop.data.config import DataConfig
+
+EN = (
+    "Machine learning models need clean data. Our support team answers billing questions within a day. "
+    "Refunds are processed to the original payment method after the returned item is inspected."
+)
+ZH = "机器学习模型需要高质量的数据。我们的客服团队会在一天内回答账单问题！退款将在检查退回的商品后原路退回。"
+
+
+@pytest.fixture(scope="session")
+def tok_dir(tiny_llama: Path) -> str:
+    return str(tiny_llama)
+
+
+@pytest.fixture
+def make_cfg(tok_dir: str) -> Callable[..., DataConfig]:
+    def make(**overrides: Any) -> DataConfig:
+        data: dict[str, Any] = {"tokenizer": tok_dir, "chunk": {"max_tokens": 64}}
+        for key, value in overrides.items():
+            section, _, field = key.partition("__")
+            if field:
+                data.setdefault(section, {})[field] = value
+            else:
+                data[key] = value
+        return DataConfig.model_validate(data)
+
+    return make
+
+
+def write_mixed_corpus(root: Path) -> Path:
+    """A small corpus of every supported format, with an exact copy, a near copy, PII and junk."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "docs").mkdir()
+    (root / "docs" / "guide.md").write_text(
+        f"# Guide\n\n{EN}\n\n{EN.replace('day', 'week')}\n\nEmail help@example.com for help.\n"
+    )
+    (root / "docs" / "zh.txt").write_text(
+        f"{ZH}\n\n{ZH.replace('一天', '两天')}\n\n联系电话：13812345678。\n", encoding="utf-8"
+    )
+    (root / "docs" / "zh-gbk.txt").write_bytes(
+        ("北京是中国的首都，也是政治和文化中心。上海是中国最大的经济城市之一，金融业十分发达。" * 2).encode(
+            "gbk"
+        )
+    )
+    (root / "docs" / "page.html").write_text(
+        "<html><head><script>track()</script><style>p{}</style></head><body><nav>Home | Pricing | Login</nav>"
+        "<article><h1>Shipping policy</h1><p>Orders ship within two business days from our warehouse in Lyon.</p>"
+        "<p>Tracking numbers are emailed as soon as the carrier scans the parcel.</p></article>"
+        "<footer>Copyright 2026</footer></body></html>"
+    )
+    rows = [
+        {"text": "Server 10.0.0.12 handles the payment queue; it restarts nightly at two in the morning."},
+        {
+            "text": "Server 10.0.0.12 handles the payment queue; it restarts nightly at two in the morning."
+        },  # exact dup
+        {
+            "text": "SERVER 10.0.0.12 handles the payment queue -- it restarts nightly at two in the morning!"
+        },  # normalized dup
+        {"text": "too short"},
+        {"text": "buy now " * 40},
+        {
+            "text": "The warehouse inventory is reconciled every Friday against the purchase orders and invoices."
+        },
+        {
+            "text": "The warehouse inventory is reconciled every Friday against the purchase orders and the invoices."
+        },
+    ]
+    with gzip.open(root / "rows.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    (root / "table.csv").write_text(
+        'id,text\n1,"A customer asked, in writing, whether the warranty covers water damage to the screen."\n'
+    )
+    (root / "list.json").write_text(
+        json.dumps(
+            {"data": [{"text": "身份证号11010519491231002X已登记，请勿外传给任何第三方人员或机构。"}]},
+            ensure_ascii=False,
+        )
+    )
+    return root
+
+
+@pytest.fixture
+def mixed_corpus(tmp_path: Path) -> Path:
+    return write_mixed_corpus(tmp_path / "corpus")
+
+
+def write_bad_corpus(root: Path) -> Path:
+    """Every kind of bad input next to one good file."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "good.jsonl").write_text(json.dumps({"text": EN}) + "\n")
+    (root / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
+    (root / "corrupt.jsonl.gz").write_bytes(gzip.compress(b'{"text": "' + b"x" * 5000 + b'"}\n')[:60])
+    (root / "notgzip.jsonl.gz").write_bytes(b'{"text": "plain"}\n')
+    (root / "empty.txt").write_bytes(b"")
+    (root / "lines.jsonl").write_text(
+        json.dumps({"text": ZH}, ensure_ascii=False)
+        + "\n{not json\n[1, 2]\n"
+        + json.dumps({"body": "no text field"})
+        + "\n"
+    )
+    (root / "badenc.jsonl").write_bytes(
+        json.dumps({"text": EN}).encode() + b"\n" + b'{"text": "\xff\xfe\xfa broken"}\n'
+    )
+    (root / "image.png").write_bytes(b"\x89PNG\r\n")
+    (root / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    return root
+
+
+@pytest.fixture
+def bad_corpus(tmp_path: Path) -> Path:
+    return write_bad_corpus(tmp_path / "bad")
+
+
+@pytest.fixture(scope="session")
+def spark_master() -> str:
+    """One local Spark context for the whole session (started once, ~10 s)."""
+    pytest.importorskip("pyspark")
+    from tuneloop.data.executors.spark import spark_context
+
+    spark_context("local[2]")
+    return "local[2]"
