@@ -45,7 +45,7 @@ def test_jsonl_gz_rows_with_line_numbers_and_sha256(tmp_path: Path) -> None:
     path = tmp_path / "rows.jsonl.gz"
     payload = b'{"text": "a"}\n\n{"text": "b"}\n'
     path.write_bytes(gzip.compress(payload, mtime=0))
-    records, stats, reader = read(path)
+    records, _stats, reader = read(path)
     assert records == [(1, {"text": "a"}), (3, {"text": "b"})]
     import hashlib
 
