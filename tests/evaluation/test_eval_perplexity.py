@@ -110,3 +110,12 @@ def test_template_that_refuses_a_conversation_is_a_user_error(tiny_llama):
     )
     with pytest.raises(TuneloopError, match=r"refused this conversation.*System role not supported"):
         sft_labels(tok, CONVERSATION, 512)
+
+
+def test_last_turn_only_labels_just_the_final_reply(tiny):
+    from tuneloop.evaluation.perplexity import sft_token_labels
+
+    _, tok = tiny
+    ids, labels = sft_token_labels(tok, CONVERSATION, last_turn_only=True)
+    assert _labelled(tok, labels) == "北京。<|im_end|>"
+    assert ids == sft_token_labels(tok, CONVERSATION)[0]

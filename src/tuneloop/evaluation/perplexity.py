@@ -59,8 +59,13 @@ def assistant_char_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tupl
     return full, spans
 
 
-def sft_token_labels(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-    """Untruncated (input_ids, labels) of a conversation; labels are -100 outside assistant turns."""
+def sft_token_labels(
+    tokenizer: Any, messages: list[dict[str, str]], *, last_turn_only: bool = False
+) -> tuple[list[int], list[int]]:
+    """Untruncated (input_ids, labels) of a conversation; labels are -100 outside assistant turns.
+
+    `last_turn_only` labels only the final assistant turn (DPO: earlier turns are prompt).
+    """
     if not getattr(tokenizer, "is_fast", False):
         raise TuneloopError(
             "assistant-only masking needs a fast tokenizer (offsets)", hint="pip install tokenizers"
@@ -71,7 +76,7 @@ def sft_token_labels(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[li
     ids, offsets = enc["input_ids"], enc["offset_mapping"]
     special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
     labels = [IGNORE] * len(ids)
-    for start, end in spans:
+    for start, end in spans[-1:] if last_turn_only else spans:
         inside = [j for j, (a, b) in enumerate(offsets) if b > start and a < end and b > a]
         for j in _through_end_of_turn(inside, ids, special):
             labels[j] = ids[j]
