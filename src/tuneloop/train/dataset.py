@@ -168,13 +168,19 @@ def _pair(
                 f"preference row without '{key}'", hint="rows need prompt, chosen and rejected"
             )
         ids, labels = sft_token_labels(tokenizer, prompt + _as_messages(row[key], "assistant"))
-        # only the answer is scored: prompt turns (incl. earlier assistant turns) are masked
-        n_prompt = len(sft_token_labels(tokenizer, prompt)[0]) if prompt else 0
-        labels = [IGNORE] * n_prompt + labels[n_prompt:]
-        sides.append(_fit(Example(ids, labels), max_length, overlong, counts))
+        sides.append(_fit(Example(ids, _last_span_only(labels)), max_length, overlong, counts))
     if sides[0] is None or sides[1] is None:
         return None
     return PairExample(sides[0], sides[1])
+
+
+def _last_span_only(labels: list[int]) -> list[int]:
+    """Keep only the final assistant turn's labels: earlier assistant turns belong to the prompt."""
+    end = max((i for i, t in enumerate(labels) if t != IGNORE), default=-1)
+    start = end
+    while start > 0 and labels[start - 1] != IGNORE:
+        start -= 1
+    return [IGNORE] * max(start, 0) + labels[max(start, 0) :] if end >= 0 else labels
 
 
 def pack(examples: list[Example], max_length: int) -> list[Example]:
