@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ EN = (
     "Machine learning models need clean data. Our support team answers billing questions within a day. "
     "Refunds are processed to the original payment method after the returned item is inspected."
 )
+EN_MORE = "Gift cards cannot be exchanged for cash. Warranty claims need the serial number printed under the battery."
+ZH_MORE = "礼品卡不能兑换现金。保修申请需要提供电池下方印刷的序列号，以及购买凭证的照片。"
 ZH = "机器学习模型需要高质量的数据。我们的客服团队会在一天内回答账单问题！退款将在检查退回的商品后原路退回。"
 
 
@@ -44,16 +47,11 @@ def write_mixed_corpus(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "docs").mkdir()
     (root / "docs" / "guide.md").write_text(
-        f"# Guide\n\n{EN}\n\n{EN.replace('day', 'week')}\n\nEmail help@example.com for help.\n"
+        f"# Guide\n\n{EN}\n\n{EN_MORE}\n\nEmail help@example.com for help.\n"
     )
-    (root / "docs" / "zh.txt").write_text(
-        f"{ZH}\n\n{ZH.replace('一天', '两天')}\n\n联系电话：13812345678。\n", encoding="utf-8"
-    )
-    (root / "docs" / "zh-gbk.txt").write_bytes(
-        ("北京是中国的首都，也是政治和文化中心。上海是中国最大的经济城市之一，金融业十分发达。" * 2).encode(
-            "gbk"
-        )
-    )
+    (root / "docs" / "zh.txt").write_text(f"{ZH}\n\n{ZH_MORE}\n\n联系电话：13812345678。\n", encoding="utf-8")
+    gbk = "北京是中国的首都，也是政治和文化中心。上海是中国最大的经济城市之一，金融业十分发达。"
+    (root / "docs" / "zh-gbk.txt").write_bytes(gbk.encode("gbk"))
     (root / "docs" / "page.html").write_text(
         "<html><head><script>track()</script><style>p{}</style></head><body><nav>Home | Pricing | Login</nav>"
         "<article><h1>Shipping policy</h1><p>Orders ship within two business days from our warehouse in Lyon.</p>"
@@ -77,8 +75,8 @@ def write_mixed_corpus(root: Path) -> Path:
             "text": "The warehouse inventory is reconciled every Friday against the purchase orders and the invoices."
         },
     ]
-    with gzip.open(root / "rows.jsonl.gz", "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    payload = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+    (root / "rows.jsonl.gz").write_bytes(gzip.compress(payload, mtime=0))  # mtime=0: same bytes every run
     (root / "table.csv").write_text(
         'id,text\n1,"A customer asked, in writing, whether the warranty covers water damage to the screen."\n'
     )
@@ -101,7 +99,11 @@ def write_bad_corpus(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "good.jsonl").write_text(json.dumps({"text": EN}) + "\n")
     (root / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
-    (root / "corrupt.jsonl.gz").write_bytes(gzip.compress(b'{"text": "' + b"x" * 5000 + b'"}\n')[:60])
+    lines = "".join(
+        json.dumps({"text": f"line {i} {hashlib.sha256(str(i).encode()).hexdigest()}"}) + "\n"
+        for i in range(400)
+    )
+    (root / "corrupt.jsonl.gz").write_bytes(gzip.compress(lines.encode(), mtime=0)[:1500])  # cut mid-stream
     (root / "notgzip.jsonl.gz").write_bytes(b'{"text": "plain"}\n')
     (root / "empty.txt").write_bytes(b"")
     (root / "lines.jsonl").write_text(
@@ -110,9 +112,9 @@ def write_bad_corpus(root: Path) -> Path:
         + json.dumps({"body": "no text field"})
         + "\n"
     )
-    (root / "badenc.jsonl").write_bytes(
-        json.dumps({"text": EN}).encode() + b"\n" + b'{"text": "\xff\xfe\xfa broken"}\n'
-    )
+    short = "".join(json.dumps({"text": f"短句{i}"}, ensure_ascii=False) + "\n" for i in range(250))
+    (root / "badenc.jsonl").write_bytes(short.encode() + b'{"text": "\xff\xfe\xfa broken"}\n')
+
     (root / "image.png").write_bytes(b"\x89PNG\r\n")
     (root / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
     return root

@@ -53,7 +53,10 @@ class Cleaner(Step):
 
 
 class QualityFilter(Filter):
-    """Length, symbol ratio, repeated lines, repeated n-grams: thresholds from `QualityConfig`."""
+    """Length, symbol ratio, repeated lines, repeated n-grams: thresholds from `QualityConfig`.
+
+    For chat rows (sft, preference) only `max_chars` applies unless `quality.apply_to_chat` is set.
+    """
 
     name = "quality"
 
@@ -64,12 +67,12 @@ class QualityFilter(Filter):
     def reason(self, doc: Doc) -> str | None:
         text = doc.view()
         chars = sum(map(len, text.split()))
-        if chars < self.cfg.min_chars:
-            return "too_short"
         if chars > self.cfg.max_chars:
             return "too_long"
-        if not self.full:
+        if not self.full:  # chat rows: "Hi" -> "Hello!" is a fine example, so only size limits apply
             return None
+        if chars < self.cfg.min_chars:
+            return "too_short"
         if _SYMBOLS.subn("", text)[1] / chars > self.cfg.max_symbol_ratio:
             return "symbol_ratio"
         if duplicate_line_fraction(text) > self.cfg.max_duplicate_line_fraction:

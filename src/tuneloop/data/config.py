@@ -47,7 +47,7 @@ class QualityConfig(Config):
     max_duplicate_ngram_fraction: float = Field(0.3, ge=0, le=1)
     ngram_size: int = Field(5, ge=2, description="n-gram of words, or of characters for CJK")
     apply_to_chat: bool = Field(
-        False, description="run quality filters on sft/preference rows too (length always applies)"
+        False, description="run all quality filters on sft/preference rows too (max_chars always applies)"
     )
 
 

@@ -31,6 +31,8 @@ class FileReader:
         self.file, self.cfg, self.stats = file, cfg, stats
         self.sha256 = ""
         self.nbytes = 0
+        self.last_line = 0
+        self.gzip_error: str | None = None
 
     def skip(self, line: int | None, reason: str) -> None:
         self.stats.skip(self.file.name, line, reason)
@@ -50,7 +52,13 @@ class FileReader:
                 yield from parquet_rows(raw, self.skip)
                 raw.seek(0)  # Parquet reads by seeking; hash the whole file afterwards
             else:
-                yield from self._parse(io.BufferedReader(hashing, _BUF))
+                for line, record in self._parse(io.BufferedReader(hashing, _BUF)):
+                    self.last_line = line
+                    yield line, record
+                if self.gzip_error:
+                    self.skip(
+                        self.last_line + 1, f"corrupt or truncated gzip, rest of file lost: {self.gzip_error}"
+                    )
         except (OSError, EOFError, zlib.error) as e:
             # gzip corruption surfaces in the middle of reading; keep what came before it
             self.skip(None, f"corrupt or truncated file: {e}")
@@ -65,7 +73,8 @@ class FileReader:
             return
         sample = stream.peek(1 << 16)[: 1 << 16]
         if not sample:
-            self.skip(None, "empty file")
+            if not self.gzip_error:
+                self.skip(None, "empty file")
             return
         if looks_binary(sample):
             self.skip(None, "binary file (NUL bytes), not text")
@@ -81,7 +90,9 @@ class FileReader:
         if self.file.gzip and not is_gzip:
             self.skip(None, "corrupt gzip: not gzip data")
             return None
-        return io.BufferedReader(gzip.GzipFile(fileobj=buffered), _BUF) if is_gzip else buffered
+        if not is_gzip:
+            return buffered
+        return io.BufferedReader(_TolerantGzip(gzip.GzipFile(fileobj=buffered), self), _BUF)
 
     def _dispatch(self, stream: BinaryIO, encoding: str) -> Iterator[tuple[int, Any]]:
         fmt = self.file.format
@@ -97,3 +108,28 @@ class FileReader:
             yield from csv_rows(stream, encoding, self.skip)
         else:  # gzipped parquet: needs random access, so read it into memory
             yield from parquet_rows(io.BytesIO(stream.read()), self.skip)
+
+
+class _TolerantGzip(io.RawIOBase):
+    """Decompressed bytes until the data breaks; then end-of-file, with the error kept on the reader.
+
+    Without this a truncated .gz loses everything already buffered; with it, every complete line
+    before the damage is kept and the damage is reported once.
+    """
+
+    def __init__(self, inner: gzip.GzipFile, owner: FileReader):
+        self.inner, self.owner = inner, owner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.owner.gzip_error:
+            return 0
+        try:
+            data = self.inner.read1(len(buffer))  # read1: one inflate step, so little is lost at the break
+        except (OSError, EOFError, zlib.error) as e:
+            self.owner.gzip_error = str(e) or type(e).__name__
+            return 0
+        buffer[: len(data)] = data
+        return len(data)

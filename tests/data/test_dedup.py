@@ -1,0 +1,63 @@
+"""Exact and near-duplicate detection, English and Chinese, and the keep-the-first rule."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tuneloop.data.config import DedupConfig
+from tuneloop.data.dedup import MinHasher, exact_duplicates, exact_hash, group_edges, resolve_clusters
+
+EN = (
+    "The quarterly report shows that revenue grew in every region, led by strong demand in Asia and a "
+    "recovery in European sales after two slow years; margins improved as shipping costs fell."
+)
+ZH = (
+    "机器学习模型需要大量高质量的训练数据。我们在清洗数据时会去除重复内容、过滤低质量文本，"
+    "并对个人信息进行脱敏处理，以确保模型的安全性和可靠性。"
+)
+
+
+def similarity(a: str, b: str) -> float:
+    h = MinHasher(DedupConfig())
+    return float(np.mean(h.signature(a) == h.signature(b)))
+
+
+def test_exact_hash_ignores_case_spacing_and_punctuation() -> None:
+    assert exact_hash("Hello,  World!") == exact_hash("hello world")
+    assert exact_hash("你好，世界。") == exact_hash("你好 世界")
+    assert exact_hash("hello world") != exact_hash("hello word")
+
+
+def test_minhash_estimates_high_similarity_for_near_copies_in_english_and_chinese() -> None:
+    assert similarity(EN, EN.replace("every region", "each region")) > 0.8
+    assert similarity(ZH, ZH.replace("大量", "海量")) > 0.8  # character shingles: no word split needed
+
+
+def test_minhash_keeps_unrelated_texts_apart() -> None:
+    assert similarity(EN, ZH) < 0.1
+    assert similarity(ZH, "北京是中国的首都，也是全国的政治中心和文化中心，拥有三千多年的建城史。") < 0.3
+
+
+def test_signature_is_deterministic_for_a_seed_and_changes_with_it() -> None:
+    a, b = MinHasher(DedupConfig()), MinHasher(DedupConfig())
+    assert np.array_equal(a.signature(EN), b.signature(EN))
+    assert not np.array_equal(a.signature(EN), MinHasher(DedupConfig(seed=7)).signature(EN))
+
+
+def test_exact_duplicates_keep_the_first_in_canonical_order() -> None:
+    removed = exact_duplicates(
+        [(5, (1, 0), "b:1"), (5, (0, 3), "a:4"), (9, (0, 1), "a:2"), (5, (2, 0), "c:1")]
+    )
+    assert removed == {(1, 0): ((0, 3), "b:1", "a:4"), (2, 0): ((0, 3), "c:1", "a:4")}
+
+
+def test_clusters_are_transitive_and_keep_the_smallest_order() -> None:
+    edges = [((0, 5), (0, 2), 0.9), ((0, 2), (0, 1), 0.85), ((3, 0), (2, 0), 0.95)]
+    assert resolve_clusters(edges) == {(0, 2): ((0, 1), 0.85), (0, 5): ((0, 1), 0.9), (3, 0): ((2, 0), 0.95)}
+
+
+def test_bucket_edges_are_verified_against_the_threshold() -> None:
+    h = MinHasher(DedupConfig())
+    members = [((0, 0), h.signature(EN)), ((0, 1), h.signature(EN + " Thanks.")), ((0, 2), h.signature(ZH))]
+    edges = group_edges(members, 0.8)
+    assert [(a, b) for a, b, _ in edges] == [((0, 1), (0, 0))]

@@ -1,0 +1,162 @@
+"""End to end on the local engine: golden mixed corpus, byte-identical reruns, workers, kinds, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tuneloop.data import prepare
+
+GOLDEN = Path(__file__).parent / "golden"
+FILES = ("train.jsonl", "val.jsonl", "train.parquet", "val.parquet", "manifest.json")
+
+
+def _summary(manifest: dict) -> dict:
+    """The parts of the manifest that do not depend on the tokenizer or on where the test runs."""
+    return {k: manifest[k] for k in ("counts", "removed", "pii", "skipped", "dedup", "inputs")}
+
+
+def test_golden_mixed_corpus(mixed_corpus: Path, make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(mixed_corpus.parent)  # relative input -> ids and paths independent of tmp dirs
+    manifest = prepare(["corpus"], "out", make_cfg(chunk__max_tokens=2048), workers=1)
+    got = {name: (Path("out") / name).read_text(encoding="utf-8") for name in ("train.jsonl", "val.jsonl")}
+    got["summary.json"] = json.dumps(_summary(manifest), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+    if os.environ.get("TUNELOOP_UPDATE_GOLDEN"):
+        GOLDEN.mkdir(exist_ok=True)
+        for name, text in got.items():
+            (GOLDEN / name).write_text(text, encoding="utf-8")
+    for name, text in got.items():
+        assert text == (GOLDEN / name).read_text(encoding="utf-8"), f"{name} differs from tests/data/golden"
+
+
+def test_mixed_corpus_outcome_is_what_each_step_promises(
+    mixed_corpus: Path, make_cfg, tmp_path: Path
+) -> None:
+    m = prepare([str(mixed_corpus)], tmp_path / "out", make_cfg(), workers=1)
+    text = "\n".join(
+        json.loads(line)["text"]
+        for s in ("train", "val")
+        for line in (tmp_path / "out" / f"{s}.jsonl").open()
+    )
+    assert m["removed"]["dedup.exact"] == 2  # the copy and the case/punctuation variant
+    assert m["removed"]["dedup.near"] == 1  # "the invoices" vs "invoices"
+    assert m["removed"]["quality.too_short"] == 1 and m["removed"]["quality.repeated_ngrams"] == 1
+    # PII runs before dedup, so the IP is counted in all three copies
+    assert m["pii"] == {"mode": "redact", "email": 1, "phone": 1, "ip": 3, "id_card": 1}
+    assert "help@example.com" not in text and "<EMAIL>" in text and "<ID_CARD>" in text
+    assert "Orders ship within two business days" in text and "Login" not in text  # HTML main text only
+    assert "北京是中国的首都" in text  # GBK file decoded
+    assert m["tokens"]["max"] <= 64 and m["tokens"]["over_max_tokens"] == 0
+    assert m["counts"]["train_rows"] + m["counts"]["val_rows"] == m["tokens"]["rows"]
+    assert m["counts"]["val_documents"] >= 1 and m["counts"]["documents"] == m["counts"]["dedup_near"]
+    assert all(len(i["sha256"]) == 64 for i in m["inputs"]) and len(m["inputs"]) == 7
+
+
+def test_same_input_and_config_give_byte_identical_outputs_for_any_worker_count(
+    mixed_corpus: Path, make_cfg, tmp_path: Path
+) -> None:
+    prepare([str(mixed_corpus)], tmp_path / "a", make_cfg(), workers=1)
+    prepare([str(mixed_corpus)], tmp_path / "b", make_cfg(), workers=2)
+    for name in FILES:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert not (tmp_path / "a" / ".tuneloop-work").exists()
+
+
+def test_config_change_changes_the_fingerprint(mixed_corpus: Path, make_cfg, tmp_path: Path) -> None:
+    a = prepare([str(mixed_corpus)], tmp_path / "a", make_cfg(), workers=1)
+    b = prepare([str(mixed_corpus)], tmp_path / "b", make_cfg(split__seed=1, pii__mode="off"), workers=1)
+    assert a["fingerprint"] != b["fingerprint"]
+    assert b["config"]["pii"]["mode"] == "off" and a["config"]["split"]["seed"] == 42
+
+
+def test_chunks_of_one_document_never_straddle_train_and_val(tmp_path: Path, make_cfg) -> None:
+    corpus = tmp_path / "docs"
+    corpus.mkdir()
+    for i in range(12):
+        body = " ".join(
+            f"Document {i} sentence {j} talks about topic {i * 7 + j} in some detail." for j in range(12)
+        )
+        (corpus / f"d{i:02d}.txt").write_text(body)
+    m = prepare(
+        [str(corpus)], tmp_path / "out", make_cfg(split__val_fraction=0.25, dedup__near=False), workers=2
+    )
+    sides = {}
+    for split in ("train", "val"):
+        for line in (tmp_path / "out" / f"{split}.jsonl").open():
+            doc = json.loads(line)["text"].split("Document ")[1].split(" ")[0]
+            sides.setdefault(doc, set()).add(split)
+    assert all(len(s) == 1 for s in sides.values()) and len(sides) == 12
+    assert m["counts"]["val_documents"] == 3 and m["counts"]["train_rows"] > 12
+
+
+def test_sft_corpus_in_three_formats(tmp_path: Path, make_cfg) -> None:
+    rows = [
+        {"instruction": "Say hi in Chinese", "input": "", "output": "你好"},
+        {"conversations": [{"from": "human", "value": "What is 2+2?"}, {"from": "gpt", "value": "4"}]},
+        {
+            "messages": [
+                {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": "Paris"},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "no answer"}]},
+    ]
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    m = prepare(
+        [str(tmp_path / "chat.jsonl")],
+        tmp_path / "out",
+        make_cfg(kind="sft", split__val_fraction=0),
+        workers=1,
+    )
+    out = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").open()]
+    assert [r["messages"][-1]["content"] for r in out] == ["你好", "4", "Paris"]
+    assert m["removed"] == {"format.no_assistant_answer": 1}
+    assert m["skipped"]["items"][0]["file"].endswith("chat.jsonl") and m["skipped"]["items"][0]["line"] == 4
+    table = pq.read_table(tmp_path / "out" / "train.parquet")
+    assert table.column_names == ["messages"] and table.num_rows == 3
+
+
+def test_preference_corpus(tmp_path: Path, make_cfg) -> None:
+    rows = [
+        {"prompt": f"Question number {i}?", "chosen": f"Good answer {i}.", "rejected": f"Bad answer {i}."}
+        for i in range(4)
+    ]
+    (tmp_path / "pref.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    m = prepare(
+        [str(tmp_path / "pref.jsonl")],
+        tmp_path / "out",
+        make_cfg(kind="preference", dedup__near=False),
+        workers=1,
+    )
+    assert m["counts"]["train_rows"] + m["counts"]["val_rows"] == 4
+    assert pq.read_table(tmp_path / "out" / "val.parquet").column_names == ["prompt", "chosen", "rejected"]
+
+
+def test_bad_input_corpus_never_crashes_and_reports_everything(
+    bad_corpus: Path, make_cfg, tmp_path: Path
+) -> None:
+    m = prepare([str(bad_corpus)], tmp_path / "out", make_cfg(), workers=2)
+    reasons = {(Path(s["file"]).name, s["line"]): s["reason"] for s in m["skipped"]["items"]}
+    assert "binary" in reasons[("binary.txt", None)]
+    assert any(
+        Path(s["file"]).name == "corrupt.jsonl.gz" and "truncated gzip" in s["reason"]
+        for s in m["skipped"]["items"]
+    )
+    assert "not gzip" in reasons[("notgzip.jsonl.gz", None)]
+    assert reasons[("empty.txt", None)] == "empty file"
+    assert "invalid JSON" in reasons[("lines.jsonl", 2)]
+    assert "wrong shape" in reasons[("lines.jsonl", 3)] and "wrong shape" in reasons[("lines.jsonl", 4)]
+    assert "cannot decode as utf-8" in reasons[("badenc.jsonl", 251)]
+    assert "unsupported file type" in reasons[("image.png", None)]
+    assert "Parquet" in reasons[("broken.parquet", None)]
+    corrupt = next(i for i in m["inputs"] if i["path"].endswith("corrupt.jsonl.gz"))
+    assert (
+        corrupt["records"] > 10 and corrupt["documents"] == corrupt["records"]
+    )  # rows before the cut are kept
+    assert m["removed"]["quality.too_short"] == 250  # the short lines of badenc.jsonl
+    assert m["counts"]["documents"] == 2 + corrupt["documents"]
+    assert len(m["inputs"]) == 9 and all(i["sha256"] for i in m["inputs"])
