@@ -1,0 +1,82 @@
+"""`tuneloop data prepare` through the real CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tuneloop.cli import app, main
+from tuneloop.errors import ConfigError
+
+
+def test_prepare_writes_the_dataset_and_prints_a_summary(
+    mixed_corpus: Path, tok_dir: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = [
+        "data",
+        "prepare",
+        str(mixed_corpus),
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--no-progress",
+        f"tokenizer={tok_dir}",
+        "chunk.max_tokens=64",
+        "pii.mode=drop",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "records read" in result.output and "removed: pii.contains_pii" in result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["pii"]["mode"] == "drop" and manifest["removed"]["pii.contains_pii"] >= 4
+    assert {p.name for p in out.iterdir()} == {
+        "train.jsonl",
+        "val.jsonl",
+        "train.parquet",
+        "val.parquet",
+        "manifest.json",
+    }
+
+
+def test_config_file_kind_flag_and_json_output(tmp_path: Path, tok_dir: str) -> None:
+    (tmp_path / "data.yaml").write_text(f"tokenizer: {tok_dir}\nsplit:\n  val_fraction: 0\n")
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"instruction": "Hi", "output": "Hello!"}) + "\n")
+    args = [
+        "data",
+        "prepare",
+        str(tmp_path / "chat.jsonl"),
+        "-o",
+        str(tmp_path / "out"),
+        "-c",
+        str(tmp_path / "data.yaml"),
+        "--kind",
+        "sft",
+        "--json",
+        "--no-progress",
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output)
+    assert manifest["kind"] == "sft" and manifest["counts"]["train_rows"] == 1
+
+
+def test_a_typo_in_an_override_names_the_key(mixed_corpus: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["data", "prepare", str(mixed_corpus), "--out", str(tmp_path / "o"), "chunk.max_tokenz=5"]
+    )
+    # the root app turns a TuneloopError into a clean message and exit code 2 (older versions raised it)
+    if isinstance(result.exception, ConfigError):
+        assert "did you mean 'chunk.max_tokens'" in str(result.exception)
+    else:
+        assert result.exit_code == 2 and "did you mean 'chunk.max_tokens'" in result.output
+
+
+def test_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["data", "prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert exit_.value.code == 2 and "does not exist" in capsys.readouterr().err
