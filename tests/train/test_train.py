@@ -285,3 +285,35 @@ def test_two_process_ddp_matches_one_process(tiny_llama, sft_dataset, tmp_path):
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2
     assert [loss for _, loss in two["train_loss"]] == pytest.approx(losses(single), rel=1e-4)
+
+
+# ---------------------------------------------------------------- precision and the fit check
+
+
+def test_bf16_autocast_on_cpu_trains(tiny_llama, sft_dataset, tmp_path):
+    result = train(tiny_llama, sft_dataset, tmp_path / "run", precision="bf16", max_steps=6)
+    assert result.metrics["precision"] == "bf16" and losses(result)[-1] < losses(result)[0]
+
+
+def test_model_that_cannot_fit_is_refused_before_loading(tmp_path, monkeypatch):
+    """No GPU here: the detected GPU memory is faked; the estimate itself is the real `plan`."""
+    from tuneloop.resources import plan as plan_mod
+    from tuneloop.train.model_setup import Precision, check_fit
+
+    folder = tmp_path / "llama-3-8b-shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+        "max_position_embeddings": 8192, "tie_word_embeddings": False,
+    }))  # fmt: skip
+    monkeypatch.setattr(plan_mod, "detected_memory", lambda gpus: (24 * 2**30, "Fake 24 GiB GPU"))
+    cfg = load_config(
+        TrainConfig, None, [f"model={folder}", "data.path=x", "method=full", "data.max_length=2048"]
+    )
+    with pytest.raises(TuneloopError) as e:
+        check_fit(cfg, str(folder), "cuda", Precision("bf16", torch.bfloat16), world=1)
+    assert "GiB per GPU but 24.0 GiB is available" in e.value.message and e.value.hint
+    cfg = load_config(TrainConfig, None, [f"model={folder}", "data.path=x", "method=qlora", "data.max_length=512",
+                                          "batch.micro_batch=1", "batch.global_batch=8", "gradient_checkpointing=true"])  # fmt: skip
+    assert check_fit(cfg, str(folder), "cuda", Precision("bf16", torch.bfloat16), world=1).fits is True

@@ -107,6 +107,13 @@ class TrainConfig(Config):
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool = False
+    master_weights: bool = Field(
+        True,
+        description="full fine-tuning: fp32 master weights + fp32 AdamW states (false: pure bf16, half the memory)",
+    )
+    fit_check: bool = Field(
+        True, description="on a GPU, refuse before loading a model that `plan` says will not fit"
+    )
     dpo: DpoSettings = DpoSettings()
     tracking: TrackingSettings = TrackingSettings()
     name: str | None = Field(None, description="run name (default: derived from model/objective/method)")

@@ -39,6 +39,7 @@ def run(cfg: TrainConfig) -> RunResult:
     from tuneloop.models.loading import load_tokenizer
     from tuneloop.models.resolve import resolve_model
     from tuneloop.train.model_setup import (
+        check_fit,
         load_for_training,
         pick_device,
         pick_precision,
@@ -77,6 +78,9 @@ def run(cfg: TrainConfig) -> RunResult:
     if cfg.eval.every and not val.examples and d.main:
         log.warning("eval.every is set but there is no validation data: no validation loss will be computed")
 
+    check_fit(
+        cfg, str(resolved.path), device, precision, d.world
+    )  # before loading: fail in seconds, not minutes
     torch.manual_seed(cfg.seed)  # same LoRA init on every process
     model = load_for_training(cfg, str(resolved.path), device, precision)
     model.train()

@@ -209,7 +209,9 @@ class Trainer:
     def _autocast(self) -> Any:
         if self.precision.autocast is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.precision.autocast)
+        return torch.autocast(
+            device_type="cuda" if self.device.startswith("cuda") else "cpu", dtype=self.precision.autocast
+        )
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
