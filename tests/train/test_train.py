@@ -247,7 +247,7 @@ def test_cli_config_typo_and_missing_data_exit_2(tiny_llama, tmp_path):
 
 
 def test_global_batch_must_be_a_multiple_of_micro_batch():
-    with pytest.raises(TuneloopError, match="multiple of batch.micro_batch"):
+    with pytest.raises(TuneloopError, match=r"multiple of batch\.micro_batch"):
         load_config(TrainConfig, None, ["data.path=x", "batch.global_batch=10", "batch.micro_batch=4"])
 
 
@@ -317,3 +317,22 @@ def test_model_that_cannot_fit_is_refused_before_loading(tmp_path, monkeypatch):
     cfg = load_config(TrainConfig, None, [f"model={folder}", "data.path=x", "method=qlora", "data.max_length=512",
                                           "batch.micro_batch=1", "batch.global_batch=8", "gradient_checkpointing=true"])  # fmt: skip
     assert check_fit(cfg, str(folder), "cuda", Precision("bf16", torch.bfloat16), world=1).fits is True
+
+
+@pytest.mark.slow
+def test_two_process_fsdp_full_fine_tuning_matches_one_process(tiny_llama, sft_dataset, tmp_path):
+    extra = {"method": "full", "max_steps": 3, "optim.lr": 1e-4}
+    single = train(tiny_llama, sft_dataset, tmp_path / "one", **extra)
+    args = base_overrides(tiny_llama, sft_dataset, tmp_path / "two", strategy="fsdp", **extra)
+    result = runner.invoke(app, ["train", *args, "--nproc", "2"])
+    assert result.exit_code == 0, result.output
+    two = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert two["world_size"] == 2
+    assert [loss for _, loss in two["train_loss"]] == pytest.approx(losses(single), rel=1e-4)
+    assert [g for _, g in two["grad_norm"]] == pytest.approx([g for _, g in single.metrics["grad_norm"]], rel=1e-3)
+    from safetensors.torch import load_file
+
+    a = load_file(str(single.model_dir / "model.safetensors"))
+    b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

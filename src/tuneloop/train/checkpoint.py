@@ -26,7 +26,24 @@ PREFIX = "step-"
 
 
 def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    """CPU copies of the parameters that train. With FSDP this is a collective: call it on every process."""
+    from tuneloop.train.fsdp import full_state, is_sharded
+
+    if is_sharded(model):
+        return full_state(model, trainable_only=True)
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable(model: Any, weights: dict[str, torch.Tensor]) -> None:
+    from tuneloop.train.fsdp import is_sharded, load_full_state
+
+    if is_sharded(model):
+        load_full_state(model, weights)
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
 
 
 def save(
@@ -42,6 +59,11 @@ def save(
     """Write checkpoint `folder` (rank 0 writes weights; every rank writes its RNG state)."""
     from safetensors.torch import save_file
 
+    from tuneloop.train.fsdp import is_sharded, optimizer_full_state
+
+    sharded = is_sharded(model)
+    weights = trainable_state(model) if sharded or rank == 0 else {}  # collectives when sharded
+    opt_state = optimizer_full_state(model, optimizer) if sharded else (optimizer.state_dict() if rank == 0 else {})
     tmp = folder.with_name(folder.name + ".tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -49,11 +71,8 @@ def save(
     _barrier(world)
     torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
     if rank == 0:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
-            tmp / "optimizer.pt",
-        )
+        save_file(weights, str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": opt_state, "scaler": scaler.state_dict() if scaler else None}, tmp / "optimizer.pt")
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     _barrier(world)
     if rank == 0:
@@ -81,6 +100,8 @@ def load(folder: Path, model: Any, optimizer: Any, rank: int, scaler: Any = None
         raise TuneloopError(
             f"'{folder}' is not a complete checkpoint (no state.json)", hint="use resume=auto or never"
         )
+    from tuneloop.train.fsdp import is_sharded, load_optimizer_full_state
+
     weights = load_file(str(folder / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]
@@ -89,11 +110,12 @@ def load(folder: Path, model: Any, optimizer: Any, rank: int, scaler: Any = None
             f"checkpoint {folder} does not match this model/method ({len(missing)} unknown tensors, e.g. {missing[0]})",
             hint="resume with the same model, method and lora settings, or set resume=never",
         )
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+    load_trainable(model, weights)
     opt = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(opt["optimizer"])
+    if is_sharded(model):
+        load_optimizer_full_state(model, optimizer, opt["optimizer"])
+    else:
+        optimizer.load_state_dict(opt["optimizer"])
     if scaler is not None and opt.get("scaler"):
         scaler.load_state_dict(opt["scaler"])
     rng = folder / f"rng-{rank}.pt"

@@ -111,6 +111,9 @@ class TrainConfig(Config):
         True,
         description="full fine-tuning: fp32 master weights + fp32 AdamW states (false: pure bf16, half the memory)",
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp", description="several processes: ddp replicates the model; fsdp shards weights, grads and optimizer"
+    )
     fit_check: bool = Field(
         True, description="on a GPU, refuse before loading a model that `plan` says will not fit"
     )
@@ -129,6 +132,8 @@ class TrainConfig(Config):
             raise ValueError(
                 "data.packing does not apply to dpo (pairs are scored whole); set data.packing=false"
             )
+        if self.strategy == "fsdp" and (self.method == "qlora" or self.objective == "dpo"):
+            raise ValueError("strategy=fsdp supports method full/lora with sft or pretrain; use strategy=ddp")
         if self.batch.global_batch % self.batch.micro_batch:
             raise ValueError(
                 f"batch.global_batch ({self.batch.global_batch}) must be a multiple of batch.micro_batch "

@@ -49,6 +49,14 @@ def sum_scalars(values: list[float], d: Dist, device: Any) -> list[float]:
     return t.tolist()
 
 
+def max_int(value: int, d: Dist, device: Any) -> int:
+    if d.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def any_flag(flag: bool, d: Dist, device: Any) -> bool:
     return sum_scalars([1.0 if flag else 0.0], d, device)[0] > 0
 
@@ -59,8 +67,9 @@ def sum_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
         return
     by_dtype: dict[torch.dtype, list[torch.nn.Parameter]] = {}
     for p in params:
-        if p.grad is not None:
-            by_dtype.setdefault(p.grad.dtype, []).append(p)
+        if p.grad is None:  # a process that saw no example this step still joins with zeros
+            p.grad = torch.zeros_like(p)
+        by_dtype.setdefault(p.grad.dtype, []).append(p)
     for group in by_dtype.values():
         flat = torch.cat([p.grad.reshape(-1) for p in group])
         dist.all_reduce(flat)

@@ -83,6 +83,10 @@ def run(cfg: TrainConfig) -> RunResult:
     )  # before loading: fail in seconds, not minutes
     torch.manual_seed(cfg.seed)  # same LoRA init on every process
     model = load_for_training(cfg, str(resolved.path), device, precision)
+    if cfg.strategy == "fsdp" and d.world > 1:
+        from tuneloop.train.fsdp import shard_model
+
+        model = shard_model(model, precision.autocast, device)
     model.train()
     trainable, total = trainable_parameters(model)
     tracker = Tracker(cfg, run_dir, enabled=d.main)
@@ -119,9 +123,10 @@ def run(cfg: TrainConfig) -> RunResult:
     restored = trainer.restore_best()
     model_dir = run_dir / "model"
     metrics: dict[str, Any] = {}
+    full = _gather_if_sharded(model)  # a collective: every process takes part
     if d.main:
         metrics = _write_outputs(
-            cfg, trainer, tokenizer, resolved, train_file, run_dir, model_dir, facts, seconds, restored
+            cfg, trainer, tokenizer, resolved, train_file, run_dir, model_dir, facts, seconds, restored, full
         )
         metrics.update(_final_eval(cfg, model_dir, val_file, run_dir, tracker))
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -141,6 +146,32 @@ def run(cfg: TrainConfig) -> RunResult:
     tracker.finish()
     distributed.shutdown(d)
     return RunResult(run_dir, model_dir, metrics, tracker.run_id, tracker.tracking_uri)
+
+
+def _save_gathered(model: Any, state: dict[str, Any], model_dir: Path, cfg: TrainConfig, dtype: Any) -> None:
+    """Write an HF folder from a gathered state dict (save_pretrained cannot read FSDP's sharded module)."""
+    from huggingface_hub import save_torch_state_dict
+
+    model_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.method == "full":
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)  # tied: stored once, as the embedding
+        save_torch_state_dict(state, model_dir)
+        model.config.save_pretrained(model_dir)
+        model.generation_config.save_pretrained(model_dir)
+        return
+    from peft import get_peft_model_state_dict
+
+    adapter = get_peft_model_state_dict(model, state_dict=state)
+    save_torch_state_dict(adapter, model_dir, filename_pattern="adapter_model{suffix}.safetensors")
+    model.peft_config["default"].save_pretrained(model_dir)
+
+
+def _gather_if_sharded(model: Any) -> dict[str, Any] | None:
+    from tuneloop.train.fsdp import full_state, is_sharded
+
+    return full_state(model, trainable_only=False) if is_sharded(model) else None
 
 
 def _resolve_once(ref: str, d: Any, resolve_model: Any) -> Any:
@@ -202,14 +233,19 @@ def _profiler(cfg: TrainConfig, run_dir: Path) -> Any:
 
 
 def _write_outputs(cfg: TrainConfig, trainer: Any, tokenizer: Any, resolved: Any, train_file: Path, run_dir: Path,
-                   model_dir: Path, facts: dict[str, Any], seconds: float, restored: bool) -> dict[str, Any]:  # fmt: skip
+                   model_dir: Path, facts: dict[str, Any], seconds: float, restored: bool,
+                   full_state: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     from tuneloop.train.plots import loss_plot
 
     state = trainer.state
     model = trainer.model
-    if cfg.method == "full":
-        model.to(dtype=_save_dtype(resolved.path))  # fp32 master weights back to the model's own dtype
-    model.save_pretrained(model_dir)
+    dtype = _save_dtype(resolved.path)  # fp32 master weights go back to the model's own dtype
+    if full_state is not None:  # FSDP: the gathered full state dict, not the sharded module's
+        _save_gathered(model, full_state, model_dir, cfg, dtype)
+    else:
+        if cfg.method == "full":
+            model.to(dtype=dtype)
+        model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     loss_plot(state.train_loss, state.val_loss, run_dir / "loss.png", title=f"{cfg.run_name()}")
@@ -228,6 +264,7 @@ def _write_outputs(cfg: TrainConfig, trainer: Any, tokenizer: Any, resolved: Any
         "best_val_loss": state.best_val,
         "val_loss": state.val_loss,
         "train_loss": state.train_loss,
+        "grad_norm": state.grad_norm,
         "stopped_early": state.stopped_early,
         "restored_best": restored,
         "lr_cuts": state.lr_cuts,

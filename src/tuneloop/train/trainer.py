@@ -21,7 +21,7 @@ from tuneloop.errors import TuneloopError
 from tuneloop.train import checkpoint, distributed
 from tuneloop.train.batching import StepPlan, collate, micro_batches, shard
 from tuneloop.train.config import TrainConfig
-from tuneloop.train.dataset import PairExample
+from tuneloop.train.dataset import IGNORE, Example, PairExample
 from tuneloop.train.distributed import Dist
 from tuneloop.train.model_setup import Precision
 from tuneloop.train.objectives import dpo_losses, sequence_logps, token_loss_sum
@@ -45,6 +45,7 @@ class TrainState:
     mlflow_run_id: str | None = None
     oom_backoffs: list[dict[str, int]] = field(default_factory=list)
     train_loss: list[tuple[int, float]] = field(default_factory=list)
+    grad_norm: list[tuple[int, float]] = field(default_factory=list)
     val_loss: list[tuple[int, float]] = field(default_factory=list)
     lr_cuts: list[int] = field(default_factory=list)
 
@@ -55,6 +56,7 @@ class TrainState:
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
         s = cls(**d)
         s.train_loss = [tuple(x) for x in s.train_loss]  # type: ignore[misc]
+        s.grad_norm = [tuple(x) for x in s.grad_norm]  # type: ignore[misc]
         s.val_loss = [tuple(x) for x in s.val_loss]  # type: ignore[misc]
         return s
 
@@ -77,6 +79,11 @@ class Trainer:
             )
         self.state = TrainState(micro_batch=cfg.batch.micro_batch)
         self.ckpt_dir = run_dir / "checkpoints"
+        from tuneloop.train.fsdp import is_sharded
+
+        self.sharded = is_sharded(model)
+        # each process's loss is a share of the global sum: our all-reduce sums (x1), FSDP averages (x world)
+        self._reduce_scale = dist.world if self.sharded else 1
 
     # ------------------------------------------------------------ public
 
@@ -120,6 +127,12 @@ class Trainer:
             try:
                 result = self._accumulate(examples)
             except torch.OutOfMemoryError:
+                if self.sharded:  # the other processes wait inside a collective: they cannot retry with us
+                    raise TuneloopError(
+                        "out of GPU memory under FSDP",
+                        hint="lower batch.micro_batch (the effective batch stays batch.global_batch), turn on "
+                        "gradient_checkpointing, or use more GPUs",
+                    ) from None
                 oom, result = True, (0.0, 0)
             if not distributed.any_flag(oom, self.dist, self.device):
                 return result
@@ -152,15 +165,30 @@ class Trainer:
         local = sum(sum(1 for t in e.labels[1:] if t != -100) for e in examples)
         total = int(distributed.sum_scalars([float(local)], self.dist, self.device)[0])
         loss_sum, tokens = 0.0, 0
-        for chunk in micro_batches(examples, self.state.micro_batch):
+        chunks = self._chunks(examples, self.state.micro_batch)
+        for i, chunk in enumerate(chunks):
+            if self.sharded:  # FSDP reduce-scatters once, on the last micro-batch
+                self.model.set_requires_gradient_sync(i == len(chunks) - 1)
             batch = self._to_device(collate(chunk, self.pad_id))
             with self._autocast():
                 loss, n = token_loss_sum(self.model, batch)
-            self._backward(loss * self.dist.world / total)  # gradients are summed across processes later
+            self._backward(loss * self._reduce_scale / total)
             loss_sum, tokens = loss_sum + loss.item(), tokens + n
-        distributed.sum_gradients(self.params, self.dist)
-        loss_sum, tokens = distributed.sum_scalars([loss_sum, float(tokens)], self.dist, self.device)
-        return loss_sum / max(1.0, tokens), int(tokens)
+        if not self.sharded:
+            distributed.sum_gradients(self.params, self.dist)
+        inputs = sum(len(e.input_ids) for e in examples)  # throughput counts every input token, as HF does
+        loss_sum, tokens, inputs = distributed.sum_scalars([loss_sum, float(tokens), float(inputs)], self.dist, self.device)
+        return loss_sum / max(1.0, tokens), int(inputs)
+
+    def _chunks(self, examples: list[Any], micro: int) -> list[list[Any]]:
+        """Micro-batches; under FSDP every process must run as many forward passes as the others
+        (each one is a collective), so short shares are padded with label-free dummies (zero loss)."""
+        chunks = micro_batches(examples, micro)
+        if not self.sharded:
+            return chunks
+        most = distributed.max_int(len(chunks), self.dist, self.device)
+        dummy = Example([self.pad_id, self.pad_id], [IGNORE, IGNORE])
+        return chunks + [[dummy]] * (most - len(chunks))
 
     def _accumulate_dpo(self, pairs: list[PairExample]) -> tuple[float, int]:
         n_pairs = int(distributed.sum_scalars([float(len(pairs))], self.dist, self.device)[0])
@@ -176,7 +204,7 @@ class Trainer:
             losses, r_chosen, r_rejected = dpo_losses(
                 policy[:k], policy[k:], ref[:k], ref[k:], self.cfg.dpo.beta
             )
-            self._backward(losses.sum() * self.dist.world / n_pairs)
+            self._backward(losses.sum() * self._reduce_scale / n_pairs)
             loss_sum += losses.sum().item()
             correct += (r_chosen > r_rejected).float().sum().item()
             tokens += (
@@ -201,10 +229,10 @@ class Trainer:
         (self.scaler.scale(loss) if self.scaler else loss).backward()
 
     def _clip(self) -> float:
-        if self.cfg.optim.max_grad_norm is None:
-            norms = [p.grad.detach().float().norm() for p in self.params if p.grad is not None]
-            return float(torch.stack(norms).norm()) if norms else 0.0
-        return float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.optim.max_grad_norm))
+        # with FSDP the gradients are DTensors and the norm is a DTensor: .full_tensor() gathers it
+        max_norm = self.cfg.optim.max_grad_norm if self.cfg.optim.max_grad_norm is not None else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def _autocast(self) -> Any:
         if self.precision.autocast is None:
@@ -221,6 +249,7 @@ class Trainer:
     def _after_step(self, loss: float, tokens: int, grad_norm: float, seconds: float) -> None:
         step = self.state.step
         self.state.train_loss.append((step, loss))
+        self.state.grad_norm.append((step, grad_norm))
         if self.profiler is not None:
             self.profiler.step()
         if step % self.cfg.log_every == 0 or step == self.plan.total_steps:
@@ -265,7 +294,7 @@ class Trainer:
         loss_sum, tokens = 0.0, 0
         self.model.eval()
         with torch.no_grad():
-            for chunk in micro_batches([self.val[i] for i in mine], max(1, self.state.micro_batch)):
+            for chunk in self._chunks([self.val[i] for i in mine], max(1, self.state.micro_batch)):
                 with self._autocast():
                     loss, n = token_loss_sum(self.model, self._to_device(collate(chunk, self.pad_id)))
                 loss_sum, tokens = loss_sum + loss.item(), tokens + n
@@ -317,21 +346,23 @@ class Trainer:
 
     def _save_best(self) -> None:
         """Keep the trainable weights of the best validation loss (restored at the end when stopping early)."""
-        if self.cfg.early_stopping.patience and self.dist.main:
+        if not self.cfg.early_stopping.patience:
+            return
+        weights = checkpoint.trainable_state(self.model) if self.sharded or self.dist.main else {}
+        if self.dist.main:
             from safetensors.torch import save_file
 
-            save_file(checkpoint.trainable_state(self.model), str(self.run_dir / "best.safetensors"))
+            save_file(weights, str(self.run_dir / "best.safetensors"))
 
     def restore_best(self) -> bool:
         path = self.run_dir / "best.safetensors"
+        if self.dist.world > 1:
+            torch.distributed.barrier()  # process 0 may still be writing it
         if not (self.cfg.early_stopping.patience and path.is_file()):
             return False
         from safetensors.torch import load_file
 
-        params = dict(self.model.named_parameters())
-        with torch.no_grad():
-            for name, tensor in load_file(str(path)).items():
-                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+        checkpoint.load_trainable(self.model, load_file(str(path)))
         return True
 
 
