@@ -45,7 +45,12 @@ def variant(name: str, steps: int) -> dict:
     if name.startswith("hf"):
         bf16 = name == "hf_peft_bf16_autocast"
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if bf16 else torch.float32)
-        model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+            ),
+        )
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
         def step(b):
@@ -56,7 +61,13 @@ def variant(name: str, steps: int) -> dict:
             opt.step()
             opt.zero_grad(set_to_none=True)
     else:
-        from tuneloop.train.config import BatchSettings, DataSettings, LoraSettings, TrackingSettings, TrainConfig
+        from tuneloop.train.config import (
+            BatchSettings,
+            DataSettings,
+            LoraSettings,
+            TrackingSettings,
+            TrainConfig,
+        )
         from tuneloop.train.distributed import Dist
         from tuneloop.train.model_setup import load_for_training, pick_precision
         from tuneloop.train.trainer import Trainer
@@ -111,7 +122,12 @@ def main() -> None:
     base = results[0]["tokens_per_s"]
     for r in results:
         r["ratio_vs_hf_fp32"] = round(r["tokens_per_s"] / base, 2)
-    report = {"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}
+    report = {
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "results": results,
+    }
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
 

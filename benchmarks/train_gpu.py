@@ -66,7 +66,10 @@ def tuneloop_lora(shape: dict, device: str, batch: int, seq: int, steps: int) ->
     model = _add_lora(model, cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"dropout": 0.0})}))
     vocab = shape["vocab_size"]
     g = torch.Generator().manual_seed(0)
-    examples = [Example(ids, list(ids)) for ids in torch.randint(100, vocab - 1, (batch * (steps + 2), seq), generator=g).tolist()]
+    examples = [
+        Example(ids, list(ids))
+        for ids in torch.randint(100, vocab - 1, (batch * (steps + 2), seq), generator=g).tolist()
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(cfg, model, examples, [], pad_id=0, device=device, precision=Precision("bf16", torch.bfloat16),
                           dist=Dist(), run_dir=Path(tmp), tracker=NullTracker())  # fmt: skip
@@ -104,7 +107,9 @@ def main() -> None:
     res["tuneloop_lora"] = tuneloop_lora(shape, device, batch, seq, steps)
     print(json.dumps(res["tuneloop_lora"]), flush=True)
     if "hf_peft_lora" in res:
-        res["ratio_tokens_per_s"] = round(res["tuneloop_lora"]["tokens_per_s"] / res["hf_peft_lora"]["tokens_per_s"], 3)
+        res["ratio_tokens_per_s"] = round(
+            res["tuneloop_lora"]["tokens_per_s"] / res["hf_peft_lora"]["tokens_per_s"], 3
+        )
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_gpu.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))

@@ -329,10 +329,33 @@ def test_two_process_fsdp_full_fine_tuning_matches_one_process(tiny_llama, sft_d
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2
     assert [loss for _, loss in two["train_loss"]] == pytest.approx(losses(single), rel=1e-4)
-    assert [g for _, g in two["grad_norm"]] == pytest.approx([g for _, g in single.metrics["grad_norm"]], rel=1e-3)
+    assert [g for _, g in two["grad_norm"]] == pytest.approx(
+        [g for _, g in single.metrics["grad_norm"]], rel=1e-3
+    )
     from safetensors.torch import load_file
 
     a = load_file(str(single.model_dir / "model.safetensors"))
     b = load_file(str(tmp_path / "two" / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_parallel_tokenization_gives_the_same_examples(tiny_llama):
+    from tuneloop.models.loading import load_tokenizer
+    from tuneloop.train.dataset import tokenize, tokenize_parallel
+
+    from .conftest import sft_rows
+
+    rows = sft_rows(40)
+    one = tokenize(rows, load_tokenizer(tiny_llama), "sft", 70, "truncate")
+    two = tokenize_parallel(rows, str(tiny_llama), "sft", 70, "truncate", workers=2)
+    assert [e.input_ids for e in one.examples] == [e.input_ids for e in two.examples]
+    assert [e.labels for e in one.examples] == [e.labels for e in two.examples]
+    assert one.counts == two.counts and one.counts["truncated"] > 0
+
+
+def test_profile_writes_a_trace_and_top_operators(tiny_llama, sft_dataset, tmp_path):
+    result = train(tiny_llama, sft_dataset, tmp_path / "run", profile="true", max_steps=6)
+    profile = result.run_dir / "profile"
+    assert "Self CPU" in (profile / "top_operators.txt").read_text()
+    assert list(profile.glob("*.pt.trace.json*"))

@@ -63,7 +63,9 @@ def save(
 
     sharded = is_sharded(model)
     weights = trainable_state(model) if sharded or rank == 0 else {}  # collectives when sharded
-    opt_state = optimizer_full_state(model, optimizer) if sharded else (optimizer.state_dict() if rank == 0 else {})
+    opt_state = (
+        optimizer_full_state(model, optimizer) if sharded else (optimizer.state_dict() if rank == 0 else {})
+    )
     tmp = folder.with_name(folder.name + ".tmp")
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -72,7 +74,9 @@ def save(
     torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
     if rank == 0:
         save_file(weights, str(tmp / "trainable.safetensors"))
-        torch.save({"optimizer": opt_state, "scaler": scaler.state_dict() if scaler else None}, tmp / "optimizer.pt")
+        torch.save(
+            {"optimizer": opt_state, "scaler": scaler.state_dict() if scaler else None}, tmp / "optimizer.pt"
+        )
         (tmp / "state.json").write_text(json.dumps(state, indent=1))
     _barrier(world)
     if rank == 0:

@@ -112,7 +112,8 @@ class TrainConfig(Config):
         description="full fine-tuning: fp32 master weights + fp32 AdamW states (false: pure bf16, half the memory)",
     )
     strategy: Literal["ddp", "fsdp"] = Field(
-        "ddp", description="several processes: ddp replicates the model; fsdp shards weights, grads and optimizer"
+        "ddp",
+        description="several processes: ddp replicates the model; fsdp shards weights, grads and optimizer",
     )
     fit_check: bool = Field(
         True, description="on a GPU, refuse before loading a model that `plan` says will not fit"
@@ -122,7 +123,9 @@ class TrainConfig(Config):
     name: str | None = Field(None, description="run name (default: derived from model/objective/method)")
     output_dir: str | None = Field(None, description="default: TUNELOOP_HOME/runs/<name>")
     profile: bool = Field(False, description="record a torch profiler trace for a few steps")
-    num_workers: int = Field(0, ge=0, description="tokenization worker processes")
+    num_workers: int = Field(
+        0, ge=0, description="processes that tokenize the dataset (0/1: in this process)"
+    )
     device: str = Field("auto", description="auto | cpu | cuda")
     log_every: int = Field(1, gt=0)
 

@@ -208,3 +208,37 @@ def _join(parts: list[Example]) -> Example:
     labels = [t for p in parts for t in [IGNORE, *p.labels[1:]]]
     positions = [i for p in parts for i in range(len(p.input_ids))]
     return Example(ids, labels, positions, [len(p.input_ids) for p in parts])
+
+
+def _tokenize_shard(args: tuple[list[dict[str, Any]], str, str, int, str]) -> Prepared:
+    from tuneloop.models.loading import load_tokenizer
+
+    rows, tokenizer_path, objective, max_length, overlong = args
+    return tokenize(rows, load_tokenizer(tokenizer_path), objective, max_length, overlong)
+
+
+def tokenize_parallel(
+    rows: list[dict[str, Any]],
+    tokenizer_path: str,
+    objective: str,
+    max_length: int,
+    overlong: str,
+    workers: int,
+) -> Prepared:
+    """`tokenize` over `workers` processes (contiguous shards, so the order and the result are the same)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = -(-len(rows) // workers)
+    shards = [
+        (rows[i : i + size], tokenizer_path, objective, max_length, overlong)
+        for i in range(0, len(rows), size)
+    ]
+    # spawn: a forked child would inherit torch's thread pools and the tokenizer's Rust threads
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        parts = list(pool.map(_tokenize_shard, shards))
+    out = Prepared([e for p in parts for e in p.examples])
+    for p in parts:
+        out.counts.update(p.counts)
+    out.counts["examples"] = len(out.examples)
+    return out

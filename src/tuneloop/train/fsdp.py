@@ -54,7 +54,9 @@ def load_full_state(model: Any, state: dict[str, torch.Tensor]) -> None:
 def optimizer_full_state(model: Any, optimizer: Any) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return get_optimizer_state_dict(
+        model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
 
 
 def load_optimizer_full_state(model: Any, optimizer: Any, state: dict[str, Any]) -> None:

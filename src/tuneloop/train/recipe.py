@@ -19,7 +19,7 @@ from tuneloop import __version__, paths
 from tuneloop.errors import TuneloopError
 from tuneloop.train import checkpoint, distributed
 from tuneloop.train.config import TrainConfig
-from tuneloop.train.dataset import Prepared, dataset_files, pack, read_rows, tokenize
+from tuneloop.train.dataset import Prepared, dataset_files, pack, read_rows, tokenize, tokenize_parallel
 
 log = logging.getLogger("tuneloop.train")
 
@@ -207,7 +207,11 @@ def _peek_state(folder: Path | None) -> dict[str, Any]:
 
 def _examples(cfg: TrainConfig, path: Path, tokenizer: Any, limit: int | None, packing: bool) -> Prepared:
     rows = read_rows(path, cfg.objective, limit)
-    prepared = tokenize(rows, tokenizer, cfg.objective, cfg.data.max_length, cfg.data.overlong)
+    if cfg.num_workers > 1 and len(rows) >= 64 * cfg.num_workers:  # small sets: process start-up costs more
+        prepared = tokenize_parallel(rows, tokenizer.name_or_path, cfg.objective, cfg.data.max_length,
+                                     cfg.data.overlong, cfg.num_workers)  # fmt: skip
+    else:
+        prepared = tokenize(rows, tokenizer, cfg.objective, cfg.data.max_length, cfg.data.overlong)
     prepared.counts["rows"] = len(rows)
     if packing:
         before = len(prepared.examples)

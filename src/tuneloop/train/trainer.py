@@ -177,7 +177,9 @@ class Trainer:
         if not self.sharded:
             distributed.sum_gradients(self.params, self.dist)
         inputs = sum(len(e.input_ids) for e in examples)  # throughput counts every input token, as HF does
-        loss_sum, tokens, inputs = distributed.sum_scalars([loss_sum, float(tokens), float(inputs)], self.dist, self.device)
+        loss_sum, tokens, inputs = distributed.sum_scalars(
+            [loss_sum, float(tokens), float(inputs)], self.dist, self.device
+        )
         return loss_sum / max(1.0, tokens), int(inputs)
 
     def _chunks(self, examples: list[Any], micro: int) -> list[list[Any]]:
