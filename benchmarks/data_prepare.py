@@ -145,7 +145,10 @@ def main() -> None:
     print(
         f"corpus: {info['bytes'] / 1e6:.1f} MB, {info['documents']} docs, {info['planted_near_duplicates']} planted near-dups"
     )
-    results = [run(corpus, args.dir / f"out-{w}", w, args.tokenizer) for w in args.workers]
+    results = []
+    for w in args.workers:
+        results.append(run(corpus, args.dir / f"out-{w}", w, args.tokenizer))
+        print(json.dumps(results[-1]), flush=True)  # partial results survive a time limit
     import tuneloop
 
     print(

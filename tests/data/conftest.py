@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,8 @@ def bad_corpus(tmp_path: Path) -> Path:
 def spark_master() -> str:
     """One local Spark context for the whole session (started once, ~10 s)."""
     pytest.importorskip("pyspark")
+    if not (shutil.which("java") or os.environ.get("JAVA_HOME")):
+        pytest.skip("Spark needs a Java runtime (java on PATH or JAVA_HOME)")
     from tuneloop.data.executors.spark import spark_context
 
     spark_context("local[2]")

@@ -78,11 +78,14 @@ def build_manifest(
             "val_rows": int(tokens["val"].size),
         },
         "removed": dict(sorted(stats.removed.items())),
-        "skipped": {"total": len(skips), "items": [s.to_json() for s in skips[: cfg.max_skips_listed]]},
+        "skipped": {"total": stats.skipped, "items": [s.to_json() for s in skips[: cfg.max_skips_listed]]},
         "pii": {"mode": cfg.pii.mode, **{k: stats.pii[k] for k in sorted(stats.pii)}},
         "dedup": dedup,
         "tokens": {
             "tokenizer": tokenizer,
+            "counted": "chunk text"
+            if cfg.kind == "pretrain"
+            else "message contents, without the chat template",
             **token_stats(all_tokens),
             "over_max_tokens": int((all_tokens > cfg.chunk.max_tokens).sum()),
             "train": token_stats(tokens["train"]),

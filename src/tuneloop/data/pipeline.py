@@ -190,10 +190,10 @@ def finish(
     split_docs = {"train": decision.kept - len(decision.val), "val": len(decision.val)}
     manifest = build_manifest(cfg, inputs, stats, decision.info, tokens, split_docs, outputs, cfg.tokenizer)
     write_manifest(manifest, out)
-    for skip in stats.skips[:20]:
+    for skip in sorted(stats.skips, key=lambda s: (s.file, s.line or 0))[:20]:
         log.warning("skipped %s%s: %s", skip.file, f":{skip.line}" if skip.line else "", skip.reason)
-    if len(stats.skips) > 20:
-        log.warning("... and %d more skipped inputs, all listed in manifest.json", len(stats.skips) - 20)
+    if stats.skipped > 20:
+        log.warning("... and %d more skipped inputs, see manifest.json", stats.skipped - 20)
     return manifest
 
 

@@ -23,6 +23,9 @@ class Skip:
         return {"file": self.file, "line": self.line, "reason": self.reason}
 
 
+SKIPS_KEPT = 1000  # per file/worker: the manifest lists the first ones (by file, line), counts all
+
+
 @dataclass
 class Stats:
     counts: Counter[str] = field(default_factory=Counter)  # documents seen at each stage
@@ -31,12 +34,15 @@ class Stats:
     skips: list[Skip] = field(default_factory=list)
     inputs: list[dict[str, Any]] = field(default_factory=list)  # one entry per input file, with sha256
     bytes_read: int = 0
+    skipped: int = 0  # all skips, also those beyond SKIPS_KEPT (a file of a million bad lines stays small)
 
     def drop(self, reason: str, n: int = 1) -> None:
         self.removed[reason] += n
 
     def skip(self, file: str, line: int | None, reason: str) -> None:
-        self.skips.append(Skip(file, line, reason))
+        self.skipped += 1
+        if len(self.skips) < SKIPS_KEPT:
+            self.skips.append(Skip(file, line, reason))
 
     def merge(self, other: Stats) -> Stats:
         self.counts.update(other.counts)
@@ -45,6 +51,7 @@ class Stats:
         self.skips.extend(other.skips)
         self.inputs.extend(other.inputs)
         self.bytes_read += other.bytes_read
+        self.skipped += other.skipped
         return self
 
     def to_json(self) -> dict[str, Any]:
@@ -55,6 +62,7 @@ class Stats:
             "skips": [s.to_json() for s in self.skips],
             "inputs": self.inputs,
             "bytes_read": self.bytes_read,
+            "skipped": self.skipped,
         }
 
     @classmethod
@@ -66,4 +74,5 @@ class Stats:
             [Skip(**s) for s in data["skips"]],
             data["inputs"],
             data["bytes_read"],
+            data["skipped"],
         )
