@@ -65,9 +65,10 @@ def _root(
 
 def _register() -> None:
     # Stages register here only when they work end to end (no stubs).
-    from tuneloop.cli import doctor, models, plan
+    from tuneloop.cli import data, doctor, models, plan
 
     app.add_typer(models.app, name="models")
+    app.add_typer(data.app, name="data")
     app.command("ask")(models.ask)
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
