@@ -61,3 +61,34 @@ def test_bucket_edges_are_verified_against_the_threshold() -> None:
     members = [((0, 0), h.signature(EN)), ((0, 1), h.signature(EN + " Thanks.")), ((0, 2), h.signature(ZH))]
     edges = group_edges(members, 0.8)
     assert [(a, b) for a, b, _ in edges] == [((0, 1), (0, 0))]
+
+
+def test_chat_rows_sharing_a_long_system_prompt_are_not_near_duplicates(tmp_path, make_cfg) -> None:
+    import json
+
+    from tuneloop.data import prepare
+
+    system = "You are the support assistant of ACME. " + EN * 4
+    questions = [
+        "How do I reset my password?",
+        "Where is my parcel?",
+        "Can I pay by invoice?",
+        "我想退货怎么办？",
+    ]
+    rows = [
+        {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": q},
+                {"role": "assistant", "content": f"Answer {i}: see the help page."},
+            ]
+        }
+        for i, q in enumerate(questions)
+    ]
+    rows.append(
+        rows[0] | {"messages": [{"role": "system", "content": "Other prompt."}, *rows[0]["messages"][1:]]}
+    )
+    (tmp_path / "chat.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    m = prepare([str(tmp_path / "chat.jsonl")], tmp_path / "out", make_cfg(kind="sft"), workers=1)
+    assert m["removed"] == {"dedup.exact": 1}  # only the same conversation under another system prompt
+    assert m["counts"]["documents"] == 4

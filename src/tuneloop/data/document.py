@@ -30,6 +30,16 @@ class Doc:
             return self.row["text"]
         return "\n".join(_strings(self.row))
 
+    def dedup_view(self) -> str:
+        """What dedup compares: like `view()`, but without system messages.
+
+        Chat sets often share one long system prompt; compared with it, every pair of short
+        conversations would look like near-duplicates.
+        """
+        if "text" in self.row:
+            return self.row["text"]
+        return "\n".join(_strings({k: _without_system(v) for k, v in self.row.items()}))
+
     def map_text(self, fn: Callable[[str], str]) -> None:
         """Rewrite every text field in place (message contents, prompt/chosen/rejected)."""
         self.row = _map(self.row, fn)
@@ -40,6 +50,12 @@ class Doc:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Doc:
         return cls(data["f"], data["i"], data["id"], data["row"])
+
+
+def _without_system(value: Any) -> Any:
+    if isinstance(value, list):
+        return [m for m in value if not (isinstance(m, dict) and m.get("role") == "system")]
+    return value
 
 
 def _strings(value: Any) -> list[str]:

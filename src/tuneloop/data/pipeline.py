@@ -61,7 +61,7 @@ def process_file(idx: int, file: InputFile, cfg: DataConfig, stats: Stats) -> It
     hasher = MinHasher(cfg.dedup) if cfg.dedup.near else None
     kept = 0
     for doc in docs:
-        view = doc.view()
+        view = doc.dedup_view()
         norm = normalize(view)  # shared by both hashes: normalizing is a third of the dedup cost
         kept += 1
         yield Keyed(
