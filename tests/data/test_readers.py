@@ -133,3 +133,17 @@ def test_list_inputs_expands_folders_and_globs_sorted(tmp_path: Path) -> None:
     assert [f.format for f in globbed] == ["text"]
     with pytest.raises(TuneloopError, match="does not exist"):
         list_inputs([str(tmp_path / "missing")], InputConfig())
+
+
+def test_large_text_file_is_streamed_as_paragraph_documents(tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    paragraphs = [f"段落 {i}：这是第{i}段的内容。\nsecond line of paragraph {i}\n" for i in range(40)]
+    path.write_text("\n".join(paragraphs), encoding="utf-8")
+    records, stats, _ = read(path, max_document_mb=0.0004)  # 400 bytes: far smaller than the file
+    assert len(records) > 5 and stats.skips == []
+    assert "".join(text for _, text in records).replace("\n", "") == "".join(paragraphs).replace("\n", "")
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for line, text in records:  # each document starts at the line it says
+        assert lines[line - 1] == text.split("\n")[0]
+    whole, _, _ = read(path)
+    assert len(whole) == 1

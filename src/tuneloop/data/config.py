@@ -28,6 +28,9 @@ class InputConfig(Config):
     text_field: str = Field("text", description="field holding the text in jsonl/csv/parquet rows (pretrain)")
     encoding: str | None = Field(None, description="force an encoding instead of detecting it")
     html_extractor: Literal["trafilatura", "plain"] = "trafilatura"
+    max_document_mb: float = Field(
+        64, gt=0, description="a .txt/.md file larger than this is streamed as documents of whole paragraphs"
+    )
 
 
 class CleanConfig(Config):

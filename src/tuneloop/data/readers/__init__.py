@@ -97,7 +97,7 @@ class FileReader:
     def _dispatch(self, stream: BinaryIO, encoding: str) -> Iterator[tuple[int, Any]]:
         fmt = self.file.format
         if fmt == "text":
-            yield from text_document(stream, encoding, self.skip)
+            yield from text_document(stream, encoding, self.skip, int(self.cfg.max_document_mb * 1_000_000))
         elif fmt == "html":
             yield from html_document(stream, encoding, self.skip, self.cfg.html_extractor)
         elif fmt == "jsonl":

@@ -11,14 +11,58 @@ _BLANKS = re.compile(r"\n{3,}")
 _DROP = ("script", "style", "noscript", "nav", "header", "footer", "aside", "form", "iframe", "svg")
 
 
-def text_document(stream: BinaryIO, encoding: str, skip: SkipFn) -> Iterator[tuple[int, str]]:
-    data = stream.read()
+def text_document(
+    stream: BinaryIO, encoding: str, skip: SkipFn, max_bytes: int | None = None
+) -> Iterator[tuple[int, str]]:
+    """The file as one document; a file over `max_bytes` is streamed as documents of whole paragraphs."""
+    data = stream.read(max_bytes + 1) if max_bytes else stream.read()
+    if max_bytes and len(data) > max_bytes and not encoding.startswith(("utf-16", "utf-32")):
+        yield from _paragraph_documents(data, stream, encoding, skip, max_bytes)
+        return
+    data += stream.read() if max_bytes else b""
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as e:
         skip(data[: e.start].count(b"\n") + 1, f"cannot decode as {encoding}: {e.reason} at byte {e.start}")
         return
     yield 1, text.removeprefix("\ufeff")
+
+
+def _paragraph_documents(
+    head: bytes, stream: BinaryIO, encoding: str, skip: SkipFn, max_bytes: int
+) -> Iterator[tuple[int, str]]:
+    """Documents of consecutive paragraphs, cut at a blank line once past `max_bytes` // 8 (bounded memory)."""
+    target = max(max_bytes // 8, 1)
+    lines = _join_lines(head, stream)
+    enc = "utf-8" if encoding == "utf-8-sig" else encoding
+    buf: list[str] = []
+    size, start = 0, 1
+    for n, raw in enumerate(lines, 1):
+        try:
+            line = raw.decode(enc)
+        except UnicodeDecodeError as e:
+            skip(n, f"cannot decode as {encoding}: {e.reason} at byte {e.start}")
+            continue
+        if not line.strip() and size >= target:
+            yield start, "".join(buf).removeprefix("\ufeff")
+            buf, size, start = [], 0, n + 1
+            continue
+        buf.append(line)
+        size += len(raw)
+    if "".join(buf).strip():
+        yield start, "".join(buf).removeprefix("\ufeff")
+
+
+def _join_lines(head: bytes, stream: BinaryIO) -> Iterator[bytes]:
+    """Lines of `head` followed by the rest of `stream`, re-joining the line cut at the seam."""
+    parts = head.splitlines(keepends=True)
+    tail = parts.pop() if parts and not parts[-1].endswith(b"\n") else b""
+    yield from parts
+    for i, line in enumerate(stream):
+        yield tail + line if i == 0 else line
+        tail = b""
+    if tail:
+        yield tail
 
 
 def html_document(stream: BinaryIO, encoding: str, skip: SkipFn, extractor: str) -> Iterator[tuple[int, str]]:
