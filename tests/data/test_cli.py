@@ -32,6 +32,7 @@ def test_prepare_writes_the_dataset_and_prints_a_summary(
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "records read" in result.output and "removed: pii.contains_pii" in result.output
+    assert "kept after dedup_near" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["pii"]["mode"] == "drop" and manifest["removed"]["pii.contains_pii"] >= 4
     assert {p.name for p in out.iterdir()} == {

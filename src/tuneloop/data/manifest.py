@@ -103,20 +103,22 @@ def write_manifest(manifest: dict[str, Any], out: Path) -> Path:
 
 
 def summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
-    """(what, how many) lines for the end-of-run table: read, kept, removed by reason, skipped."""
+    """(what, how many) lines for the end-of-run table: read, kept after each stage, removed by reason."""
     c = manifest["counts"]
-    rows = [("files read", str(len(manifest["inputs"]))), ("records read", str(c["read"]))]
-    rows += [(f"removed: {reason}", str(n)) for reason, n in manifest["removed"].items()]
-    rows.append(("skipped inputs (file/line)", str(manifest["skipped"]["total"])))
-    rows += [(f"PII {kind}", str(n)) for kind, n in manifest["pii"].items() if kind != "mode"]
+    rows = [
+        ("input files", str(len(manifest["inputs"]))),
+        ("skipped inputs (file/line)", str(manifest["skipped"]["total"])),
+    ]
     rows += [
-        ("documents kept", str(c["documents"])),
-        ("train rows", str(c["train_rows"])),
-        ("val rows", str(c["val_rows"])),
-        ("tokens total", str(manifest["tokens"]["total"])),
-        (
-            "tokens p50 / p95 / max",
-            f"{manifest['tokens']['p50']} / {manifest['tokens']['p95']} / {manifest['tokens']['max']}",
-        ),
+        (f"kept after {stage}" if stage != "read" else "records read", str(c[stage])) for stage in STAGES
+    ]
+    rows += [(f"  removed: {reason}", str(n)) for reason, n in manifest["removed"].items()]
+    rows += [(f"  PII found: {kind}", str(n)) for kind, n in manifest["pii"].items() if kind != "mode"]
+    t = manifest["tokens"]
+    rows += [
+        ("documents train / val", f"{c['train_documents']} / {c['val_documents']}"),
+        ("rows train / val", f"{c['train_rows']} / {c['val_rows']}"),
+        ("tokens total", str(t["total"])),
+        ("tokens mean / p50 / p95 / max", f"{t['mean']} / {t['p50']} / {t['p95']} / {t['max']}"),
     ]
     return rows
