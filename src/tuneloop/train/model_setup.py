@@ -141,14 +141,16 @@ def check_fit(cfg: TrainConfig, path: str, device: str, precision: Precision, wo
     from tuneloop.resources.plan import PlanRequest, make_plan
     from tuneloop.resources.shapes import shape_from_folder
 
+    shape = shape_from_folder(Path(path))
+    # data.max_length is a cap; no sequence can be longer than the model's context
     targets = cfg.lora.targets if isinstance(cfg.lora.targets, list) else None
     request = PlanRequest(
-        model=path, method=cfg.method, seq_len=cfg.data.max_length, micro_batch=cfg.batch.micro_batch,
+        model=path, method=cfg.method, seq_len=min(cfg.data.max_length, shape.max_position_embeddings), micro_batch=cfg.batch.micro_batch,
         gradient_checkpointing=cfg.gradient_checkpointing, gpus=world, lora_rank=cfg.lora.rank,
         precision=precision.name, master_weights=cfg.method == "full" and cfg.master_weights,
         global_batch=cfg.batch.global_batch, **({"lora_targets": targets} if targets else {}),
     )  # fmt: skip
-    plan = make_plan(shape_from_folder(Path(path)), request)
+    plan = make_plan(shape, request)
     if plan.fits is False:
         gib = 2**30
         raise TuneloopError(
