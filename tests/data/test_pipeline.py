@@ -116,6 +116,17 @@ def test_sft_corpus_in_three_formats(tmp_path: Path, make_cfg) -> None:
     assert [r["messages"][-1]["content"] for r in out] == ["你好", "4", "Paris"]
     assert m["removed"] == {"format.no_assistant_answer": 1}
     assert m["skipped"]["items"][0]["file"].endswith("chat.jsonl") and m["skipped"]["items"][0]["line"] == 4
+    # token counts are of the conversation rendered with the chat template, as the trainer sees it
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(make_cfg().tokenizer)
+    expected = [
+        len(
+            tok(tok.apply_chat_template(r["messages"], tokenize=False), add_special_tokens=False)["input_ids"]
+        )
+        for r in out
+    ]
+    assert m["tokens"]["counted"] == "chat template applied" and m["tokens"]["total"] == sum(expected)
     table = pq.read_table(tmp_path / "out" / "train.parquet")
     assert table.column_names == ["messages"] and table.num_rows == 3
 

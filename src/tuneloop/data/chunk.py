@@ -65,8 +65,19 @@ def boundaries(text: str) -> tuple[list[int], list[int]]:
 
 class Chunker:
     def __init__(self, tokenizer_dir: str, cfg: ChunkConfig):
+        self.dir = tokenizer_dir
         self.tok = load_tokenizer(tokenizer_dir)
         self.max, self.overlap = cfg.max_tokens, cfg.overlap
+        self._chat: Any = None
+
+    @property
+    def chat(self) -> Any:
+        """Counts chat rows with the chat template (`chat_tokens.ChatCounter`), made on first use."""
+        if self._chat is None:
+            from tuneloop.data.chat_tokens import ChatCounter
+
+            self._chat = ChatCounter(self.dir, self)
+        return self._chat
 
     def count(self, texts: list[str]) -> list[int]:
         # encode_batch_fast skips offsets (tokenizers >= 0.21): counting needs none

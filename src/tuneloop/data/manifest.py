@@ -61,6 +61,7 @@ def build_manifest(
     split_docs: dict[str, int],
     outputs: dict[str, dict[str, Any]],
     tokenizer: str,
+    counted: str,
 ) -> dict[str, Any]:
     skips = sorted(stats.skips, key=lambda s: (s.file, s.line or 0, s.reason))
     all_tokens = np.concatenate([tokens["train"], tokens["val"]])
@@ -83,9 +84,7 @@ def build_manifest(
         "dedup": dedup,
         "tokens": {
             "tokenizer": tokenizer,
-            "counted": "chunk text"
-            if cfg.kind == "pretrain"
-            else "message contents, without the chat template",
+            "counted": counted,
             **token_stats(all_tokens),
             "over_max_tokens": int((all_tokens > cfg.chunk.max_tokens).sum()),
             "train": token_stats(tokens["train"]),

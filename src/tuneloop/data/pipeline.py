@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.data.chunk import Chunker
+from tuneloop.data.chat_tokens import counted_as
+from tuneloop.data.chunk import Chunker, tokenizer_path
 from tuneloop.data.clean import Cleaner, QualityFilter
 from tuneloop.data.config import DataConfig
 from tuneloop.data.dedup import MinHasher, exact_duplicates, exact_hash, normalize, resolve_clusters
@@ -161,14 +162,7 @@ def final_rows(doc: Doc, chunker: Chunker, kind: str) -> list[tuple[str, int]]:
     """(JSON line, token count) for each output row of a surviving document."""
     if kind == "pretrain":
         return [(dump_row({"text": text}), n) for text, n in chunker.chunks(doc.row["text"])]
-    texts = [t for t in _contents(doc.row) if t]
-    return [(dump_row(doc.row), sum(chunker.count(texts)) if texts else 0)]
-
-
-def _contents(row: dict[str, Any]) -> Iterator[str]:
-    for value in row.values():
-        for m in value:
-            yield m["content"]
+    return [(dump_row(doc.row), chunker.chat.count(doc.row))]
 
 
 def finish(
@@ -188,7 +182,10 @@ def finish(
             outputs[pq.name] = describe(pq)
     inputs = sorted(stats.inputs, key=lambda i: i["path"])
     split_docs = {"train": decision.kept - len(decision.val), "val": len(decision.val)}
-    manifest = build_manifest(cfg, inputs, stats, decision.info, tokens, split_docs, outputs, cfg.tokenizer)
+    counted = counted_as(cfg.kind, tokenizer_path(cfg.tokenizer))
+    manifest = build_manifest(
+        cfg, inputs, stats, decision.info, tokens, split_docs, outputs, cfg.tokenizer, counted
+    )
     write_manifest(manifest, out)
     for skip in sorted(stats.skips, key=lambda s: (s.file, s.line or 0))[:20]:
         log.warning("skipped %s%s: %s", skip.file, f":{skip.line}" if skip.line else "", skip.reason)
