@@ -24,14 +24,14 @@ from tuneloop.data.chat_tokens import counted_as
 from tuneloop.data.chunk import Chunker, tokenizer_path
 from tuneloop.data.clean import Cleaner, QualityFilter
 from tuneloop.data.config import DataConfig
-from tuneloop.data.dedup import MinHasher, exact_duplicates, exact_hash, normalize, resolve_clusters
+from tuneloop.data.dedup import MinHasher, exact_hash, normalize, resolve_clusters
 from tuneloop.data.document import Doc
 from tuneloop.data.formats import FormatError, to_row
 from tuneloop.data.manifest import build_manifest, write_manifest
 from tuneloop.data.output import SPLITS, describe, dump_row, write_parquet
 from tuneloop.data.pii import PIIStep
 from tuneloop.data.readers import FileReader, InputFile
-from tuneloop.data.split import choose_val, split_key
+from tuneloop.data.split import split_key, val_count
 from tuneloop.data.stats import Stats
 
 log = logging.getLogger("tuneloop.data")
@@ -112,27 +112,31 @@ class Decision:
 
 
 def decide(
-    exact_items: list[tuple[int, Order, str]],
+    exact_fn: Callable[[], dict[Order, tuple[Order, str, str]]],
     near_edges: Callable[[set[Order]], list[tuple[Order, Order, float]]],
-    split_items: Callable[[set[Order]], Iterable[tuple[int, Order]]],
+    val_fn: Callable[[set[Order], int], set[Order]],
     ids: Callable[[set[Order]], dict[Order, str]],
     cfg: DataConfig,
     stats: Stats,
 ) -> Decision:
-    """Exact dedup, then near dedup among the survivors, then the validation choice among what is left."""
+    """Exact dedup, then near dedup among the survivors, then the validation choice among what is left.
+
+    The executor supplies the data-parallel parts (finding exact pairs, LSH edges, the k smallest
+    split keys); the rules that decide what is kept live here, once.
+    """
     d = Decision()
-    exact = exact_duplicates(exact_items) if cfg.dedup.exact else {}
+    n_docs = stats.counts["pii"]  # documents that reached dedup
+    exact = exact_fn() if cfg.dedup.exact else {}
     d.removed.update(dict.fromkeys(exact, "dedup.exact"))
     if exact:
         stats.drop("dedup.exact", len(exact))
-    stats.counts["dedup_exact"] = len(exact_items) - len(exact)
+    stats.counts["dedup_exact"] = n_docs - len(exact)
     near = resolve_clusters(near_edges(set(exact))) if cfg.dedup.near else {}
     d.removed.update(dict.fromkeys(near, "dedup.near"))
     if near:
         stats.drop("dedup.near", len(near))
-    stats.counts["dedup_near"] = stats.counts["dedup_exact"] - len(near)
-    d.kept = stats.counts["dedup_near"]
-    d.val = choose_val(split_items(set(d.removed)), cfg.split.val_fraction)
+    stats.counts["dedup_near"] = d.kept = stats.counts["dedup_exact"] - len(near)
+    d.val = val_fn(set(d.removed), val_count(d.kept, cfg.split.val_fraction))
     d.info = _dedup_info(exact, near, ids, cfg)
     return d
 

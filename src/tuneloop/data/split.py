@@ -7,6 +7,7 @@ validation. That is exact in size, reproducible, and independent of order, engin
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Hashable, Iterable
 
 
@@ -24,5 +25,10 @@ def val_count(n: int, fraction: float) -> int:
 
 def choose_val(items: Iterable[tuple[int, Hashable]], fraction: float) -> set[Hashable]:
     """(split key, order) for every surviving document -> the orders that go to validation."""
-    ranked = sorted(items)
-    return {order for _, order in ranked[: val_count(len(ranked), fraction)]}
+    ranked = list(items)
+    return smallest(ranked, val_count(len(ranked), fraction))
+
+
+def smallest(items: Iterable[tuple[int, Hashable]], k: int) -> set[Hashable]:
+    """The orders of the `k` smallest (split key, order) pairs (Spark: `takeOrdered(k)`, same result)."""
+    return {order for _, order in heapq.nsmallest(k, items)}

@@ -21,11 +21,12 @@ import numpy as np
 
 from tuneloop.data.chunk import Chunker, tokenizer_path
 from tuneloop.data.config import DataConfig
-from tuneloop.data.dedup import MinHasher, group_edges
+from tuneloop.data.dedup import MinHasher, exact_duplicates, group_edges
 from tuneloop.data.document import Doc
 from tuneloop.data.output import SPLITS, concat
 from tuneloop.data.pipeline import Decision, Order, decide, final_rows, finish, prepare_out, process_file
 from tuneloop.data.readers import InputFile, list_inputs
+from tuneloop.data.split import smallest
 from tuneloop.data.stats import Stats
 
 
@@ -105,11 +106,13 @@ def _decide(work: Path, n_files: int, cfg: DataConfig, stats: Stats) -> Decision
         alive = np.array([n for n, o in enumerate(orders) if o not in gone], dtype=np.int64)
         return _lsh_edges(alive, sigs, orders, cfg) if sigs is not None and alive.size else []
 
-    def split_items(gone: set[Order]) -> Iterator[tuple[int, Order]]:
-        return ((int(split[n]), o) for n, o in enumerate(orders) if o not in gone)
+    def val_fn(gone: set[Order], k: int) -> set[Order]:
+        return smallest(((int(split[n]), o) for n, o in enumerate(orders) if o not in gone), k)
 
-    items = [(int(h), o, i) for h, o, i in zip(exact.tolist(), orders, id_list, strict=True)]
-    return decide(items, near_edges, split_items, lambda os_: {o: id_list[where[o]] for o in os_}, cfg, stats)
+    def exact_fn() -> dict[Order, tuple[Order, str, str]]:
+        return exact_duplicates(zip(exact.tolist(), orders, id_list, strict=True))
+
+    return decide(exact_fn, near_edges, val_fn, lambda os_: {o: id_list[where[o]] for o in os_}, cfg, stats)
 
 
 def _lsh_edges(

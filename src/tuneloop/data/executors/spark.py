@@ -59,17 +59,19 @@ def run_spark(
     tok_dir = tokenizer_path(cfg.tokenizer)
     work = prepare_out(out)
     sc = spark_context(master, progress)
+    from pyspark import StorageLevel
+
     timings: dict[str, float] = {}
     t = time.perf_counter()
     tagged = (
         sc.parallelize(list(enumerate(files)), max(len(files), 1))
         .flatMap(lambda t: _phase1(t[0], t[1], cfg))
-        .cache()
+        .persist(StorageLevel.MEMORY_AND_DISK)  # spill rather than re-read and re-hash the inputs
     )
     stats = Stats()
     for s in tagged.filter(lambda r: r[0] == "stats").map(lambda r: r[1]).collect():
         stats.merge(Stats.from_json(s))
-    docs = tagged.filter(lambda r: r[0] == "doc").map(lambda r: r[1]).cache()
+    docs = tagged.filter(lambda r: r[0] == "doc").map(lambda r: r[1]).persist(StorageLevel.MEMORY_AND_DISK)
     timings["read+clean+pii+minhash"] = time.perf_counter() - t
     t = time.perf_counter()
     decision = _decide(sc, docs, cfg, stats)
@@ -101,22 +103,31 @@ def _phase1(idx: int, file: InputFile, cfg: DataConfig) -> Iterator[tuple[str, A
 
 
 def _decide(sc: Any, docs: Any, cfg: DataConfig, stats: Stats) -> Decision:
-    exact_items = docs.map(
-        lambda d: (d[3], d[0], d[1])
-    ).collect()  # (hash, order, id): 8 bytes + a short id each
+    """Only duplicates, LSH edges and the k validation orders come back to the driver: O(dups + k), not O(docs)."""
+
+    def exact_fn() -> dict[Order, tuple[Order, str, str]]:
+        groups = docs.map(lambda d: (d[3], (d[0], d[1]))).groupByKey().filter(lambda kv: len(kv[1]) > 1)
+        return dict(groups.flatMap(lambda kv: _exact_pairs(kv[1])).collect())
 
     def near_edges(gone: set[Order]) -> list[tuple[Order, Order, float]]:
         bgone = sc.broadcast(gone)
         return _lsh_edges(docs.filter(lambda d: d[0] not in bgone.value), cfg)
 
-    def split_items(gone: set[Order]) -> list[tuple[int, Order]]:
+    def val_fn(gone: set[Order], k: int) -> set[Order]:
         bgone = sc.broadcast(gone)
-        return docs.filter(lambda d: d[0] not in bgone.value).map(lambda d: (d[5], d[0])).collect()
+        alive = docs.filter(lambda d: d[0] not in bgone.value).map(lambda d: (d[5], d[0]))
+        return {order for _, order in alive.takeOrdered(k)} if k else set()
 
     def ids(orders: set[Order]) -> dict[Order, str]:
         return dict(docs.filter(lambda d: d[0] in orders).map(lambda d: (d[0], d[1])).collect())
 
-    return decide(exact_items, near_edges, split_items, ids, cfg, stats)
+    return decide(exact_fn, near_edges, val_fn, ids, cfg, stats)
+
+
+def _exact_pairs(members: Any) -> list[tuple[Order, tuple[Order, str, str]]]:
+    """Same rule as `dedup.exact_duplicates`: the first in canonical order is kept."""
+    (kept, kept_id), *rest = sorted(members)
+    return [(order, (kept, doc_id, kept_id)) for order, doc_id in rest]
 
 
 def _lsh_edges(docs: Any, cfg: DataConfig) -> list[tuple[Order, Order, float]]:
