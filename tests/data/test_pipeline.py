@@ -171,3 +171,10 @@ def test_bad_input_corpus_never_crashes_and_reports_everything(
     assert m["removed"]["quality.too_short"] == 250  # the short lines of badenc.jsonl
     assert m["counts"]["documents"] == 2 + corrupt["documents"]
     assert len(m["inputs"]) == 9 and all(i["sha256"] for i in m["inputs"])
+
+
+def test_output_folder_inside_the_input_is_not_read_back(mixed_corpus: Path, make_cfg) -> None:
+    out = mixed_corpus / "prepared"
+    first = prepare([str(mixed_corpus)], out, make_cfg(), workers=1)
+    second = prepare([str(mixed_corpus)], out, make_cfg(), workers=1)
+    assert first["fingerprint"] == second["fingerprint"] and len(second["inputs"]) == 7

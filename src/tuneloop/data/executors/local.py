@@ -33,7 +33,7 @@ from tuneloop.data.stats import Stats
 def run_local(
     inputs: list[str], out: Path, cfg: DataConfig, *, workers: int | None = None, progress: bool = False
 ) -> dict[str, Any]:
-    files = list_inputs(inputs, cfg.input)
+    files = list_inputs(inputs, cfg.input, exclude=out)
     tok_dir = tokenizer_path(cfg.tokenizer)
     work = prepare_out(out)
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))

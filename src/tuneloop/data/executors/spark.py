@@ -55,7 +55,7 @@ def spark_context(master: str, progress: bool = False) -> Any:
 def run_spark(
     inputs: list[str], out: Path, cfg: DataConfig, *, master: str = "local[*]", progress: bool = False
 ) -> dict[str, Any]:
-    files = list_inputs(inputs, cfg.input)
+    files = list_inputs(inputs, cfg.input, exclude=out)
     tok_dir = tokenizer_path(cfg.tokenizer)
     work = prepare_out(out)
     sc = spark_context(master, progress)

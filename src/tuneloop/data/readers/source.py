@@ -60,8 +60,14 @@ def filesystem(url: str, cfg: InputConfig):
         ) from None
 
 
-def list_inputs(inputs: list[str], cfg: InputConfig) -> list[InputFile]:
-    """Every file under `inputs`, sorted by name and de-duplicated; raises if an input matches nothing."""
+def list_inputs(
+    inputs: list[str], cfg: InputConfig, exclude: str | os.PathLike | None = None
+) -> list[InputFile]:
+    """Every file under `inputs`, sorted by name and de-duplicated; raises if an input matches nothing.
+
+    Files under `exclude` (the output folder) are left out, so `prepare . --out ./data` can run twice.
+    """
+    skip_dir = os.path.abspath(exclude) + os.sep if exclude is not None else None
     found: dict[str, InputFile] = {}
     for raw in inputs:
         fs, root = filesystem(raw, cfg)
@@ -71,6 +77,8 @@ def list_inputs(inputs: list[str], cfg: InputConfig) -> list[InputFile]:
             raise TuneloopError(f"input '{raw}' matches no files", hint="check the path, glob or bucket")
         for path, size in paths:
             url = protocol + path if protocol else path
+            if skip_dir and not protocol and os.path.abspath(path).startswith(skip_dir):
+                continue
             found.setdefault(url, _describe(url, _display(raw, root, path, len(paths)), size))
     return sorted(found.values(), key=lambda f: f.name)
 
