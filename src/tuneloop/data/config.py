@@ -60,7 +60,9 @@ class DedupConfig(Config):
     threshold: float = Field(
         0.8, gt=0, le=1, description="estimated Jaccard similarity above which two docs are near-duplicates"
     )
-    num_perm: int = Field(128, ge=8)
+    num_perm: int = Field(
+        128, ge=8, description="MinHash values per document (bins of one-permutation MinHash)"
+    )
     bands: int = Field(16, ge=1)
     shingle_size: int = Field(5, ge=1, description="characters per shingle (works for CJK: no word split)")
     seed: int = 1
