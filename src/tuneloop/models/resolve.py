@@ -141,3 +141,18 @@ def unknown_model_error(ref: str, pullable_only: bool = False) -> ModelNotFoundE
 def read_config(path: Path) -> dict[str, Any]:
     """The config.json of a model folder, as a dict."""
     return json.loads((Path(path) / "config.json").read_text())
+
+
+_REGISTRY_REF = re.compile(r"^[\w.-]+@[\w.-]+$|^[\w.-]+/\d+$")  # `org/name` hub ids have a non-digit name
+
+
+def _registry(ref: str, pull: bool) -> ResolvedModel | None:
+    """`NAME@alias` and `NAME/VERSION`; tuneloop.registry (and mlflow) is imported only for those."""
+    if ref.startswith(".") or not _REGISTRY_REF.match(ref):
+        return None
+    from tuneloop.registry.resolver import resolve_reference
+
+    return resolve_reference(ref, pull)
+
+
+register_resolver(_registry)
