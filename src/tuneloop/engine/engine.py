@@ -1,0 +1,208 @@
+"""LLMEngine: the synchronous core. add_request -> step() -> outputs; generate() for offline batches.
+
+One step = schedule (who, how many tokens) -> run the model over the paged cache -> sample ->
+append tokens, check stop conditions, free finished sequences. Speaks token ids only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuneloop.engine.block_manager import BlockManager
+from tuneloop.engine.config import EngineConfig
+from tuneloop.engine.model_runner import ModelRunner
+from tuneloop.engine.outputs import RequestOutput
+from tuneloop.engine.sampler import Sampler
+from tuneloop.engine.sampling import SamplingParams
+from tuneloop.engine.scheduler import Scheduled, Scheduler
+from tuneloop.engine.sequence import Sequence
+
+
+@dataclass
+class EngineStats:
+    running: int
+    waiting: int
+    kv_usage: float  # share of KV blocks in use
+    kv_blocks: int
+    prefix_cache_hit_rate: float  # prompt tokens served from the cache / prompt tokens looked up
+    preemptions: int
+    steps: int
+    prompt_tokens: int
+    generated_tokens: int
+    generation_tokens_per_s: float  # over the last steps
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.runner = ModelRunner(config)
+        self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.prefix_caching)
+        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.sampler = Sampler(self.runner.device)
+        self.eos_ids = _eos_ids(Path(config.model))
+        self.sequences: dict[str, Sequence] = {}
+        self._steps = self._prompt_tokens = self._generated = 0
+        self._recent: list[tuple[float, int]] = []  # (time, tokens generated) of recent steps
+        self.lora: Any = None
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, **kwargs: Any) -> LLMEngine:
+        return cls(EngineConfig(model=str(folder), **kwargs))
+
+    # ------------------------------------------------------------ requests
+
+    def add_request(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        lora: str | None = None,
+    ) -> Sequence:
+        params = params or SamplingParams()
+        if not prompt_ids:
+            raise ValueError("prompt_ids must not be empty")
+        if max(prompt_ids) >= self.runner.vocab_size or min(prompt_ids) < 0:
+            raise ValueError(f"prompt has token ids outside the vocabulary (0..{self.runner.vocab_size - 1})")
+        if len(prompt_ids) >= self.runner.max_model_len:
+            raise ValueError(
+                f"prompt of {len(prompt_ids)} tokens exceeds max_model_len {self.runner.max_model_len}"
+            )
+        if lora is not None and (self.lora is None or lora not in self.lora.adapters):
+            raise ValueError(f"unknown LoRA adapter {lora!r}; load it first")
+        seq = Sequence(list(prompt_ids), params, priority=priority, lora=lora)
+        if request_id is not None:
+            if request_id in self.sequences:
+                raise ValueError(f"request id {request_id!r} is already in use")
+            seq.request_id = request_id
+        self.scheduler.add(seq)
+        self.sequences[seq.request_id] = seq
+        self._prompt_tokens += len(prompt_ids)
+        return seq
+
+    def abort(self, request_id: str) -> bool:
+        """Stop a request now and free its KV blocks (e.g. the client went away)."""
+        seq = self.sequences.pop(request_id, None)
+        if seq is None or seq.finished:
+            return False
+        self.scheduler.finish(seq, "abort")
+        self.sampler.forget(request_id)
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    # ------------------------------------------------------------ one step
+
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return []
+        logits, all_logits = self.runner.run(batch)
+        sampling = [item for item in batch if item.samples]
+        prompt_lp = self._prompt_logprobs(batch, all_logits) if all_logits is not None else {}
+        self.scheduler.after_step(batch)
+        tokens, logprobs = self.sampler(logits, [item.seq for item in sampling]) if sampling else ([], [])
+        outputs = [self._append(item, tok, lp, prompt_lp.get(item.seq.request_id))
+                   for item, tok, lp in zip(sampling, tokens, logprobs, strict=True)]  # fmt: skip
+        self._steps += 1
+        self._generated += len(tokens)
+        self._recent = [*self._recent[-63:], (time.monotonic(), len(tokens))]
+        return outputs
+
+    def _append(
+        self, item: Scheduled, token: int, logprob: dict[int, float] | None, prompt_lp: Any
+    ) -> RequestOutput:
+        seq = item.seq
+        if seq.first_token_time is None:
+            seq.first_token_time = time.monotonic()
+        seq.output_ids.append(token)
+        seq.logprobs.append(logprob)
+        reason = self._finish_reason(seq, token)
+        if reason:
+            self.scheduler.finish(seq, reason)
+            self.sequences.pop(seq.request_id, None)
+            self.sampler.forget(seq.request_id)
+        return RequestOutput(
+            seq.request_id, [token], list(seq.output_ids), reason is not None, reason, [logprob],
+            prompt_lp, len(seq.prompt_ids), seq.num_cached_prompt,
+        )  # fmt: skip
+
+    def _finish_reason(self, seq: Sequence, token: int) -> str | None:
+        p = seq.params
+        if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_ids):
+            return "stop"
+        if len(seq.output_ids) >= p.max_tokens or len(seq) >= self.runner.max_model_len:
+            return "length"
+        return None
+
+    def _prompt_logprobs(self, batch: list[Scheduled], all_logits: torch.Tensor) -> dict[str, list]:
+        """Logprob of each prompt token given the ones before it (the first has none), for echo scoring."""
+        out: dict[str, list] = {}
+        offset = 0
+        for item in batch:
+            seq, n, k = item.seq, item.num_tokens, item.seq.params.prompt_logprobs
+            if k is not None and item.samples and seq.num_cached_prompt == 0 and seq.num_computed == 0:
+                lp = torch.log_softmax(all_logits[offset : offset + n - 1], dim=-1)
+                targets = seq.prompt_ids[1:n]
+                rows: list[dict[int, float] | None] = [None]
+                for r, t in enumerate(targets):
+                    entry = {t: float(lp[r, t])}
+                    if k > 0:
+                        top = torch.topk(lp[r], k)
+                        entry.update({int(i): float(v) for i, v in zip(top.indices, top.values, strict=True)})
+                    rows.append(entry)
+                out[seq.request_id] = rows
+            offset += n
+        return out
+
+    # ------------------------------------------------------------ offline
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
+                 lora: list[str | None] | None = None) -> list[RequestOutput]:  # fmt: skip
+        """Run every prompt to completion; outputs in prompt order."""
+        plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
+        ids = [self.add_request(p, sp, lora=(lora[i] if lora else None)).request_id
+               for i, (p, sp) in enumerate(zip(prompts, plist, strict=True))]  # fmt: skip
+        final: dict[str, RequestOutput] = {}
+        prompt_lps: dict[str, Any] = {}
+        while len(final) < len(ids):
+            for out in self.step():
+                if out.prompt_logprobs is not None:
+                    prompt_lps[out.request_id] = out.prompt_logprobs
+                if out.finished:
+                    final[out.request_id] = out
+        for rid, lp in prompt_lps.items():
+            final[rid].prompt_logprobs = lp
+        return [final[r] for r in ids]
+
+    def stats(self) -> EngineStats:
+        recent = self._recent
+        span = recent[-1][0] - recent[0][0] if len(recent) > 1 else 0.0
+        rate = sum(n for _, n in recent[1:]) / span if span > 0 else 0.0
+        b = self.blocks
+        return EngineStats(
+            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting), kv_usage=b.usage,
+            kv_blocks=len(b.blocks), prefix_cache_hit_rate=b.hits / b.queries if b.queries else 0.0,
+            preemptions=self.scheduler.preemptions, steps=self._steps, prompt_tokens=self._prompt_tokens,
+            generated_tokens=self._generated, generation_tokens_per_s=rate,
+        )  # fmt: skip
+
+
+def _eos_ids(folder: Path) -> set[int]:
+    ids: set[int] = set()
+    for name in ("generation_config.json", "config.json"):
+        path = folder / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get("eos_token_id")
+            if isinstance(value, int):
+                ids.add(value)
+            elif isinstance(value, list):
+                ids.update(v for v in value if isinstance(v, int))
+    return ids

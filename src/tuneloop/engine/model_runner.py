@@ -1,0 +1,105 @@
+"""Turns a scheduled batch into tensors, runs the model over the paged KV cache, returns logits.
+
+No policy here: the scheduler decided who runs and how many tokens; this module owns the weights
+and the cache tensors, and sizes the cache from free device memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from tuneloop.engine.attention import build_metadata
+from tuneloop.engine.config import EngineConfig
+from tuneloop.engine.models.llama import load_llama
+from tuneloop.engine.scheduler import Scheduled
+
+log = logging.getLogger("tuneloop.engine")
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def pick_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+class ModelRunner:
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.model = load_llama(cfg.model, self.dtype, self.device)
+        mc = self.model.config
+        self.num_layers = mc.num_hidden_layers
+        self.kv_heads = mc.num_key_value_heads
+        self.head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
+        self.vocab_size = mc.vocab_size
+        self.max_model_len = cfg.max_model_len or mc.max_position_embeddings
+        self.num_blocks = self._num_blocks()
+        shape = (self.num_blocks * cfg.block_size, self.kv_heads, self.head_dim)
+        self.kv_cache = [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(self.num_layers)
+        ]
+        self.lora: Any = None  # set by the engine when adapters are loaded
+
+    @property
+    def bytes_per_token(self) -> int:
+        return 2 * self.num_layers * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+
+    def _num_blocks(self) -> int:
+        cfg = self.cfg
+        if cfg.kv_cache_gib is not None:
+            budget = int(cfg.kv_cache_gib * 2**30)
+        elif self.device.startswith("cuda"):
+            free, _ = torch.cuda.mem_get_info(torch.device(self.device))
+            # leave room for activations of one full step (logits dominate: tokens x vocab x fp32)
+            activations = cfg.max_num_batched_tokens * (
+                self.vocab_size * 4 + 64 * self.model.config.hidden_size
+            )
+            budget = int((free - activations) * cfg.kv_cache_fraction)
+        else:
+            budget = 2**30
+        blocks = budget // (self.bytes_per_token * cfg.block_size)
+        if blocks < 2:
+            raise ValueError(f"no room for a KV cache ({budget / 2**20:.0f} MiB available)")
+        log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", blocks, cfg.block_size,
+                 blocks * cfg.block_size * self.bytes_per_token / 2**30)  # fmt: skip
+        return blocks
+
+    @torch.inference_mode()
+    def run(self, batch: list[Scheduled]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (S, V) for the sequences that sample, and full logits (N, V) when prompt logprobs are asked."""
+        ids, positions, starts, counts, tables = [], [], [], [], []
+        for item in batch:
+            s, n = item.seq.num_computed, item.num_tokens
+            ids.extend(item.seq.token_ids[s : s + n])
+            positions.extend(range(s, s + n))
+            starts.append(s)
+            counts.append(n)
+            tables.append(item.seq.block_table)
+        meta = build_metadata(tables, starts, counts, self.cfg.block_size, torch.device(self.device))
+        input_ids = torch.tensor(ids, device=self.device)
+        lora = self.lora.for_batch(batch) if self.lora is not None else None
+        hidden = self.model(input_ids, torch.tensor(positions, device=self.device), self.kv_cache, meta, lora)
+        ends = torch.tensor(counts).cumsum(0) - 1
+        sampling_rows = [int(e) for e, item in zip(ends, batch, strict=True) if item.samples]
+        logits = (
+            self.model.logits(hidden[sampling_rows])
+            if sampling_rows
+            else hidden.new_zeros((0, self.vocab_size))
+        )
+        want_prompt = any(item.seq.params.prompt_logprobs is not None and item.seq.num_computed < len(item.seq.prompt_ids)
+                          for item in batch)  # fmt: skip
+        return logits, (self.model.logits(hidden) if want_prompt else None)

@@ -1,0 +1,1 @@
+"""Model implementations the engine runs natively."""

@@ -1,0 +1,97 @@
+"""Next-token choice for a batch whose rows each carry their own sampling parameters.
+
+Greedy rows take the argmax of the raw logits (so they match `generate` exactly). Other rows go
+through penalties -> temperature -> top-k -> top-p -> min-p and draw from a per-request
+generator when the request has a seed (same seed, same tokens, whatever else is in the batch).
+Logprobs are of the model's raw distribution, as OpenAI and vLLM report them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tuneloop.engine.sampling import SamplingParams
+from tuneloop.engine.sequence import Sequence
+
+
+class Sampler:
+    def __init__(self, device: torch.device | str):
+        self.device = device
+        self.generators: dict[str, torch.Generator] = {}
+        self.shared = torch.Generator(device=device)
+        self.shared.seed()
+
+    def forget(self, request_id: str) -> None:
+        self.generators.pop(request_id, None)
+
+    def __call__(
+        self, logits: torch.Tensor, seqs: list[Sequence]
+    ) -> tuple[list[int], list[dict[int, float] | None]]:
+        """logits: (B, V) float32, one row per sequence that samples this step."""
+        raw = logits
+        want_logprobs = any(s.params.logprobs is not None for s in seqs)
+        logprobs_all = torch.log_softmax(raw, dim=-1) if want_logprobs else None
+        tokens: list[int] = []
+        greedy = raw.argmax(dim=-1).tolist()
+        for i, seq in enumerate(seqs):
+            p = seq.params
+            if p.greedy and not p.needs_penalties:
+                tokens.append(greedy[i])
+            else:
+                tokens.append(self._sample_row(raw[i], seq))
+        logprobs = [self._logprobs(logprobs_all, i, t, s.params) if logprobs_all is not None else None
+                    for i, (t, s) in enumerate(zip(tokens, seqs, strict=True))]  # fmt: skip
+        return tokens, logprobs
+
+    def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
+        p = seq.params
+        row = apply_penalties(row.clone(), seq.prompt_ids, seq.output_ids, p)
+        if p.greedy:
+            return int(row.argmax())
+        row = row / p.temperature
+        if p.top_k > 0 and p.top_k < row.numel():
+            kth = torch.topk(row, p.top_k).values[-1]
+            row = row.masked_fill(row < kth, float("-inf"))
+        probs = torch.softmax(row, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # keep the smallest set whose mass reaches top_p (the token that crosses it included)
+            drop = sorted_probs.cumsum(0) - sorted_probs > p.top_p
+            probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
+        if p.min_p > 0:
+            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
+        return int(torch.multinomial(probs / probs.sum(), 1, generator=self._generator(seq)))
+
+    def _generator(self, seq: Sequence) -> torch.Generator:
+        if seq.params.seed is None:
+            return self.shared
+        gen = self.generators.get(seq.request_id)
+        if gen is None:
+            gen = self.generators[seq.request_id] = torch.Generator(device=self.device)
+            gen.manual_seed(seq.params.seed)
+        return gen
+
+    @staticmethod
+    def _logprobs(all_lp: torch.Tensor, i: int, token: int, p: SamplingParams) -> dict[int, float] | None:
+        if p.logprobs is None:
+            return None
+        row = all_lp[i]
+        out = {token: float(row[token])}
+        if p.logprobs > 0:
+            top = torch.topk(row, p.logprobs)
+            out.update({int(t): float(v) for t, v in zip(top.indices, top.values, strict=True)})
+        return out
+
+
+def apply_penalties(
+    row: torch.Tensor, prompt: list[int], output: list[int], p: SamplingParams
+) -> torch.Tensor:
+    if p.repetition_penalty != 1.0:
+        seen = torch.tensor(sorted(set(prompt) | set(output)), dtype=torch.long, device=row.device)
+        if seen.numel():
+            vals = row[seen]
+            row[seen] = torch.where(vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty)
+    if output and (p.frequency_penalty or p.presence_penalty):
+        ids, counts = torch.tensor(output, device=row.device).unique(return_counts=True)
+        row[ids] -= p.frequency_penalty * counts.to(row.dtype) + p.presence_penalty
+    return row
