@@ -1,0 +1,80 @@
+"""The async interface the server uses: streaming, concurrency, abort on disconnect, stats."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tuneloop.engine import LLMEngine, SamplingParams
+from tuneloop.engine.async_engine import AsyncEngine
+
+from .test_engine import GREEDY, prompts
+
+
+@pytest.fixture
+def aengine(tiny_llama):
+    eng = AsyncEngine(LLMEngine.from_pretrained(tiny_llama, block_size=4, kv_cache_gib=0.01))
+    yield eng
+    eng.shutdown()
+
+
+def test_concurrent_streams_equal_offline_generate(aengine, tiny_llama):
+    ps = prompts(4, seed=20)
+    expected = [
+        o.token_ids
+        for o in LLMEngine.from_pretrained(tiny_llama, block_size=4, kv_cache_gib=0.01).generate(ps, GREEDY)
+    ]
+
+    async def one(p):
+        pieces = []
+        async for out in await aengine.submit(p, GREEDY):
+            pieces.extend(out.new_token_ids)
+            last = out
+        assert last.finished and last.token_ids == pieces
+        return pieces
+
+    async def main():
+        return await asyncio.gather(*(one(p) for p in ps))
+
+    assert asyncio.run(main()) == expected
+    assert aengine.stats().generated_tokens == 4 * 12
+
+
+def test_closing_the_stream_aborts_and_frees_blocks(aengine):
+    async def main():
+        stream = await aengine.submit(
+            prompts(1, lengths=(30,))[0], SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+        )
+        async for out in stream:
+            assert not out.finished
+            break  # the client disconnects after the first token
+        await stream.aclose()
+        await asyncio.sleep(0.05)
+
+    free_before = aengine.engine.blocks.num_free
+    asyncio.run(main())
+    assert aengine.stats().running == 0 and aengine.stats().waiting == 0
+    assert aengine.engine.blocks.num_free >= free_before
+
+
+def test_bad_request_fails_at_submit(aengine):
+    async def main():
+        await aengine.submit([], GREEDY)
+
+    with pytest.raises(ValueError, match="must not be empty"):
+        asyncio.run(main())
+
+
+def test_explicit_abort_ends_the_stream_with_reason(aengine):
+    async def main():
+        stream = await aengine.submit(
+            prompts(1)[0], SamplingParams(max_tokens=500, temperature=0, ignore_eos=True), request_id="r1"
+        )
+        first = await stream.__anext__()
+        assert aengine.abort("r1") is True
+        reasons = [out.finish_reason async for out in stream]
+        return first, reasons
+
+    first, reasons = asyncio.run(main())
+    assert not first.finished and reasons[-1] == "abort"
