@@ -86,6 +86,23 @@ class LLMEngine:
         self._prompt_tokens += len(prompt_ids)
         return seq
 
+    # ------------------------------------------------------------ adapters
+
+    def load_lora(self, name: str, folder: str | Path) -> None:
+        """Load a PEFT LoRA adapter (trained on this base) under `name`; no restart needed."""
+        from tuneloop.engine.lora import LoRAManager
+
+        if self.lora is None:
+            self.lora = self.runner.lora = LoRAManager(self.runner.model, self.config.max_loras)
+        self.lora.load(name, folder)
+
+    def unload_lora(self, name: str) -> None:
+        if self.lora is None:
+            raise ValueError(f"adapter {name!r} is not loaded")
+        if any(s.lora == name for s in self.sequences.values()):
+            raise ValueError(f"adapter {name!r} is serving requests; unload it when they finish")
+        self.lora.unload(name)
+
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks (e.g. the client went away)."""
         seq = self.sequences.pop(request_id, None)
