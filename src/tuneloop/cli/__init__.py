@@ -78,6 +78,9 @@ def _register() -> None:
     from tuneloop.cli import eval as eval_cli
 
     app.command("eval")(eval_cli.eval_command)
+    from tuneloop.cli import registry as registry_cli
+
+    app.add_typer(registry_cli.app, name="registry")
 
 
 _register()

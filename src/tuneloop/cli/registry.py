@@ -144,13 +144,23 @@ def diff(
     d = do_diff(_registry(tracking_uri), a, b)
     if as_json:
         return _echo_json(d.to_json())
-    table = Table("", d.a, d.b, "delta", title=f"{d.a} vs {d.b}", title_justify="left")
-    for section, rows in (("config", d.config), ("lineage", d.lineage)):
+    if not (d.config or d.metrics or d.lineage):
+        console.print(f"{d.a} and {d.b} have the same config, metrics and lineage")
+        return
+    console.print(f"[bold]{d.a} -> {d.b}[/]")
+    # one line per difference (no table): long digests would squeeze a table into unreadable wraps
+    for title, rows in (("config", d.config), ("lineage", d.lineage)):
+        if rows:
+            console.print(title)
         for k, x, y in rows:
-            table.add_row(f"{section}: {escape(k)}", escape(_s(x)), escape(_s(y)), "")
+            console.print(
+                f"  {escape(k)}: {escape(_s(x))} -> {escape(_s(y))}", soft_wrap=True, highlight=False
+            )
+    if d.metrics:
+        console.print("metrics")
     for k, x, y, delta in d.metrics:
-        table.add_row(f"metric: {escape(k)}", _s(x), _s(y), f"{delta:+.6g}" if delta is not None else "")
-    console.print(table if table.rows else f"{d.a} and {d.b} have the same config, metrics and lineage")
+        change = f" ({delta:+.6g})" if delta is not None else ""
+        console.print(f"  {escape(k)}: {_s(x)} -> {_s(y)}{change}", soft_wrap=True, highlight=False)
 
 
 def _s(v: Any) -> str:
