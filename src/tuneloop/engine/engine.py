@@ -42,7 +42,8 @@ class LLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
         self.runner = ModelRunner(config)
-        self.blocks = BlockManager(self.runner.num_blocks, config.block_size, config.prefix_caching)
+        prefix = config.prefix_caching and self.runner.fallback is None  # the fallback cannot share blocks
+        self.blocks = BlockManager(self.runner.num_blocks, config.block_size, prefix)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
         self.sampler = Sampler(self.runner.device)
         self.eos_ids = _eos_ids(Path(config.model))
@@ -74,6 +75,8 @@ class LLMEngine:
             raise ValueError(
                 f"prompt of {len(prompt_ids)} tokens exceeds max_model_len {self.runner.max_model_len}"
             )
+        if lora is not None and self.runner.fallback is not None:
+            raise ValueError("LoRA adapters are served on native (Llama-family) models only")
         if lora is not None and (self.lora is None or lora not in self.lora.adapters):
             raise ValueError(f"unknown LoRA adapter {lora!r}; load it first")
         seq = Sequence(list(prompt_ids), params, priority=priority, lora=lora)
@@ -110,6 +113,7 @@ class LLMEngine:
             return False
         self.scheduler.finish(seq, "abort")
         self.sampler.forget(request_id)
+        self.runner.release(request_id)
         return True
 
     def has_unfinished(self) -> bool:
@@ -146,6 +150,7 @@ class LLMEngine:
             self.scheduler.finish(seq, reason)
             self.sequences.pop(seq.request_id, None)
             self.sampler.forget(seq.request_id)
+            self.runner.release(seq.request_id)
         return RequestOutput(
             seq.request_id, [token], list(seq.output_ids), reason is not None, reason, [logprob],
             prompt_lp, len(seq.prompt_ids), seq.num_cached_prompt,

@@ -13,7 +13,8 @@ import torch
 
 from tuneloop.engine.attention import build_metadata
 from tuneloop.engine.config import EngineConfig
-from tuneloop.engine.models.llama import load_llama
+from tuneloop.engine.models.hf_fallback import HFFallback
+from tuneloop.engine.models.llama import is_native, load_llama
 from tuneloop.engine.scheduler import Scheduled
 
 log = logging.getLogger("tuneloop.engine")
@@ -36,15 +37,18 @@ class ModelRunner:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
-        self.model = load_llama(cfg.model, self.dtype, self.device)
+        self.fallback = None if is_native(cfg.model) else HFFallback(cfg.model, self.dtype, self.device)
+        self.model = self.fallback.model if self.fallback else load_llama(cfg.model, self.dtype, self.device)
         mc = self.model.config
         self.num_layers = mc.num_hidden_layers
-        self.kv_heads = mc.num_key_value_heads
+        self.kv_heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads
         self.head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
         self.vocab_size = mc.vocab_size
-        self.max_model_len = cfg.max_model_len or mc.max_position_embeddings
+        self.max_model_len = cfg.max_model_len or getattr(mc, "max_position_embeddings", None) or 2048
         self.num_blocks = self._num_blocks()
         shape = (self.num_blocks * cfg.block_size, self.kv_heads, self.head_dim)
+        if self.fallback is not None:  # transformers keeps its own cache: only the accounting is ours
+            shape = (0, self.kv_heads, self.head_dim)
         self.kv_cache = [
             (
                 torch.zeros(shape, dtype=self.dtype, device=self.device),
@@ -78,9 +82,17 @@ class ModelRunner:
                  blocks * cfg.block_size * self.bytes_per_token / 2**30)  # fmt: skip
         return blocks
 
+    def release(self, request_id: str) -> None:
+        if self.fallback is not None:
+            self.fallback.release(request_id)
+
     @torch.inference_mode()
     def run(self, batch: list[Scheduled]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Logits (S, V) for the sequences that sample, and full logits (N, V) when prompt logprobs are asked."""
+        if self.fallback is not None:
+            rows = [self.fallback.last_hidden_logits(item.seq, item.num_tokens) for item in batch]
+            keep = [r for r, item in zip(rows, batch, strict=True) if item.samples]
+            return (torch.stack(keep) if keep else torch.zeros((0, self.vocab_size))), None
         ids, positions, starts, counts, tables = [], [], [], [], []
         for item in batch:
             s, n = item.seq.num_computed, item.num_tokens
