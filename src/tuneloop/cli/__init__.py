@@ -75,6 +75,9 @@ def _register() -> None:
     from tuneloop.cli import train as train_cli
 
     app.command("train")(train_cli.train)
+    from tuneloop.cli import bench as bench_cli
+
+    app.add_typer(bench_cli.app, name="bench")
     from tuneloop.cli import eval as eval_cli
 
     app.command("eval")(eval_cli.eval_command)
