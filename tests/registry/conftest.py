@@ -27,7 +27,7 @@ def _registry_db(tuneloop_home: Path, mlflow_template: Path) -> None:
     shutil.copy(mlflow_template, tuneloop_home / "mlflow.db")
 
 
-def train_run(base: Path, out: Path, **extra) -> Path:
+def train_run(base: Path | str, out: Path, **extra) -> Path:
     from tuneloop.config import load_config
     from tuneloop.train.config import TrainConfig
     from tuneloop.train.recipe import run

@@ -85,3 +85,15 @@ def test_a_full_fine_tuning_run_registers_as_a_model_with_base_lineage(registry,
     assert info.tags["tuneloop.base_model.sha256"] == sha256_file(tiny_llama / "model.safetensors")
     assert registry.names() == ["acme-full"]  # a full model needs no base in the registry
     assert resolve_model("acme-full/1").path.joinpath("model.safetensors").is_file()
+
+
+def test_training_on_a_registry_base_reuses_that_version(registry, tiny_llama, tmp_path):
+    registry.register_folder(tiny_llama, "house-base")
+    run = train_run("house-base/1", tmp_path / "run", max_steps=2)
+    lineage = json.loads((run / "run.json").read_text())["base_model"]
+    assert lineage["reference"] == "house-base/1" and lineage["registry_version"] == "house-base/1"
+    info = registry.register_run(run, "acme")
+    assert info.tags["tuneloop.base"] == "house-base/1"
+    assert info.tags["tuneloop.base_model.registry_version"] == "house-base/1"
+    assert not any(k.startswith("tuneloop.base_model.tuneloop.") for k in info.tags)
+    assert registry.names() == ["acme", "house-base"]

@@ -30,7 +30,9 @@ def client(uri: str) -> Any:
         from mlflow import MlflowClient
     except ImportError:
         raise missing_extra("mlflow", "train") from None
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # bars in `show` output are noise
+    # progress bars and "View run at" lines would land in `--json` output; the run link is a tag instead
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     for name in ("mlflow", "alembic"):  # schema migrations and "Created version" chatter
         logging.getLogger(name).setLevel(logging.WARNING)
     registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or uri

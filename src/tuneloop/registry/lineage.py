@@ -98,7 +98,8 @@ def weights_sha256(folder: Path) -> str:
 def run_tags(run: RunFolder, base_sha256: str | None) -> dict[str, str]:
     """Every lineage tag of a training run (values are strings, as MLflow stores them)."""
     info, base, data = run.run, run.run["base_model"], run.run["dataset"]
-    tags = {f"tuneloop.base_model.{k}": v for k, v in _flat(base).items()}
+    # a registry base carries its own tuneloop.* tags in its lineage: its ref says it all, skip the copies
+    tags = {f"tuneloop.base_model.{k}": v for k, v in _flat(base).items() if not k.startswith("tuneloop.")}
     tags["tuneloop.base_model.sha256"] = base_sha256
     tags["tuneloop.dataset.fingerprint"] = data.get("fingerprint")
     tags["tuneloop.dataset.train"] = data.get("train")
