@@ -1,0 +1,33 @@
+"""Merge a LoRA adapter into its base model (PEFT `merge_and_unload`), giving a plain HF model.
+
+The merged weights are W + (alpha / r) * B @ A per adapted layer, computed in float32 so the
+merged model's logits match base + adapter to float rounding; the oracle test checks that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneloop.errors import TuneloopError
+
+
+def merge_adapter(adapter_path: Path, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
+    """Load base + adapter and merge; returns (model, tokenizer, details for the report)."""
+    import torch
+
+    from tuneloop.evaluation.loader import load_for_eval
+
+    loaded = load_for_eval(str(adapter_path), device)
+    if not hasattr(loaded.model, "merge_and_unload"):
+        raise TuneloopError(f"'{adapter_path}' is not a LoRA adapter", hint="--merge needs an adapter folder")
+    peft_config = loaded.model.peft_config["default"]
+    model = loaded.model.to(torch.float32).merge_and_unload(safe_merge=True)
+    details = {
+        "base": loaded.base,
+        "peft_type": str(getattr(peft_config, "peft_type", "LORA")),
+        "rank": getattr(peft_config, "r", None),
+        "alpha": getattr(peft_config, "lora_alpha", None),
+        "target_modules": sorted(getattr(peft_config, "target_modules", None) or []),
+    }
+    return model.eval(), loaded.tokenizer, details

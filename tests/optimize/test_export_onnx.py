@@ -1,0 +1,80 @@
+"""--onnx: logits match PyTorch with and without past KV, and ONNX greedy equals PyTorch greedy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from tuneloop.models.loading import load_model
+from tuneloop.optimize.onnx import OnnxCausalLM
+from tuneloop.optimize.runners import OnnxRunner, TorchRunner, greedy
+
+ATOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def pipeline_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
+    """One export through the whole pipeline (exporting takes seconds); the tests share it."""
+    from tuneloop.optimize.pipeline import ExportOptions, run_export
+
+    fast = {"repeats": 1, "latency_tokens": 4, "max_new_tokens": 6, "load_tries": 1}
+    out = tmp_path_factory.mktemp("onnx") / "model"
+    return run_export(str(tiny_llama), ExportOptions(onnx=True, out=out, device="cpu", workload=fast))
+
+
+@pytest.fixture(scope="module")
+def exported(pipeline_export, tiny_llama: Path) -> tuple[OnnxCausalLM, object]:
+    return OnnxCausalLM(Path(pipeline_export.output)), load_model(tiny_llama, "cpu", dtype=torch.float32)
+
+
+def test_logits_match_without_past(exported) -> None:
+    onnx_model, model = exported
+    ids = torch.randint(3, 500, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+    got = onnx_model(ids).logits  # batch 2, empty past
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=ATOL)
+
+
+def test_logits_match_with_past(exported) -> None:
+    onnx_model, model = exported
+    ids = torch.randint(3, 500, (1, 12), generator=torch.Generator().manual_seed(1)).numpy()
+    _, past = onnx_model.run(ids[:, :8], np.ones((1, 8), dtype=np.int64), onnx_model.empty_past(1))
+    assert past[0].shape[2] == 8  # the present holds the 8 prefill positions
+    logits, present = onnx_model.run(ids[:, 8:], np.ones((1, 12), dtype=np.int64), past)
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids)).logits[:, 8:]
+    assert present[0].shape[2] == 12
+    assert np.allclose(logits, want.numpy(), atol=ATOL)
+
+
+def test_onnx_greedy_equals_pytorch_greedy(exported, tiny_llama: Path) -> None:
+    onnx_model, model = exported
+    prompt = [1, 45, 200, 17, 99, 3]
+    want = greedy(TorchRunner(model), prompt, 16).tokens
+    got = greedy(OnnxRunner(onnx_model), prompt, 16).tokens
+    assert got == want
+    assert len(set(want)) > 1  # not a degenerate single-token loop that would match trivially
+
+
+def test_onnx_export_through_the_pipeline(pipeline_export) -> None:
+    report, out = pipeline_export, Path(pipeline_export.output)
+    assert report.after.format == "onnx" and report.before.format == "hf"
+    assert (out / "model.onnx").is_file() and (out / "tokenizer.json").is_file()
+    assert report.after.ttft_s > 0 and report.after.per_token_s > 0
+    assert report.after.perplexity == pytest.approx(report.before.perplexity, rel=1e-4)
+
+
+def test_onnx_with_quantize_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    from tuneloop.errors import TuneloopError
+    from tuneloop.optimize.pipeline import ExportOptions, run_export
+
+    with pytest.raises(TuneloopError, match="cannot be combined"):
+        run_export(str(tiny_llama), ExportOptions(onnx=True, quantize="int8", out=tmp_path / "o"))

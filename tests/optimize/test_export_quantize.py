@@ -1,0 +1,46 @@
+"""--quantize int8|int4 on CPU (torchao): smaller on disk, reloads from its folder, generates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("torchao")
+
+from tuneloop.models.loading import load_model
+from tuneloop.optimize.loader import folder_format, load_any
+from tuneloop.optimize.pipeline import ExportOptions, run_export
+from tuneloop.optimize.runners import greedy, runner_for
+
+IDS = torch.tensor([[1, 17, 42, 99, 7, 256, 3, 11]])
+
+
+@pytest.mark.parametrize(("method", "fmt", "max_ratio"), [("int8", "quantized", 0.6), ("int4", "int4", 0.6)])
+def test_quantized_export_reloads_and_generates(
+    tiny_llama: Path, tmp_path: Path, fast, method, fmt, max_ratio
+) -> None:
+    report = run_export(str(tiny_llama), ExportOptions(quantize=method, out=tmp_path / method, workload=fast))
+    out = Path(report.output)
+    assert folder_format(out) == fmt
+    assert report.after.size_bytes < max_ratio * report.before.size_bytes
+    model, tokenizer = load_any(out, "cpu")  # a fresh load from disk, not the object that was saved
+    linear = model.model.layers[0].mlp.down_proj.weight
+    assert type(linear).__name__ in ("Int8Tensor", "Int4OpaqueTensor")
+    gen = greedy(runner_for(model), tokenizer("hello world")["input_ids"], 6)
+    assert len(gen.tokens) == 6
+    reference = load_model(tiny_llama, "cpu")
+    with torch.no_grad():
+        got, want = model(IDS).logits.float(), reference(IDS).logits
+    # quantization error is small against the logits' spread, and int4 is worse than int8 would be
+    assert (got - want).abs().max() < 0.25 * want.abs().max()
+    assert report.after.perplexity == pytest.approx(report.before.perplexity, rel=0.05)
+    assert report.steps[0]["backend"] == "torchao"
+
+
+def test_unknown_quantize_method_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    from tuneloop.errors import TuneloopError
+
+    with pytest.raises(TuneloopError, match="unknown --quantize 'int3'"):
+        run_export(str(tiny_llama), ExportOptions(quantize="int3", out=tmp_path / "x"))
