@@ -81,6 +81,9 @@ def _register() -> None:
     from tuneloop.cli import eval as eval_cli
 
     app.command("eval")(eval_cli.eval_command)
+    from tuneloop.cli import export as export_cli
+
+    app.command("export")(export_cli.export)
     from tuneloop.cli import registry as registry_cli
 
     app.add_typer(registry_cli.app, name="registry")
