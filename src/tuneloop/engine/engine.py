@@ -39,9 +39,9 @@ class EngineStats:
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig):
+    def __init__(self, config: EngineConfig, model: Any = None):
         self.config = config
-        self.runner = ModelRunner(config)
+        self.runner = ModelRunner(config, model)
         prefix = config.prefix_caching and self.runner.fallback is None  # the fallback cannot share blocks
         self.blocks = BlockManager(self.runner.num_blocks, config.block_size, prefix)
         self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)

@@ -33,12 +33,21 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
 
 
 class ModelRunner:
-    def __init__(self, cfg: EngineConfig):
+    def __init__(self, cfg: EngineConfig, model: Any = None):
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
-        self.fallback = None if is_native(cfg.model) else HFFallback(cfg.model, self.dtype, self.device)
-        self.model = self.fallback.model if self.fallback else load_llama(cfg.model, self.dtype, self.device)
+        self.fallback = (
+            None
+            if model is not None or is_native(cfg.model)
+            else HFFallback(cfg.model, self.dtype, self.device)
+        )
+        if model is not None:  # an already built native model (benchmarks with random weights)
+            self.model = model
+        else:
+            self.model = (
+                self.fallback.model if self.fallback else load_llama(cfg.model, self.dtype, self.device)
+            )
         mc = self.model.config
         self.num_layers = mc.num_hidden_layers
         self.kv_heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads

@@ -160,11 +160,28 @@ def load_llama(folder: str | Path, dtype: torch.dtype, device: str) -> LlamaForC
     model.load_state_dict(_fuse(state, cfg), strict=False, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
-    model.rotary = _hf_rotary(cfg)  # buffers were on meta
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ValueError(f"weights missing from {folder}: {missing[:5]}")
-    return model.to(device=device, dtype=dtype).eval()
+    model.rotary = _hf_rotary(cfg)  # its buffers were on meta
+    model = model.to(device=device, dtype=dtype).eval()
+    model.rotary = _hf_rotary(cfg).to(device)  # after the cast: inv_freq stays fp32, as in transformers
+    return model
+
+
+def random_llama(config: dict[str, Any], dtype: torch.dtype, device: str, seed: int = 0) -> LlamaForCausalLM:
+    """A native model with random weights (speed does not depend on values): benchmarks only."""
+    from transformers import LlamaConfig
+
+    cfg = LlamaConfig(**config)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02) if p.dim() > 1 else p.fill_(1.0)
+    model.rotary = _hf_rotary(cfg).to(device)  # fp32 inv_freq
+    return model.eval()
 
 
 def _fuse(state: dict[str, torch.Tensor], cfg: Any) -> dict[str, torch.Tensor]:
