@@ -1,0 +1,174 @@
+"""Engine speed on one GPU against transformers, same run, same card (first numbers; no CUDA graphs yet).
+
+Llama-3-8B-shaped random bf16 weights. Baselines from ../shared/bench/hf_baseline_gpu.py (carried
+in .devcarry): `generate` at batch 1, and `generate_batch` for 256 requests of 128 + 128 tokens.
+tuneloop: batch-1 decode, the same 256 requests offline, and TTFT / inter-token latency with 32
+concurrent clients. A profile of a few decode steps says where the time goes.
+
+    PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu.py $OUT [--tiny]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from tuneloop.engine import EngineConfig, LLMEngine, SamplingParams
+from tuneloop.engine.models.llama import random_llama
+
+LLAMA3_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                 num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192,
+                 rope_theta=500000.0, tie_word_embeddings=False, eos_token_id=-1)  # fmt: skip
+TINY = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, vocab_size=1000, max_position_embeddings=1024, tie_word_embeddings=False, eos_token_id=-1)  # fmt: skip
+PROMPT, NEW = 128, 128
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def build_engine(shape: dict, device: str, **kw) -> LLMEngine:
+    folder = Path(tempfile.mkdtemp())
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", **shape}))
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = random_llama(shape, dtype, device)
+    cfg = EngineConfig(
+        model=str(folder), device=device, dtype="bfloat16" if device == "cuda" else "float32", **kw
+    )
+    return LLMEngine(cfg, model=model)
+
+
+def prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(100, vocab - 1, (n, PROMPT), generator=g).tolist()
+
+
+def batch1(engine: LLMEngine, vocab: int) -> dict:
+    p = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
+    engine.generate(
+        prompts(1, vocab, 1), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    )  # warm-up
+    sync()
+    t = time.perf_counter()
+    engine.generate(prompts(1, vocab, 2), p)
+    sync()
+    dt = time.perf_counter() - t
+    return {"batch": 1, "seconds": round(dt, 3), "output_tokens_per_s": round(NEW / dt, 1)}
+
+
+def offline(engine: LLMEngine, vocab: int, n: int = 256) -> dict:
+    p = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
+    sync()
+    t = time.perf_counter()
+    outs = engine.generate(prompts(n, vocab, 3), p)
+    sync()
+    dt = time.perf_counter() - t
+    tokens = sum(len(o.token_ids) for o in outs)
+    return {"requests": n, "seconds": round(dt, 3), "output_tokens_per_s": round(tokens / dt, 1)}
+
+
+def concurrent(engine: LLMEngine, vocab: int, clients: int = 32, total: int = 64) -> dict:
+    """Closed loop; TTFT from arrival to first token, ITL between a request's tokens (step granularity)."""
+    p = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
+    pending = prompts(total, vocab, 4)
+    arrival, last, ttft, itl = {}, {}, [], []
+    in_flight = 0
+    t0 = time.perf_counter()
+    while pending or engine.has_unfinished():
+        while pending and in_flight < clients:
+            rid = engine.add_request(pending.pop(), p).request_id
+            arrival[rid] = time.perf_counter()
+            in_flight += 1
+        outs = engine.step()
+        sync()
+        now = time.perf_counter()
+        for o in outs:
+            if o.request_id not in last:
+                ttft.append(now - arrival[o.request_id])
+            else:
+                itl.append(now - last[o.request_id])
+            last[o.request_id] = now
+            in_flight -= o.finished
+    q = statistics.quantiles
+    return {"clients": clients, "requests": total, "seconds": round(time.perf_counter() - t0, 2),
+            "ttft_ms_p50": round(1000 * statistics.median(ttft), 1), "ttft_ms_p90": round(1000 * q(ttft, n=10)[-1], 1),
+            "itl_ms_p50": round(1000 * statistics.median(itl), 2), "itl_ms_p90": round(1000 * q(itl, n=10)[-1], 2)}  # fmt: skip
+
+
+def profile_decode(engine: LLMEngine, vocab: int, out: Path) -> str:
+    for pr in prompts(32, vocab, 5):
+        engine.add_request(pr, SamplingParams(max_tokens=40, temperature=0, ignore_eos=True))
+    for _ in range(5):
+        engine.step()
+    with torch.profiler.profile(
+        activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    ) as prof:
+        for _ in range(5):
+            engine.step()
+        sync()
+    while engine.has_unfinished():
+        engine.step()
+    table = prof.key_averages().table(
+        sort_by="cuda_time_total" if torch.cuda.is_available() else "cpu_time_total", row_limit=20
+    )
+    (out / "engine_profile.txt").write_text(table)
+    return table
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+    out.mkdir(parents=True, exist_ok=True)
+    tiny = "--tiny" in sys.argv
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    shape = TINY if tiny else LLAMA3_8B
+    res: dict = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
+    if device == "cuda" and not tiny:
+        import hf_baseline_gpu as hf
+
+        model = hf.build_model()
+        res["hf_generate_b1"] = hf.hf_generate(model, 1)
+        print("hf b1", res["hf_generate_b1"], flush=True)
+        res["hf_generate_batch_256"] = hf.hf_continuous_batching(model)
+        print("hf generate_batch", res["hf_generate_batch_256"], flush=True)
+        del model
+        torch.cuda.empty_cache()
+    engine = build_engine(
+        shape,
+        device,
+        max_num_seqs=256,
+        max_num_batched_tokens=4096,
+        **({"kv_cache_gib": 0.05} if tiny else {}),
+    )
+    res["kv_blocks"] = engine.runner.num_blocks
+    res["tuneloop_b1"] = batch1(engine, shape["vocab_size"])
+    print("tuneloop b1", res["tuneloop_b1"], flush=True)
+    res["tuneloop_256"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)
+    print("tuneloop 256", res["tuneloop_256"], flush=True)
+    res["tuneloop_32_concurrent"] = concurrent(engine, shape["vocab_size"], 32, 40 if tiny else 64)
+    print("tuneloop 32 concurrent", res["tuneloop_32_concurrent"], flush=True)
+    if "hf_generate_batch_256" in res:
+        res["ratio_256_vs_generate_batch"] = round(
+            res["tuneloop_256"]["output_tokens_per_s"] / res["hf_generate_batch_256"]["output_tokens_per_s"],
+            2,
+        )
+        res["ratio_b1_vs_generate"] = round(
+            res["tuneloop_b1"]["output_tokens_per_s"] / res["hf_generate_b1"]["output_tokens_per_s"], 2
+        )
+    (out / "engine_gpu.json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1), flush=True)
+    print(profile_decode(engine, shape["vocab_size"], out))
+
+
+if __name__ == "__main__":
+    main()
