@@ -13,6 +13,8 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,22 @@ from tuneloop.data.pipeline import Decision, Order, decide, final_rows, finish, 
 from tuneloop.data.readers import InputFile, list_inputs
 from tuneloop.data.split import smallest
 from tuneloop.data.stats import Stats
+from tuneloop.errors import TuneloopError
 
 
 def run_local(
+    inputs: list[str], out: Path, cfg: DataConfig, *, workers: int | None = None, progress: bool = False
+) -> dict[str, Any]:
+    try:
+        return _run(inputs, out, cfg, workers=workers, progress=progress)
+    except BrokenProcessPool:
+        raise TuneloopError(
+            "a worker process died (killed for memory, or it could not start)",
+            hint="retry with --workers 1; from Python, run prepare() from a script file, not stdin",
+        ) from None
+
+
+def _run(
     inputs: list[str], out: Path, cfg: DataConfig, *, workers: int | None = None, progress: bool = False
 ) -> dict[str, Any]:
     files = list_inputs(inputs, cfg.input, exclude=out)
@@ -195,9 +210,12 @@ def _pool(workers: int) -> Iterator[Callable]:
         _init_worker()
         yield map
         return
-    # spawn: the parent may hold threads (fsspec's event loop, tokenizers) that fork would copy broken
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        yield lambda fn, tasks: pool.imap(fn, tasks, chunksize=1)
+    # spawn: the parent may hold threads (fsspec's event loop, tokenizers) that fork would copy broken.
+    # ProcessPoolExecutor, not multiprocessing.Pool: a worker that dies (OOM kill, failed start)
+    # raises BrokenProcessPool here instead of hanging the run forever.
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        yield lambda fn, tasks: pool.map(fn, tasks)
 
 
 @contextmanager
