@@ -6,6 +6,7 @@ as a short message with a hint and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -18,6 +19,11 @@ from tuneloop import __version__
 from tuneloop.errors import TuneloopError
 
 err_console = Console(stderr=True)
+
+# Import-time chatter of dependencies is not for our users: torchao warns about its optional CUDA
+# extensions on CPU machines, torch about pytree registrations torchao makes.
+for _noisy in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_noisy).setLevel(logging.ERROR)
 
 
 def print_error(e: TuneloopError) -> None:
