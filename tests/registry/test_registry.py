@@ -128,7 +128,8 @@ def test_tampered_artifact_in_the_store_is_refused_naming_the_file(registry, ada
 
 def test_tampering_with_file_and_manifest_together_is_still_caught(registry, adapter_run):
     info = registry.register_run(adapter_run, "acme")
-    stored = next((paths.home() / "artifacts" / "registry").rglob("tuneloop-manifest.json")).parent
+    run_id = registry.version("acme/1").run_id
+    stored = paths.home() / "artifacts" / "registry" / run_id / "artifacts"
     (stored / "model" / "adapter_config.json").write_text("{}")
     manifest = json.loads((stored / "tuneloop-manifest.json").read_text())
     manifest["files"]["model/adapter_config.json"] = {"sha256": hashlib.sha256(b"{}").hexdigest(), "size": 2}

@@ -7,16 +7,18 @@ be an object store; TUNELOOP_ARTIFACT_LOCATION picks one for a database URI with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from tuneloop import paths
 from tuneloop.errors import TuneloopError, missing_extra
 
+F = TypeVar("F", bound=Callable[..., Any])
 EXPERIMENT = "tuneloop-registry"
 ENV_ARTIFACTS = "TUNELOOP_ARTIFACT_LOCATION"
 
@@ -33,6 +35,9 @@ def client(uri: str) -> Any:
     # progress bars and "View run at" lines would land in `--json` output; the run link is a tag instead
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow's default retries make an unreachable server hang for ~4 minutes before saying so
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     for name in ("mlflow", "alembic"):  # schema migrations and "Created version" chatter
         logging.getLogger(name).setLevel(logging.WARNING)
     registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or uri
@@ -80,3 +85,14 @@ def mlflow_errors(what: str) -> Iterator[None]:
             f"{what}: {e.message.splitlines()[0][:300]}",
             hint="check --tracking-uri / MLFLOW_TRACKING_URI and that the server is reachable",
         ) from None
+
+
+def user_errors(method: F) -> F:
+    """Decorate a `Registry` method so that any MLflow failure inside it reaches the user as one line."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with mlflow_errors(f"registry {method.__name__.replace('_', ' ')} at {self.tracking_uri}"):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

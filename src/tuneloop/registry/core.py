@@ -48,6 +48,7 @@ class Registry:
 
     # ------------------------------------------------------------------ register
 
+    @backend.user_errors
     def register_run(
         self, run_dir: str | Path, name: str, description: str = "", *, base_name: str | None = None
     ) -> ModelVersionInfo:
@@ -75,6 +76,7 @@ class Registry:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
+    @backend.user_errors
     def register_folder(
         self, folder: str | Path, name: str, *, tags: dict[str, str] | None = None,
         parent: str | None = None, description: str = "",
@@ -166,20 +168,20 @@ class Registry:
 
     # ------------------------------------------------------------------ read
 
+    @backend.user_errors
     def get(self, ref: str) -> ModelVersionInfo:
-        """ "NAME@alias" | "NAME/VERSION" | "NAME" (latest): a verified local copy of that version."""
-        with backend.mlflow_errors(f"reading '{ref}' from {self.tracking_uri}"):
-            mv = lookup.model_version(self.client, parse_ref(ref))
-            tags = dict(mv.tags)
-            if "tuneloop.manifest_sha256" not in tags:
-                raise TuneloopError(
-                    f"{mv.name}/{mv.version} was not registered by tuneloop (no checksum manifest)",
-                    hint="register it with `tuneloop registry register` so it can be verified on load",
-                )
-            label = f"{mv.name}/{mv.version}"
-            download = lambda dst: self._download(mv.run_id, dst)  # noqa: E731
-            target = cache.fetch(cache.folder(self._key, mv.name, int(mv.version)),
-                                 tags["tuneloop.manifest_sha256"], label, download)  # fmt: skip
+        """A verified local copy of "NAME@alias", "NAME/VERSION" or "NAME" (its latest version)."""
+        mv = lookup.model_version(self.client, parse_ref(ref))
+        tags = dict(mv.tags)
+        if "tuneloop.manifest_sha256" not in tags:
+            raise TuneloopError(
+                f"{mv.name}/{mv.version} was not registered by tuneloop (no checksum manifest)",
+                hint="register it with `tuneloop registry register` so it can be verified on load",
+            )
+        target = cache.fetch(
+            cache.folder(self._key, mv.name, int(mv.version)), tags["tuneloop.manifest_sha256"],
+            f"{mv.name}/{mv.version}", lambda dst: self._download(mv.run_id, dst),
+        )  # fmt: skip
         return ModelVersionInfo(mv.name, int(mv.version), target / "model", tags, list(mv.aliases or []))
 
     def _download(self, run_id: str, dst: Path) -> None:
@@ -196,25 +198,27 @@ class Registry:
         finally:
             shutil.rmtree(stage, ignore_errors=True)
 
+    @backend.user_errors
     def version(self, ref: str) -> Any:
         """The MLflow ModelVersion a reference names, without downloading anything."""
-        with backend.mlflow_errors(f"reading '{ref}' from {self.tracking_uri}"):
-            return lookup.model_version(self.client, parse_ref(ref))
+        return lookup.model_version(self.client, parse_ref(ref))
 
+    @backend.user_errors
     def model(self, name: str) -> Any:
-        with backend.mlflow_errors(f"reading '{name}' from {self.tracking_uri}"):
-            return lookup.registered_model(self.client, name)
+        return lookup.registered_model(self.client, name)
 
+    @backend.user_errors
     def versions(self, name: str) -> list[Any]:
         self.model(name)
         return lookup.versions(self.client, name)
 
+    @backend.user_errors
     def names(self) -> list[str]:
-        with backend.mlflow_errors(f"listing models at {self.tracking_uri}"):
-            return lookup.model_names(self.client)
+        return lookup.model_names(self.client)
 
     # ------------------------------------------------------------------ aliases
 
+    @backend.user_errors
     def promote(self, name: str, version: int, alias: str) -> None:
         """Point `alias` at `version` (the version must exist); recorded in the alias history."""
         check_alias(alias)
@@ -225,6 +229,7 @@ class Registry:
         self.client.set_registered_model_alias(name, alias, str(mv.version))
         self._record(name, aliases.entry(alias, int(mv.version), "promote", current))
 
+    @backend.user_errors
     def rollback(self, name: str, alias: str = "production") -> int:
         """Point `alias` back at the version it pointed at before; returns that version."""
         check_alias(alias)
@@ -235,6 +240,7 @@ class Registry:
         self._record(name, aliases.entry(alias, target, "rollback", current))
         return target
 
+    @backend.user_errors
     def unalias(self, name: str, alias: str) -> None:
         current = self._aliased(name, alias)
         if current is None:
@@ -242,6 +248,7 @@ class Registry:
         self.client.delete_registered_model_alias(name, alias)
         self._record(name, aliases.entry(alias, None, "unalias", current))
 
+    @backend.user_errors
     def history(self, name: str) -> list[dict]:
         """Every alias change of `name`, oldest first: {alias, version, previous, action, time, user}."""
         return aliases.load(dict(self.model(name).tags))
@@ -260,6 +267,7 @@ class Registry:
 
     # ------------------------------------------------------------------ delete
 
+    @backend.user_errors
     def delete(self, name: str, version: int) -> None:
         """Delete a version; refused while an alias points at it or an adapter is pinned to it."""
         mv = self.version(f"{name}/{int(version)}")
