@@ -135,6 +135,13 @@ class Registry:
 
     def _pin_base(self, base_path: Path, sha: str, reference: str, base_name: str | None) -> str:
         """The registry reference of the base: an existing version with the same weights, else a new one."""
+        from filelock import FileLock
+
+        # two adapters on a new base registered at once must not both add it (a remote server has no lock)
+        with FileLock(str(cache.root() / f".{self._key}-base-{sha[:16]}.lock"), timeout=3600):
+            return self._find_or_add_base(base_path, sha, reference, base_name)
+
+    def _find_or_add_base(self, base_path: Path, sha: str, reference: str, base_name: str | None) -> str:
         same = [v for v in lookup.by_tag(self.client, "tuneloop.weights_sha256", sha)
                 if v.tags.get("tuneloop.kind") == "model"]  # fmt: skip
         if same:

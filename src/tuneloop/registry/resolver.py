@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from tuneloop.errors import ModelNotFoundError
 from tuneloop.models.resolve import ResolvedModel
 
 
@@ -11,7 +14,14 @@ def resolve_reference(ref: str, pull: bool = False) -> ResolvedModel:
     from tuneloop.registry import Registry
 
     registry = Registry()
-    info = registry.get(ref)
+    try:
+        info = registry.get(ref)
+    except ModelNotFoundError as e:
+        if Path(ref).is_dir():  # `runs/3` may have meant a folder: registry references win, say how to ask
+            raise ModelNotFoundError(
+                e.message, hint=f"for the local folder write ./{ref}; {e.hint}"
+            ) from None
+        raise
     lineage = {
         **info.tags,
         "source": "registry",
