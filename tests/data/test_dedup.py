@@ -92,3 +92,9 @@ def test_chat_rows_sharing_a_long_system_prompt_are_not_near_duplicates(tmp_path
     m = prepare([str(tmp_path / "chat.jsonl")], tmp_path / "out", make_cfg(kind="sft"), workers=1)
     assert m["removed"] == {"dedup.exact": 1}  # only the same conversation under another system prompt
     assert m["counts"]["documents"] == 4
+
+
+def test_a_pair_is_found_even_when_its_bucket_starts_with_an_unrelated_document() -> None:
+    sig = lambda *values: np.array(values, dtype=np.uint32)  # noqa: E731
+    members = [((0, 0), sig(1, 2, 3, 4)), ((0, 1), sig(1, 9, 9, 9)), ((0, 2), sig(1, 9, 9, 8))]
+    assert group_edges(members, 0.7) == [((0, 2), (0, 1), 0.75)]

@@ -124,14 +124,27 @@ def exact_duplicates(items: Iterable[tuple[int, Hashable, str]]) -> dict[Hashabl
     return removed
 
 
-def group_edges(members: Sequence[tuple[Any, np.ndarray]], threshold: float) -> list[tuple[Any, Any, float]]:
-    """One LSH bucket, members sorted by order: link each to the first if their signatures agree enough."""
-    head_order, head_sig = members[0]
+def group_edges(
+    members: Sequence[tuple[Any, np.ndarray]], threshold: float, max_reps: int = 256
+) -> list[tuple[Any, Any, float]]:
+    """One LSH bucket, members sorted by order -> verified (member, earlier member, similarity) links.
+
+    Each member is compared with the bucket's representatives so far (members that matched none
+    before them) and linked to the first that agrees enough. Comparing with the first member only
+    would miss pairs that share a bucket with unrelated documents, which boilerplate-heavy corpora
+    produce; `max_reps` bounds the work in such buckets.
+    """
+    rep_orders = [members[0][0]]
+    reps = members[0][1][None, :]  # (R, num_perm)
     edges = []
     for order, sig in members[1:]:
-        sim = float(np.mean(sig == head_sig))
-        if sim >= threshold:
-            edges.append((order, head_order, round(sim, 4)))
+        sims = (reps == sig).mean(axis=1)
+        hit = np.flatnonzero(sims >= threshold)
+        if hit.size:
+            edges.append((order, rep_orders[hit[0]], round(float(sims[hit[0]]), 4)))
+        elif len(rep_orders) < max_reps:
+            rep_orders.append(order)
+            reps = np.vstack([reps, sig])
     return edges
 
 
