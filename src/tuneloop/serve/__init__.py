@@ -1,0 +1,13 @@
+"""The serving gateway: an OpenAI-compatible HTTP API in front of engines (local or remote).
+
+`create_app(config)` builds the FastAPI app; `tuneloop serve` runs it under uvicorn. Routes depend on
+the `EngineClient` interface only, so a local `AsyncEngine`, a remote OpenAI-compatible upstream and
+the fake engine of the tests are interchangeable.
+"""
+
+from __future__ import annotations
+
+from tuneloop.serve.app import create_app
+from tuneloop.serve.config import ServeConfig
+
+__all__ = ["ServeConfig", "create_app"]

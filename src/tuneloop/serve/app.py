@@ -1,0 +1,83 @@
+"""The FastAPI app factory: engines load in the lifespan into `app.state`; one router per resource.
+
+`create_app(config)` builds engines from the config; tests and benchmarks pass `clients=` (any
+`EngineClient`, such as the fake one) to run the gateway without a model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from tuneloop.serve.client import EngineClient
+from tuneloop.serve.config import ServeConfig
+from tuneloop.serve.errors import install_handlers
+from tuneloop.serve.feedback import FeedbackStore
+from tuneloop.serve.keys import KeyStore
+from tuneloop.serve.limits import ConcurrencyGate, RateLimiter
+from tuneloop.serve.metrics import Metrics
+from tuneloop.serve.middleware import RequestContext
+from tuneloop.serve.requestlog import RequestLog
+from tuneloop.serve.routers import admin, chat, completions, feedback, health, models
+from tuneloop.serve.serving import Served
+
+log = logging.getLogger("tuneloop.serve")
+
+
+def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClient] | None = None) -> FastAPI:
+    config = config or ServeConfig()
+    app = FastAPI(title="tuneloop", lifespan=_lifespan(config, clients))
+    app.state.config = config
+    app.state.models = {}
+    app.state.ready = False
+    app.state.metrics = Metrics(lambda: {n: s.client.load() for n, s in app.state.models.items()})
+    install_handlers(app)
+    for module in (chat, completions, models, health, feedback, admin):
+        app.include_router(module.router)
+    app.add_middleware(RequestContext, max_body_bytes=config.limits.max_body_bytes)
+    return app
+
+
+def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = app.state
+        state.keys = KeyStore(config.auth.database_url)
+        state.feedback = FeedbackStore(config.auth.database_url)
+        state.limiter = RateLimiter()
+        state.request_log = (
+            RequestLog(config.log.path, config.log.max_bytes, config.log.backups)
+            if config.log.enabled
+            else None
+        )
+        if given is None:
+            from tuneloop.serve.backends import build_clients
+
+            clients = await asyncio.to_thread(build_clients, config)
+        else:
+            clients = given
+        state.models = {name: Served(name, c, _gate(config, name)) for name, c in clients.items()}
+        if config.warmup:
+            await asyncio.gather(*(c.start() for c in clients.values()))
+        state.ready = True
+        log.info("serving %s", ", ".join(state.models) or "no models")
+        try:
+            yield
+        finally:
+            state.ready = False
+            await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
+            if state.request_log is not None:
+                state.request_log.close()
+
+    return lifespan
+
+
+def _gate(config: ServeConfig, name: str) -> ConcurrencyGate:
+    m = next((m for m in config.models if m.name == name), None)
+    if m is None:  # clients given directly (tests, benchmarks): the defaults of a model entry
+        return ConcurrencyGate(64, 256, config.limits.retry_after_s)
+    return ConcurrencyGate(m.max_concurrency, m.max_queue, config.limits.retry_after_s)

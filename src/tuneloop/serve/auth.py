@@ -1,0 +1,52 @@
+"""Authentication as a FastAPI dependency: `Depends(require("inference"))` on a route.
+
+A missing or unknown key is 401, a key without the scope or the model is 403, both in OpenAI's
+error shape. The key itself never reaches logs: only its id does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import Request
+
+from tuneloop.serve.errors import APIError
+from tuneloop.serve.keys import ApiKey
+
+ANONYMOUS = ApiKey(id="anonymous", name="anonymous", scopes=["inference", "feedback", "admin"], models=["*"])
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def require(scope: str) -> Callable[[Request], ApiKey]:
+    """A dependency that returns the caller's key, or raises 401/403."""
+
+    def dependency(request: Request) -> ApiKey:  # sync: FastAPI runs it in a thread (SQL lookup)
+        state = request.app.state
+        if not state.config.auth.enabled:
+            key = ANONYMOUS
+        else:
+            token = _bearer(request)
+            if token is None:
+                raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
+            found = state.keys.verify(token)
+            if found is None:
+                raise APIError(401, "invalid, revoked or expired API key", "invalid_api_key")
+            key = found
+        if scope not in key.scopes:
+            raise APIError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
+        request.state.key = key
+        return key
+
+    return dependency
+
+
+def check_model(key: ApiKey, model: str) -> None:
+    if not key.allows_model(model):
+        raise APIError(403, f"this API key may not use model '{model}'", "model_not_allowed", "model")

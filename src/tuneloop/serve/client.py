@@ -1,0 +1,70 @@
+"""`EngineClient`: the interface the routes depend on (one generation, streamed as text deltas).
+
+It sits at the text level, not the token level, so that a remote OpenAI-compatible upstream is just
+another implementation; the local implementation owns the tokenizer, the chat template and the
+detokenizer. One `GenerateRequest` is one choice: the routes fan out `n` of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+
+@dataclass
+class GenerateRequest:
+    request_id: str
+    prompt: str | None = None  # completions
+    messages: list[dict[str, str]] | None = None  # chat (rendered by the model's chat template)
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    logprobs: int | None = None  # top-k alternatives per token; None = no logprobs
+    echo: bool = False  # completions: return the prompt (and its logprobs) before the answer
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass
+class TokenLogprob:
+    token: str
+    logprob: float | None  # None for the first prompt token (nothing to condition on)
+    top: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Delta:
+    """New text of one choice; the last one has `finish_reason` set and the final token counts."""
+
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    echo_text: str | None = None  # first delta of an echo request: the prompt itself
+    echo_logprobs: list[TokenLogprob] | None = None
+
+
+@dataclass
+class EngineLoad:
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0
+    prefix_cache_hit_rate: float = 0.0
+
+
+@runtime_checkable
+class EngineClient(Protocol):
+    """What a served model must provide; `start` loads and warms up, `close` drains and frees."""
+
+    async def start(self) -> None: ...
+
+    def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]: ...
+
+    def load(self) -> EngineLoad | None: ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,69 @@
+"""`ServeConfig`: what `tuneloop serve` serves and under which limits (serve.yaml, typed)."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from tuneloop.config import Config
+
+
+class ModelConfig(Config):
+    """One served name: a local model (any model reference, optionally a LoRA on it) or an upstream."""
+
+    name: str = Field(min_length=1)
+    model: str | None = None  # model reference: folder, store name, NAME@alias, NAME/VERSION
+    lora: str | None = None  # an adapter reference served on `model`'s engine
+    upstream: str | None = None  # base URL of an OpenAI-compatible server (…/v1)
+    upstream_model: str | None = None  # the model name upstream (default: `name`)
+    upstream_api_key: str | None = None
+    kv_cache_gib: float | None = None
+    max_model_len: int | None = None
+    device: str = "auto"
+    max_concurrency: int = Field(default=64, ge=1)  # requests generating at once
+    max_queue: int = Field(default=256, ge=0)  # requests waiting beyond that; then 429
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.model is None) == (self.upstream is None):
+            raise ValueError(f"model '{self.name}': give exactly one of 'model' or 'upstream'")
+        return self
+
+
+class AuthConfig(Config):
+    enabled: bool = True  # off only for local experiments: every request is then anonymous
+    database_url: str | None = None  # default: sqlite in TUNELOOP_HOME/serve/serve.db
+
+
+class LimitsConfig(Config):
+    max_tokens_default: int = Field(default=256, ge=1)  # when a request gives no max_tokens
+    max_completion_tokens: int = Field(default=4096, ge=1)
+    max_prompt_tokens: int = Field(default=32768, ge=1)
+    max_n: int = Field(default=8, ge=1)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    request_timeout_s: float = Field(default=600.0, gt=0)
+    retry_after_s: int = Field(default=1, ge=1)  # the hint sent with a 429 for overload
+
+
+class LogConfig(Config):
+    enabled: bool = True
+    path: str | None = None  # default: TUNELOOP_HOME/serve/requests.jsonl
+    max_bytes: int = Field(default=50 << 20, ge=1024)
+    backups: int = Field(default=10, ge=0)
+
+
+class ServeConfig(Config):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    models: list[ModelConfig] = Field(default_factory=list)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+    warmup: bool = True  # one generation per model before /ready says yes
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ServeConfig:
+        names = [m.name for m in self.models]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"served model names must be unique; repeated: {', '.join(dupes)}")
+        return self

@@ -1,0 +1,143 @@
+"""The local `EngineClient`: a tuneloop `AsyncEngine` plus the model's tokenizer and chat template.
+
+Several served names can share one engine (a base and its LoRA versions): each `LocalClient`
+holds a `SharedEngine` and an optional adapter name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneloop.engine import SamplingParams
+from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest, TokenLogprob
+from tuneloop.serve.detokenizer import Detokenizer
+from tuneloop.serve.errors import APIError
+
+log = logging.getLogger("tuneloop.serve")
+
+
+@dataclass
+class SharedEngine:
+    """One loaded base model: the async engine and its tokenizer."""
+
+    engine: Any  # tuneloop.engine.async_engine.AsyncEngine
+    tokenizer: Any
+    folder: Path
+
+    @classmethod
+    def load(cls, folder: Path, **engine_kwargs: Any) -> SharedEngine:
+        from tuneloop.engine import LLMEngine
+        from tuneloop.engine.async_engine import AsyncEngine
+        from tuneloop.models.loading import load_tokenizer
+
+        kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
+        engine = AsyncEngine(LLMEngine.from_pretrained(folder, **kwargs))
+        return cls(engine, load_tokenizer(folder), folder)
+
+
+class LocalClient:
+    def __init__(self, shared: SharedEngine, lora: str | None = None, max_prompt_tokens: int = 32768):
+        self.shared, self.lora, self.max_prompt_tokens = shared, lora, max_prompt_tokens
+        self.tokenizer = shared.tokenizer
+
+    async def start(self) -> None:
+        """Warm-up: one short generation, so the first user does not pay for lazy initialisation."""
+        request = GenerateRequest(request_id="warmup-" + (self.lora or "base"), prompt="Hello", max_tokens=1)
+        async for _ in self.generate(request):
+            pass
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        prompt_ids = self._prompt_ids(request)
+        detok = Detokenizer(self.tokenizer, request.stop)
+        stream = await self._submit(prompt_ids, request)
+        try:
+            first = True
+            async for out in stream:
+                text = detok.add(out.new_token_ids)
+                delta = Delta(text=text, logprobs=self._logprobs(out.new_token_ids, out.logprobs, request))
+                if first and request.echo:
+                    delta.echo_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
+                    delta.echo_logprobs = self._prompt_logprobs(prompt_ids, out.prompt_logprobs, request)
+                first = False
+                if out.finished or detok.stopped:
+                    delta.text += detok.finish()
+                    delta.finish_reason = "stop" if detok.stopped else (out.finish_reason or "stop")
+                    delta.prompt_tokens, delta.completion_tokens = len(prompt_ids), len(out.token_ids)
+                    delta.cached_tokens = out.num_cached_tokens
+                    yield delta
+                    return
+                yield delta
+        finally:
+            await stream.aclose()  # early exit (stop string, client gone) aborts the engine request
+
+    def _prompt_ids(self, request: GenerateRequest) -> list[int]:
+        tok = self.tokenizer
+        if request.messages is not None:
+            if not tok.chat_template:
+                raise APIError(
+                    400, "this model has no chat template; use /v1/completions", "no_chat_template"
+                )
+            text = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
+            ids = tok.encode(text, add_special_tokens=False)
+        else:
+            ids = tok.encode(request.prompt or "", add_special_tokens=True)
+        if not ids:
+            raise APIError(400, "the prompt is empty", "empty_prompt", "prompt")
+        if len(ids) > self.max_prompt_tokens:
+            raise APIError(
+                400,
+                f"prompt of {len(ids)} tokens exceeds the limit of {self.max_prompt_tokens}",
+                "prompt_too_long",
+            )
+        return ids
+
+    async def _submit(self, prompt_ids: list[int], request: GenerateRequest) -> AsyncIterator[Any]:
+        try:
+            params = SamplingParams(
+                max_tokens=request.max_tokens,
+                temperature=request.temperature,
+                top_p=request.top_p,
+                seed=request.seed,
+                logprobs=request.logprobs,
+                prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None else None,
+                presence_penalty=request.presence_penalty,
+                frequency_penalty=request.frequency_penalty,
+            )
+            return await self.shared.engine.submit(prompt_ids, params, request.request_id, lora=self.lora)
+        except ValueError as e:  # the engine refuses the request (too long, bad parameter)
+            raise APIError(400, str(e), "invalid_request") from None
+
+    def _token(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id])
+
+    def _entry(self, token_id: int, lp: dict[int, float] | None) -> TokenLogprob:
+        lp = lp or {}
+        top = {self._token(t): v for t, v in sorted(lp.items(), key=lambda kv: -kv[1])}
+        return TokenLogprob(self._token(token_id), lp.get(token_id), top)
+
+    def _logprobs(self, ids: list[int], lps: list, request: GenerateRequest) -> list[TokenLogprob]:
+        if request.logprobs is None:
+            return []
+        entries = [self._entry(t, lp) for t, lp in zip(ids, lps, strict=False)]
+        for e in entries:
+            e.top = dict(list(e.top.items())[: request.logprobs])
+        return entries
+
+    def _prompt_logprobs(
+        self, ids: list[int], lps: list | None, request: GenerateRequest
+    ) -> list[TokenLogprob]:
+        if request.logprobs is None or lps is None:
+            return []
+        return self._logprobs(ids, lps, request)
+
+    def load(self) -> EngineLoad:
+        s = self.shared.engine.stats()
+        return EngineLoad(s.running, s.waiting, s.kv_usage, s.prefix_cache_hit_rate)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.shared.engine.shutdown)

@@ -1,0 +1,92 @@
+"""Prometheus metrics with vLLM's names where they exist (so vLLM Grafana dashboards work).
+
+Each app owns its registry (several apps in one process, as in tests, do not collide). Engine
+gauges (running, waiting, KV usage, prefix-cache hit rate) are read from the engines at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tuneloop.serve.client import EngineLoad
+
+LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
+TOKEN_LATENCY = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+LABELS = ("model_name", "variant")
+
+
+class _EngineCollector(Collector):
+    def __init__(self, loads: Callable[[], dict[str, EngineLoad | None]]):
+        self.loads = loads
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        families = {
+            "running": GaugeMetricFamily(
+                "vllm:num_requests_running", "Requests generating now", labels=["model_name"]
+            ),
+            "waiting": GaugeMetricFamily(
+                "vllm:num_requests_waiting", "Requests waiting in the engine", labels=["model_name"]
+            ),
+            "kv_usage": GaugeMetricFamily(
+                "vllm:gpu_cache_usage_perc", "KV-cache usage (1 = full)", labels=["model_name"]
+            ),
+            "prefix_cache_hit_rate": GaugeMetricFamily(
+                "vllm:gpu_prefix_cache_hit_rate", "Prefix-cache hit rate", labels=["model_name"]
+            ),
+        }
+        for model, load in self.loads().items():
+            if load is not None:
+                for field, family in families.items():
+                    family.add_metric([model], float(getattr(load, field)))
+        yield from families.values()
+
+
+class Metrics:
+    def __init__(self, loads: Callable[[], dict[str, EngineLoad | None]]):
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "tuneloop_requests", "HTTP requests by route and status", ["route", "status", *LABELS], registry=r
+        )
+        self.success = Counter(
+            "vllm:request_success",
+            "Finished requests by finish reason",
+            ["finished_reason", *LABELS],
+            registry=r,
+        )
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prompt tokens processed", LABELS, registry=r)
+        self.generation_tokens = Counter("vllm:generation_tokens", "Tokens generated", LABELS, registry=r)
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "End-to-end request latency",
+            LABELS,
+            buckets=LATENCY,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time to the first token", LABELS, buckets=LATENCY, registry=r
+        )
+        self.itl = Histogram(
+            "vllm:time_per_output_token_seconds",
+            "Time between output chunks",
+            LABELS,
+            buckets=TOKEN_LATENCY,
+            registry=r,
+        )
+        self.queue = Histogram(
+            "vllm:request_queue_time_seconds",
+            "Time queued at the gateway",
+            LABELS,
+            buckets=LATENCY,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "tuneloop_rejected_requests", "Requests refused (auth, limits, overload)", ["reason"], registry=r
+        )
+        r.register(_EngineCollector(loads))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,47 @@
+"""ASGI middleware (pure ASGI: no per-request task or body buffering): request ids, body size cap.
+
+`X-Request-Id` from the client is kept (when sane) and echoed; otherwise one is made. Bodies over
+the limit are refused by their Content-Length before any byte is read (413).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from tuneloop.serve.errors import error_body
+
+_SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContext:
+    def __init__(self, app: Any, max_body_bytes: int):
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _SANE_ID.match(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        length = headers.get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            return await _refuse(send, request_id, self.max_body_bytes)
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def _refuse(send: Any, request_id: str, limit: int) -> None:
+    body = json.dumps(error_body(413, f"the request body exceeds {limit} bytes", "body_too_large")).encode()
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

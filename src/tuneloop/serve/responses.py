@@ -1,0 +1,91 @@
+"""Turning a `Generation` into an HTTP response: one JSON body, or server-sent events.
+
+Admission happens before the response starts, so overload is a clean 429 even for streams; the
+slot is released and the log line written when the body (or the stream) ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tuneloop.serve.client import TokenLogprob
+from tuneloop.serve.errors import APIError, error_body
+from tuneloop.serve.serving import Generation
+
+
+@dataclass
+class ChoiceResult:
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    echo_text: str | None = None
+    echo_logprobs: list[TokenLogprob] | None = None
+
+
+async def collect(gen: Generation) -> list[ChoiceResult]:
+    results = [ChoiceResult() for _ in gen.choices]
+    async for index, delta in gen.stream():
+        r = results[index]
+        r.text += delta.text
+        r.logprobs.extend(delta.logprobs)
+        r.finish_reason = delta.finish_reason or r.finish_reason
+        if delta.echo_text is not None:
+            r.echo_text, r.echo_logprobs = delta.echo_text, delta.echo_logprobs
+    return results
+
+
+async def json_response(
+    gen: Generation, build: Callable[[list[ChoiceResult]], dict], timeout_s: float
+) -> JSONResponse:
+    await gen.admit()
+    try:
+        results = await asyncio.wait_for(collect(gen), timeout_s)
+        body = build(results)
+    except TimeoutError:
+        gen.finish(504, error="timeout")
+        raise APIError(504, f"the request took longer than {timeout_s:g}s", "timeout") from None
+    except APIError as e:
+        gen.finish(e.status, error=e.message)
+        raise
+    finally:
+        await gen.release()
+    gen.finish(200, body)
+    return JSONResponse(body, headers=_headers(gen))
+
+
+async def sse_response(
+    gen: Generation, chunks: Callable[[Generation], AsyncIterator[dict]]
+) -> StreamingResponse:
+    await gen.admit()
+
+    async def events() -> AsyncIterator[str]:
+        status, error, texts = 200, None, {}
+        try:
+            async for chunk in chunks(gen):
+                for c in chunk.get("choices", []):
+                    piece = c.get("text") or (c.get("delta") or {}).get("content") or ""
+                    texts[c["index"]] = texts.get(c["index"], "") + piece
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+        except APIError as e:  # headers are sent already: the error goes into the stream
+            status, error = e.status, e.message
+            yield f"data: {json.dumps(error_body(e.status, e.message, e.code))}\n\n"
+        except asyncio.CancelledError:  # the client went away; closing the streams aborts the engine requests
+            status, error = 499, "client disconnected"
+            raise
+        finally:
+            await gen.release()
+            gen.finish(
+                status, {"choices": [{"index": i, "text": t} for i, t in sorted(texts.items())]}, error
+            )
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=_headers(gen))
+
+
+def _headers(gen: Generation) -> dict[str, str]:
+    return {"X-Tuneloop-Variant": gen.served.variant, "X-Tuneloop-Model": gen.served.name}

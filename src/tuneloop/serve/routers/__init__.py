@@ -1,0 +1,1 @@
+"""One APIRouter per resource: chat, completions, models, health (+ metrics), feedback, admin."""

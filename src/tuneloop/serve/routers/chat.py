@@ -1,0 +1,120 @@
+"""POST /v1/chat/completions."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+
+from tuneloop.serve.auth import check_model, require
+from tuneloop.serve.client import TokenLogprob
+from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatLogprobs,
+    ChatTokenLogprob,
+    TopLogprob,
+    Usage,
+    new_id,
+)
+from tuneloop.serve.responses import ChoiceResult, json_response, sse_response
+from tuneloop.serve.routers._common import fan_out, include_usage
+from tuneloop.serve.serving import Generation, served_model
+
+router = APIRouter(tags=["chat"])
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def chat_completions(
+    body: ChatCompletionRequest, request: Request, key: ApiKey = Depends(require("inference"))
+):
+    check_model(key, body.model)
+    served = served_model(request, body.model)
+    response_id = new_id("chatcmpl")
+    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    top = (body.top_logprobs or 0) if body.logprobs else None
+    choices = fan_out(
+        request,
+        body,
+        response_id,
+        body.max_completion_tokens or body.max_tokens,
+        messages=messages,
+        logprobs=top,
+    )
+    gen = Generation(request, key, served, response_id, choices, body.model_dump(exclude_none=True))
+    if body.stream:
+        return await sse_response(gen, lambda g: _chunks(g, body))
+    limits = request.app.state.config.limits
+    return await json_response(gen, lambda results: _response(gen, body, results), limits.request_timeout_s)
+
+
+def _logprobs(entries: list[TokenLogprob]) -> ChatLogprobs:
+    def b(s: str) -> list[int]:
+        return list(s.encode())
+
+    return ChatLogprobs(
+        content=[
+            ChatTokenLogprob(
+                token=e.token,
+                logprob=e.logprob or 0.0,
+                bytes=b(e.token),
+                top_logprobs=[TopLogprob(token=t, logprob=v, bytes=b(t)) for t, v in e.top.items()],
+            )
+            for e in entries
+        ]
+    )
+
+
+def _usage(gen: Generation) -> Usage:
+    return Usage(
+        prompt_tokens=gen.prompt_tokens,
+        completion_tokens=gen.completion_tokens,
+        total_tokens=gen.prompt_tokens + gen.completion_tokens,
+    )
+
+
+def _response(gen: Generation, body: ChatCompletionRequest, results: list[ChoiceResult]) -> dict:
+    choices = [
+        ChatChoice(
+            index=i,
+            message=AssistantMessage(content=r.text),
+            finish_reason=r.finish_reason,
+            logprobs=_logprobs(r.logprobs) if body.logprobs else None,
+        )
+        for i, r in enumerate(results)
+    ]
+    return ChatCompletion(
+        id=gen.response_id, model=body.model, choices=choices, usage=_usage(gen)
+    ).model_dump()
+
+
+async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator[dict]:
+    def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> dict:
+        return ChatCompletionChunk(
+            id=gen.response_id, model=body.model, choices=choices, usage=usage
+        ).model_dump(exclude_none=True)
+
+    for i in range(len(gen.choices)):  # OpenAI opens every choice with the role
+        yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+    async for index, delta in gen.stream():
+        if delta.text or delta.finish_reason or (body.logprobs and delta.logprobs):
+            lp = _logprobs(delta.logprobs) if body.logprobs else None
+            content = delta.text if delta.text else None
+            yield chunk(
+                [
+                    ChatChunkChoice(
+                        index=index,
+                        delta=ChatDelta(content=content),
+                        finish_reason=delta.finish_reason,
+                        logprobs=lp,
+                    )
+                ]
+            )
+    if include_usage(body):
+        yield chunk([], _usage(gen))

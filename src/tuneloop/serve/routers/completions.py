@@ -1,0 +1,102 @@
+"""POST /v1/completions (text in, text out; `echo` + `logprobs` score a prompt's likelihood)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Depends, Request
+
+from tuneloop.serve.auth import check_model, require
+from tuneloop.serve.client import TokenLogprob
+from tuneloop.serve.errors import APIError
+from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.protocol import (
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    Usage,
+    new_id,
+)
+from tuneloop.serve.responses import ChoiceResult, json_response, sse_response
+from tuneloop.serve.routers._common import fan_out, include_usage
+from tuneloop.serve.serving import Generation, served_model
+
+router = APIRouter(tags=["completions"])
+
+
+@router.post("/v1/completions", response_model=None)
+async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(require("inference"))):
+    check_model(key, body.model)
+    served = served_model(request, body.model)
+    if isinstance(
+        body.prompt, list
+    ):  # a batch of prompts is n choices per prompt in OpenAI; one is enough here
+        if len(body.prompt) != 1:
+            raise APIError(400, "send one prompt per request", "invalid_value", "prompt")
+        body.prompt = body.prompt[0]
+    if body.echo and body.stream:
+        raise APIError(400, "echo is not supported with stream", "invalid_value", "echo")
+    response_id = new_id("cmpl")
+    choices = fan_out(
+        request,
+        body,
+        response_id,
+        body.max_tokens,
+        prompt=body.prompt,
+        logprobs=body.logprobs,
+        echo=body.echo,
+    )
+    gen = Generation(request, key, served, response_id, choices, body.model_dump(exclude_none=True))
+    if body.stream:
+        return await sse_response(gen, lambda g: _chunks(g, body))
+    limits = request.app.state.config.limits
+    return await json_response(gen, lambda results: _response(gen, body, results), limits.request_timeout_s)
+
+
+def _logprobs(entries: list[TokenLogprob], start: int = 0) -> CompletionLogprobs:
+    out, offset = CompletionLogprobs(), start
+    for e in entries:
+        out.tokens.append(e.token)
+        out.token_logprobs.append(e.logprob)
+        out.top_logprobs.append(e.top or None)
+        out.text_offset.append(offset)
+        offset += len(e.token)
+    return out
+
+
+def _choice(i: int, r: ChoiceResult, body: CompletionRequest) -> CompletionChoice:
+    text, logprobs = r.text, None
+    if body.echo:
+        text = (r.echo_text or "") + r.text
+    if body.logprobs is not None:
+        entries = (r.echo_logprobs or []) + r.logprobs if body.echo else r.logprobs
+        logprobs = _logprobs(entries)
+    return CompletionChoice(index=i, text=text, finish_reason=r.finish_reason, logprobs=logprobs)
+
+
+def _usage(gen: Generation) -> Usage:
+    return Usage(
+        prompt_tokens=gen.prompt_tokens,
+        completion_tokens=gen.completion_tokens,
+        total_tokens=gen.prompt_tokens + gen.completion_tokens,
+    )
+
+
+def _response(gen: Generation, body: CompletionRequest, results: list[ChoiceResult]) -> dict:
+    choices = [_choice(i, r, body) for i, r in enumerate(results)]
+    return Completion(id=gen.response_id, model=body.model, choices=choices, usage=_usage(gen)).model_dump()
+
+
+async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dict]:
+    async for index, delta in gen.stream():
+        if delta.text or delta.finish_reason:
+            lp = _logprobs(delta.logprobs) if body.logprobs is not None else None
+            choice = CompletionChoice(
+                index=index, text=delta.text, finish_reason=delta.finish_reason, logprobs=lp
+            )
+            yield Completion(id=gen.response_id, model=body.model, choices=[choice]).model_dump(
+                exclude_none=True
+            )
+    if include_usage(body):
+        yield Completion(id=gen.response_id, model=body.model, choices=[], usage=_usage(gen)).model_dump()

@@ -1,0 +1,159 @@
+"""One generation call, shared by the chat and completion routes: admission, fan-out, accounting.
+
+Admission is the key's quota and the model's bounded gate (429 beyond them); the `n` choices run
+concurrently as separate engine requests; at the end one request-log line is written and the
+metrics are updated, with the served variant as a label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from tuneloop.serve.client import Delta, EngineClient, GenerateRequest
+from tuneloop.serve.errors import APIError
+from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.limits import ConcurrencyGate
+
+
+@dataclass
+class Served:
+    """A served model name: its engine client and its admission gate."""
+
+    name: str
+    client: EngineClient
+    gate: ConcurrencyGate
+    variant: str = "default"
+
+
+def served_model(request: Request, name: str) -> Served:
+    served = request.app.state.models.get(name)
+    if served is None:
+        raise APIError(404, f"the model '{name}' does not exist", "model_not_found", "model")
+    return served
+
+
+@dataclass
+class Generation:
+    request: Request
+    key: ApiKey
+    served: Served
+    response_id: str
+    choices: list[GenerateRequest]
+    body: dict[str, Any]  # the request as received, for the log
+    start: float = field(default_factory=time.monotonic)
+    first_token: float | None = None
+    last_token: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reasons: list[str | None] = field(default_factory=list)
+
+    async def admit(self) -> None:
+        """Quota, then a running slot (raises 429); call `release` once done."""
+        state = self.request.app.state
+        state.limiter.check(self.key.id, self.key.rpm, self.key.tpm)
+        queued = await self.served.gate.acquire()
+        state.metrics.queue.labels(*self.labels).observe(queued)
+
+    async def release(self) -> None:
+        await self.served.gate.release()
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        return (self.served.name, self.served.variant)
+
+    async def stream(self) -> AsyncIterator[tuple[int, Delta]]:
+        """(choice index, delta) as they come, over every choice."""
+        self.finish_reasons = [None] * len(self.choices)
+        source = (
+            self._one(0)
+            if len(self.choices) == 1
+            else _merge([self._one(i) for i in range(len(self.choices))])
+        )
+        async for index, delta in source:
+            now = time.monotonic()
+            if delta.text:
+                m = self.request.app.state.metrics
+                if self.first_token is None:
+                    self.first_token = now
+                    m.ttft.labels(*self.labels).observe(now - self.start)
+                elif self.last_token is not None:
+                    m.itl.labels(*self.labels).observe(now - self.last_token)
+                self.last_token = now
+            if delta.finish_reason is not None:
+                self.finish_reasons[index] = delta.finish_reason
+                self.prompt_tokens = max(self.prompt_tokens, delta.prompt_tokens)
+                self.completion_tokens += delta.completion_tokens
+            yield index, delta
+
+    async def _one(self, index: int) -> AsyncIterator[tuple[int, Delta]]:
+        async for delta in self.served.client.generate(self.choices[index]):
+            yield index, delta
+
+    def finish(self, status: int, response: Any = None, error: str | None = None) -> None:
+        """Metrics and the request-log line; call exactly once."""
+        state, latency = self.request.app.state, time.monotonic() - self.start
+        m = state.metrics
+        route = self.request.url.path
+        m.requests.labels(route, str(status), *self.labels).inc()
+        if status == 200:
+            m.e2e.labels(*self.labels).observe(latency)
+            m.prompt_tokens.labels(*self.labels).inc(self.prompt_tokens)
+            m.generation_tokens.labels(*self.labels).inc(self.completion_tokens)
+            for reason in self.finish_reasons:
+                m.success.labels(reason or "abort", *self.labels).inc()
+        state.limiter.add_tokens(self.key.id, self.prompt_tokens + self.completion_tokens)
+        if state.request_log is not None:
+            state.request_log.write(
+                {
+                    "request_id": self.request.state.request_id,
+                    "response_id": self.response_id,
+                    "key_id": self.key.id,
+                    "model": self.served.name,
+                    "variant": self.served.variant,
+                    "route": route,
+                    "status": status,
+                    "latency_s": round(latency, 4),
+                    "ttft_s": None if self.first_token is None else round(self.first_token - self.start, 4),
+                    "prompt_tokens": self.prompt_tokens,
+                    "completion_tokens": self.completion_tokens,
+                    "request": self.body,
+                    "response": response,
+                    "error": error,
+                }
+            )
+
+
+async def _merge(streams: list[AsyncIterator[tuple[int, Delta]]]) -> AsyncIterator[tuple[int, Delta]]:
+    """Interleave several async iterators; an error in one cancels the others."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(stream: AsyncIterator[tuple[int, Delta]]) -> None:
+        try:
+            async for item in stream:
+                await queue.put(item)
+            await queue.put(done)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            await queue.put(e)
+
+    tasks = [asyncio.create_task(pump(s)) for s in streams]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,94 @@
+"""The remote `EngineClient`: an OpenAI-compatible upstream (vLLM, another tuneloop) over httpx.
+
+Every choice is one streamed upstream request, so `n`, stop strings and usage work the same as on a
+local engine; upstream errors come back with their status and message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest
+from tuneloop.serve.errors import APIError
+
+
+class UpstreamClient:
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 600.0):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url, self.model = base_url.rstrip("/"), model
+        self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
+
+    async def start(self) -> None:
+        try:
+            r = await self.http.get("/models")
+        except httpx.HTTPError as e:
+            raise RuntimeError(f"upstream {self.base_url} is unreachable: {e}") from None
+        if r.status_code >= 400:
+            raise RuntimeError(f"upstream {self.base_url}/models answered {r.status_code}")
+
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        path, body = self._body(request)
+        try:
+            async with self.http.stream("POST", path, json=body) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    raise APIError(r.status_code, _message(r), "upstream_error")
+                async for delta in self._deltas(r, request):
+                    yield delta
+        except httpx.HTTPError as e:
+            raise APIError(502, f"upstream request failed: {type(e).__name__}", "upstream_error") from None
+
+    def _body(self, request: GenerateRequest) -> tuple[str, dict[str, Any]]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "seed": request.seed,
+            "stop": request.stop or None,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "presence_penalty": request.presence_penalty,
+            "frequency_penalty": request.frequency_penalty,
+        }
+        if request.messages is not None:
+            return "/chat/completions", {**body, "messages": request.messages}
+        return "/completions", {**body, "prompt": request.prompt, "echo": request.echo}
+
+    async def _deltas(self, r: httpx.Response, request: GenerateRequest) -> AsyncIterator[Delta]:
+        finish: str | None = None
+        async for line in r.aiter_lines():
+            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            for choice in chunk.get("choices") or []:
+                text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
+                finish = choice.get("finish_reason") or finish
+                if text:
+                    yield Delta(text=text)
+            if chunk.get("usage"):
+                u = chunk["usage"]
+                yield Delta(
+                    finish_reason=finish or "stop",
+                    prompt_tokens=u.get("prompt_tokens", 0),
+                    completion_tokens=u.get("completion_tokens", 0),
+                )
+                return
+        yield Delta(finish_reason=finish or "stop")
+
+    def load(self) -> EngineLoad | None:
+        return None  # the upstream exports its own metrics
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def _message(r: httpx.Response) -> str:
+    try:
+        return r.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return f"upstream answered {r.status_code}"

@@ -1,0 +1,119 @@
+"""The OpenAI API on the real engine (tiny random Llama), driven by the official `openai` client."""
+
+from __future__ import annotations
+
+import math
+
+import openai
+import pytest
+
+from tuneloop.engine import LLMEngine, SamplingParams
+from tuneloop.models.loading import load_tokenizer
+from tuneloop.serve import ServeConfig
+
+
+@pytest.fixture(scope="module")
+def server(tiny_llama, tmp_path_factory):
+    from .conftest import run_server
+
+    cfg = ServeConfig.model_validate(
+        {
+            "models": [{"name": "tiny", "model": str(tiny_llama), "kv_cache_gib": 0.02}],
+            "auth": {"enabled": False, "database_url": f"sqlite:///{tmp_path_factory.mktemp('db')}/serve.db"},
+            "log": {"path": str(tmp_path_factory.mktemp("log") / "requests.jsonl")},
+        }
+    )
+    with run_server(cfg) as s:
+        yield s
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_greedy_completion_equals_offline_engine(client, tiny_llama):
+    tok = load_tokenizer(tiny_llama)
+    ids = tok.encode("The capital of France", add_special_tokens=True)
+    expected = LLMEngine.from_pretrained(tiny_llama, kv_cache_gib=0.02).generate(
+        [ids], SamplingParams(max_tokens=8, temperature=0, ignore_eos=False)
+    )[0]
+    out = client.completions.create(model="tiny", prompt="The capital of France", max_tokens=8, temperature=0)
+    assert out.choices[0].text == tok.decode(expected.token_ids, skip_special_tokens=True)
+    assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == len(expected.token_ids)
+
+
+def test_streamed_chat_equals_non_streamed(client):
+    messages = [{"role": "user", "content": "Hello, how can I help you today?"}]
+    full = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, temperature=0)
+    pieces = [
+        c.choices[0].delta.content or ""
+        for c in client.chat.completions.create(
+            model="tiny", messages=messages, max_tokens=12, temperature=0, stream=True
+        )
+        if c.choices
+    ]
+    assert "".join(pieces) == full.choices[0].message.content
+    assert full.choices[0].finish_reason in ("stop", "length")
+
+
+def test_seed_reproduces_and_n_choices_differ(client):
+    kw = dict(model="tiny", prompt="Numbers: 0 1 2", max_tokens=10, temperature=1.0, seed=7, n=3)
+    a, b = client.completions.create(**kw), client.completions.create(**kw)
+    assert [c.text for c in a.choices] == [c.text for c in b.choices]
+    assert len({c.text for c in a.choices}) > 1 and sorted(c.index for c in a.choices) == [0, 1, 2]
+
+
+def test_text_stop_string_truncates_the_answer(client):
+    free = (
+        client.completions.create(model="tiny", prompt="Hello", max_tokens=16, temperature=0).choices[0].text
+    )
+    stop = free[3:6]
+    assert stop, free
+    out = client.completions.create(model="tiny", prompt="Hello", max_tokens=16, temperature=0, stop=[stop])
+    assert out.choices[0].text == free[: free.index(stop)] and out.choices[0].finish_reason == "stop"
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(
+            model="tiny", prompt="Hello", max_tokens=16, temperature=0, stop=[stop], stream=True
+        )
+        if c.choices
+    )
+    assert streamed == out.choices[0].text
+
+
+def test_chat_logprobs_and_completion_echo_scores_the_prompt(client):
+    chat = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
+    )
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(c.logprob <= 0 and len(c.top_logprobs) == 2 for c in content)
+    assert math.isclose(
+        content[0].logprob, content[0].top_logprobs[0].logprob, abs_tol=1e-4
+    )  # greedy = top-1
+    echo = client.completions.create(
+        model="tiny",
+        prompt="The capital of France is Paris.",
+        max_tokens=1,
+        temperature=0,
+        echo=True,
+        logprobs=0,
+    )
+    lp = echo.choices[0].logprobs
+    assert echo.choices[0].text.startswith("The capital of France is Paris.")
+    assert lp.token_logprobs[0] is None and all(x <= 0 for x in lp.token_logprobs[1:])
+    assert len(lp.tokens) == echo.usage.prompt_tokens + 1
+
+
+def test_engine_gauges_in_metrics(server):
+    import httpx
+
+    text = httpx.get(server.url + "/metrics").text
+    assert 'vllm:gpu_cache_usage_perc{model_name="tiny"}' in text
+    assert 'vllm:gpu_prefix_cache_hit_rate{model_name="tiny"}' in text

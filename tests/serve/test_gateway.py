@@ -1,0 +1,186 @@
+"""The gateway alone, on the fake engine: auth, limits, errors, request ids, metrics, log, feedback."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+from tuneloop.serve import ServeConfig
+from tuneloop.serve.fake import FakeClient
+from tuneloop.serve.keys import KeyStore
+from tuneloop.serve.requestlog import read
+
+
+def config(**kw) -> ServeConfig:
+    models = [{"name": "fake", "model": "unused", **kw.pop("model_limits", {})}]
+    return ServeConfig.model_validate({"models": models, **kw})
+
+
+@pytest.fixture
+def keys() -> KeyStore:
+    return KeyStore()
+
+
+def test_chat_and_completion_through_the_openai_client(serve, keys):
+    key, _ = keys.create("ci")
+    with serve(config(), {"fake": FakeClient()}) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key=key)
+        chat = client.chat.completions.create(
+            model="fake", messages=[{"role": "user", "content": "one two three"}]
+        )
+        assert chat.choices[0].message.content == "one two three"
+        assert chat.usage.completion_tokens == 3
+        text = client.completions.create(model="fake", prompt="a b c d", max_tokens=2)
+        assert text.choices[0].text == "a b" and text.choices[0].finish_reason == "length"
+        assert [m.id for m in client.models.list()] == ["fake"]
+
+
+def test_streaming_n_and_stop(serve, keys):
+    key, _ = keys.create("ci")
+    with serve(config(), {"fake": FakeClient()}) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key=key)
+        stream = client.chat.completions.create(
+            model="fake",
+            messages=[{"role": "user", "content": "a b STOP c"}],
+            stream=True,
+            n=2,
+            stop=["STOP"],
+            stream_options={"include_usage": True},
+        )
+        texts, usage = {0: "", 1: ""}, None
+        for chunk in stream:
+            for c in chunk.choices:
+                texts[c.index] += c.delta.content or ""
+            usage = chunk.usage or usage
+        assert texts == {0: "a b ", 1: "a b "}
+        assert usage is not None and usage.completion_tokens > 0
+
+
+def test_missing_and_invalid_keys_are_401_in_openai_shape(serve, keys):
+    with serve(config(), {"fake": FakeClient()}) as s:
+        r = httpx.post(s.url + "/v1/chat/completions", json={"model": "fake", "messages": []})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+        bad = openai.OpenAI(base_url=s.url + "/v1", api_key="tl-nope-nope")
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+
+
+def test_scope_model_and_revocation_are_enforced(serve, keys):
+    feedback_only, _ = keys.create("fb", scopes=["feedback"])
+    other_model, _ = keys.create("other", models=["not-fake"])
+    revoked, record = keys.create("gone")
+    keys.revoke(record.id)
+    with serve(config(), {"fake": FakeClient()}) as s:
+
+        def ask(key):
+            return openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0).chat.completions.create(
+                model="fake", messages=[{"role": "user", "content": "hi"}]
+            )
+
+        with pytest.raises(openai.PermissionDeniedError):
+            ask(feedback_only)
+        with pytest.raises(openai.PermissionDeniedError, match="may not use model"):
+            ask(other_model)
+        with pytest.raises(openai.AuthenticationError):
+            ask(revoked)
+        assert keys.list()[1].last_used_at is not None
+
+
+def test_validation_errors_are_400_and_unknown_model_404(serve):
+    with serve(config(auth={"enabled": False}), {"fake": FakeClient()}) as s:
+        r = httpx.post(
+            s.url + "/v1/chat/completions", json={"model": "fake", "messages": [], "temperature": 9}
+        )
+        assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
+        r = httpx.post(s.url + "/v1/completions", json={"model": "nope", "prompt": "x"})
+        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        r = httpx.post(
+            s.url + "/v1/completions", content=b"x" * 2_000_000, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 413
+
+
+def test_overload_gives_429_with_retry_after_and_the_server_stays_up(serve):
+    cfg = config(auth={"enabled": False}, model_limits={"max_concurrency": 2, "max_queue": 2})
+    with serve(cfg, {"fake": FakeClient(delay_s=0.05)}) as s:
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=s.url, timeout=30) as c:
+                body = {"model": "fake", "prompt": "w " * 10, "max_tokens": 10}
+                return await asyncio.gather(*(c.post("/v1/completions", json=body) for _ in range(20)))
+
+        responses = asyncio.run(burst())
+        codes = [r.status_code for r in responses]
+        assert codes.count(200) >= 4 and codes.count(429) >= 1 and set(codes) <= {200, 429}
+        refused = next(r for r in responses if r.status_code == 429)
+        assert refused.headers["retry-after"] == "1" and refused.json()["error"]["type"] == "rate_limit_error"
+        assert httpx.get(s.url + "/health").status_code == 200
+        assert s.state.models["fake"].gate.running == 0
+        ok = httpx.post(s.url + "/v1/completions", json={"model": "fake", "prompt": "still here"})
+        assert ok.status_code == 200
+
+
+def test_requests_per_minute_per_key(serve, keys):
+    key, _ = keys.create("slow", rpm=2)
+    with serve(config(), {"fake": FakeClient()}) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0)
+        for _ in range(2):
+            client.completions.create(model="fake", prompt="x")
+        with pytest.raises(openai.RateLimitError) as e:
+            client.completions.create(model="fake", prompt="x")
+        assert int(e.value.response.headers["retry-after"]) >= 1
+
+
+def test_request_id_health_ready_and_metrics(serve):
+    with serve(config(auth={"enabled": False}), {"fake": FakeClient()}) as s:
+        r = httpx.post(
+            s.url + "/v1/completions",
+            json={"model": "fake", "prompt": "a b"},
+            headers={"X-Request-Id": "abc-123"},
+        )
+        assert r.headers["x-request-id"] == "abc-123" and r.headers["x-tuneloop-variant"] == "default"
+        assert len(httpx.get(s.url + "/health").headers["x-request-id"]) == 32
+        assert httpx.get(s.url + "/ready").json() == {"ready": True, "models": ["fake"]}
+        text = httpx.get(s.url + "/metrics").text
+        for name in (
+            "vllm:e2e_request_latency_seconds_count",
+            "vllm:time_to_first_token_seconds_bucket",
+            "vllm:prompt_tokens_total",
+            "vllm:generation_tokens_total",
+            "vllm:num_requests_running",
+            "vllm:num_requests_waiting",
+            "vllm:gpu_cache_usage_perc",
+            "tuneloop_requests_total",
+        ):
+            assert name in text, name
+        assert 'vllm:generation_tokens_total{model_name="fake",variant="default"} 2.0' in text
+
+
+def test_request_log_and_feedback(serve, tuneloop_home, keys):
+    key, record = keys.create("ci")
+    with serve(config(), {"fake": FakeClient()}) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key=key)
+        answer = client.chat.completions.create(
+            model="fake", messages=[{"role": "user", "content": "hi there"}]
+        )
+        r = httpx.post(
+            s.url + "/v1/feedback",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"response_id": answer.id, "rating": "up", "correction": "'; DROP TABLE feedback; --"},
+        )
+        assert r.status_code == 200, r.text
+        assert s.state.feedback.list(answer.id)[0].correction == "'; DROP TABLE feedback; --"
+    lines = read(tuneloop_home / "serve" / "requests.jsonl")
+    assert lines[0]["response_id"] == answer.id and lines[0]["key_id"] == record.id
+    assert lines[0]["response"]["choices"][0]["message"]["content"] == "hi there"
+    assert key not in (tuneloop_home / "serve" / "requests.jsonl").read_text()
+
+
+def test_warm_up_runs_before_ready(serve):
+    fake = FakeClient()
+    with serve(config(auth={"enabled": False}), {"fake": fake}) as s:
+        assert fake.started and s.state.ready
+    assert not fake.started  # closed on shutdown
