@@ -8,7 +8,6 @@ the same graph with an empty (length-0) past and decoding feeds the presents bac
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -38,6 +37,10 @@ def _wrapper(model: Any) -> Any:
     import torch
     from transformers import DynamicCache
 
+    from tuneloop.optimize.runners import cache_argument
+
+    cache_arg = cache_argument(model)
+
     class CausalLMWithPast(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -53,10 +56,11 @@ def _wrapper(model: Any) -> Any:
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 position_ids=position_ids,
-                cache=cache,
                 use_cache=True,
+                **{cache_arg: cache},
             )
-            present = [t for layer in out.cache.layers for t in (layer.keys, layer.values)]
+            cache_out = getattr(out, cache_arg)
+            present = [t for layer in cache_out.layers for t in (layer.keys, layer.values)]
             return (out.logits, *present)
 
     return CausalLMWithPast().eval()
@@ -113,6 +117,7 @@ class OnnxCausalLM:
         self.meta = json.loads((Path(folder) / ONNX_META).read_text())
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = _torch_threads()  # the same thread budget PyTorch has
         self.session = ort.InferenceSession(
             str(Path(folder) / ONNX_FILE), options, providers=providers or ["CPUExecutionProvider"]
         )
@@ -141,8 +146,7 @@ class OnnxCausalLM:
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
 
-def copy_tokenizer(src: Path, out: Path) -> None:
-    """Tokenizer and chat template files next to the weights, so the folder is self-contained."""
-    for pattern in ("tokenizer*", "special_tokens_map.json", "chat_template.*", "vocab.json", "merges.txt"):
-        for f in Path(src).glob(pattern):
-            shutil.copy2(f, out / f.name)
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()

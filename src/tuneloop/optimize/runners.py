@@ -6,6 +6,7 @@ backend's, not the harness's. Batch size is 1: the latency a single chat user se
 
 from __future__ import annotations
 
+import inspect
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ class TorchRunner:
 
     def __init__(self, model: Any):
         self.model = model
+        self.cache_arg = cache_argument(model)
 
     def prefill(self, ids: list[int]) -> tuple[int, Any]:
         import torch
@@ -25,15 +27,15 @@ class TorchRunner:
         with torch.inference_mode():
             x = torch.tensor([ids], device=self.model.device)
             out = self.model(input_ids=x, use_cache=True)
-        return int(out.logits[0, -1].argmax()), out.cache
+        return int(out.logits[0, -1].argmax()), getattr(out, self.cache_arg)
 
     def step(self, token: int, state: Any) -> tuple[int, Any]:
         import torch
 
         with torch.inference_mode():
             x = torch.tensor([[token]], device=self.model.device)
-            out = self.model(input_ids=x, cache=state, use_cache=True)
-        return int(out.logits[0, -1].argmax()), out.cache
+            out = self.model(input_ids=x, use_cache=True, **{self.cache_arg: state})
+        return int(out.logits[0, -1].argmax()), getattr(out, self.cache_arg)
 
     def sync(self) -> None:
         import torch
@@ -65,6 +67,12 @@ class OnnxRunner:
 
     def sync(self) -> None:
         pass
+
+
+def cache_argument(model: Any) -> str:
+    """`cache` (transformers >= 5.2x) or `past_key_values` (before): the name this model's forward takes."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def runner_for(model: Any) -> TorchRunner | OnnxRunner:

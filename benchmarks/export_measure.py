@@ -1,0 +1,104 @@
+"""Measure every `tuneloop export` transform on the real default model and the acme LoRA adapter.
+
+    TUNELOOP_HOME=/tmp/tlhome python benchmarks/export_measure.py --adapter /tmp/acme-run/model \
+        --eval-data examples/acme-kb/qa/heldout.jsonl --out /tmp/export-bench --json benchmarks/export_cpu.json
+
+Each transform is one `run_export`, so each has its own baseline measured in the same run
+(before = the merged acme model, or base + adapter for --merge). A bf16 row of the merged model
+separates what int8/int4 gain from quantization from what they gain from bf16 activations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+from tuneloop.optimize.pipeline import ExportOptions, run_export
+
+TRANSFORMS = {
+    "int8": {"quantize": "int8"},
+    "int4": {"quantize": "int4"},
+    "prune 0.3": {"prune": 0.3},
+    "prune 0.5": {"prune": 0.5},
+    "onnx": {"onnx": True},
+}
+
+
+def bf16_row(merged: Path, eval_data: Path, workload: dict) -> dict:
+    """The merged model with bf16 weights and activations, through the same measurement."""
+    import torch
+
+    from tuneloop.evaluation.perplexity import perplexity
+    from tuneloop.models.loading import load_model, load_tokenizer
+    from tuneloop.optimize.measure import Workload, _ppl_examples, latency, task_scores
+
+    work = Workload.from_file(eval_data, **workload)
+    model, tokenizer = load_model(merged, "cpu", dtype=torch.bfloat16), load_tokenizer(merged)
+    ttft, per_token = latency(model, tokenizer, work)
+    ppl = perplexity(model, _ppl_examples(tokenizer, work), batch_size=4).perplexity
+    task = task_scores(model, tokenizer, work)
+    return {"ttft_s": ttft, "per_token_s": per_token, "perplexity": ppl, "task": task}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--adapter", type=Path, required=True)
+    parser.add_argument("--eval-data", type=Path, required=True)
+    parser.add_argument("--out", type=Path, default=Path("/tmp/export-bench"))
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-samples", type=int, default=58)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch and ONNX Runtime threads")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="subset of: merge bf16 " + " ".join(TRANSFORMS)
+    )
+    args = parser.parse_args()
+    shutil.rmtree(args.out, ignore_errors=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    workload = {"max_samples": args.max_samples, "max_new_tokens": args.max_new_tokens}
+    results: dict[str, dict] = {}
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+
+    merged = args.out / "merged"
+    t = time.perf_counter()
+    report = run_export(
+        str(args.adapter),
+        ExportOptions(
+            merge=True, out=merged, eval_data=args.eval_data, device=args.device, workload=workload
+        ),
+    )
+    results["merge"] = {**report.to_dict(), "wall_s": time.perf_counter() - t}
+    save()
+    if args.only is None or "bf16" in args.only:
+        results["bf16 (merged, no quantization)"] = bf16_row(merged, args.eval_data, workload)
+        save()
+    for name, opts in TRANSFORMS.items():
+        if args.only is not None and name not in args.only:
+            continue
+        t = time.perf_counter()
+        out = args.out / name.replace(" ", "-")
+        report = run_export(
+            str(merged),
+            ExportOptions(out=out, eval_data=args.eval_data, device=args.device, workload=workload, **opts),
+        )
+        results[name] = {**report.to_dict(), "wall_s": time.perf_counter() - t}
+        save()
+        r = results[name]["ratios"]
+        print(
+            f"{name}: size x{r['size_bytes']:.3f} per-token x{r['per_token_s']:.3f} ppl x{r['perplexity']:.4f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
