@@ -93,6 +93,10 @@ def _register() -> None:
     from tuneloop.cli import registry as registry_cli
 
     app.add_typer(registry_cli.app, name="registry")
+    from tuneloop.cli import serve as serve_cli
+
+    app.command("serve")(serve_cli.serve)
+    app.add_typer(serve_cli.keys_app, name="keys")
 
 
 _register()

@@ -1,0 +1,155 @@
+"""`tuneloop serve` (the OpenAI-compatible gateway) and `tuneloop keys` (its API keys).
+
+tuneloop serve --model smollm2-135m-instruct --port 8000 --no-auth
+tuneloop serve --config serve.yaml limits.max_n=4
+tuneloop keys create --name ci --scopes inference,feedback --rpm 60
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tuneloop.errors import TuneloopError, missing_extra
+
+console = Console()
+keys_app = typer.Typer(
+    help="API keys of the serving gateway: create (shown once), list, revoke.", no_args_is_help=True
+)
+DB = typer.Option(None, "--database-url", help="Key database (default: SQLite in TUNELOOP_HOME/serve).")
+
+
+def _require_serve_extra() -> None:
+    for module, package in (
+        ("fastapi", "fastapi"),
+        ("uvicorn", "uvicorn"),
+        ("prometheus_client", "prometheus-client"),
+    ):
+        try:
+            __import__(module)
+        except ImportError:
+            raise missing_extra(package, "serve") from None
+
+
+def serve(
+    overrides: list[str] = typer.Argument(
+        None, help="key=value overrides of the config, e.g. limits.max_n=4."
+    ),
+    config: Path = typer.Option(None, "--config", "-c", help="serve.yaml (models, auth, limits, log)."),
+    model: str = typer.Option(None, "--model", "-m", help="Serve one model reference (instead of --config)."),
+    name: str = typer.Option(None, "--name", help="Served name of --model (default: the reference)."),
+    host: str = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
+    port: int = typer.Option(None, "--port", "-p", help="Port (default 8000)."),
+    kv_cache_gib: float = typer.Option(None, "--kv-cache-gib", min=0.001, help="KV-cache size of --model."),
+    no_auth: bool = typer.Option(
+        False, "--no-auth", help="Accept requests without API keys (local use only)."
+    ),
+) -> None:
+    """Serve models behind an OpenAI-compatible API (chat, completions, streaming, metrics, feedback)."""
+    _require_serve_extra()
+    entry = {"name": name or model, "model": model, "kv_cache_gib": kv_cache_gib} if model else None
+    cfg = _config(config, entry, list(overrides or []), host, port, no_auth)
+    import uvicorn
+
+    from tuneloop.serve import create_app
+
+    if not cfg.models:
+        raise TuneloopError("nothing to serve", hint="give --model REF or a --config with a `models:` list")
+    console.print(f"serving {', '.join(m.name for m in cfg.models)} on http://{cfg.host}:{cfg.port}/v1")
+    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=30)
+
+
+def _config(
+    path: Path | None,
+    model: dict[str, Any] | None,
+    overrides: list[str],
+    host: str | None,
+    port: int | None,
+    no_auth: bool,
+) -> Any:
+    from tuneloop.config import load_config
+    from tuneloop.serve import ServeConfig
+
+    cfg = load_config(ServeConfig, path, overrides)
+    updates: dict[str, Any] = {}
+    if model:
+        updates["models"] = [*cfg.model_dump()["models"], model]
+    if host:
+        updates["host"] = host
+    if port is not None:
+        updates["port"] = port
+    if no_auth:
+        updates["auth"] = {**cfg.auth.model_dump(), "enabled": False}
+    return load_config(ServeConfig, {**cfg.model_dump(), **updates}) if updates else cfg
+
+
+def _store(url: str | None) -> Any:
+    from tuneloop.serve.keys import KeyStore
+
+    return KeyStore(url)
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@keys_app.command("create")
+def keys_create(
+    name: str = typer.Option(..., "--name", "-n", help="Who or what uses the key."),
+    scopes: str = typer.Option(
+        "inference,feedback", "--scopes", help="Comma list of inference, feedback, admin."
+    ),
+    models: str = typer.Option("*", "--models", help="Comma list of served names the key may use (* = all)."),
+    rpm: int = typer.Option(None, "--rpm", min=1, help="Requests per minute."),
+    tpm: int = typer.Option(None, "--tpm", min=1, help="Tokens (prompt + completion) per minute."),
+    expires: float = typer.Option(None, "--expires", min=0.001, help="Days until the key expires."),
+    database_url: str = DB,
+) -> None:
+    """Create a key; it is printed once and stored only as a hash."""
+    key, record = _store(database_url).create(name, _csv(scopes), _csv(models), rpm, tpm, expires)
+    console.print(f"created key [bold]{record.id}[/] ({name}); store it now, it is not shown again:")
+    typer.echo(key)
+
+
+@keys_app.command("list")
+def keys_list(
+    database_url: str = DB, as_json: bool = typer.Option(False, "--json", help="Machine-readable.")
+) -> None:
+    """List keys (ids, scopes, limits, last use); secrets are never shown."""
+    keys = _store(database_url).list()
+    if as_json:
+        typer.echo(json.dumps([asdict(k) for k in keys], indent=2, default=str))
+        return
+    table = Table("id", "name", "scopes", "models", "rpm", "tpm", "expires", "last used", "revoked")
+    for k in keys:
+        table.add_row(
+            k.id,
+            k.name,
+            ",".join(k.scopes),
+            ",".join(k.models),
+            str(k.rpm or ""),
+            str(k.tpm or ""),
+            _when(k.expires_at),
+            _when(k.last_used_at),
+            _when(k.revoked_at),
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: str = typer.Argument(..., help="The key id (from `tuneloop keys list`)."), database_url: str = DB
+) -> None:
+    """Revoke a key; requests with it fail with 401 from now on."""
+    record = _store(database_url).revoke(key_id)
+    console.print(f"revoked key {record.id} ({record.name})")
+
+
+def _when(t: Any) -> str:
+    return t.strftime("%Y-%m-%d %H:%M") if t else ""
