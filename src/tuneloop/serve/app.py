@@ -23,6 +23,7 @@ from tuneloop.serve.metrics import Metrics
 from tuneloop.serve.middleware import RequestContext
 from tuneloop.serve.requestlog import RequestLog
 from tuneloop.serve.routers import admin, chat, completions, feedback, health, models
+from tuneloop.serve.routing import Route, Shadows
 from tuneloop.serve.serving import Served
 
 log = logging.getLogger("tuneloop.serve")
@@ -33,6 +34,8 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     app = FastAPI(title="tuneloop", lifespan=_lifespan(config, clients))
     app.state.config = config
     app.state.models = {}
+    app.state.routes = {r.name: Route.from_config(r) for r in config.routes}
+    app.state.shadows = Shadows()
     app.state.ready = False
     app.state.metrics = Metrics(lambda: {n: s.client.load() for n, s in app.state.models.items()})
     install_handlers(app)
@@ -69,6 +72,7 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
             yield
         finally:
             state.ready = False
+            await state.shadows.drain()
             await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
             if state.request_log is not None:
                 state.request_log.close()

@@ -51,10 +51,30 @@ class LogConfig(Config):
     backups: int = Field(default=10, ge=0)
 
 
+class VariantConfig(Config):
+    model: str = Field(min_length=1)  # a served name from `models`
+    weight: float = Field(default=1.0, ge=0)
+
+
+class RouteConfig(Config):
+    """A name that splits traffic across served models (A/B, canary), sticky per user."""
+
+    name: str = Field(min_length=1)
+    variants: list[VariantConfig] = Field(min_length=1)
+    shadow: str | None = None  # a served name that gets a mirrored copy; its answer is discarded
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> RouteConfig:
+        if sum(v.weight for v in self.variants) <= 0:
+            raise ValueError(f"route '{self.name}': the variant weights must not all be 0")
+        return self
+
+
 class ServeConfig(Config):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     models: list[ModelConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     log: LogConfig = Field(default_factory=LogConfig)
@@ -62,8 +82,13 @@ class ServeConfig(Config):
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServeConfig:
-        names = [m.name for m in self.models]
+        names = [m.name for m in self.models] + [r.name for r in self.routes]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
-            raise ValueError(f"served model names must be unique; repeated: {', '.join(dupes)}")
+            raise ValueError(f"served model and route names must be unique; repeated: {', '.join(dupes)}")
+        served = {m.name for m in self.models}
+        for r in self.routes:
+            for target in [v.model for v in r.variants] + ([r.shadow] if r.shadow else []):
+                if target not in served:
+                    raise ValueError(f"route '{r.name}': '{target}' is not a served model name")
         return self

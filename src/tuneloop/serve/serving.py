@@ -16,7 +16,6 @@ from typing import Any
 from fastapi import Request
 
 from tuneloop.serve.client import Delta, EngineClient, GenerateRequest
-from tuneloop.serve.errors import APIError
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.limits import ConcurrencyGate
 
@@ -29,13 +28,6 @@ class Served:
     client: EngineClient
     gate: ConcurrencyGate
     variant: str = "default"
-
-
-def served_model(request: Request, name: str) -> Served:
-    served = request.app.state.models.get(name)
-    if served is None:
-        raise APIError(404, f"the model '{name}' does not exist", "model_not_found", "model")
-    return served
 
 
 @dataclass

@@ -1,13 +1,17 @@
-"""Admin routes (the `admin` scope): the API keys, without their secrets."""
+"""Admin routes (the `admin` scope): API keys (without secrets) and live route weights."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import ValidationError
 
 from tuneloop.serve.auth import require
+from tuneloop.serve.config import RouteConfig
+from tuneloop.serve.errors import APIError
 from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.routing import Route
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -15,3 +19,36 @@ router = APIRouter(prefix="/admin", tags=["admin"])
 @router.get("/keys")
 def list_keys(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
     return {"object": "list", "data": [asdict(k) for k in request.app.state.keys.list()]}
+
+
+def _route_json(r: Route) -> dict:
+    return {
+        "name": r.name,
+        "variants": [{"model": m, "weight": w} for m, w in r.variants],
+        "shadow": r.shadow,
+    }
+
+
+@router.get("/routes")
+def list_routes(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+    return {"object": "list", "data": [_route_json(r) for r in request.app.state.routes.values()]}
+
+
+@router.put("/routes/{name}")
+def put_route(name: str, body: dict, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+    """Create or replace a route; the next request uses it, requests in flight finish where they are."""
+    state = request.app.state
+    if name in state.models:
+        raise APIError(400, f"'{name}' is a served model, not a route", "invalid_value", "name")
+    try:
+        config = RouteConfig.model_validate({**body, "name": name})
+    except ValidationError as e:
+        raise APIError(400, str(e.errors()[0]["msg"]), "invalid_value") from None
+    unknown = [v.model for v in config.variants if v.model not in state.models]
+    if config.shadow and config.shadow not in state.models:
+        unknown.append(config.shadow)
+    if unknown:
+        raise APIError(400, f"'{unknown[0]}' is not a served model", "invalid_value", "variants")
+    route = Route.from_config(config)
+    state.routes = {**state.routes, name: route}  # replaced whole: readers never see half an update
+    return _route_json(route)

@@ -25,7 +25,8 @@ from tuneloop.serve.protocol import (
 )
 from tuneloop.serve.responses import ChoiceResult, json_response, sse_response
 from tuneloop.serve.routers._common import fan_out, include_usage
-from tuneloop.serve.serving import Generation, served_model
+from tuneloop.serve.routing import mirror, served_model
+from tuneloop.serve.serving import Generation
 
 router = APIRouter(tags=["chat"])
 
@@ -35,7 +36,7 @@ async def chat_completions(
     body: ChatCompletionRequest, request: Request, key: ApiKey = Depends(require("inference"))
 ):
     check_model(key, body.model)
-    served = served_model(request, body.model)
+    served = served_model(request, body.model, body.user)
     response_id = new_id("chatcmpl")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
     top = (body.top_logprobs or 0) if body.logprobs else None
@@ -48,6 +49,7 @@ async def chat_completions(
         logprobs=top,
     )
     gen = Generation(request, key, served, response_id, choices, body.model_dump(exclude_none=True))
+    mirror(request, body.model, choices)
     if body.stream:
         return await sse_response(gen, lambda g: _chunks(g, body))
     limits = request.app.state.config.limits

@@ -20,7 +20,8 @@ from tuneloop.serve.protocol import (
 )
 from tuneloop.serve.responses import ChoiceResult, json_response, sse_response
 from tuneloop.serve.routers._common import fan_out, include_usage
-from tuneloop.serve.serving import Generation, served_model
+from tuneloop.serve.routing import mirror, served_model
+from tuneloop.serve.serving import Generation
 
 router = APIRouter(tags=["completions"])
 
@@ -28,7 +29,7 @@ router = APIRouter(tags=["completions"])
 @router.post("/v1/completions", response_model=None)
 async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(require("inference"))):
     check_model(key, body.model)
-    served = served_model(request, body.model)
+    served = served_model(request, body.model, body.user)
     if isinstance(
         body.prompt, list
     ):  # a batch of prompts is n choices per prompt in OpenAI; one is enough here
@@ -48,6 +49,7 @@ async def completions(body: CompletionRequest, request: Request, key: ApiKey = D
         echo=body.echo,
     )
     gen = Generation(request, key, served, response_id, choices, body.model_dump(exclude_none=True))
+    mirror(request, body.model, choices)
     if body.stream:
         return await sse_response(gen, lambda g: _chunks(g, body))
     limits = request.app.state.config.limits

@@ -13,5 +13,6 @@ router = APIRouter(tags=["models"])
 
 @router.get("/v1/models")
 def list_models(request: Request, key: ApiKey = Depends(require("inference"))) -> dict:
-    names = [n for n in request.app.state.models if key.allows_model(n)]
+    state = request.app.state
+    names = [n for n in [*state.models, *state.routes] if key.allows_model(n)]
     return ModelList(data=[ModelCard(id=n) for n in names]).model_dump()
