@@ -36,6 +36,8 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     app.state.models = {}
     app.state.routes = {r.name: Route.from_config(r) for r in config.routes}
     app.state.shadows = Shadows()
+    app.state.reload_lock = asyncio.Lock()
+    app.state.background = set()  # tasks (retiring replaced models) kept alive until done
     app.state.ready = False
     app.state.metrics = Metrics(lambda: {n: s.client.load() for n, s in app.state.models.items()})
     install_handlers(app)
@@ -73,6 +75,7 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
         finally:
             state.ready = False
             await state.shadows.drain()
+            await asyncio.gather(*state.background, return_exceptions=True)
             await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
             if state.request_log is not None:
                 state.request_log.close()

@@ -44,6 +44,8 @@ class LocalClient:
     def __init__(self, shared: SharedEngine, lora: str | None = None, max_prompt_tokens: int = 32768):
         self.shared, self.lora, self.max_prompt_tokens = shared, lora, max_prompt_tokens
         self.tokenizer = shared.tokenizer
+        self.source: tuple[Path, Path | None] | None = None  # (base, adapter) folders it serves
+        self.active = 0  # generations in flight, so a replaced client closes only once drained
 
     async def start(self) -> None:
         """Warm-up: one short generation, so the first user does not pay for lazy initialisation."""
@@ -55,6 +57,7 @@ class LocalClient:
         prompt_ids = self._prompt_ids(request)
         detok = Detokenizer(self.tokenizer, request.stop)
         stream = await self._submit(prompt_ids, request)
+        self.active += 1
         try:
             first = True
             async for out in stream:
@@ -73,6 +76,7 @@ class LocalClient:
                     return
                 yield delta
         finally:
+            self.active -= 1
             await stream.aclose()  # early exit (stop string, client gone) aborts the engine request
 
     def _prompt_ids(self, request: GenerateRequest) -> list[int]:

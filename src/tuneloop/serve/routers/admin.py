@@ -11,9 +11,16 @@ from tuneloop.serve.auth import require
 from tuneloop.serve.config import RouteConfig
 from tuneloop.serve.errors import APIError
 from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.reload import reload_models
 from tuneloop.serve.routing import Route
 
 router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.post("/reload")
+async def reload(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+    """Re-resolve model references (a moved registry alias) and swap what changed, live."""
+    return {"reloaded": await reload_models(request.app.state)}
 
 
 @router.get("/keys")

@@ -1,0 +1,69 @@
+"""Live model changes: re-resolve every model reference and swap what changed, without a restart.
+
+Moving a registry alias (`support-bot@production`) changes what its reference resolves to; a reload
+loads the new version next to the old one, warms it up, and swaps the served name over in one
+assignment. Requests in flight finish on the old version, which is closed once drained; rolling
+back is moving the alias back and reloading again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from tuneloop.serve.backends import build_clients, resolved_paths
+from tuneloop.serve.local import LocalClient, SharedEngine
+from tuneloop.serve.serving import Served
+
+log = logging.getLogger("tuneloop.serve")
+DRAIN_TIMEOUT_S = 600.0
+
+
+async def reload_models(state) -> list[str]:
+    """Swap every local model whose reference now resolves elsewhere; return the names swapped."""
+    async with state.reload_lock:  # one reload at a time
+        changed = await asyncio.to_thread(_changed, state)
+        if not changed:
+            return []
+        reusable = _engines_by_folder(state)
+        fresh = await asyncio.to_thread(build_clients, state.config, set(changed), reusable)
+        await asyncio.gather(*(c.start() for c in fresh.values()))
+        old = {name: state.models[name] for name in fresh}
+        state.models = {**state.models, **{n: Served(n, c, old[n].gate) for n, c in fresh.items()}}
+        task = asyncio.create_task(_retire([s.client for s in old.values()], state))
+        state.background.add(task)
+        task.add_done_callback(state.background.discard)
+        log.info("reloaded %s", ", ".join(fresh))
+        return sorted(fresh)
+
+
+def _changed(state) -> list[str]:
+    names = []
+    for m in state.config.models:
+        client = state.models[m.name].client
+        if isinstance(client, LocalClient) and resolved_paths(m) != client.source:
+            names.append(m.name)
+    return names
+
+
+def _engines_by_folder(state) -> dict[Path, SharedEngine]:
+    return {
+        s.client.shared.folder: s.client.shared
+        for s in state.models.values()
+        if isinstance(s.client, LocalClient)
+    }
+
+
+async def _retire(clients: list, state) -> None:
+    """Close replaced clients once their requests are done (and no served name still uses the engine)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_TIMEOUT_S
+    while any(c.active for c in clients) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    in_use = {id(s.client.shared) for s in state.models.values() if isinstance(s.client, LocalClient)}
+    for c in clients:
+        if id(c.shared) not in in_use:
+            await c.close()
+        elif c.lora is not None:
+            await asyncio.to_thread(c.shared.engine.engine.unload_lora, c.lora)

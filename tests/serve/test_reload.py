@@ -1,0 +1,41 @@
+"""Live model changes: a reference that resolves elsewhere is swapped in without failing requests."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from tuneloop.serve import ServeConfig
+
+
+def test_moving_the_reference_swaps_the_model_live_and_back(serve, tiny_llama, tiny_model_factory, tmp_path):
+    v2 = tiny_model_factory("llama", seed=1)
+    current = tmp_path / "current"  # stands for a registry alias: the same reference, a new target
+    current.symlink_to(tiny_llama)
+    cfg = ServeConfig.model_validate(
+        {"models": [{"name": "bot", "model": str(current), "kv_cache_gib": 0.02}], "auth": {"enabled": False}}
+    )
+    body = {"model": "bot", "prompt": "Hello", "max_tokens": 6, "temperature": 0}
+    with serve(cfg) as s:
+        before = httpx.post(s.url + "/v1/completions", json=body).json()["choices"][0]["text"]
+        assert httpx.post(s.url + "/admin/reload").json() == {"reloaded": []}  # nothing moved
+        current.unlink()
+        current.symlink_to(v2)
+
+        async def main():
+            async with httpx.AsyncClient(base_url=s.url, timeout=60) as c:
+                inflight = [asyncio.create_task(c.post("/v1/completions", json=body)) for _ in range(4)]
+                await asyncio.sleep(0.01)
+                reloaded = await c.post("/admin/reload")
+                return reloaded, await asyncio.gather(*inflight)
+
+        reloaded, responses = asyncio.run(main())
+        assert reloaded.json() == {"reloaded": ["bot"]}
+        assert all(r.status_code == 200 for r in responses)
+        after = httpx.post(s.url + "/v1/completions", json=body).json()["choices"][0]["text"]
+        assert after != before
+        current.unlink()
+        current.symlink_to(tiny_llama)  # rollback: move the reference back
+        httpx.post(s.url + "/admin/reload")
+        assert httpx.post(s.url + "/v1/completions", json=body).json()["choices"][0]["text"] == before
