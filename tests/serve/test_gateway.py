@@ -184,3 +184,17 @@ def test_warm_up_runs_before_ready(serve):
     with serve(config(auth={"enabled": False}), {"fake": fake}) as s:
         assert fake.started and s.state.ready
     assert not fake.started  # closed on shutdown
+
+
+def test_control_characters_and_deny_patterns_are_400(serve):
+    cfg = config(
+        auth={"enabled": False}, input={"deny": [{"pattern": "secret\\s+plan", "reason": "no plans"}]}
+    )
+    with serve(cfg, {"fake": FakeClient()}) as s:
+        r = httpx.post(s.url + "/v1/completions", json={"model": "fake", "prompt": "a\x00b"})
+        assert r.status_code == 400 and "U+0000" in r.json()["error"]["message"]
+        messages = [{"role": "user", "content": "the SECRET  plan"}]
+        r = httpx.post(s.url + "/v1/chat/completions", json={"model": "fake", "messages": messages})
+        assert r.status_code == 400 and r.json()["error"]["message"] == "no plans"
+        ok = httpx.post(s.url + "/v1/completions", json={"model": "fake", "prompt": "<script>'; --"})
+        assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == "<script>'; --"

@@ -17,6 +17,7 @@ from tuneloop.serve.client import EngineClient
 from tuneloop.serve.config import ServeConfig
 from tuneloop.serve.errors import install_handlers
 from tuneloop.serve.feedback import FeedbackStore
+from tuneloop.serve.guard import InputGuard
 from tuneloop.serve.keys import KeyStore
 from tuneloop.serve.limits import ConcurrencyGate, RateLimiter
 from tuneloop.serve.metrics import Metrics
@@ -36,6 +37,7 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     app.state.models = {}
     app.state.routes = {r.name: Route.from_config(r) for r in config.routes}
     app.state.shadows = Shadows()
+    app.state.guard = InputGuard(config.input)
     app.state.reload_lock = asyncio.Lock()
     app.state.background = set()  # tasks (retiring replaced models) kept alive until done
     app.state.ready = False

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+import re
+
+from pydantic import Field, field_validator, model_validator
 
 from tuneloop.config import Config
 
@@ -44,6 +46,24 @@ class LimitsConfig(Config):
     retry_after_s: int = Field(default=1, ge=1)  # the hint sent with a 429 for overload
 
 
+class DenyPattern(Config):
+    pattern: str  # a regular expression, searched in every user text (case-insensitive)
+    reason: str = "the request matches a blocked pattern"
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"invalid regular expression {v!r}: {e}") from None
+        return v
+
+
+class InputConfig(Config):
+    deny: list[DenyPattern] = Field(default_factory=list)
+
+
 class LogConfig(Config):
     enabled: bool = True
     path: str | None = None  # default: TUNELOOP_HOME/serve/requests.jsonl
@@ -77,6 +97,7 @@ class ServeConfig(Config):
     routes: list[RouteConfig] = Field(default_factory=list)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    input: InputConfig = Field(default_factory=InputConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     warmup: bool = True  # one generation per model before /ready says yes
 

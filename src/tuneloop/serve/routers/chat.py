@@ -39,6 +39,7 @@ async def chat_completions(
     served = served_model(request, body.model, body.user)
     response_id = new_id("chatcmpl")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    request.app.state.guard.check(m["content"] for m in messages)
     top = (body.top_logprobs or 0) if body.logprobs else None
     choices = fan_out(
         request,

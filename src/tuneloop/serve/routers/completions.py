@@ -38,6 +38,7 @@ async def completions(body: CompletionRequest, request: Request, key: ApiKey = D
         body.prompt = body.prompt[0]
     if body.echo and body.stream:
         raise APIError(400, "echo is not supported with stream", "invalid_value", "echo")
+    request.app.state.guard.check([body.prompt])
     response_id = new_id("cmpl")
     choices = fan_out(
         request,
