@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import openai
 import pytest
+from typer.testing import CliRunner
 
+from tuneloop.cli import app
 from tuneloop.serve import ServeConfig
 from tuneloop.serve.fake import FakeClient
 from tuneloop.serve.keys import KeyStore
@@ -177,6 +180,10 @@ def test_request_log_and_feedback(serve, tuneloop_home, keys):
     assert lines[0]["response_id"] == answer.id and lines[0]["key_id"] == record.id
     assert lines[0]["response"]["choices"][0]["message"]["content"] == "hi there"
     assert key not in (tuneloop_home / "serve" / "requests.jsonl").read_text()
+    exported = CliRunner().invoke(app, ["feedback", "export"])
+    assert exported.exit_code == 0, exported.output
+    row = json.loads(exported.output.strip().splitlines()[0])
+    assert row["rating"] == 5 and row["thumbs"] == "up" and row["response"]["id"] == answer.id
 
 
 def test_warm_up_runs_before_ready(serve):

@@ -97,6 +97,7 @@ def _register() -> None:
 
     app.command("serve")(serve_cli.serve)
     app.add_typer(serve_cli.keys_app, name="keys")
+    app.add_typer(serve_cli.feedback_app, name="feedback")
 
 
 _register()

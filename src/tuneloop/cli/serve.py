@@ -153,3 +153,30 @@ def keys_revoke(
 
 def _when(t: Any) -> str:
     return t.strftime("%Y-%m-%d %H:%M") if t else ""
+
+
+feedback_app = typer.Typer(
+    help="Feedback collected by the gateway (POST /v1/feedback).", no_args_is_help=True
+)
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Path = typer.Option(None, "--out", "-o", help="JSONL file to write (default: stdout)."),
+    log_path: Path = typer.Option(
+        None, "--log", help="Request log (default: TUNELOOP_HOME/serve/requests.jsonl)."
+    ),
+    database_url: str = DB,
+) -> None:
+    """Write every rating with its logged request and answer, one JSON line each (for the loop)."""
+    from tuneloop.serve.feedback import FeedbackStore, export
+    from tuneloop.serve.requestlog import default_path
+
+    rows = export(FeedbackStore(database_url), log_path or default_path())
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    if out is None:
+        for line in lines:
+            typer.echo(line)
+        return
+    out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    console.print(f"wrote {len(lines)} feedback rows to {out}")

@@ -6,8 +6,11 @@ injection); the request log holds the answer it refers to, joined by response id
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Integer, String, Text, select
@@ -82,3 +85,25 @@ def _record(r: FeedbackRow) -> Feedback:
 
 def as_json(f: Feedback) -> dict[str, Any]:
     return {**asdict(f), "created_at": f.created_at.isoformat()}
+
+
+def export(store: FeedbackStore, log_path: Path) -> Iterator[dict[str, Any]]:
+    """Feedback joined with the logged request and response (current and rotated log files)."""
+    items = store.list()
+    wanted = {f.response_id for f in items}
+    logged: dict[str, dict[str, Any]] = {}
+    for path in sorted(log_path.parent.glob(log_path.name + "*")):
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                record = json.loads(line)
+                if record.get("response_id") in wanted:
+                    logged[record["response_id"]] = record
+    for f in items:
+        record = logged.get(f.response_id, {})
+        yield {
+            **as_json(f),
+            "model": record.get("model"),
+            "variant": record.get("variant"),
+            "request": record.get("request"),
+            "response": record.get("response"),
+        }
