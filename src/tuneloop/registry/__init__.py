@@ -7,6 +7,8 @@
     reg.get("acme@production").path                    # verified local folder
     reg.rollback("acme")                               # production back to the version before
 
+An adapter version's folder holds only the adapter; its base is the registry version named by the tag
+`tuneloop.base` (and by adapter_config.json): `reg.get(info.tags["tuneloop.base"]).path`.
 References `NAME@alias` and `NAME/VERSION` resolve through `tuneloop.models.resolve.resolve_model`.
 """
 

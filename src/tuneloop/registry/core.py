@@ -251,7 +251,7 @@ class Registry:
     def unalias(self, name: str, alias: str) -> None:
         current = self._aliased(name, alias)
         if current is None:
-            raise lookup._missing(self.client, Ref(name, alias=alias), self.model(name))
+            raise lookup.missing_error(self.client, Ref(name, alias=alias), self.model(name))
         self.client.delete_registered_model_alias(name, alias)
         self._record(name, aliases.entry(alias, None, "unalias", current))
 

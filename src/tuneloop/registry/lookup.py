@@ -59,7 +59,7 @@ def model_version(client: Any, ref: Ref) -> Any:
 
     model = registered_model(client, ref.name)
     if ref.alias and ref.alias not in dict(model.aliases or {}):  # MLflow says INVALID_PARAMETER_VALUE
-        raise _missing(client, ref, model)
+        raise missing_error(client, ref, model)
     try:
         if ref.alias:
             return client.get_model_version_by_alias(ref.name, ref.alias)
@@ -68,14 +68,14 @@ def model_version(client: Any, ref: Ref) -> Any:
     except MlflowException as e:
         if not _mlflow_missing(e):
             raise
-        raise _missing(client, ref, model) from None
+        raise missing_error(client, ref, model) from None
     all_versions = versions(client, ref.name)
     if not all_versions:
         raise ModelNotFoundError(f"registered model '{ref.name}' has no versions", hint=_REGISTER)
     return all_versions[-1]
 
 
-def _missing(client: Any, ref: Ref, model: Any) -> ModelNotFoundError:
+def missing_error(client: Any, ref: Ref, model: Any) -> ModelNotFoundError:
     if ref.alias:
         aliases = dict(model.aliases or {})
         close = difflib.get_close_matches(ref.alias, list(aliases), n=1, cutoff=0.5)
