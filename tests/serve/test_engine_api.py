@@ -117,3 +117,46 @@ def test_engine_gauges_in_metrics(server):
     text = httpx.get(server.url + "/metrics").text
     assert 'vllm:gpu_cache_usage_perc{model_name="tiny"}' in text
     assert 'vllm:gpu_prefix_cache_hit_rate{model_name="tiny"}' in text
+
+
+def test_echo_logprobs_never_silently_wrong_on_a_prefix_cache_hit(client):
+    # The engine computes prompt logprobs only without a prefix-cache hit (engine limitation):
+    # a repeated prompt must fail loudly rather than return a score without the prompt tokens.
+    kw = dict(
+        model="tiny",
+        prompt="Hello, how can I help you today? I would like",
+        max_tokens=1,
+        echo=True,
+        logprobs=0,
+    )
+    first = client.completions.create(**kw)
+    assert first.choices[0].logprobs.token_logprobs[0] is None
+    try:
+        again = client.completions.create(**kw)
+    except openai.APIStatusError as e:
+        assert e.status_code == 503
+    else:
+        assert len(again.choices[0].logprobs.tokens) == len(first.choices[0].logprobs.tokens)
+
+
+def test_client_disconnect_aborts_the_engine_request(server):
+    import time
+
+    import httpx
+
+    body = {
+        "model": "tiny",
+        "prompt": "Numbers: 0 1 2 3",
+        "max_tokens": 400,
+        "temperature": 1.0,
+        "seed": 3,
+        "stream": True,
+    }
+    with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
+        for _line in r.iter_lines():
+            break  # go away after the first event
+    engine = server.state.models["tiny"].client.shared.engine
+    deadline = time.monotonic() + 10
+    while engine.stats().running + engine.stats().waiting and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.stats().running == 0 and server.state.models["tiny"].gate.running == 0
