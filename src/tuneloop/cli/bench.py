@@ -49,3 +49,40 @@ def engine(
     console.print(table)
     if out:
         out.write_text(json.dumps(report, indent=1))
+
+
+@app.command("serve")
+def serve_load(
+    url: str = typer.Option(
+        "http://127.0.0.1:8000/v1", "--url", help="Base URL of an OpenAI-compatible server."
+    ),
+    model: str = typer.Option(..., "--model", "-m", help="Served model name."),
+    concurrency: int = typer.Option(8, "--concurrency", "-c", min=1, help="Clients sending back to back."),
+    requests: int = typer.Option(100, "--requests", "-n", min=1),
+    prompt_len: int = typer.Option(64, "--prompt-len", min=1, help="Prompt length in words."),
+    max_tokens: int = typer.Option(64, "--max-tokens", min=1),
+    stream: bool = typer.Option(False, "--stream", help="Stream (measures TTFT and TPOT)."),
+    api_key: str = typer.Option(None, "--api-key", envvar="OPENAI_API_KEY", help="Bearer key."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report only."),
+) -> None:
+    """Load a served model: QPS, latency P50/P90/P99, TTFT, TPOT, error and 429 rates."""
+    from tuneloop.bench.serve import run
+
+    report = run(url, model, requests, concurrency, prompt_len, max_tokens, stream, api_key)
+    if as_json:
+        typer.echo(json.dumps(report, indent=1))
+        return
+    table = Table(title=f"{model} at {url}: {concurrency} clients, {requests} requests, stream={stream}")
+    for col in ("QPS", "tok/s", "latency p50/p90/p99 s", "TTFT p50 s", "TPOT p50 s", "errors", "429"):
+        table.add_column(col)
+    lat, ttft, tpot = report["latency_s"], report["ttft_s"], report["tpot_s"]
+    table.add_row(
+        str(report["qps"]),
+        str(report["output_tokens_per_s"]),
+        f"{lat['p50']}/{lat['p90']}/{lat['p99']}",
+        str(ttft["p50"]),
+        str(tpot["p50"]),
+        f"{report['error_rate']:.1%}",
+        f"{report['rate_429']:.1%}",
+    )
+    console.print(table)

@@ -1,0 +1,117 @@
+"""Load generator for any OpenAI-compatible server (tuneloop serve, vLLM): closed loop, fixed concurrency.
+
+Each client sends chat requests back to back; the report gives QPS, latency percentiles, TTFT and
+time per output token (streaming), and the error and 429 rates, as a dict ready for JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from dataclasses import dataclass
+
+import httpx
+
+
+@dataclass
+class Sample:
+    status: int
+    latency: float
+    ttft: float | None = None
+    completion_tokens: int = 0
+
+
+def _prompt(words: int) -> str:
+    return " ".join(f"word{i % 50}" for i in range(words))
+
+
+async def _one(c: httpx.AsyncClient, body: dict, stream: bool) -> Sample:
+    start = time.perf_counter()
+    if not stream:
+        r = await c.post("/chat/completions", json=body)
+        tokens = r.json().get("usage", {}).get("completion_tokens", 0) if r.status_code == 200 else 0
+        return Sample(r.status_code, time.perf_counter() - start, None, tokens)
+    ttft, tokens = None, 0
+    async with c.stream("POST", "/chat/completions", json=body) as r:
+        async for line in r.aiter_lines():
+            if not line.startswith("data:") or line[5:].strip() == "[DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            if ttft is None and any(
+                (ch.get("delta") or {}).get("content") for ch in chunk.get("choices") or []
+            ):
+                ttft = time.perf_counter() - start
+            tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
+        return Sample(r.status_code, time.perf_counter() - start, ttft, tokens)
+
+
+async def _run(
+    url: str, model: str, requests: int, concurrency: int, body: dict, stream: bool, api_key: str | None
+) -> tuple[list[Sample], float]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    todo = iter(range(requests))
+    samples: list[Sample] = []
+
+    async def client(c: httpx.AsyncClient) -> None:
+        for _ in todo:
+            try:
+                samples.append(await _one(c, body, stream))
+            except httpx.HTTPError:
+                samples.append(Sample(0, 0.0))
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, limits=limits, timeout=600) as c:
+        start = time.perf_counter()
+        await asyncio.gather(*(client(c) for _ in range(concurrency)))
+        return samples, time.perf_counter() - start
+
+
+def _pct(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None}
+    if len(values) == 1:
+        return {k: round(values[0], 4) for k in ("p50", "p90", "p99")}
+    q = statistics.quantiles(values, n=100, method="inclusive")
+    return {"p50": round(q[49], 4), "p90": round(q[89], 4), "p99": round(q[98], 4)}
+
+
+def run(
+    url: str,
+    model: str,
+    requests: int = 100,
+    concurrency: int = 8,
+    prompt_len: int = 64,
+    max_tokens: int = 64,
+    stream: bool = False,
+    api_key: str | None = None,
+) -> dict:
+    """Load `url` (…/v1) and report; latencies in seconds."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": _prompt(prompt_len)}],
+        "max_tokens": max_tokens,
+        "stream": stream,
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    samples, wall = asyncio.run(_run(url, model, requests, concurrency, body, stream, api_key))
+    ok = [s for s in samples if s.status == 200]
+    tpot = [
+        (s.latency - s.ttft) / (s.completion_tokens - 1) for s in ok if s.ttft and s.completion_tokens > 1
+    ]
+    return {
+        "url": url,
+        "model": model,
+        "requests": len(samples),
+        "concurrency": concurrency,
+        "stream": stream,
+        "qps": round(len(ok) / wall, 2) if wall else 0.0,
+        "output_tokens_per_s": round(sum(s.completion_tokens for s in ok) / wall, 1) if wall else 0.0,
+        "latency_s": _pct([s.latency for s in ok]),
+        "ttft_s": _pct([s.ttft for s in ok if s.ttft is not None]),
+        "tpot_s": _pct(tpot),
+        "error_rate": round(sum(s.status not in (200, 429) for s in samples) / len(samples), 4),
+        "rate_429": round(sum(s.status == 429 for s in samples) / len(samples), 4),
+    }
