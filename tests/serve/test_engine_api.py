@@ -160,3 +160,29 @@ def test_client_disconnect_aborts_the_engine_request(server):
     while engine.stats().running + engine.stats().waiting and time.monotonic() < deadline:
         time.sleep(0.05)
     assert engine.stats().running == 0 and server.state.models["tiny"].gate.running == 0
+
+
+@pytest.mark.slow
+def test_default_model_served_answers_paris(default_model, tmp_path):
+    from .conftest import run_server
+
+    cfg = ServeConfig.model_validate(
+        {
+            "models": [{"name": "smollm2", "model": str(default_model), "kv_cache_gib": 0.1}],
+            "auth": {"enabled": False},
+            "log": {"path": str(tmp_path / "log.jsonl")},
+        }
+    )
+    with run_server(cfg) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        out = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=24, temperature=0)
+        streamed = "".join(
+            c.choices[0].delta.content or ""
+            for c in client.chat.completions.create(
+                model="smollm2", messages=messages, max_tokens=24, temperature=0, stream=True
+            )
+            if c.choices
+        )
+    assert "Paris" in out.choices[0].message.content
+    assert streamed == out.choices[0].message.content

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
 
 import httpx
 import openai
@@ -205,3 +207,54 @@ def test_control_characters_and_deny_patterns_are_400(serve):
         assert r.status_code == 400 and r.json()["error"]["message"] == "no plans"
         ok = httpx.post(s.url + "/v1/completions", json={"model": "fake", "prompt": "<script>'; --"})
         assert ok.status_code == 200 and ok.json()["choices"][0]["text"] == "<script>'; --"
+
+
+def test_request_log_redacts_pii_when_asked(serve, tmp_path):
+    path = tmp_path / "log.jsonl"
+    cfg = config(auth={"enabled": False}, log={"path": str(path), "redact_pii": True})
+    with serve(cfg, {"fake": FakeClient()}) as s:
+        r = httpx.post(
+            s.url + "/v1/completions", json={"model": "fake", "prompt": "mail bob@example.com now"}
+        )
+        assert "bob@example.com" in r.json()["choices"][0]["text"]  # the answer itself is untouched
+    line = read(path)[0]
+    assert "bob@example.com" not in json.dumps(line) and line["request"]["prompt"].startswith("mail ")
+
+
+def test_tokens_per_minute_per_key(serve, keys):
+    key, _ = keys.create("tpm", tpm=5)
+    with serve(config(), {"fake": FakeClient()}) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0)
+        client.completions.create(model="fake", prompt="one two three four five six")  # 6 + 6 tokens
+        with pytest.raises(openai.RateLimitError, match="tokens per minute"):
+            client.completions.create(model="fake", prompt="x")
+
+
+def test_shutdown_drains_requests_in_flight(keys):
+    import uvicorn
+
+    from tuneloop.serve import create_app
+
+    from .conftest import _free_port
+
+    app = create_app(config(auth={"enabled": False}), {"fake": FakeClient(delay_s=0.05)})
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    result = {}
+
+    def slow_request():
+        body = {"model": "fake", "prompt": "w " * 20, "max_tokens": 20, "stream": True}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body, timeout=30) as r:
+            result["text"] = "".join(r.iter_text())
+
+    client = threading.Thread(target=slow_request)
+    client.start()
+    time.sleep(0.2)  # the stream is under way
+    server.should_exit = True
+    client.join(timeout=30)
+    thread.join(timeout=30)
+    assert result["text"].rstrip().endswith("data: [DONE]")

@@ -56,9 +56,10 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
         state.keys = KeyStore(config.auth.database_url)
         state.feedback = FeedbackStore(config.auth.database_url)
         state.limiter = RateLimiter()
+        log_cfg = config.log
         state.request_log = (
-            RequestLog(config.log.path, config.log.max_bytes, config.log.backups)
-            if config.log.enabled
+            RequestLog(log_cfg.path, log_cfg.max_bytes, log_cfg.backups, log_cfg.redact_pii)
+            if log_cfg.enabled
             else None
         )
         if given is None:

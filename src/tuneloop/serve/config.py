@@ -69,6 +69,7 @@ class LogConfig(Config):
     path: str | None = None  # default: TUNELOOP_HOME/serve/requests.jsonl
     max_bytes: int = Field(default=50 << 20, ge=1024)
     backups: int = Field(default=10, ge=0)
+    redact_pii: bool = False  # emails, phone numbers, IDs, cards, IPs in logged texts -> placeholders
 
 
 class VariantConfig(Config):

@@ -6,6 +6,7 @@ gauges (running, waiting, KV usage, prefix-cache hit rate) are read from the eng
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -43,6 +44,20 @@ class _EngineCollector(Collector):
                 for field, family in families.items():
                     family.add_metric([model], float(getattr(load, field)))
         yield from families.values()
+        yield from _gpu_memory()
+
+
+def _gpu_memory() -> Iterable[GaugeMetricFamily]:
+    """Memory held by torch on each GPU; only when torch is already loaded (a local engine) and has CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return
+    family = GaugeMetricFamily(
+        "tuneloop_gpu_memory_used_bytes", "GPU memory reserved by torch", labels=["gpu"]
+    )
+    for i in range(torch.cuda.device_count()):
+        family.add_metric([str(i)], float(torch.cuda.memory_reserved(i)))
+    yield family
 
 
 class Metrics:

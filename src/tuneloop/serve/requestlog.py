@@ -21,8 +21,15 @@ def default_path() -> Path:
 
 
 class RequestLog:
-    def __init__(self, path: str | Path | None = None, max_bytes: int = 50 << 20, backups: int = 10):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        max_bytes: int = 50 << 20,
+        backups: int = 10,
+        redact_pii: bool = False,
+    ):
         self.path = Path(path) if path else default_path()
+        self.redact_pii = redact_pii
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # The logging module's handler does rotation and locking; a private logger keeps it off root.
         self._handler = logging.handlers.RotatingFileHandler(
@@ -36,11 +43,26 @@ class RequestLog:
 
     def write(self, record: dict[str, Any]) -> None:
         record = {"time": round(time.time(), 3), **record}
+        if self.redact_pii:
+            record = _redacted(record)
         self._logger.info(json.dumps(record, ensure_ascii=False, default=str))
 
     def close(self) -> None:
         self._logger.removeHandler(self._handler)
         self._handler.close()
+
+
+def _redacted(value: Any) -> Any:
+    """Every string inside the record with PII replaced (the data stage's validated detectors)."""
+    from tuneloop.data.pii import redact
+
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v) for v in value]
+    return value
 
 
 def read(path: str | Path) -> list[dict[str, Any]]:
