@@ -104,7 +104,9 @@ class Registry:
     ) -> ModelVersionInfo:
         kind = "adapter" if lineage.is_adapter_folder(stage / "model") else "model"
         manifest_sha = _manifest(stage)
-        tags.update(lineage.common_tags(kind, lineage.weights_sha256(stage / "model"), manifest_sha))
+        tags.update(
+            lineage.common_tags(kind, lineage.weights_sha256(stage / "model", strict=False), manifest_sha)
+        )
         if link:
             tags["tuneloop.mlflow_run"] = link
         with backend.mlflow_errors(f"registering '{name}' at {self.tracking_uri}"):

@@ -19,7 +19,16 @@ from tuneloop.errors import TuneloopError
 from tuneloop.models.store import sha256_file
 
 RUN_FILES = ("config.yaml", "metrics.json", "run.json", "eval.json", "eval.md", "loss.png")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+WEIGHT_SUFFIXES = (
+    ".safetensors",
+    ".bin",
+    ".pt",
+    ".pth",
+    ".gguf",
+    ".onnx",
+    ".data",
+    ".onnx_data",
+)  # .data: ONNX external
 METRIC_PREFIX = "tuneloop.metric."
 # lineage a derived version (an export) inherits from its parent; metrics and checksums it does not
 INHERITED_PREFIXES = ("tuneloop.base_model.", "tuneloop.dataset.", "tuneloop.config.")
@@ -79,12 +88,15 @@ def _read_json(path: Path, hint: str) -> dict[str, Any]:
     return data
 
 
-def weights_sha256(folder: Path) -> str:
+def weights_sha256(folder: Path, strict: bool = True) -> str:
     """sha256 of a model's weights: the file's own for one file, else a digest of the sorted per-file sums.
 
     Only weight files count, so re-saving a tokenizer or a README does not make "another" base model.
+    `strict=False` digests every file of a folder whose weight format is not one we know.
     """
     files = sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if not files and not strict:
+        files = sorted(p for p in Path(folder).iterdir() if p.is_file())
     if not files:
         raise TuneloopError(
             f"no weight files (*.safetensors, *.bin) in {folder}", hint="is it a model folder?"
