@@ -186,3 +186,13 @@ def test_default_model_served_answers_paris(default_model, tmp_path):
         )
     assert "Paris" in out.choices[0].message.content
     assert streamed == out.choices[0].message.content
+
+
+def test_too_long_prompt_is_a_400_even_when_streaming(client):
+    long = "The capital of France is Paris. " * 400
+    for stream in (False, True):
+        with pytest.raises(openai.BadRequestError, match="exceeds"):
+            out = client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": long}], stream=stream
+            )
+            list(out) if stream else None

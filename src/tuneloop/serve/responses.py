@@ -39,10 +39,19 @@ async def collect(gen: Generation) -> list[ChoiceResult]:
     return results
 
 
+async def _admit(gen: Generation) -> None:
+    try:
+        await gen.admit()
+    except APIError as e:  # refused (quota, overload): counted and logged like any other answer
+        gen.request.app.state.metrics.rejected.labels(e.code or str(e.status)).inc()
+        gen.finish(e.status, error=e.message)
+        raise
+
+
 async def json_response(
     gen: Generation, build: Callable[[list[ChoiceResult]], dict], timeout_s: float
 ) -> JSONResponse:
-    await gen.admit()
+    await _admit(gen)
     try:
         results = await asyncio.wait_for(collect(gen), timeout_s)
         body = build(results)
@@ -51,6 +60,9 @@ async def json_response(
         raise APIError(504, f"the request took longer than {timeout_s:g}s", "timeout") from None
     except APIError as e:
         gen.finish(e.status, error=e.message)
+        raise
+    except Exception as e:
+        gen.finish(500, error=f"{type(e).__name__}: {e}")
         raise
     finally:
         await gen.release()
@@ -61,16 +73,26 @@ async def json_response(
 async def sse_response(
     gen: Generation, chunks: Callable[[Generation], AsyncIterator[dict]]
 ) -> StreamingResponse:
-    await gen.admit()
+    await _admit(gen)
+    source = aiter(chunks(gen))
+    try:  # the first chunk before any byte is sent: a bad request is still a proper 4xx
+        first = await anext(source, None)
+    except BaseException as e:
+        await gen.release()
+        status = e.status if isinstance(e, APIError) else 500
+        gen.finish(status, error=getattr(e, "message", None) or f"{type(e).__name__}: {e}")
+        raise
 
     async def events() -> AsyncIterator[str]:
         status, error, texts = 200, None, {}
         try:
-            async for chunk in chunks(gen):
+            chunk = first
+            while chunk is not None:
                 for c in chunk.get("choices", []):
                     piece = c.get("text") or (c.get("delta") or {}).get("content") or ""
                     texts[c["index"]] = texts.get(c["index"], "") + piece
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                chunk = await anext(source, None)
             yield "data: [DONE]\n\n"
         except APIError as e:  # headers are sent already: the error goes into the stream
             status, error = e.status, e.message
@@ -78,7 +100,11 @@ async def sse_response(
         except asyncio.CancelledError:  # the client went away; closing the streams aborts the engine requests
             status, error = 499, "client disconnected"
             raise
+        except Exception as e:
+            status, error = 500, f"{type(e).__name__}: {e}"
+            yield f"data: {json.dumps(error_body(500, 'internal server error'))}\n\n"
         finally:
+            await source.aclose()
             await gen.release()
             gen.finish(
                 status, {"choices": [{"index": i, "text": t} for i, t in sorted(texts.items())]}, error

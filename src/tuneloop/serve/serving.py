@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,25 +68,31 @@ class Generation:
             if len(self.choices) == 1
             else _merge([self._one(i) for i in range(len(self.choices))])
         )
-        async for index, delta in source:
-            now = time.monotonic()
-            if delta.text:
-                m = self.request.app.state.metrics
-                if self.first_token is None:
-                    self.first_token = now
-                    m.ttft.labels(*self.labels).observe(now - self.start)
-                elif self.last_token is not None:
-                    m.itl.labels(*self.labels).observe(now - self.last_token)
-                self.last_token = now
-            if delta.finish_reason is not None:
-                self.finish_reasons[index] = delta.finish_reason
-                self.prompt_tokens = max(self.prompt_tokens, delta.prompt_tokens)
-                self.completion_tokens += delta.completion_tokens
-            yield index, delta
+        async with aclosing(source):
+            async for index, delta in source:
+                yield index, self._account(index, delta)
+
+    def _account(self, index: int, delta: Delta) -> Delta:
+        """Token timings (TTFT, inter-token) and, on a choice's last delta, its token counts."""
+        now = time.monotonic()
+        if delta.text:
+            m = self.request.app.state.metrics
+            if self.first_token is None:
+                self.first_token = now
+                m.ttft.labels(*self.labels).observe(now - self.start)
+            elif self.last_token is not None:
+                m.itl.labels(*self.labels).observe(now - self.last_token)
+            self.last_token = now
+        if delta.finish_reason is not None:
+            self.finish_reasons[index] = delta.finish_reason
+            self.prompt_tokens = max(self.prompt_tokens, delta.prompt_tokens)
+            self.completion_tokens += delta.completion_tokens
+        return delta
 
     async def _one(self, index: int) -> AsyncIterator[tuple[int, Delta]]:
-        async for delta in self.served.client.generate(self.choices[index]):
-            yield index, delta
+        async with aclosing(self.served.client.generate(self.choices[index])) as deltas:
+            async for delta in deltas:
+                yield index, delta
 
     def finish(self, status: int, response: Any = None, error: str | None = None) -> None:
         """Metrics and the request-log line; call exactly once."""

@@ -103,21 +103,29 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
             id=gen.response_id, model=body.model, choices=choices, usage=usage
         ).model_dump(exclude_none=True)
 
-    for i in range(len(gen.choices)):  # OpenAI opens every choice with the role
-        yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
-    async for index, delta in gen.stream():
-        if delta.text or delta.finish_reason or (body.logprobs and delta.logprobs):
-            lp = _logprobs(delta.logprobs) if body.logprobs else None
-            content = delta.text if delta.text else None
-            yield chunk(
-                [
-                    ChatChunkChoice(
-                        index=index,
-                        delta=ChatDelta(content=content),
-                        finish_reason=delta.finish_reason,
-                        logprobs=lp,
-                    )
-                ]
-            )
+    stream = gen.stream()
+    try:
+        first = await anext(stream, None)  # a bad request (prompt too long) fails before any byte is sent
+        for i in range(len(gen.choices)):  # OpenAI opens every choice with the role
+            yield chunk([ChatChunkChoice(index=i, delta=ChatDelta(role="assistant", content=""))])
+        item = first
+        while item is not None:
+            index, delta = item
+            if delta.text or delta.finish_reason or (body.logprobs and delta.logprobs):
+                lp = _logprobs(delta.logprobs) if body.logprobs else None
+                content = delta.text if delta.text else None
+                yield chunk(
+                    [
+                        ChatChunkChoice(
+                            index=index,
+                            delta=ChatDelta(content=content),
+                            finish_reason=delta.finish_reason,
+                            logprobs=lp,
+                        )
+                    ]
+                )
+            item = await anext(stream, None)
+    finally:
+        await stream.aclose()  # stops the engine requests when the client leaves early
     if include_usage(body):
         yield chunk([], _usage(gen))

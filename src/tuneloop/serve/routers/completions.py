@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from fastapi import APIRouter, Depends, Request
 
@@ -92,14 +93,15 @@ def _response(gen: Generation, body: CompletionRequest, results: list[ChoiceResu
 
 
 async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dict]:
-    async for index, delta in gen.stream():
-        if delta.text or delta.finish_reason:
-            lp = _logprobs(delta.logprobs) if body.logprobs is not None else None
-            choice = CompletionChoice(
-                index=index, text=delta.text, finish_reason=delta.finish_reason, logprobs=lp
-            )
-            yield Completion(id=gen.response_id, model=body.model, choices=[choice]).model_dump(
-                exclude_none=True
-            )
+    async with aclosing(gen.stream()) as stream:  # closing stops the engine requests of a client gone early
+        async for index, delta in stream:
+            if delta.text or delta.finish_reason:
+                lp = _logprobs(delta.logprobs) if body.logprobs is not None else None
+                choice = CompletionChoice(
+                    index=index, text=delta.text, finish_reason=delta.finish_reason, logprobs=lp
+                )
+                yield Completion(id=gen.response_id, model=body.model, choices=[choice]).model_dump(
+                    exclude_none=True
+                )
     if include_usage(body):
         yield Completion(id=gen.response_id, model=body.model, choices=[], usage=_usage(gen)).model_dump()
