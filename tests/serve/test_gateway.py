@@ -258,3 +258,38 @@ def test_shutdown_drains_requests_in_flight(keys):
     client.join(timeout=30)
     thread.join(timeout=30)
     assert result["text"].rstrip().endswith("data: [DONE]")
+
+
+def test_expired_key_is_401_and_admin_routes_need_the_admin_scope(serve, keys):
+    short, _ = keys.create("short", expires_days=1e-6)  # about 0.1 s
+    admin, _ = keys.create("ops", scopes=["admin"])
+    user, _ = keys.create("user")
+    time.sleep(0.2)
+    with serve(config(), {"fake": FakeClient()}) as s:
+        auth = lambda k: {"Authorization": f"Bearer {k}"}  # noqa: E731
+        assert httpx.get(s.url + "/v1/models", headers=auth(short)).status_code == 401
+        assert httpx.get(s.url + "/admin/keys", headers=auth(user)).status_code == 403
+        listed = httpx.get(s.url + "/admin/keys", headers=auth(admin))
+        assert listed.status_code == 200 and {k["name"] for k in listed.json()["data"]} == {
+            "short",
+            "ops",
+            "user",
+        }
+        assert admin not in listed.text and "hash" not in listed.text
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    from tuneloop.config import load_config
+    from tuneloop.errors import ConfigError
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(
+        "models:\n  - name: a\n    model: x\nroutes:\n  - name: bot\n    variants: [{model: b}]\n"
+    )
+    with pytest.raises(ConfigError, match="'b' is not a served model name"):
+        load_config(ServeConfig, path)
+    path.write_text("models:\n  - name: a\n    model: x\n    upstream: http://h/v1\n")
+    with pytest.raises(ConfigError, match="exactly one of 'model' or 'upstream'"):
+        load_config(ServeConfig, path)
+    with pytest.raises(ConfigError, match=r"did you mean 'limits\.max_n'"):
+        load_config(ServeConfig, None, ["limits.max_nn=3"])
