@@ -18,6 +18,7 @@ from tuneloop.serve.config import ServeConfig
 from tuneloop.serve.errors import install_handlers
 from tuneloop.serve.feedback import FeedbackStore
 from tuneloop.serve.guard import InputGuard
+from tuneloop.serve.jwt import JWTVerifier
 from tuneloop.serve.keys import KeyStore
 from tuneloop.serve.limits import ConcurrencyGate, RateLimiter
 from tuneloop.serve.metrics import Metrics
@@ -54,6 +55,7 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
         state.keys = KeyStore(config.auth.database_url)
+        state.jwt = JWTVerifier(config.auth.jwt) if config.auth.jwt else None
         state.feedback = FeedbackStore(config.auth.database_url)
         state.limiter = RateLimiter()
         log_cfg = config.log

@@ -7,6 +7,7 @@ error shape. The key itself never reaches logs: only its id does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from fastapi import Request
 
@@ -35,7 +36,7 @@ def require(scope: str) -> Callable[[Request], ApiKey]:
             token = _bearer(request)
             if token is None:
                 raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
-            found = state.keys.verify(token)
+            found = _verify(state, token)
             if found is None:
                 raise APIError(401, "invalid, revoked or expired API key", "invalid_api_key")
             key = found
@@ -45,6 +46,13 @@ def require(scope: str) -> Callable[[Request], ApiKey]:
         return key
 
     return dependency
+
+
+def _verify(state: Any, token: str) -> ApiKey | None:
+    # our keys start with tl-; a JWT is three dot-separated parts
+    if state.jwt is not None and not token.startswith("tl-") and token.count(".") == 2:
+        return state.jwt.verify(token)
+    return state.keys.verify(token)
 
 
 def check_model(key: ApiKey, model: str) -> None:

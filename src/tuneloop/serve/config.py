@@ -31,9 +31,22 @@ class ModelConfig(Config):
         return self
 
 
+class JWTConfig(Config):
+    """OAuth2 bearer tokens from an identity provider, accepted next to API keys."""
+
+    issuer: str
+    audience: str
+    jwks_url: str  # the provider's public keys (fetched, cached, refetched for an unknown key id)
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    scope_claim: str = "scope"  # space-separated string or list; values are tuneloop scopes
+    models_claim: str | None = None  # a claim listing allowed served names (default: all)
+    jwks_cache_s: float = Field(default=300.0, ge=0)
+
+
 class AuthConfig(Config):
     enabled: bool = True  # off only for local experiments: every request is then anonymous
     database_url: str | None = None  # default: sqlite in TUNELOOP_HOME/serve/serve.db
+    jwt: JWTConfig | None = None
 
 
 class LimitsConfig(Config):
