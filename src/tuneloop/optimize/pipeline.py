@@ -17,7 +17,7 @@ from tuneloop.errors import TuneloopError
 from tuneloop.models.loading import load_model, load_tokenizer, pick_device
 from tuneloop.models.resolve import ResolvedModel, resolve_model
 from tuneloop.optimize import prune as pruning
-from tuneloop.optimize.measure import Workload, measure
+from tuneloop.optimize.measure import Measurement, Workload, measure
 from tuneloop.optimize.quantize import quantize_folder
 from tuneloop.optimize.report import ExportReport, QualityCheck
 
@@ -37,6 +37,7 @@ class ExportOptions:
     eval_data: Path | None = None
     device: str = "auto"
     workload: dict[str, Any] = field(default_factory=dict)  # Workload overrides (tests, benchmarks)
+    before: Measurement | None = None  # the source measured earlier with this workload (benchmarks)
 
     @property
     def pruning(self) -> bool:
@@ -112,7 +113,7 @@ def run_export(ref: str, opts: ExportOptions) -> ExportReport:
     check_options(opts, resolved, device)
     out = output_dir(opts, resolved)
     work = Workload.from_file(opts.eval_data, **opts.workload)
-    before = measure(resolved.path, device, work, with_sparsity=opts.pruning)
+    before = opts.before or measure(resolved.path, device, work, with_sparsity=opts.pruning)
     out.mkdir(parents=True, exist_ok=True)
     steps = build(resolved, opts, device, out)
     after = measure(out, device, work, with_sparsity=opts.pruning)
