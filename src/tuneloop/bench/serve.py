@@ -23,8 +23,9 @@ class Sample:
     completion_tokens: int = 0
 
 
-def _prompt(words: int) -> str:
-    return " ".join(f"word{i % 50}" for i in range(words))
+def _prompt(words: int, request: int) -> str:
+    # distinct from the first word on, so the prefix cache cannot serve one request's prompt to another
+    return " ".join(f"r{request}w{i % 50}" for i in range(words))
 
 
 async def _one(c: httpx.AsyncClient, body: dict, stream: bool) -> Sample:
@@ -48,16 +49,17 @@ async def _one(c: httpx.AsyncClient, body: dict, stream: bool) -> Sample:
 
 
 async def _run(
-    url: str, model: str, requests: int, concurrency: int, body: dict, stream: bool, api_key: str | None
+    url: str, requests: int, concurrency: int, body: dict, prompt_len: int, stream: bool, api_key: str | None
 ) -> tuple[list[Sample], float]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     todo = iter(range(requests))
     samples: list[Sample] = []
 
     async def client(c: httpx.AsyncClient) -> None:
-        for _ in todo:
+        for i in todo:
             try:
-                samples.append(await _one(c, body, stream))
+                messages = [{"role": "user", "content": _prompt(prompt_len, i)}]
+                samples.append(await _one(c, {**body, "messages": messages}, stream))
             except httpx.HTTPError:
                 samples.append(Sample(0, 0.0))
 
@@ -90,13 +92,12 @@ def run(
     """Load `url` (…/v1) and report; latencies in seconds."""
     body = {
         "model": model,
-        "messages": [{"role": "user", "content": _prompt(prompt_len)}],
         "max_tokens": max_tokens,
         "stream": stream,
     }
     if stream:
         body["stream_options"] = {"include_usage": True}
-    samples, wall = asyncio.run(_run(url, model, requests, concurrency, body, stream, api_key))
+    samples, wall = asyncio.run(_run(url, requests, concurrency, body, prompt_len, stream, api_key))
     ok = [s for s in samples if s.status == 200]
     tpot = [
         (s.latency - s.ttft) / (s.completion_tokens - 1) for s in ok if s.ttft and s.completion_tokens > 1
