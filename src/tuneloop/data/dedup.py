@@ -134,17 +134,22 @@ def group_edges(
     would miss pairs that share a bucket with unrelated documents, which boilerplate-heavy corpora
     produce; `max_reps` bounds the work in such buckets.
     """
+    if len(members) == 2:  # the common case: one candidate pair
+        (a, sig_a), (b, sig_b) = members
+        sim = float((sig_a == sig_b).mean())
+        return [(b, a, round(sim, 4))] if sim >= threshold else []
+    reps = np.empty((min(len(members), max_reps), len(members[0][1])), dtype=members[0][1].dtype)
+    reps[0] = members[0][1]
     rep_orders = [members[0][0]]
-    reps = members[0][1][None, :]  # (R, num_perm)
     edges = []
     for order, sig in members[1:]:
-        sims = (reps == sig).mean(axis=1)
+        sims = (reps[: len(rep_orders)] == sig).mean(axis=1)
         hit = np.flatnonzero(sims >= threshold)
         if hit.size:
             edges.append((order, rep_orders[hit[0]], round(float(sims[hit[0]]), 4)))
         elif len(rep_orders) < max_reps:
+            reps[len(rep_orders)] = sig
             rep_orders.append(order)
-            reps = np.vstack([reps, sig])
     return edges
 
 
