@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from tuneloop.serve.config import InputConfig
 from tuneloop.serve.errors import APIError
 
-# C0 controls except tab, newline and carriage return, plus DEL: never meaningful in a prompt
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 controls except tab, newline and carriage return, plus DEL: never meaningful in a prompt;
+# lone surrogates (JSON allows "\ud800") are not text at all and cannot even be encoded back
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 class InputGuard:
@@ -30,3 +31,9 @@ class InputGuard:
             for pattern, reason in self.deny:
                 if pattern.search(text):
                     raise APIError(400, reason, "content_denied")
+
+
+def check_characters(text: str | None) -> None:
+    bad = _CONTROL.search(text or "")
+    if bad:
+        raise APIError(400, f"character U+{ord(bad.group()):04X} is not allowed", "invalid_character")

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Depends, Request
 
 from tuneloop.serve.auth import require
 from tuneloop.serve.feedback import as_json
+from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import FeedbackRequest
 
@@ -16,6 +17,8 @@ router = APIRouter(tags=["feedback"])
 def post_feedback(
     body: FeedbackRequest, request: Request, key: ApiKey = Depends(require("feedback"))
 ) -> dict:
+    for text in (body.response_id, body.correction, body.comment):
+        check_characters(text)
     record = request.app.state.feedback.add(
         body.response_id, body.rating, key.id, body.correction, body.comment
     )

@@ -1,0 +1,89 @@
+"""Malformed requests never cause a 500: mutated bodies against every POST route (fake engine).
+
+A small stand-in for schemathesis: valid requests with one field replaced by junk of another
+type, removed, or nested; every answer must be a 2xx or a 4xx in OpenAI's error shape.
+"""
+
+from __future__ import annotations
+
+import random
+
+import httpx
+
+from tuneloop.serve import ServeConfig
+from tuneloop.serve.fake import FakeClient
+
+VALID = {
+    "/v1/chat/completions": {
+        "model": "fake",
+        "messages": [{"role": "user", "content": "hi there"}],
+        "max_tokens": 4,
+        "n": 2,
+        "stop": ["x"],
+        "temperature": 0.5,
+        "logprobs": True,
+        "top_logprobs": 2,
+        "stream": False,
+        "user": "u",
+    },
+    "/v1/completions": {
+        "model": "fake",
+        "prompt": "hello world",
+        "max_tokens": 3,
+        "echo": True,
+        "logprobs": 1,
+        "seed": 3,
+        "stream_options": {"include_usage": True},
+    },
+    "/v1/feedback": {"response_id": "chatcmpl-1", "rating": 4, "correction": "c", "comment": "ok"},
+}
+JUNK = [
+    None,
+    -1,
+    0,
+    10**12,
+    1.5,
+    float("-1e308"),
+    "",
+    "x" * 5000,
+    "\u202e\U0001f600",
+    True,
+    [],
+    [None],
+    {},
+    {"a": {"b": [1]}},
+    ["x"] * 50,
+]
+
+
+def _mutations(rng: random.Random, body: dict, count: int) -> list[dict]:
+    out = []
+    for _ in range(count):
+        mutated = dict(body)
+        field = rng.choice(list(body))
+        if rng.random() < 0.2:
+            del mutated[field]
+        else:
+            mutated[field] = rng.choice(JUNK)
+        if field == "messages" and rng.random() < 0.5:
+            mutated[field] = [{"role": rng.choice(["user", "bogus", 3]), "content": rng.choice(JUNK)}]
+        out.append(mutated)
+    return out
+
+
+def test_mutated_requests_never_500(serve):
+    rng = random.Random(0)
+    cfg = ServeConfig.model_validate(
+        {"models": [{"name": "fake", "model": "unused"}], "auth": {"enabled": False}}
+    )
+    with serve(cfg, {"fake": FakeClient()}) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        for route, body in VALID.items():
+            assert c.post(route, json=body).status_code == 200, route
+            for mutated in _mutations(rng, body, 60):
+                r = c.post(route, json=mutated)
+                assert r.status_code < 500, (route, mutated, r.text)
+                if r.status_code >= 400:
+                    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+        for raw in (b"", b"{", b"[]", b"null", b'{"model": "fake", "prompt": "\\ud800"}'):
+            r = c.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
+            assert 400 <= r.status_code < 500, (raw, r.text)
