@@ -39,3 +39,26 @@ def test_moving_the_reference_swaps_the_model_live_and_back(serve, tiny_llama, t
         current.symlink_to(tiny_llama)  # rollback: move the reference back
         httpx.post(s.url + "/admin/reload")
         assert httpx.post(s.url + "/v1/completions", json=body).json()["choices"][0]["text"] == before
+
+
+def test_reload_interval_picks_up_a_moved_reference(serve, tiny_llama, tiny_model_factory, tmp_path):
+    import time
+
+    current = tmp_path / "current"
+    current.symlink_to(tiny_llama)
+    cfg = ServeConfig.model_validate(
+        {
+            "models": [{"name": "bot", "model": str(current), "kv_cache_gib": 0.02}],
+            "auth": {"enabled": False},
+            "reload_interval_s": 0.2,
+        }
+    )
+    with serve(cfg) as s:
+        first = s.state.models["bot"].client
+        current.unlink()
+        current.symlink_to(tiny_model_factory("llama", seed=1))
+        deadline = time.monotonic() + 60
+        while s.state.models["bot"].client is first and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert s.state.models["bot"].client is not first
+        assert httpx.post(s.url + "/v1/completions", json={"model": "bot", "prompt": "hi"}).status_code == 200

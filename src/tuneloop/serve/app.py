@@ -23,6 +23,7 @@ from tuneloop.serve.keys import KeyStore
 from tuneloop.serve.limits import ConcurrencyGate, RateLimiter
 from tuneloop.serve.metrics import Metrics
 from tuneloop.serve.middleware import RequestContext
+from tuneloop.serve.reload import watch
 from tuneloop.serve.requestlog import RequestLog
 from tuneloop.serve.routers import admin, chat, completions, feedback, health, models
 from tuneloop.serve.routing import Route, Shadows
@@ -74,11 +75,16 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
         if config.warmup:
             await asyncio.gather(*(c.start() for c in clients.values()))
         state.ready = True
+        watcher = (
+            asyncio.create_task(watch(state, config.reload_interval_s)) if config.reload_interval_s else None
+        )
         log.info("serving %s", ", ".join(state.models) or "no models")
         try:
             yield
         finally:
             state.ready = False
+            if watcher is not None:
+                watcher.cancel()
             await state.shadows.drain()
             await asyncio.gather(*state.background, return_exceptions=True)
             await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)

@@ -114,6 +114,9 @@ class ServeConfig(Config):
     input: InputConfig = Field(default_factory=InputConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     warmup: bool = True  # one generation per model before /ready says yes
+    reload_interval_s: float | None = Field(
+        default=None, gt=0
+    )  # re-resolve references (moved aliases) this often
 
     @model_validator(mode="after")
     def _unique_names(self) -> ServeConfig:

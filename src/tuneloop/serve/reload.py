@@ -67,3 +67,13 @@ async def _retire(clients: list, state) -> None:
             await c.close()
         elif c.lora is not None:
             await asyncio.to_thread(c.shared.engine.engine.unload_lora, c.lora)
+
+
+async def watch(state, interval_s: float) -> None:
+    """Reload every `interval_s` seconds until cancelled; a failed reload keeps the models as they are."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await reload_models(state)
+        except Exception:  # e.g. the registry is unreachable for a moment: try again next time
+            log.warning("model reload failed; still serving the loaded versions", exc_info=True)
