@@ -26,26 +26,33 @@ def _bearer(request: Request) -> str | None:
 
 
 def require(scope: str) -> Callable[[Request], ApiKey]:
-    """A dependency that returns the caller's key, or raises 401/403."""
+    """A dependency that returns the caller's key, or raises 401/403 (counted by reason in the metrics)."""
 
     def dependency(request: Request) -> ApiKey:  # sync: FastAPI runs it in a thread (SQL lookup)
-        state = request.app.state
-        if not state.config.auth.enabled:
-            key = ANONYMOUS
-        else:
-            token = _bearer(request)
-            if token is None:
-                raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
-            found = _verify(state, token)
-            if found is None:
-                raise APIError(401, "invalid, revoked or expired API key", "invalid_api_key")
-            key = found
-        if scope not in key.scopes:
-            raise APIError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
+        try:
+            key = _authenticate(request)
+            if scope not in key.scopes:
+                raise APIError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
+        except APIError as e:
+            request.app.state.metrics.rejected.labels(e.code or str(e.status)).inc()
+            raise
         request.state.key = key
         return key
 
     return dependency
+
+
+def _authenticate(request: Request) -> ApiKey:
+    state = request.app.state
+    if not state.config.auth.enabled:
+        return ANONYMOUS
+    token = _bearer(request)
+    if token is None:
+        raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
+    found = _verify(state, token)
+    if found is None:
+        raise APIError(401, "invalid, revoked or expired API key", "invalid_api_key")
+    return found
 
 
 def _verify(state: Any, token: str) -> ApiKey | None:
