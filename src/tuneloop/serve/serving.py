@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +45,7 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reasons: list[str | None] = field(default_factory=list)
+    on_admit: Callable[[], None] | None = None  # e.g. mirror to a shadow, only for admitted requests
 
     async def admit(self) -> None:
         """Quota, then a running slot (raises 429); call `release` once done."""
@@ -52,6 +53,8 @@ class Generation:
         state.limiter.check(self.key.id, self.key.rpm, self.key.tpm)
         queued = await self.served.gate.acquire()
         state.metrics.queue.labels(*self.labels).observe(queued)
+        if self.on_admit is not None:
+            self.on_admit()
 
     async def release(self) -> None:
         await self.served.gate.release()

@@ -50,7 +50,7 @@ async def chat_completions(
         logprobs=top,
     )
     gen = Generation(request, key, served, response_id, choices, body.model_dump(exclude_none=True))
-    mirror(request, body.model, choices)
+    gen.on_admit = lambda: mirror(request, body.model, choices)
     if body.stream:
         return await sse_response(gen, lambda g: _chunks(g, body))
     limits = request.app.state.config.limits

@@ -51,7 +51,7 @@ async def completions(body: CompletionRequest, request: Request, key: ApiKey = D
         echo=body.echo,
     )
     gen = Generation(request, key, served, response_id, choices, body.model_dump(exclude_none=True))
-    mirror(request, body.model, choices)
+    gen.on_admit = lambda: mirror(request, body.model, choices)
     if body.stream:
         return await sse_response(gen, lambda g: _chunks(g, body))
     limits = request.app.state.config.limits
