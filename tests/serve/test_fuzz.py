@@ -87,3 +87,23 @@ def test_mutated_requests_never_500(serve):
         for raw in (b"", b"{", b"[]", b"null", b'{"model": "fake", "prompt": "\\ud800"}'):
             r = c.post("/v1/completions", content=raw, headers={"content-type": "application/json"})
             assert 400 <= r.status_code < 500, (raw, r.text)
+
+
+def test_openapi_schema_lists_every_route(serve):
+    cfg = ServeConfig.model_validate(
+        {"models": [{"name": "fake", "model": "unused"}], "auth": {"enabled": False}}
+    )
+    with serve(cfg, {"fake": FakeClient()}) as s:
+        paths = httpx.get(s.url + "/openapi.json").json()["paths"]
+    for route in (
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+        "/v1/feedback",
+        "/health",
+        "/ready",
+        "/metrics",
+        "/admin/reload",
+        "/admin/routes/{name}",
+    ):
+        assert route in paths

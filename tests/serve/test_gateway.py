@@ -296,3 +296,13 @@ def test_config_errors_name_the_problem(tmp_path):
         load_config(ServeConfig, path)
     with pytest.raises(ConfigError, match=r"did you mean 'limits\.max_n'"):
         load_config(ServeConfig, None, ["limits.max_nn=3"])
+
+
+def test_example_serve_config_is_valid():
+    from pathlib import Path
+
+    from tuneloop.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "configs" / "serve.yaml"
+    cfg = load_config(ServeConfig, path)
+    assert cfg.models[0].name == "smollm2" and cfg.reload_interval_s == 30
