@@ -109,6 +109,14 @@ def test_validation_errors_are_400_and_unknown_model_404(serve):
             s.url + "/v1/completions", content=b"x" * 2_000_000, headers={"content-type": "application/json"}
         )
         assert r.status_code == 413
+        chunked = httpx.post(
+            s.url + "/v1/completions", content=iter([b"x" * 600_000] * 3)
+        )  # no Content-Length
+        assert chunked.status_code == 413
+        small = httpx.post(
+            s.url + "/v1/completions", content=iter([b'{"model": "fake", ', b'"prompt": "a b"}'])
+        )
+        assert small.status_code == 200, small.text
 
 
 def test_overload_gives_429_with_retry_after_and_the_server_stays_up(serve):

@@ -1,7 +1,8 @@
 """ASGI middleware (pure ASGI: no per-request task or body buffering): request ids, body size cap.
 
 `X-Request-Id` from the client is kept (when sane) and echoed; otherwise one is made. Bodies over
-the limit are refused by their Content-Length before any byte is read (413).
+the limit are refused (413): by their Content-Length before any byte is read, or, for a chunked
+upload, as soon as the bytes read pass the limit.
 """
 
 from __future__ import annotations
@@ -27,9 +28,15 @@ class RequestContext:
         given = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = given if _SANE_ID.match(given) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
-        length = headers.get(b"content-length", b"0")
-        if length.isdigit() and int(length) > self.max_body_bytes:
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return await _refuse(send, request_id, self.max_body_bytes)
+        if length is None and scope["method"] in ("POST", "PUT", "PATCH"):
+            # chunked upload: read it up to the limit first (bounded), then replay it to the app
+            body = await _read_limited(receive, self.max_body_bytes)
+            if body is None:
+                return await _refuse(send, request_id, self.max_body_bytes)
+            receive = _replay(body)
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -38,6 +45,34 @@ class RequestContext:
             await send(message)
 
         await self.app(scope, receive, send_with_id)
+
+
+async def _read_limited(receive: Any, limit: int) -> bytes | None:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > limit:
+            return None
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Any:
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
 async def _refuse(send: Any, request_id: str, limit: int) -> None:
