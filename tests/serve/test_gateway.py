@@ -113,9 +113,9 @@ def test_validation_errors_are_400_and_unknown_model_404(serve):
             s.url + "/v1/completions", content=iter([b"x" * 600_000] * 3)
         )  # no Content-Length
         assert chunked.status_code == 413
-        small = httpx.post(
-            s.url + "/v1/completions", content=iter([b'{"model": "fake", ', b'"prompt": "a b"}'])
-        )
+        parts = iter([b'{"model": "fake", ', b'"prompt": "a b"}'])
+        json_type = {"content-type": "application/json"}
+        small = httpx.post(s.url + "/v1/completions", content=parts, headers=json_type)
         assert small.status_code == 200, small.text
 
 
