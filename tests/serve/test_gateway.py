@@ -314,3 +314,14 @@ def test_example_serve_config_is_valid():
     path = Path(__file__).resolve().parents[2] / "examples" / "configs" / "serve.yaml"
     cfg = load_config(ServeConfig, path)
     assert cfg.models[0].name == "smollm2" and cfg.reload_interval_s == 30
+
+
+def test_request_timeout_is_504_also_for_streams(serve):
+    cfg = config(auth={"enabled": False}, limits={"request_timeout_s": 0.3})
+    with serve(cfg, {"fake": FakeClient(delay_s=0.1)}) as s:
+        body = {"model": "fake", "prompt": "w " * 20, "max_tokens": 20}
+        r = httpx.post(s.url + "/v1/completions", json=body)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        streamed = httpx.post(s.url + "/v1/completions", json={**body, "stream": True}).text
+        assert '"code": "timeout"' in streamed and "[DONE]" not in streamed
+        assert s.state.models["fake"].gate.running == 0

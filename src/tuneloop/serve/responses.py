@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -71,12 +72,12 @@ async def json_response(
 
 
 async def sse_response(
-    gen: Generation, chunks: Callable[[Generation], AsyncIterator[dict]]
+    gen: Generation, chunks: Callable[[Generation], AsyncIterator[dict]], timeout_s: float
 ) -> StreamingResponse:
     await _admit(gen)
     source = aiter(chunks(gen))
     try:  # the first chunk before any byte is sent: a bad request is still a proper 4xx
-        first = await anext(source, None)
+        first = await _next_before(source, gen.start + timeout_s)
     except BaseException as e:
         await gen.release()
         status = e.status if isinstance(e, APIError) else 500
@@ -92,7 +93,7 @@ async def sse_response(
                     piece = c.get("text") or (c.get("delta") or {}).get("content") or ""
                     texts[c["index"]] = texts.get(c["index"], "") + piece
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-                chunk = await anext(source, None)
+                chunk = await _next_before(source, gen.start + timeout_s)
             yield "data: [DONE]\n\n"
         except APIError as e:  # headers are sent already: the error goes into the stream
             status, error = e.status, e.message
@@ -111,6 +112,15 @@ async def sse_response(
             )
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=_headers(gen))
+
+
+async def _next_before(source: AsyncIterator[dict], deadline: float) -> dict | None:
+    """The next chunk, or a 504 once the request has used up its time (a stream is timed as a whole)."""
+    remaining = deadline - time.monotonic()
+    try:
+        return await asyncio.wait_for(anext(source, None), max(remaining, 0.001))
+    except TimeoutError:
+        raise APIError(504, "the request took longer than its time limit", "timeout") from None
 
 
 def _headers(gen: Generation) -> dict[str, str]:

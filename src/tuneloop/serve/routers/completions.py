@@ -52,9 +52,9 @@ async def completions(body: CompletionRequest, request: Request, key: ApiKey = D
     )
     gen = Generation(request, key, served, response_id, choices, body.model_dump(exclude_none=True))
     gen.on_admit = lambda: mirror(request, body.model, choices)
-    if body.stream:
-        return await sse_response(gen, lambda g: _chunks(g, body))
     limits = request.app.state.config.limits
+    if body.stream:
+        return await sse_response(gen, lambda g: _chunks(g, body), limits.request_timeout_s)
     return await json_response(gen, lambda results: _response(gen, body, results), limits.request_timeout_s)
 
 
