@@ -196,3 +196,33 @@ def test_too_long_prompt_is_a_400_even_when_streaming(client):
                 model="tiny", messages=[{"role": "user", "content": long}], stream=stream
             )
             list(out) if stream else None
+
+
+def test_upstream_forwards_logprobs_and_echo(server, serve):
+    from tuneloop.serve.upstream import UpstreamClient
+
+    front_cfg = ServeConfig.model_validate(
+        {
+            "models": [{"name": "remote", "upstream": server.url + "/v1", "upstream_model": "tiny"}],
+            "auth": {"enabled": False},
+            "log": {"enabled": False},
+        }
+    )
+    direct = openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0)
+    with serve(front_cfg, {"remote": UpstreamClient(server.url + "/v1", "tiny")}) as front:
+        via = openai.OpenAI(base_url=front.url + "/v1", api_key="x", max_retries=0)
+        kw = dict(
+            messages=[{"role": "user", "content": "hello there"}],
+            max_tokens=4,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=2,
+        )
+        a = direct.chat.completions.create(model="tiny", **kw).choices[0]
+        b = via.chat.completions.create(model="remote", **kw).choices[0]
+        assert b.message.content == a.message.content
+        assert [t.token for t in b.logprobs.content] == [t.token for t in a.logprobs.content]
+        ekw = dict(prompt="Numbers: 0 1 2 3 4 5 6 7 8 9", max_tokens=2, temperature=0, echo=True, logprobs=1)
+        e1 = direct.completions.create(model="tiny", **ekw).choices[0]
+        e2 = via.completions.create(model="remote", **ekw).choices[0]
+        assert e2.text == e1.text and e2.logprobs.tokens == e1.logprobs.tokens

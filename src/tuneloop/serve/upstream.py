@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest
+from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest, TokenLogprob
 from tuneloop.serve.errors import APIError
 
 
@@ -32,6 +32,9 @@ class UpstreamClient:
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         path, body = self._body(request)
+        if request.echo:  # echo is answered whole (servers do not stream it)
+            yield await self._whole(path, {**body, "stream": False, "stream_options": None}, request)
+            return
         try:
             async with self.http.stream("POST", path, json=body) as r:
                 if r.status_code >= 400:
@@ -55,9 +58,34 @@ class UpstreamClient:
             "presence_penalty": request.presence_penalty,
             "frequency_penalty": request.frequency_penalty,
         }
+        k = request.logprobs
         if request.messages is not None:
-            return "/chat/completions", {**body, "messages": request.messages}
-        return "/completions", {**body, "prompt": request.prompt, "echo": request.echo}
+            extra = {"logprobs": True, "top_logprobs": k} if k is not None else {}
+            return "/chat/completions", {**body, "messages": request.messages, **extra}
+        return "/completions", {**body, "prompt": request.prompt, "echo": request.echo, "logprobs": k}
+
+    async def _whole(self, path: str, body: dict[str, Any], request: GenerateRequest) -> Delta:
+        try:
+            r = await self.http.post(path, json=body)
+        except httpx.HTTPError as e:
+            raise APIError(502, f"upstream request failed: {type(e).__name__}", "upstream_error") from None
+        if r.status_code >= 400:
+            raise APIError(r.status_code, _message(r), "upstream_error")
+        data = r.json()
+        choice, usage = data["choices"][0], data.get("usage") or {}
+        n_prompt = usage.get("prompt_tokens", 0)
+        entries = _completion_logprobs(choice.get("logprobs"))
+        prompt = request.prompt or ""
+        text = choice.get("text") or ""
+        return Delta(
+            text=text[len(prompt) :] if text.startswith(prompt) else text,
+            logprobs=entries[n_prompt:],
+            finish_reason=choice.get("finish_reason") or "stop",
+            prompt_tokens=n_prompt,
+            completion_tokens=usage.get("completion_tokens", 0),
+            echo_text=prompt,
+            echo_logprobs=entries[:n_prompt],
+        )
 
     async def _deltas(self, r: httpx.Response, request: GenerateRequest) -> AsyncIterator[Delta]:
         finish: str | None = None
@@ -68,8 +96,9 @@ class UpstreamClient:
             for choice in chunk.get("choices") or []:
                 text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
                 finish = choice.get("finish_reason") or finish
-                if text:
-                    yield Delta(text=text)
+                logprobs = _chunk_logprobs(choice.get("logprobs"))
+                if text or logprobs:
+                    yield Delta(text=text, logprobs=logprobs)
             if chunk.get("usage"):
                 u = chunk["usage"]
                 yield Delta(
@@ -85,6 +114,30 @@ class UpstreamClient:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+def _chunk_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob]:
+    """Logprobs of a chat chunk ({"content": [...]}) or a completion chunk ({"tokens": ...})."""
+    if not lp:
+        return []
+    if "content" in lp:
+        return [
+            TokenLogprob(
+                e["token"], e["logprob"], {t["token"]: t["logprob"] for t in e.get("top_logprobs") or []}
+            )
+            for e in lp["content"] or []
+        ]
+    return _completion_logprobs(lp)
+
+
+def _completion_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob]:
+    if not lp:
+        return []
+    tops = lp.get("top_logprobs") or [None] * len(lp["tokens"])
+    return [
+        TokenLogprob(t, v, dict(top or {}))
+        for t, v, top in zip(lp["tokens"], lp["token_logprobs"], tops, strict=False)
+    ]
 
 
 def _message(r: httpx.Response) -> str:
