@@ -32,6 +32,7 @@ def test_base_and_adapter_share_one_engine_and_adapters_reload(serve, tiny_llama
         {
             "models": [
                 {"name": "base", "model": str(tiny_llama), "kv_cache_gib": 0.02},
+                {"name": "base-alias", "model": str(tiny_llama)},  # same engine, warmed up concurrently
                 {"name": "support", "model": str(tiny_llama), "lora": str(current)},
             ],
             "routes": [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ class LocalClient:
 
     async def start(self) -> None:
         """Warm-up: one short generation, so the first user does not pay for lazy initialisation."""
-        request = GenerateRequest(request_id="warmup-" + (self.lora or "base"), prompt="Hello", max_tokens=1)
+        request = GenerateRequest(request_id=f"warmup-{uuid.uuid4().hex}", prompt="Hello", max_tokens=1)
         async for _ in self.generate(request):
             pass
 
