@@ -62,6 +62,10 @@ def serve(
     if not cfg.models:
         raise TuneloopError("nothing to serve", hint="give --model REF or a --config with a `models:` list")
     console.print(f"serving {', '.join(m.name for m in cfg.models)} on http://{cfg.host}:{cfg.port}/v1")
+    if cfg.auth.enabled and not _store(cfg.auth.database_url).list():
+        console.print(
+            "[yellow]no API keys yet:[/] create one with `tuneloop keys create --name NAME` (or use --no-auth)"
+        )
     uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=30)
 
 
