@@ -226,3 +226,16 @@ def test_upstream_forwards_logprobs_and_echo(server, serve):
         e1 = direct.completions.create(model="tiny", **ekw).choices[0]
         e2 = via.completions.create(model="remote", **ekw).choices[0]
         assert e2.text == e1.text and e2.logprobs.tokens == e1.logprobs.tokens
+
+
+def test_token_id_prompts_equal_text_prompts(client, tiny_llama):
+    ids = load_tokenizer(tiny_llama).encode("The capital of France", add_special_tokens=True)
+    kw = dict(model="tiny", max_tokens=6, temperature=0)
+    as_text = client.completions.create(prompt="The capital of France", **kw)
+    as_ids = client.completions.create(prompt=ids, **kw)
+    assert as_ids.choices[0].text == as_text.choices[0].text
+    assert as_ids.usage.prompt_tokens == len(ids)
+    with pytest.raises(openai.BadRequestError, match="vocabulary"):
+        client.completions.create(prompt=[10**6], **kw)
+    with pytest.raises(openai.BadRequestError, match="one prompt per request"):
+        client.completions.create(prompt=["a", "b"], **kw)

@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 class GenerateRequest:
     request_id: str
     prompt: str | None = None  # completions
+    prompt_ids: list[int] | None = None  # completions given as token ids (local engines only)
     messages: list[dict[str, str]] | None = None  # chat (rendered by the model's chat template)
     max_tokens: int = 16
     temperature: float = 1.0

@@ -22,7 +22,10 @@ class FakeClient:
         self.started = True
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
-        source = request.prompt if request.messages is None else request.messages[-1]["content"]
+        if request.prompt_ids is not None:
+            source = " ".join(map(str, request.prompt_ids))
+        else:
+            source = request.prompt if request.messages is None else request.messages[-1]["content"]
         words = (source or "").split()[: request.max_tokens] or ["ok"]
         self.running += 1
         try:

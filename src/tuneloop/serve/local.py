@@ -95,6 +95,8 @@ class LocalClient:
                 )
             text = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
             ids = tok.encode(text, add_special_tokens=False)
+        elif request.prompt_ids is not None:
+            ids = list(request.prompt_ids)  # the engine checks they are in the vocabulary
         else:
             ids = tok.encode(request.prompt or "", add_special_tokens=True)
         if not ids:

@@ -70,7 +70,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids (evaluation harnesses)
     logprobs: int | None = Field(default=None, ge=0, le=5)
     echo: bool = False
 

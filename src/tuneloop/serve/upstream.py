@@ -62,7 +62,8 @@ class UpstreamClient:
         if request.messages is not None:
             extra = {"logprobs": True, "top_logprobs": k} if k is not None else {}
             return "/chat/completions", {**body, "messages": request.messages, **extra}
-        return "/completions", {**body, "prompt": request.prompt, "echo": request.echo, "logprobs": k}
+        prompt = request.prompt if request.prompt_ids is None else request.prompt_ids
+        return "/completions", {**body, "prompt": prompt, "echo": request.echo, "logprobs": k}
 
     async def _whole(self, path: str, body: dict[str, Any], request: GenerateRequest) -> Delta:
         try:
@@ -75,7 +76,7 @@ class UpstreamClient:
         choice, usage = data["choices"][0], data.get("usage") or {}
         n_prompt = usage.get("prompt_tokens", 0)
         entries = _completion_logprobs(choice.get("logprobs"))
-        prompt = request.prompt or ""
+        prompt = request.prompt or ""  # token-id prompts: the echoed text comes back whole
         text = choice.get("text") or ""
         return Delta(
             text=text[len(prompt) :] if text.startswith(prompt) else text,

@@ -31,22 +31,19 @@ router = APIRouter(tags=["completions"])
 async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(require("inference"))):
     check_model(key, body.model)
     served = served_model(request, body.model, body.user)
-    if isinstance(
-        body.prompt, list
-    ):  # a batch of prompts is n choices per prompt in OpenAI; one is enough here
-        if len(body.prompt) != 1:
-            raise APIError(400, "send one prompt per request", "invalid_value", "prompt")
-        body.prompt = body.prompt[0]
+    prompt = _one_prompt(body)
     if body.echo and body.stream:
         raise APIError(400, "echo is not supported with stream", "invalid_value", "echo")
-    request.app.state.guard.check([body.prompt])
+    if isinstance(prompt, str):
+        request.app.state.guard.check([prompt])
     response_id = new_id("cmpl")
     choices = fan_out(
         request,
         body,
         response_id,
         body.max_tokens,
-        prompt=body.prompt,
+        prompt=prompt if isinstance(prompt, str) else None,
+        prompt_ids=None if isinstance(prompt, str) else prompt,
         logprobs=body.logprobs,
         echo=body.echo,
     )
@@ -56,6 +53,18 @@ async def completions(body: CompletionRequest, request: Request, key: ApiKey = D
     if body.stream:
         return await sse_response(gen, lambda g: _chunks(g, body), limits.request_timeout_s)
     return await json_response(gen, lambda results: _response(gen, body, results), limits.request_timeout_s)
+
+
+def _one_prompt(body: CompletionRequest) -> str | list[int]:
+    """The single prompt of a request: text or token ids (a batch of prompts is refused: send one each)."""
+    p = body.prompt
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
+        p = p[0]
+    if isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(t, int) for t in p)):
+        return p
+    raise APIError(
+        400, "send one prompt per request: a string or a list of token ids", "invalid_value", "prompt"
+    )
 
 
 def _logprobs(entries: list[TokenLogprob], start: int = 0) -> CompletionLogprobs:
