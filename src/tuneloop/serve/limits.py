@@ -54,7 +54,8 @@ class ConcurrencyGate:
     async def release(self) -> None:
         async with self._cond:
             self.running -= 1
-            self._cond.notify()
+            # all, not one: a waiter woken just as its client left would otherwise swallow the slot
+            self._cond.notify_all()
 
 
 class KeyQuota:
