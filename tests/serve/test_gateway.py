@@ -287,6 +287,11 @@ def test_expired_key_is_401_and_admin_routes_need_the_admin_scope(serve, keys):
             "user",
         }
         assert admin not in listed.text and "hash" not in listed.text
+        made = httpx.post(s.url + "/admin/keys", headers=auth(admin), json={"name": "bot", "rpm": 10}).json()
+        assert httpx.get(s.url + "/v1/models", headers=auth(made["key"])).status_code == 200
+        assert httpx.delete(s.url + f"/admin/keys/{made['id']}", headers=auth(admin)).status_code == 200
+        assert httpx.get(s.url + "/v1/models", headers=auth(made["key"])).status_code == 401
+        assert httpx.delete(s.url + "/admin/keys/nope", headers=auth(admin)).status_code == 404
 
 
 def test_config_errors_name_the_problem(tmp_path):

@@ -1,12 +1,13 @@
-"""Admin routes (the `admin` scope): API keys (without secrets) and live route weights."""
+"""Admin routes (the `admin` scope): API keys, live route weights, model reload."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from tuneloop.errors import TuneloopError
 from tuneloop.serve.auth import require
 from tuneloop.serve.config import RouteConfig
 from tuneloop.serve.errors import APIError
@@ -26,6 +27,35 @@ async def reload(request: Request, key: ApiKey = Depends(require("admin"))) -> d
 @router.get("/keys")
 def list_keys(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
     return {"object": "list", "data": [asdict(k) for k in request.app.state.keys.list()]}
+
+
+class NewKey(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[str] | None = None
+    models: list[str] | None = None
+    rpm: int | None = Field(default=None, ge=1)
+    tpm: int | None = Field(default=None, ge=1)
+    expires_days: float | None = Field(default=None, gt=0)
+
+
+@router.post("/keys")
+def create_key(body: NewKey, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+    """Create a key; the secret is in this response only."""
+    try:
+        secret, record = request.app.state.keys.create(
+            body.name, body.scopes, body.models, body.rpm, body.tpm, body.expires_days
+        )
+    except TuneloopError as e:
+        raise APIError(400, e.message, "invalid_value") from None
+    return {"key": secret, **asdict(record)}
+
+
+@router.delete("/keys/{key_id}")
+def revoke_key(key_id: str, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+    try:
+        return asdict(request.app.state.keys.revoke(key_id))
+    except TuneloopError as e:
+        raise APIError(404, e.message, "key_not_found") from None
 
 
 def _route_json(r: Route) -> dict:
