@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -46,7 +47,7 @@ def _free_port() -> int:
 def test_serve_command_answers_and_shuts_down_gracefully(tiny_llama):
     port = _free_port()
     cmd = [sys.executable, "-m", "tuneloop", "serve", "--model", str(tiny_llama), "--name", "tiny",
-           "--port", str(port), "--no-auth", "--kv-cache-gib", "0.02"]  # fmt: skip
+           "--port", str(port), "--no-auth", "--kv-cache-gib", "0.02", "--log-json"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ.copy())
     try:
         deadline = time.monotonic() + 120
@@ -67,3 +68,5 @@ def test_serve_command_answers_and_shuts_down_gracefully(tiny_llama):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=60) == 0
+    lines = [json.loads(line) for line in proc.stdout.read().decode().splitlines() if line.startswith("{")]
+    assert any(entry["logger"] == "uvicorn.access" for entry in lines)

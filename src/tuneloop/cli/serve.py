@@ -47,6 +47,7 @@ def serve(
     host: str = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
     port: int = typer.Option(None, "--port", "-p", help="Port (default 8000)."),
     kv_cache_gib: float = typer.Option(None, "--kv-cache-gib", min=0.001, help="KV-cache size of --model."),
+    log_json: bool = typer.Option(False, "--log-json", help="Server logs as one JSON object per line."),
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Accept requests without API keys (local use only)."
     ),
@@ -66,7 +67,15 @@ def serve(
         console.print(
             "[yellow]no API keys yet:[/] create one with `tuneloop keys create --name NAME` (or use --no-auth)"
         )
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=30)
+    from tuneloop.serve.logs import log_config
+
+    uvicorn.run(
+        create_app(cfg),
+        host=cfg.host,
+        port=cfg.port,
+        log_config=log_config(log_json),
+        timeout_graceful_shutdown=30,
+    )
 
 
 def _config(
