@@ -191,3 +191,17 @@ def test_non_llama_model_runs_through_the_transformers_fallback(tmp_path):
     outs = eng.generate(ps, GREEDY)
     assert [o.token_ids for o in outs] == [hf_greedy(folder, p, 12) for p in ps]
     assert eng.runner.fallback.caches == {}  # released when the requests finished
+
+
+def test_prompt_logprobs_survive_chunked_prefill_and_a_warm_prefix_cache(tiny_llama):
+    p = prompts(1, seed=13, lengths=(23,))[0]
+    eng = engine(tiny_llama, max_num_batched_tokens=8)  # the prompt is prefilled in 3 chunks
+    eng.generate([p], GREEDY)  # warms the prefix cache with this very prompt
+    out = eng.generate([p], SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0, ignore_eos=True))[
+        0
+    ]
+    with torch.no_grad():
+        lp = torch.log_softmax(_hf(str(tiny_llama))(torch.tensor([p])).logits[0].float(), -1)
+    assert len(out.prompt_logprobs) == len(p) and out.prompt_logprobs[0] is None
+    got = [out.prompt_logprobs[i][p[i]] for i in range(1, len(p))]
+    assert got == pytest.approx([float(lp[i - 1, p[i]]) for i in range(1, len(p))], abs=1e-4)

@@ -55,8 +55,8 @@ class BlockManager:
 
     def _prefix_hits(self, seq: Sequence) -> list[int]:
         """Block ids that already hold the leading full blocks of `seq` (the chain stops at a miss)."""
-        if not self.prefix_caching:
-            return []
+        if not self.prefix_caching or seq.params.prompt_logprobs is not None:
+            return []  # prompt logprobs need every prompt position computed, not served from the cache
         hits, previous = [], None
         ids = seq.token_ids
         for start in range(0, len(ids) - self.block_size + 1, self.block_size):

@@ -165,22 +165,33 @@ class LLMEngine:
         return None
 
     def _prompt_logprobs(self, batch: list[Scheduled], all_logits: torch.Tensor) -> dict[str, list]:
-        """Logprob of each prompt token given the ones before it (the first has none), for echo scoring."""
+        """Logprob of each prompt token given the ones before it (the first has none), for echo scoring.
+
+        Collected chunk by chunk (a long prompt is prefilled over several steps) on the sequence;
+        returned with its first output token. Such requests bypass the prefix cache (block_manager),
+        so every prompt position is computed here.
+        """
         out: dict[str, list] = {}
         offset = 0
         for item in batch:
             seq, n, k = item.seq, item.num_tokens, item.seq.params.prompt_logprobs
-            if k is not None and item.samples and seq.num_cached_prompt == 0 and seq.num_computed == 0:
-                lp = torch.log_softmax(all_logits[offset : offset + n - 1], dim=-1)
-                targets = seq.prompt_ids[1:n]
-                rows: list[dict[int, float] | None] = [None]
-                for r, t in enumerate(targets):
-                    entry = {t: float(lp[r, t])}
-                    if k > 0:
-                        top = torch.topk(lp[r], k)
-                        entry.update({int(i): float(v) for i, v in zip(top.indices, top.values, strict=True)})
-                    rows.append(entry)
-                out[seq.request_id] = rows
+            start, prompt = seq.num_computed, seq.prompt_ids
+            if k is not None and start < len(prompt):
+                if start == 0:  # (again, after a preemption)
+                    seq.prompt_logprobs = [None]
+                count = min(start + n, len(prompt) - 1) - start  # rows whose next token is a prompt token
+                if count > 0:
+                    lp = torch.log_softmax(all_logits[offset : offset + count], dim=-1)
+                    for r, target in enumerate(prompt[start + 1 : start + 1 + count]):
+                        entry = {target: float(lp[r, target])}
+                        if k > 0:
+                            top = torch.topk(lp[r], k)
+                            entry.update(
+                                {int(i): float(v) for i, v in zip(top.indices, top.values, strict=True)}
+                            )
+                        seq.prompt_logprobs.append(entry)
+                if item.samples:
+                    out[seq.request_id] = list(seq.prompt_logprobs)
             offset += n
         return out
 
