@@ -24,7 +24,7 @@ def merge_adapter(adapter_path: Path, device: str = "cpu") -> tuple[Any, Any, di
         raise TuneloopError(f"'{adapter_path}' is not a LoRA adapter", hint="--merge needs an adapter folder")
     peft_config = loaded.model.peft_config["default"]
     model = loaded.model.to(torch.float32).merge_and_unload(safe_merge=True)
-    stored = _stored_dtype(Path(loaded.base)) if loaded.base else None
+    stored = stored_dtype(Path(loaded.base)) if loaded.base else None
     if stored is not None:  # merged in fp32, shipped in the base's own dtype (a bf16 base stays bf16)
         model = model.to(stored)
     details = {
@@ -38,7 +38,7 @@ def merge_adapter(adapter_path: Path, device: str = "cpu") -> tuple[Any, Any, di
     return model.eval(), loaded.tokenizer, details
 
 
-def _stored_dtype(base: Path) -> Any:
+def stored_dtype(base: Path) -> Any:
     """The dtype the base model's weights are stored in (config.json `dtype`/`torch_dtype`)."""
     import torch
 

@@ -160,7 +160,7 @@ def build(resolved: ResolvedModel, opts: ExportOptions, device: str, out: Path) 
                 {"step": f"quantize {opts.quantize}", **quantize_folder(src, out, opts.quantize, device)}
             )
     else:
-        save_hf(model, tokenizer, out)
+        save_hf(_as_stored(model, resolved, opts), tokenizer, out)
     tokenizer.save_pretrained(str(out))
     _write_prune_file(out, steps)
     return steps
@@ -206,6 +206,15 @@ def _prune(model: Any, opts: ExportOptions) -> dict[str, Any]:
         "requested": opts.prune,
         "sparsity": reached,
     }
+
+
+def _as_stored(model: Any, resolved: ResolvedModel, opts: ExportOptions) -> Any:
+    """A pruned model goes back to its source's stored dtype (it was loaded as fp32 on a CPU):
+    pruning a bf16 model must not double its file. A merged model already has its base's dtype."""
+    from tuneloop.optimize.merge import stored_dtype
+
+    dtype = None if opts.merge else stored_dtype(resolved.path)
+    return model if dtype is None else model.to(dtype)
 
 
 def save_hf(model: Any, tokenizer: Any, out: Path) -> Path:
