@@ -82,3 +82,18 @@ def test_quality_gate_refuses_with_numbers(
     assert report.registered is None
     assert not (tuneloop_home / "mlflow.db").exists()  # the registry was never touched
     assert (tmp_path / "p" / "export_report.json").is_file()  # the numbers stay for inspection
+
+
+def test_pruning_a_bf16_model_keeps_it_bf16_on_disk(tiny_llama: Path, tmp_path: Path, fast) -> None:
+    from safetensors import safe_open
+
+    from tuneloop.models.loading import load_tokenizer
+
+    source = tmp_path / "bf16"
+    load_model(tiny_llama, "cpu", dtype=torch.bfloat16).save_pretrained(str(source))
+    load_tokenizer(tiny_llama).save_pretrained(str(source))
+    report = run_export(str(source), ExportOptions(prune=0.3, out=tmp_path / "p", workload=fast))
+    # loaded as fp32 on a CPU to prune, but written back as bf16: not twice the file
+    assert report.after.size_bytes == pytest.approx(report.before.size_bytes, rel=0.02)
+    with safe_open(str(tmp_path / "p" / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.layers.0.mlp.up_proj.weight").dtype == torch.bfloat16
