@@ -71,3 +71,14 @@ def pulled_home(tmp_path_factory) -> Path:
 def default_model(pulled_home) -> Path:
     """The real default model's HF folder (pulled once per session)."""
     return pulled_home / "models" / DEFAULT_MODEL
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A local S3 (moto) on 127.0.0.1 for object-storage tests; the URL of its endpoint."""
+    moto_server = pytest.importorskip("moto.server")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
