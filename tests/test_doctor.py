@@ -168,7 +168,7 @@ def test_extra_all_expands_to_the_other_extras():
     names = {r.split(">")[0].split("[")[0] for r in doctor.extra_requirements("all")}
     assert {"peft", "fastapi", "pyarrow", "pyspark", "pytest"} <= names
     assert "tuneloop" not in names
-    assert "bitsandbytes" not in names  # 'gpu' is not part of 'all'
+    assert "liger-kernel" not in names  # 'gpu' is not part of 'all' (CUDA-only packages)
 
 
 def test_disk_is_measured_at_nearest_existing_parent(tmp_path, monkeypatch):
