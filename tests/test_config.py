@@ -113,3 +113,16 @@ def test_to_yaml_roundtrip(tmp_path):
     path = tmp_path / "resolved.yaml"
     path.write_text(cfg.to_yaml())
     assert load_config(Train, path) == cfg
+
+
+def test_missing_section_names_the_keys_it_needs():
+    class Data(Config):
+        path: str
+
+    class WithData(Config):
+        data: Data
+
+    with pytest.raises(ConfigError) as e:
+        load_config(WithData)
+    assert "missing required key 'data' (needs data.path)" in e.value.message
+    assert "key=value" in e.value.hint

@@ -224,7 +224,7 @@ def _describe(
             prefix = tuple(str(p) for p in loc[:-1])
             msg = f"unknown key '{key}'" + _did_you_mean(str(loc[-1]), names, prefix)
         elif err["type"] == "missing":
-            msg = f"missing required key '{key}'"
+            msg = f"missing required key '{key}'" + _required_inside(cls, loc)
         else:
             got = err.get("input")
             shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
@@ -233,7 +233,19 @@ def _describe(
     return "invalid config:\n  " + "\n  ".join(messages) if len(messages) > 1 else messages[0]
 
 
+def _required_inside(cls: type[Config], loc: Sequence[Any]) -> str:
+    """For a missing section, the keys it needs: "(needs data.path)"."""
+    section = _model_at(cls, loc)
+    if not (isinstance(section, type) and issubclass(section, BaseModel)):
+        return ""
+    needed = [f"{_loc_str(loc)}.{n}" for n, f in section.model_fields.items() if f.is_required()]
+    return f" (needs {', '.join(needed)})" if needed else ""
+
+
 def _hint(error: ValidationError) -> str | None:
-    if any(e["type"] == "extra_forbidden" for e in error.errors()):
+    kinds = {e["type"] for e in error.errors()}
+    if "extra_forbidden" in kinds:
         return "remove the key or fix its spelling; `--help` lists the options"
+    if "missing" in kinds:
+        return "set it in the YAML file or on the command line as key=value (e.g. data.path=./my-dataset)"
     return None
