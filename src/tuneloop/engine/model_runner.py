@@ -16,14 +16,9 @@ from tuneloop.engine.config import EngineConfig
 from tuneloop.engine.models.hf_fallback import HFFallback
 from tuneloop.engine.models.llama import is_native, load_llama
 from tuneloop.engine.scheduler import Scheduled
+from tuneloop.models.loading import pick_device
 
 log = logging.getLogger("tuneloop.engine")
-
-
-def pick_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def pick_dtype(name: str, device: str) -> torch.dtype:

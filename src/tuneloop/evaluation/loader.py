@@ -27,25 +27,11 @@ class LoadedModel:
 
 def load_for_eval(ref: str | Path, device: str = "auto") -> LoadedModel:
     resolved = resolve_model(str(ref))
-    device = check_device(pick_device(device))
+    device = pick_device(device)
     if not resolved.is_adapter:
         model = load_model(resolved.path, device)
         return LoadedModel(str(ref), resolved.path, model, load_tokenizer(resolved.path))
     return _load_adapter(str(ref), resolved.path, device)
-
-
-def check_device(device: str) -> str:
-    """Say what is wrong with --device before loading anything, instead of a torch traceback."""
-    import torch
-
-    kind = device.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps", "xpu"):
-        raise TuneloopError(f"unknown device '{device}'", hint="use auto, cpu, cuda, cuda:N or mps")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise TuneloopError(
-            f"device '{device}' asked for, but no CUDA GPU is available", hint="use --device cpu"
-        )
-    return device
 
 
 def _load_adapter(ref: str, path: Path, device: str) -> LoadedModel:

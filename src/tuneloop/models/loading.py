@@ -14,11 +14,19 @@ from tuneloop.errors import TuneloopError
 
 
 def pick_device(device: str = "auto") -> str:
+    """`auto` -> cuda when visible, else cpu; anything else is checked before a model loads."""
     import torch
 
-    if device != "auto":
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    kind = device.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps", "xpu"):
+        raise TuneloopError(f"unknown device '{device}'", hint="use auto, cpu, cuda, cuda:N or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise TuneloopError(
+            f"device '{device}' asked for, but no CUDA GPU is available", hint="use cpu or auto"
+        )
+    return device
 
 
 def pick_dtype(device: str) -> Any:

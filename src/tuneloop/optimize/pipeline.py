@@ -105,9 +105,8 @@ def check_options(opts: ExportOptions, resolved: ResolvedModel | None, device: s
 
 def run_export(ref: str, opts: ExportOptions) -> ExportReport:
     """Export `ref` as `opts` says and return the report (already written next to the export)."""
-    from tuneloop.evaluation.loader import check_device
 
-    device = check_device(pick_device(opts.device))
+    device = pick_device(opts.device)
     check_options(opts, None, device)
     resolved = resolve_model(ref)
     check_options(opts, resolved, device)

@@ -48,16 +48,6 @@ def pick_precision(requested: str, device: str) -> Precision:
     return Precision(requested, dtype)
 
 
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TuneloopError(f"device={device} but no CUDA GPU is visible", hint="use device=auto or cpu")
-    return device
-
-
 def load_for_training(cfg: TrainConfig, path: str, device: str, precision: Precision) -> Any:
     """The model ready for training on `device` (a PeftModel for lora/qlora)."""
     import torch

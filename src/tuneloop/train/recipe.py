@@ -6,7 +6,6 @@ fit -> best weights -> run folder (weights, tokenizer, config, metrics, loss.png
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import subprocess
@@ -36,12 +35,11 @@ class RunResult:
 def run(cfg: TrainConfig) -> RunResult:
     import torch
 
-    from tuneloop.models.loading import load_tokenizer
+    from tuneloop.models.loading import load_tokenizer, pick_device
     from tuneloop.models.resolve import resolve_model
     from tuneloop.train.model_setup import (
         check_fit,
         load_for_training,
-        pick_device,
         pick_precision,
         trainable_parameters,
     )
@@ -300,7 +298,9 @@ def dataset_fingerprint(train_file: Path) -> str:
         fp = json.loads(manifest.read_text()).get("fingerprint")
         if fp:
             return str(fp)
-    return "sha256:" + hashlib.sha256(train_file.read_bytes()).hexdigest()
+    from tuneloop.models.store import sha256_file
+
+    return "sha256:" + sha256_file(train_file)  # streamed: a dataset may not fit in memory
 
 
 def _save_dtype(path: Path) -> Any:
