@@ -20,9 +20,10 @@ from tuneloop.serve.feedback import FeedbackStore
 from tuneloop.serve.guard import InputGuard
 from tuneloop.serve.jwt import JWTVerifier
 from tuneloop.serve.keys import KeyStore
-from tuneloop.serve.limits import ConcurrencyGate, RateLimiter
+from tuneloop.serve.limits import ConcurrencyGate
 from tuneloop.serve.metrics import Metrics
 from tuneloop.serve.middleware import RequestContext
+from tuneloop.serve.ratelimit import build_rate_limiter
 from tuneloop.serve.reload import watch
 from tuneloop.serve.requestlog import RequestLog
 from tuneloop.serve.routers import admin, chat, completions, feedback, health, models
@@ -58,7 +59,10 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
         state.keys = KeyStore(config.auth.database_url)
         state.jwt = JWTVerifier(config.auth.jwt) if config.auth.jwt else None
         state.feedback = FeedbackStore(config.auth.database_url)
-        state.limiter = RateLimiter()
+        state.limiter = build_rate_limiter(config.limits, state.metrics.rate_limit_store_errors)
+        problem = await state.limiter.status()
+        if problem is not None:  # not fatal: /ready says so, and requests get the configured behaviour
+            log.error("%s (limits.redis_unavailable=%s)", problem, config.limits.redis_unavailable)
         log_cfg = config.log
         state.request_log = (
             RequestLog(log_cfg.path, log_cfg.max_bytes, log_cfg.backups, log_cfg.redact_pii)
@@ -90,6 +94,7 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
             await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
             if state.request_log is not None:
                 state.request_log.close()
+            await state.limiter.close()
 
     return lifespan
 

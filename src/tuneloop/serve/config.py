@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -57,6 +58,24 @@ class LimitsConfig(Config):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     request_timeout_s: float = Field(default=600.0, gt=0)
     retry_after_s: int = Field(default=1, ge=1)  # the hint sent with a 429 for overload
+    # per-key requests/tokens per minute: in this process, or in Redis shared by every replica
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None  # redis://[:password@]host:6379/0, rediss://..., unix:///path
+    redis_prefix: str = Field(default="tuneloop:ratelimit", min_length=1)  # key prefix in Redis
+    redis_timeout_s: float = Field(default=0.5, gt=0)  # per Redis call; a hung Redis never hangs requests
+    redis_unavailable: Literal["reject", "allow"] = "reject"  # Redis down: 503, or no limits (counted)
+
+    @model_validator(mode="after")
+    def _redis_url_given(self) -> LimitsConfig:
+        if self.backend == "redis":
+            if not self.redis_url:
+                raise ValueError("limits.backend is 'redis' but limits.redis_url is not set")
+            scheme = self.redis_url.partition("://")[0]
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ValueError(
+                    f"limits.redis_url must start with redis://, rediss:// or unix://, not {scheme!r}"
+                )
+        return self
 
 
 class DenyPattern(Config):

@@ -101,6 +101,12 @@ class Metrics:
         self.rejected = Counter(
             "tuneloop_rejected_requests", "Requests refused (auth, limits, overload)", ["reason"], registry=r
         )
+        self.rate_limit_store_errors = Counter(
+            "tuneloop_rate_limit_store_errors",
+            "Rate-limit store (Redis) failures, by what was done: rejected, allowed, tokens_lost",
+            ["action"],
+            registry=r,
+        )
         r.register(_EngineCollector(loads))
 
     def render(self) -> bytes:

@@ -45,7 +45,7 @@ async def _admit(gen: Generation) -> None:
         await gen.admit()
     except APIError as e:  # refused (quota, overload): counted and logged like any other answer
         gen.request.app.state.metrics.rejected.labels(e.code or str(e.status)).inc()
-        gen.finish(e.status, error=e.message)
+        await gen.finish(e.status, error=e.message)
         raise
 
 
@@ -57,17 +57,17 @@ async def json_response(
         results = await asyncio.wait_for(collect(gen), timeout_s)
         body = build(results)
     except TimeoutError:
-        gen.finish(504, error="timeout")
+        await gen.finish(504, error="timeout")
         raise APIError(504, f"the request took longer than {timeout_s:g}s", "timeout") from None
     except APIError as e:
-        gen.finish(e.status, error=e.message)
+        await gen.finish(e.status, error=e.message)
         raise
     except Exception as e:
-        gen.finish(500, error=f"{type(e).__name__}: {e}")
+        await gen.finish(500, error=f"{type(e).__name__}: {e}")
         raise
     finally:
         await gen.release()
-    gen.finish(200, body)
+    await gen.finish(200, body)
     return JSONResponse(body, headers=_headers(gen))
 
 
@@ -81,7 +81,7 @@ async def sse_response(
     except BaseException as e:
         await gen.release()
         status = e.status if isinstance(e, APIError) else 500
-        gen.finish(status, error=getattr(e, "message", None) or f"{type(e).__name__}: {e}")
+        await gen.finish(status, error=getattr(e, "message", None) or f"{type(e).__name__}: {e}")
         raise
 
     async def events() -> AsyncIterator[str]:
@@ -107,7 +107,7 @@ async def sse_response(
         finally:
             await source.aclose()
             await gen.release()
-            gen.finish(
+            await gen.finish(
                 status, {"choices": [{"index": i, "text": t} for i, t in sorted(texts.items())]}, error
             )
 

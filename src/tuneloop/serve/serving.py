@@ -50,7 +50,7 @@ class Generation:
     async def admit(self) -> None:
         """Quota, then a running slot (raises 429); call `release` once done."""
         state = self.request.app.state
-        state.limiter.check(self.key.id, self.key.rpm, self.key.tpm)
+        await state.limiter.check(self.key.id, self.key.rpm, self.key.tpm)
         queued = await self.served.gate.acquire()
         state.metrics.queue.labels(*self.labels).observe(queued)
         if self.on_admit is not None:
@@ -97,7 +97,7 @@ class Generation:
             async for delta in deltas:
                 yield index, delta
 
-    def finish(self, status: int, response: Any = None, error: str | None = None) -> None:
+    async def finish(self, status: int, response: Any = None, error: str | None = None) -> None:
         """Metrics and the request-log line; call exactly once."""
         state, latency = self.request.app.state, time.monotonic() - self.start
         m = state.metrics
@@ -109,7 +109,6 @@ class Generation:
             m.generation_tokens.labels(*self.labels).inc(self.completion_tokens)
             for reason in self.finish_reasons:
                 m.success.labels(reason or "abort", *self.labels).inc()
-        state.limiter.add_tokens(self.key.id, self.prompt_tokens + self.completion_tokens)
         if state.request_log is not None:
             state.request_log.write(
                 {
@@ -129,6 +128,8 @@ class Generation:
                     "error": error,
                 }
             )
+        if self.key.tpm is not None:  # only keys with a token quota count tokens
+            await state.limiter.add_tokens(self.key.id, self.prompt_tokens + self.completion_tokens)
 
 
 async def _merge(streams: list[AsyncIterator[tuple[int, Delta]]]) -> AsyncIterator[tuple[int, Delta]]:

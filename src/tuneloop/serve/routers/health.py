@@ -15,10 +15,17 @@ def health() -> dict:
 
 
 @router.get("/ready")
-def ready(request: Request) -> JSONResponse:
+async def ready(request: Request) -> JSONResponse:
+    """Ready once the models are warm and the rate-limit store answers (unless told to do without)."""
     state = request.app.state
-    body = {"ready": state.ready, "models": sorted(state.models)}
-    return JSONResponse(body, status_code=200 if state.ready else 503)
+    body: dict = {"ready": state.ready, "models": sorted(state.models)}
+    limiter = getattr(state, "limiter", None)
+    problem = await limiter.status() if limiter is not None else None
+    if problem is not None:
+        body["rate_limits"] = problem
+        if state.config.limits.redis_unavailable == "reject":
+            body["ready"] = False
+    return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
 @router.get("/metrics")
