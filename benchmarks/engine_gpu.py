@@ -1,9 +1,11 @@
-"""Engine speed on one GPU against transformers, same run, same card (first numbers; no CUDA graphs yet).
+"""Engine speed on one GPU against transformers, same run, same card.
 
 Llama-3-8B-shaped random bf16 weights. Baselines from ../shared/bench/hf_baseline_gpu.py (carried
 in .devcarry): `generate` at batch 1, and `generate_batch` for 256 requests of 128 + 128 tokens.
 tuneloop: batch-1 decode, the same 256 requests offline, and TTFT / inter-token latency with 32
-concurrent clients. A profile of a few decode steps says where the time goes.
+concurrent clients. Batch 1 is measured three ways on the same engine, to show what moved it:
+CUDA graphs + Triton paged attention (the default), eager + Triton, eager + gathered SDPA.
+A profile of a few decode steps says where the time goes.
 
     PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu.py $OUT [--tiny]
 """
@@ -123,6 +125,37 @@ def profile_decode(engine: LLMEngine, vocab: int, out: Path) -> str:
     return table
 
 
+def kernel_check(device: str) -> float | None:
+    """Max |error| of the Triton decode kernel against SDPA over the same scattered blocks (bf16)."""
+    if device != "cuda":
+        return None
+    import torch.nn.functional as F
+
+    from tuneloop.engine.kernels.paged_decode import paged_decode_attention
+
+    torch.manual_seed(0)
+    H, KVH, D, bs, lens = 32, 8, 128, 16, [1, 17, 300, 1000]
+    kc = torch.randn(128 * bs, KVH, D, device=device, dtype=torch.bfloat16)
+    vc = torch.randn_like(kc)
+    perm = torch.randperm(128).tolist()
+    tables = torch.zeros(len(lens), 64, dtype=torch.int32)
+    i = 0
+    for b, n in enumerate(lens):
+        nb = -(-n // bs)
+        tables[b, :nb] = torch.tensor(perm[i : i + nb])
+        i += nb
+    q = torch.randn(len(lens), H, D, device=device, dtype=torch.bfloat16)
+    got = paged_decode_attention(q, kc, vc, tables.to(device), torch.tensor(lens, dtype=torch.int32, device=device), bs, D**-0.5)
+    err = 0.0
+    for b, n in enumerate(lens):
+        slots = torch.tensor([int(tables[b, p // bs]) * bs + p % bs for p in range(n)], device=device)
+        k = kc[slots].float().transpose(0, 1).repeat_interleave(H // KVH, 0)
+        v = vc[slots].float().transpose(0, 1).repeat_interleave(H // KVH, 0)
+        ref = F.scaled_dot_product_attention(q[b].float()[:, None], k, v, scale=D**-0.5)[:, 0]
+        err = max(err, (got[b].float() - ref).abs().max().item())
+    return err
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +166,8 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "torch": torch.__version__,
     }
+    res["kernel_check_max_abs_err"] = kernel_check(device)
+    print("kernel check", res["kernel_check_max_abs_err"], flush=True)
     if device == "cuda" and not tiny:
         import hf_baseline_gpu as hf
 
@@ -153,6 +188,15 @@ def main() -> None:
     res["kv_blocks"] = engine.runner.num_blocks
     res["tuneloop_b1"] = batch1(engine, shape["vocab_size"])
     print("tuneloop b1", res["tuneloop_b1"], flush=True)
+    graphs, runner = engine.runner.graphs, engine.runner
+    runner.graphs = None
+    res["tuneloop_b1_eager_triton"] = batch1(engine, shape["vocab_size"])
+    print("tuneloop b1 eager+triton", res["tuneloop_b1_eager_triton"], flush=True)
+    kernel, runner.decode_kernel = runner.decode_kernel, False
+    res["tuneloop_b1_eager_sdpa"] = batch1(engine, shape["vocab_size"])
+    print("tuneloop b1 eager+sdpa", res["tuneloop_b1_eager_sdpa"], flush=True)
+    runner.graphs, runner.decode_kernel = graphs, kernel
+    res["graph_batch_sizes"] = graphs.sizes if graphs is not None else None
     res["tuneloop_256"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)
     print("tuneloop 256", res["tuneloop_256"], flush=True)
     res["tuneloop_32_concurrent"] = concurrent(engine, shape["vocab_size"], 32, 40 if tiny else 64)
@@ -165,6 +209,8 @@ def main() -> None:
         res["ratio_b1_vs_generate"] = round(
             res["tuneloop_b1"]["output_tokens_per_s"] / res["hf_generate_b1"]["output_tokens_per_s"], 2
         )
+    if device == "cuda":
+        res["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     (out / "engine_gpu.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1), flush=True)
     print(profile_decode(engine, shape["vocab_size"], out))

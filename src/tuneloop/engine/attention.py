@@ -22,6 +22,16 @@ class AttentionMetadata:
     mask: torch.Tensor  # (B, 1, Tq, L) bool: query may attend to key
 
 
+@dataclass
+class DecodeMetadata:
+    """A decode-only step on the GPU: one new token per sequence, attention by the Triton kernel."""
+
+    slot_mapping: torch.Tensor  # (B,) cache slot of each new token
+    block_tables: torch.Tensor  # (B, max_blocks) int32
+    context_lens: torch.Tensor  # (B,) int32, the new token included
+    block_size: int
+
+
 def build_metadata(
     block_tables: list[list[int]],
     starts: list[int],
@@ -58,9 +68,17 @@ def paged_attention(
     v: torch.Tensor,  # (N, KVH, D)
     k_cache: torch.Tensor,  # (num_blocks * block_size, KVH, D), a view of the layer's cache
     v_cache: torch.Tensor,
-    meta: AttentionMetadata,
+    meta: AttentionMetadata | DecodeMetadata,
     scale: float,
 ) -> torch.Tensor:
+    if isinstance(meta, DecodeMetadata):
+        from tuneloop.engine.kernels.paged_decode import paged_decode_attention
+
+        k_cache.index_copy_(0, meta.slot_mapping, k)
+        v_cache.index_copy_(0, meta.slot_mapping, v)
+        return paged_decode_attention(
+            q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.block_size, scale
+        )
     # index_copy_/index_select, not tensor[idx]: a 2-D advanced index is ~100x slower on the CPU
     k_cache.index_copy_(0, meta.slot_mapping, k)
     v_cache.index_copy_(0, meta.slot_mapping, v)

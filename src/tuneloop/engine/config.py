@@ -18,11 +18,14 @@ class EngineConfig:
     kv_cache_gib: float | None = None  # fixed KV cache size; default on CPU: 1 GiB
     prefix_caching: bool = True
     max_loras: int = 8  # adapters loaded at once
+    enforce_eager: bool = False  # GPU: no CUDA graphs for decode steps (as vLLM's flag)
+    max_graph_batch: int = 256  # GPU: largest decode batch replayed as a CUDA graph
 
     def __post_init__(self) -> None:
         checks = [
             (self.block_size in (1, 2, 4, 8, 16, 32, 64, 128), "block_size must be a power of two up to 128"),
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
+            (self.max_graph_batch >= 1, "max_graph_batch must be >= 1"),
             (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1"),
             (0 < self.kv_cache_fraction <= 1, "kv_cache_fraction must be in (0, 1]"),
             (self.kv_cache_gib is None or self.kv_cache_gib > 0, "kv_cache_gib must be > 0"),

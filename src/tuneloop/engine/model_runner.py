@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from tuneloop.engine.attention import build_metadata
+from tuneloop.engine.attention import DecodeMetadata, build_metadata
 from tuneloop.engine.config import EngineConfig
 from tuneloop.engine.models.hf_fallback import HFFallback
 from tuneloop.engine.models.llama import is_native, load_llama
@@ -50,7 +50,8 @@ class ModelRunner:
         self.vocab_size = mc.vocab_size
         self.max_model_len = cfg.max_model_len or getattr(mc, "max_position_embeddings", None) or 2048
         self.num_blocks = self._num_blocks()
-        shape = (self.num_blocks * cfg.block_size, self.kv_heads, self.head_dim)
+        # one spare block past the end: padded rows of a captured decode graph write there
+        shape = ((self.num_blocks + 1) * cfg.block_size, self.kv_heads, self.head_dim)
         if self.fallback is not None:  # transformers keeps its own cache: only the accounting is ours
             shape = (0, self.kv_heads, self.head_dim)
         self.kv_cache = [
@@ -61,6 +62,17 @@ class ModelRunner:
             for _ in range(self.num_layers)
         ]
         self.lora: Any = None  # set by the engine when adapters are loaded
+        self.max_blocks_per_seq = -(-self.max_model_len // cfg.block_size)
+        # decode steps on the GPU: Triton paged attention, replayed as CUDA graphs
+        self.decode_kernel = self.fallback is None and self.device.startswith("cuda") and _has_triton()
+        self.graphs: Any = None
+        if self.decode_kernel and not cfg.enforce_eager:
+            from tuneloop.engine.cuda_graph import DecodeGraphs
+
+            self.graphs = DecodeGraphs(
+                self.model, self.kv_cache, cfg.block_size, min(cfg.max_num_seqs, cfg.max_graph_batch),
+                self.max_blocks_per_seq, self.num_blocks * cfg.block_size, self.device,
+            )  # fmt: skip
 
     @property
     def bytes_per_token(self) -> int:
@@ -97,6 +109,10 @@ class ModelRunner:
             rows = [self.fallback.last_hidden_logits(item.seq, item.num_tokens) for item in batch]
             keep = [r for r, item in zip(rows, batch, strict=True) if item.samples]
             return (torch.stack(keep) if keep else torch.zeros((0, self.vocab_size))), None
+        want_prompt = any(item.seq.params.prompt_logprobs is not None and item.seq.num_computed < len(item.seq.prompt_ids)
+                          for item in batch)  # fmt: skip
+        if self.decode_kernel and not want_prompt and all(i.num_tokens == 1 and i.samples for i in batch):
+            return self._decode(batch), None
         ids, positions, starts, counts, tables = [], [], [], [], []
         for item in batch:
             s, n = item.seq.num_computed, item.num_tokens
@@ -116,6 +132,38 @@ class ModelRunner:
             if sampling_rows
             else hidden.new_zeros((0, self.vocab_size))
         )
-        want_prompt = any(item.seq.params.prompt_logprobs is not None and item.seq.num_computed < len(item.seq.prompt_ids)
-                          for item in batch)  # fmt: skip
         return logits, (self.model.logits(hidden) if want_prompt else None)
+
+    def _decode(self, batch: list[Scheduled]) -> torch.Tensor:
+        """A decode-only step: one token per sequence, attention straight from the block tables."""
+        bs = self.cfg.block_size
+        B = len(batch)
+        ids = torch.empty(B, dtype=torch.long)
+        positions = torch.empty(B, dtype=torch.long)
+        slots = torch.empty(B, dtype=torch.long)
+        width = max(len(item.seq.block_table) for item in batch)
+        tables = torch.zeros((B, width), dtype=torch.int32)
+        for b, item in enumerate(batch):
+            seq = item.seq
+            pos = seq.num_computed
+            ids[b] = seq.output_ids[-1] if seq.output_ids else seq.prompt_ids[-1]  # pos is the last token
+            positions[b] = pos
+            slots[b] = seq.block_table[pos // bs] * bs + pos % bs
+            tables[b, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
+        lens = (positions + 1).to(torch.int32)
+        lora = self.lora.for_batch(batch) if self.lora is not None else None
+        if self.graphs is not None and lora is None and B <= self.graphs.max_batch:
+            return self.graphs.run(ids, positions, slots, tables, lens)
+        dev = torch.device(self.device)
+        meta = DecodeMetadata(slots.to(dev), tables.to(dev), lens.to(dev), bs)
+        hidden = self.model(ids.to(dev), positions.to(dev), self.kv_cache, meta, lora)
+        return self.model.logits(hidden)
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        log.warning("triton is not installed: GPU decode falls back to gathered SDPA (slower)")
+        return False
+    return True
