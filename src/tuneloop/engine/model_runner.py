@@ -152,7 +152,7 @@ class ModelRunner:
             tables[b, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
         lens = (positions + 1).to(torch.int32)
         lora = self.lora.for_batch(batch) if self.lora is not None else None
-        if self.graphs is not None and lora is None and B <= self.graphs.max_batch:
+        if self.graphs is not None and lora is None and len(batch) <= self.graphs.max_batch:
             return self.graphs.run(ids, positions, slots, tables, lens)
         dev = torch.device(self.device)
         meta = DecodeMetadata(slots.to(dev), tables.to(dev), lens.to(dev), bs)

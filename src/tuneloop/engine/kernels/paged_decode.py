@@ -18,7 +18,7 @@ import triton.language as tl
 
 @triton.jit
 def _paged_decode_kernel(
-    Q, K, V, O, BT, LENS, scale,
+    Q, K, V, Out, BT, LENS, scale,
     stride_qb, stride_qh, stride_kt, stride_kh, stride_btb, stride_ob, stride_oh,
     BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     D: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -51,7 +51,7 @@ def _paged_decode_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
         m = m_new
     out = acc / l_sum[:, None]
-    tl.store(O + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(O.dtype.element_ty),
+    tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(Out.dtype.element_ty),
              mask=gmask[:, None])  # fmt: skip
 
 
