@@ -19,7 +19,9 @@ from tuneloop.errors import TuneloopError
 from tuneloop.serve.db import Base, connect
 
 SCOPES = ("inference", "feedback", "admin")
-LAST_USED_EVERY = timedelta(seconds=30)  # write last-used at most this often (not on every request)
+LAST_USED_EVERY = timedelta(seconds=30)
+MAX_QUOTA = 2**31 - 1  # a 32-bit INTEGER column everywhere (Postgres too)
+MAX_EXPIRES_DAYS = 36500  # write last-used at most this often (not on every request)
 
 
 class KeyRow(Base):
@@ -95,6 +97,13 @@ class KeyStore:
         unknown = [s for s in scopes if s not in SCOPES]
         if unknown:
             raise TuneloopError(f"unknown scope {unknown[0]!r}", hint=f"scopes: {', '.join(SCOPES)}")
+        for field, value in (("rpm", rpm), ("tpm", tpm)):
+            if value is not None and not 1 <= value <= MAX_QUOTA:
+                raise TuneloopError(f"{field} must be between 1 and {MAX_QUOTA}, not {value}")
+        if expires_days is not None and not 0 < expires_days <= MAX_EXPIRES_DAYS:
+            raise TuneloopError(
+                f"expires_days must be more than 0 and at most {MAX_EXPIRES_DAYS} (100 years)"
+            )
         key_id = secrets.token_hex(6)
         key = f"tl-{key_id}-{secrets.token_urlsafe(32)}"
         expires = _now() + timedelta(days=expires_days) if expires_days else None

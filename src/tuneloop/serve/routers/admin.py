@@ -9,9 +9,9 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.auth import require
-from tuneloop.serve.config import RouteConfig
+from tuneloop.serve.config import RouteConfig, VariantConfig
 from tuneloop.serve.errors import APIError
-from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.keys import MAX_EXPIRES_DAYS, MAX_QUOTA, ApiKey
 from tuneloop.serve.reload import reload_models
 from tuneloop.serve.routing import Route
 
@@ -33,9 +33,9 @@ class NewKey(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     scopes: list[str] | None = None
     models: list[str] | None = None
-    rpm: int | None = Field(default=None, ge=1)
-    tpm: int | None = Field(default=None, ge=1)
-    expires_days: float | None = Field(default=None, gt=0)
+    rpm: int | None = Field(default=None, ge=1, le=MAX_QUOTA)
+    tpm: int | None = Field(default=None, ge=1, le=MAX_QUOTA)
+    expires_days: float | None = Field(default=None, gt=0, le=MAX_EXPIRES_DAYS)
 
 
 @router.post("/keys")
@@ -71,14 +71,19 @@ def list_routes(request: Request, key: ApiKey = Depends(require("admin"))) -> di
     return {"object": "list", "data": [_route_json(r) for r in request.app.state.routes.values()]}
 
 
+class RouteBody(BaseModel):
+    variants: list[VariantConfig] = Field(min_length=1)
+    shadow: str | None = None
+
+
 @router.put("/routes/{name}")
-def put_route(name: str, body: dict, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+def put_route(name: str, body: RouteBody, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
     """Create or replace a route; the next request uses it, requests in flight finish where they are."""
     state = request.app.state
     if name in state.models:
         raise APIError(400, f"'{name}' is a served model, not a route", "invalid_value", "name")
     try:
-        config = RouteConfig.model_validate({**body, "name": name})
+        config = RouteConfig.model_validate({**body.model_dump(), "name": name})
     except ValidationError as e:
         raise APIError(400, str(e.errors()[0]["msg"]), "invalid_value") from None
     unknown = [v.model for v in config.variants if v.model not in state.models]
