@@ -104,7 +104,9 @@ def _serve_config(model: Path, port: int) -> dict[str, Any]:
         "host": "127.0.0.1",
         "port": port,
         "models": [{"name": "tiny", **entry}, {"name": "tiny-b", **entry}],
-        "routes": [{"name": "ab", "variants": [{"model": "tiny", "weight": 1}, {"model": "tiny-b", "weight": 1}]}],
+        "routes": [
+            {"name": "ab", "variants": [{"model": "tiny", "weight": 1}, {"model": "tiny-b", "weight": 1}]}
+        ],
         "auth": {"enabled": True},
         "limits": {"max_tokens_default": 8},
     }
@@ -198,7 +200,9 @@ class RunningPrometheus:
 
 
 @pytest.fixture(scope="package")
-def prometheus(running_server: RunningServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPrometheus]:
+def prometheus(
+    running_server: RunningServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningPrometheus]:
     """A real Prometheus (Debian's) scraping the server every second, evaluating tuneloop's rules."""
     binary = require_tool("prometheus")
     work = tmp_path_factory.mktemp("prometheus")

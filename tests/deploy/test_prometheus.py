@@ -40,12 +40,17 @@ def test_promql_answers_latency_and_request_counts(prometheus: RunningPrometheus
     )
     # per A/B variant: what Prometheus counts is what the X-Tuneloop-Variant headers said
     by_variant = {
-        m["variant"]: v for m, v in prometheus.vector('sum by (variant) (tuneloop_requests_total{model_name="ab"})')
+        m["variant"]: v
+        for m, v in prometheus.vector('sum by (variant) (tuneloop_requests_total{model_name="ab"})')
     }
     assert by_variant == {k: float(v) for k, v in traffic.by_variant.items()}
     # latency: a real histogram with real observations
-    [(_, p50)] = prometheus.vector("histogram_quantile(0.5, sum by (le) (vllm:e2e_request_latency_seconds_bucket))")
-    [(_, p99)] = prometheus.vector("histogram_quantile(0.99, sum by (le) (vllm:e2e_request_latency_seconds_bucket))")
+    [(_, p50)] = prometheus.vector(
+        "histogram_quantile(0.5, sum by (le) (vllm:e2e_request_latency_seconds_bucket))"
+    )
+    [(_, p99)] = prometheus.vector(
+        "histogram_quantile(0.99, sum by (le) (vllm:e2e_request_latency_seconds_bucket))"
+    )
     assert 0 < p50 <= p99 < 60
     [(_, total_s)] = prometheus.vector("sum(vllm:e2e_request_latency_seconds_sum)")
     assert 0 < total_s < 60 * traffic.ok
@@ -67,7 +72,10 @@ def test_rules_evaluate_on_live_series(prometheus: RunningPrometheus, traffic: T
         recorded = prometheus.vector('tuneloop:variant_error_ratio:rate10m{model_name="ab"}')
         if len(recorded) == len(traffic.by_variant) and all(r["health"] == "ok" for r in rules):
             break
-        assert time.monotonic() < deadline, (recorded, [(r["name"], r["health"], r.get("lastError")) for r in rules])
+        assert time.monotonic() < deadline, (
+            recorded,
+            [(r["name"], r["health"], r.get("lastError")) for r in rules],
+        )
         time.sleep(0.5)
     assert len(rules) == 11 and {g["name"] for g in groups} == {"tuneloop.recording", "tuneloop.alerts"}
     # healthy traffic: every variant's error ratio is 0 (not NaN: a variant without 5xx counts as 0)

@@ -7,7 +7,7 @@ from .promql import metric_names
 
 def test_names_functions_clauses_and_matchers():
     expr = (
-        'histogram_quantile(0.99, sum by (model_name, variant, le) '
+        "histogram_quantile(0.99, sum by (model_name, variant, le) "
         '(rate(vllm:e2e_request_latency_seconds_bucket{model_name=~"$model", variant=~"$variant"}[$__rate_interval])))'
     )
     assert metric_names(expr) == {"vllm:e2e_request_latency_seconds_bucket"}
