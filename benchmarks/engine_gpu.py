@@ -77,6 +77,40 @@ def offline(engine: LLMEngine, vocab: int, n: int = 256) -> dict:
     return {"requests": n, "seconds": round(dt, 3), "output_tokens_per_s": round(tokens / dt, 1)}
 
 
+def breakdown(engine: LLMEngine, vocab: int, n: int = 256) -> dict:
+    """The 256-request run again, step by step: model time (synchronized) vs host time, mixed vs decode steps."""
+    p = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
+    for pr in prompts(n, vocab, 6):
+        engine.add_request(pr, p)
+    runner, real = engine.runner, engine.runner.run
+    acc = {"mixed": [0, 0.0, 0.0], "decode": [0, 0.0, 0.0]}  # steps, model s, total s
+    state = {}
+
+    def timed(batch):
+        sync()
+        t = time.perf_counter()
+        out = real(batch)
+        sync()
+        state["model"] = time.perf_counter() - t
+        state["kind"] = "decode" if all(i.num_tokens == 1 and i.samples for i in batch) else "mixed"
+        return out
+
+    runner.run = timed
+    try:
+        while engine.has_unfinished():
+            t = time.perf_counter()
+            engine.step()
+            sync()
+            a = acc[state["kind"]]
+            a[0] += 1
+            a[1] += state["model"]
+            a[2] += time.perf_counter() - t
+    finally:
+        runner.run = real
+    return {k: {"steps": v[0], "model_s": round(v[1], 3), "host_s": round(v[2] - v[1], 3),
+                "ms_per_step": round(1000 * v[2] / max(v[0], 1), 2)} for k, v in acc.items()}  # fmt: skip
+
+
 def concurrent(engine: LLMEngine, vocab: int, clients: int = 32, total: int = 64) -> dict:
     """Closed loop; TTFT from arrival to first token, ITL between a request's tokens (step granularity)."""
     p = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
@@ -199,6 +233,8 @@ def main() -> None:
     res["graph_batch_sizes"] = graphs.sizes if graphs is not None else None
     res["tuneloop_256"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)
     print("tuneloop 256", res["tuneloop_256"], flush=True)
+    res["tuneloop_256_breakdown"] = breakdown(engine, shape["vocab_size"], 16 if tiny else 256)
+    print("tuneloop 256 breakdown", res["tuneloop_256_breakdown"], flush=True)
     res["tuneloop_32_concurrent"] = concurrent(engine, shape["vocab_size"], 32, 40 if tiny else 64)
     print("tuneloop 32 concurrent", res["tuneloop_32_concurrent"], flush=True)
     if "hf_generate_batch_256" in res:

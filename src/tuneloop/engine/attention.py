@@ -89,5 +89,9 @@ def paged_attention(
     )  # (B, H, Tq, D)
     kp = k_cache.index_select(0, flat).view(B, L, *k.shape[1:]).transpose(1, 2)  # (B, KVH, L, D)
     vp = v_cache.index_select(0, flat).view(B, L, *v.shape[1:]).transpose(1, 2)
+    if q.is_cuda and kp.shape[1] != qp.shape[1]:
+        # SDPA's fused kernels take a mask or GQA, not both: expand K/V heads rather than fall to math
+        group = qp.shape[1] // kp.shape[1]
+        kp, vp = kp.repeat_interleave(group, dim=1), vp.repeat_interleave(group, dim=1)
     out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=meta.mask, scale=scale, enable_gqa=True)
     return out.transpose(1, 2)[meta.query_valid]  # (N, H, D), in flat order

@@ -18,6 +18,7 @@ class EngineConfig:
     kv_cache_gib: float | None = None  # fixed KV cache size; default on CPU: 1 GiB
     prefix_caching: bool = True
     max_loras: int = 8  # adapters loaded at once
+    compile_ops: bool = True  # GPU: fuse RMSNorm / rotary / SiLU-mul with torch.compile
     enforce_eager: bool = False  # GPU: no CUDA graphs for decode steps (as vLLM's flag)
     max_graph_batch: int = 256  # GPU: largest decode batch replayed as a CUDA graph
 

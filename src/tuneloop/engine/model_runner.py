@@ -66,6 +66,10 @@ class ModelRunner:
         # decode steps on the GPU: Triton paged attention, replayed as CUDA graphs
         self.decode_kernel = self.fallback is None and self.device.startswith("cuda") and _has_triton()
         self.graphs: Any = None
+        if self.decode_kernel and cfg.compile_ops:
+            from tuneloop.engine.models.llama import compile_fused_ops
+
+            compile_fused_ops()
         if self.decode_kernel and not cfg.enforce_eager:
             from tuneloop.engine.cuda_graph import DecodeGraphs
 
@@ -111,8 +115,17 @@ class ModelRunner:
             return (torch.stack(keep) if keep else torch.zeros((0, self.vocab_size))), None
         want_prompt = any(item.seq.params.prompt_logprobs is not None and item.seq.num_computed < len(item.seq.prompt_ids)
                           for item in batch)  # fmt: skip
-        if self.decode_kernel and not want_prompt and all(i.num_tokens == 1 and i.samples for i in batch):
-            return self._decode(batch), None
+        if self.decode_kernel and not want_prompt:
+            decodes = [i for i in batch if i.num_tokens == 1 and i.samples]
+            if len(decodes) == len(batch):
+                return self._decode(batch), None
+            if decodes:  # a mixed step: decodes by the kernel (graph), prompt chunks by the padded path
+                rest = [i for i in batch if not (i.num_tokens == 1 and i.samples)]
+                dec_logits = self._decode(decodes)
+                rest_logits, _ = self.run(rest)
+                rows: dict[int, torch.Tensor] = {id(i): dec_logits[k] for k, i in enumerate(decodes)}
+                rows.update({id(i): rest_logits[k] for k, i in enumerate(j for j in rest if j.samples)})
+                return torch.stack([rows[id(i)] for i in batch if i.samples]), None
         ids, positions, starts, counts, tables = [], [], [], [], []
         for item in batch:
             s, n = item.seq.num_computed, item.num_tokens
@@ -137,19 +150,17 @@ class ModelRunner:
     def _decode(self, batch: list[Scheduled]) -> torch.Tensor:
         """A decode-only step: one token per sequence, attention straight from the block tables."""
         bs = self.cfg.block_size
-        B = len(batch)
-        ids = torch.empty(B, dtype=torch.long)
-        positions = torch.empty(B, dtype=torch.long)
-        slots = torch.empty(B, dtype=torch.long)
-        width = max(len(item.seq.block_table) for item in batch)
-        tables = torch.zeros((B, width), dtype=torch.int32)
-        for b, item in enumerate(batch):
-            seq = item.seq
-            pos = seq.num_computed
-            ids[b] = seq.output_ids[-1] if seq.output_ids else seq.prompt_ids[-1]  # pos is the last token
-            positions[b] = pos
-            slots[b] = seq.block_table[pos // bs] * bs + pos % bs
-            tables[b, : len(seq.block_table)] = torch.tensor(seq.block_table, dtype=torch.int32)
+        seqs = [item.seq for item in batch]
+        pos_list = [s.num_computed for s in seqs]  # the position of each sequence's last token
+        ids = torch.tensor([s.output_ids[-1] if s.output_ids else s.prompt_ids[-1] for s in seqs])
+        positions = torch.tensor(pos_list)
+        slots = torch.tensor(
+            [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos_list, strict=True)]
+        )
+        width = max(len(s.block_table) for s in seqs)
+        tables = torch.tensor(
+            [s.block_table + [0] * (width - len(s.block_table)) for s in seqs], dtype=torch.int32
+        )
         lens = (positions + 1).to(torch.int32)
         lora = self.lora.for_batch(batch) if self.lora is not None else None
         if self.graphs is not None and lora is None and len(batch) <= self.graphs.max_batch:

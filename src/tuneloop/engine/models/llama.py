@@ -21,6 +21,44 @@ from tuneloop.engine.attention import AttentionMetadata, paged_attention
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    dtype = x.dtype
+    x = x.float()
+    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x.to(dtype)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+    cos, sin = cos[:, None, :], sin[:, None, :]  # (N, 1, D)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+# On the GPU each of these is a chain of small elementwise kernels (RMSNorm alone is seven); at
+# decode time their launches cost as much as the matmuls. torch.compile fuses each into one
+# Triton kernel (as nano-vllm does). CPU keeps the eager versions: identical numerics to transformers.
+_FUSED: dict[str, Any] = {}
+
+
+def compile_fused_ops() -> None:
+    if not _FUSED:
+        for fn in (rms_norm, apply_rotary, silu_and_mul):
+            _FUSED[fn.__name__] = torch.compile(fn, dynamic=True)
+
+
+def _op(fn: Any, x: torch.Tensor) -> Any:
+    return _FUSED.get(fn.__name__, fn) if x.is_cuda else fn
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -28,15 +66,7 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+        return _op(rms_norm, x)(x, self.weight, self.eps)
 
 
 class Attention(nn.Module):
@@ -62,9 +92,7 @@ class Attention(nn.Module):
         q, k, v = q.view(-1, self.h, self.d), k.view(-1, self.kvh, self.d), v.view(-1, self.kvh, self.d)
         if self.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = cos[:, None, :], sin[:, None, :]  # (N, 1, D)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k = _op(apply_rotary, q)(q, k, cos, sin)
         out = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale).reshape(-1, self.h * self.d)
         y = self.o_proj(out)
         return y + lora("o_proj", out) if lora is not None else y
@@ -81,8 +109,7 @@ class MLP(nn.Module):
         gate_up = self.gate_up_proj(x)
         if lora is not None:
             gate_up = gate_up + lora("gate_up_proj", x)
-        gate, up = gate_up.split(self.i, dim=-1)
-        h = F.silu(gate) * up
+        h = _op(silu_and_mul, gate_up)(gate_up)
         y = self.down_proj(h)
         return y + lora("down_proj", h) if lora is not None else y
 
