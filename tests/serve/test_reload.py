@@ -62,3 +62,33 @@ def test_reload_interval_picks_up_a_moved_reference(serve, tiny_llama, tiny_mode
             time.sleep(0.1)
         assert s.state.models["bot"].client is not first
         assert httpx.post(s.url + "/v1/completions", json={"model": "bot", "prompt": "hi"}).status_code == 200
+
+
+def test_a_request_queued_during_a_swap_runs_on_the_new_client(serve):
+    # the old client is closed once nothing holds it, so a request that picked it and then waited
+    # for a slot must run on the client that is current when it is admitted
+    from dataclasses import replace
+
+    from tuneloop.serve.fake import FakeClient
+
+    old, new = FakeClient(delay_s=0.3), FakeClient()
+    old.version, new.version = "bot/1", "bot/2"
+    cfg = ServeConfig.model_validate(
+        {"models": [{"name": "bot", "model": "unused", "max_concurrency": 1}], "auth": {"enabled": False}}
+    )
+    with serve(cfg, {"bot": old}) as s:
+
+        async def main():
+            async with httpx.AsyncClient(base_url=s.url, timeout=30) as c:
+                body = {"model": "bot", "prompt": "a b", "max_tokens": 2}
+                running = asyncio.create_task(c.post("/v1/completions", json=body))
+                await asyncio.sleep(0.1)
+                queued = asyncio.create_task(c.post("/v1/completions", json=body))
+                await asyncio.sleep(0.1)  # it picked the old client and waits for the slot
+                state = s.state
+                state.models = {"bot": replace(state.models["bot"], client=new)}  # what a reload does
+                return await running, await queued
+
+        running, queued = asyncio.run(main())
+    assert running.headers["x-tuneloop-model-version"] == "bot/1"
+    assert queued.status_code == 200 and queued.headers["x-tuneloop-model-version"] == "bot/2"

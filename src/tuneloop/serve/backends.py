@@ -6,6 +6,7 @@ adapter into that engine. Model references resolve through the registry, the sto
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.errors import TuneloopError
@@ -30,39 +31,47 @@ def build_clients(
                 m.upstream, m.upstream_model or m.name, m.upstream_api_key, config.limits.request_timeout_s
             )
             continue
-        folder, adapter_folder = resolved_paths(m) or (Path(), None)
+        where = resolve_entry(m)
+        folder, adapter_folder = where.folder, where.adapter
         if folder not in engines:
             engines[folder] = SharedEngine.load(
                 folder, kv_cache_gib=m.kv_cache_gib, max_model_len=m.max_model_len, device=m.device
             )
         adapter = _load_adapter(engines[folder], m.name, adapter_folder) if adapter_folder else None
         client = LocalClient(engines[folder], adapter, config.limits.max_prompt_tokens)
-        client.source = (folder, adapter_folder)
+        client.source, client.version = (folder, adapter_folder), where.version
         clients[m.name] = client
     return clients
 
 
-def resolved_paths(m: ModelConfig) -> tuple[Path, Path | None] | None:
-    """(base folder, adapter folder) a local entry resolves to now; None for an upstream."""
-    if m.model is None:
-        return None
-    adapter = _adapter_folder(m.lora) if m.lora else None
-    return _folder(m.model), adapter
+@dataclass(frozen=True)
+class Resolution:
+    """Where a local entry's references point now."""
+
+    folder: Path  # the base model
+    adapter: Path | None  # the LoRA adapter, if the entry has one
+    version: str  # what answers, for headers and logs: "NAME/VERSION" (registry) or the folder's name
+
+    @property
+    def source(self) -> tuple[Path, Path | None]:
+        return self.folder, self.adapter
 
 
-def _adapter_folder(ref: str) -> Path:
+def resolve_entry(m: ModelConfig) -> Resolution:
+    """Resolve a local entry's `model` (and `lora`) now: a moved alias gives other folders."""
     from tuneloop.models.resolve import resolve_model
 
-    return resolve_model(ref, pull=True).path
+    base = resolve_model(m.model or "", pull=True)
+    if base.is_adapter:
+        raise TuneloopError(f"'{m.model}' is a LoRA adapter", hint="serve it as `lora:` on its base `model:`")
+    adapter = resolve_model(m.lora, pull=True) if m.lora else None
+    shown = adapter or base
+    return Resolution(base.path, adapter.path if adapter else None, _version(shown))
 
 
-def _folder(ref: str) -> Path:
-    from tuneloop.models.resolve import resolve_model
-
-    resolved = resolve_model(ref, pull=True)
-    if resolved.is_adapter:
-        raise TuneloopError(f"'{ref}' is a LoRA adapter", hint="serve it as `lora:` on its base `model:`")
-    return resolved.path
+def _version(resolved) -> str:
+    # a folder shows its name only: clients see this in a header, and server paths are not theirs
+    return resolved.lineage.get("registry_version") or resolved.path.name
 
 
 def _load_adapter(shared: SharedEngine, served_name: str, folder: Path) -> str:

@@ -29,6 +29,7 @@ class SharedEngine:
     engine: Any  # tuneloop.engine.async_engine.AsyncEngine
     tokenizer: Any
     folder: Path
+    closed: bool = False  # shut down (replaced by a live reload): a request here would never finish
 
     @classmethod
     def load(cls, folder: Path, **engine_kwargs: Any) -> SharedEngine:
@@ -46,7 +47,8 @@ class LocalClient:
         self.shared, self.lora, self.max_prompt_tokens = shared, lora, max_prompt_tokens
         self.tokenizer = shared.tokenizer
         self.source: tuple[Path, Path | None] | None = None  # (base, adapter) folders it serves
-        self.active = 0  # generations in flight, so a replaced client closes only once drained
+        self.version: str | None = None  # what answers: "NAME/VERSION" for a registry reference
+        self.active = 0  # requests admitted or generating, so a replaced client closes only once drained
 
     async def start(self) -> None:
         """Warm-up: one short generation, so the first user does not pay for lazy initialisation."""
@@ -55,6 +57,8 @@ class LocalClient:
             pass
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
+        if self.shared.closed:  # the gateway holds clients until drained; never hang if that slips
+            raise APIError(503, "this model version was unloaded by a live reload; retry", "model_reloaded")
         prompt_ids = self._prompt_ids(request)
         detok = Detokenizer(self.tokenizer, request.stop)
         stream = await self._submit(prompt_ids, request)
@@ -153,4 +157,5 @@ class LocalClient:
         return EngineLoad(s.running, s.waiting, s.kv_usage, s.prefix_cache_hit_rate)
 
     async def close(self) -> None:
+        self.shared.closed = True
         await asyncio.to_thread(self.shared.engine.shutdown)

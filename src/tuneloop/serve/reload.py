@@ -12,7 +12,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from tuneloop.serve.backends import build_clients, resolved_paths
+from tuneloop.serve.backends import build_clients, resolve_entry
 from tuneloop.serve.local import LocalClient, SharedEngine
 from tuneloop.serve.serving import Served
 
@@ -42,7 +42,7 @@ def _changed(state) -> list[str]:
     names = []
     for m in state.config.models:
         client = state.models[m.name].client
-        if isinstance(client, LocalClient) and resolved_paths(m) != client.source:
+        if isinstance(client, LocalClient) and resolve_entry(m).source != client.source:
             names.append(m.name)
     return names
 

@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -124,4 +125,7 @@ async def _next_before(source: AsyncIterator[dict], deadline: float) -> dict | N
 
 
 def _headers(gen: Generation) -> dict[str, str]:
-    return {"X-Tuneloop-Variant": gen.served.variant, "X-Tuneloop-Model": gen.served.name}
+    headers = {"X-Tuneloop-Variant": gen.served.variant, "X-Tuneloop-Model": gen.served.name}
+    if gen.served.version is not None:
+        headers["X-Tuneloop-Model-Version"] = quote(gen.served.version, safe="/@:._-")
+    return headers

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import Request
@@ -29,6 +29,21 @@ class Served:
     client: EngineClient
     gate: ConcurrencyGate
     variant: str = "default"
+    key: str = ""  # its name in `app.state.models` (a route's copy keeps its variant's)
+
+    def __post_init__(self) -> None:
+        self.key = self.key or self.name
+
+    @property
+    def version(self) -> str | None:
+        """The model version answering (a registry "NAME/VERSION"), when the client knows it."""
+        return getattr(self.client, "version", None)
+
+
+def _hold(client: EngineClient, n: int) -> None:
+    """Count a request on a client that a live reload may replace (it is closed only at zero)."""
+    if hasattr(client, "active"):
+        client.active += n
 
 
 @dataclass
@@ -52,11 +67,18 @@ class Generation:
         state = self.request.app.state
         await state.limiter.check(self.key.id, self.key.rpm, self.key.tpm)
         queued = await self.served.gate.acquire()
+        # the client as of now, held before the next await: a reload while this request waited
+        # swapped it, and a replaced client is closed once nothing holds it
+        current = state.models.get(self.served.key)
+        if current is not None and current.client is not self.served.client:
+            self.served = replace(self.served, client=current.client)
+        _hold(self.served.client, 1)
         state.metrics.queue.labels(*self.labels).observe(queued)
         if self.on_admit is not None:
             self.on_admit()
 
     async def release(self) -> None:
+        _hold(self.served.client, -1)
         await self.served.gate.release()
 
     @property
@@ -117,6 +139,7 @@ class Generation:
                     "key_id": self.key.id,
                     "model": self.served.name,
                     "variant": self.served.variant,
+                    "model_version": self.served.version,
                     "route": route,
                     "status": status,
                     "latency_s": round(latency, 4),
