@@ -119,24 +119,54 @@ def test_engine_gauges_in_metrics(server):
     assert 'vllm:gpu_prefix_cache_hit_rate{model_name="tiny"}' in text
 
 
-def test_echo_logprobs_never_silently_wrong_on_a_prefix_cache_hit(client):
-    # The engine computes prompt logprobs only without a prefix-cache hit (engine limitation):
-    # a repeated prompt must fail loudly rather than return a score without the prompt tokens.
+def test_echo_logprobs_of_a_repeated_prompt_are_identical(client):
+    # the second request would hit the prefix cache; prompt logprobs bypass it, so nothing is missing
     kw = dict(
         model="tiny",
         prompt="Hello, how can I help you today? I would like",
         max_tokens=1,
+        temperature=0,
         echo=True,
         logprobs=0,
     )
-    first = client.completions.create(**kw)
-    assert first.choices[0].logprobs.token_logprobs[0] is None
-    try:
-        again = client.completions.create(**kw)
-    except openai.APIStatusError as e:
-        assert e.status_code == 503
-    else:
-        assert len(again.choices[0].logprobs.tokens) == len(first.choices[0].logprobs.tokens)
+    first = client.completions.create(**kw).choices[0].logprobs
+    again = client.completions.create(**kw).choices[0].logprobs
+    assert first.token_logprobs[0] is None and again.tokens == first.tokens
+    assert again.token_logprobs[1:] == pytest.approx(first.token_logprobs[1:], abs=1e-5)
+
+
+def test_echo_logprobs_across_prefill_chunks_equal_transformers(tiny_llama, serve):
+    """A prompt prefilled in several chunks (16-token steps) scores exactly as one HF forward pass."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneloop.engine.async_engine import AsyncEngine
+    from tuneloop.serve.local import LocalClient, SharedEngine
+
+    tok = load_tokenizer(tiny_llama)
+    engine = LLMEngine.from_pretrained(tiny_llama, kv_cache_gib=0.02, max_num_batched_tokens=16)
+    local = LocalClient(SharedEngine(AsyncEngine(engine), tok, tiny_llama))
+    cfg = ServeConfig.model_validate({"auth": {"enabled": False}, "log": {"enabled": False}})
+    prompt = "The capital of France is Paris. The capital of Italy is Rome. " * 3
+    ids = tok.encode(prompt, add_special_tokens=True)
+    assert len(ids) > 3 * 16  # several chunks
+    hf = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32).eval()
+    with torch.no_grad():
+        lp = torch.log_softmax(hf(torch.tensor([ids])).logits[0].float(), dim=-1)
+    expected = [float(lp[i - 1, t]) for i, t in enumerate(ids) if i > 0]
+    with serve(cfg, {"tiny": local}) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key="x", max_retries=0)
+        for _ in range(2):  # the second time, the prompt's blocks are in the prefix cache
+            out = client.completions.create(
+                model="tiny", prompt=prompt, max_tokens=2, temperature=0, echo=True, logprobs=2
+            )
+            lps = out.choices[0].logprobs
+            assert out.choices[0].text.startswith(prompt.strip()[:20])
+            assert len(lps.tokens) == len(ids) + out.usage.completion_tokens
+            assert lps.token_logprobs[0] is None
+            assert lps.token_logprobs[1 : len(ids)] == pytest.approx(expected, abs=1e-3)
+            tops = list(zip(lps.top_logprobs[1:], lps.token_logprobs[1:], strict=True))
+            assert all(len(top) == 2 and max(top.values()) >= lp - 1e-6 for top, lp in tops)
 
 
 def test_client_disconnect_aborts_the_engine_request(server):

@@ -69,12 +69,9 @@ class LocalClient:
                 text = detok.add(out.new_token_ids)
                 delta = Delta(text=text, logprobs=self._logprobs(out.new_token_ids, out.logprobs, request))
                 if first and request.echo:
-                    if request.logprobs is not None and out.prompt_logprobs is None:
-                        # the engine skips prompt logprobs when the prefix cache served part of the
-                        # prompt; a wrong score is worse than an error
-                        raise APIError(
-                            503, "prompt logprobs unavailable (prefix-cache hit); retry", "engine_limit"
-                        )
+                    # with prompt logprobs asked, the engine computes every prompt position (such a
+                    # request bypasses the prefix cache, chunked prefills included) and returns
+                    # them with the first output token
                     delta.echo_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=True)
                     delta.echo_logprobs = self._prompt_logprobs(prompt_ids, out.prompt_logprobs, request)
                 first = False
