@@ -242,7 +242,7 @@ class RedisRateLimiter:
         await self.redis.aclose()
 
     def _why(self, e: Exception) -> str:
-        return f"the rate-limit store (Redis at {self.url}) is unreachable: {type(e).__name__}: {e}"
+        return f"the rate-limit store (Redis at {self.url}) is unavailable: {type(e).__name__}: {e}"
 
     def _unavailable(self, e: Exception) -> None:
         if self.on_unavailable == "allow":
