@@ -54,16 +54,24 @@ def prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
 
 
 def batch1(engine: LLMEngine, vocab: int) -> dict:
+    """One request: end to end (prefill included), and the decode rate after the first token."""
     p = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
     engine.generate(
         prompts(1, vocab, 1), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
     )  # warm-up
     sync()
     t = time.perf_counter()
-    engine.generate(prompts(1, vocab, 2), p)
+    engine.add_request(prompts(1, vocab, 2)[0], p)
+    first = None
+    while engine.has_unfinished():
+        engine.step()
+        if first is None:
+            first = time.perf_counter()
     sync()
-    dt = time.perf_counter() - t
-    return {"batch": 1, "seconds": round(dt, 3), "output_tokens_per_s": round(NEW / dt, 1)}
+    end = time.perf_counter()
+    return {"batch": 1, "seconds": round(end - t, 3), "output_tokens_per_s": round(NEW / (end - t), 1),
+            "ttft_ms": round(1000 * (first - t), 1),
+            "decode_tokens_per_s": round((NEW - 1) / (end - first), 1)}  # fmt: skip
 
 
 def offline(engine: LLMEngine, vocab: int, n: int = 256) -> dict:
@@ -179,7 +187,9 @@ def kernel_check(device: str) -> float | None:
         tables[b, :nb] = torch.tensor(perm[i : i + nb])
         i += nb
     q = torch.randn(len(lens), H, D, device=device, dtype=torch.bfloat16)
-    got = paged_decode_attention(q, kc, vc, tables.to(device), torch.tensor(lens, dtype=torch.int32, device=device), bs, D**-0.5)
+    got = paged_decode_attention(
+        q, kc, vc, tables.to(device), torch.tensor(lens, dtype=torch.int32, device=device), bs, D**-0.5
+    )
     err = 0.0
     for b, n in enumerate(lens):
         slots = torch.tensor([int(tables[b, p // bs]) * bs + p % bs for p in range(n)], device=device)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import numpy as np
 import torch
 
 from tuneloop.engine.attention import DecodeMetadata, build_metadata
