@@ -159,9 +159,9 @@ class ModelRunner:
             [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos_list, strict=True)]
         )
         width = max(len(s.block_table) for s in seqs)
-        tables = torch.tensor(
-            [s.block_table + [0] * (width - len(s.block_table)) for s in seqs], dtype=torch.int32
-        )
+        # via NumPy: half the time of torch.tensor on a list of lists (this runs every decode step)
+        rows = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
+        tables = torch.from_numpy(np.array(rows, np.int32))
         lens = (positions + 1).to(torch.int32)
         lora = self.lora.for_batch(batch) if self.lora is not None else None
         if self.graphs is not None and lora is None and len(batch) <= self.graphs.max_batch:
