@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh clone:
-#   make quickstart   set up .venv, pull the embedded default model, answer a question
+#   make quickstart   set up .venv, then fine-tune, evaluate, register and serve the default model on the example corpus
 #   make test         set up .venv and run the whole test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,10 +16,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install $(PIP_FLAGS) -e '.[$(EXTRAS)]'
 	touch $@
 
+# In a terminal the quickstart ends by serving the fine-tuned model until Ctrl-C; without one (CI,
+# scripts, `make quickstart < /dev/null`) it runs as --no-serve and leaves nothing running.
+# Pass flags through QUICKSTART_ARGS, e.g. `make quickstart QUICKSTART_ARGS="--no-serve --force"`.
 quickstart: setup
-	$(VENV)/bin/tuneloop doctor
-	$(VENV)/bin/tuneloop models pull smollm2-135m-instruct
-	$(VENV)/bin/tuneloop ask "What is the capital of France?"
+	$(VENV)/bin/tuneloop quickstart $(QUICKSTART_ARGS)
 
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
 test: setup

@@ -98,6 +98,11 @@ def _register() -> None:
     app.command("serve")(serve_cli.serve)
     app.add_typer(serve_cli.keys_app, name="keys")
     app.add_typer(serve_cli.feedback_app, name="feedback")
+    from tuneloop.cli import chat as chat_cli
+    from tuneloop.cli import quickstart as quickstart_cli
+
+    app.command("quickstart")(quickstart_cli.quickstart)
+    app.command("chat")(chat_cli.chat)
 
 
 _register()
