@@ -1,5 +1,5 @@
-"""int8 / int4 (bitsandbytes) and 2:4 sparsity (sparse tensor cores) on a CUDA GPU. NOT RUN YET:
-the session that wrote it had no device time left; its CUDA paths are untested.
+"""int8 / int4 (bitsandbytes) and 2:4 sparsity (sparse tensor cores) on a CUDA GPU.
+Results: BENCHMARKS.md "export: compression measured", GPU part (benchmarks/export_gpu_h100.json).
 
     python benchmarks/export_gpu.py --out /tmp/export-gpu --json export_gpu.json
 
