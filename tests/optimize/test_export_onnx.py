@@ -78,3 +78,31 @@ def test_onnx_with_quantize_is_refused(tiny_llama: Path, tmp_path: Path) -> None
 
     with pytest.raises(TuneloopError, match="cannot be combined"):
         run_export(str(tiny_llama), ExportOptions(onnx=True, quantize="int8", out=tmp_path / "o"))
+
+
+def test_eval_loads_the_onnx_export_and_the_engine_refuses_it(pipeline_export) -> None:
+    from tuneloop.engine import LLMEngine
+    from tuneloop.evaluation.loader import load_for_eval
+
+    loaded = load_for_eval(pipeline_export.output, "cpu")
+    assert isinstance(loaded.model, OnnxCausalLM)
+    with pytest.raises(ValueError, match="ONNX export"):
+        LLMEngine.from_pretrained(pipeline_export.output, kv_cache_gib=0.01)
+
+
+def test_onnx_generate_equals_hf_generate_on_a_left_padded_batch(exported, tiny_llama: Path) -> None:
+    """What `tuneloop eval` calls for task scores: HF's output shape, HF's tokens, pads after EOS."""
+    from tuneloop.evaluation.generate import greedy_kwargs
+    from tuneloop.models.loading import load_tokenizer
+
+    onnx, reference = exported
+    tok = load_tokenizer(tiny_llama)
+    tok.padding_side = "left"
+    if tok.pad_token_id is None:
+        tok.pad_token_id = tok.eos_token_id
+    enc = tok(["hello world, this is longer", "hi"], return_tensors="pt", padding=True)
+    kwargs = greedy_kwargs(tok, 6)
+    with torch.no_grad():
+        want = reference.generate(**enc, **kwargs)
+    got = onnx.generate(**enc, **kwargs)
+    assert got.shape[0] == 2 and got[:, : want.shape[1]].tolist() == want.tolist()

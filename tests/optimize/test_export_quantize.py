@@ -44,3 +44,19 @@ def test_unknown_quantize_method_is_refused(tiny_llama: Path, tmp_path: Path) ->
 
     with pytest.raises(TuneloopError, match="unknown --quantize 'int3'"):
         run_export(str(tiny_llama), ExportOptions(quantize="int3", out=tmp_path / "x"))
+
+
+def test_eval_loads_an_int4_export_and_the_engine_refuses_it_by_name(
+    tiny_llama: Path, tmp_path: Path, fast
+) -> None:
+    from tuneloop.engine import LLMEngine
+    from tuneloop.evaluation.loader import load_for_eval
+
+    out = Path(
+        run_export(str(tiny_llama), ExportOptions(quantize="int4", out=tmp_path / "q", workload=fast)).output
+    )
+    loaded = load_for_eval(out, "cpu")  # `tuneloop eval` takes the folder as written by export
+    assert type(loaded.model.model.layers[0].mlp.down_proj.weight).__name__ == "Int4OpaqueTensor"
+    assert len(greedy(runner_for(loaded.model), loaded.tokenizer("hello")["input_ids"], 3).tokens) == 3
+    with pytest.raises(ValueError, match="packed int4 export, which the engine does not serve"):
+        LLMEngine.from_pretrained(out, kv_cache_gib=0.01)

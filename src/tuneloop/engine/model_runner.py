@@ -30,6 +30,8 @@ def pick_dtype(name: str, device: str) -> torch.dtype:
 
 class ModelRunner:
     def __init__(self, cfg: EngineConfig, model: Any = None):
+        if model is None:
+            _check_servable(cfg.model)
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
@@ -170,6 +172,19 @@ class ModelRunner:
         meta = DecodeMetadata(slots.to(dev), tables.to(dev), lens.to(dev), bs)
         hidden = self.model(ids.to(dev), positions.to(dev), self.kv_cache, meta, lora)
         return self.model.logits(hidden)
+
+
+def _check_servable(folder: str) -> None:
+    """Exports the engine cannot run (ONNX graphs, packed int4) fail here, by name, not deep in a loader."""
+    from pathlib import Path
+
+    path = Path(folder)
+    if (path / "model.onnx").is_file() or (path / "int4.json").is_file():
+        kind = "an ONNX export" if (path / "model.onnx").is_file() else "a packed int4 export"
+        raise ValueError(
+            f"{folder} is {kind}, which the engine does not serve; serve the merged bf16 version it was "
+            "exported from (its registry parent), or evaluate this one with `tuneloop eval`"
+        )
 
 
 def _has_triton() -> bool:

@@ -29,6 +29,12 @@ def load_for_eval(ref: str | Path, device: str = "auto") -> LoadedModel:
     resolved = resolve_model(str(ref))
     device = pick_device(device)
     if not resolved.is_adapter:
+        from tuneloop.optimize.loader import folder_format, load_any
+
+        if folder_format(resolved.path) in ("onnx", "int4", "quantized"):
+            # what `tuneloop export` wrote (ONNX Runtime, packed int4, torchao/bnb) evaluates as it is served
+            model, tokenizer = load_any(resolved.path, device)
+            return LoadedModel(str(ref), resolved.path, model, tokenizer)
         model = load_model(resolved.path, device)
         return LoadedModel(str(ref), resolved.path, model, load_tokenizer(resolved.path))
     return _load_adapter(str(ref), resolved.path, device)

@@ -122,6 +122,7 @@ class OnnxCausalLM:
             str(Path(folder) / ONNX_FILE), options, providers=providers or ["CPUExecutionProvider"]
         )
         self.device = "cpu"  # feeds and results are host tensors whatever the provider
+        self.config = _config(Path(folder))  # max_position_embeddings, eos ids: what the eval harness reads
 
     def empty_past(self, batch: int) -> list[Any]:
         import numpy as np
@@ -144,6 +145,50 @@ class OnnxCausalLM:
         mask = ids * 0 + 1 if attention_mask is None else attention_mask.cpu().numpy()
         logits, _ = self.run(ids, mask, self.empty_past(ids.shape[0]))
         return SimpleNamespace(logits=torch.from_numpy(logits))
+
+    def generate(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 32,
+                 pad_token_id: int | None = None, **_: Any) -> Any:  # fmt: skip
+        """Greedy decoding with the KV cache, shaped like HF `generate`'s output (prompt + new tokens).
+
+        Row by row: the graph takes no position ids, so a left-padded row would see shifted positions.
+        Rows that stop early are padded with `pad_token_id`, as `generate` does.
+        """
+        import numpy as np
+        import torch
+
+        ids = input_ids.cpu().numpy()
+        mask = np.ones_like(ids) if attention_mask is None else attention_mask.cpu().numpy()
+        eos = _eos_ids(self.config)
+        pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
+        out = np.full((ids.shape[0], ids.shape[1] + max_new_tokens), pad, dtype=ids.dtype)
+        out[:, : ids.shape[1]] = ids
+        for b in range(ids.shape[0]):
+            row = ids[b][mask[b].astype(bool)][None, :]
+            past = self.empty_past(1)
+            for t in range(max_new_tokens):
+                logits, past = self.run(
+                    row, np.ones((1, row.shape[1] + past[0].shape[2]), dtype=ids.dtype), past
+                )
+                token = int(logits[0, -1].argmax())
+                out[b, ids.shape[1] + t] = token
+                if token in eos:
+                    break
+                row = np.array([[token]], dtype=ids.dtype)
+        used = ids.shape[1] + max_new_tokens
+        return torch.from_numpy(out[:, :used])
+
+
+def _config(folder: Path) -> Any:
+    if (folder / "config.json").is_file():
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(str(folder))
+    return SimpleNamespace(max_position_embeddings=None, eos_token_id=None)
+
+
+def _eos_ids(config: Any) -> set[int]:
+    value = getattr(config, "eos_token_id", None)
+    return {value} if isinstance(value, int) else set(value or [])
 
 
 def _torch_threads() -> int:
