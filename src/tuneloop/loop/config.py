@@ -1,0 +1,174 @@
+"""`LoopConfig`: what one feedback-loop cycle collects, keeps, trains, gates and canaries (loop.yaml).
+
+tuneloop loop run --model acme-support --config loop.yaml gate.margin=0.05 canary.share=0.2
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tuneloop.config import Config
+from tuneloop.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(text: str | float | int, what: str = "duration") -> float:
+    """'90s', '15m', '2h', '1d' or a number of seconds -> seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if m is None:
+            raise ConfigError(f"{what} '{text}' is not a duration", hint="write e.g. 30s, 15m, 2h or 1d")
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds <= 0:
+        raise ConfigError(f"{what} '{text}' must be positive", hint="write e.g. 30s, 15m, 2h or 1d")
+    return seconds
+
+
+class CollectSettings(Config):
+    log_path: str | None = Field(
+        None, description="gateway request log (default: TUNELOOP_HOME/serve/requests.jsonl)"
+    )
+    database_url: str | None = Field(
+        None, description="gateway feedback database (default: SQLite in TUNELOOP_HOME/serve)"
+    )
+    served_name: str | None = Field(
+        None, description="the name clients call (a route or model; default: --model)"
+    )
+    variants: list[str] | None = Field(None, description="only answers of these variants (default: all)")
+    workload: str | None = Field(None, description="only requests tagged metadata.workload=VALUE")
+    keys: list[str] | None = Field(None, description="only requests made with these API key ids")
+
+
+class ApprovalSettings(Config):
+    required: bool = Field(False, description="every example waits for a human (tuneloop feedback review)")
+    database_url: str | None = Field(
+        None, description="review queue database (default: the feedback database)"
+    )
+
+
+class CurateSettings(Config):
+    pii: Literal["redact", "drop", "off"] = "redact"
+    positive_min: int = Field(4, ge=1, le=5, description="ratings >= this are upvotes (thumbs up = 5)")
+    negative_max: int = Field(2, ge=1, le=5, description="ratings <= this are downvotes (thumbs down = 1)")
+    min_raters: int = Field(1, ge=1, description="distinct raters an answer needs before it is used")
+    min_agreement: float = Field(
+        0.75, gt=0.5, le=1.0, description="share of raters who must agree (when several rated one answer)"
+    )
+    existing_data: list[str] = Field(
+        default_factory=list, description="training data to dedup against (.jsonl)"
+    )
+    dedup_threshold: float = Field(0.8, gt=0, le=1, description="near-duplicate Jaccard similarity")
+    conflicts: Literal["reject", "keep"] = Field(
+        "reject", description="a correction whose question is in the training data with another answer"
+    )
+    injection_patterns: list[str] = Field(
+        default_factory=list, description="extra regexes (case-insensitive)"
+    )
+    abuse_words: list[str] = Field(default_factory=list, description="extra words that mark abuse")
+    max_chars: int = Field(4000, gt=0, description="longer prompts or answers are rejected")
+    holdout_fraction: float = Field(0.2, ge=0, lt=1, description="new examples kept for the gate")
+    approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+
+    @field_validator("injection_patterns")
+    @classmethod
+    def _compile(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"invalid regular expression {p!r}: {e}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _ratings(self) -> CurateSettings:
+        if self.negative_max >= self.positive_min:
+            raise ValueError(
+                f"curate.negative_max ({self.negative_max}) must be below curate.positive_min ({self.positive_min})"
+            )
+        return self
+
+
+class RetrainSettings(Config):
+    objectives: list[Literal["sft", "dpo"]] = Field(default_factory=lambda: ["sft"], min_length=1)
+    train_config: str | None = Field(
+        None, description="a train.yaml to start from (model/data are set by the loop)"
+    )
+    overrides: list[str] = Field(default_factory=list, description="key=value overrides of the train config")
+    old_data: list[str] = Field(
+        default_factory=list, description="SFT .jsonl the production version was trained on"
+    )
+    old_preferences: list[str] = Field(default_factory=list, description="preference .jsonl for DPO")
+    min_new_examples: int = Field(1, ge=1, description="fewer curated examples: no retraining this cycle")
+
+    @field_validator("objectives")
+    @classmethod
+    def _order(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("retrain.objectives lists an objective twice")
+        return sorted(v, key=["sft", "dpo"].index)
+
+
+class GateSettings(Config):
+    frozen_eval: str = Field(
+        ..., description="a frozen SFT .jsonl (messages, optional answer) never trained on"
+    )
+    metric: Literal["contains_answer", "token_f1", "rouge_l", "exact_match"] = "contains_answer"
+    feedback_metric: Literal["token_f1", "rouge_l", "exact_match"] = "token_f1"
+    margin: float = Field(0.02, ge=0, description="the candidate must beat production by this much")
+    tolerance: float = Field(0.0, ge=0, description="allowed drop on the frozen set")
+    max_samples: int | None = Field(None, gt=0)
+    max_new_tokens: int = Field(48, gt=0)
+    batch_size: int = Field(8, gt=0)
+    device: str = "auto"
+
+
+class CanarySettings(Config):
+    enabled: bool = True
+    gateway_url: str = Field("http://127.0.0.1:8000", description="the gateway (its /admin routes)")
+    admin_key_env: str = Field("TUNELOOP_ADMIN_KEY", description="env var holding a key with the admin scope")
+    route: str | None = Field(None, description="the route clients call (default: collect.served_name)")
+    production_model: str = Field(..., description="served name following NAME@production")
+    candidate_model: str = Field(..., description="served name following NAME@candidate")
+    share: float = Field(0.1, gt=0, lt=1, description="share of traffic sent to the candidate")
+    window: str = Field("30m", description="how long to watch (30s, 15m, 2h)")
+    max_wait: str | None = Field(
+        None, description="give up waiting for min_requests after this (default: 4x window)"
+    )
+    poll: str = Field("5s", description="how often to look at the numbers")
+    min_requests: int = Field(20, ge=1, description="candidate requests needed for a decision")
+    min_feedback: int = Field(0, ge=0, description="candidate ratings needed for a decision")
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+    max_latency_ratio: float = Field(1.5, gt=0, description="candidate p95 latency / production p95")
+    rating_tolerance: float = Field(0.0, ge=0, description="allowed drop of the mean rating")
+    timeout_s: float = Field(30.0, gt=0, description="HTTP timeout for admin calls")
+
+    @field_validator("window", "poll", "max_wait")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None and _DURATION.match(str(v)) is None:
+            raise ValueError(f"'{v}' is not a duration (write e.g. 30s, 15m, 2h)")
+        return v
+
+    def seconds(self, name: str) -> float:
+        value = getattr(self, name)
+        if value is None:
+            return 4 * parse_duration(self.window)
+        return parse_duration(value, f"canary.{name}")
+
+
+class LoopConfig(Config):
+    collect: CollectSettings = Field(default_factory=CollectSettings)
+    curate: CurateSettings = Field(default_factory=CurateSettings)
+    retrain: RetrainSettings = Field(default_factory=RetrainSettings)
+    gate: GateSettings
+    canary: CanarySettings | None = Field(None, description="omit to promote straight after the gate")
+    tracking_uri: str | None = Field(
+        None, description="the registry (default: MLflow SQLite in TUNELOOP_HOME)"
+    )

@@ -1,0 +1,125 @@
+"""Where a model's loop keeps its state: TUNELOOP_HOME/loop/NAME/.
+
+state.json       the current cycle, its stage and what each finished stage produced (resume point)
+cursor.json      the last feedback id and log time consumed by a finished cycle
+decisions.jsonl  every decision with the numbers behind it (append-only)
+cycles/NNNN/     one folder per cycle: collected batch, curated dataset, training run, gate report
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from tuneloop import paths
+from tuneloop.errors import TuneloopError
+
+
+def loop_dir(name: str, create: bool = True) -> Path:
+    path = paths.home() / "loop" / name
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _write_json(path: Path, data: Any) -> None:
+    """Atomic: a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise TuneloopError(
+            f"{path} is not valid JSON", hint="restore it, or delete it to start the loop state afresh"
+        ) from None
+
+
+class LoopStore:
+    def __init__(self, name: str):
+        self.name = name
+        self.root = loop_dir(name)
+
+    # ------------------------------------------------------------ state of the current cycle
+
+    @property
+    def state_path(self) -> Path:
+        return self.root / "state.json"
+
+    def state(self) -> dict[str, Any]:
+        return _read_json(self.state_path, {"cycle": 0, "stage": "idle", "results": {}})
+
+    def save_state(self, state: dict[str, Any]) -> None:
+        _write_json(self.state_path, {**state, "updated": time.time()})
+
+    def cycle_dir(self, cycle: int) -> Path:
+        path = self.root / "cycles" / f"{cycle:04d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # ------------------------------------------------------------ cursor
+
+    def cursor(self) -> dict[str, Any]:
+        return _read_json(self.root / "cursor.json", {"feedback_id": 0, "log_time": 0.0})
+
+    def save_cursor(self, cursor: dict[str, Any]) -> None:
+        _write_json(self.root / "cursor.json", cursor)
+
+    # ------------------------------------------------------------ decisions
+
+    @property
+    def decisions_path(self) -> Path:
+        return self.root / "decisions.jsonl"
+
+    def decide(self, cycle: int, stage: str, decision: str, reason: str, **numbers: Any) -> dict[str, Any]:
+        entry = {"time": round(time.time(), 3), "model": self.name, "cycle": cycle, "stage": stage,
+                 "decision": decision, "reason": reason, "numbers": numbers}  # fmt: skip
+        with self.decisions_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return entry
+
+    def decisions(self, cycle: int | None = None) -> list[dict[str, Any]]:
+        if not self.decisions_path.is_file():
+            return []
+        rows = [
+            json.loads(line)
+            for line in self.decisions_path.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+        return [r for r in rows if cycle is None or r["cycle"] == cycle]
+
+    # ------------------------------------------------------------ one loop per model
+
+    @contextmanager
+    def locked(self) -> Iterator[LoopStore]:
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(str(self.root / ".lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            raise TuneloopError(
+                f"another loop is running for '{self.name}' ({self.root})",
+                hint="wait for it to finish; one loop per model at a time",
+            ) from None
+        try:
+            yield self
+        finally:
+            lock.release()
+
+
+def models() -> list[str]:
+    root = paths.home() / "loop"
+    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
