@@ -32,7 +32,7 @@ def main() -> None:
     torch.set_num_threads(2)
     from tuneloop.bench.engine import run
 
-    res = run(str(folder), new=64, concurrency=(1, 8, 32), hf_requests=8, dtype="float32")
+    res = run(str(folder), new=64, concurrency=(1, 8, 32), hf_requests=8, dtype="float32", device="cpu")
     res["machine"] = f"{platform.processor() or platform.machine()}, torch threads {torch.get_num_threads()}"
     res["weights"] = "random, SmolLM2-135M-Instruct architecture and tokenizer"
     out.write_text(json.dumps(res, indent=1))

@@ -46,7 +46,11 @@ def hf_one_by_one(model: Any, prompts: list[list[int]], new: int) -> Result:
     with torch.inference_mode():
         for p in prompts:
             model.generate(
-                torch.tensor([p]), max_new_tokens=new, min_new_tokens=new, do_sample=False, pad_token_id=0
+                torch.tensor([p], device=model.device),
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
             )
     return Result(
         "transformers generate, one at a time", len(prompts), len(prompts) * new, time.perf_counter() - t
@@ -59,8 +63,8 @@ def hf_static_batch(model: Any, prompts: list[list[int]], new: int, batch: int, 
         for i in range(0, len(prompts), batch):
             chunk = prompts[i : i + batch]
             width = max(len(p) for p in chunk)
-            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+            ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=model.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=model.device)
             model.generate(
                 ids,
                 attention_mask=mask,
@@ -97,7 +101,7 @@ def engine_closed_loop(engine: Any, prompts: list[list[int]], new: int, concurre
 
 
 def run(model_folder: str, *, new: int = 64, concurrency: tuple[int, ...] = (1, 8, 32), hf_requests: int = 8,
-        dtype: str = "float32") -> dict[str, Any]:  # fmt: skip
+        dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:  # fmt: skip
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tuneloop.engine import LLMEngine
@@ -110,20 +114,21 @@ def run(model_folder: str, *, new: int = 64, concurrency: tuple[int, ...] = (1, 
     ]  # fmt: skip
     tok = AutoTokenizer.from_pretrained(model_folder)
     results: list[Result] = []
-    hf = AutoModelForCausalLM.from_pretrained(model_folder, dtype=getattr(torch, dtype)).eval()
+    # both sides on the same device: the comparison is the engine against transformers, not CPU against GPU
+    hf = AutoModelForCausalLM.from_pretrained(model_folder, dtype=getattr(torch, dtype)).to(device).eval()
     hf_prompts = make_prompts(tok, hf_requests, questions)
     hf_one_by_one(hf, hf_prompts[:1], 4)  # warm-up
     results.append(hf_one_by_one(hf, hf_prompts[: max(2, hf_requests // 4)], new))
     results.append(hf_static_batch(hf, hf_prompts, new, 8, tok.pad_token_id or 0))
     del hf
-    engine = LLMEngine.from_pretrained(model_folder, dtype=dtype, kv_cache_gib=1.0)
+    engine = LLMEngine.from_pretrained(model_folder, dtype=dtype, kv_cache_gib=1.0, device=device)
     engine.generate(make_prompts(tok, 2, questions), None)  # warm-up
     for c in concurrency:
         n = max(c * 2, 4) if c > 1 else max(2, hf_requests // 4)
         results.append(engine_closed_loop(engine, make_prompts(tok, n, questions), new, c))
     base = results[0].tokens_per_s
     return {
-        "model": model_folder, "new_tokens": new, "dtype": dtype, "torch": torch.__version__,
+        "model": model_folder, "new_tokens": new, "dtype": dtype, "device": device, "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "results": [{**r.to_dict(), "ratio_vs_one_at_a_time": round(r.tokens_per_s / base, 2)} for r in results],
     }  # fmt: skip

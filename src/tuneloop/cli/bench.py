@@ -22,6 +22,7 @@ def engine(
     new_tokens: int = typer.Option(64, "--new-tokens", min=1),
     concurrency: str = typer.Option("1,8,32", "--concurrency", help="Comma-separated client counts."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16 | float16"),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda | cuda:N (both sides run there)."),
     out: Path = typer.Option(None, "--out", help="Write the JSON report here."),
 ) -> None:
     """Output tokens/s at several concurrencies vs `generate` one at a time and in static batches."""
@@ -36,9 +37,9 @@ def engine(
             f"--concurrency '{concurrency}' is not a list of integers", hint="e.g. 1,8,32"
         ) from None
     folder = resolve_model(model, pull=True).path
-    report = run(str(folder), new=new_tokens, concurrency=levels, dtype=dtype)
+    report = run(str(folder), new=new_tokens, concurrency=levels, dtype=dtype, device=device)
     table = Table(
-        title=f"engine benchmark: {model}, {new_tokens} new tokens, {dtype}, {report['threads']} threads"
+        title=f"engine benchmark: {model}, {new_tokens} new tokens, {dtype}, {device}, {report['threads']} threads"
     )
     for col in ("what", "requests", "output tokens/s", "vs one at a time"):
         table.add_column(col)
