@@ -172,3 +172,16 @@ class LoopConfig(Config):
     tracking_uri: str | None = Field(
         None, description="the registry (default: MLflow SQLite in TUNELOOP_HOME)"
     )
+
+
+def check_files(cfg: LoopConfig, where: str = "the loop config") -> None:
+    """Every file the config names exists: fail in a second, not after an hour of training."""
+    named = [("gate.frozen_eval", cfg.gate.frozen_eval), ("retrain.train_config", cfg.retrain.train_config)]
+    named += [(f"curate.existing_data[{i}]", p) for i, p in enumerate(cfg.curate.existing_data)]
+    named += [(f"retrain.old_data[{i}]", p) for i, p in enumerate(cfg.retrain.old_data)]
+    named += [(f"retrain.old_preferences[{i}]", p) for i, p in enumerate(cfg.retrain.old_preferences)]
+    from pathlib import Path
+
+    for key, path in named:
+        if path is not None and not Path(path).expanduser().is_file():
+            raise ConfigError(f"{where}: {key} '{path}' does not exist", hint=f"fix the path of {key}")

@@ -36,9 +36,11 @@ class CycleResult:
 class Loop:
     def __init__(self, name: str, config: LoopConfig, *, say: Say = lambda _: None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time):  # fmt: skip
+        from tuneloop.loop.config import check_files
         from tuneloop.registry.refs import check_name
 
         check_name(name)
+        check_files(config)
         self.name, self.cfg, self.say, self.sleep, self.clock = name, config, say, sleep, clock
         self.store = LoopStore(name)
         self._registry = None

@@ -26,7 +26,7 @@ from tuneloop.serve.middleware import RequestContext
 from tuneloop.serve.ratelimit import build_rate_limiter
 from tuneloop.serve.reload import watch
 from tuneloop.serve.requestlog import RequestLog
-from tuneloop.serve.routers import admin, chat, completions, feedback, health, models
+from tuneloop.serve.routers import admin, chat, completions, feedback, health, models, review
 from tuneloop.serve.routing import Route, Shadows
 from tuneloop.serve.serving import Served
 
@@ -46,7 +46,7 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     app.state.ready = False
     app.state.metrics = Metrics(lambda: {n: s.client.load() for n, s in app.state.models.items()})
     install_handlers(app)
-    for module in (chat, completions, models, health, feedback, admin):
+    for module in (chat, completions, models, health, feedback, admin, review):
         app.include_router(module.router)
     app.add_middleware(RequestContext, max_body_bytes=config.limits.max_body_bytes)
     return app

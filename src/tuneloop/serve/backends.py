@@ -62,11 +62,19 @@ def resolve_entry(m: ModelConfig) -> Resolution:
     from tuneloop.models.resolve import resolve_model
 
     base = resolve_model(m.model or "", pull=True)
-    if base.is_adapter:
-        raise TuneloopError(f"'{m.model}' is a LoRA adapter", hint="serve it as `lora:` on its base `model:`")
     adapter = resolve_model(m.lora, pull=True) if m.lora else None
+    if base.is_adapter:  # an alias may move between full and adapter versions: serve it on its base
+        if adapter is not None:
+            raise TuneloopError(f"'{m.model}' is a LoRA adapter", hint="serve it as `lora:` on its base `model:`")
+        adapter, base = base, resolve_model(_adapter_base(base.path), pull=True)
     shown = adapter or base
     return Resolution(base.path, adapter.path if adapter else None, _version(shown))
+
+
+def _adapter_base(folder: Path) -> str:
+    import json
+
+    return str(json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "")
 
 
 def _version(resolved) -> str:

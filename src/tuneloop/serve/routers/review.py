@@ -1,0 +1,70 @@
+"""Admin routes for the loop's approval queue (the `admin` scope): list, approve (optionally edited), reject.
+
+The queue lives in the gateway's database (`tuneloop.loop.review`), so `tuneloop feedback review`
+in a terminal and these routes on any replica see the same items.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from tuneloop.errors import TuneloopError
+from tuneloop.serve.auth import require
+from tuneloop.serve.errors import APIError
+from tuneloop.serve.guard import check_characters
+from tuneloop.serve.keys import ApiKey
+
+router = APIRouter(prefix="/admin/review", tags=["admin"])
+
+
+def _queue(request: Request):
+    state = request.app.state
+    if getattr(state, "review_queue", None) is None:
+        from tuneloop.loop.review import ReviewQueue
+
+        state.review_queue = ReviewQueue(state.config.auth.database_url)
+    return state.review_queue
+
+
+@router.get("")
+def list_items(
+    request: Request,
+    model: str | None = Query(None, max_length=200),
+    status: str = Query("pending", pattern="^(pending|approved|rejected)$"),
+    key: ApiKey = Depends(require("admin")),
+) -> dict:
+    items = _queue(request).list(model, status)
+    return {"object": "list", "data": [i.to_json() for i in items]}
+
+
+class Approval(BaseModel):
+    answer: str | None = Field(default=None, max_length=20000)  # an edited answer to train on instead
+
+
+class Rejection(BaseModel):
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+def _decide(request: Request, item_id: int, key: ApiKey, approve: bool, text: str | None) -> dict:
+    check_characters(text)
+    try:
+        queue = _queue(request)
+        item = queue.approve(item_id, key.id, text) if approve else queue.reject(item_id, key.id, text)
+    except TuneloopError as e:
+        if e.message.startswith("no review item"):
+            raise APIError(404, e.message, "review_item_not_found") from None
+        raise APIError(409 if "already" in e.message else 400, e.message, "invalid_value") from None
+    return item.to_json()
+
+
+@router.post("/{item_id}/approve")
+def approve(item_id: int, request: Request, body: Approval | None = None,
+            key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
+    return _decide(request, item_id, key, True, body.answer if body else None)
+
+
+@router.post("/{item_id}/reject")
+def reject(item_id: int, request: Request, body: Rejection | None = None,
+           key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
+    return _decide(request, item_id, key, False, body.reason if body else None)
