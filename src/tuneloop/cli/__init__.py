@@ -98,6 +98,10 @@ def _register() -> None:
     app.command("serve")(serve_cli.serve)
     app.add_typer(serve_cli.keys_app, name="keys")
     app.add_typer(serve_cli.feedback_app, name="feedback")
+    from tuneloop.cli import loop as loop_cli
+
+    app.add_typer(loop_cli.app, name="loop")
+    serve_cli.feedback_app.command("review")(loop_cli.review)
     from tuneloop.cli import chat as chat_cli
     from tuneloop.cli import quickstart as quickstart_cli
 
