@@ -1,6 +1,6 @@
 """Gate: the candidate against production on a frozen evaluation set plus held-out new feedback examples.
 
-It passes only when it is better by `margin` where the new feedback is (the held-out examples, or
+It passes only when it improves by at least `margin` (0: not worse) where the new feedback is (the held-out examples, or
 the frozen set when none were held out) and does not drop by more than `tolerance` on the frozen
 set. `decide` is the rule (pure, unit-tested); `evaluate_pair` produces its numbers.
 """
@@ -51,7 +51,7 @@ def decide(production: Scores, candidate: Scores, margin: float, tolerance: floa
             False,
             f"regresses on the frozen set by {-frozen_delta:.4f} (tolerance {tolerance:.4f})",
         )
-    elif improvement < margin - 1e-12 or (margin == 0 and improvement <= 0):
+    elif improvement < margin - 1e-12:
         passed, reason = False, f"improves {where} by {improvement:+.4f}, needs at least {margin:.4f}"
     else:
         passed, reason = (
