@@ -78,3 +78,41 @@ def batch(*items: Interaction) -> Batch:
 def qa_rows(ids: list[str], file: str = "train.jsonl") -> list[dict]:
     rows = [json.loads(x) for x in (KB / "qa" / file).read_text(encoding="utf-8").splitlines() if x.strip()]
     return [r for r in rows if any(r["id"].startswith(i) for i in ids)]
+
+
+TINY_TRAIN = """\
+objective: sft
+method: lora
+data: {path: unused.jsonl, max_length: 64}
+lora: {rank: 4, alpha: 8, dropout: 0.0}
+optim: {lr: 1.0e-3, warmup_ratio: 0.0}
+batch: {micro_batch: 2, global_batch: 2}
+max_steps: 2
+eval: {final: false}
+tracking: {mlflow: false, tensorboard: false, system_metrics: false}
+precision: fp32
+seed: 1
+"""
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tiny_loop(tmp_path: Path, registry, tiny_llama: Path):
+    """`bot/1` (the tiny model) as production and candidate, and a loop config dict for it."""
+    registry.register_folder(tiny_llama, "bot")
+    registry.promote("bot", 1, "production")
+    registry.promote("bot", 1, "candidate")
+    train = tmp_path / "tiny-train.yaml"
+    train.write_text(TINY_TRAIN)
+    frozen = write_jsonl(tmp_path / "frozen.jsonl", qa_rows(["hq-t1", "trial-t1"]))
+    return {
+        "collect": {"served_name": "bot"},
+        "curate": {"holdout_fraction": 0.0},
+        "retrain": {"train_config": str(train)},
+        "gate": {"frozen_eval": str(frozen), "margin": 0.0, "max_new_tokens": 4, "device": "cpu"},
+    }

@@ -121,7 +121,9 @@ class GateSettings(Config):
     )
     metric: Literal["contains_answer", "token_f1", "rouge_l", "exact_match"] = "contains_answer"
     feedback_metric: Literal["token_f1", "rouge_l", "exact_match"] = "token_f1"
-    margin: float = Field(0.02, ge=0, description="the candidate must beat production by this much (0: not worse)")
+    margin: float = Field(
+        0.02, ge=0, description="the candidate must beat production by this much (0: not worse)"
+    )
     tolerance: float = Field(0.0, ge=0, description="allowed drop on the frozen set")
     max_samples: int | None = Field(None, gt=0)
     max_new_tokens: int = Field(48, gt=0)

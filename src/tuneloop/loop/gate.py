@@ -38,7 +38,8 @@ class GateDecision:
     tolerance: float
 
     def numbers(self) -> dict[str, Any]:
-        return asdict(self)
+        """The numbers behind the decision (passed and reason are the decision itself)."""
+        return {k: v for k, v in asdict(self).items() if k not in ("passed", "reason")}
 
 
 def decide(production: Scores, candidate: Scores, margin: float, tolerance: float) -> GateDecision:
@@ -110,7 +111,8 @@ def evaluate_pair(production_ref: str, candidate_ref: str, heldout: Path, s: Gat
     prod, prod_samples = scores_of(production_ref, frozen, feedback, s)
     cand, cand_samples = scores_of(candidate_ref, frozen, feedback, s)
     decision = decide(prod, cand, s.margin, s.tolerance)
-    report = {"production": production_ref, "candidate": candidate_ref, **decision.numbers(),
+    report = {"production": production_ref, "candidate": candidate_ref, "passed": decision.passed,
+              "reason": decision.reason, **decision.numbers(),
               "samples": {"production": prod_samples, "candidate": cand_samples}}  # fmt: skip
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     return decision
