@@ -25,20 +25,47 @@ _TRAILING = re.compile(r"[ \t]+\n")
 _BLANK_LINES = re.compile(r"\n{3,}")
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 UNITS = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
+# UNITS of ASCII text are runs of [A-Za-z0-9_]: every other byte becomes a space, then str.split
+_ASCII_UNIT_BYTES = bytes(c if chr(c).isalnum() or c == ord("_") else 32 for c in range(128)) + b" " * 128
+_ASCII_SPACE = bytes(c for c in range(128) if chr(c).isspace())
 _SYMBOLS = re.compile(r"[^\w\s]|_")
+# what _SYMBOLS does not count in ASCII text: letters, digits and what str.isspace() calls space
+_ASCII_NOT_SYMBOLS = bytes(c for c in range(128) if chr(c).isalnum() or chr(c).isspace())
 
 
 def clean_text(text: str, cfg: CleanConfig) -> str:
+    # each regex runs only if a substring it needs is present (substring tests are memchr-fast,
+    # a regex scan is not): the result is the same, most text skips most patterns
     if cfg.normalization != "none":
         text = unicodedata.normalize(cfg.normalization, text)
+    ascii_ = text.isascii()
     if cfg.remove_control:
-        text = _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n").replace("\u2028", "\n"))
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        if not ascii_:
+            text = _CONTROL.sub("", text.replace("\u2028", "\n"))
+        elif not _printable_ascii(text):
+            text = _CONTROL.sub("", text)
     if cfg.normalize_whitespace:
-        text = _SPACES.sub(" ", text)
-        text = _INNER_RUNS.sub(" ", text)
-        text = _TRAILING.sub("\n", text)
-        text = _BLANK_LINES.sub("\n\n", text).strip()
+        if not ascii_:
+            text = _SPACES.sub(" ", text)
+        if "  " in text or "\t" in text:
+            text = _INNER_RUNS.sub(" ", text)
+        if " \n" in text or "\t\n" in text:
+            text = _TRAILING.sub("\n", text)
+        if "\n\n\n" in text:
+            text = _BLANK_LINES.sub("\n\n", text)
+        text = text.strip()
     return text
+
+
+_NOT_PRINTABLE = bytes(c for c in range(128) if (c < 32 and chr(c) not in "\t\n") or c == 127)
+
+
+def _printable_ascii(text: str) -> bool:
+    """No ASCII control character other than tab and newline (the ones `_CONTROL` would remove)."""
+    raw = text.encode("ascii")
+    return len(raw.translate(None, _NOT_PRINTABLE)) == len(raw)
 
 
 class Cleaner(Step):
@@ -66,20 +93,40 @@ class QualityFilter(Filter):
 
     def reason(self, doc: Doc) -> str | None:
         text = doc.view()
-        chars = sum(map(len, text.split()))
+        chars = non_space_chars(text)
         if chars > self.cfg.max_chars:
             return "too_long"
         if not self.full:  # chat rows: "Hi" -> "Hello!" is a fine example, so only size limits apply
             return None
         if chars < self.cfg.min_chars:
             return "too_short"
-        if _SYMBOLS.subn("", text)[1] / chars > self.cfg.max_symbol_ratio:
+        if symbol_count(text) / chars > self.cfg.max_symbol_ratio:
             return "symbol_ratio"
         if duplicate_line_fraction(text) > self.cfg.max_duplicate_line_fraction:
             return "repeated_lines"
         if duplicate_ngram_fraction(text, self.cfg.ngram_size) > self.cfg.max_duplicate_ngram_fraction:
             return "repeated_ngrams"
         return None
+
+
+def _ascii_units(text: str) -> list[str]:
+    return text.lower().encode("ascii").translate(_ASCII_UNIT_BYTES).decode("ascii").split()
+
+
+def non_space_chars(text: str) -> int:
+    """Characters that are not whitespace (str.isspace), i.e. sum(map(len, text.split()))."""
+    if text.isascii():
+        raw = text.encode("ascii")
+        return len(raw.translate(None, _ASCII_SPACE))
+    return sum(map(len, text.split()))
+
+
+def symbol_count(text: str) -> int:
+    """Characters that are neither word characters nor whitespace, plus underscores (`_SYMBOLS` matches)."""
+    if text.isascii():
+        raw = text.encode("ascii")
+        return len(raw.translate(None, _ASCII_NOT_SYMBOLS))
+    return _SYMBOLS.subn("", text)[1]
 
 
 def duplicate_line_fraction(text: str) -> float:
@@ -91,9 +138,11 @@ def duplicate_line_fraction(text: str) -> float:
 
 def duplicate_ngram_fraction(text: str, n: int) -> float:
     """Share of unit n-grams that occur more than once (CJK characters are units, as are words)."""
-    units = UNITS.findall(text.lower())
+    units = _ascii_units(text) if text.isascii() else UNITS.findall(text.lower())
     if len(units) < 4 * n:
         return 0.0
-    grams = Counter(zip(*(units[i:] for i in range(n)), strict=False))
     total = len(units) - n + 1
-    return sum(c for c in grams.values() if c > 1) / total
+    grams = list(zip(*(units[i:] for i in range(n)), strict=False))
+    if len(set(grams)) == total:  # the usual answer, and a set is cheaper than a Counter
+        return 0.0
+    return sum(c for c in Counter(grams).values() if c > 1) / total

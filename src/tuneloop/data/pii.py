@@ -118,10 +118,26 @@ def find_pii(text: str, types: list[str] | None = None) -> list[tuple[str, str]]
     return found
 
 
+def _needs(text: str) -> tuple[bool, bool]:
+    """(any digit, any ':' or '.'): every detector but email needs a digit, except IPv6, which needs ':'."""
+    digit = any(d in text for d in "0123456789")  # ten memchr scans beat one regex scan
+    return digit, ":" in text or (digit and "." in text)
+
+
 def redact(text: str, types: list[str] | None = None, found: list[tuple[str, str]] | None = None) -> str:
     """`text` with each PII item replaced by its typed placeholder, e.g. <EMAIL>."""
+    digit, address = _needs(text)
+    memo: dict[Callable[[str], object], tuple[str, bool]] = {}
     for det in DETECTORS:
-        if (types is not None and det.type not in types) or not det.maybe(text):
+        if types is not None and det.type not in types:
+            continue
+        # the cheap tests first; placeholders (<EMAIL> ...) add no digit, ':' or '.', so `_needs` holds
+        if (det.maybe is _HAS_DIGITS and not digit) or (det.maybe is _HAS_ADDRESS and not address):
+            continue
+        seen = memo.get(det.maybe)
+        if seen is None or seen[0] is not text:  # three detectors share _HAS_DIGITS: scan once per text
+            seen = memo[det.maybe] = (text, bool(det.maybe(text)))
+        if not seen[1]:
             continue
 
         def sub(m: re.Match[str], det: Detector = det) -> str:

@@ -164,9 +164,15 @@ def _dedup_info(
 
 def final_rows(doc: Doc, chunker: Chunker, kind: str) -> list[tuple[str, int]]:
     """(JSON line, token count) for each output row of a surviving document."""
+    return final_rows_batch([doc], chunker, kind)[0]
+
+
+def final_rows_batch(docs: list[Doc], chunker: Chunker, kind: str) -> list[list[tuple[str, int]]]:
+    """`final_rows` of each document; pretraining text is tokenized in batches."""
     if kind == "pretrain":
-        return [(dump_row({"text": text}), n) for text, n in chunker.chunks(doc.row["text"])]
-    return [(dump_row(doc.row), chunker.chat.count(doc.row))]
+        chunked = chunker.chunks_batch([doc.row["text"] for doc in docs])
+        return [[(dump_row({"text": text}), n) for text, n in pieces] for pieces in chunked]
+    return [[(dump_row(doc.row), chunker.chat.count(doc.row))] for doc in docs]
 
 
 def finish(

@@ -26,7 +26,15 @@ from tuneloop.data.config import DataConfig
 from tuneloop.data.dedup import MinHasher, exact_duplicates, group_edges
 from tuneloop.data.document import Doc
 from tuneloop.data.output import SPLITS, concat
-from tuneloop.data.pipeline import Decision, Order, decide, final_rows, finish, prepare_out, process_file
+from tuneloop.data.pipeline import (
+    Decision,
+    Order,
+    decide,
+    final_rows_batch,
+    finish,
+    prepare_out,
+    process_file,
+)
 from tuneloop.data.readers import InputFile, list_inputs
 from tuneloop.data.split import smallest
 from tuneloop.data.stats import Stats
@@ -165,16 +173,29 @@ def _phase3(task: tuple[int, set[int], set[int], DataConfig, str, str]) -> dict[
         paths["val"].open("w", encoding="utf-8") as va,
         source.open(encoding="utf-8") as f,
     ):
-        for line in f:
-            doc = Doc.from_json(json.loads(line))
-            if doc.index in removed:
-                continue
-            split = "val" if doc.index in val else "train"
-            docs[split] += 1
-            for row, n in final_rows(doc, chunker, cfg.kind):
-                (va if split == "val" else tr).write(row + "\n")
-                tokens[split].append(n)
+        for batch in _batches(f, removed):
+            for doc, rows in zip(batch, final_rows_batch(batch, chunker, cfg.kind), strict=True):
+                split = "val" if doc.index in val else "train"
+                docs[split] += 1
+                out = va if split == "val" else tr
+                for row, n in rows:
+                    out.write(row + "\n")
+                    tokens[split].append(n)
     return {"tokens": tokens, "docs": docs}
+
+
+def _batches(lines: Iterator[str], removed: set[int], size: int = 64) -> Iterator[list[Doc]]:
+    """Surviving documents of a shard, a few at a time (the tokenizer is called once per batch)."""
+    batch: list[Doc] = []
+    for line in lines:
+        doc = Doc.from_json(json.loads(line))
+        if doc.index not in removed:
+            batch.append(doc)
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def _write(
