@@ -6,7 +6,7 @@ in a terminal and these routes on any replica see the same items.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from tuneloop.errors import TuneloopError
@@ -16,6 +16,7 @@ from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
 
 router = APIRouter(prefix="/admin/review", tags=["admin"])
+ITEM_ID = Path(ge=1, le=2**63 - 1)  # a 64-bit INTEGER row id: larger ids are a 400, not a database error
 
 
 def _queue(request: Request):
@@ -59,12 +60,12 @@ def _decide(request: Request, item_id: int, key: ApiKey, approve: bool, text: st
 
 
 @router.post("/{item_id}/approve")
-def approve(item_id: int, request: Request, body: Approval | None = None,
+def approve(request: Request, item_id: int = ITEM_ID, body: Approval | None = None,
             key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
     return _decide(request, item_id, key, True, body.answer if body else None)
 
 
 @router.post("/{item_id}/reject")
-def reject(item_id: int, request: Request, body: Rejection | None = None,
+def reject(request: Request, item_id: int = ITEM_ID, body: Rejection | None = None,
            key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
     return _decide(request, item_id, key, False, body.reason if body else None)
