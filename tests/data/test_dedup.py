@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tuneloop.data.config import DedupConfig
-from tuneloop.data.dedup import MinHasher, exact_duplicates, exact_hash, group_edges, resolve_clusters
+from tuneloop.data.dedup import (
+    MinHasher,
+    bucket_edges,
+    exact_duplicates,
+    exact_hash,
+    group_edges,
+    resolve_clusters,
+)
 
 EN = (
     "The quarterly report shows that revenue grew in every region, led by strong demand in Asia and a "
@@ -98,3 +106,24 @@ def test_a_pair_is_found_even_when_its_bucket_starts_with_an_unrelated_document(
     sig = lambda *values: np.array(values, dtype=np.uint32)  # noqa: E731
     members = [((0, 0), sig(1, 2, 3, 4)), ((0, 1), sig(1, 9, 9, 9)), ((0, 2), sig(1, 9, 9, 8))]
     assert group_edges(members, 0.7) == [((0, 2), (0, 1), 0.75)]
+
+
+@pytest.mark.parametrize("max_reps", [256, 3])
+def test_bucket_edges_are_group_edges_of_every_bucket(max_reps: int) -> None:
+    """The batched verification (local engine) gives exactly the per-bucket loop's edges (Spark engine)."""
+    rng = np.random.default_rng(0)
+    k = 32
+    base = rng.integers(0, 2**32, size=(40, k), dtype=np.uint32)
+    sigs = np.repeat(base, 5, axis=0)  # families of near-copies: each copy changes a few values
+    flip = rng.random(sigs.shape) < rng.choice([0.02, 0.1, 0.3], size=(len(sigs), 1))
+    sigs[flip] = rng.integers(0, 2**32, size=int(flip.sum()), dtype=np.uint32)
+    groups = []
+    for _ in range(300):  # buckets of every size, related and unrelated members, some repeated
+        size = int(rng.choice([2, 2, 2, 3, 4, 7, 16, 65, 90]))
+        groups.append(np.sort(rng.choice(len(sigs), size=size, replace=False)))
+    groups += groups[:20]
+    want = set()
+    for g in groups:
+        want.update(group_edges([(int(j), sigs[j]) for j in g], 0.8, max_reps))
+    got = bucket_edges(groups, sigs, 0.8, max_reps)
+    assert set(got) == want and len(want) > 20

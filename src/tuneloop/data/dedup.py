@@ -181,6 +181,62 @@ def group_edges(
     return edges
 
 
+def bucket_edges(
+    groups: Iterable[np.ndarray], sigs: np.ndarray, threshold: float, max_reps: int = 256
+) -> list[tuple[int, int, float]]:
+    """`group_edges` for many buckets at once, on row numbers of `sigs`: (member, earlier member, similarity).
+
+    Each group is an ascending array of rows (canonical order). Groups of one size are verified
+    together: one array comparison gives every pairwise similarity, and the representative rule
+    of `group_edges` runs on bit masks. The edges are exactly `group_edges`'s; groups repeated in
+    several bands are verified once.
+    """
+    by_size: dict[int, list[np.ndarray]] = {}
+    seen: set[bytes] = set()
+    for g in groups:
+        key = g.tobytes()
+        if key not in seen:
+            seen.add(key)
+            by_size.setdefault(len(g), []).append(g)
+    k = sigs.shape[1]
+    edges: list[tuple[int, int, float]] = []
+    for size, same in sorted(by_size.items()):
+        if size > 64:  # rare large buckets: the loop, whose work is bounded by max_reps
+            for g in same:
+                edges += group_edges([(int(j), sigs[j]) for j in g], threshold, max_reps)
+            continue
+        step = max(1, (1 << 25) // (size * size * k))  # bound the comparison array to ~32 MB
+        for i in range(0, len(same), step):
+            members = np.stack(same[i : i + step])  # (G, size)
+            s = sigs[members]  # (G, size, k)
+            if size == 2:
+                sim = (s[:, 0] == s[:, 1]).sum(axis=1) / k
+                for (a, b), v in zip(
+                    members[sim >= threshold].tolist(), sim[sim >= threshold].tolist(), strict=True
+                ):
+                    edges.append((b, a, round(v, 4)))
+                continue
+            sim = (s[:, :, None, :] == s[:, None, :, :]).sum(axis=3) / k  # (G, size, size)
+            bits = ((sim >= threshold).astype(np.uint64) << np.arange(size, dtype=np.uint64)).sum(axis=2)
+            found: list[tuple[int, int, int]] = []
+            for gi, rows in enumerate(bits.tolist()):
+                reps, n_reps = 1, 1
+                for j in range(1, size):
+                    hit = rows[j] & reps
+                    if hit:
+                        found.append((gi, j, (hit & -hit).bit_length() - 1))  # the first agreeing rep
+                    elif n_reps < max_reps:
+                        reps |= 1 << j
+                        n_reps += 1
+            if found:
+                gi, j, r = np.array(found).T
+                for a, b, v in zip(
+                    members[gi, j].tolist(), members[gi, r].tolist(), sim[gi, j, r].tolist(), strict=True
+                ):
+                    edges.append((a, b, round(v, 4)))
+    return edges
+
+
 def resolve_clusters(edges: Iterable[tuple[Any, Any, float]]) -> dict[Any, tuple[Any, float]]:
     """Union-find over verified pairs -> {removed order: (kept order, similarity of its closest link)}.
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from tuneloop.data.chunk import Chunker, tokenizer_path
 from tuneloop.data.config import DataConfig
-from tuneloop.data.dedup import MinHasher, exact_duplicates, group_edges
+from tuneloop.data.dedup import MinHasher, bucket_edges, exact_duplicates
 from tuneloop.data.document import Doc
 from tuneloop.data.output import SPLITS, concat
 from tuneloop.data.pipeline import (
@@ -143,18 +143,19 @@ def _lsh_edges(
 ) -> list[tuple[Order, Order, float]]:
     """Candidate pairs from equal band keys (sorting, not a Python dict per band), verified on signatures."""
     hasher = MinHasher(cfg.dedup)
-    keys = hasher.band_keys(sigs[alive])
-    edges: set[tuple[Order, Order, float]] = set()
+    live = sigs[alive]
+    keys = hasher.band_keys(live)
+    groups: list[np.ndarray] = []
     for band in range(keys.shape[1]):
         col = keys[:, band]
         idx = np.argsort(col, kind="stable")  # stable: equal keys stay in canonical order
         sorted_keys = col[idx]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
         ends = np.r_[starts[1:], len(idx)]
-        for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
-            members = [(orders[alive[j]], sigs[alive[j]]) for j in idx[s:e]]
-            edges.update(group_edges(members, cfg.dedup.threshold))
-    return sorted(edges)
+        multi = ends - starts > 1
+        groups += [idx[s:e] for s, e in zip(starts[multi].tolist(), ends[multi].tolist(), strict=True)]
+    edges = bucket_edges(groups, live, cfg.dedup.threshold)
+    return sorted({(orders[alive[a]], orders[alive[b]], sim) for a, b, sim in edges})
 
 
 def _subset(orders: dict[Order, Any] | set[Order], file: int) -> set[int]:
