@@ -97,3 +97,30 @@ def test_approval_queue_holds_the_cycle_until_reviewed(tiny_loop, traffic, regis
     assert m["rejections"] == {"rejected_by_reviewer": 1} and m["counts"]["approved"] == 2
     train = (LoopStore("bot").cycle_dir(1) / "data" / "sft" / "train.jsonl").read_text()
     assert "Slate Blue only" in train
+
+
+@pytest.mark.parametrize("objectives", [["dpo"], ["sft", "dpo"]])
+def test_dpo_and_sft_then_dpo_train_from_the_feedback_pairs(tiny_loop, traffic, registry, objectives):
+    for q, a, fix in FIXES:
+        traffic.rate(traffic.answer(q, a), "down", correction=fix)
+    cfg = load_config(LoopConfig, tiny_loop, [f"retrain.objectives={objectives}"])
+    result = Loop("bot", cfg).run_cycle()
+    assert result.outcome == "promoted", result
+    trained = next(d for d in LoopStore("bot").decisions() if d["stage"] == "retrain")["numbers"]
+    assert [r.rsplit("/", 1)[-1] for r in trained["runs"]] == [f"run-{o}" for o in objectives]
+    pairs = (LoopStore("bot").cycle_dir(1) / "data" / "dpo" / "train.jsonl").read_text().splitlines()
+    assert len(pairs) == 3 and json.loads(pairs[0])["rejected"] == FIXES[0][1]
+    run = json.loads((LoopStore("bot").cycle_dir(1) / f"run-{objectives[-1]}" / "run.json").read_text())
+    assert run["objective"] == "dpo"
+    if objectives == ["sft", "dpo"]:  # DPO ran on the merged SFT model, which is now a registered base
+        assert run["base_model"]["reference"].endswith("merged-sft")
+        assert dict(registry.version("bot@production").tags)["tuneloop.base"] != "bot/1"
+
+
+def test_cli_loop_run_once_with_nothing_new(tiny_loop, tmp_path):
+    import yaml
+
+    cfg = tmp_path / "loop.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_loop))
+    out = CliRunner().invoke(app, ["loop", "run", "--model", "bot", "--config", str(cfg)])
+    assert out.exit_code == 0 and "nothing_new" in out.output, out.output
