@@ -276,3 +276,47 @@ def test_tokenizer_spec_gates_the_fast_path(tok_dir: str, tmp_path: Path) -> Non
         folder.mkdir()
         (folder / "tokenizer.json").write_text(json.dumps(s))
         assert chunk_mod._byte_level(str(folder)) is None, name
+
+
+def test_python_pre_tokenizer_splits_like_the_tokenizer(tok_dir: str) -> None:
+    """The GPT-2 regex in Python's `re` (`_GPT2`) finds the tokenizer's own pre-tokens on every text
+    it calls safe: random strings over all safe BMP characters, ASCII, contractions and spaces."""
+    fast = chunk_mod._byte_level(tok_dir)
+    pre = load_tokenizer(tok_dir).pre_tokenizer
+    unsure = chunk_mod._unsure_chars()
+    safe = [chr(c) for c in range(0x80, 0x10000) if not unsure.match(chr(c))]
+    plain = [chr(c) for c in range(128) if not 0x1C <= c < 0x20]
+    extra = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", " '", "  ", "\n\n", " \n", "\t ", "_", " _a"]
+    rng = random.Random(3)
+    checked = 0
+    for _ in range(20000):
+        parts = [
+            rng.choice(plain)
+            if (r := rng.random()) < 0.5
+            else rng.choice(safe)
+            if r < 0.8
+            else rng.choice(extra)
+            for _ in range(rng.randint(1, 30))
+        ]
+        text = "".join(parts)
+        if not fast._safe(text):
+            continue
+        checked += 1
+        assert [m.span() for m in chunk_mod._GPT2.finditer(text)] == [
+            o for _, o in pre.pre_tokenize_str(text)
+        ]
+    assert checked > 15000
+    for unsure_text in ["x² y", "a\u3000b", "<|im_start|>hi", "emoji 😀", "a\x1cb", "Ⅻ"]:
+        assert not fast._safe(unsure_text)
+
+
+def test_pre_token_cache_counts_like_whole_documents(fast_dir: str) -> None:
+    """Counting through cached pre-tokens (warm and cold, English and Chinese) equals encoding the text."""
+    chunker = Chunker(fast_dir, ChunkConfig(max_tokens=10_000))
+    tok = chunker.tok
+    rng = random.Random(4)
+    texts = [random_text(rng, 150) for _ in range(400)]
+    for _ in range(2):  # the second pass runs on a warm cache
+        got = [c for cs in chunker.chunks_batch(texts) for c in cs]
+        want = [(t, len(_encode(tok, t).ids)) for t in texts if t.strip()]
+        assert got == want
