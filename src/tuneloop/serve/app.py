@@ -27,6 +27,7 @@ from tuneloop.serve.ratelimit import build_rate_limiter
 from tuneloop.serve.reload import watch
 from tuneloop.serve.requestlog import RequestLog
 from tuneloop.serve.routers import admin, chat, completions, feedback, health, models, review
+from tuneloop.serve.routers.console import console_routers
 from tuneloop.serve.routing import Route, Shadows
 from tuneloop.serve.serving import Served
 
@@ -48,6 +49,8 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     install_handlers(app)
     for module in (chat, completions, models, health, feedback, admin, review):
         app.include_router(module.router)
+    for router in console_routers():  # the web console and the admin routes it needs
+        app.include_router(router)
     app.add_middleware(RequestContext, max_body_bytes=config.limits.max_body_bytes)
     return app
 

@@ -1,0 +1,191 @@
+"""Admin routes for the model registry (the `admin` scope): what `tuneloop registry` shows and does.
+
+GET  /admin/registry/models                         every model, latest version, aliases
+GET  /admin/registry/models/{name}                  its versions (lineage, metrics, aliases) and alias history
+GET  /admin/registry/models/{name}/versions/{v}     one version in full (`tuneloop registry show`)
+POST /admin/registry/models/{name}/promote          {version, alias}
+POST /admin/registry/models/{name}/rollback         {alias}
+
+Moving an alias changes what users get, so promote and rollback take two calls: the first (without
+confirmation) answers 409 with what would change and a `confirm_token` bound to exactly that move;
+the second repeats the body with that token (or with `confirm: true`, for scripts). A token goes
+stale when the alias moves in between. With `reload: true` the gateway re-resolves its model
+references afterwards, so a served `NAME@alias` follows at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import secrets
+from typing import Any
+
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from tuneloop.errors import ModelNotFoundError, TuneloopError
+from tuneloop.serve.auth import require
+from tuneloop.serve.errors import APIError, error_body
+from tuneloop.serve.keys import ApiKey
+
+router = APIRouter(prefix="/admin/registry", tags=["admin"])
+NAME = Path(min_length=1, max_length=200)
+ALIAS = Field(default="production", min_length=1, max_length=100)
+
+
+def _registry(request: Request) -> Any:
+    state = request.app.state
+    if getattr(state, "console_registry", None) is None:
+        from tuneloop.registry import Registry
+
+        state.console_registry = Registry()  # MLFLOW_TRACKING_URI, else the SQLite in TUNELOOP_HOME
+        state.console_secret = secrets.token_bytes(32)
+    return state.console_registry
+
+
+def _call(fn, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except ModelNotFoundError as e:
+        raise APIError(404, e.message, "model_not_found") from None
+    except TuneloopError as e:
+        status = 404 if "does not exist" in e.message or "no registered model" in e.message else 400
+        raise APIError(status, e.message + (f" ({e.hint})" if e.hint else ""), "registry_error") from None
+
+
+def _version_json(mv: Any) -> dict[str, Any]:
+    from tuneloop.registry.lineage import METRIC_PREFIX
+
+    tags = dict(mv.tags)
+    return {
+        "version": int(mv.version),
+        "ref": f"{mv.name}/{mv.version}",
+        "aliases": sorted(mv.aliases or []),
+        "created": mv.creation_timestamp,
+        "description": mv.description or "",
+        "kind": tags.get("tuneloop.kind"),
+        "lineage": {
+            k.removeprefix("tuneloop."): v for k, v in sorted(tags.items()) if not k.startswith(METRIC_PREFIX)
+        },
+        "metrics": {
+            k.removeprefix(METRIC_PREFIX): v for k, v in sorted(tags.items()) if k.startswith(METRIC_PREFIX)
+        },
+    }
+
+
+@router.get("/models")
+def list_models(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+    from tuneloop.registry.views import list_models as rows
+
+    return {"object": "list", "data": _call(rows, _registry(request))}
+
+
+@router.get("/models/{name}")
+def show_model(request: Request, name: str = NAME, key: ApiKey = Depends(require("admin"))) -> dict:
+    reg = _registry(request)
+    model = _call(reg.model, name)
+    versions = _call(reg.versions, name)
+    return {
+        "name": name,
+        "description": model.description or "",
+        "aliases": {a: int(v) for a, v in sorted(dict(model.aliases or {}).items())},
+        "versions": [_version_json(v) for v in reversed(versions)],  # newest first
+        "history": _call(reg.history, name),
+    }
+
+
+@router.get("/models/{name}/versions/{version}")
+def show_version(request: Request, name: str = NAME, version: int = Path(ge=1, le=2**31),
+                 key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
+    from tuneloop.registry.views import describe
+
+    return _call(describe, _registry(request), f"{name}/{version}")
+
+
+class AliasMove(BaseModel):
+    alias: str = ALIAS
+    confirm: bool = False
+    confirm_token: str | None = Field(default=None, max_length=200)
+    reload: bool = False  # re-resolve the gateway's model references after the move
+
+
+class Promotion(AliasMove):
+    version: int = Field(ge=1, le=2**31)
+
+
+def _token(request: Request, move: dict[str, Any]) -> str:
+    message = json.dumps(move, sort_keys=True).encode()
+    return hmac.new(request.app.state.console_secret, message, hashlib.sha256).hexdigest()
+
+
+def _preview(move: dict[str, Any], token: str, stale: bool) -> JSONResponse:
+    """409: what would change, and the token that confirms exactly that."""
+    before = move["from"] if move["from"] is not None else "nothing"
+    message = (
+        f"confirm: {move['action']} {move['name']}@{move['alias']} from version {before} to {move['to']}"
+    )
+    if stale:
+        message += " (the alias moved since that token was issued)"
+    body = error_body(409, message, "confirmation_required")
+    return JSONResponse({**body, "confirm": {**move, "confirm_token": token}}, 409)
+
+
+async def _move(request: Request, body: AliasMove, plan, apply) -> dict | JSONResponse:
+    """plan() -> the move; unless the body confirms exactly it, a 409 preview; else apply() (and reload)."""
+    move = await asyncio.to_thread(_call, plan)
+    token = _token(request, move)
+    given = body.confirm_token
+    if not (body.confirm or (given and hmac.compare_digest(given, token))):
+        return _preview(move, token, stale=bool(given))
+    await asyncio.to_thread(_call, apply)
+    result: dict[str, Any] = {**move, "done": True}
+    if body.reload:
+        from tuneloop.serve.reload import reload_models
+
+        result["reloaded"] = await reload_models(request.app.state)
+    return result
+
+
+def _check_alias(alias: str) -> None:
+    from tuneloop.registry.refs import check_alias
+
+    check_alias(alias)
+
+
+def _current(reg: Any, name: str, alias: str) -> int | None:
+    found = dict(reg.model(name).aliases or {}).get(alias)
+    return int(found) if found is not None else None
+
+
+@router.post("/models/{name}/promote", response_model=None)
+async def promote(body: Promotion, request: Request, name: str = NAME,
+                  key: ApiKey = Depends(require("admin"))) -> dict | JSONResponse:  # fmt: skip
+    reg = _registry(request)
+
+    def plan() -> dict[str, Any]:
+        _check_alias(body.alias)
+        reg.version(f"{name}/{body.version}")  # 404 for an unknown version, before any confirmation
+        return {"action": "promote", "name": name, "alias": body.alias,
+                "from": _current(reg, name, body.alias), "to": body.version}  # fmt: skip
+
+    return await _move(request, body, plan, lambda: reg.promote(name, body.version, body.alias))
+
+
+@router.post("/models/{name}/rollback", response_model=None)
+async def rollback(body: AliasMove, request: Request, name: str = NAME,
+                   key: ApiKey = Depends(require("admin"))) -> dict | JSONResponse:  # fmt: skip
+    from tuneloop.registry import aliases
+
+    _call(_check_alias, body.alias)
+    reg = _registry(request)
+
+    def plan() -> dict[str, Any]:
+        current = _current(reg, name, body.alias)
+        existing = {int(v.version) for v in reg.versions(name)}
+        target = aliases.rollback_target(reg.history(name), body.alias, current, existing)
+        return {"action": "rollback", "name": name, "alias": body.alias, "from": current, "to": target}
+
+    return await _move(request, body, plan, lambda: reg.rollback(name, body.alias))
