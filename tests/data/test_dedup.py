@@ -127,3 +127,15 @@ def test_bucket_edges_are_group_edges_of_every_bucket(max_reps: int) -> None:
         want.update(group_edges([(int(j), sigs[j]) for j in g], 0.8, max_reps))
     got = bucket_edges(groups, sigs, 0.8, max_reps)
     assert set(got) == want and len(want) > 20
+
+
+@pytest.mark.parametrize(("num_perm", "bands", "shingle"), [(128, 16, 5), (96, 12, 3)])
+def test_batched_signatures_equal_one_by_one(num_perm: int, bands: int, shingle: int) -> None:
+    hasher = MinHasher(DedupConfig(num_perm=num_perm, bands=bands, shingle_size=shingle))
+    rng = np.random.default_rng(1)
+    alphabet = list("ab cd中文x")
+    for _ in range(100):
+        sizes = rng.choice([0, 1, 2, 3, 4, 5, 6, 10, 50, 300], size=int(rng.integers(1, 20)))
+        texts = ["".join(rng.choice(alphabet, size=int(s))) for s in sizes]  # empty and short texts too
+        want = np.stack([hasher.signature(t, t) for t in texts])
+        assert (hasher.signatures(texts) == want).all()

@@ -105,6 +105,48 @@ class MinHasher:
             self._densify(sig, filled)
         return sig
 
+    def signatures(self, normalized: list[str]) -> np.ndarray:
+        """`signature` of many normalized texts at once, (D, num_perm): the same values, fewer numpy calls."""
+        k, n, d = self.k, self.n, len(normalized)
+        raw = [t.encode("utf-32-le") for t in normalized]
+        lens = np.array([len(r) // 4 for r in raw], dtype=np.int64)
+        long = lens >= n
+        widths = np.where(long, lens - n + 1, 1)
+        parts: list[np.ndarray] = []
+        if long.any():
+            cps = np.frombuffer(b"".join(raw), dtype=np.uint32).astype(np.uint64)
+            span = len(cps) - n + 1
+            h = np.zeros(span, dtype=np.uint64)
+            with np.errstate(over="ignore"):
+                for j in range(n):
+                    h = h * _MIX + cps[j : j + span] + np.uint64(1)
+            offsets = np.cumsum(lens) - lens
+            counts = widths[long]
+            first = np.cumsum(counts) - counts
+            take = np.repeat(offsets[long] - first, counts) + np.arange(int(counts.sum()))
+            parts.append(h[take])
+        if not long.all():  # texts shorter than a shingle: one hash of all their code points
+            order = np.concatenate([np.flatnonzero(long), np.flatnonzero(~long)])
+            parts += [self.shingles(normalized[i]) for i in np.flatnonzero(~long)]
+            h_all = np.concatenate(parts)
+            # back to document order: positions of each document's shingles in h_all
+            starts_in_all = np.empty(d, dtype=np.int64)
+            starts_in_all[order] = np.cumsum(widths[order]) - widths[order]
+            h_all = h_all[np.repeat(starts_in_all, widths) + _ranks(widths)]
+        else:
+            h_all = parts[0]
+        h_all = _mix(h_all ^ self.salt)
+        doc = np.repeat(np.arange(d, dtype=np.uint64), widths)
+        key = doc * np.uint64(k) + (((h_all >> np.uint64(32)) * np.uint64(k)) >> np.uint64(32))
+        mins = np.full(d * k, np.iinfo(np.uint64).max, dtype=np.uint64)
+        np.minimum.at(mins, key, h_all)
+        filled = (np.bincount(key.astype(np.int64), minlength=d * k) > 0).reshape(d, k)
+        sigs = (mins & np.uint64(0xFFFFFFFF)).astype(np.uint32).reshape(d, k)
+        sigs[~filled] = 0
+        for i in np.flatnonzero(~filled.all(axis=1)):
+            self._densify(sigs[i], filled[i])
+        return sigs
+
     def _densify(self, sig: np.ndarray, filled: np.ndarray) -> None:
         """Empty bin i takes the value of the first filled bin in its seeded probe sequence."""
         empty = np.flatnonzero(~filled)
@@ -128,6 +170,12 @@ class MinHasher:
             for r in range(self.rows):
                 keys = keys * _MIX + rows[:, :, r] + np.uint64(1)
         return keys
+
+
+def _ranks(widths: np.ndarray) -> np.ndarray:
+    """0..w-1 for each w in widths, concatenated."""
+    total = int(widths.sum())
+    return np.arange(total) - np.repeat(np.cumsum(widths) - widths, widths)
 
 
 def _mix(h: np.ndarray) -> np.ndarray:

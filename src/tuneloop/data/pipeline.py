@@ -61,16 +61,13 @@ def process_file(idx: int, file: InputFile, cfg: DataConfig, stats: Stats) -> It
         docs = step(docs, stats)
     hasher = MinHasher(cfg.dedup) if cfg.dedup.near else None
     kept = 0
-    for doc in docs:
-        view = doc.dedup_view()
-        norm = normalize(view)  # shared by both hashes: normalizing is a third of the dedup cost
-        kept += 1
-        yield Keyed(
-            doc,
-            exact_hash(view, norm),
-            hasher.signature(view, norm) if hasher else None,
-            split_key(cfg.split.seed, doc.id),
-        )
+    for batch in _batched(docs, 64):  # MinHash signatures are computed a batch at a time
+        views = [doc.dedup_view() for doc in batch]
+        norms = [normalize(view) for view in views]  # shared by both hashes
+        sigs = hasher.signatures(norms) if hasher else [None] * len(batch)
+        for doc, view, norm, sig in zip(batch, views, norms, sigs, strict=True):
+            kept += 1
+            yield Keyed(doc, exact_hash(view, norm), sig, split_key(cfg.split.seed, doc.id))
     stats.bytes_read += reader.nbytes
     fmt = (file.format or "unsupported") + (".gz" if file.gzip else "")
     stats.inputs.append(
@@ -83,6 +80,17 @@ def process_file(idx: int, file: InputFile, cfg: DataConfig, stats: Stats) -> It
             "documents": kept,
         }
     )
+
+
+def _batched(items: Iterable[Doc], size: int) -> Iterator[list[Doc]]:
+    batch: list[Doc] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _formatted(
