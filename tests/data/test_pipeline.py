@@ -178,3 +178,43 @@ def test_output_folder_inside_the_input_is_not_read_back(mixed_corpus: Path, mak
     first = prepare([str(mixed_corpus)], out, make_cfg(), workers=1)
     second = prepare([str(mixed_corpus)], out, make_cfg(), workers=1)
     assert first["fingerprint"] == second["fingerprint"] and len(second["inputs"]) == 7
+
+
+def test_pretrain_rows_without_text_are_listed_or_rendered(tmp_path: Path, make_cfg) -> None:
+    """CSV rows and chat rows with no text field: each skip has file, line and reason; or, with
+    input.chat_to_text, chat rows become 'Role: content' text."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "faq.csv").write_text(
+        "question,answer\nHow do refunds work?,Refunds go back to the original payment method.\n"
+        "Where is my order?,Tracking numbers are emailed when the carrier scans the parcel.\n"
+    )
+    chats = [
+        {"messages": [{"role": "user", "content": "What does the warranty cover?"},
+                      {"role": "assistant", "content": "Manufacturing defects for two years from purchase."}]},
+        {"conversations": [{"from": "human", "value": "退货需要多久？"}, {"from": "gpt", "value": "收到退货后七个工作日内退款。"}]},
+        {"instruction": "Summarize the shipping policy.", "input": "", "output": "Orders ship within two business days."},
+        {"text": "A plain pretraining document that is long enough to pass the quality filters."},
+    ]  # fmt: skip
+    (corpus / "chat.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in chats) + "\n")
+    m = prepare([str(corpus)], tmp_path / "out", make_cfg(split__val_fraction=0), workers=1)
+    assert m["removed"]["format.missing_text"] == 5 and m["counts"]["format"] == 1
+    listed = {
+        (Path(s["file"]).name, s["line"]) for s in m["skipped"]["items"] if "no string field" in s["reason"]
+    }
+    assert listed == {("faq.csv", 2), ("faq.csv", 3), ("chat.jsonl", 1), ("chat.jsonl", 2), ("chat.jsonl", 3)}
+
+    m = prepare(
+        [str(corpus)],
+        tmp_path / "out2",
+        make_cfg(split__val_fraction=0, input__chat_to_text=True, chunk__max_tokens=2048),
+        workers=1,
+    )
+    texts = [json.loads(line)["text"] for line in (tmp_path / "out2" / "train.jsonl").open()]
+    assert m["removed"].get("format.missing_text") == 2  # the CSV rows: no text, not a conversation
+    assert (
+        "User: What does the warranty cover?\n\nAssistant: Manufacturing defects for two years from purchase."
+        in texts
+    )
+    assert "User: 退货需要多久？\n\nAssistant: 收到退货后七个工作日内退款。" in texts
+    assert "User: Summarize the shipping policy.\n\nAssistant: Orders ship within two business days." in texts

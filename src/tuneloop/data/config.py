@@ -26,6 +26,11 @@ class InputConfig(Config):
         None, description="S3-compatible endpoint (MinIO, OSS); env AWS_ENDPOINT_URL works too"
     )
     text_field: str = Field("text", description="field holding the text in jsonl/csv/parquet rows (pretrain)")
+    chat_to_text: bool = Field(
+        False,
+        description="pretrain: render chat rows (OpenAI messages, ShareGPT, alpaca) as 'User: ...' / "
+        "'Assistant: ...' paragraphs; off: such rows are skipped, each listed with file, line and reason",
+    )
     encoding: str | None = Field(None, description="force an encoding instead of detecting it")
     html_extractor: Literal["trafilatura", "plain"] = "trafilatura"
     max_document_mb: float = Field(

@@ -1,6 +1,7 @@
 """Row formats: turn a raw record into the output row of its kind, or say precisely why not.
 
-- pretrain: a document or a row with a text field -> {"text": ...}
+- pretrain: a document or a row with a text field -> {"text": ...}; a chat row (no text field) is
+  skipped with its reason, or rendered as 'Role: content' paragraphs with `input.chat_to_text`
 - sft: alpaca (instruction/input/output[/system/history]), ShareGPT (conversations from/value) or
   OpenAI messages -> {"messages": [...]}, validated (roles, alternation, non-empty assistant turn)
 - preference: prompt/chosen/rejected (strings or messages), or ShareGPT/alpaca ranking rows ->
@@ -35,9 +36,14 @@ class FormatError(ValueError):
         self.code = code
 
 
-def to_row(record: Any, kind: str, text_field: str = "text") -> dict[str, Any]:
+def to_row(record: Any, kind: str, text_field: str = "text", chat_to_text: bool = False) -> dict[str, Any]:
     if kind == "pretrain":
-        return {"text": _text(record, text_field)}
+        try:
+            return {"text": _text(record, text_field)}
+        except FormatError as e:
+            if not (chat_to_text and e.code == "missing_text" and _is_chat(record)):
+                raise
+            return {"text": chat_as_text(_messages(record))}
     if not isinstance(record, dict):
         raise FormatError(
             "not_a_row", f"a {kind} record must be a JSON object/table row, got a {type(record).__name__}"
@@ -58,6 +64,20 @@ def _text(record: Any, text_field: str) -> str:
         if isinstance(record.get(key), str):
             return record[key]
     raise FormatError("missing_text", f"row has no string field '{text_field}' (keys: {sorted(record)[:8]})")
+
+
+def _is_chat(record: Any) -> bool:
+    return isinstance(record, dict) and (
+        "messages" in record or "conversations" in record or ("instruction" in record and "output" in record)
+    )
+
+
+def chat_as_text(messages: list[Message]) -> str:
+    """A conversation as plain text for pretraining: one 'Role: content' paragraph per non-empty turn."""
+    turns = [f"{m['role'].capitalize()}: {m['content'].strip()}" for m in messages if m["content"].strip()]
+    if not turns:
+        raise FormatError("empty_conversation", "conversation has no text")
+    return "\n\n".join(turns)
 
 
 def _messages(row: dict[str, Any]) -> list[Message]:

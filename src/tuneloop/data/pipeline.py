@@ -100,7 +100,7 @@ def _formatted(
         counter["records"] += 1
         stats.counts["read"] += 1
         try:
-            row = to_row(record, cfg.kind, cfg.input.text_field)
+            row = to_row(record, cfg.kind, cfg.input.text_field, cfg.input.chat_to_text)
         except FormatError as e:
             stats.drop(f"format.{e.code}")
             stats.skip(file.name, line, f"wrong shape for {cfg.kind}: {e}")
