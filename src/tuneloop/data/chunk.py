@@ -321,13 +321,17 @@ class _ByteLevel:
         counts = self.counts
         warm = len(counts) >= _WARM
         for text in texts:
+            ascii_ = text.isascii()
+            # CJK text: a run of CJK characters is one pre-token, which rarely comes back; such
+            # text encodes faster whole than pre-token by pre-token
+            if not ascii_ and len(text.encode("utf-8")) > 1.25 * len(text):
+                out.append(None)
+                continue
             words = _GPT2.findall(text) if self._safe(text) else None
             if words is not None:
-                miss = [w for w in words if w not in counts]
-                # mostly unseen text (a run of CJK characters is one pre-token, and rarely comes
-                # back) encodes faster whole than pre-token by pre-token
-                if miss and (warm or not text.isascii()) and 4 * sum(map(len, miss)) > len(text):
-                    words = None
+                miss = set(words).difference(counts)
+                if miss and (warm or not ascii_) and 4 * sum(map(len, miss)) > len(text):
+                    words = None  # mostly unseen text: the same
                 else:
                     new.update(dict.fromkeys(miss))
             out.append(words)
