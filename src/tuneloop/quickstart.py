@@ -203,7 +203,9 @@ def prepare_docs(s: Settings, wd: Workdir, model: ModelResult, progress: bool = 
     if record and (manifest := _dataset_ok(wd.data, record.get("fingerprint"))):
         return DataResult(wd.data, manifest, True)
     wd.state.forget("data")
-    logging.getLogger("tuneloop.data").addHandler(logging.NullHandler())  # skips are in the manifest
+    data_log = logging.getLogger("tuneloop.data")
+    if not data_log.handlers:  # skipped inputs are in the manifest and the summary, not the log
+        data_log.addHandler(logging.NullHandler())
     manifest = prepare([str(s.docs)], wd.data, cfg, workers=1, progress=progress)
     wd.state.done("data", key, fingerprint=manifest["fingerprint"])
     return DataResult(wd.data, manifest, False)

@@ -92,6 +92,7 @@ def start_server(reg: RegisterResult, host: str = "127.0.0.1", port: int = 8000)
 
 def check_port(host: str, port: int) -> None:
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: TIME_WAIT is free
         try:
             s.bind((host, port))
         except OSError as e:

@@ -176,6 +176,7 @@ def test_served_quickstart_answers_through_the_openai_client(tiny_llama, tiny_co
     serve_yaml = (tmp_path / "qs" / "serve.yaml").read_text()
     assert "lora: acme-support@production" in serve_yaml
     with socket.socket() as s:  # the server is gone afterwards
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
 
 
@@ -202,3 +203,33 @@ def test_training_progress_reaches_the_last_step(tiny_llama, tiny_corpus, tiny_c
     )
     assert steps and steps[-1] == (3, 3)
     assert json.loads((trained.run_dir / "metrics.json").read_text())["steps"] == 3
+
+
+def test_default_settings_find_the_bundled_corpus_and_config():
+    from tuneloop.config import load_config
+    from tuneloop.quickstart import Settings
+    from tuneloop.train.config import TrainConfig
+
+    s = Settings()
+    s.check()
+    assert s.corpus.name == "acme-kb" and s.train_config.name == "quickstart-sft-lora.yaml"
+    cfg = load_config(TrainConfig, s.train_config)
+    assert cfg.method == "lora" and cfg.model == "smollm2-135m-instruct"
+    assert s.workdir.name == "quickstart" and s.workdir.parent.name.startswith("home")
+
+
+def test_merged_eval_report_equals_one_pass(tiny_llama, tiny_corpus, tmp_path):
+    """Chunked evaluation (for the progress bar) gives the same metrics as the harness in one pass."""
+    from tuneloop.evaluation.harness import evaluate
+    from tuneloop.quickstart import Settings, evaluate_in_chunks, load_for_answers
+
+    s = Settings(workdir=tmp_path, model=str(tiny_llama), corpus=tiny_corpus, train_config=tmp_path / "x",
+                 eval_max_new_tokens=3, eval_batch_size=3)  # fmt: skip
+    merged, _ = evaluate_in_chunks(s, tiny_llama, None)
+    model, tokenizer, _ = load_for_answers(tiny_llama)
+    whole = evaluate(
+        str(tiny_llama), s.heldout, max_new_tokens=3, batch_size=3, model=model, tokenizer=tokenizer
+    )
+    assert merged.n == whole.n == 4
+    for k, v in whole.metrics.items():
+        assert merged.metrics[k] == pytest.approx(v, rel=1e-4), k

@@ -26,7 +26,7 @@ from rich.table import Table
 from tuneloop.models.catalog import DEFAULT_MODEL
 from tuneloop.quickstart import DEFAULT_NAME, DEFAULT_QUESTION
 
-console = Console()
+console = Console(soft_wrap=True)  # long paths stay whole (copyable)
 STAGES = ("Base model", "Example corpus", "Evaluate the base model", "LoRA fine-tune",
           "Evaluate the fine-tuned model", "Register", "Serve")  # fmt: skip
 
@@ -210,6 +210,9 @@ def _print_data(settings: Any, data: Any) -> None:
                 ("fingerprint", m["fingerprint"][:23] + "…")):  # fmt: skip
         table.add_row(*(escape(x) for x in row))
     console.print(table)
+    if m["removed"].get("format.missing_text"):
+        console.print("    [dim]format.missing_text: chat and CSV rows carry no `text` field, so a pretraining "
+                      "set skips them (`data prepare --kind sft` takes the chats)[/]")  # fmt: skip
     how = "reused" if data.reused else "written"
     console.print(f"[green]✓[/] pretraining dataset {how}: {escape(str(data.out))}")
     console.print(
