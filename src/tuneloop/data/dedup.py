@@ -24,6 +24,7 @@ from tuneloop.data.config import DedupConfig
 _WORDS = re.compile(r"[^\W_]+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _PROBES = 64  # densification probes per empty bin before falling back to the next filled bin
+_GROUP_CHARS = 32_768  # characters hashed per batch of `MinHasher.signatures`
 
 
 # ASCII: letters and digits kept, everything else a separator (what _WORDS finds in ASCII text)
@@ -106,8 +107,25 @@ class MinHasher:
         return sig
 
     def signatures(self, normalized: list[str]) -> np.ndarray:
-        """`signature` of many normalized texts at once, (D, num_perm): the same values, fewer numpy calls."""
+        """`signature` of many normalized texts, (D, num_perm): the same values, fewer numpy calls.
+
+        Texts go in groups of about `_GROUP_CHARS` characters: larger arrays fall out of the CPU cache.
+        """
+        out, group, size = [], [], 0
+        for text in normalized:
+            group.append(text)
+            size += len(text)
+            if size >= _GROUP_CHARS:
+                out.append(self._signatures(group))
+                group, size = [], 0
+        if group or not out:
+            out.append(self._signatures(group))
+        return np.concatenate(out) if len(out) > 1 else out[0]
+
+    def _signatures(self, normalized: list[str]) -> np.ndarray:
         k, n, d = self.k, self.n, len(normalized)
+        if d == 0:
+            return np.zeros((0, k), dtype=np.uint32)
         raw = [t.encode("utf-32-le") for t in normalized]
         lens = np.array([len(r) // 4 for r in raw], dtype=np.int64)
         long = lens >= n
