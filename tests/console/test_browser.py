@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
-
 from serve.conftest import run_server
 from serve.test_lora import make_adapter
 from tuneloop.serve import ServeConfig
@@ -154,6 +152,11 @@ def test_console_chat_streams_votes_reach_the_loop_review_approves_and_rollback_
         # -- live: traffic per variant and the loop's decisions
         page.click("#nav a[data-page=live]")
         page.wait_for_selector("#lv-variants td:has-text('prod')")
+        page.wait_for_selector(
+            "#lv-variants caption:has-text('Last')", timeout=15_000
+        )  # the next refresh: rates
+        qps = page.locator("#lv-variants tbody tr:has(td:text-is('prod')) td").nth(2).text_content()
+        assert float(qps) >= 0
         page.wait_for_selector("#lv-loops caption:has-text('bot')")
         assert "waiting" not in page.text_content(
             "#lv-loops caption"
