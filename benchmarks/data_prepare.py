@@ -131,6 +131,20 @@ def run(corpus: Path, out: Path, workers: int, tokenizer: str) -> dict:
     }
 
 
+def _load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=float, default=200)
@@ -145,14 +159,22 @@ def main() -> None:
     print(
         f"corpus: {info['bytes'] / 1e6:.1f} MB, {info['documents']} docs, {info['planted_near_duplicates']} planted near-dups"
     )
+    load_before = _load()
     results = []
     for w in args.workers:
         results.append(run(corpus, args.dir / f"out-{w}", w, args.tokenizer))
         print(json.dumps(results[-1]), flush=True)  # partial results survive a time limit
+    import numpy
+    import pyarrow
+    import tokenizers
+
     import tuneloop
 
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(
-        f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, tuneloop {tuneloop.__version__}"
+        f"\nmachine: {_cpu_model()}, {os.cpu_count()} cores ({cpus} usable), Python {platform.python_version()}, "
+        f"numpy {numpy.__version__}, tokenizers {tokenizers.__version__}, pyarrow {pyarrow.__version__}, "
+        f"tuneloop {tuneloop.__version__}; load average {load_before} before, {_load()} after"
     )
     print(
         "| workers | wall s | MB/s | docs/s | read+clean+pii+minhash s | dedup+split s | chunk+tokenize s | write s | speed-up |"

@@ -222,8 +222,10 @@ def _cleanup(work: Path) -> None:
 
 
 def _init_worker() -> None:
-    # one process per core already: a Rust thread pool per process would oversubscribe
+    # one process per core already: a Rust thread pool per process would oversubscribe (and make
+    # "N workers" use more than N cores). RAYON_NUM_THREADS only counts before tokenizers' first use.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
 
 @contextmanager
