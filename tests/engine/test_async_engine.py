@@ -78,3 +78,23 @@ def test_explicit_abort_ends_the_stream_with_reason(aengine):
 
     first, reasons = asyncio.run(main())
     assert not first.finished and reasons[-1] == "abort"
+
+
+def test_submit_after_shutdown_raises_and_in_flight_requests_end(tiny_llama):
+    from tuneloop.engine.async_engine import EngineClosedError
+
+    eng = AsyncEngine(LLMEngine.from_pretrained(tiny_llama, block_size=4, kv_cache_gib=0.01))
+    long = SamplingParams(max_tokens=400, temperature=0, ignore_eos=True)
+
+    async def main():
+        stream = await eng.submit(prompts(1, seed=3)[0], long)
+        first = await stream.__anext__()  # running
+        assert not first.finished
+        await asyncio.get_running_loop().run_in_executor(None, eng.shutdown)
+        with pytest.raises(EngineClosedError):
+            async for _ in stream:  # ends with an error, never hangs
+                pass
+        with pytest.raises(EngineClosedError):
+            await eng.submit(prompts(1, seed=4)[0], GREEDY)
+
+    asyncio.run(asyncio.wait_for(main(), timeout=30))

@@ -8,6 +8,7 @@ iterator early (the HTTP client went away) aborts the request and frees its KV b
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -18,6 +19,10 @@ from tuneloop.engine.outputs import RequestOutput
 from tuneloop.engine.sampling import SamplingParams
 
 log = logging.getLogger("tuneloop.engine")
+
+
+class EngineClosedError(RuntimeError):
+    """The engine was shut down: nothing will step a new request (the server answers 503)."""
 
 
 class AsyncEngine:
@@ -38,9 +43,12 @@ class AsyncEngine:
         priority: int = 0,
         lora: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
-        """Stream outputs of one request; raises ValueError at once for a request the engine refuses."""
+        """Stream outputs of one request; raises ValueError at once for a request the engine refuses,
+        EngineClosedError after `shutdown()` (a queued request would never be answered)."""
         queue: asyncio.Queue = asyncio.Queue()
         with self._lock:
+            if self._stop:
+                raise EngineClosedError("the engine is shut down")
             seq = self.engine.add_request(prompt_ids, params, request_id, priority, lora)
             self._queues[seq.request_id] = (asyncio.get_running_loop(), queue)
         self._work.set()
@@ -84,9 +92,13 @@ class AsyncEngine:
         return last
 
     def shutdown(self) -> None:
-        self._stop = True
+        """Stop stepping; requests still in flight end with EngineClosedError instead of hanging."""
+        with self._lock:
+            self._stop = True
         self._work.set()
         self._thread.join(timeout=10)
+        with self._lock:
+            self._fail_all(EngineClosedError("the engine was shut down while the request ran"))
 
     # ------------------------------------------------------------ the stepping thread
 
@@ -112,7 +124,10 @@ class AsyncEngine:
                     target[0].call_soon_threadsafe(target[1].put_nowait, out)
 
     def _fail_all(self, error: Exception) -> None:
+        if not isinstance(error, EngineClosedError):
+            error = RuntimeError(f"engine step failed: {error}")
         for request_id, (loop, queue) in list(self._queues.items()):
             self.engine.abort(request_id)
-            loop.call_soon_threadsafe(queue.put_nowait, RuntimeError(f"engine step failed: {error}"))
+            with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is waiting there
+                loop.call_soon_threadsafe(queue.put_nowait, error)
         self._queues.clear()
