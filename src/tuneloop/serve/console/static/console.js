@@ -1,5 +1,5 @@
 // tuneloop web console: plain JavaScript, no build step, no third-party code.
-// Every piece of data is put on the page with textContent (the h() helper below), never innerHTML.
+// Every piece of data is put on the page as text (textContent, text nodes: the h() helper below), never as HTML.
 // The API key lives in sessionStorage (this tab only) and travels as a Bearer header, never in a URL.
 "use strict";
 
