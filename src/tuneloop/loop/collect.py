@@ -22,6 +22,7 @@ class Rating:
     key_id: str
     correction: str | None = None
     comment: str | None = None
+    user: str | None = None  # the end user who rated (a rater is key id + user)
 
 
 @dataclass
@@ -106,7 +107,7 @@ def collect(settings: CollectSettings, model: str, cursor: dict[str, Any]) -> Ba
     for f in every:
         if f.response_id in wanted:
             by_response.setdefault(f.response_id, []).append(
-                Rating(f.id, f.rating, f.key_id, f.correction, f.comment)
+                Rating(f.id, f.rating, f.key_id, f.correction, f.comment, f.user)
             )
     interactions, unmatched, filtered = [], [], {}
     for rid, ratings in by_response.items():
@@ -129,7 +130,8 @@ def collect(settings: CollectSettings, model: str, cursor: dict[str, Any]) -> Ba
 
 def interaction(record: dict[str, Any], ratings: list[Rating]) -> Interaction:
     request = record.get("request") or {}
-    metadata = request.get("metadata") if isinstance(request.get("metadata"), dict) else {}
+    # OpenAI's `metadata` tags, logged with the record (and inside the request as it was received)
+    metadata = next((m for m in (record.get("metadata"), request.get("metadata")) if isinstance(m, dict)), {})
     return Interaction(
         response_id=record["response_id"], request_id=record.get("request_id"), key_id=record.get("key_id"),
         model=record.get("model"), variant=record.get("variant"), model_version=record.get("model_version"),

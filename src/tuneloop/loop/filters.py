@@ -95,10 +95,12 @@ def agree(ratings: list[Rating], positive_min: int, negative_max: int, min_rater
           min_agreement: float) -> Verdict | Reject:  # fmt: skip
     """The raters' verdict on one answer, or why there is none.
 
-    One vote per rater (their last rating counts). With several raters the winning side (up or down)
-    needs `min_agreement` of all votes, and so does the winning correction among the corrections.
+    One vote per rater (their last rating counts). A rater is an API key and an end user, so two users
+    behind one key are two raters (no user: the key alone, as the gateway stores it). With several
+    raters the winning side (up or down) needs `min_agreement` of all votes, and so does the winning
+    correction among the corrections.
     """
-    last = {r.key_id: r for r in sorted(ratings, key=lambda r: r.id)}
+    last = {(r.key_id, r.user or r.key_id): r for r in sorted(ratings, key=lambda r: r.id)}
     votes = list(last.values())
     if len(votes) < min_raters:
         return Reject("too_few_raters", f"{len(votes)} rater(s), {min_raters} needed")

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from tuneloop.serve.client import EngineClient
 from tuneloop.serve.config import ServeConfig
 from tuneloop.serve.errors import install_handlers
-from tuneloop.serve.feedback import FeedbackStore
+from tuneloop.serve.feedback import FeedbackStore, RecentResponses
 from tuneloop.serve.guard import InputGuard
 from tuneloop.serve.jwt import JWTVerifier
 from tuneloop.serve.keys import KeyStore
@@ -45,7 +45,11 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     app.state.reload_lock = asyncio.Lock()
     app.state.background = set()  # tasks (retiring replaced models) kept alive until done
     app.state.ready = False
-    app.state.metrics = Metrics(lambda: {n: s.client.load() for n, s in app.state.models.items()})
+    app.state.recent_responses = RecentResponses()  # response id -> labels of its feedback (bounded)
+    app.state.metrics = Metrics(
+        lambda: {n: s.client.load() for n, s in app.state.models.items()},
+        lambda: {n: s.gate for n, s in app.state.models.items()},
+    )
     install_handlers(app)
     for module in (chat, completions, models, health, feedback, admin, review):
         app.include_router(module.router)

@@ -1,13 +1,15 @@
 """Prometheus metrics with vLLM's names where they exist (so vLLM Grafana dashboards work).
 
 Each app owns its registry (several apps in one process, as in tests, do not collide). Engine
-gauges (running, waiting, KV usage, prefix-cache hit rate) are read from the engines at scrape time.
+gauges (running, waiting, KV usage, prefix-cache hit rate) are read from the engines, and the
+gateway's gate gauges (running, waiting, their limits) from each model's gate, at scrape time.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -18,6 +20,7 @@ from tuneloop.serve.client import EngineLoad
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 TOKEN_LATENCY = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 LABELS = ("model_name", "variant")
+FEEDBACK_SCORE = (1.0, 2.0, 3.0, 4.0, 5.0)  # ratings are 1-5 (thumbs up = 5, down = 1)
 
 
 class _EngineCollector(Collector):
@@ -60,8 +63,43 @@ def _gpu_memory() -> Iterable[GaugeMetricFamily]:
     yield family
 
 
+class _GateCollector(Collector):
+    """The gateway's admission gate per served model (`limits.ConcurrencyGate`): in use and its bounds."""
+
+    def __init__(self, gates: Callable[[], dict[str, Any]]):
+        self.gates = gates
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        families = {
+            "running": GaugeMetricFamily(
+                "tuneloop_gateway_requests_running", "Requests holding a gateway slot", labels=["model_name"]
+            ),
+            "waiting": GaugeMetricFamily(
+                "tuneloop_gateway_requests_waiting",
+                "Requests queued at the gateway for a slot",
+                labels=["model_name"],
+            ),
+            "max_concurrency": GaugeMetricFamily(
+                "tuneloop_gateway_max_concurrency", "Gateway slots (max_concurrency)", labels=["model_name"]
+            ),
+            "max_queue": GaugeMetricFamily(
+                "tuneloop_gateway_max_queue",
+                "Gateway queue bound (max_queue); beyond it 429 overloaded",
+                labels=["model_name"],
+            ),
+        }
+        for model, gate in self.gates().items():
+            for field, family in families.items():
+                family.add_metric([model], float(getattr(gate, field)))
+        yield from families.values()
+
+
 class Metrics:
-    def __init__(self, loads: Callable[[], dict[str, EngineLoad | None]]):
+    def __init__(
+        self,
+        loads: Callable[[], dict[str, EngineLoad | None]],
+        gates: Callable[[], dict[str, Any]] | None = None,
+    ):
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
             "tuneloop_requests", "HTTP requests by route and status", ["route", "status", *LABELS], registry=r
@@ -99,7 +137,23 @@ class Metrics:
             registry=r,
         )
         self.rejected = Counter(
-            "tuneloop_rejected_requests", "Requests refused (auth, limits, overload)", ["reason"], registry=r
+            "tuneloop_rejected_requests",
+            "Requests refused (auth, limits, overload); model_name is empty when refused before it is known",
+            ["reason", "model_name"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "tuneloop_feedback",
+            "Feedback received, by rating (up, down, 1-5); model_name/variant 'unknown' for answers not found",
+            [*LABELS, "rating"],
+            registry=r,
+        )
+        self.feedback_score = Histogram(
+            "tuneloop_feedback_score",
+            "Feedback scores 1-5 (thumbs up = 5, down = 1); mean = rate(_sum) / rate(_count)",
+            LABELS,
+            buckets=FEEDBACK_SCORE,
+            registry=r,
         )
         self.rate_limit_store_errors = Counter(
             "tuneloop_rate_limit_store_errors",
@@ -108,6 +162,8 @@ class Metrics:
             registry=r,
         )
         r.register(_EngineCollector(loads))
+        if gates is not None:
+            r.register(_GateCollector(gates))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

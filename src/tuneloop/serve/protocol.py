@@ -6,11 +6,16 @@ these models so their shape matches what the official `openai` client parses.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+METADATA_MAX_KEYS, METADATA_KEY_MAX, METADATA_VALUE_MAX = 16, 64, 512
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # as serve.guard
 
 
 def new_id(prefix: str) -> str:
@@ -38,6 +43,13 @@ class _Sampling(_Request):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     user: str | None = None
+    # OpenAI's request tags (str -> str); `workload` selects requests for a feedback loop
+    metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        return check_metadata(v)
 
     @field_validator("stop")
     @classmethod
@@ -75,11 +87,29 @@ class CompletionRequest(_Sampling):
     echo: bool = False
 
 
+def check_metadata(v: dict[str, str] | None) -> dict[str, str] | None:
+    """OpenAI's limits: up to 16 pairs, keys up to 64 characters, values up to 512; no control characters."""
+    if v is None:
+        return v
+    if len(v) > METADATA_MAX_KEYS:
+        raise ValueError(f"metadata takes at most {METADATA_MAX_KEYS} keys, not {len(v)}")
+    for key, value in v.items():
+        if not key or len(key) > METADATA_KEY_MAX:
+            raise ValueError(f"metadata keys are 1 to {METADATA_KEY_MAX} characters; {key[:80]!r} is not")
+        if len(value) > METADATA_VALUE_MAX:
+            raise ValueError(f"metadata value of {key!r} is longer than {METADATA_VALUE_MAX} characters")
+        if _CONTROL.search(key) or _CONTROL.search(value):
+            raise ValueError(f"metadata {key!r} contains a control character")
+    return v
+
+
 class FeedbackRequest(_Request):
     response_id: str = Field(min_length=1, max_length=200)
     rating: int | Literal["up", "down"]
     correction: str | None = Field(default=None, max_length=100_000)
     comment: str | None = Field(default=None, max_length=10_000)
+    # the end user who rated (OpenAI's `user`); default: the rated request's `user`, else the key id
+    user: str | None = Field(default=None, min_length=1, max_length=256)
 
     @field_validator("rating")
     @classmethod

@@ -45,7 +45,7 @@ async def _admit(gen: Generation) -> None:
     try:
         await gen.admit()
     except APIError as e:  # refused (quota, overload): counted and logged like any other answer
-        gen.request.app.state.metrics.rejected.labels(e.code or str(e.status)).inc()
+        gen.request.app.state.metrics.rejected.labels(e.code or str(e.status), gen.served.name).inc()
         await gen.finish(e.status, error=e.message)
         raise
 

@@ -131,12 +131,17 @@ class Generation:
             m.generation_tokens.labels(*self.labels).inc(self.completion_tokens)
             for reason in self.finish_reasons:
                 m.success.labels(reason or "abort", *self.labels).inc()
+        user = self.body.get("user")
+        if status == 200:  # what feedback on this answer is labelled with (bounded; serve.feedback)
+            state.recent_responses.add(self.response_id, self.served.name, self.served.variant, user)
         if state.request_log is not None:
             state.request_log.write(
                 {
                     "request_id": self.request.state.request_id,
                     "response_id": self.response_id,
                     "key_id": self.key.id,
+                    "user": user,
+                    "metadata": self.body.get("metadata"),  # OpenAI's tags, e.g. {"workload": ...}
                     "model": self.served.name,
                     "variant": self.served.variant,
                     "model_version": self.served.version,
