@@ -87,6 +87,7 @@ class Traffic:
     completion_tokens: int = 0
     by_variant: dict[str, int] = field(default_factory=dict)  # route "ab": answering variant -> count
     unauthorized: int = 0  # 401s (refused before a model is picked: only tuneloop_rejected_requests)
+    feedback: dict[str, list[int]] = field(default_factory=dict)  # route "ab": variant -> scores (1-5)
 
 
 @dataclass
@@ -145,6 +146,11 @@ def _send_traffic(url: str, key: str, traffic: Traffic) -> None:
         out = raw.parse()
         variant = raw.headers["x-tuneloop-variant"]
         traffic.by_variant[variant] = traffic.by_variant.get(variant, 0) + 1
+        rating = "up" if user % 2 else 2  # feedback on every A/B answer: up (5) or 2
+        sent = httpx.post(url + "/v1/feedback", headers={"Authorization": f"Bearer {key}"}, timeout=60,
+                          json={"response_id": out.id, "rating": rating})  # fmt: skip
+        assert sent.status_code == 200, sent.text
+        traffic.feedback.setdefault(variant, []).append(5 if rating == "up" else rating)
         traffic.ok += 1
         traffic.prompt_tokens += out.usage.prompt_tokens
         traffic.completion_tokens += out.usage.completion_tokens

@@ -59,6 +59,13 @@ def test_referenced_metrics_are_exported(running_server: RunningServer, traffic:
         "vllm:num_requests_running",
         "vllm:gpu_cache_usage_perc",
         "vllm:request_queue_time_seconds_bucket",
+        "tuneloop_feedback_score_sum",
+        "tuneloop_feedback_score_count",
+        "tuneloop_feedback_total",
+        "tuneloop_gateway_requests_running",
+        "tuneloop_gateway_requests_waiting",
+        "tuneloop_gateway_max_concurrency",
+        "tuneloop_gateway_max_queue",
     } <= everything
     # recorded names used by alerts are defined by the recording rules themselves
     assert recorded == {n for n in rules_used if n.startswith("tuneloop:")}

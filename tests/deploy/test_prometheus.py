@@ -44,6 +44,13 @@ def test_promql_answers_latency_and_request_counts(prometheus: RunningPrometheus
         for m, v in prometheus.vector('sum by (variant) (tuneloop_requests_total{model_name="ab"})')
     }
     assert by_variant == {k: float(v) for k, v in traffic.by_variant.items()}
+    # feedback: counted and scored per variant of the answer it rates
+    scores = {m["variant"]: v for m, v in prometheus.vector(
+        'sum by (variant) (tuneloop_feedback_score_sum{model_name="ab"})')}  # fmt: skip
+    assert scores == {k: float(sum(v)) for k, v in traffic.feedback.items()}
+    counted = {m["variant"]: v for m, v in prometheus.vector(
+        'sum by (variant) (tuneloop_feedback_total{model_name="ab"})')}  # fmt: skip
+    assert counted == {k: float(len(v)) for k, v in traffic.feedback.items()}
     # latency: a real histogram with real observations
     [(_, p50)] = prometheus.vector(
         "histogram_quantile(0.5, sum by (le) (vllm:e2e_request_latency_seconds_bucket))"
@@ -77,7 +84,7 @@ def test_rules_evaluate_on_live_series(prometheus: RunningPrometheus, traffic: T
             [(r["name"], r["health"], r.get("lastError")) for r in rules],
         )
         time.sleep(0.5)
-    assert len(rules) == 11 and {g["name"] for g in groups} == {"tuneloop.recording", "tuneloop.alerts"}
+    assert len(rules) == 14 and {g["name"] for g in groups} == {"tuneloop.recording", "tuneloop.alerts"}
     # healthy traffic: every variant's error ratio is 0 (not NaN: a variant without 5xx counts as 0)
     assert {m["variant"]: v for m, v in recorded} == {v: 0.0 for v in traffic.by_variant}
     requests = prometheus.vector('tuneloop:variant_requests:rate10m{model_name="ab"}')

@@ -16,7 +16,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess:
 def test_promtool_check_rules():
     out = _promtool("check", "rules", str(RULES))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 11 rules found" in out.stdout
+    assert "SUCCESS: 14 rules found" in out.stdout
 
 
 def test_promtool_check_config_of_the_compose_prometheus():
@@ -41,6 +41,7 @@ def test_every_alert_has_a_unit_test_in_which_it_fires():
         "TuneloopQueueSaturated",
         "TuneloopCanaryErrorRate",
         "TuneloopCanaryLatency",
+        "TuneloopCanaryFeedbackWorse",
     } <= alerts
     fired = {
         case["alertname"]
