@@ -320,6 +320,31 @@ def test_example_serve_config_is_valid():
     assert cfg.models[0].name == "smollm2" and cfg.reload_interval_s == 30
 
 
+@pytest.mark.parametrize("where", ["examples/configs/serve.yaml", "deploy/config/serve.yaml"])
+def test_example_serve_configs_document_every_limits_key(where):
+    """Both shipped serve.yaml files load as ServeConfig and spell out the rate-limit store keys, with
+    a comment on each, at their defaults; switching to Redis is a two-key change."""
+    from pathlib import Path
+
+    import yaml
+
+    from tuneloop.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / where
+    cfg = load_config(ServeConfig, path)
+    store_keys = ("backend", "redis_url", "redis_prefix", "redis_timeout_s", "redis_unavailable")
+    written = yaml.safe_load(path.read_text())["limits"]
+    assert set(store_keys) <= set(written)
+    defaults = ServeConfig().limits
+    assert {k: getattr(cfg.limits, k) for k in store_keys} == {k: getattr(defaults, k) for k in store_keys}
+    lines = path.read_text().splitlines()
+    for key in store_keys:
+        [line] = [x for x in lines if x.strip().startswith(f"{key}:")]
+        assert "#" in line, f"{where}: limits.{key} has no comment"
+    redis = load_config(ServeConfig, path, ["limits.backend=redis", "limits.redis_url=redis://redis:6379/0"])
+    assert redis.limits.backend == "redis" and redis.limits.redis_url == "redis://redis:6379/0"
+
+
 def test_request_timeout_is_504_also_for_streams(serve):
     cfg = config(auth={"enabled": False}, limits={"request_timeout_s": 0.3})
     with serve(cfg, {"fake": FakeClient(delay_s=0.1)}) as s:
