@@ -15,6 +15,8 @@ import os
 import platform
 import random
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -112,6 +114,22 @@ def generate(folder: Path, megabytes: float, files: int = 40, dup_share: float =
 
 
 def run(corpus: Path, out: Path, workers: int, tokenizer: str) -> dict:
+    """One `prepare` in a fresh interpreter, so no run inherits another's warm caches or loaded tokenizer."""
+    cmd = [
+        sys.executable,
+        __file__,
+        "--one",
+        str(workers),
+        "--tokenizer",
+        tokenizer,
+        "--dir",
+        str(corpus.parent),
+    ]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_here(corpus: Path, out: Path, workers: int, tokenizer: str) -> dict:
     from tuneloop.data import DataConfig, prepare
 
     cfg = DataConfig(tokenizer=tokenizer)
@@ -151,8 +169,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--tokenizer", default="smollm2-135m-instruct")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/tuneloop-bench-data"))
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one run on the existing corpus
     args = ap.parse_args()
     corpus = args.dir / "corpus"
+    if args.one:
+        print(json.dumps(run_here(corpus, args.dir / f"out-{args.one}", args.one, args.tokenizer)))
+        return
     if corpus.exists():
         shutil.rmtree(corpus)
     info = generate(corpus, args.mb)

@@ -119,7 +119,7 @@ def test_bucket_edges_are_group_edges_of_every_bucket(max_reps: int) -> None:
     sigs[flip] = rng.integers(0, 2**32, size=int(flip.sum()), dtype=np.uint32)
     groups = []
     for _ in range(300):  # buckets of every size, related and unrelated members, some repeated
-        size = int(rng.choice([2, 2, 2, 3, 4, 7, 16, 65, 90]))
+        size = int(rng.choice([2, 2, 2, 3, 4, 7, 16, 65, 90, 150]))
         groups.append(np.sort(rng.choice(len(sigs), size=size, replace=False)))
     groups += groups[:20]
     want = set()

@@ -197,6 +197,12 @@ class Chunker:
         return bisect.bisect_left(starts, pos, lo_tok, hi_tok + 1)
 
 
+def preload(path: str) -> None:
+    """Load what a `Chunker` for `path` needs (before forking workers, which then share it)."""
+    if _byte_level(path) is not None:
+        _unsure_chars()
+
+
 @lru_cache(maxsize=4)
 def _byte_level(path: str) -> _ByteLevel | None:
     return _ByteLevel.of(load_tokenizer(path))

@@ -267,22 +267,22 @@ def bucket_edges(
     k = sigs.shape[1]
     edges: list[tuple[int, int, float]] = []
     for size, same in sorted(by_size.items()):
-        if size > 64:  # rare large buckets: the loop, whose work is bounded by max_reps
+        if size > 64:  # large buckets: blocks of members against the representatives so far
             for g in same:
-                edges += group_edges([(int(j), sigs[j]) for j in g], threshold, max_reps)
+                edges += _large_group_edges(g, sigs, threshold, max_reps)
             continue
         step = max(1, (1 << 25) // (size * size * k))  # bound the comparison array to ~32 MB
         for i in range(0, len(same), step):
             members = np.stack(same[i : i + step])  # (G, size)
             s = sigs[members]  # (G, size, k)
             if size == 2:
-                sim = (s[:, 0] == s[:, 1]).sum(axis=1) / k
+                sim = _agree(s[:, 0], s[:, 1]) / k
                 for (a, b), v in zip(
                     members[sim >= threshold].tolist(), sim[sim >= threshold].tolist(), strict=True
                 ):
                     edges.append((b, a, round(v, 4)))
                 continue
-            sim = (s[:, :, None, :] == s[:, None, :, :]).sum(axis=3) / k  # (G, size, size)
+            sim = _agree(s[:, :, None, :], s[:, None, :, :]) / k  # (G, size, size)
             bits = ((sim >= threshold).astype(np.uint64) << np.arange(size, dtype=np.uint64)).sum(axis=2)
             found: list[tuple[int, int, int]] = []
             for gi, rows in enumerate(bits.tolist()):
@@ -300,6 +300,50 @@ def bucket_edges(
                     members[gi, j].tolist(), members[gi, r].tolist(), sim[gi, j, r].tolist(), strict=True
                 ):
                     edges.append((a, b, round(v, 4)))
+    return edges
+
+
+def _agree(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Number of equal values along the last axis (broadcast); byte-sized sums while they fit."""
+    return np.add.reduce(a == b, axis=-1, dtype=np.uint8 if a.shape[-1] < 256 else np.int64)
+
+
+def _large_group_edges(
+    members: np.ndarray, sigs: np.ndarray, threshold: float, max_reps: int, block: int = 64
+) -> list[tuple[int, int, float]]:
+    """`group_edges` of one large bucket: each block of members is compared with the earlier
+    representatives and with itself in two array operations; the rule then runs on bit masks."""
+    k = sigs.shape[1]
+    rep_rows = np.empty((min(len(members), max_reps), k), dtype=sigs.dtype)
+    reps: list[int] = []  # representatives, in order of appearance
+    edges: list[tuple[int, int, float]] = []
+    for b0 in range(0, len(members), block):
+        ids = members[b0 : b0 + block]
+        rows = sigs[ids]
+        n = len(ids)
+        if reps:
+            old = _agree(rows[:, None, :], rep_rows[None, : len(reps), :]) / k  # (n, R)
+            old_ok = old >= threshold
+            old_any = old_ok.any(axis=1).tolist()
+            old_first = old_ok.argmax(axis=1).tolist()
+        else:
+            old_any = [False] * n
+        within = _agree(rows[:, None, :], rows[None, :, :]) / k  # (n, n)
+        bits = ((within >= threshold).astype(np.uint64) << np.arange(n, dtype=np.uint64)).sum(axis=1).tolist()
+        new_reps = 0  # bit mask of this block's representatives
+        for j in range(n):
+            if old_any[j]:
+                r = old_first[j]
+                edges.append((int(ids[j]), reps[r], round(float(old[j, r]), 4)))
+            elif hit := bits[j] & new_reps:
+                r = (hit & -hit).bit_length() - 1
+                edges.append((int(ids[j]), int(ids[r]), round(float(within[j, r]), 4)))
+            elif len(reps) + new_reps.bit_count() < max_reps:
+                new_reps |= 1 << j
+        for j in range(n):
+            if new_reps >> j & 1:
+                rep_rows[len(reps)] = rows[j]
+                reps.append(int(ids[j]))
     return edges
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tuneloop.data.chunk import Chunker, tokenizer_path
+from tuneloop.data.chunk import Chunker, preload, tokenizer_path
 from tuneloop.data.config import DataConfig
 from tuneloop.data.dedup import MinHasher, bucket_edges, exact_duplicates
 from tuneloop.data.document import Doc
@@ -61,6 +62,8 @@ def _run(
     work = prepare_out(out)
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
     timings: dict[str, float] = {}
+    if workers > 1:
+        preload(tok_dir)  # forked workers inherit the loaded tokenizer instead of each loading it
     with _pool(workers) as pmap, _progress(progress) as bar:
         t = time.perf_counter()
         tasks = [(i, f, cfg, str(work)) for i, f in enumerate(files)]
@@ -70,7 +73,7 @@ def _run(
         stats = Stats()
         for r in results:
             stats.merge(Stats.from_json(r))
-        decision = _decide(work, len(files), cfg, stats)
+        decision = _decide(work, len(files), cfg, stats, pmap, workers)
         timings["dedup+split"] = time.perf_counter() - t
         t = time.perf_counter()
         tasks3 = [
@@ -116,7 +119,9 @@ def _phase1(task: tuple[int, InputFile, DataConfig, str]) -> dict[str, Any]:
     return {**stats.to_json(), "kept": len(index)}
 
 
-def _decide(work: Path, n_files: int, cfg: DataConfig, stats: Stats) -> Decision:
+def _decide(
+    work: Path, n_files: int, cfg: DataConfig, stats: Stats, pmap: Callable = map, workers: int = 1
+) -> Decision:
     keys = [np.load(work / f"{i:06d}.keys.npz") for i in range(n_files)]
     orders: list[Order] = [(i, int(x)) for i, k in enumerate(keys) for x in k["index"]]
     id_list = [str(x) for k in keys for x in k["ids"]]
@@ -127,7 +132,16 @@ def _decide(work: Path, n_files: int, cfg: DataConfig, stats: Stats) -> Decision
 
     def near_edges(gone: set[Order]) -> list[tuple[Order, Order, float]]:
         alive = np.array([n for n, o in enumerate(orders) if o not in gone], dtype=np.int64)
-        return _lsh_edges(alive, sigs, orders, cfg) if sigs is not None and alive.size else []
+        if sigs is None or not alive.size:
+            return []
+        if workers == 1:
+            edges = _band_edges(sigs[alive], range(cfg.dedup.bands), cfg)
+        else:  # the bands are independent: the workers verify a share each, reading the shards
+            tasks = [
+                (str(work), n_files, alive, range(w, cfg.dedup.bands, workers), cfg) for w in range(workers)
+            ]
+            edges = [e for part in pmap(_lsh_task, tasks) for e in part]
+        return sorted({(orders[alive[a]], orders[alive[b]], sim) for a, b, sim in edges})
 
     def val_fn(gone: set[Order], k: int) -> set[Order]:
         return smallest(((int(split[n]), o) for n, o in enumerate(orders) if o not in gone), k)
@@ -138,15 +152,20 @@ def _decide(work: Path, n_files: int, cfg: DataConfig, stats: Stats) -> Decision
     return decide(exact_fn, near_edges, val_fn, lambda os_: {o: id_list[where[o]] for o in os_}, cfg, stats)
 
 
-def _lsh_edges(
-    alive: np.ndarray, sigs: np.ndarray, orders: list[Order], cfg: DataConfig
-) -> list[tuple[Order, Order, float]]:
-    """Candidate pairs from equal band keys (sorting, not a Python dict per band), verified on signatures."""
-    hasher = MinHasher(cfg.dedup)
-    live = sigs[alive]
-    keys = hasher.band_keys(live)
+def _lsh_task(task: tuple[str, int, np.ndarray, range, DataConfig]) -> list[tuple[int, int, float]]:
+    work, n_files, alive, bands, cfg = task
+    sigs = np.concatenate([np.load(Path(work) / f"{i:06d}.keys.npz")["sigs"] for i in range(n_files)])
+    return _band_edges(sigs[alive], bands, cfg)
+
+
+def _band_edges(live: np.ndarray, bands: range, cfg: DataConfig) -> list[tuple[int, int, float]]:
+    """Candidate pairs from equal band keys (sorting, not a Python dict per band), verified on signatures.
+
+    Rows of `live` are in canonical order; the edges are (row, earlier row, similarity).
+    """
+    keys = MinHasher(cfg.dedup).band_keys(live)
     groups: list[np.ndarray] = []
-    for band in range(keys.shape[1]):
+    for band in bands:
         col = keys[:, band]
         idx = np.argsort(col, kind="stable")  # stable: equal keys stay in canonical order
         sorted_keys = col[idx]
@@ -154,8 +173,7 @@ def _lsh_edges(
         ends = np.r_[starts[1:], len(idx)]
         multi = ends - starts > 1
         groups += [idx[s:e] for s, e in zip(starts[multi].tolist(), ends[multi].tolist(), strict=True)]
-    edges = bucket_edges(groups, live, cfg.dedup.threshold)
-    return sorted({(orders[alive[a]], orders[alive[b]], sim) for a, b, sim in edges})
+    return bucket_edges(groups, live, cfg.dedup.threshold)
 
 
 def _subset(orders: dict[Order, Any] | set[Order], file: int) -> set[int]:
@@ -234,10 +252,13 @@ def _pool(workers: int) -> Iterator[Callable]:
         _init_worker()
         yield map
         return
-    # spawn: the parent may hold threads (fsspec's event loop, tokenizers) that fork would copy broken.
+    # fork starts a worker in milliseconds, with everything imported; spawn takes a second or so per
+    # worker (interpreter, numpy, pydantic, tuneloop), which a run on two cores feels. But fork copies
+    # a parent's threads broken (fsspec's event loop, for one), so a parent with threads gets spawn.
     # ProcessPoolExecutor, not multiprocessing.Pool: a worker that dies (OOM kill, failed start)
     # raises BrokenProcessPool here instead of hanging the run forever.
-    ctx = mp.get_context("spawn")
+    fork = "fork" in mp.get_all_start_methods() and threading.active_count() == 1
+    ctx = mp.get_context("fork" if fork else "spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
         yield lambda fn, tasks: pool.map(fn, tasks)
 
