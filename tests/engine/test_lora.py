@@ -33,18 +33,21 @@ def peft_greedy(model, prompt, n):
     return out[0, len(prompt) :].tolist()
 
 
-def test_mixed_adapters_in_one_batch_match_peft(tiny_llama, tmp_path):
+@pytest.mark.parametrize("mode", ["looped", "stacked"])  # looped: the CPU's default; stacked: the GPU's
+def test_mixed_adapters_in_one_batch_match_peft(tiny_llama, tmp_path, mode):
     a = make_adapter(tiny_llama, tmp_path / "a", 1, ["q_proj", "v_proj", "down_proj"])
     b = make_adapter(
         tiny_llama,
         tmp_path / "b",
         2,
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        rank=8,  # ranks differ: the stacked path pads a to b's rank
     )
     base = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     eng = LLMEngine.from_pretrained(tiny_llama, block_size=4, kv_cache_gib=0.01)
     eng.load_lora("a", tmp_path / "a")
     eng.load_lora("b", tmp_path / "b")
+    eng.lora.mode = mode
     ps = prompts(6, seed=30)
     which = [None, "a", "b", "a", None, "b"]
     outs = eng.generate(ps, GREEDY, lora=which)
