@@ -27,7 +27,9 @@ def test_collect_selects_requests_by_their_metadata_workload_tag():
             model="bot", messages=[{"role": "user", "content": "reset my router"}],
             metadata={"workload": "support", "team": "care"},
         )  # fmt: skip
-        untagged = client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hello"}])
+        untagged = client.chat.completions.create(
+            model="bot", messages=[{"role": "user", "content": "hello"}]
+        )
         other = client.completions.create(
             model="bot", prompt="write a poem", extra_body={"metadata": {"workload": "marketing"}}
         )

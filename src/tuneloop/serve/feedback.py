@@ -25,7 +25,6 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tuneloop.serve.db import Base, connect
 
-
 USER_MAX = 256  # characters of an end-user id kept
 
 

@@ -47,5 +47,9 @@ def _answered_by(state: Any, response_id: str) -> tuple[str, str, str | None]:
         if record is not None and record.get("status") == 200:
             request = record.get("request") if isinstance(record.get("request"), dict) else {}
             user = record.get("user") or request.get("user")
-            return str(record.get("model")), str(record.get("variant")), user if isinstance(user, str) else None
+            return (
+                str(record.get("model")),
+                str(record.get("variant")),
+                user if isinstance(user, str) else None,
+            )
     return "unknown", "unknown", None
