@@ -260,6 +260,8 @@ def _pool(workers: int) -> Iterator[Callable]:
     fork = "fork" in mp.get_all_start_methods() and threading.active_count() == 1
     ctx = mp.get_context("fork" if fork else "spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+        if fork:  # fork every worker now (a pool with fork starts them all at once), before the
+            pool.submit(int).result()  # progress bar or the pool's own manager start threads
         yield lambda fn, tasks: pool.map(fn, tasks)
 
 
