@@ -160,11 +160,11 @@ def metrics_summary(request: Request, window_s: float = Query(60.0, ge=1, le=KEE
         summary = summarize(now, None, None)
     else:
         summary = summarize(now, base[1], now_t - base[0])
-    rejected = {
-        dict(k).get("reason", ""): int(v)
-        for (n, k), v in now.items()
-        if n == "tuneloop_rejected_requests_total"
-    }
+    rejected: dict[str, int] = {}  # by reason, summed over models (the counter is per model too)
+    for (n, k), v in now.items():
+        if n == "tuneloop_rejected_requests_total":
+            reason = dict(k).get("reason", "")
+            rejected[reason] = rejected.get(reason, 0) + int(v)
     return {"object": "metrics.summary", "time": time.time(), **summary, "engines": _engines(request, now),
             "rejected_total": rejected}  # fmt: skip
 
