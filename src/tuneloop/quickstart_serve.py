@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shlex
+import signal
 import socket
 import threading
 import time
@@ -32,11 +33,18 @@ class Running:
     model: str  # the served name
 
     def wait(self) -> None:
-        """Block until the server stops; Ctrl-C stops it."""
+        """Block until the server stops; Ctrl-C or SIGTERM (`kill`, a container stop) stops it gracefully."""
+        stopping = threading.Event()
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set()) if on_main else None
         try:
-            while self.thread.is_alive():
+            while self.thread.is_alive() and not stopping.is_set():
                 self.thread.join(0.5)
         except KeyboardInterrupt:
+            pass
+        finally:
+            if on_main:
+                signal.signal(signal.SIGTERM, previous)
             self.stop()
 
     def stop(self) -> None:

@@ -11,6 +11,7 @@ chat template every turn; the oldest turns are dropped when it no longer fits th
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import typer
@@ -35,7 +36,8 @@ def chat(
     from tuneloop.evaluation.loader import load_for_eval
 
     err = Console(stderr=True)
-    with err.status(f"loading {ref}"):
+    with err.status(f"loading {ref}"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecation chatter of transformers/peft
         loaded = load_for_eval(ref, device)
     if not loaded.tokenizer.chat_template:
         raise TuneloopError(f"'{ref}' has no chat template", hint="chat needs an instruct/chat model")

@@ -8,6 +8,7 @@ tuneloop quickstart --force epochs=6      # redo every stage, with a training ov
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -92,7 +93,11 @@ def run(settings: Any, *, serve: bool, host: str = "127.0.0.1", port: int = 8000
     from tuneloop import quickstart_serve as qsv
 
     settings.check()
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # "creating database tables…" is not news here
+    # "creating database tables", "started monitoring system metrics", bitsandbytes' optional CPU
+    # kernels: not news in a quickstart (mlflow sets its level from this variable when imported)
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for noisy in ("mlflow", "bitsandbytes"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if noisy == "bitsandbytes" else logging.WARNING)
     wd = qs.Workdir(settings)
     qs.train_config(settings, wd)  # a bad key or value fails now, not after the evaluation
     if serve:
@@ -134,6 +139,7 @@ def run(settings: Any, *, serve: bool, host: str = "127.0.0.1", port: int = 8000
         _print_serving(running, key, settings.question)
         (until or (lambda r, _k: r.wait()))(running, key)
         running.stop()
+        console.print("server stopped")
     return {"timings": timings, "base": base, "tuned": tuned, "train": trained, "register": reg}
 
 
@@ -235,7 +241,15 @@ def _print_before_after(base: Any, tuned: Any) -> None:
         table.add_row(names[row.name], fmt(row.baseline, row.name), fmt(row.model, row.name),
                       f"[{color}]{fmt(row.delta, 'delta')}[/]")  # fmt: skip
     console.print(table)
-    for b, t in list(zip(base.report.samples, tuned.report.samples, strict=False))[:3]:
+    pairs = list(zip(base.report.samples, tuned.report.samples, strict=False))
+    learned = [
+        (b, t) for b, t in pairs if t.scores.get("contains_answer") and not b.scores.get("contains_answer")
+    ]
+    if learned:
+        console.print(
+            f"  {len(learned)} held-out answers now hold the key fact; the first {min(3, len(learned))}:"
+        )
+    for b, t in (learned or pairs)[:3]:
         console.print(f"  [bold]Q:[/] {escape(t.question)}  [dim](key fact: {escape(t.answer or '-')})[/]")
         console.print(f"    base:       {escape(_short(b.prediction))}")
         console.print(f"    fine-tuned: {escape(_short(t.prediction))}")
