@@ -82,7 +82,10 @@ class Settings:
 
     def check(self) -> None:
         """Fail in a second, not after minutes: the corpus files exist, the training config loads."""
+        from tuneloop.registry.refs import check_name
+
         _ = self.docs, self.train_file, self.heldout
+        check_name(self.name)
         if not self.train_config.is_file():
             raise TuneloopError(
                 f"training config '{self.train_config}' does not exist", hint="check --config"

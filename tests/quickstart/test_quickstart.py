@@ -124,6 +124,7 @@ def test_deleted_registry_version_is_registered_again(qs_args):
         ("forced-override", "override 'output_dir' is set by the quickstart"),
         ("bad-override", "unknown key 'lora.rnak'"),
         ("workdir-file", "is a file"),
+        ("bad-name", "not a valid registered model name"),
     ],
 )
 def test_user_mistakes_are_short_errors(qs_args, tiny_corpus, tmp_path, change, message):
@@ -138,6 +139,8 @@ def test_user_mistakes_are_short_errors(qs_args, tiny_corpus, tmp_path, change, 
         args.append("output_dir=/tmp/x")
     elif change == "bad-override":
         args.append("lora.rnak=4")
+    elif change == "bad-name":
+        args += ["--name", "acme support!"]
     else:
         (tmp_path / "file").write_text("")
         args[args.index("--workdir") + 1] = str(tmp_path / "file")
