@@ -55,6 +55,13 @@ def test_override_keeps_strings_for_str_fields():
     assert cfg.learning_rate == pytest.approx(1e-4)
 
 
+def test_null_override_clears_an_optional_string_but_not_a_required_one(tmp_path):
+    path = write(tmp_path, "output: runs/x\n")
+    assert load_config(Train, path, ["output=null"]).output is None
+    assert load_config(Train, path, ["output=~"]).output is None
+    assert load_config(Train, path, ["model=null"]).model == "null"  # a required str keeps the text
+
+
 def test_typo_in_file_names_file_line_and_close_match(tmp_path):
     path = write(tmp_path, "model: x\nlora:\n  rnak: 4\n")
     with pytest.raises(ConfigError) as e:

@@ -148,6 +148,15 @@ def _model_at(cls: Any, loc: Sequence[Any]) -> Any:
     return _unwrap(current)
 
 
+def _optional_at(cls: Any, key: Sequence[str]) -> bool:
+    """Whether the field at `key` accepts None (`str | None`)."""
+    parent = _model_at(cls, key[:-1]) if len(key) > 1 else cls
+    if isinstance(parent, type) and issubclass(parent, BaseModel):
+        field = parent.model_fields.get(str(key[-1]))
+        return field is not None and type(None) in typing.get_args(field.annotation)
+    return False
+
+
 def _fields(annotation: Any) -> list[str]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return list(annotation.model_fields)
@@ -173,7 +182,8 @@ def _coerce_override(cls: type[Config], key: tuple[str, ...], raw: str) -> Any:
     """Parse an override value as YAML (numbers, bools, lists), but keep strings for str fields."""
     target = _model_at(cls, key)
     if target is str:
-        return raw
+        # `key=null` on an optional string field means None (the YAML spelling), not the text "null"
+        return None if raw.strip() in ("null", "Null", "NULL", "~") and _optional_at(cls, key) else raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
