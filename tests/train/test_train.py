@@ -254,14 +254,24 @@ def test_global_batch_must_be_a_multiple_of_micro_batch():
 # ---------------------------------------------------------------- tracking, CLI end to end
 
 
-def test_cli_run_is_tracked_in_mlflow_and_tensorboard(tiny_llama, sft_dataset, tmp_path, tuneloop_home):
+def test_cli_run_is_tracked_in_mlflow_and_tensorboard(
+    tiny_llama, sft_dataset, tmp_path, tuneloop_home, monkeypatch
+):
+    import os
+
     import mlflow
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     out = tmp_path / "run"
     args = base_overrides(tiny_llama, sft_dataset, out, **{"tracking.mlflow": "true", "tracking.tensorboard": "true",
                           "eval.final": "true", "eval.max_samples": 4, "eval.max_new_tokens": 4, "eval.every": 2})  # fmt: skip
     result = runner.invoke(app, ["train", *args])
     assert result.exit_code == 0, result.output
+    # MLflow exports the run's URI to the environment; the run must not leave it behind for later registries
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv(
+        "MLFLOW_TRACKING_URI", f"sqlite:///{tuneloop_home / 'mlflow.db'}"
+    )  # undone after the test
     mlflow.set_tracking_uri(f"sqlite:///{tuneloop_home / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["tuneloop"], output_format="list")
     assert len(runs) == 1

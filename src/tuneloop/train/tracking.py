@@ -56,6 +56,9 @@ class Tracker:
         except ImportError:
             raise missing_extra("mlflow", "train") from None
         self.tracking_uri = self.cfg.tracking.tracking_uri or paths.mlflow_tracking_uri()
+        # MLflow 3's set_tracking_uri also exports MLFLOW_TRACKING_URI; put it back in finish(), or every
+        # later Registry in this process (quickstart, the loop, tests) would follow this run's store
+        self._env_uri = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.tracking_uri)
         if mlflow.get_experiment_by_name(self.cfg.tracking.experiment) is None:
             mlflow.create_experiment(
@@ -127,6 +130,10 @@ class Tracker:
             self.wandb.finish()
         if self.mlflow:
             self.mlflow.end_run(status=status)
+            if self._env_uri is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = self._env_uri
 
 
 def check_uri(uri: str) -> None:
