@@ -27,7 +27,11 @@ def gateway(tmp_path_factory):
     folder = tmp_path_factory.mktemp("schemathesis")
     cfg = _config(folder)
     key, _ = KeyStore(cfg.auth.database_url).create("schemathesis", scopes=["inference", "feedback", "admin"])
-    with run_server(cfg, {"fake": FakeClient()}) as server:
+    from tuneloop.serve.routers import admin_feedback
+
+    # a vote on an unknown response waits LOG_WAIT_S for its log line; random ids would wait 3 s each
+    with pytest.MonkeyPatch.context() as mp, run_server(cfg, {"fake": FakeClient()}) as server:
+        mp.setattr(admin_feedback, "LOG_WAIT_S", 0.2)
         server.key = key
         yield server
 
