@@ -34,7 +34,9 @@ def require(scope: str) -> Callable[[Request], ApiKey]:
             if scope not in key.scopes:
                 raise APIError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
         except APIError as e:
-            request.app.state.metrics.rejected.labels(e.code or str(e.status), "").inc()  # model not known yet
+            request.app.state.metrics.rejected.labels(
+                e.code or str(e.status), ""
+            ).inc()  # model not known yet
             raise
         request.state.key = key
         return key

@@ -65,7 +65,9 @@ def resolve_entry(m: ModelConfig) -> Resolution:
     adapter = resolve_model(m.lora, pull=True) if m.lora else None
     if base.is_adapter:  # an alias may move between full and adapter versions: serve it on its base
         if adapter is not None:
-            raise TuneloopError(f"'{m.model}' is a LoRA adapter", hint="serve it as `lora:` on its base `model:`")
+            raise TuneloopError(
+                f"'{m.model}' is a LoRA adapter", hint="serve it as `lora:` on its base `model:`"
+            )
         adapter, base = base, resolve_model(_adapter_base(base.path), pull=True)
     shown = adapter or base
     return Resolution(base.path, adapter.path if adapter else None, _version(shown))
