@@ -23,31 +23,39 @@ LABELS = ("model_name", "variant")
 FEEDBACK_SCORE = (1.0, 2.0, 3.0, 4.0, 5.0)  # ratings are 1-5 (thumbs up = 5, down = 1)
 
 
-class _EngineCollector(Collector):
-    def __init__(self, loads: Callable[[], dict[str, EngineLoad | None]]):
-        self.loads = loads
+class _ModelGauges(Collector):
+    """Gauges read at scrape time, one per attribute of a per-model object (an engine's load, a gate)."""
+
+    def __init__(
+        self, source: Callable[[], dict[str, Any]], gauges: dict[str, tuple[str, str]], gpu: bool = False
+    ):
+        self.source, self.gauges, self.gpu = source, gauges, gpu  # gauges: attribute -> (metric name, help)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        families = {
-            "running": GaugeMetricFamily(
-                "vllm:num_requests_running", "Requests generating now", labels=["model_name"]
-            ),
-            "waiting": GaugeMetricFamily(
-                "vllm:num_requests_waiting", "Requests waiting in the engine", labels=["model_name"]
-            ),
-            "kv_usage": GaugeMetricFamily(
-                "vllm:gpu_cache_usage_perc", "KV-cache usage (1 = full)", labels=["model_name"]
-            ),
-            "prefix_cache_hit_rate": GaugeMetricFamily(
-                "vllm:gpu_prefix_cache_hit_rate", "Prefix-cache hit rate", labels=["model_name"]
-            ),
-        }
-        for model, load in self.loads().items():
-            if load is not None:
+        families = {field: GaugeMetricFamily(name, text, labels=["model_name"])
+                    for field, (name, text) in self.gauges.items()}  # fmt: skip
+        for model, obj in self.source().items():
+            if obj is not None:
                 for field, family in families.items():
-                    family.add_metric([model], float(getattr(load, field)))
+                    family.add_metric([model], float(getattr(obj, field)))
         yield from families.values()
-        yield from _gpu_memory()
+        if self.gpu:
+            yield from _gpu_memory()
+
+
+ENGINE_GAUGES = {
+    "running": ("vllm:num_requests_running", "Requests generating now"),
+    "waiting": ("vllm:num_requests_waiting", "Requests waiting in the engine"),
+    "kv_usage": ("vllm:gpu_cache_usage_perc", "KV-cache usage (1 = full)"),
+    "prefix_cache_hit_rate": ("vllm:gpu_prefix_cache_hit_rate", "Prefix-cache hit rate"),
+}
+# the gateway's admission gate per served model (`limits.ConcurrencyGate`): in use and its bounds
+GATE_GAUGES = {
+    "running": ("tuneloop_gateway_requests_running", "Requests holding a gateway slot"),
+    "waiting": ("tuneloop_gateway_requests_waiting", "Requests queued at the gateway for a slot"),
+    "max_concurrency": ("tuneloop_gateway_max_concurrency", "Gateway slots (max_concurrency)"),
+    "max_queue": ("tuneloop_gateway_max_queue", "Gateway queue bound (max_queue); beyond it 429 overloaded"),
+}
 
 
 def _gpu_memory() -> Iterable[GaugeMetricFamily]:
@@ -61,37 +69,6 @@ def _gpu_memory() -> Iterable[GaugeMetricFamily]:
     for i in range(torch.cuda.device_count()):
         family.add_metric([str(i)], float(torch.cuda.memory_reserved(i)))
     yield family
-
-
-class _GateCollector(Collector):
-    """The gateway's admission gate per served model (`limits.ConcurrencyGate`): in use and its bounds."""
-
-    def __init__(self, gates: Callable[[], dict[str, Any]]):
-        self.gates = gates
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        families = {
-            "running": GaugeMetricFamily(
-                "tuneloop_gateway_requests_running", "Requests holding a gateway slot", labels=["model_name"]
-            ),
-            "waiting": GaugeMetricFamily(
-                "tuneloop_gateway_requests_waiting",
-                "Requests queued at the gateway for a slot",
-                labels=["model_name"],
-            ),
-            "max_concurrency": GaugeMetricFamily(
-                "tuneloop_gateway_max_concurrency", "Gateway slots (max_concurrency)", labels=["model_name"]
-            ),
-            "max_queue": GaugeMetricFamily(
-                "tuneloop_gateway_max_queue",
-                "Gateway queue bound (max_queue); beyond it 429 overloaded",
-                labels=["model_name"],
-            ),
-        }
-        for model, gate in self.gates().items():
-            for field, family in families.items():
-                family.add_metric([model], float(getattr(gate, field)))
-        yield from families.values()
 
 
 class Metrics:
@@ -161,9 +138,9 @@ class Metrics:
             ["action"],
             registry=r,
         )
-        r.register(_EngineCollector(loads))
+        r.register(_ModelGauges(loads, ENGINE_GAUGES, gpu=True))
         if gates is not None:
-            r.register(_GateCollector(gates))
+            r.register(_ModelGauges(gates, GATE_GAUGES))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
