@@ -10,6 +10,8 @@ serve/       serving state (keys, request logs, feedback)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ENV_HOME = "TUNELOOP_HOME"
@@ -52,3 +54,21 @@ def mlflow_db() -> Path:
 
 def mlflow_tracking_uri() -> str:
     return f"sqlite:///{mlflow_db()}"
+
+
+@contextmanager
+def exclusive(folder: Path, busy: str, hint: str) -> Iterator[None]:
+    """Hold `folder/.lock` while the block runs; a second holder fails at once with `busy` (no waiting)."""
+    from filelock import FileLock, Timeout
+
+    from tuneloop.errors import TuneloopError
+
+    lock = FileLock(str(folder / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise TuneloopError(busy, hint=hint) from None
+    try:
+        yield
+    finally:
+        lock.release()

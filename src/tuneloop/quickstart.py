@@ -128,20 +128,12 @@ class Workdir:
 
     @contextmanager
     def locked(self) -> Iterator[Workdir]:
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(str(self.root / ".lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise TuneloopError(
-                f"another quickstart is running in {self.root}",
-                hint="wait for it to finish, or pass a different --workdir",
-            ) from None
-        try:
+        with paths.exclusive(
+            self.root,
+            f"another quickstart is running in {self.root}",
+            "wait for it to finish, or pass a different --workdir",
+        ):
             yield self
-        finally:
-            lock.release()
 
     @property
     def data(self) -> Path:

@@ -104,20 +104,12 @@ class LoopStore:
 
     @contextmanager
     def locked(self) -> Iterator[LoopStore]:
-        from filelock import FileLock, Timeout
-
-        lock = FileLock(str(self.root / ".lock"))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            raise TuneloopError(
-                f"another loop is running for '{self.name}' ({self.root})",
-                hint="wait for it to finish; one loop per model at a time",
-            ) from None
-        try:
+        with paths.exclusive(
+            self.root,
+            f"another loop is running for '{self.name}' ({self.root})",
+            "wait for it to finish; one loop per model at a time",
+        ):
             yield self
-        finally:
-            lock.release()
 
 
 def models() -> list[str]:
