@@ -176,13 +176,13 @@ class ModelRunner:
 
 def _check_servable(folder: str) -> None:
     """Exports the engine cannot run (ONNX graphs, packed int4) fail here, by name, not deep in a loader."""
-    from pathlib import Path
+    from tuneloop.optimize.loader import folder_format
 
-    path = Path(folder)
-    if (path / "model.onnx").is_file() or (path / "int4.json").is_file():
-        kind = "an ONNX export" if (path / "model.onnx").is_file() else "a packed int4 export"
+    kind = folder_format(folder)
+    if kind in ("onnx", "int4"):
+        what = "an ONNX export" if kind == "onnx" else "a packed int4 export"
         raise ValueError(
-            f"{folder} is {kind}, which the engine does not serve; serve the merged bf16 version it was "
+            f"{folder} is {what}, which the engine does not serve; serve the merged bf16 version it was "
             "exported from (its registry parent), or evaluate this one with `tuneloop eval`"
         )
 
