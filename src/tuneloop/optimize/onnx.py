@@ -174,8 +174,7 @@ class OnnxCausalLM:
                 if token in eos:
                     break
                 row = np.array([[token]], dtype=ids.dtype)
-        used = ids.shape[1] + max_new_tokens
-        return torch.from_numpy(out[:, :used])
+        return torch.from_numpy(out)
 
 
 def _config(folder: Path) -> Any:
