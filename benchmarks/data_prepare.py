@@ -153,16 +153,6 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=float, default=200)
@@ -191,10 +181,11 @@ def main() -> None:
     import tokenizers
 
     import tuneloop
+    from tuneloop.resources.doctor import cpu_model
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(
-        f"\nmachine: {_cpu_model()}, {os.cpu_count()} cores ({cpus} usable), Python {platform.python_version()}, "
+        f"\nmachine: {cpu_model()}, {os.cpu_count()} cores ({cpus} usable), Python {platform.python_version()}, "
         f"numpy {numpy.__version__}, tokenizers {tokenizers.__version__}, pyarrow {pyarrow.__version__}, "
         f"tuneloop {tuneloop.__version__}; load average {load_before} before, {_load()} after"
     )

@@ -284,7 +284,7 @@ def detect_gpus() -> list[GpuInfo]:
 # ---------------------------------------------------------------- system
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     """The CPU's marketing name; platform.processor() is often empty on Linux, so read /proc first."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -322,7 +322,7 @@ def _system_info() -> SystemInfo:
         platform=platform.platform(),
         kernel=platform.release(),
         python=platform.python_version(),
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model(),
         cores_logical=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
         cores_physical=psutil.cpu_count(logical=False),
         ram_total=int(mem.total),
