@@ -1,7 +1,12 @@
 """Load generator for any OpenAI-compatible server (tuneloop serve, vLLM): closed loop, fixed concurrency.
 
-Each client sends chat requests back to back; the report gives QPS, latency percentiles, TTFT and
-time per output token (streaming), and the error and 429 rates, as a dict ready for JSON.
+Each client sends chat requests back to back; the report gives QPS, latency percentiles, TTFT,
+time per output token and inter-token latency (streaming), and the error and 429 rates, as a dict
+ready for JSON.
+
+TPOT is each request's average ((latency - TTFT) / (tokens - 1)), so a stall inside a stream is
+spread over the request; ITL is every gap between two chunks that carry text, over all requests,
+so its P99 shows the stalls (as vLLM's benchmark reports both).
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ import asyncio
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -21,11 +26,14 @@ class Sample:
     latency: float
     ttft: float | None = None
     completion_tokens: int = 0
+    gaps: list[float] = field(default_factory=list)  # seconds between consecutive text chunks
 
 
-def _prompt(words: int, request: int) -> str:
+def prompt_text(words: int, request: int, tag: str = "") -> str:
+    """The user message of request number `request`; another `tag` gives other prompts."""
     # distinct from the first word on, so the prefix cache cannot serve one request's prompt to another
-    return " ".join(f"r{request}w{i % 50}" for i in range(words))
+    # (nor a later run's, with another tag: every run numbers its requests from 0)
+    return " ".join(f"{tag}r{request}w{i % 50}" for i in range(words))
 
 
 async def _one(c: httpx.AsyncClient, body: dict, stream: bool) -> Sample:
@@ -34,22 +42,32 @@ async def _one(c: httpx.AsyncClient, body: dict, stream: bool) -> Sample:
         r = await c.post("/chat/completions", json=body)
         tokens = r.json().get("usage", {}).get("completion_tokens", 0) if r.status_code == 200 else 0
         return Sample(r.status_code, time.perf_counter() - start, None, tokens)
-    ttft, tokens = None, 0
+    ttft, tokens, last, gaps = None, 0, None, []
     async with c.stream("POST", "/chat/completions", json=body) as r:
         async for line in r.aiter_lines():
             if not line.startswith("data:") or line[5:].strip() == "[DONE]":
                 continue
             chunk = json.loads(line[5:])
-            if ttft is None and any(
-                (ch.get("delta") or {}).get("content") for ch in chunk.get("choices") or []
-            ):
-                ttft = time.perf_counter() - start
+            if any((ch.get("delta") or {}).get("content") for ch in chunk.get("choices") or []):
+                now = time.perf_counter()
+                if last is None:
+                    ttft = now - start
+                else:
+                    gaps.append(now - last)
+                last = now
             tokens = (chunk.get("usage") or {}).get("completion_tokens", tokens)
-        return Sample(r.status_code, time.perf_counter() - start, ttft, tokens)
+        return Sample(r.status_code, time.perf_counter() - start, ttft, tokens, gaps)
 
 
 async def _run(
-    url: str, requests: int, concurrency: int, body: dict, prompt_len: int, stream: bool, api_key: str | None
+    url: str,
+    requests: int,
+    concurrency: int,
+    body: dict,
+    prompt_len: int,
+    stream: bool,
+    api_key: str | None,
+    tag: str,
 ) -> tuple[list[Sample], float]:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     todo = iter(range(requests))
@@ -58,7 +76,7 @@ async def _run(
     async def client(c: httpx.AsyncClient) -> None:
         for i in todo:
             try:
-                messages = [{"role": "user", "content": _prompt(prompt_len, i)}]
+                messages = [{"role": "user", "content": prompt_text(prompt_len, i, tag)}]
                 samples.append(await _one(c, {**body, "messages": messages}, stream))
             except httpx.HTTPError:
                 samples.append(Sample(0, 0.0))
@@ -88,8 +106,9 @@ def run(
     max_tokens: int = 64,
     stream: bool = False,
     api_key: str | None = None,
+    tag: str = "",
 ) -> dict:
-    """Load `url` (…/v1) and report; latencies in seconds."""
+    """Load `url` (…/v1) and report; latencies in seconds. `tag` varies the prompts between runs."""
     body = {
         "model": model,
         "max_tokens": max_tokens,
@@ -97,22 +116,30 @@ def run(
     }
     if stream:
         body["stream_options"] = {"include_usage": True}
-    samples, wall = asyncio.run(_run(url, requests, concurrency, body, prompt_len, stream, api_key))
-    ok = [s for s in samples if s.status == 200]
-    tpot = [
-        (s.latency - s.ttft) / (s.completion_tokens - 1) for s in ok if s.ttft and s.completion_tokens > 1
-    ]
+    samples, wall = asyncio.run(_run(url, requests, concurrency, body, prompt_len, stream, api_key, tag))
     return {
         "url": url,
         "model": model,
         "requests": len(samples),
         "concurrency": concurrency,
         "stream": stream,
+        **summarize(samples, wall),
+    }
+
+
+def summarize(samples: list[Sample], wall: float) -> dict:
+    """The figures of one run from its samples (any client that fills them, not only this one's)."""
+    ok = [s for s in samples if s.status == 200]
+    tpot = [
+        (s.latency - s.ttft) / (s.completion_tokens - 1) for s in ok if s.ttft and s.completion_tokens > 1
+    ]
+    return {
         "qps": round(len(ok) / wall, 2) if wall else 0.0,
         "output_tokens_per_s": round(sum(s.completion_tokens for s in ok) / wall, 1) if wall else 0.0,
         "latency_s": _pct([s.latency for s in ok]),
         "ttft_s": _pct([s.ttft for s in ok if s.ttft is not None]),
         "tpot_s": _pct(tpot),
+        "itl_s": _pct([g for s in ok for g in s.gaps]),
         "error_rate": round(sum(s.status not in (200, 429) for s in samples) / len(samples), 4),
         "rate_429": round(sum(s.status == 429 for s in samples) / len(samples), 4),
     }

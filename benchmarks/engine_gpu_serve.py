@@ -1,0 +1,320 @@
+"""Online serving on one GPU through the whole HTTP gateway, against the engine without it (issue 11).
+
+A Llama-3-8B-shaped model with random bf16 weights; streamed chat requests of ~128 prompt tokens and
+exactly 128 new tokens, closed loop at 32 and 128 concurrent clients (4x as many requests as clients,
+after a warm-up). The same load three ways on one engine (one build, one KV cache, one set of graphs):
+
+  engine  AsyncEngine.submit(token ids), consumed in this process: the engine alone
+  client  LocalClient.generate(messages): + chat template, tokenizer, incremental detokenizer
+  http    the load generator of `tuneloop bench serve` (tuneloop.bench.serve) in its own process ->
+          uvicorn on 127.0.0.1 -> the gateway as served (API key checked in SQLite, request log,
+          Prometheus metrics, admission gate) -> the same LocalClient
+
+so http - engine is the gateway's share of TTFT and of the gap between tokens (ITL: every gap
+between two text chunks; TPOT: each request's average gap). Prompts carry a tag per run, so no run
+finds another's prompts in the prefix cache (only the chat template's system prompt is shared).
+
+Choices, so the numbers read right:
+- Tokenizer: no Llama-3 tokenizer is available offline; SmolLM2's (byte-level BPE as Llama 3's,
+  vocab 49152, carried in .devcarry/smollm2-shape) is used, and the model takes vocab_size 49152 so
+  every sampled id decodes: the LM head is 49152 x 4096 instead of 128256 x 4096 (~4 % fewer weight
+  bytes per decode step than the real 8B).
+- Temperature 1 (the API default): random weights under greedy decoding tend to repeat one token.
+  The model has eos_token_id -1 and no generation_config, so every request runs to max_tokens.
+- Engine: max_num_seqs 256, max_num_batched_tokens 4096 (as benchmarks/engine_gpu.py), and the
+  gate's max_concurrency 256 (serve.yaml), so all 128 streams generate at once. `tuneloop serve`
+  itself builds its engine with EngineConfig's defaults (64 sequences, 2048 tokens a step).
+
+    PYTHONPATH=src:.devcarry:/tmp/site python3 benchmarks/engine_gpu_serve.py $OUT [--tiny]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import itertools
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from engine_gpu import LLAMA3_8B, TINY, build_engine  # the shapes and builder of the engine benchmark
+
+from tuneloop.bench.serve import Sample, prompt_text, summarize
+from tuneloop.engine import SamplingParams
+from tuneloop.engine.async_engine import AsyncEngine
+from tuneloop.models.loading import load_tokenizer
+from tuneloop.serve.client import GenerateRequest
+from tuneloop.serve.local import LocalClient, SharedEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+TOKENIZER = ROOT / ".devcarry" / "smollm2-shape"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+VOCAB = 49152  # the tokenizer's
+NAME = "bench"  # the served model name
+ENGINE = dict(max_num_seqs=256, max_num_batched_tokens=4096)
+PROMPT_TOKENS = 128
+GPU = dict(concurrency=[32, 128], per_client=4, new=128)
+SMALL = dict(concurrency=[4, 8], per_client=2, new=16)  # --tiny: CPU, a 2-layer model
+
+# the load generator's process: what `tuneloop bench serve --stream --json` runs, plus its CPU time
+CLIENT = """
+import json, sys, time
+from tuneloop.bench.serve import run
+cpu = time.process_time()
+report = run(**json.loads(sys.argv[1]))
+report["client_cpu_s"] = round(time.process_time() - cpu, 2)
+print(json.dumps(report))
+"""
+
+
+def log(*args: object) -> None:
+    print(*args, flush=True)
+
+
+# ------------------------------------------------------------------ the model and its client
+
+
+def build_client(shape: dict, device: str, tiny: bool) -> LocalClient:
+    """The engine of engine_gpu.py, plus the tokenizer files in its model folder, behind a LocalClient."""
+    engine = build_engine(shape, device, **ENGINE, **({"kv_cache_gib": 0.05} if tiny else {}))
+    folder = Path(engine.config.model)
+    for name in TOKENIZER_FILES:
+        shutil.copy(TOKENIZER / name, folder / name)
+    shared = SharedEngine(AsyncEngine(engine), load_tokenizer(folder), folder)
+    return LocalClient(shared)
+
+
+def chat_ids(client: LocalClient, text: str) -> list[int]:
+    # the server's own path from a user message to prompt ids, so every tier sees the same tokens
+    return client._prompt_ids(GenerateRequest(request_id="ids", messages=[{"role": "user", "content": text}]))
+
+
+def prompt_words(client: LocalClient, target: int) -> int:
+    """Words of `prompt_text` that give about `target` prompt tokens after the chat template."""
+    words = 1
+    while statistics.mean(len(chat_ids(client, prompt_text(words, i, "x000"))) for i in range(8)) < target:
+        words += 1
+    return words
+
+
+def tag(tier: str, concurrency: int) -> str:
+    return f"{tier[0]}{concurrency:03d}"  # same length for every run: same prompt lengths
+
+
+# ------------------------------------------------------------------ engine and client tiers
+
+
+def _sample(start: float, times: list[float], tokens: int) -> Sample:
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    ttft = times[0] - start if times else None
+    return Sample(200, time.perf_counter() - start, ttft, tokens, gaps)
+
+
+async def _engine_one(client: LocalClient, ids: list[int], new: int) -> Sample:
+    params = SamplingParams(max_tokens=new, temperature=1.0)
+    start, times, tokens = time.perf_counter(), [], 0
+    async for out in await client.shared.engine.submit(ids, params):
+        times.append(time.perf_counter())  # one output per step: one token
+        tokens = len(out.token_ids)
+    return _sample(start, times, tokens)
+
+
+async def _client_one(client: LocalClient, text: str, new: int) -> Sample:
+    messages = [{"role": "user", "content": text}]
+    request = GenerateRequest(request_id=uuid.uuid4().hex, messages=messages, max_tokens=new)
+    start, times, tokens = time.perf_counter(), [], 0
+    async for delta in client.generate(request):
+        if delta.text:  # as the HTTP client counts: chunks that carry text
+            times.append(time.perf_counter())
+        if delta.finish_reason is not None:
+            tokens = delta.completion_tokens
+    return _sample(start, times, tokens)
+
+
+async def _closed_loop(one: Callable[[int], Awaitable[Sample]], n: int, clients: int) -> tuple[list, float]:
+    todo, samples = iter(range(n)), []
+
+    async def worker() -> None:
+        for i in todo:
+            samples.append(await one(i))
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(clients)))
+    return samples, time.perf_counter() - start
+
+
+def direct(client: LocalClient, tier: str, clients: int, n: int, words: int, new: int, label: str) -> dict:
+    """One closed-loop run without HTTP; `tier` engine (token ids) or client (text)."""
+    texts = [prompt_text(words, i, label) for i in range(n)]
+    ids = [chat_ids(client, t) for t in texts]
+    if tier == "engine":
+        one = lambda i: _engine_one(client, ids[i], new)  # noqa: E731
+    else:
+        one = lambda i: _client_one(client, texts[i], new)  # noqa: E731
+    before, cpu = client.shared.engine.stats(), time.process_time()
+    samples, wall = asyncio.run(_closed_loop(one, n, clients))
+    after = client.shared.engine.stats()
+    # under 1: the detokenizer held text back (a split UTF-8 character), so some gaps span 2 tokens
+    chunks = sum(len(s.gaps) + 1 for s in samples if s.ttft is not None)
+    return {"tier": tier, "concurrency": clients, "requests": n, "wall_s": round(wall, 2),
+            "prompt_tokens_mean": round(statistics.mean(map(len, ids)), 1), **summarize(samples, wall),
+            "text_chunks_per_token": round(chunks / sum(s.completion_tokens for s in samples), 3),
+            "process_cpu_util": round((time.process_time() - cpu) / wall, 2),
+            "preemptions": after.preemptions - before.preemptions}  # fmt: skip
+
+
+# ------------------------------------------------------------------ the HTTP tier
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def gateway(client: LocalClient) -> Iterator[tuple[str, str]]:
+    """The real app under uvicorn on 127.0.0.1 (as tests/serve/conftest.py): yields (url, API key)."""
+    import uvicorn
+
+    from tuneloop.serve import ServeConfig, create_app
+    from tuneloop.serve.keys import KeyStore
+
+    entry = {"name": NAME, "model": str(client.shared.folder), "max_concurrency": 256, "max_queue": 256}
+    config = ServeConfig.model_validate({"models": [entry]})  # auth, request log, metrics: the defaults
+    key, _ = KeyStore().create("bench", scopes=["inference"])
+    app = create_app(config, {NAME: client})  # the lifespan warms the client up
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1", key
+    finally:
+        server.should_exit = True  # the lifespan then shuts the engine down
+        thread.join(timeout=60)
+
+
+def http(url: str, key: str, clients: int, n: int, words: int, new: int, label: str) -> dict:
+    """One run of tuneloop.bench.serve in a child process (its own GIL, as a real client)."""
+    args = dict(url=url, model=NAME, requests=n, concurrency=clients, prompt_len=words,
+                max_tokens=new, stream=True, api_key=key, tag=label)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+    cpu = time.process_time()
+    done = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(args)], capture_output=True, text=True,
+                          env=env, timeout=400)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed:\n{done.stderr[-4000:]}")
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    wall = report["requests"] * (1 - report["error_rate"] - report["rate_429"]) / max(report["qps"], 1e-9)
+    report.pop("url")
+    # near 1.0 (one core): that process is the bottleneck, not the engine
+    return {"tier": "http", **report, "wall_s": round(wall, 2),
+            "client_cpu_util": round(report["client_cpu_s"] / wall, 2),
+            "server_process_cpu_util": round((time.process_time() - cpu) / wall, 2)}  # fmt: skip
+
+
+# ------------------------------------------------------------------ report
+
+
+def _ms(pct: dict, key: str) -> float | None:
+    return None if pct[key] is None else round(1000 * pct[key], 2)
+
+
+def summary(runs: list[dict]) -> dict:
+    """Per client count: each tier's TTFT / ITL / TPOT in ms and tok/s, and http - engine."""
+    out: dict = {}
+    for r in runs:
+        row = {f"{m}_{p}_ms": _ms(r[f"{m}_s"], p) for m in ("ttft", "itl", "tpot") for p in ("p50", "p99")}
+        row["output_tokens_per_s"] = r["output_tokens_per_s"]
+        out.setdefault(str(r["concurrency"]), {})[r["tier"]] = row
+    for tiers in out.values():
+        if "http" in tiers and "engine" in tiers:
+            h, e = tiers["http"], tiers["engine"]
+            tiers["gateway_overhead"] = {k: None if h[k] is None or e[k] is None else round(h[k] - e[k], 2)
+                                         for k in h if k.endswith("_ms")}  # fmt: skip
+    return out
+
+
+def show(run: dict) -> None:
+    t, i, p = run["ttft_s"], run["itl_s"], run["tpot_s"]
+    log(f"  {run['tier']:6} c={run['concurrency']:<4} n={run['requests']:<4} "
+        f"TTFT p50/p99 {_ms(t, 'p50')}/{_ms(t, 'p99')} ms  ITL p50/p99 {_ms(i, 'p50')}/{_ms(i, 'p99')} ms  "
+        f"TPOT p50 {_ms(p, 'p50')} ms  {run['output_tokens_per_s']} tok/s  errors {run['error_rate']}")  # fmt: skip
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> None:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else ".")
+    out.mkdir(parents=True, exist_ok=True)
+    tiny = "--tiny" in sys.argv
+    os.environ["TUNELOOP_HOME"] = tempfile.mkdtemp(prefix="tuneloop-home-")  # keys, request log
+    device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
+    shape = {**(TINY if tiny else LLAMA3_8B), "vocab_size": VOCAB}
+    plan = SMALL if tiny else GPU
+    new, top = plan["new"], max(plan["concurrency"])
+    res: dict = {
+        "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "shape": shape,
+        "engine": {**ENGINE, "gate_max_concurrency": 256},
+        "tokenizer": "SmolLM2 (.devcarry/smollm2-shape), vocab 49152",
+        "uvicorn": {
+            "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+            "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        },
+        "new_tokens": new,
+        "temperature": 1.0,
+    }
+    t0 = time.perf_counter()
+    client = build_client(shape, device, tiny)
+    res["kv_blocks"] = client.shared.engine.engine.runner.num_blocks
+    res["build_s"] = round(time.perf_counter() - t0, 1)
+    words = prompt_words(client, PROMPT_TOKENS)
+    res["prompt_words"] = words
+    log(f"built in {res['build_s']} s on {res['device']}; {words} words ~ {PROMPT_TOKENS} prompt tokens", res)
+
+    runs: list[dict] = []
+    direct(client, "engine", top, top, words, 16, "w000")  # warm-up: compiled ops, graphs, allocator
+    log(f"engine warm-up done at {time.perf_counter() - t0:.0f} s")
+    for c in plan["concurrency"]:
+        for tier in ("engine", "client"):
+            runs.append(direct(client, tier, c, plan["per_client"] * c, words, new, tag(tier, c)))
+            show(runs[-1])
+    with gateway(client) as (url, key):
+        log(f"server up at {url} ({time.perf_counter() - t0:.0f} s)")
+        http(url, key, top, top, words, 16, "v000")  # warm-up of the HTTP path
+        for c in plan["concurrency"]:
+            runs.append(http(url, key, c, plan["per_client"] * c, words, new, tag("http", c)))
+            show(runs[-1])
+    res["runs"] = runs
+    res["summary"] = summary(runs)
+    res["total_s"] = round(time.perf_counter() - t0, 1)
+    if device == "cuda":
+        res["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    (out / "engine_gpu_serve.json").write_text(json.dumps(res, indent=1))
+    log(json.dumps(res["summary"], indent=1))
+    log(f"done in {res['total_s']} s -> {out / 'engine_gpu_serve.json'}")
+
+
+if __name__ == "__main__":
+    main()
