@@ -122,10 +122,10 @@ def test_cuda_oom_halves_micro_batch_and_keeps_the_effective_batch(
     reference = train(tiny_llama, sft_dataset, tmp_path / "ref", **{"batch.micro_batch": 2})
     real = objectives.token_loss_sum
 
-    def oom_when_large(model, batch):
+    def oom_when_large(model, batch, **kw):
         if batch["input_ids"].shape[0] > 2:  # simulated: no GPU here, so CUDA OOM cannot really happen
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(model, batch)
+        return real(model, batch, **kw)
 
     monkeypatch.setattr("tuneloop.train.trainer.token_loss_sum", oom_when_large)
     result = train(tiny_llama, sft_dataset, tmp_path / "oom", **{"batch.micro_batch": 8})
@@ -134,7 +134,7 @@ def test_cuda_oom_halves_micro_batch_and_keeps_the_effective_batch(
 
 
 def test_oom_at_micro_batch_one_is_a_clear_error(tiny_llama, sft_dataset, tmp_path, monkeypatch):
-    def always_oom(model, batch):
+    def always_oom(model, batch, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr("tuneloop.train.trainer.token_loss_sum", always_oom)

@@ -32,6 +32,7 @@ GiB = 1024**3
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 CUDA_CONTEXT = 767 * 1024**2  # CUDA context + cuBLAS workspace, outside torch's allocator (H100, torch 2.11)
 FRAGMENTATION = 0.05  # caching-allocator slack (reserved - allocated), of the kept activations
+FUSED_HEAD_CHUNK = 3 * 256 * 1024**2  # fp32 chunk logits, its 16-bit copy, the target gather (linear_ce)
 LOGITS_SLACK = 4  # B x vocab per token of freed forward logits blocks backward cannot reuse (measured)
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit + 8-bit absmax per 64 + fp32 per 256 blocks
 
@@ -44,6 +45,8 @@ class PlanRequest(Config):
     seq_len: int = 2048
     micro_batch: int = 1
     gradient_checkpointing: bool = True
+    checkpoint_layers: int | None = None  # selective: only the first N layers (None: all or none)
+    fused: bool = False  # tuneloop's trainer: fused LM-head loss, adapters read 16-bit inputs
     gpus: int = 1
     gpu_memory: int | None = None  # bytes per GPU; None = what doctor sees
     lora_rank: int = 16
@@ -215,10 +218,12 @@ def _adapter_input_bytes(shape: ModelShape, req: PlanRequest) -> float:
     b = DTYPE_BYTES[req.precision]
     linears = shape.linear_shapes()
     r = req.lora_rank
-    total = 4 * r * len(req.lora_targets)  # fp32 lora_A output, saved by lora_B
-    if b != 4:
+    # lora_A's output, saved by lora_B: fp32, or 16-bit where autocast runs the adapters (fused)
+    total = (b if req.fused else 4) * r * len(req.lora_targets)
+    if b != 4 and not req.fused:
         return total + sum(4 * linears[t][0] for t in req.lora_targets)
-    # fp32 base: no cast, so the adapters save the very input tensors, shared within a group
+    # no cast (fp32 base, or tuneloop's trainer): the adapters save the very input tensors, shared
+    # within a group
     targets = set(req.lora_targets)
     total += b * shape.hidden_size * (bool(targets & {"q", "k", "v"}) + bool(targets & {"gate", "up"}))
     return total + (b * shape.intermediate_size if "down" in targets else 0)
@@ -229,8 +234,12 @@ def logits_peak_bytes(shape: ModelShape, req: PlanRequest) -> int:
 
     Forward holds 16-bit logits + their fp32 upcast + log-softmax (10 B x V); by backward the model
     output (and its 16-bit logits) is dropped, leaving three fp32 (B, T, V) tensors (12 B x V).
+    The fused loss (train/linear_ce.py) holds only the hidden states' gradient per token, plus
+    `FUSED_HEAD_CHUNK` bytes of chunk logits that do not grow with the batch.
     """
     b = DTYPE_BYTES[req.precision]
+    if req.fused:
+        return 2 * b * shape.hidden_size
     forward = shape.vocab_size * (b + 4 + 4) if b != 4 else shape.vocab_size * 8
     return max(forward, 12 * shape.vocab_size) + 4 * shape.hidden_size
 
@@ -255,16 +264,33 @@ def activation_bytes(shape: ModelShape, req: PlanRequest, micro_batch: int) -> t
     per_layer = layer_activation_bytes(shape, req)
     b = DTYPE_BYTES[req.precision]
     final_norm = 4 * shape.hidden_size + 4
-    if req.gradient_checkpointing:
-        kept = shape.num_layers * b * shape.hidden_size + final_norm  # (B, T, H) input per layer
-        layer = per_layer + backward_transient_bytes(shape, req)
-    else:
-        kept = shape.num_layers * per_layer + final_norm
-        layer = backward_transient_bytes(shape, req)
+    k = checkpointed_layers(shape, req)
+    # a checkpointed layer keeps only its (B, T, H) input; the others keep everything
+    kept = k * b * shape.hidden_size + (shape.num_layers - k) * per_layer + final_norm
+    layer = (per_layer if k else 0) + backward_transient_bytes(shape, req)
     layer_bytes = tokens * layer
     if req.method == "qlora":
         layer_bytes += 2 * shape.largest_linear  # one weight dequantized to 16-bit at a time
-    return int(tokens * kept), tokens * logits_peak_bytes(shape, req), int(layer_bytes)
+    logits = tokens * logits_peak_bytes(shape, req) + (FUSED_HEAD_CHUNK if req.fused else 0)
+    return int(tokens * kept), logits, int(layer_bytes)
+
+
+def checkpointed_layers(shape: ModelShape, req: PlanRequest) -> int:
+    if req.checkpoint_layers is not None:
+        return min(req.checkpoint_layers, shape.num_layers)
+    return shape.num_layers if req.gradient_checkpointing else 0
+
+
+def fewest_checkpointed_layers(shape: ModelShape, req: PlanRequest, budget: int) -> int | None:
+    """The fewest checkpointed layers (selective checkpointing) whose total fits `budget` bytes.
+
+    Each checkpointed layer costs one more forward of that layer in backward, so fewer is faster;
+    None when even checkpointing every layer does not fit.
+    """
+    for k in range(shape.num_layers + 1):  # total falls as k grows: the first fit is the fewest
+        if total_bytes(shape, req.model_copy(update={"checkpoint_layers": k})) <= budget:
+            return k
+    return None
 
 
 # ---------------------------------------------------------------- the estimate
@@ -309,12 +335,12 @@ def components(shape: ModelShape, req: PlanRequest, micro_batch: int) -> list[Co
         Component(
             "layer backward",
             layer,
-            "recomputed layer + grad buffers" if req.gradient_checkpointing else "grad buffers of one layer",
+            "recomputed layer + grad buffers" if checkpointed_layers(shape, req) else "grad buffers of one layer",
             at_peak=not step_wins and not logit_wins,
         ),
     ]
     tokens = micro_batch * req.seq_len
-    slack = int(FRAGMENTATION * kept) + LOGITS_SLACK * shape.vocab_size * tokens
+    slack = int(FRAGMENTATION * kept) + (0 if req.fused else LOGITS_SLACK * shape.vocab_size * tokens)
     rows.append(
         Component(
             "CUDA context + allocator",
@@ -340,7 +366,10 @@ def _optim_note(req: PlanRequest) -> str:
 
 
 def _acts_note(req: PlanRequest, micro_batch: int) -> str:
-    ckpt = "checkpointed layer inputs" if req.gradient_checkpointing else "all layers saved"
+    if req.checkpoint_layers is not None:
+        ckpt = f"{req.checkpoint_layers} layers checkpointed"
+    else:
+        ckpt = "checkpointed layer inputs" if req.gradient_checkpointing else "all layers saved"
     return f"{micro_batch} x {req.seq_len} tokens, {ckpt}"
 
 

@@ -106,7 +106,26 @@ class TrainConfig(Config):
     resume: str = Field("auto", description="auto | never | path of a checkpoint folder")
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="recompute layer activations in backward; auto: on a GPU, `plan` checkpoints the fewest "
+        "layers that fit memory_budget_gib (none when all fit), off on a CPU",
+    )
+    checkpoint_layers: int | None = Field(
+        None, ge=0, description="checkpoint only the first N decoder layers (selective; overrides auto)"
+    )
+    memory_budget_gib: float | None = Field(
+        None, gt=0, description="GPU memory gradient_checkpointing=auto plans for (default: the whole GPU)"
+    )
+    compile: bool | Literal["auto"] = Field(
+        "auto", description="torch.compile each decoder layer (regional compilation); auto: on a CUDA GPU"
+    )
+    fused_loss: bool = Field(
+        True, description="LM-head cross-entropy in chunks, never holding the (tokens x vocab) logits"
+    )
+    liger: bool = Field(
+        False, description="Liger kernels for RMSNorm, RoPE and SwiGLU (Llama-family, CUDA; the gpu extra)"
+    )
     master_weights: bool = Field(
         True,
         description="full fine-tuning: fp32 master weights + fp32 AdamW states (false: pure bf16, half the memory)",

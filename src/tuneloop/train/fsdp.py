@@ -20,7 +20,9 @@ def shard_model(model: Any, compute_dtype: Any, device: str) -> Any:
         policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     else:
         policy = MixedPrecisionPolicy()
-    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    from tuneloop.train.model_setup import decoder_layers
+
+    layers = decoder_layers(model)
     if not layers:
         raise ValueError("no decoder layers found to shard (expected modules named *DecoderLayer)")
     for layer in layers:

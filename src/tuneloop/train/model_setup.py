@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError, missing_extra
 from tuneloop.train.config import TrainConfig
+
+log = logging.getLogger("tuneloop.train")
 
 
 @dataclass
@@ -48,8 +51,14 @@ def pick_precision(requested: str, device: str) -> Precision:
     return Precision(requested, dtype)
 
 
-def load_for_training(cfg: TrainConfig, path: str, device: str, precision: Precision) -> Any:
-    """The model ready for training on `device` (a PeftModel for lora/qlora)."""
+def load_for_training(
+    cfg: TrainConfig, path: str, device: str, precision: Precision, checkpoint_layers: int | None = None
+) -> Any:
+    """The model ready for training on `device` (a PeftModel for lora/qlora).
+
+    `checkpoint_layers`: how many decoder layers recompute their activations in backward (from
+    `checkpointing_layers`; None: all when gradient_checkpointing is true, else none).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -67,11 +76,86 @@ def load_for_training(cfg: TrainConfig, path: str, device: str, precision: Preci
     model.config.use_cache = False  # the KV cache is useless in training and costs memory
     # QLoRA skips peft's prepare_model_for_kbit_training on purpose: it upcasts embeddings, norms
     # and lm_head to fp32 (+2 GB on Llama-3-8B) where autocast already computes them safely.
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if checkpoint_layers is None:
+        checkpoint_layers = len(decoder_layers(model)) if cfg.gradient_checkpointing is True else 0
+    if cfg.liger:
+        apply_liger(model, device)
+    set_checkpointing(model, checkpoint_layers)
     if cfg.method in ("lora", "qlora"):
         model = _add_lora(model, cfg)
+        if precision.autocast is not None:
+            # autocast runs the fp32 adapters in 16 bits anyway; PEFT's cast of each input to fp32
+            # first only adds a saved fp32 copy per adapted linear (+4 B x in_features per token)
+            for module in model.modules():
+                if hasattr(module, "cast_input_dtype_enabled"):
+                    module.cast_input_dtype_enabled = False
+    if use_compile(cfg, device):
+        compile_layers(model)
     return model
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The repeated blocks (HF names them *DecoderLayer): the unit of checkpointing, compiling, sharding."""
+    return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+
+
+def set_checkpointing(model: Any, layers: int) -> None:
+    """Checkpoint the first `layers` decoder layers only (selective checkpointing).
+
+    Every checkpointed layer runs its forward twice, so checkpointing only as many layers as memory
+    requires keeps most of the speed of no checkpointing at all.
+    """
+    if layers <= 0:
+        return
+    # non-reentrant: works with frozen inputs (no enable_input_require_grads) and with torch.compile;
+    # transformers >= 5.2x renamed the switch
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for i, layer in enumerate(decoder_layers(model)):
+        if i >= layers:
+            layer.gradient_checkpointing = False
+
+
+def use_compile(cfg: TrainConfig, device: str) -> bool:
+    if cfg.compile == "auto":
+        # a CPU run is usually short and compiling costs tens of seconds there; the GPU gains most
+        return device.startswith("cuda")
+    return bool(cfg.compile)
+
+
+def compile_layers(model: Any) -> int:
+    """Regional compilation: torch.compile each decoder layer in place.
+
+    All layers share one compiled graph (parameters are graph inputs), so compiling costs about
+    one layer's time, not the model's; Inductor fuses the norms, rotary, SiLU-and-multiply and the
+    LoRA adds, and its partitioner recomputes cheap elementwise results in backward instead of
+    saving them.
+    """
+    layers = decoder_layers(model)
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
+def apply_liger(model: Any, device: str) -> None:
+    """Liger's Triton kernels for RMSNorm, RoPE and SwiGLU, patched into this model instance."""
+    if not device.startswith("cuda"):
+        raise TuneloopError(
+            "liger=true needs a CUDA GPU (Liger's kernels are Triton)", hint="set liger=false"
+        )
+    try:
+        from liger_kernel.transformers.monkey_patch import _apply_liger_kernel_to_instance
+    except ImportError:
+        raise missing_extra("liger-kernel", "gpu") from None
+    # the loss stays ours (linear_ce): Liger's fused cross-entropy would replace the model's forward
+    _apply_liger_kernel_to_instance(
+        model=model,
+        rope=True,
+        rms_norm=True,
+        swiglu=True,
+        cross_entropy=False,
+        fused_linear_cross_entropy=False,
+    )
 
 
 def _bnb_config(cfg: TrainConfig, precision: Precision) -> Any:
@@ -118,28 +202,73 @@ def _add_lora(model: Any, cfg: TrainConfig) -> Any:
         use_dora=lora.dora,
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(model, config)
-    if cfg.gradient_checkpointing:
-        model.enable_input_require_grads()  # checkpointed blocks need an input that requires grad
-    return model
+    return get_peft_model(model, config)
 
 
-def check_fit(cfg: TrainConfig, path: str, device: str, precision: Precision, world: int) -> Any:
-    """On a GPU, estimate memory with `tuneloop plan` before loading; refuse a model that cannot fit."""
-    if not device.startswith("cuda") or not cfg.fit_check:
-        return None
-    from tuneloop.resources.plan import PlanRequest, make_plan
+def plan_request(
+    cfg: TrainConfig, path: str, precision: Precision, world: int, checkpoint_layers: int | None
+) -> Any:
+    """What `tuneloop plan` would be asked for this config (the model's shape read from its folder)."""
+    from tuneloop.resources.plan import PlanRequest
     from tuneloop.resources.shapes import shape_from_folder
 
     shape = shape_from_folder(Path(path))
     # data.max_length is a cap; no sequence can be longer than the model's context
     targets = cfg.lora.targets if isinstance(cfg.lora.targets, list) else None
     request = PlanRequest(
-        model=path, method=cfg.method, seq_len=min(cfg.data.max_length, shape.max_position_embeddings), micro_batch=cfg.batch.micro_batch,
-        gradient_checkpointing=cfg.gradient_checkpointing, gpus=world, lora_rank=cfg.lora.rank,
-        precision=precision.name, master_weights=cfg.method == "full" and cfg.master_weights,
-        global_batch=cfg.batch.global_batch, **({"lora_targets": targets} if targets else {}),
+        model=path, method=cfg.method, seq_len=min(cfg.data.max_length, shape.max_position_embeddings),
+        micro_batch=cfg.batch.micro_batch, gradient_checkpointing=bool(checkpoint_layers),
+        checkpoint_layers=checkpoint_layers, fused=cfg.fused_loss and precision.autocast is not None,
+        gpus=world, lora_rank=cfg.lora.rank, precision=precision.name,
+        master_weights=cfg.method == "full" and cfg.master_weights, global_batch=cfg.batch.global_batch,
+        **({"lora_targets": targets} if targets else {}),
     )  # fmt: skip
+    return shape, request
+
+
+def checkpointing_layers(
+    cfg: TrainConfig, path: str, device: str, precision: Precision, world: int
+) -> int | None:
+    """How many decoder layers to checkpoint: the config's number, or under `auto` on a GPU the
+    fewest that `plan` says fit the memory budget (0 when everything fits). None: all or none, as
+    gradient_checkpointing says."""
+    if cfg.checkpoint_layers is not None:
+        return cfg.checkpoint_layers
+    if cfg.gradient_checkpointing != "auto":
+        return None
+    if not device.startswith("cuda"):
+        return 0  # a CPU has no hard memory wall worth trading a third of the speed for
+    from tuneloop.resources.plan import detected_memory, fewest_checkpointed_layers
+
+    shape, request = plan_request(cfg, path, precision, world, 0)
+    budget = int(cfg.memory_budget_gib * 2**30) if cfg.memory_budget_gib else detected_memory(world)[0]
+    if budget is None:
+        return 0
+    k = fewest_checkpointed_layers(shape, request, budget)
+    k = shape.num_layers if k is None else k  # nothing fits: all, and check_fit says why
+    log.info("gradient_checkpointing=auto: %d of %d layers checkpointed to fit %.1f GiB", k, shape.num_layers,
+             budget / 2**30)  # fmt: skip
+    return k
+
+
+def check_fit(
+    cfg: TrainConfig,
+    path: str,
+    device: str,
+    precision: Precision,
+    world: int,
+    checkpoint_layers: int | None = None,
+) -> Any:
+    """On a GPU, estimate memory with `tuneloop plan` before loading; refuse a model that cannot fit."""
+    if not device.startswith("cuda") or not cfg.fit_check:
+        return None
+    from tuneloop.resources.plan import make_plan
+
+    if checkpoint_layers is None:
+        checkpoint_layers = None if cfg.gradient_checkpointing is True else 0
+    shape, request = plan_request(cfg, path, precision, world, checkpoint_layers)
+    if cfg.gradient_checkpointing is True and checkpoint_layers is None:
+        request = request.model_copy(update={"gradient_checkpointing": True})
     plan = make_plan(shape, request)
     if plan.fits is False:
         gib = 2**30

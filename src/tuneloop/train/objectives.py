@@ -11,6 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tuneloop.train import linear_ce
 from tuneloop.train.dataset import IGNORE
 
 
@@ -19,10 +20,19 @@ def forward_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**kwargs, use_cache=False).logits  # (B, T, V)
 
 
-def token_loss_sum(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of next-token NLL over label tokens, number of label tokens)."""
-    logits = forward_logits(model, batch)[:, :-1]  # (B, T-1, V): position t predicts token t+1
+def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], fused: bool = False) -> tuple[torch.Tensor, int]:
+    """(sum of next-token NLL over label tokens, number of label tokens).
+
+    `fused`: compute the loss chunk by chunk inside the head (linear_ce), never materializing the
+    (B, T, V) logits, where the model allows it; the result is the same sum.
+    """
     labels = batch["labels"][:, 1:]
+    head = linear_ce.head_of(model) if fused else None
+    if head is not None:
+        with linear_ce.fused_head(head, batch["labels"]):
+            loss = forward_logits(model, batch)  # the patched head returns the summed loss
+        return loss, int((labels != IGNORE).sum())
+    logits = forward_logits(model, batch)[:, :-1]  # (B, T-1, V): position t predicts token t+1
     loss = F.cross_entropy(
         logits.float().reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE, reduction="sum"
     )

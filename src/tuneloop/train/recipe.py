@@ -39,6 +39,7 @@ def run(cfg: TrainConfig) -> RunResult:
     from tuneloop.models.resolve import resolve_model
     from tuneloop.train.model_setup import (
         check_fit,
+        checkpointing_layers,
         load_for_training,
         pick_precision,
         trainable_parameters,
@@ -76,11 +77,10 @@ def run(cfg: TrainConfig) -> RunResult:
     if cfg.eval.every and not val.examples and d.main:
         log.warning("eval.every is set but there is no validation data: no validation loss will be computed")
 
-    check_fit(
-        cfg, str(resolved.path), device, precision, d.world
-    )  # before loading: fail in seconds, not minutes
+    ckpt_layers = checkpointing_layers(cfg, str(resolved.path), device, precision, d.world)
+    check_fit(cfg, str(resolved.path), device, precision, d.world, ckpt_layers)  # before loading: fail in seconds
     torch.manual_seed(cfg.seed)  # same LoRA init on every process
-    model = load_for_training(cfg, str(resolved.path), device, precision)
+    model = load_for_training(cfg, str(resolved.path), device, precision, ckpt_layers)
     if cfg.strategy == "fsdp" and d.world > 1:
         from tuneloop.train.fsdp import shard_model
 
@@ -97,7 +97,7 @@ def run(cfg: TrainConfig) -> RunResult:
     facts = {
         "trainable_parameters": trainable, "total_parameters": total, "train_examples": len(train.examples),
         "val_examples": len(val.examples), "train_tokens": train.tokens, "total_steps": trainer.plan.total_steps,
-        "world_size": d.world, "device": device, "precision": precision.name,
+        "world_size": d.world, "device": device, "precision": precision.name, "checkpointed_layers": ckpt_layers,
         **{f"data.{k}": v for k, v in train.counts.items()},
     }  # fmt: skip
     if resume_from is None:
