@@ -7,6 +7,7 @@ with a smaller micro-batch re-splits the very same global batch (same effective 
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -51,10 +52,16 @@ def micro_batches(indices: list[int], micro: int) -> list[list[int]]:
     return [indices[i : i + micro] for i in range(0, len(indices), micro)]
 
 
-def collate(examples: list[Example], pad_id: int) -> dict[str, Any]:
-    """Right-padded tensors; packed examples get a block-diagonal causal mask (B, 1, T, T)."""
+def collate(examples: list[Example], pad_id: int, padding_free: bool = False) -> dict[str, Any]:
+    """Right-padded tensors; packed examples get a block-diagonal causal mask (B, 1, T, T).
+
+    `padding_free=True` (for a model switched with `attention.use_padding_free`) instead flattens
+    the micro-batch into one row without any pad: see `flatten`.
+    """
     import torch
 
+    if padding_free:
+        return flatten(examples)
     T = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), T), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), T), IGNORE, dtype=torch.long)
@@ -87,3 +94,57 @@ def _block_causal(lengths: list[int], T: int) -> Any:
     seg = torch.cat([seg, -1 - torch.arange(pad)])  # unique ids: no all-masked row (that gives NaN)
     causal = torch.tril(torch.ones(T, T, dtype=torch.bool))
     return (causal & (seg[:, None] == seg[None, :]))[None]
+
+
+def flatten(examples: list[Example]) -> dict[str, Any]:
+    """The whole micro-batch as one row of every document back to back, no pad, no mask.
+
+    Keys: `input_ids`, `labels`, `position_ids` (1, N) long, positions restarting at 0 at each
+    document (the attention finds documents from these resets); and transformers' varlen kwargs
+    `cu_seq_lens_q` = `cu_seq_lens_k` (D+1,) int32 (document starts, then N) and `max_length_q` =
+    `max_length_k`, Python ints (the longest document), as HF's DataCollatorWithFlattening gives.
+    Each document's first label is IGNORE: unpacked, the shift drops it; here it would be predicted
+    from the previous document's last token. The loss is then exactly the sum of the documents'
+    unpacked losses. Per-row scores (`sequence_logps`, DPO) need rows: not this.
+    """
+    import torch
+
+    if not examples:
+        raise ValueError("cannot collate an empty micro-batch")
+    ids: list[int] = []
+    labels: list[int] = []
+    lengths: list[int] = []
+    for n, e in enumerate(examples):
+        pieces = _pieces(e, n)
+        start = 0
+        for length in pieces:
+            labels += [IGNORE, *e.labels[start + 1 : start + length]]
+            start += length
+        ids += e.input_ids
+        lengths += pieces
+    positions = [i for length in lengths for i in range(length)]
+    cu = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int32)
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "labels": torch.tensor([labels], dtype=torch.long),
+        "position_ids": torch.tensor([positions], dtype=torch.long),
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": max(lengths),
+        "max_length_k": max(lengths),
+    }
+
+
+def _pieces(e: Example, n: int) -> list[int]:
+    """Document lengths of example `n`, after checking its fields agree (a clear error, not a wrong loss)."""
+    length = len(e.input_ids)
+    if length == 0:
+        raise ValueError(f"example {n} has no tokens")
+    if len(e.labels) != length:
+        raise ValueError(f"example {n} has {length} input ids but {len(e.labels)} labels")
+    pieces = e.segments or [length]
+    if sum(pieces) != length or min(pieces) < 1:
+        raise ValueError(f"example {n}: segments {pieces} do not split its {length} tokens")
+    if e.position_ids is not None and e.position_ids != [i for p in pieces for i in range(p)]:
+        raise ValueError(f"example {n}: position_ids do not restart at 0 at each of its segments {pieces}")
+    return pieces

@@ -186,8 +186,10 @@ def _last_span_only(labels: list[int]) -> list[int]:
 def pack(examples: list[Example], max_length: int) -> list[Example]:
     """Greedily pack consecutive examples into sequences of at most `max_length` tokens.
 
-    Each piece keeps its own positions (restarting at 0) and the collator builds a block-diagonal
-    mask, so packed examples never attend to each other: the loss equals the unpacked loss.
+    Each piece keeps its own positions (restarting at 0) and `segments`; the collator builds a
+    block-diagonal mask from them, or with `padding_free` hands them to the varlen attention
+    (`tuneloop.train.attention`), so packed examples never attend to each other: the loss equals
+    the unpacked loss.
     """
     packed: list[Example] = []
     current: list[Example] = []
