@@ -173,3 +173,53 @@ def test_plan_checkpoints_the_fewest_layers_that_fit_the_budget():
     assert fewest_checkpointed_layers(LLAMA3_8B, req, budget) == 11
     assert fewest_checkpointed_layers(LLAMA3_8B, req, sizes[0]) == 0  # everything fits: none
     assert fewest_checkpointed_layers(LLAMA3_8B, req, sizes[32] - 1) is None
+
+
+# ---------------------------------------------------------------- the trainer end to end
+
+
+def test_padding_free_fused_training_matches_the_padded_path(tiny_llama, sft_dataset, tmp_path):
+    from tuneloop.config import load_config
+    from tuneloop.train.config import TrainConfig
+    from tuneloop.train.recipe import run
+
+    from .conftest import base_overrides
+
+    def losses(**extra):
+        cfg = load_config(TrainConfig, None, base_overrides(tiny_llama, sft_dataset, tmp_path / str(extra), **extra))
+        return [loss for _, loss in run(cfg).metrics["train_loss"]]
+
+    plain = losses(**{"data.padding_free": "false", "fused_loss": "false"})
+    fast = losses(**{"data.padding_free": "true", "fused_loss": "true", "checkpoint_layers": 1})
+    assert fast == pytest.approx(plain, rel=1e-4)
+
+
+def test_auto_checkpointing_asks_plan_for_the_fewest_layers_that_fit(tmp_path, monkeypatch):
+    import json
+
+    from tuneloop.config import load_config
+    from tuneloop.resources import plan as plan_mod
+    from tuneloop.train.config import TrainConfig
+    from tuneloop.train.model_setup import Precision, checkpointing_layers
+
+    folder = tmp_path / "llama-3-8b-shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+        "max_position_embeddings": 8192,
+    }))  # fmt: skip
+    monkeypatch.setattr(plan_mod, "detected_memory", lambda gpus: (80 * 2**30, "Fake 80 GiB GPU"))
+    bf16 = Precision("bf16", torch.bfloat16)
+
+    def layers(*overrides):
+        cfg = load_config(TrainConfig, None, [f"model={folder}", "data.path=x", "data.max_length=2048", *overrides])
+        return checkpointing_layers(cfg, str(folder), "cuda", bf16, 1)
+
+    assert layers("batch.micro_batch=1") == 0  # fits the 80 GiB card without any checkpointing
+    some = layers("batch.micro_batch=2", "batch.global_batch=16", "memory_budget_gib=36")
+    assert 0 < some < 32
+    assert layers("batch.micro_batch=2", "batch.global_batch=16", "memory_budget_gib=36", "checkpoint_layers=5") == 5
+    assert layers("gradient_checkpointing=true") is None  # all, as asked
+    cfg = load_config(TrainConfig, None, [f"model={folder}", "data.path=x"])
+    assert checkpointing_layers(cfg, str(folder), "cpu", bf16, 1) == 0

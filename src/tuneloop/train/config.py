@@ -33,6 +33,11 @@ class DataSettings(Config):
     max_length: int = Field(1024, gt=8, description="tokens per sequence")
     overlong: Literal["truncate", "drop"] = "truncate"
     packing: bool = Field(False, description="pack short examples into one sequence (no cross-attention)")
+    padding_free: bool | Literal["auto"] = Field(
+        "auto",
+        description="flatten each micro-batch into one row without padding (varlen attention); "
+        "auto: on a CUDA GPU for sft and pretrain",
+    )
     max_train_examples: int | None = Field(None, gt=0)
     max_val_examples: int | None = Field(256, gt=0)
 

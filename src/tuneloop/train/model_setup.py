@@ -76,8 +76,20 @@ def load_for_training(
     model.config.use_cache = False  # the KV cache is useless in training and costs memory
     # QLoRA skips peft's prepare_model_for_kbit_training on purpose: it upcasts embeddings, norms
     # and lm_head to fp32 (+2 GB on Llama-3-8B) where autocast already computes them safely.
+    return prepare_for_training(model, cfg, device, precision, checkpoint_layers)
+
+
+def prepare_for_training(
+    model: Any, cfg: TrainConfig, device: str, precision: Precision, checkpoint_layers: int | None = None
+) -> Any:
+    """A loaded model made trainable: kernels, checkpointing, adapters, compilation (in that order:
+    Liger patches modules that compile then traces; PEFT wraps the linears that checkpointing reruns)."""
     if checkpoint_layers is None:
         checkpoint_layers = len(decoder_layers(model)) if cfg.gradient_checkpointing is True else 0
+    if use_padding_free(cfg, device):
+        from tuneloop.train import attention
+
+        attention.use_padding_free(model)
     if cfg.liger:
         apply_liger(model, device)
     set_checkpointing(model, checkpoint_layers)
@@ -108,12 +120,28 @@ def set_checkpointing(model: Any, layers: int) -> None:
     if layers <= 0:
         return
     # non-reentrant: works with frozen inputs (no enable_input_require_grads) and with torch.compile;
-    # transformers >= 5.2x renamed the switch
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    # newer transformers renamed the switch
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     for i, layer in enumerate(decoder_layers(model)):
         if i >= layers:
             layer.gradient_checkpointing = False
+
+
+def use_padding_free(cfg: TrainConfig, device: str) -> bool:
+    """Flattened micro-batches (no pad tokens computed at all) for sft and pretrain.
+
+    DPO scores each sequence as a row, so it keeps rows. `auto` turns it on where varlen attention
+    is one fused kernel (CUDA); on a CPU each document is its own attention call.
+    """
+    if cfg.objective == "dpo":
+        return False
+    if cfg.data.padding_free == "auto":
+        return device.startswith("cuda")
+    return bool(cfg.data.padding_free)
 
 
 def use_compile(cfg: TrainConfig, device: str) -> bool:
@@ -206,24 +234,22 @@ def _add_lora(model: Any, cfg: TrainConfig) -> Any:
 
 
 def plan_request(
-    cfg: TrainConfig, path: str, precision: Precision, world: int, checkpoint_layers: int | None
+    cfg: TrainConfig, shape: Any, precision: Precision, world: int, checkpoint_layers: int | None
 ) -> Any:
-    """What `tuneloop plan` would be asked for this config (the model's shape read from its folder)."""
+    """What `tuneloop plan` would be asked for this config and model shape."""
     from tuneloop.resources.plan import PlanRequest
-    from tuneloop.resources.shapes import shape_from_folder
 
-    shape = shape_from_folder(Path(path))
     # data.max_length is a cap; no sequence can be longer than the model's context
     targets = cfg.lora.targets if isinstance(cfg.lora.targets, list) else None
     request = PlanRequest(
-        model=path, method=cfg.method, seq_len=min(cfg.data.max_length, shape.max_position_embeddings),
+        model=shape.name, method=cfg.method, seq_len=min(cfg.data.max_length, shape.max_position_embeddings),
         micro_batch=cfg.batch.micro_batch, gradient_checkpointing=bool(checkpoint_layers),
         checkpoint_layers=checkpoint_layers, fused=cfg.fused_loss and precision.autocast is not None,
         gpus=world, lora_rank=cfg.lora.rank, precision=precision.name,
         master_weights=cfg.method == "full" and cfg.master_weights, global_batch=cfg.batch.global_batch,
         **({"lora_targets": targets} if targets else {}),
     )  # fmt: skip
-    return shape, request
+    return request
 
 
 def checkpointing_layers(
@@ -239,8 +265,10 @@ def checkpointing_layers(
     if not device.startswith("cuda"):
         return 0  # a CPU has no hard memory wall worth trading a third of the speed for
     from tuneloop.resources.plan import detected_memory, fewest_checkpointed_layers
+    from tuneloop.resources.shapes import shape_from_folder
 
-    shape, request = plan_request(cfg, path, precision, world, 0)
+    shape = shape_from_folder(Path(path))
+    request = plan_request(cfg, shape, precision, world, 0)
     budget = int(cfg.memory_budget_gib * 2**30) if cfg.memory_budget_gib else detected_memory(world)[0]
     if budget is None:
         return 0
@@ -263,10 +291,12 @@ def check_fit(
     if not device.startswith("cuda") or not cfg.fit_check:
         return None
     from tuneloop.resources.plan import make_plan
+    from tuneloop.resources.shapes import shape_from_folder
 
     if checkpoint_layers is None:
         checkpoint_layers = None if cfg.gradient_checkpointing is True else 0
-    shape, request = plan_request(cfg, path, precision, world, checkpoint_layers)
+    shape = shape_from_folder(Path(path))
+    request = plan_request(cfg, shape, precision, world, checkpoint_layers)
     if cfg.gradient_checkpointing is True and checkpoint_layers is None:
         request = request.model_copy(update={"gradient_checkpointing": True})
     plan = make_plan(shape, request)

@@ -267,6 +267,7 @@ def _write_outputs(cfg: TrainConfig, trainer: Any, tokenizer: Any, resolved: Any
         "val_loss": state.val_loss,
         "train_loss": state.train_loss,
         "grad_norm": state.grad_norm,
+        "step_seconds": state.step_seconds,
         "stopped_early": state.stopped_early,
         "restored_best": restored,
         "lr_cuts": state.lr_cuts,

@@ -46,6 +46,7 @@ class TrainState:
     oom_backoffs: list[dict[str, int]] = field(default_factory=list)
     train_loss: list[tuple[int, float]] = field(default_factory=list)
     grad_norm: list[tuple[int, float]] = field(default_factory=list)
+    step_seconds: list[tuple[int, float]] = field(default_factory=list)
     val_loss: list[tuple[int, float]] = field(default_factory=list)
     lr_cuts: list[int] = field(default_factory=list)
 
@@ -57,6 +58,7 @@ class TrainState:
         s = cls(**d)
         s.train_loss = [tuple(x) for x in s.train_loss]  # type: ignore[misc]
         s.grad_norm = [tuple(x) for x in s.grad_norm]  # type: ignore[misc]
+        s.step_seconds = [tuple(x) for x in s.step_seconds]  # type: ignore[misc]
         s.val_loss = [tuple(x) for x in s.val_loss]  # type: ignore[misc]
         return s
 
@@ -80,6 +82,9 @@ class Trainer:
             )
         self.state = TrainState(micro_batch=cfg.batch.micro_batch)
         self.ckpt_dir = run_dir / "checkpoints"
+        from tuneloop.train.model_setup import use_padding_free
+
+        self.padding_free = use_padding_free(cfg, device)
         from tuneloop.train.fsdp import is_sharded
 
         self.sharded = is_sharded(model)
@@ -170,7 +175,7 @@ class Trainer:
         for i, chunk in enumerate(chunks):
             if self.sharded:  # FSDP reduce-scatters once, on the last micro-batch
                 self.model.set_requires_gradient_sync(i == len(chunks) - 1)
-            batch = self._to_device(collate(chunk, self.pad_id))
+            batch = self._to_device(collate(chunk, self.pad_id, padding_free=self.padding_free))
             with self._autocast():
                 loss, n = token_loss_sum(self.model, batch, fused=self.cfg.fused_loss)
             self._backward(loss * self._reduce_scale / total)
@@ -247,7 +252,8 @@ class Trainer:
         )
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        # padding-free batches carry plain ints too (max_length_q/k)
+        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     # ------------------------------------------------------------ after each step
 
@@ -255,6 +261,7 @@ class Trainer:
         step = self.state.step
         self.state.train_loss.append((step, loss))
         self.state.grad_norm.append((step, grad_norm))
+        self.state.step_seconds.append((step, round(seconds, 4)))
         if self.profiler is not None:
             self.profiler.step()
         if step % self.cfg.log_every == 0 or step == self.plan.total_steps:
