@@ -14,7 +14,6 @@ import torch.nn.functional as F
 from tuneloop.train import linear_ce
 from tuneloop.train.dataset import IGNORE
 
-
 # a padding-free batch (batching.flatten) also carries the document bounds, so attention needs no sync
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
                 "max_length_k")  # fmt: skip
@@ -25,7 +24,9 @@ def forward_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**kwargs, use_cache=False).logits  # (B, T, V)
 
 
-def token_loss_sum(model: Any, batch: dict[str, torch.Tensor], fused: bool = False) -> tuple[torch.Tensor, int]:
+def token_loss_sum(
+    model: Any, batch: dict[str, torch.Tensor], fused: bool = False
+) -> tuple[torch.Tensor, int]:
     """(sum of next-token NLL over label tokens, number of label tokens).
 
     `fused`: compute the loss chunk by chunk inside the head (linear_ce), never materializing the
