@@ -42,18 +42,32 @@ def settings(group: str) -> list[dict]:
         dict(name="hf_peft_nockpt_mb1", kind="hf", method="lora", mb=1, ckpt=False),
         dict(name="tuneloop_mb1_nockpt", kind="tuneloop", method="lora", mb=1, ckpt=False),
         dict(name="tuneloop_mb2_auto36", kind="tuneloop", method="lora", mb=2, ckpt="auto", budget=36),
-        dict(name="tuneloop_mb4_auto36", kind="tuneloop", method="lora", mb=4, ckpt="auto", budget=36),
-        dict(name="tuneloop_mb1_nockpt_eager", kind="tuneloop", method="lora", mb=1, ckpt=False, compile=False),
-        dict(name="tuneloop_mb1_nockpt_liger", kind="tuneloop", method="lora", mb=1, ckpt=False, compile=False,
-             liger=True),
-    ]  # fmt: skip
+        # rows instead of one flattened row (equal lengths: the same work) - a fallback and a comparison
+        dict(
+            name="tuneloop_mb2_auto36_rows",
+            kind="tuneloop",
+            method="lora",
+            mb=2,
+            ckpt="auto",
+            budget=36,
+            pf=False,
+        ),
+        dict(
+            name="tuneloop_mb1_nockpt_liger_rows",
+            kind="tuneloop",
+            method="lora",
+            mb=1,
+            ckpt=False,
+            compile=False,
+            liger=True,
+            pf=False,
+        ),
+    ]
     other = [
         dict(name="hf_peft_bnb_qlora_ckpt_mb4", kind="hf", method="qlora", mb=4, ckpt=True),
         dict(name="tuneloop_qlora_ckpt_mb4", kind="tuneloop", method="qlora", mb=4, ckpt=True),
-        dict(name="tuneloop_qlora_auto36_mb4", kind="tuneloop", method="qlora", mb=4, ckpt="auto", budget=36),
         dict(name="hf_full_1b_mb4", kind="hf", method="full", mb=4, ckpt=False, shape="1b"),
         dict(name="tuneloop_full_1b_mb4", kind="tuneloop", method="full", mb=4, ckpt=False, shape="1b"),
-        dict(name="tuneloop_full_1b_mb8_auto", kind="tuneloop", method="full", mb=8, ckpt="auto", shape="1b"),
     ]  # fmt: skip
     return {"lora": lora, "other": other, "all": lora + other}[group]
 
@@ -147,9 +161,10 @@ def run_tuneloop(setting: dict, tiny: bool, device: str, seq: int, seqs_per_step
     shape = shape_of(setting, tiny)
     method, mb = setting["method"], setting["mb"]
     cfg = TrainConfig(
-        model="bench", data=DataSettings(path="-", max_length=seq), method=method,
+        model="bench", method=method,
         lora=LoraSettings(dropout=0.0), batch=BatchSettings(micro_batch=mb, global_batch=seqs_per_step),
         max_steps=steps + 2, precision="bf16", compile=setting.get("compile", True), liger=setting.get("liger", False),
+        data=DataSettings(path="-", max_length=seq, padding_free=setting.get("pf", "auto")),
         gradient_checkpointing=setting["ckpt"], memory_budget_gib=setting.get("budget"),
         tracking=TrackingSettings(mlflow=False, tensorboard=False, wandb=False), log_every=10_000,
     )  # fmt: skip
@@ -162,7 +177,9 @@ def run_tuneloop(setting: dict, tiny: bool, device: str, seq: int, seqs_per_step
         k = shape.num_layers if k is None else k
     else:
         k = shape.num_layers if setting["ckpt"] else 0
-    plan = make_plan(shape, plan_request(cfg, shape, precision, 1, k).model_copy(update={"gpu_memory": budget}))
+    plan = make_plan(
+        shape, plan_request(cfg, shape, precision, 1, k).model_copy(update={"gpu_memory": budget})
+    )
     model = prepare_for_training(build(shape, method, device), cfg, device, precision, k)
     model.train()
     g = torch.Generator().manual_seed(0)
@@ -192,7 +209,9 @@ def run_tuneloop(setting: dict, tiny: bool, device: str, seq: int, seqs_per_step
     out = {"tokens_per_s": round(tps, 1), "losses": losses, "warmup_s": round(warm, 1), "checkpointed_layers": k,
            "plan_peak_alloc_gib": round(plan.peak_allocated / 2**30, 2), "plan_total_gib": round(plan.total / 2**30, 2),
            **memory(device)}  # fmt: skip
-    if method == "full":  # model FLOPs: 6 N per token for the matmuls + causal attention (fwd 2 T d per layer, x3)
+    if (
+        method == "full"
+    ):  # model FLOPs: 6 N per token for the matmuls + causal attention (fwd 2 T d per layer, x3)
         flops = 6 * shape.num_params + 6 * shape.num_layers * seq * shape.num_heads * shape.hd
         out["mfu"] = round(tps * flops / H100_BF16_DENSE, 3)
         out["flops_per_token"] = flops
@@ -231,7 +250,10 @@ def run_one(setting: dict, tiny: bool, timeout: int) -> dict:
 def environment() -> dict:
     import importlib
 
-    env = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}
+    env = {
+        "date": time.strftime("%Y-%m-%d"),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+    }
     for name in ("torch", "transformers", "peft", "bitsandbytes", "liger_kernel", "triton"):
         try:
             env[name] = importlib.import_module(name).__version__
@@ -251,7 +273,9 @@ def main() -> None:
     group = args[args.index("--group") + 1] if "--group" in args else "all"
     todo = settings(group)
     if tiny:  # the CPU cannot run bitsandbytes or Liger
-        todo = [s for s in todo if s.get("method") != "qlora" and not s.get("liger") and s["kind"] != "hf_shared"]
+        todo = [
+            s for s in todo if s.get("method") != "qlora" and not s.get("liger") and s["kind"] != "hf_shared"
+        ]
     res = {"environment": environment(), "results": []}
     out.mkdir(parents=True, exist_ok=True)
     for s in todo:
@@ -261,7 +285,9 @@ def main() -> None:
                                        "mfu", "warmup_s", "wall_s")}  # fmt: skip
         print(s["name"], json.dumps(brief) if "error" not in r else "ERROR " + r["error"][-600:], flush=True)
         (out / f"train_gpu_{group}.json").write_text(json.dumps(res, indent=1))
-    base = next((r for r in res["results"] if r["name"] == "hf_peft_shared_ckpt_mb4" and "tokens_per_s" in r), None)
+    base = next(
+        (r for r in res["results"] if r["name"] == "hf_peft_shared_ckpt_mb4" and "tokens_per_s" in r), None
+    )
     if base:
         for r in res["results"]:
             if "tokens_per_s" in r and r.get("shape") != "1b" and r.get("method") != "qlora":
