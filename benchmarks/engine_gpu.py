@@ -7,7 +7,11 @@ concurrent clients. Batch 1 is measured three ways on the same engine, to show w
 CUDA graphs + Triton paged attention (the default), eager + Triton, eager + gathered SDPA.
 A profile of a few decode steps says where the time goes.
 
-    PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu.py $OUT [--tiny]
+The engine runs with async scheduling (the CUDA default; forced on in --tiny's CPU run too, so the
+path is exercised); --sync measures batch 1, the 256 requests and the 32 clients again on the same
+engine with it off (keys ending in _sync), for a same-run comparison.
+
+    PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu.py $OUT [--tiny] [--sync]
 """
 
 from __future__ import annotations
@@ -64,8 +68,8 @@ def batch1(engine: LLMEngine, vocab: int) -> dict:
     engine.add_request(prompts(1, vocab, 2)[0], p)
     first = None
     while engine.has_unfinished():
-        engine.step()
-        if first is None:
+        outs = engine.step()
+        if first is None and outs:  # async scheduling returns a step's tokens one call later
             first = time.perf_counter()
     sync()
     end = time.perf_counter()
@@ -94,10 +98,10 @@ def breakdown(engine: LLMEngine, vocab: int, n: int = 256) -> dict:
     acc = {"mixed": [0, 0.0, 0.0], "decode": [0, 0.0, 0.0]}  # steps, model s, total s
     state = {}
 
-    def timed(batch):
+    def timed(batch, *args):
         sync()
         t = time.perf_counter()
-        out = real(batch)
+        out = real(batch, *args)
         sync()
         state["model"] = time.perf_counter() - t
         state["kind"] = "decode" if all(i.num_tokens == 1 and i.samples for i in batch) else "mixed"
@@ -131,8 +135,8 @@ def concurrent(engine: LLMEngine, vocab: int, clients: int = 32, total: int = 64
             rid = engine.add_request(pending.pop(), p).request_id
             arrival[rid] = time.perf_counter()
             in_flight += 1
+        # no sync(): the outputs' tokens were read on the host already (a sync would wait for the next step too)
         outs = engine.step()
-        sync()
         now = time.perf_counter()
         for o in outs:
             if o.request_id not in last:
@@ -145,6 +149,12 @@ def concurrent(engine: LLMEngine, vocab: int, clients: int = 32, total: int = 64
     return {"clients": clients, "requests": total, "seconds": round(time.perf_counter() - t0, 2),
             "ttft_ms_p50": round(1000 * statistics.median(ttft), 1), "ttft_ms_p90": round(1000 * q(ttft, n=10)[-1], 1),
             "itl_ms_p50": round(1000 * statistics.median(itl), 2), "itl_ms_p90": round(1000 * q(itl, n=10)[-1], 2)}  # fmt: skip
+
+
+def set_async(engine: LLMEngine, on: bool) -> None:
+    while engine.has_unfinished():  # a step in flight is read with the mode that launched it
+        engine.step()
+    engine.async_scheduling = on
 
 
 def profile_decode(engine: LLMEngine, vocab: int, out: Path) -> str:
@@ -204,6 +214,7 @@ def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     out.mkdir(parents=True, exist_ok=True)
     tiny = "--tiny" in sys.argv
+    also_sync = "--sync" in sys.argv
     device = "cuda" if torch.cuda.is_available() else "cpu"
     shape = TINY if tiny else LLAMA3_8B
     res: dict = {
@@ -227,9 +238,11 @@ def main() -> None:
         device,
         max_num_seqs=256,
         max_num_batched_tokens=4096,
+        async_scheduling=True,
         **({"kv_cache_gib": 0.05} if tiny else {}),
     )
     res["kv_blocks"] = engine.runner.num_blocks
+    res["async_scheduling"] = engine.async_scheduling
     res["tuneloop_b1"] = batch1(engine, shape["vocab_size"])
     print("tuneloop b1", res["tuneloop_b1"], flush=True)
     graphs, runner = engine.runner.graphs, engine.runner
@@ -247,6 +260,15 @@ def main() -> None:
     print("tuneloop 256 breakdown", res["tuneloop_256_breakdown"], flush=True)
     res["tuneloop_32_concurrent"] = concurrent(engine, shape["vocab_size"], 32, 40 if tiny else 64)
     print("tuneloop 32 concurrent", res["tuneloop_32_concurrent"], flush=True)
+    if also_sync:  # the same engine, async scheduling off: the host work is not overlapped
+        set_async(engine, False)
+        res["tuneloop_b1_sync"] = batch1(engine, shape["vocab_size"])
+        print("tuneloop b1 sync", res["tuneloop_b1_sync"], flush=True)
+        res["tuneloop_256_sync"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)
+        print("tuneloop 256 sync", res["tuneloop_256_sync"], flush=True)
+        res["tuneloop_32_concurrent_sync"] = concurrent(engine, shape["vocab_size"], 32, 40 if tiny else 64)
+        print("tuneloop 32 concurrent sync", res["tuneloop_32_concurrent_sync"], flush=True)
+        set_async(engine, True)
     if "hf_generate_batch_256" in res:
         res["ratio_256_vs_generate_batch"] = round(
             res["tuneloop_256"]["output_tokens_per_s"] / res["hf_generate_batch_256"]["output_tokens_per_s"],

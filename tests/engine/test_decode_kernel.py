@@ -74,13 +74,14 @@ def test_engine_decode_path_gives_the_same_tokens(tiny_model_factory, family, tm
         prompts = [torch.randint(5, 500, (n,), generator=g).tolist() for n in (3, 11, 5, 19)]
         p = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 
-        def run(kernel):
-            eng = LLMEngine.from_pretrained({str(folder)!r}, block_size=4, kv_cache_gib=0.01)
+        def run(kernel, async_scheduling=False):
+            eng = LLMEngine.from_pretrained({str(folder)!r}, block_size=4, kv_cache_gib=0.01,
+                                            async_scheduling=async_scheduling)
             eng.runner.decode_kernel = kernel
             calls = []
             if kernel:
                 real = eng.runner._decode
-                eng.runner._decode = lambda batch: calls.append(len(batch)) or real(batch)
+                eng.runner._decode = lambda batch, *a: calls.append(len(batch)) or real(batch, *a)
             ids = [eng.add_request(prompts[0], p).request_id]
             done = {{}}
             step = 0
@@ -97,6 +98,9 @@ def test_engine_decode_path_gives_the_same_tokens(tiny_model_factory, family, tm
         fast, calls = run(True)
         assert fast == base, (fast, base)
         assert calls and max(calls) == 4, calls  # the kernel served decode-only steps of 1..4 sequences
+        ahead, calls = run(True, async_scheduling=True)  # input ids read from the previous step's tokens
+        assert ahead == base, (ahead, base)
+        assert calls and max(calls) == 4, calls
         print("OK", len(calls))
         """,
         tmp_path,

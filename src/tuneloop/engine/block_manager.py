@@ -130,8 +130,11 @@ class BlockManager:
         """Enter the sequence's newly computed full blocks into the prefix cache."""
         if not self.prefix_caching:
             return
-        ids, bs = seq.token_ids, self.block_size
-        full = min(seq.num_computed, len(ids)) // bs
+        bs = self.block_size
+        full = min(seq.num_computed, len(seq.prompt_ids) + len(seq.output_ids)) // bs  # known tokens only
+        if full <= seq.num_registered and full <= len(seq.block_hashes):
+            return  # no block filled since the last call: skip building token_ids (every step, every sequence)
+        ids = seq.token_ids
         for i in range(len(seq.block_hashes), full):  # hashes are kept on the sequence: O(new blocks)
             previous = seq.block_hashes[-1] if seq.block_hashes else None
             seq.block_hashes.append(chain_hash(previous, tuple(ids[i * bs : (i + 1) * bs])))

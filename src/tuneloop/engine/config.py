@@ -21,6 +21,9 @@ class EngineConfig:
     compile_ops: bool = True  # GPU: fuse RMSNorm / rotary / SiLU-mul with torch.compile
     enforce_eager: bool = False  # GPU: no CUDA graphs for decode steps (as vLLM's flag)
     max_graph_batch: int = 256  # GPU: largest decode batch replayed as a CUDA graph
+    # schedule step N+1 while step N runs, sampled ids stay on the device (engine.py); None: on for
+    # CUDA, off on the CPU (nothing to overlap there, and outputs would come one step later)
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         checks = [

@@ -63,7 +63,8 @@ class DecodeGraphs:
 
     def run(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor,
             lens: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        """Inputs are CPU tensors of B rows; returns the (B, V) logits (a view, valid until the next run)."""
+        """Inputs of B rows, on the host (ids may be on the device: async scheduling fills them there);
+        returns the (B, V) logits (a view, valid until the next run: sample from it before that)."""
         B = ids.shape[0]
         bs = next(s for s in self.sizes if s >= B)
         self.input_ids[:B].copy_(ids, non_blocking=True)

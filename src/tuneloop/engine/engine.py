@@ -1,7 +1,15 @@
-"""LLMEngine: the synchronous core. add_request -> step() -> outputs; generate() for offline batches.
+"""LLMEngine: the core loop. add_request -> step() -> outputs; generate() for offline batches.
 
 One step = schedule (who, how many tokens) -> run the model over the paged cache -> sample ->
 append tokens, check stop conditions, free finished sequences. Speaks token ids only.
+
+Async scheduling (on by default on CUDA, as vLLM's and SGLang's overlap schedulers): the sampled
+ids stay on the device and feed the next step's input ids there; the host reads them one step
+late, from a pinned copy behind a CUDA event. So step() schedules and launches step N+1 first, then
+waits for step N's tokens and appends them, checks stops and builds outputs while N+1 runs: the
+GPU never waits for Python. A sequence that stopped at step N was also computed at N+1 (its stop
+token was not known yet): that token is dropped, and its blocks freed as usual. Steps that need
+host data to sample (penalties, logprobs, prompt logprobs) run synchronously.
 """
 
 from __future__ import annotations
@@ -21,7 +29,17 @@ from tuneloop.engine.outputs import RequestOutput
 from tuneloop.engine.sampler import Sampler
 from tuneloop.engine.sampling import SamplingParams
 from tuneloop.engine.scheduler import Scheduled, Scheduler
-from tuneloop.engine.sequence import Sequence
+from tuneloop.engine.sequence import Sequence, Status
+
+
+@dataclass
+class _InFlight:
+    """A step launched on the device whose sampled tokens the host has not read yet."""
+
+    items: list[Scheduled]  # the rows that sampled, in the order of `tokens`
+    tokens: torch.Tensor  # (S,) int64 on the device: the next step's input ids are read from here
+    host: torch.Tensor  # (S,) its copy in pinned host memory, valid once `ready` has fired
+    ready: torch.cuda.Event | None  # None on the CPU, where `host` is `tokens`
 
 
 @dataclass
@@ -44,8 +62,20 @@ class LLMEngine:
         self.runner = ModelRunner(config, model)
         prefix = config.prefix_caching and self.runner.fallback is None  # the fallback cannot share blocks
         self.blocks = BlockManager(self.runner.num_blocks, config.block_size, prefix)
-        self.scheduler = Scheduler(self.blocks, config.max_num_seqs, config.max_num_batched_tokens)
+        self.scheduler = Scheduler(
+            self.blocks, config.max_num_seqs, config.max_num_batched_tokens, self.runner.max_model_len
+        )
         self.sampler = Sampler(self.runner.device)
+        on = config.async_scheduling
+        # the transformers fallback reads every input id on the host: it cannot run a step ahead
+        self.async_scheduling = self.runner.fallback is None and (
+            self.runner.device.startswith("cuda") if on is None else on
+        )
+        self._inflight: _InFlight | None = None
+        self._host_bound: set[str] = set()  # live requests whose sampling needs host data
+        self._pinned: list[torch.Tensor] = []  # two host buffers for the readback: one per step in flight
+        if self.async_scheduling and self.runner.device.startswith("cuda"):
+            self._pinned = [_pinned(config.max_num_seqs), _pinned(config.max_num_seqs)]
         self.eos_ids = _eos_ids(Path(config.model))
         self.sequences: dict[str, Sequence] = {}
         self._steps = self._prompt_tokens = self._generated = 0
@@ -86,6 +116,8 @@ class LLMEngine:
             seq.request_id = request_id
         self.scheduler.add(seq)
         self.sequences[seq.request_id] = seq
+        if Sampler.needs_host(params) or params.prompt_logprobs is not None:
+            self._host_bound.add(seq.request_id)
         self._prompt_tokens += len(prompt_ids)
         return seq
 
@@ -108,20 +140,93 @@ class LLMEngine:
 
     def abort(self, request_id: str) -> bool:
         """Stop a request now and free its KV blocks (e.g. the client went away)."""
-        seq = self.sequences.pop(request_id, None)
+        seq = self.sequences.get(request_id)
         if seq is None or seq.finished:
             return False
-        self.scheduler.finish(seq, "abort")
-        self.sampler.forget(request_id)
-        self.runner.release(request_id)
+        self.scheduler.finish(seq, "abort")  # a step in flight may still compute it: its token is dropped
+        self._forget(seq)
+        self._drop_stale_step()
         return True
 
+    def _forget(self, seq: Sequence) -> None:
+        self.sequences.pop(seq.request_id, None)
+        self._host_bound.discard(seq.request_id)
+        self.sampler.forget(seq.request_id)
+        self.runner.release(seq.request_id)
+
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self._inflight is not None
 
     # ------------------------------------------------------------ one step
 
     def step(self) -> list[RequestOutput]:
+        """Outputs of one step: the previous one's under async scheduling (launched by the last call)."""
+        if not self.async_scheduling:
+            return self._step_sync()
+        prev, self._inflight = self._inflight, None
+        if self._host_bound:
+            # penalties read the outputs so far, (prompt) logprobs are built on the host: learn the
+            # tokens in flight, then sample this step on the host, synchronously
+            return (self._resolve(prev) if prev else []) + self._step_sync()
+        batch = self.scheduler.schedule()
+        self._inflight = self._launch(batch, prev) if batch else None
+        outputs = self._resolve(prev) if prev else []  # while the GPU runs the step just launched
+        self._drop_stale_step()
+        return outputs
+
+    def _drop_stale_step(self) -> None:
+        """Forget the step in flight when none of its rows has a token to give (the GPU still runs it):
+        rows computed past a stop or an abort, or prompt chunks that sample nothing. Nothing waits."""
+        if self._inflight is not None and all(item.seq.finished for item in self._inflight.items):
+            self._inflight = None
+
+    def _launch(self, batch: list[Scheduled], prev: _InFlight | None) -> _InFlight:
+        """Queue the model and the sampling of `batch` on the device; nothing here waits for it."""
+        if prev is not None:
+            row_of = {id(item.seq): k for k, item in enumerate(prev.items)}
+            for item in batch:
+                if item.seq.num_pending:  # sampled by `prev`: the runner reads the id on the device
+                    item.token_from = row_of[id(item.seq)]
+        sampling = [item for item in batch if item.samples]  # before after_step moves num_computed
+        logits, _ = self.runner.run(batch, prev.tokens if prev else None)
+        self.scheduler.after_step(batch)
+        if sampling:
+            tokens = self.sampler.on_device(logits, [item.seq for item in sampling])
+        else:
+            tokens = torch.zeros(0, dtype=torch.long, device=logits.device)
+        for item in sampling:
+            item.seq.num_pending += 1
+        self._steps += 1
+        if not tokens.is_cuda:
+            return _InFlight(sampling, tokens, tokens, None)
+        # step N's buffer is read (by _resolve) before step N+2 is launched and writes it again
+        self._pinned.reverse()
+        n = len(sampling)  # <= max_num_seqs (the scheduler's limit); a fresh buffer if ever not
+        host = self._pinned[0][:n] if n <= len(self._pinned[0]) else _pinned(n)
+        host.copy_(tokens, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record()
+        return _InFlight(sampling, tokens, host, ready)
+
+    def _resolve(self, step: _InFlight) -> list[RequestOutput]:
+        """Read a launched step's tokens (the one wait of the loop) and append them to their sequences."""
+        if step.ready is not None:
+            step.ready.synchronize()
+        outputs = []
+        for item, token in zip(step.items, step.host.tolist(), strict=True):
+            seq = item.seq
+            seq.num_pending -= 1
+            if seq.finished:
+                continue  # stopped at the step before, or aborted: computed past its end, dropped
+            outputs.append(self._append(item, token, None, None))
+            if not seq.finished and seq.status == Status.RUNNING:
+                # its block may have filled at the step after (whose after_step could not hash it yet)
+                self.blocks.on_computed(seq)
+        self._generated += len(outputs)
+        self._recent = [*self._recent[-63:], (time.monotonic(), len(outputs))]
+        return outputs
+
+    def _step_sync(self) -> list[RequestOutput]:
         batch = self.scheduler.schedule()
         if not batch:
             return []
@@ -148,9 +253,7 @@ class LLMEngine:
         reason = self._finish_reason(seq, token)
         if reason:
             self.scheduler.finish(seq, reason)
-            self.sequences.pop(seq.request_id, None)
-            self.sampler.forget(seq.request_id)
-            self.runner.release(seq.request_id)
+            self._forget(seq)
         return RequestOutput(
             seq.request_id, [token], list(seq.output_ids), reason is not None, reason, [logprob],
             prompt_lp, len(seq.prompt_ids), seq.num_cached_prompt,
@@ -160,7 +263,7 @@ class LLMEngine:
         p = seq.params
         if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_ids):
             return "stop"
-        if len(seq.output_ids) >= p.max_tokens or len(seq) >= self.runner.max_model_len:
+        if len(seq.output_ids) >= p.max_tokens or len(seq) - seq.num_pending >= self.runner.max_model_len:
             return "length"
         return None
 
@@ -226,6 +329,11 @@ class LLMEngine:
             preemptions=self.scheduler.preemptions, steps=self._steps, prompt_tokens=self._prompt_tokens,
             generated_tokens=self._generated, generation_tokens_per_s=rate,
         )  # fmt: skip
+
+
+def _pinned(n: int) -> torch.Tensor:
+    # page-locked: a non_blocking device-to-host copy into it returns at once (pageable memory would wait)
+    return torch.empty(n, dtype=torch.long, pin_memory=True)
 
 
 def _eos_ids(folder: Path) -> set[int]:

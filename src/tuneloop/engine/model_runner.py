@@ -2,11 +2,17 @@
 
 No policy here: the scheduler decided who runs and how many tokens; this module owns the weights
 and the cache tensors, and sizes the cache from free device memory.
+
+Host-to-device copies are non_blocking (a blocking one waits for every kernel queued before it), so
+with async scheduling the inputs of step N+1 are built and queued while step N still runs. A row
+whose newest token the host does not know yet (`Scheduled.token_from`) takes its id from the
+previous step's sampled-token tensor, on the device.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -110,9 +116,15 @@ class ModelRunner:
             self.fallback.release(request_id)
 
     @torch.inference_mode()
-    def run(self, batch: list[Scheduled]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Logits (S, V) for the sequences that sample, and full logits (N, V) when prompt logprobs are asked."""
+    def run(
+        self, batch: list[Scheduled], prev_tokens: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Logits (S, V) for the sequences that sample, and full logits (N, V) when prompt logprobs are asked.
+
+        prev_tokens: (S',) the previous step's sampled ids on the device, read by rows with token_from >= 0.
+        """
         if self.fallback is not None:
+            assert all(item.token_from < 0 for item in batch), "the fallback reads token ids on the host"
             rows = [self.fallback.last_hidden_logits(item.seq, item.num_tokens) for item in batch]
             keep = [r for r, item in zip(rows, batch, strict=True) if item.samples]
             return (torch.stack(keep) if keep else torch.zeros((0, self.vocab_size))), None
@@ -121,41 +133,68 @@ class ModelRunner:
         if self.decode_kernel and not want_prompt:
             decodes = [i for i in batch if i.num_tokens == 1 and i.samples]
             if len(decodes) == len(batch):
-                return self._decode(batch), None
+                return self._decode(batch, prev_tokens), None
             if decodes:  # a mixed step: decodes by the kernel (graph), prompt chunks by the padded path
                 rest = [i for i in batch if not (i.num_tokens == 1 and i.samples)]
-                dec_logits = self._decode(decodes)
-                rest_logits, _ = self.run(rest)
+                dec_logits = self._decode(decodes, prev_tokens)
+                rest_logits, _ = self.run(rest, prev_tokens)
                 rows: dict[int, torch.Tensor] = {id(i): dec_logits[k] for k, i in enumerate(decodes)}
                 rows.update({id(i): rest_logits[k] for k, i in enumerate(j for j in rest if j.samples)})
                 return torch.stack([rows[id(i)] for i in batch if i.samples]), None
         ids, positions, starts, counts, tables = [], [], [], [], []
+        pending: list[tuple[int, int]] = []  # (flat row, row of prev_tokens)
         for item in batch:
             s, n = item.seq.num_computed, item.num_tokens
-            ids.extend(item.seq.token_ids[s : s + n])
+            if item.token_from >= 0:  # a decode of a token only the device knows yet
+                pending.append((len(ids), item.token_from))
+                ids.append(0)
+            else:
+                ids.extend(item.seq.token_ids[s : s + n])
             positions.extend(range(s, s + n))
             starts.append(s)
             counts.append(n)
             tables.append(item.seq.block_table)
-        meta = build_metadata(tables, starts, counts, self.cfg.block_size, torch.device(self.device))
-        input_ids = torch.tensor(ids, device=self.device)
+        cpu = build_metadata(tables, starts, counts, self.cfg.block_size, torch.device("cpu"))
+        meta = type(cpu)(*(self._to_device(getattr(cpu, f.name)) for f in fields(cpu)))
+        input_ids = self._input_ids(torch.tensor(ids), pending, prev_tokens)
         lora = self.lora.for_batch(batch) if self.lora is not None else None
-        hidden = self.model(input_ids, torch.tensor(positions, device=self.device), self.kv_cache, meta, lora)
+        hidden = self.model(input_ids, self._to_device(torch.tensor(positions)), self.kv_cache, meta, lora)
         ends = torch.tensor(counts).cumsum(0) - 1
         sampling_rows = [int(e) for e, item in zip(ends, batch, strict=True) if item.samples]
         logits = (
-            self.model.logits(hidden[sampling_rows])
+            self.model.logits(hidden.index_select(0, self._to_device(torch.tensor(sampling_rows))))
             if sampling_rows
             else hidden.new_zeros((0, self.vocab_size))
         )
         return logits, (self.model.logits(hidden) if want_prompt else None)
 
-    def _decode(self, batch: list[Scheduled]) -> torch.Tensor:
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        # non_blocking from pageable memory: staged at once, without waiting for the queued kernels
+        return t.to(self.device, non_blocking=True)
+
+    def _input_ids(
+        self, ids: torch.Tensor, pending: list[tuple[int, int]], prev_tokens: torch.Tensor | None
+    ) -> torch.Tensor:
+        """ids (N,) from the host, on the device, rows in `pending` filled from the previous step's samples."""
+        ids = self._to_device(ids)
+        if pending:
+            assert prev_tokens is not None, "a row reads the previous step's tokens but none were given"
+            rows, sources = zip(*pending, strict=True)
+            ids.index_copy_(
+                0,
+                self._to_device(torch.tensor(rows)),
+                prev_tokens.index_select(0, self._to_device(torch.tensor(sources))),
+            )
+        return ids
+
+    def _decode(self, batch: list[Scheduled], prev_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """A decode-only step: one token per sequence, attention straight from the block tables."""
         bs = self.cfg.block_size
         seqs = [item.seq for item in batch]
         pos_list = [s.num_computed for s in seqs]  # the position of each sequence's last token
-        ids = torch.tensor([s.output_ids[-1] if s.output_ids else s.prompt_ids[-1] for s in seqs])
+        pending = [(k, item.token_from) for k, item in enumerate(batch) if item.token_from >= 0]
+        host_ids = [0 if i.token_from >= 0 else (i.seq.output_ids or i.seq.prompt_ids)[-1] for i in batch]
+        ids = self._input_ids(torch.tensor(host_ids), pending, prev_tokens)
         positions = torch.tensor(pos_list)
         slots = torch.tensor(
             [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, pos_list, strict=True)]
@@ -168,9 +207,8 @@ class ModelRunner:
         lora = self.lora.for_batch(batch) if self.lora is not None else None
         if self.graphs is not None and lora is None and len(batch) <= self.graphs.max_batch:
             return self.graphs.run(ids, positions, slots, tables, lens)
-        dev = torch.device(self.device)
-        meta = DecodeMetadata(slots.to(dev), tables.to(dev), lens.to(dev), bs)
-        hidden = self.model(ids.to(dev), positions.to(dev), self.kv_cache, meta, lora)
+        meta = DecodeMetadata(self._to_device(slots), self._to_device(tables), self._to_device(lens), bs)
+        hidden = self.model(ids, self._to_device(positions), self.kv_cache, meta, lora)
         return self.model.logits(hidden)
 
 

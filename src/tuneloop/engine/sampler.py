@@ -4,6 +4,10 @@ Greedy rows take the argmax of the raw logits (so they match `generate` exactly)
 through penalties -> temperature -> top-k -> top-p -> min-p and draw from a per-request
 generator when the request has a seed (same seed, same tokens, whatever else is in the batch).
 Logprobs are of the model's raw distribution, as OpenAI and vLLM report them.
+
+`on_device` is the async-scheduling variant: the chosen ids stay a device tensor and nothing waits
+for the GPU. It serves rows that need no host data; penalties (they read the output so far, whose
+newest token the host does not know yet) and logprobs (dicts built on the host) take `__call__`.
 """
 
 from __future__ import annotations
@@ -43,11 +47,30 @@ class Sampler:
                     for i, (t, s) in enumerate(zip(tokens, seqs, strict=True))]  # fmt: skip
         return tokens, logprobs
 
+    @staticmethod
+    def needs_host(p: SamplingParams) -> bool:
+        """Rows of this request cannot be sampled by `on_device`."""
+        return p.needs_penalties or p.logprobs is not None
+
+    def on_device(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """(S,) int64 next tokens, left on the logits' device: no host synchronization."""
+        tokens = logits.argmax(dim=-1)
+        for i, seq in enumerate(seqs):
+            assert not self.needs_host(seq.params), "penalties / logprobs are sampled by __call__"
+            if not seq.params.greedy:
+                tokens[i] = self._draw(self._probs(logits[i], seq.params), seq)
+        return tokens
+
     def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
         p = seq.params
         row = apply_penalties(row.clone(), seq.prompt_ids, seq.output_ids, p)
         if p.greedy:
             return int(row.argmax())
+        return int(self._draw(self._probs(row, p), seq))
+
+    @staticmethod
+    def _probs(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
+        """temperature -> top-k -> top-p -> min-p over one row of logits; unnormalized probabilities."""
         row = row / p.temperature
         if p.top_k > 0 and p.top_k < row.numel():
             kth = torch.topk(row, p.top_k).values[-1]
@@ -60,7 +83,18 @@ class Sampler:
             probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
         if p.min_p > 0:
             probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
-        return int(torch.multinomial(probs / probs.sum(), 1, generator=self._generator(seq)))
+        return probs
+
+    def _draw(self, probs: torch.Tensor, seq: Sequence) -> torch.Tensor:
+        """One token id (a 0-d tensor) drawn in proportion to `probs`.
+
+        What torch.multinomial(probs / probs.sum(), 1) computes (the same exponential draws from the
+        generator, so the same token), minus its validity check, which reads a value back and so
+        would make the host wait for the GPU.
+        """
+        probs = probs / probs.sum()
+        q = torch.empty_like(probs).exponential_(1, generator=self._generator(seq))
+        return (probs / q).argmax()
 
     def _generator(self, seq: Sequence) -> torch.Generator:
         if seq.params.seed is None:

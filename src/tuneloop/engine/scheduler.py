@@ -6,6 +6,11 @@ chunks across steps. Waiting sequences are admitted by (priority, arrival) while
 sequence limit and free KV blocks allow. When a decode needs a block and none is free, the
 lowest-priority, latest-arrived running sequence is preempted: its blocks are freed and it goes
 back to the front of the queue, to be recomputed later. Never touches tensors.
+
+With async scheduling (engine.py) a step is scheduled while the one before still runs: a sequence
+sampled there has one pending token, counted in len(seq) but not yet known on the host. It decodes
+that token now (the model runner reads its id on the device), unless the token is surely its last
+(max_tokens, max_model_len): then it sits out until the engine reads the token and finishes it.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from tuneloop.engine.sequence import Sequence, Status
 class Scheduled:
     seq: Sequence
     num_tokens: int  # tokens to compute this step, starting at seq.num_computed
+    # async scheduling: row of the previous step's sampled-token tensor (on the device) that holds
+    # this sequence's newest token, which the host does not know yet; -1 when it does
+    token_from: int = -1
 
     @property
     def samples(self) -> bool:
@@ -29,8 +37,10 @@ class Scheduled:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
+                 max_model_len: int | None = None):  # fmt: skip
         self.blocks = blocks
+        self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs
         self.budget = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
@@ -51,26 +61,43 @@ class Scheduler:
     def schedule(self) -> list[Scheduled]:
         budget = self.budget
         batch: list[Scheduled] = []
+        ending: list[Sequence] = []
         for seq in sorted(self.running, key=lambda s: (s.priority, s.arrival)):
-            if budget == 0 or seq.status != Status.RUNNING:
+            if seq.status != Status.RUNNING:
+                continue
+            if seq.num_pending and self._last_token_pending(seq):
+                ending.append(seq)  # no slot, no compute: the engine finishes it when it reads the token
+                continue
+            if budget == 0:
                 continue
             if not seq.in_prefill and not self._make_room(seq):
                 continue  # seq itself was preempted
             n = min(seq.num_uncomputed, budget)
             batch.append(Scheduled(seq, n))
             budget -= n
-        self._admit(batch, budget)
+        # an ending sequence no longer counts against max_num_seqs: admit as the synchronous path would
+        active = len(self.running) - sum(s.status == Status.RUNNING for s in ending)
+        self._admit(batch, budget, active)
         return batch
 
-    def _admit(self, batch: list[Scheduled], budget: int) -> None:
+    def _last_token_pending(self, seq: Sequence) -> bool:
+        """The pending token reaches max_tokens or max_model_len (the engine's length checks)."""
+        if len(seq.output_ids) + seq.num_pending >= seq.params.max_tokens:
+            return True
+        return self.max_model_len is not None and len(seq) >= self.max_model_len
+
+    def _admit(self, batch: list[Scheduled], budget: int, active: int) -> None:
         queue = sorted(self.waiting, key=lambda s: (s.priority, s.arrival))
         for seq in queue:
-            if budget == 0 or len(self.running) >= self.max_num_seqs or not self.blocks.can_allocate(seq):
+            if seq.num_pending:
+                break  # preempted while its step ran: re-admitted once the engine knows its token
+            if budget == 0 or active >= self.max_num_seqs or not self.blocks.can_allocate(seq):
                 break  # strict order: a later request never jumps a blocked earlier one
             self.waiting.remove(seq)
             self.blocks.allocate(seq)
             seq.status = Status.RUNNING
             self.running.append(seq)
+            active += 1
             n = min(seq.num_uncomputed, budget)
             batch.append(Scheduled(seq, n))
             budget -= n

@@ -33,6 +33,9 @@ class Sequence:
     num_registered: int = 0  # leading blocks of block_table already entered in the prefix cache
     num_computed: int = 0  # tokens whose K/V are in the cache
     num_cached_prompt: int = 0  # prompt tokens found in the prefix cache at the last allocation
+    # async scheduling: tokens already sampled on the device whose values the host reads one step
+    # late (0 or 1 when a step is scheduled, briefly 2 while the step after is launched)
+    num_pending: int = 0
     finish_reason: str | None = None
     preemptions: int = 0
     logprobs: list[dict[int, float]] = field(default_factory=list)
@@ -41,10 +44,12 @@ class Sequence:
 
     @property
     def token_ids(self) -> list[int]:
+        """The tokens the host knows (pending ones are not in it yet)."""
         return self.prompt_ids + self.output_ids
 
     def __len__(self) -> int:
-        return len(self.prompt_ids) + len(self.output_ids)
+        """Tokens the sequence has, pending ones included: what the scheduler and KV blocks must cover."""
+        return len(self.prompt_ids) + len(self.output_ids) + self.num_pending
 
     @property
     def num_uncomputed(self) -> int:

@@ -1,0 +1,277 @@
+"""Async scheduling (step N+1 launched before step N's tokens are read) against the synchronous path.
+
+The async path runs on the CPU too (no overlap there, same bookkeeping): every scripted workload
+below is run both ways on a tiny random Llama and must give the same streams, token for token, the
+same finish reasons, and leave every KV block free at the end.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tuneloop.engine import LLMEngine, SamplingParams
+from tuneloop.engine.sampler import Sampler
+from tuneloop.engine.sequence import Sequence
+
+from .test_engine import GREEDY, hf_greedy, prompts
+
+
+def engine(folder, async_scheduling: bool, **kw) -> LLMEngine:
+    kw.setdefault("block_size", 4)
+    kw.setdefault("kv_cache_gib", 0.01)
+    return LLMEngine.from_pretrained(folder, async_scheduling=async_scheduling, **kw)
+
+
+def drive(eng: LLMEngine, script: dict[int, list[tuple]], max_steps: int = 500) -> dict[str, dict]:
+    """Step the engine; at step k run script[k]: ("add", name, prompt, params[, kwargs]) or ("abort", name).
+
+    Returns, per request name, the stream of new tokens, the final ids, the finish reason and how
+    many outputs it got (exactly one of them finished).
+    """
+    ids: dict[str, str] = {}
+    got: dict[str, dict] = {}
+    for step in range(max_steps):
+        for action in script.get(step, []):
+            if action[0] == "add":
+                _, name, prompt, params, *extra = action
+                ids[name] = eng.add_request(prompt, params, **(extra[0] if extra else {})).request_id
+                got[name] = {"stream": [], "final": None, "reason": None, "finished": 0}
+            else:
+                eng.abort(ids[action[1]])
+        names = {rid: name for name, rid in ids.items()}
+        for out in eng.step():
+            g = got[names[out.request_id]]
+            assert not g["finished"], "an output after the finished one"
+            g["stream"].extend(out.new_token_ids)
+            g["final"], g["reason"] = out.token_ids, out.finish_reason
+            g["finished"] += out.finished
+        if step > max(script) and not eng.has_unfinished():
+            break
+    else:
+        raise AssertionError("the engine did not finish")
+    return got
+
+
+def both(folder, script, **kw) -> tuple[dict, LLMEngine]:
+    sync_eng, async_eng = engine(folder, False, **kw), engine(folder, True, **kw)
+    expected, got = drive(sync_eng, script), drive(async_eng, script)
+    aborted = {a[1] for actions in script.values() for a in actions if a[0] == "abort"}
+    for name in aborted:  # async outputs come one step later: it had streamed a prefix when aborted
+        e, g = expected.pop(name), got.pop(name)
+        assert e["stream"][: len(g["stream"])] == g["stream"] and not g["finished"]
+    assert got == expected
+    for eng in (sync_eng, async_eng):
+        assert eng.blocks.num_free == len(eng.blocks.blocks), "a KV block leaked"
+        assert all(b.ref_count == 0 for b in eng.blocks.blocks)
+        assert not eng.sequences and not eng._host_bound
+    return got, async_eng
+
+
+def test_async_is_off_on_cpu_by_default_and_switchable(tiny_llama):
+    assert LLMEngine.from_pretrained(tiny_llama, kv_cache_gib=0.01).async_scheduling is False
+    assert engine(tiny_llama, True).async_scheduling is True
+
+
+def test_greedy_with_staggered_arrivals_matches_sync_and_generate(tiny_llama):
+    ps = prompts(5, seed=1)
+    script = {3 * i: [("add", f"r{i}", p, GREEDY)] for i, p in enumerate(ps)}
+    got, _ = both(tiny_llama, script)
+    assert [got[f"r{i}"]["final"] for i in range(5)] == [hf_greedy(tiny_llama, p, 12) for p in ps]
+    assert all(g["stream"] == g["final"] and g["finished"] == 1 for g in got.values())
+
+
+def test_the_next_step_reads_its_input_ids_on_the_device(tiny_llama):
+    eng = engine(tiny_llama, True)
+    real, seen = eng.runner.run, []
+
+    def spy(batch, prev_tokens=None):
+        seen.append(sum(item.token_from >= 0 for item in batch))
+        return real(batch, prev_tokens)
+
+    eng.runner.run = spy
+    outs = eng.generate(prompts(3, seed=2), GREEDY)
+    assert all(len(o.token_ids) == 12 for o in outs)
+    assert max(seen) == 3  # decode steps took every newest token from the previous step's tensor
+
+
+def test_stop_tokens_eos_and_max_tokens_drop_the_extra_token(tiny_llama):
+    p = prompts(4, seed=9)
+    free = engine(tiny_llama, False).generate(p, GREEDY)
+    stop = SamplingParams(
+        max_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=[free[0].token_ids[3]]
+    )
+    script = {
+        0: [("add", "stop", p[0], stop), ("add", "one", p[1], SamplingParams(max_tokens=1, temperature=0, ignore_eos=True))],
+        1: [("add", "two", p[2], SamplingParams(max_tokens=2, temperature=0, ignore_eos=True))],
+        2: [("add", "eos", p[3], SamplingParams(max_tokens=12, temperature=0))],
+    }  # fmt: skip
+    for eng_eos in (None, {free[3].token_ids[2]}):  # the model's own eos, then a token it does emit
+        sync_eng, async_eng = engine(tiny_llama, False), engine(tiny_llama, True)
+        if eng_eos:
+            sync_eng.eos_ids = async_eng.eos_ids = eng_eos
+        expected, got = drive(sync_eng, script), drive(async_eng, script)
+        assert got == expected
+        assert async_eng.blocks.num_free == len(async_eng.blocks.blocks)
+    assert got["stop"]["reason"] == "stop" and got["stop"]["final"][-1] == stop.stop_token_ids[0]
+    assert len(got["one"]["final"]) == 1 and len(got["two"]["final"]) == 2
+    eos = free[3].token_ids[2]
+    assert (
+        got["eos"]["reason"] == "stop"
+        and got["eos"]["final"] == free[3].token_ids[: free[3].token_ids.index(eos) + 1]
+    )
+
+
+def test_abort_mid_stream_frees_blocks_and_leaves_the_others_alone(tiny_llama):
+    ps = prompts(4, seed=14)
+    long = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True)
+    script = {
+        0: [("add", f"r{i}", p, long) for i, p in enumerate(ps)],
+        4: [("abort", "r1")],
+        5: [("abort", "r2")],  # the step after: one launched with r2 is still in flight
+        9: [("abort", "r0"), ("add", "late", ps[1], GREEDY)],
+    }
+    got, eng = both(tiny_llama, script)
+    assert got["r3"]["final"] == hf_greedy(tiny_llama, ps[3], 30)
+    assert got["late"]["final"] == hf_greedy(tiny_llama, ps[1], 12)
+    assert eng.abort("nope") is False
+
+
+def test_prefix_cache_hits_are_the_same(tiny_llama):
+    system = prompts(1, seed=2, lengths=(24,))[0]
+    ps = [system + tail for tail in prompts(4, seed=3, lengths=(3, 6))]
+    turn1 = prompts(1, seed=4, lengths=(10,))[0]
+    script = {0: [("add", "a", ps[0], GREEDY), ("add", "t1", turn1, GREEDY)], 20: [("add", "b", ps[1], GREEDY)],
+              21: [("add", "c", ps[2], GREEDY), ("add", "d", ps[3], GREEDY)]}  # fmt: skip
+    sync_eng, async_eng = engine(tiny_llama, False), engine(tiny_llama, True)
+    expected, got = drive(sync_eng, script), drive(async_eng, script)
+    assert got == expected
+    # a second turn reuses the first turn's prompt and answer in whole blocks, on both paths
+    turn2 = turn1 + got["t1"]["final"] + [7, 8, 9]
+    a, b = sync_eng.generate([turn2], GREEDY)[0], async_eng.generate([turn2], GREEDY)[0]
+    assert a.token_ids == b.token_ids == hf_greedy(tiny_llama, turn2, 12)
+    assert a.num_cached_tokens == b.num_cached_tokens >= 16
+    assert async_eng.stats().prefix_cache_hit_rate == sync_eng.stats().prefix_cache_hit_rate > 0.3
+
+
+def test_preemption_and_chunked_prefill(tiny_llama):
+    ps = prompts(6, seed=5)
+    p24 = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    small = 40 * 4 * 2 * 2 * 2 * 16 * 4 / 2**30  # 40 blocks of 4 tokens
+    got, eng = both(tiny_llama, {0: [("add", f"r{i}", p, p24) for i, p in enumerate(ps)]}, kv_cache_gib=small)
+    assert eng.stats().preemptions > 0
+    assert [got[f"r{i}"]["final"] for i in range(6)] == [hf_greedy(tiny_llama, p, 24) for p in ps]
+    ps = prompts(3, seed=6, lengths=(30, 7, 22))
+    both(tiny_llama, {0: [("add", f"r{i}", p, GREEDY) for i, p in enumerate(ps)]}, max_num_batched_tokens=8)
+
+
+def test_max_model_len_ends_with_length(tiny_llama):
+    p = prompts(2, seed=15, lengths=(10, 3))
+    long = SamplingParams(max_tokens=50, temperature=0, ignore_eos=True)
+    got, _ = both(tiny_llama, {0: [("add", "a", p[0], long), ("add", "b", p[1], long)]}, max_model_len=16)
+    assert len(got["a"]["final"]) == 6 and got["a"]["reason"] == "length"
+    assert len(got["b"]["final"]) == 13 and got["b"]["reason"] == "length"
+
+
+def test_seeded_sampling_is_token_identical(tiny_llama):
+    ps = prompts(4, seed=7)
+    kinds = [
+        SamplingParams(max_tokens=16, temperature=1.0, top_p=0.9, top_k=50, seed=1234, ignore_eos=True),
+        SamplingParams(max_tokens=16, temperature=0.7, min_p=0.05, seed=7, ignore_eos=True),
+        SamplingParams(max_tokens=16, temperature=1.3, seed=99),
+        GREEDY,
+    ]
+    script = {0: [("add", f"r{i}", p, k) for i, (p, k) in enumerate(zip(ps, kinds, strict=True))]}
+    got, _ = both(tiny_llama, script)
+    assert len(set(map(tuple, (g["final"] for g in got.values())))) == 4
+
+
+def test_draw_is_torch_multinomial():
+    sampler, seq = Sampler("cpu"), Sequence([1], SamplingParams(seed=5))
+    gen = torch.Generator().manual_seed(5)
+    for i in range(50):
+        probs = torch.softmax(torch.randn(300, generator=torch.Generator().manual_seed(i)) * 2, -1)
+        probs[probs < probs.median()] = 0  # as top-p / min-p leave them
+        assert int(sampler._draw(probs, seq)) == int(torch.multinomial(probs / probs.sum(), 1, generator=gen))
+
+
+def test_host_bound_requests_fall_back_to_sync_steps_then_async_resumes(tiny_llama):
+    ps = prompts(4, seed=10)
+    script = {
+        0: [("add", "g", ps[0], SamplingParams(max_tokens=20, temperature=0, ignore_eos=True))],
+        3: [("add", "lp", ps[1], SamplingParams(max_tokens=3, temperature=0, logprobs=2, prompt_logprobs=1, ignore_eos=True))],
+        4: [("add", "pen", ps[2], SamplingParams(max_tokens=4, temperature=0, repetition_penalty=1.3, frequency_penalty=0.5, ignore_eos=True))],
+        12: [("add", "g2", ps[3], GREEDY)],
+    }  # fmt: skip
+    sync_eng, async_eng = engine(tiny_llama, False), engine(tiny_llama, True)
+    launched = []
+    real = async_eng._launch
+    async_eng._launch = lambda batch, prev: launched.append(len(batch)) or real(batch, prev)
+    expected, got = drive(sync_eng, script), drive(async_eng, script)
+    assert got == expected
+    assert launched  # async steps ran before and after the host-bound requests
+
+
+def test_logprobs_are_unchanged(tiny_llama):
+    p = prompts(1, seed=10)[0]
+    params = SamplingParams(max_tokens=3, temperature=0, logprobs=3, prompt_logprobs=2, ignore_eos=True)
+    a = engine(tiny_llama, False).generate([p], params)[0]
+    b = engine(tiny_llama, True).generate([p], params)[0]
+    assert (a.token_ids, a.logprobs, a.prompt_logprobs) == (b.token_ids, b.logprobs, b.prompt_logprobs)
+
+
+@pytest.mark.parametrize("mode", ["looped", "stacked"])
+def test_mixed_lora_adapters(tiny_llama, tmp_path, mode):
+    from .test_lora import make_adapter
+
+    make_adapter(tiny_llama, tmp_path / "a", 1, ["q_proj", "v_proj", "down_proj"])
+    make_adapter(tiny_llama, tmp_path / "b", 2, ["q_proj", "k_proj", "gate_proj", "up_proj"], rank=8)
+    ps = prompts(4, seed=30)
+    results = []
+    for on in (False, True):
+        eng = engine(tiny_llama, on)
+        eng.load_lora("a", tmp_path / "a")
+        eng.load_lora("b", tmp_path / "b")
+        eng.lora.mode = mode
+        script = {0: [("add", "r0", ps[0], GREEDY, {"lora": "a"}), ("add", "r1", ps[1], GREEDY)],
+                  2: [("add", "r2", ps[2], GREEDY, {"lora": "b"}), ("add", "r3", ps[3], GREEDY, {"lora": "a"})]}  # fmt: skip
+        results.append(drive(eng, script))
+    assert results[0] == results[1]
+    assert results[1]["r0"]["final"] != hf_greedy(tiny_llama, ps[0], 12)  # the adapter was applied
+
+
+def test_async_engine_streams_with_async_scheduling(tiny_llama):
+    import asyncio
+
+    from tuneloop.engine.async_engine import AsyncEngine
+
+    ps = prompts(4, seed=20)
+    expected = [o.token_ids for o in engine(tiny_llama, False).generate(ps, GREEDY)]
+    aeng = AsyncEngine(engine(tiny_llama, True))
+
+    async def one(p):
+        pieces = []
+        async for out in await aeng.submit(p, GREEDY):
+            pieces.extend(out.new_token_ids)
+        return pieces
+
+    async def main():
+        return await asyncio.gather(*(one(p) for p in ps))
+
+    try:
+        assert asyncio.run(main()) == expected
+        assert aeng.stats().generated_tokens == 4 * 12
+    finally:
+        aeng.shutdown()
+    assert not aeng.engine.has_unfinished()
+
+
+def test_abort_of_the_only_request_leaves_nothing_to_step(tiny_llama):
+    eng = engine(tiny_llama, True)
+    seq = eng.add_request(prompts(1, lengths=(30,))[0], GREEDY)
+    eng.step()  # the prefill is in flight: its token is not read yet
+    assert eng.has_unfinished() and seq.num_pending == 1
+    used = eng.blocks.num_free
+    assert eng.abort(seq.request_id) is True
+    assert eng.blocks.num_free > used and not eng.has_unfinished()
+    assert eng.step() == [] and eng.abort(seq.request_id) is False
