@@ -110,12 +110,14 @@ def breakdown(engine: LLMEngine, vocab: int, n: int = 256) -> dict:
     runner.run = timed
     try:
         while engine.has_unfinished():
+            state.clear()
             t = time.perf_counter()
             engine.step()
             sync()
-            a = acc[state["kind"]]
-            a[0] += 1
-            a[1] += state["model"]
+            # async scheduling's last call only reads the last step's tokens: host time, no step
+            a = acc[state.get("kind", "decode")]
+            a[0] += "kind" in state
+            a[1] += state.get("model", 0.0)
             a[2] += time.perf_counter() - t
     finally:
         runner.run = real
