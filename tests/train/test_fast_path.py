@@ -186,7 +186,9 @@ def test_padding_free_fused_training_matches_the_padded_path(tiny_llama, sft_dat
     from .conftest import base_overrides
 
     def losses(**extra):
-        cfg = load_config(TrainConfig, None, base_overrides(tiny_llama, sft_dataset, tmp_path / str(extra), **extra))
+        cfg = load_config(
+            TrainConfig, None, base_overrides(tiny_llama, sft_dataset, tmp_path / str(extra), **extra)
+        )
         return [loss for _, loss in run(cfg).metrics["train_loss"]]
 
     plain = losses(**{"data.padding_free": "false", "fused_loss": "false"})
@@ -213,13 +215,48 @@ def test_auto_checkpointing_asks_plan_for_the_fewest_layers_that_fit(tmp_path, m
     bf16 = Precision("bf16", torch.bfloat16)
 
     def layers(*overrides):
-        cfg = load_config(TrainConfig, None, [f"model={folder}", "data.path=x", "data.max_length=2048", *overrides])
+        cfg = load_config(
+            TrainConfig, None, [f"model={folder}", "data.path=x", "data.max_length=2048", *overrides]
+        )
         return checkpointing_layers(cfg, str(folder), "cuda", bf16, 1)
 
     assert layers("batch.micro_batch=1") == 0  # fits the 80 GiB card without any checkpointing
     some = layers("batch.micro_batch=2", "batch.global_batch=16", "memory_budget_gib=36")
     assert 0 < some < 32
-    assert layers("batch.micro_batch=2", "batch.global_batch=16", "memory_budget_gib=36", "checkpoint_layers=5") == 5
+    assert (
+        layers("batch.micro_batch=2", "batch.global_batch=16", "memory_budget_gib=36", "checkpoint_layers=5")
+        == 5
+    )
     assert layers("gradient_checkpointing=true") is None  # all, as asked
     cfg = load_config(TrainConfig, None, [f"model={folder}", "data.path=x"])
     assert checkpointing_layers(cfg, str(folder), "cpu", bf16, 1) == 0
+
+
+def test_equal_length_micro_batches_stay_rows_and_ragged_ones_are_flattened(
+    tiny_llama, sft_dataset, tmp_path
+):
+    from tuneloop.config import load_config
+    from tuneloop.train import trainer as trainer_mod
+    from tuneloop.train.config import TrainConfig
+    from tuneloop.train.recipe import run
+
+    from .conftest import base_overrides
+
+    seen = []
+    real = trainer_mod.collate
+
+    def spy(examples, pad_id, padding_free=False):
+        seen.append((padding_free, len({len(e.input_ids) for e in examples})))
+        return real(examples, pad_id, padding_free=padding_free)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(trainer_mod, "collate", spy)
+        for micro in (1, 4):  # one example: a row as is; four of different lengths: one flat row
+            extra = {"data.padding_free": "true", "max_steps": 2, "batch.micro_batch": micro}
+            run(
+                load_config(
+                    TrainConfig, None, base_overrides(tiny_llama, sft_dataset, tmp_path / str(micro), **extra)
+                )
+            )
+    assert {flat for flat, _ in seen} == {True, False}
+    assert all(flat == (lengths > 1) for flat, lengths in seen)

@@ -34,6 +34,15 @@ def plan(
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | adamw8bit | sgd"),
     precision: str = typer.Option("bf16", "--precision", help="bf16 | fp16 | fp32"),
     master_weights: bool = typer.Option(False, "--master-weights", help="Full FT: fp32 master + states."),
+    trainer: str = typer.Option(
+        "tuneloop",
+        "--trainer",
+        help="tuneloop (fused loss, compiled layers: what `tuneloop train` runs on a GPU) | hf "
+        "(plain transformers + PEFT)",
+    ),
+    checkpoint_layers: int | None = typer.Option(
+        None, "--checkpoint-layers", help="Checkpoint only the first N layers (selective)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Estimate per-GPU training memory and say whether (and how) it fits."""
@@ -53,6 +62,9 @@ def plan(
         optimizer=optimizer,
         precision=precision,
         master_weights=master_weights,
+        checkpoint_layers=checkpoint_layers,
+        fused=_tuneloop_trainer(trainer) and precision != "fp32",
+        compiled=_tuneloop_trainer(trainer),
     )
     req = load_config(PlanRequest, fields)  # a bad choice (e.g. --method) becomes a ConfigError
     result = make_plan(resolve_shape(model), req)
@@ -94,3 +106,11 @@ def render(p: Plan, console: Console) -> None:
         console.print(f"gradient accumulation: {p.grad_accum} (global batch {r.global_batch})")
     for line in p.advice:
         console.print(f"  - {line}")
+
+
+def _tuneloop_trainer(name: str) -> bool:
+    if name not in ("tuneloop", "hf"):
+        from tuneloop.errors import TuneloopError
+
+        raise TuneloopError(f"--trainer '{name}' is not known", hint="use --trainer tuneloop or --trainer hf")
+    return name == "tuneloop"

@@ -32,7 +32,14 @@ GiB = 1024**3
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
 CUDA_CONTEXT = 767 * 1024**2  # CUDA context + cuBLAS workspace, outside torch's allocator (H100, torch 2.11)
 FRAGMENTATION = 0.05  # caching-allocator slack (reserved - allocated), of the kept activations
-FUSED_HEAD_CHUNK = 3 * 256 * 1024**2  # fp32 chunk logits, its 16-bit copy, the target gather (linear_ce)
+# tuneloop's trainer (fused=True) compiles each layer: Inductor's partitioner recomputes cheap
+# elementwise results (norms, SiLU) in backward instead of saving them. Fitted to the H100 run of
+# 2026-11-28 (benchmarks/train_gpu.py): bytes per token per uncheckpointed layer, x hidden size.
+COMPILED_LORA_SAVED = 7.5
+# full fine-tuning over fp32 master weights under bf16 autocast keeps an fp32 residual stream: the
+# norms save fp32 inputs and outputs (same run, x hidden size)
+MASTER_FUSED_EXTRA = 12
+FUSED_HEAD_BYTES = 8  # per vocab entry and chunk token: 16-bit logits, fp32 copy (grad in place), 16-bit grad
 LOGITS_SLACK = 4  # B x vocab per token of freed forward logits blocks backward cannot reuse (measured)
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit + 8-bit absmax per 64 + fp32 per 256 blocks
 
@@ -47,6 +54,7 @@ class PlanRequest(Config):
     gradient_checkpointing: bool = True
     checkpoint_layers: int | None = None  # selective: only the first N layers (None: all or none)
     fused: bool = False  # tuneloop's trainer: fused LM-head loss, adapters read 16-bit inputs
+    compiled: bool = False  # tuneloop's trainer with compile on (the CUDA default): layers compiled
     gpus: int = 1
     gpu_memory: int | None = None  # bytes per GPU; None = what doctor sees
     lora_rank: int = 16
@@ -210,7 +218,12 @@ def layer_activation_bytes(shape: ModelShape, req: PlanRequest) -> float:
     mlp = 3 * b * i  # SiLU input (gate out), SiLU output, up output for the gated product
     # full: linear inputs kept for weight grads (o_proj's is SDPA's out); LoRA: fp32 adapter inputs
     inputs = b * h + b * h + b * i if full else _adapter_input_bytes(shape, req)
-    return 2 * norm + attn + mlp + inputs
+    total = 2 * norm + attn + mlp + inputs
+    if req.fused and req.compiled and not full:
+        total -= COMPILED_LORA_SAVED * h
+    if req.fused and full and req.master_weights:
+        total += MASTER_FUSED_EXTRA * h
+    return total
 
 
 def _adapter_input_bytes(shape: ModelShape, req: PlanRequest) -> float:
@@ -235,7 +248,7 @@ def logits_peak_bytes(shape: ModelShape, req: PlanRequest) -> int:
     Forward holds 16-bit logits + their fp32 upcast + log-softmax (10 B x V); by backward the model
     output (and its 16-bit logits) is dropped, leaving three fp32 (B, T, V) tensors (12 B x V).
     The fused loss (train/linear_ce.py) holds only the hidden states' gradient per token, plus
-    `FUSED_HEAD_CHUNK` bytes of chunk logits that do not grow with the batch.
+    one chunk of logits (`FUSED_HEAD_BYTES`) that do not grow with the batch.
     """
     b = DTYPE_BYTES[req.precision]
     if req.fused:
@@ -271,7 +284,13 @@ def activation_bytes(shape: ModelShape, req: PlanRequest, micro_batch: int) -> t
     layer_bytes = tokens * layer
     if req.method == "qlora":
         layer_bytes += 2 * shape.largest_linear  # one weight dequantized to 16-bit at a time
-    logits = tokens * logits_peak_bytes(shape, req) + (FUSED_HEAD_CHUNK if req.fused else 0)
+    logits = tokens * logits_peak_bytes(shape, req)
+    if req.fused:  # one chunk of the head's logits at a time (train/linear_ce.py)
+        from tuneloop.train.head_chunk import chunk_tokens
+
+        logits += FUSED_HEAD_BYTES * shape.vocab_size * min(tokens, chunk_tokens(shape.vocab_size))
+    if req.fused and req.method == "full":  # linear_ce's fp32 gradient of the (trainable) head
+        logits += 4 * shape.vocab_size * shape.hidden_size
     return int(tokens * kept), logits, int(layer_bytes)
 
 
@@ -335,7 +354,9 @@ def components(shape: ModelShape, req: PlanRequest, micro_batch: int) -> list[Co
         Component(
             "layer backward",
             layer,
-            "recomputed layer + grad buffers" if checkpointed_layers(shape, req) else "grad buffers of one layer",
+            "recomputed layer + grad buffers"
+            if checkpointed_layers(shape, req)
+            else "grad buffers of one layer",
             at_peak=not step_wins and not logit_wins,
         ),
     ]

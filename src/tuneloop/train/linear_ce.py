@@ -20,14 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tuneloop.train.head_chunk import chunk_tokens
+
 IGNORE = -100
 # model types whose forward hands the head's output back untouched (no softcap, no logit scaling)
 PLAIN_HEAD_MODELS = {"llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2"}
-
-
-def chunk_tokens(vocab: int, budget_bytes: int = 256 * 2**20) -> int:
-    """Tokens per chunk so one chunk's fp32 logits take about `budget_bytes` (at least 64)."""
-    return max(64, budget_bytes // (4 * vocab))
 
 
 class LinearCrossEntropy(torch.autograd.Function):

@@ -245,6 +245,7 @@ def plan_request(
         model=shape.name, method=cfg.method, seq_len=min(cfg.data.max_length, shape.max_position_embeddings),
         micro_batch=cfg.batch.micro_batch, gradient_checkpointing=bool(checkpoint_layers),
         checkpoint_layers=checkpoint_layers, fused=cfg.fused_loss and precision.autocast is not None,
+        compiled=use_compile(cfg, "cuda"),
         gpus=world, lora_rank=cfg.lora.rank, precision=precision.name,
         master_weights=cfg.method == "full" and cfg.master_weights, global_batch=cfg.batch.global_batch,
         **({"lora_targets": targets} if targets else {}),

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from tuneloop.errors import TuneloopError
-from tuneloop.train import checkpoint, distributed
+from tuneloop.train import attention, checkpoint, distributed
 from tuneloop.train.batching import StepPlan, collate, micro_batches, shard
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import IGNORE, Example, PairExample
@@ -71,7 +71,10 @@ class Trainer:
         self.run_dir, self.tracker, self.profiler = run_dir, tracker, profiler
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            self.params, lr=cfg.optim.lr, betas=cfg.optim.betas, weight_decay=cfg.optim.weight_decay,
+            self.params,
+            lr=cfg.optim.lr,
+            betas=cfg.optim.betas,
+            weight_decay=cfg.optim.weight_decay,
             **_fused_optimizer(self.params, device),
         )
         self.scaler = torch.amp.GradScaler("cuda") if precision.needs_scaler else None
@@ -175,7 +178,10 @@ class Trainer:
         for i, chunk in enumerate(chunks):
             if self.sharded:  # FSDP reduce-scatters once, on the last micro-batch
                 self.model.set_requires_gradient_sync(i == len(chunks) - 1)
-            batch = self._to_device(collate(chunk, self.pad_id, padding_free=self.padding_free))
+            flat = self.padding_free and _ragged(chunk)
+            if self.padding_free:
+                attention.use_rows(self.model, rows=not flat)
+            batch = self._to_device(collate(chunk, self.pad_id, padding_free=flat))
             with self._autocast():
                 loss, n = token_loss_sum(self.model, batch, fused=self.cfg.fused_loss)
             self._backward(loss * self._reduce_scale / total)
@@ -253,7 +259,10 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         # padding-free batches carry plain ints too (max_length_q/k)
-        return {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {
+            k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+            for k, v in batch.items()
+        }
 
     # ------------------------------------------------------------ after each step
 
@@ -377,6 +386,11 @@ class Trainer:
 
         checkpoint.load_trainable(self.model, load_file(str(path)))
         return True
+
+
+def _ragged(examples: list[Any]) -> bool:
+    """Would rows of this micro-batch carry padding or packed pieces (what flattening removes)?"""
+    return any(e.segments for e in examples) or len({len(e.input_ids) for e in examples}) > 1
 
 
 def _fused_optimizer(params: list[Any], device: str) -> dict[str, Any]:
