@@ -215,6 +215,39 @@ def test_host_bound_requests_fall_back_to_sync_steps_then_async_resumes(tiny_lla
     assert launched  # async steps ran before and after the host-bound requests
 
 
+def test_steps_with_prefill_run_synchronously_and_pure_decode_steps_overlap(tiny_llama):
+    ps = prompts(4, seed=16, lengths=(9, 30))
+    long = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    script = {0: [("add", "a", ps[0], long)], 4: [("add", "b", ps[1], long)],
+              5: [("add", "c", ps[2], long), ("add", "d", ps[3], long)]}  # fmt: skip
+    sync_eng, eng = (engine(tiny_llama, on, max_num_batched_tokens=8) for on in (False, True))
+    steps: list[tuple[bool, bool]] = []  # (launched ahead, has a prompt chunk) of every model run
+    ahead = [False]
+    real_run, real_launch = eng.runner.run, eng._launch
+
+    def run(batch, prev_tokens=None):
+        steps.append((ahead[0], any(i.seq.num_computed < len(i.seq.prompt_ids) for i in batch)))
+        return real_run(batch, prev_tokens)
+
+    def launch(batch, prev):
+        ahead[0] = True
+        try:
+            return real_launch(batch, prev)
+        finally:
+            ahead[0] = False
+
+    eng.runner.run, eng._launch = run, launch
+    assert drive(eng, script) == drive(sync_eng, script)
+    assert not any(launched and prefill for launched, prefill in steps)  # prompt chunks: synchronous
+    assert sum(launched for launched, _ in steps) == eng.stats().async_steps
+    assert eng.stats().async_steps == sum(not prefill for _, prefill in steps) > 10  # decodes: all ahead
+    # a new request's first token comes back from the step() that ran its last prompt chunk: no lag
+    late = eng.add_request(ps[0][::-1][:9], long)  # (reversed: no prefix cache hit)
+    outs = [eng.step() for _ in range(2)]  # prompt chunks of 8 and 1 tokens
+    assert outs[0] == [] and [o.request_id for o in outs[1]] == [late.request_id] and late.num_cached_prompt == 0
+    assert steps[-2:] == [(False, True), (False, True)]
+
+
 def test_logprobs_are_unchanged(tiny_llama):
     p = prompts(1, seed=10)[0]
     params = SamplingParams(max_tokens=3, temperature=0, logprobs=3, prompt_logprobs=2, ignore_eos=True)
@@ -272,7 +305,8 @@ def test_async_engine_streams_with_async_scheduling(tiny_llama):
 def test_abort_of_the_only_request_leaves_nothing_to_step(tiny_llama):
     eng = engine(tiny_llama, True)
     seq = eng.add_request(prompts(1, lengths=(30,))[0], GREEDY)
-    eng.step()  # the prefill is in flight: its token is not read yet
+    assert len(eng.step()) == 1  # the prefill runs synchronously
+    assert eng.step() == []  # the first decode is in flight: its token is not read yet
     assert eng.has_unfinished() and seq.num_pending == 1
     used = eng.blocks.num_free
     assert eng.abort(seq.request_id) is True

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # (N,) cache slot of each new token
     query_index: torch.Tensor  # (B, Tq) flat index of each padded query, 0 where padding
-    query_valid: torch.Tensor  # (B, Tq) bool
+    # (N,) row of each real query in the padded (B * Tq) layout: integer indices built on the host,
+    # so gathering the output back to flat order is an index_select (a bool mask would sync per layer)
+    valid_rows: torch.Tensor
     context_slots: torch.Tensor  # (B, L) cache slot of each context position, 0 where padding
     mask: torch.Tensor  # (B, 1, Tq, L) bool: query may attend to key
 
@@ -54,10 +56,11 @@ def build_metadata(
     offsets = torch.cumsum(counts_t, 0) - counts_t
     query_index = torch.where(query_valid, offsets[:, None] + t[None, :], 0)
     slot_mapping = context_slots.gather(1, query_pos.clamp(max=L - 1))[query_valid]
+    valid_rows = query_valid.reshape(-1).nonzero().squeeze(1)  # (N,) in flat order: row-major (b, t)
     mask = pos[None, None, :] <= query_pos[:, :, None]  # causal over the whole context
     mask |= ~query_valid[:, :, None] & (pos[None, None, :] == 0)  # padded rows see one key: no NaN
     return AttentionMetadata(
-        slot_mapping.to(device), query_index.to(device), query_valid.to(device),
+        slot_mapping.to(device), query_index.to(device), valid_rows.to(device),
         context_slots.to(device), mask[:, None].to(device),
     )  # fmt: skip
 
@@ -94,4 +97,5 @@ def paged_attention(
         group = qp.shape[1] // kp.shape[1]
         kp, vp = kp.repeat_interleave(group, dim=1), vp.repeat_interleave(group, dim=1)
     out = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=meta.mask, scale=scale, enable_gqa=True)
-    return out.transpose(1, 2)[meta.query_valid]  # (N, H, D), in flat order
+    out = out.transpose(1, 2).flatten(0, 1)  # (B, H, Tq, D) -> (B * Tq, H, D)
+    return out.index_select(0, meta.valid_rows)  # (N, H, D), in flat order

@@ -58,6 +58,22 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def has_prefill_work(self) -> bool:
+        """The next step would compute a prompt chunk: a running sequence is still in prefill, or the
+        first waiting one would be admitted (or waits for a token in flight before it can be)."""
+        if any(s.status == Status.RUNNING and (s.in_prefill or s.num_computed < len(s.prompt_ids))
+               for s in self.running):  # fmt: skip
+            return True  # (a prompt's last token is a one-token step, but its first output is waited for)
+        if not self.waiting:
+            return False
+        head = min(self.waiting, key=lambda s: (s.priority, s.arrival))
+        if head.num_pending:
+            return True
+        ending = sum(s.status == Status.RUNNING and s.num_pending > 0 and self._last_token_pending(s)
+                     for s in self.running)  # fmt: skip
+        active = len(self.running) - ending  # as schedule() counts them
+        return active < self.max_num_seqs and active < self.budget and self.blocks.can_allocate(head)
+
     def schedule(self) -> list[Scheduled]:
         budget = self.budget
         batch: list[Scheduled] = []
