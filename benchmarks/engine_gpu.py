@@ -11,11 +11,15 @@ The engine runs with async scheduling (the CUDA default; forced on in --tiny's C
 path is exercised); --sync measures batch 1, the 256 requests and the 32 clients again on the same
 engine with it off (keys ending in _sync), for a same-run comparison.
 
-    PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu.py $OUT [--tiny] [--sync]
+--int8 then frees that engine and builds a second one with weight-only int8 decoder linears
+(EngineConfig.quantization="int8"), and measures batch 1 and the 256 requests on it (keys *_int8).
+
+    PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu.py $OUT [--tiny] [--sync] [--int8]
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import statistics
 import sys
@@ -284,6 +288,30 @@ def main() -> None:
     (out / "engine_gpu.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1), flush=True)
     print(profile_decode(engine, shape["vocab_size"], out))
+    if "--int8" in sys.argv:
+        del engine, graphs, runner  # the bf16 8B engine fills most of the card: free it first
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        res.update(int8_runs(shape, device, tiny))
+        (out / "engine_gpu.json").write_text(json.dumps(res, indent=1))
+
+
+def int8_runs(shape: dict, device: str, tiny: bool) -> dict:
+    """A second engine, weight-only int8: batch-1 decode (weight-bound: ~half the bytes) and the 256 run."""
+    t = time.perf_counter()
+    engine = build_engine(shape, device, max_num_seqs=256, max_num_batched_tokens=4096, quantization="int8",
+                          **({"kv_cache_gib": 0.05} if tiny else {}))  # fmt: skip
+    res: dict = {"int8_build_s": round(time.perf_counter() - t, 1), "kv_blocks_int8": engine.runner.num_blocks}
+    res["tuneloop_b1_int8"] = batch1(engine, shape["vocab_size"])
+    print("tuneloop b1 int8", res["tuneloop_b1_int8"], flush=True)
+    res["tuneloop_256_int8"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)
+    print("tuneloop 256 int8", res["tuneloop_256_int8"], flush=True)
+    if device == "cuda":
+        res["peak_memory_gib_int8"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    print(json.dumps(res, indent=1), flush=True)
+    return res
 
 
 if __name__ == "__main__":

@@ -52,6 +52,13 @@ class ModelRunner:
             self.model = (
                 self.fallback.model if self.fallback else load_llama(cfg.model, self.dtype, self.device)
             )
+        if cfg.quantization == "int8":
+            if self.fallback is not None:
+                raise ValueError("quantization='int8' needs a native (Llama-family) model")
+            from tuneloop.engine.quant import quantize_int8
+
+            # before the KV cache is sized: the freed half of the weights goes to it
+            quantize_int8(self.model, compile=cfg.compile_ops and self.device.startswith("cuda"))
         mc = self.model.config
         self.num_layers = mc.num_hidden_layers
         self.kv_heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads
