@@ -71,3 +71,24 @@ def test_load_unload_at_runtime_and_bad_adapters(tiny_llama, tmp_path):
     eng.abort(seq.request_id)
     eng.unload_lora("a")
     assert "a" not in eng.lora.adapters
+
+
+def test_prefix_cache_does_not_share_blocks_between_base_and_adapter(tiny_llama, tmp_path):
+    from tuneloop.engine import LLMEngine, SamplingParams
+
+    make_adapter(tiny_llama, tmp_path / "a", 1, ["q_proj", "k_proj", "v_proj"])
+    prompt = list(range(5, 45))  # 40 tokens: 10 full blocks of 4
+    greedy = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+
+    def fresh():
+        eng = LLMEngine.from_pretrained(tiny_llama, kv_cache_gib=0.01, block_size=4)
+        eng.load_lora("a", tmp_path / "a")
+        return eng
+
+    alone = fresh().generate([prompt], greedy, lora=["a"])[0]
+    eng = fresh()
+    eng.generate([prompt], greedy)  # the base model's K/V of this prompt are now cached
+    after = eng.generate([prompt], greedy, lora=["a"])[0]
+    assert after.num_cached_tokens == 0 and after.token_ids == alone.token_ids
+    again = eng.generate([prompt], greedy, lora=["a"])[0]  # the adapter's own blocks are shared
+    assert again.num_cached_tokens > 0 and again.token_ids == alone.token_ids

@@ -26,6 +26,12 @@ def chain_hash(previous: int | None, tokens: tuple[int, ...]) -> int:
     return hash((previous, tokens))
 
 
+def chain_root(seq: Sequence) -> int | None:
+    """Where a sequence's chain starts: a LoRA adapter's K/V differ from the base model's for the
+    same tokens, so each adapter has its own chain (as vLLM puts the adapter id in the block hash)."""
+    return None if seq.lora is None else hash(("lora", seq.lora))
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, prefix_caching: bool = True):
         if num_blocks < 1 or block_size < 1:
@@ -57,7 +63,7 @@ class BlockManager:
         """Block ids that already hold the leading full blocks of `seq` (the chain stops at a miss)."""
         if not self.prefix_caching or seq.params.prompt_logprobs is not None:
             return []  # prompt logprobs need every prompt position computed, not served from the cache
-        hits, previous = [], None
+        hits, previous = [], chain_root(seq)
         ids = seq.token_ids
         for start in range(0, len(ids) - self.block_size + 1, self.block_size):
             tokens = tuple(ids[start : start + self.block_size])
@@ -136,7 +142,7 @@ class BlockManager:
             return  # no block filled since the last call: skip building token_ids (every step, every sequence)
         ids = seq.token_ids
         for i in range(len(seq.block_hashes), full):  # hashes are kept on the sequence: O(new blocks)
-            previous = seq.block_hashes[-1] if seq.block_hashes else None
+            previous = seq.block_hashes[-1] if seq.block_hashes else chain_root(seq)
             seq.block_hashes.append(chain_hash(previous, tuple(ids[i * bs : (i + 1) * bs])))
         for i in range(seq.num_registered, full):
             block = self.blocks[seq.block_table[i]]
