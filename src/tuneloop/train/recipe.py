@@ -78,7 +78,9 @@ def run(cfg: TrainConfig) -> RunResult:
         log.warning("eval.every is set but there is no validation data: no validation loss will be computed")
 
     ckpt_layers = checkpointing_layers(cfg, str(resolved.path), device, precision, d.world)
-    check_fit(cfg, str(resolved.path), device, precision, d.world, ckpt_layers)  # before loading: fail in seconds
+    check_fit(
+        cfg, str(resolved.path), device, precision, d.world, ckpt_layers
+    )  # before loading: fail in seconds
     torch.manual_seed(cfg.seed)  # same LoRA init on every process
     model = load_for_training(cfg, str(resolved.path), device, precision, ckpt_layers)
     if cfg.strategy == "fsdp" and d.world > 1:
