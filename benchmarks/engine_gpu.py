@@ -303,7 +303,10 @@ def int8_runs(shape: dict, device: str, tiny: bool) -> dict:
     t = time.perf_counter()
     engine = build_engine(shape, device, max_num_seqs=256, max_num_batched_tokens=4096, quantization="int8",
                           **({"kv_cache_gib": 0.05} if tiny else {}))  # fmt: skip
-    res: dict = {"int8_build_s": round(time.perf_counter() - t, 1), "kv_blocks_int8": engine.runner.num_blocks}
+    res: dict = {
+        "int8_build_s": round(time.perf_counter() - t, 1),
+        "kv_blocks_int8": engine.runner.num_blocks,
+    }
     res["tuneloop_b1_int8"] = batch1(engine, shape["vocab_size"])
     print("tuneloop b1 int8", res["tuneloop_b1_int8"], flush=True)
     res["tuneloop_256_int8"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)

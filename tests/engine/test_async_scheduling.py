@@ -244,7 +244,9 @@ def test_steps_with_prefill_run_synchronously_and_pure_decode_steps_overlap(tiny
     # a new request's first token comes back from the step() that ran its last prompt chunk: no lag
     late = eng.add_request(ps[0][::-1][:9], long)  # (reversed: no prefix cache hit)
     outs = [eng.step() for _ in range(2)]  # prompt chunks of 8 and 1 tokens
-    assert outs[0] == [] and [o.request_id for o in outs[1]] == [late.request_id] and late.num_cached_prompt == 0
+    assert (
+        outs[0] == [] and [o.request_id for o in outs[1]] == [late.request_id] and late.num_cached_prompt == 0
+    )
     assert steps[-2:] == [(False, True), (False, True)]
 
 

@@ -37,7 +37,9 @@ def test_int8_engine_scores_and_generates_like_the_full_precision_one(tiny_llama
     lp_a = torch.tensor([next(iter(e.values())) for o in a for e in o.prompt_logprobs[1:]])
     lp_b = torch.tensor([next(iter(e.values())) for o in b for e in o.prompt_logprobs[1:]])
     assert ((lp_a - lp_b).norm() / lp_a.norm()).item() < 0.01  # log-probs of every prompt token
-    same = sum(x == y for o, p in zip(a, b, strict=True) for x, y in zip(o.token_ids, p.token_ids))
+    same = sum(
+        x == y for o, p in zip(a, b, strict=True) for x, y in zip(o.token_ids, p.token_ids, strict=True)
+    )
     assert same >= 0.75 * sum(len(o.token_ids) for o in a)  # most greedy tokens equal
     first = sum(o.token_ids[0] == p.token_ids[0] for o, p in zip(a, b, strict=True))
     assert first >= 5

@@ -31,7 +31,9 @@ def _compiled() -> Any:
     if not _COMPILED:
         # coordinate_descent_tuning: Inductor's mm decomposition for one-row inputs (a GEMV it fuses
         # the dequant into) is gated on it, as in gpt-fast
-        _COMPILED["fn"] = torch.compile(int8_linear, dynamic=True, options={"coordinate_descent_tuning": True})
+        _COMPILED["fn"] = torch.compile(
+            int8_linear, dynamic=True, options={"coordinate_descent_tuning": True}
+        )
     return _COMPILED["fn"]
 
 
@@ -44,10 +46,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("scale", scale.to(dtype))
         self.register_buffer("bias", None if bias is None else bias.detach().to(dtype))
         self.out_features, self.in_features = weight.shape
-        self.compile = compile
+        self.use_compiled = compile  # (not `compile`: that is nn.Module.compile)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fn = _compiled() if self.compile and x.is_cuda else int8_linear
+        fn = _compiled() if self.use_compiled and x.is_cuda else int8_linear
         y = fn(x, self.weight, self.scale)
         return y + self.bias if self.bias is not None else y
 
@@ -75,5 +77,7 @@ def weight_bytes(model: nn.Module) -> int:
     for layer in model.layers:
         for path in LINEARS:
             m = layer.get_submodule(path)
-            total += sum(t.numel() * t.element_size() for t in (m.weight, getattr(m, "scale", None)) if t is not None)
+            total += sum(
+                t.numel() * t.element_size() for t in (m.weight, getattr(m, "scale", None)) if t is not None
+            )
     return total
