@@ -272,6 +272,8 @@ def main() -> None:
     out = Path(args[0] if args and not args[0].startswith("--") else ".")
     group = args[args.index("--group") + 1] if "--group" in args else "all"
     todo = settings(group)
+    if "--only" in args:  # one setting by name, e.g. to re-measure after a change
+        todo = [s for s in todo if s["name"] == args[args.index("--only") + 1]]
     if tiny:  # the CPU cannot run bitsandbytes or Liger
         todo = [
             s for s in todo if s.get("method") != "qlora" and not s.get("liger") and s["kind"] != "hf_shared"

@@ -396,3 +396,22 @@ def test_gpu_decode_steps_launch_without_a_host_sync(tiny_llama):
     for _ in range(10):
         eng.step()
     assert launched == [6] * 10  # decode-only steps, every one through the strict launch
+
+
+def test_decode_batches_above_async_max_batch_run_synchronously(tiny_llama):
+    ps = prompts(4, seed=21, lengths=(9, 20))
+    lengths = (4, 6, 16, 20)  # two finish early: the last steps have 2 rows
+    script = {0: [("add", str(i), p, SamplingParams(max_tokens=n, temperature=0, ignore_eos=True))
+                  for i, (p, n) in enumerate(zip(ps, lengths, strict=True))]}  # fmt: skip
+    small = engine(tiny_llama, True, async_max_batch=2)
+    sizes: list[int] = []
+    real_launch = small._launch
+
+    def launch(batch, prev):
+        sizes.append(len(small.scheduler.running))
+        return real_launch(batch, prev)
+
+    small._launch = launch
+    assert drive(small, script) == drive(engine(tiny_llama, False), script)  # same tokens either way
+    assert sizes and max(sizes) <= 2  # 4 running: synchronous; overlapped once 2 or fewer remain
+    assert small.stats().async_steps == len(sizes)

@@ -170,9 +170,14 @@ class LLMEngine:
         if not self.async_scheduling:
             return self._step_sync()
         prev, self._inflight = self._inflight, None
-        if self._host_bound or self.scheduler.has_prefill_work():
+        if (
+            self._host_bound
+            or self.scheduler.has_prefill_work()
+            or len(self.scheduler.running) > self.config.async_max_batch
+        ):
             # penalties read the outputs so far, (prompt) logprobs are built on the host, prefill is not
-            # worth a step of lag: learn the tokens in flight, then run this step synchronously
+            # worth a step of lag, a large batch's host work outlasts its GPU step (config): learn the
+            # tokens in flight, then run this step synchronously
             return (self._resolve(prev) if prev else []) + self._step_sync()
         batch = self.scheduler.schedule()
         self._inflight = self._launch(batch, prev) if batch else None
