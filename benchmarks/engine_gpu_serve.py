@@ -26,15 +26,30 @@ Choices, so the numbers read right:
   itself builds its engine with EngineConfig's defaults (64 sequences, 2048 tokens a step).
 
     PYTHONPATH=src:.devcarry:/tmp/site python3 benchmarks/engine_gpu_serve.py $OUT [--tiny]
+        [--concurrency 16,64] [--per-client 2] [--new 64] [--tiers engine,client,http]
+        [--simulate-step-ms 20] [--profile]
+
+--tiny runs a 2-layer model on the CPU. Its steps cost CPU themselves (sampling a 49152-token
+vocabulary row by row), so to see the text layer and the gateway alone (their cost is per token per
+stream in Python, the same on any machine) add --simulate-step-ms: the real AsyncEngine over a
+stand-in LLMEngine whose step sleeps, GIL released, as a GPU step does (20 ms ~ the 8B at 128
+streams), then hands every request a random token id. --profile writes cProfile stats of every
+thread (engine step loop, main: the engine and client tiers, uvicorn: the http tier) to
+$OUT/profile_*.txt (the timings of a profiled run are not comparable).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import cProfile
 import importlib.util
+import io
 import itertools
 import json
 import os
+import pstats
+import random
 import shutil
 import socket
 import statistics
@@ -54,6 +69,8 @@ from engine_gpu import LLAMA3_8B, TINY, build_engine  # the shapes and builder o
 from tuneloop.bench.serve import Sample, prompt_text, summarize
 from tuneloop.engine import SamplingParams
 from tuneloop.engine.async_engine import AsyncEngine
+from tuneloop.engine.engine import EngineStats
+from tuneloop.engine.outputs import RequestOutput
 from tuneloop.models.loading import load_tokenizer
 from tuneloop.serve.client import GenerateRequest
 from tuneloop.serve.local import LocalClient, SharedEngine
@@ -86,9 +103,58 @@ def log(*args: object) -> None:
 # ------------------------------------------------------------------ the model and its client
 
 
-def build_client(shape: dict, device: str, tiny: bool) -> LocalClient:
+class SimulatedEngine:
+    """An `LLMEngine` stand-in for the text layer's cost alone (--simulate-step-ms): each step sleeps
+    as a GPU step would (GIL released), then gives every running request one random token id. Prefill
+    takes one step; nothing else (blocks, preemption) is modelled."""
+
+    def __init__(self, step_s: float, folder: Path, vocab: int, max_num_seqs: int = 256):
+        self.step_s, self.vocab, self.max_num_seqs = step_s, vocab, max_num_seqs
+        self.config = type("Config", (), {"model": str(folder)})()
+        self.runner = type("Runner", (), {"num_blocks": 0})()
+        self.waiting: list = []
+        self.running: dict[str, list] = {}  # request id -> [params, output ids, prompt length]
+        self.rng = random.Random(0)
+        self.steps = 0
+
+    def add_request(self, prompt_ids, params=None, request_id=None, priority=0, lora=None):
+        request_id = request_id or uuid.uuid4().hex
+        self.waiting.append((request_id, [params or SamplingParams(), [], len(prompt_ids)]))
+        return type("Seq", (), {"request_id": request_id})()
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def abort(self, request_id: str) -> bool:
+        self.waiting = [w for w in self.waiting if w[0] != request_id]
+        return self.running.pop(request_id, None) is not None
+
+    def step(self) -> list[RequestOutput]:
+        time.sleep(self.step_s)
+        self.steps += 1
+        while self.waiting and len(self.running) < self.max_num_seqs:
+            request_id, state = self.waiting.pop(0)
+            self.running[request_id] = state
+        outputs = []
+        for request_id, (params, ids, prompt) in list(self.running.items()):
+            ids.append(self.rng.randrange(self.vocab))
+            done = len(ids) >= params.max_tokens
+            outputs.append(RequestOutput(request_id, ids[-1:], list(ids), done, "length" if done else None,
+                                         num_prompt_tokens=prompt))  # fmt: skip
+            if done:
+                del self.running[request_id]
+        return outputs
+
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.running), len(self.waiting), 0.0, 0, 0.0, 0, self.steps, 0, 0, 0.0)
+
+
+def build_client(shape: dict, device: str, tiny: bool, simulate_step_s: float | None = None) -> LocalClient:
     """The engine of engine_gpu.py, plus the tokenizer files in its model folder, behind a LocalClient."""
-    engine = build_engine(shape, device, **ENGINE, **({"kv_cache_gib": 0.05} if tiny else {}))
+    if simulate_step_s is not None:
+        engine = SimulatedEngine(simulate_step_s, Path(tempfile.mkdtemp()), VOCAB, ENGINE["max_num_seqs"])
+    else:
+        engine = build_engine(shape, device, **ENGINE, **({"kv_cache_gib": 0.05} if tiny else {}))
     folder = Path(engine.config.model)
     for name in TOKENIZER_FILES:
         shutil.copy(TOKENIZER / name, folder / name)
@@ -231,6 +297,52 @@ def http(url: str, key: str, clients: int, n: int, words: int, new: int, label: 
             "server_process_cpu_util": round((time.process_time() - cpu) / wall, 2)}  # fmt: skip
 
 
+def http_runs(client: LocalClient, plan: dict, words: int, t0: float) -> list[dict]:
+    runs = []
+    with gateway(client) as (url, key):
+        log(f"server up at {url} ({time.perf_counter() - t0:.0f} s)")
+        http(url, key, max(plan["concurrency"]), max(plan["concurrency"]), words, 16, "v000")  # warm-up
+        for c in plan["concurrency"]:
+            runs.append(http(url, key, c, plan["per_client"] * c, words, plan["new"], tag("http", c)))
+            show(runs[-1])
+    return runs
+
+
+# ------------------------------------------------------------------ profile
+
+
+class ThreadProfiles:
+    """cProfile in this thread and in every thread started after `start` (engine loop, uvicorn)."""
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, list[cProfile.Profile]] = {}
+
+    def start(self) -> None:
+        self._add("main")
+        threading.setprofile(self._hook)
+
+    def _hook(self, *_: object) -> None:
+        sys.setprofile(None)
+        self._add(threading.current_thread().name)
+
+    def _add(self, name: str) -> None:
+        profile = cProfile.Profile()
+        self.profiles.setdefault(name.rstrip("0123456789-").split(" (")[0], []).append(profile)
+        profile.enable()
+
+    def write(self, out: Path, top: int = 40) -> None:
+        """One file per thread name (worker threads of one pool merged), by own time then cumulative."""
+        threading.setprofile(None)
+        self.profiles["main"][0].disable()  # first: Stats() disables this thread's hook, whoever's it is
+        for name, profiles in self.profiles.items():
+            text = io.StringIO()
+            stats = pstats.Stats(*profiles, stream=text)
+            stats.sort_stats("tottime").print_stats(top)
+            stats.sort_stats("cumulative").print_stats(top)
+            slug = "".join(c if c.isalnum() else "_" for c in name)
+            (out / f"profile_{slug}.txt").write_text(text.getvalue())
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -264,13 +376,31 @@ def show(run: dict) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 and not sys.argv[1].startswith("--") else ".")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default=".", type=Path)
+    parser.add_argument("--tiny", action="store_true", help="a 2-layer model on the CPU")
+    parser.add_argument("--concurrency", help="client counts, e.g. 16,64 (default: 32,128; tiny 4,8)")
+    parser.add_argument("--per-client", type=int, help="requests per client (default: 4; tiny 2)")
+    parser.add_argument("--new", type=int, help="new tokens per request (default: 128; tiny 16)")
+    parser.add_argument("--tiers", default="engine,client,http", help="which tiers to run")
+    parser.add_argument("--simulate-step-ms", type=float,
+                        help="no model: each engine step sleeps this long (as a GPU step, GIL released) "
+                        "and gives every request a random token, so the text layer and gateway are all "
+                        "that costs CPU")  # fmt: skip
+    parser.add_argument("--profile", action="store_true", help="cProfile every thread -> OUT/profile_*.txt")
+    args = parser.parse_args()
+    out, tiny, tiers = args.out, args.tiny, args.tiers.split(",")
     out.mkdir(parents=True, exist_ok=True)
-    tiny = "--tiny" in sys.argv
+    profiles = ThreadProfiles() if args.profile else None
+    if profiles is not None:
+        profiles.start()
     os.environ["TUNELOOP_HOME"] = tempfile.mkdtemp(prefix="tuneloop-home-")  # keys, request log
     device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
     shape = {**(TINY if tiny else LLAMA3_8B), "vocab_size": VOCAB}
-    plan = SMALL if tiny else GPU
+    plan = dict(SMALL if tiny else GPU)
+    if args.concurrency:
+        plan["concurrency"] = [int(c) for c in args.concurrency.split(",")]
+    plan.update({k: v for k, v in (("per_client", args.per_client), ("new", args.new)) if v is not None})
     new, top = plan["new"], max(plan["concurrency"])
     res: dict = {
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
@@ -283,10 +413,13 @@ def main() -> None:
             "http": "httptools" if importlib.util.find_spec("httptools") else "h11",
         },
         "new_tokens": new,
+        "plan": plan,
         "temperature": 1.0,
     }
     t0 = time.perf_counter()
-    client = build_client(shape, device, tiny)
+    simulate = None if args.simulate_step_ms is None else args.simulate_step_ms / 1000
+    client = build_client(shape, device, tiny, simulate)
+    res["simulated_step_ms"] = args.simulate_step_ms
     res["kv_blocks"] = client.shared.engine.engine.runner.num_blocks
     res["build_s"] = round(time.perf_counter() - t0, 1)
     words = prompt_words(client, PROMPT_TOKENS)
@@ -297,15 +430,13 @@ def main() -> None:
     direct(client, "engine", top, top, words, 16, "w000")  # warm-up: compiled ops, graphs, allocator
     log(f"engine warm-up done at {time.perf_counter() - t0:.0f} s")
     for c in plan["concurrency"]:
-        for tier in ("engine", "client"):
+        for tier in [t for t in ("engine", "client") if t in tiers]:
             runs.append(direct(client, tier, c, plan["per_client"] * c, words, new, tag(tier, c)))
             show(runs[-1])
-    with gateway(client) as (url, key):
-        log(f"server up at {url} ({time.perf_counter() - t0:.0f} s)")
-        http(url, key, top, top, words, 16, "v000")  # warm-up of the HTTP path
-        for c in plan["concurrency"]:
-            runs.append(http(url, key, c, plan["per_client"] * c, words, new, tag("http", c)))
-            show(runs[-1])
+    if "http" in tiers:
+        runs += http_runs(client, plan, words, t0)
+    if profiles is not None:
+        profiles.write(out)
     res["runs"] = runs
     res["summary"] = summary(runs)
     res["total_s"] = round(time.perf_counter() - t0, 1)

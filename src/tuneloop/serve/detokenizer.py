@@ -1,8 +1,13 @@
 """Incremental detokenization and text stop strings, for one streamed choice.
 
-Decoding token by token breaks multi-byte characters and BPE word boundaries, so (as vLLM) we decode
-a short window and emit only text that is final: not ending in a replacement character, and not a
-possible beginning of a stop string (held back until it is known not to be one).
+Decoding token by token breaks multi-byte characters and BPE word boundaries, so text is emitted
+only once it is final: not ending in a replacement character (half of a UTF-8 character), and not
+a possible beginning of a stop string (held back until it is known not to be one).
+
+The cost is O(1) per token, whatever the length of the answer: a fast (Rust) tokenizer decodes
+through `tokenizers.decoders.DecodeStream` (one native call per engine output); any other
+tokenizer through a short window of ids (vLLM's prefix-offset scheme); and stop strings are
+searched only in the new text plus the last few characters before it.
 """
 
 from __future__ import annotations
@@ -10,53 +15,95 @@ from __future__ import annotations
 from typing import Any
 
 
+class _StreamDecoder:
+    """`DecodeStream` of the tokenizers library: the text of new ids, keeping its own short window."""
+
+    def __init__(self, backend: Any):
+        from tokenizers.decoders import DecodeStream
+
+        self.backend, self.stream = backend, DecodeStream(skip_special_tokens=True)
+
+    def step(self, ids: list[int]) -> str:
+        return self.stream.step(self.backend, ids) or ""
+
+
+class _WindowDecoder:
+    """Any tokenizer with `decode`: decode ids[prefix:] and ids[prefix:read], emit the difference."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = self.read = 0  # window start, and end of what was already emitted
+
+    def step(self, ids: list[int]) -> str:
+        self.ids.extend(ids)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return ""
+        self.prefix, self.read = self.read, len(self.ids)
+        return after[len(before) :]
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+
+
+def incremental_decoder(tokenizer: Any) -> _StreamDecoder | _WindowDecoder:
+    """The fastest decoder that gives exactly `tokenizer.decode(ids, skip_special_tokens=True)`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    # transformers' cleanup (" ." -> ".") is not local to a token: only the window decoder applies it
+    if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        try:
+            return _StreamDecoder(backend)
+        except ImportError:  # tokenizers < 0.21
+            pass
+    return _WindowDecoder(tokenizer)
+
+
 class Detokenizer:
     def __init__(self, tokenizer: Any, stop: list[str] | None = None):
-        self.tokenizer = tokenizer
-        self.stop = stop or []
-        self.ids: list[int] = []
-        self._prefix = self._read = 0  # window start, and end of what was already decoded
-        self.text = ""  # all final text so far (before stop-string truncation)
-        self._emitted = 0  # characters of `text` handed out
+        self.decoder = incremental_decoder(tokenizer)
+        self.stop = [s for s in stop or [] if s]
+        self._keep = max(map(len, self.stop), default=1) - 1  # released characters a stop can span
+        self._tail = ""  # the last `_keep` characters released
+        self._pending = ""  # final text held back: it could begin a stop string
         self.stopped = False  # a stop string was found; the caller ends the request
 
     def add(self, new_ids: list[int]) -> str:
         """Feed new token ids; return the text that can be shown now."""
-        self.ids.extend(new_ids)
-        before = self._decode(self.ids[self._prefix : self._read])
-        after = self._decode(self.ids[self._prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self.text += after[len(before) :]
-            self._prefix, self._read = self._read, len(self.ids)
-        return self._release(final=False)
+        piece = self.decoder.step(new_ids) if new_ids else ""
+        if not self.stop:
+            return piece
+        return self._release(piece, final=False)
 
     def finish(self) -> str:
         """The rest of the text at the end of the request (held-back characters included)."""
-        return self._release(final=True)
+        return self._release("", final=True) if self.stop and not self.stopped else ""
 
-    def _release(self, final: bool) -> str:
-        end = len(self.text)
-        for s in self.stop:
-            at = self.text.find(s, max(0, self._emitted - len(s) + 1))
-            if at != -1 and at < end:
-                end, self.stopped = at, True
-        if not self.stopped and not final and self.stop:
-            end -= self._held_back()
-        if end <= self._emitted:
+    def _release(self, piece: str, final: bool) -> str:
+        if self.stopped:
             return ""
-        piece = self.text[self._emitted : end]
-        self._emitted = end
-        return piece
+        text = self._pending + piece  # not yet released
+        window = self._tail + text
+        end = len(text)
+        for s in self.stop:  # a match must end in the new text (earlier ones were found before)
+            at = window.find(s, max(0, len(self._tail) - len(s) + 1))
+            if at != -1:
+                end, self.stopped = min(end, max(0, at - len(self._tail))), True
+        if not self.stopped and not final:
+            end -= _held_back(window, self.stop, len(text))
+        released, self._pending = text[:end], text[end:]
+        if self._keep:
+            self._tail = (self._tail + released)[-self._keep :]
+        return released
 
-    def _held_back(self) -> int:
-        """How many trailing characters could start a stop string."""
-        hold = 0
-        for s in self.stop:
-            for k in range(min(len(s) - 1, len(self.text)), 0, -1):
-                if self.text.endswith(s[:k]):
-                    hold = max(hold, k)
-                    break
-        return hold
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
+def _held_back(text: str, stop: list[str], limit: int) -> int:
+    """How many trailing characters of `text` (at most `limit`) could begin a stop string."""
+    hold = 0
+    for s in stop:
+        for k in range(min(len(s) - 1, len(text), limit), hold, -1):
+            if text.endswith(s[:k]):
+                hold = k
+                break
+    return hold

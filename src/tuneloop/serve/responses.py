@@ -11,6 +11,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import quote
 
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -27,6 +28,25 @@ class ChoiceResult:
     finish_reason: str | None = None
     echo_text: str | None = None
     echo_logprobs: list[TokenLogprob] | None = None
+
+
+class Event(NamedTuple):
+    """One SSE event already encoded as JSON (the per-token fast path), and the text it carries."""
+
+    data: str
+    index: int = 0
+    text: str = ""
+
+
+def _encode(chunk: dict | Event, texts: dict[int, list[str]]) -> str:
+    """The `data:` line of a chunk; the text of each choice is collected for the request log."""
+    if isinstance(chunk, Event):
+        texts.setdefault(chunk.index, []).append(chunk.text)
+        return f"data: {chunk.data}\n\n"
+    for c in chunk.get("choices", []):
+        piece = c.get("text") or (c.get("delta") or {}).get("content") or ""
+        texts.setdefault(c["index"], []).append(piece)
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
 async def collect(gen: Generation) -> list[ChoiceResult]:
@@ -73,7 +93,7 @@ async def json_response(
 
 
 async def sse_response(
-    gen: Generation, chunks: Callable[[Generation], AsyncIterator[dict]], timeout_s: float
+    gen: Generation, chunks: Callable[[Generation], AsyncIterator[dict | Event]], timeout_s: float
 ) -> StreamingResponse:
     await _admit(gen)
     source = aiter(chunks(gen))
@@ -90,10 +110,7 @@ async def sse_response(
         try:
             chunk = first
             while chunk is not None:
-                for c in chunk.get("choices", []):
-                    piece = c.get("text") or (c.get("delta") or {}).get("content") or ""
-                    texts[c["index"]] = texts.get(c["index"], "") + piece
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                yield _encode(chunk, texts)
                 chunk = await _next_before(source, gen.start + timeout_s)
             yield "data: [DONE]\n\n"
         except APIError as e:  # headers are sent already: the error goes into the stream
@@ -108,18 +125,19 @@ async def sse_response(
         finally:
             await source.aclose()
             await gen.release()
-            await gen.finish(
-                status, {"choices": [{"index": i, "text": t} for i, t in sorted(texts.items())]}, error
-            )
+            logged = [{"index": i, "text": "".join(t)} for i, t in sorted(texts.items())]
+            await gen.finish(status, {"choices": logged}, error)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=_headers(gen))
 
 
-async def _next_before(source: AsyncIterator[dict], deadline: float) -> dict | None:
-    """The next chunk, or a 504 once the request has used up its time (a stream is timed as a whole)."""
-    remaining = deadline - time.monotonic()
+async def _next_before(source: AsyncIterator[dict | Event], deadline: float) -> dict | Event | None:
+    """The next chunk, or a 504 once the request has used up its time (a stream is timed as a whole).
+
+    `asyncio.timeout`, not `wait_for`: on Python 3.11 wait_for wraps every chunk in a new Task."""
     try:
-        return await asyncio.wait_for(anext(source, None), max(remaining, 0.001))
+        async with asyncio.timeout(max(deadline - time.monotonic(), 0.001)):
+            return await anext(source, None)
     except TimeoutError:
         raise APIError(504, "the request took longer than its time limit", "timeout") from None
 

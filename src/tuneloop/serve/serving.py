@@ -61,6 +61,7 @@ class Generation:
     completion_tokens: int = 0
     finish_reasons: list[str | None] = field(default_factory=list)
     on_admit: Callable[[], None] | None = None  # e.g. mirror to a shadow, only for admitted requests
+    _itl: Any = None  # the inter-token histogram of this request's labels
 
     async def admit(self) -> None:
         """Quota, then a running slot (raises 429); call `release` once done."""
@@ -101,12 +102,13 @@ class Generation:
         """Token timings (TTFT, inter-token) and, on a choice's last delta, its token counts."""
         now = time.monotonic()
         if delta.text:
-            m = self.request.app.state.metrics
             if self.first_token is None:
                 self.first_token = now
+                m = self.request.app.state.metrics
                 m.ttft.labels(*self.labels).observe(now - self.start)
+                self._itl = m.itl.labels(*self.labels)  # once: labels() takes a lock and a lookup
             elif self.last_token is not None:
-                m.itl.labels(*self.labels).observe(now - self.last_token)
+                self._itl.observe(now - self.last_token)
             self.last_token = now
         if delta.finish_reason is not None:
             self.finish_reasons[index] = delta.finish_reason

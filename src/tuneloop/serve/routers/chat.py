@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
@@ -23,7 +25,7 @@ from tuneloop.serve.protocol import (
     Usage,
     new_id,
 )
-from tuneloop.serve.responses import ChoiceResult, json_response, sse_response
+from tuneloop.serve.responses import ChoiceResult, Event, json_response, sse_response
 from tuneloop.serve.routers._common import fan_out, include_usage
 from tuneloop.serve.routing import mirror, served_model
 from tuneloop.serve.serving import Generation
@@ -97,12 +99,15 @@ def _response(gen: Generation, body: ChatCompletionRequest, results: list[Choice
     ).model_dump()
 
 
-async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator[dict]:
+async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator[dict | Event]:
+    created = int(time.time())  # as OpenAI: one `created` for every chunk of a stream
+
     def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> dict:
         return ChatCompletionChunk(
-            id=gen.response_id, model=body.model, choices=choices, usage=usage
+            id=gen.response_id, model=body.model, created=created, choices=choices, usage=usage
         ).model_dump(exclude_none=True)
 
+    head = _head(gen.response_id, body.model, created)
     stream = gen.stream()
     try:
         first = await anext(stream, None)  # a bad request (prompt too long) fails before any byte is sent
@@ -111,21 +116,32 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator
         item = first
         while item is not None:
             index, delta = item
-            if delta.text or delta.finish_reason or (body.logprobs and delta.logprobs):
-                lp = _logprobs(delta.logprobs) if body.logprobs else None
+            if body.logprobs and (delta.text or delta.finish_reason or delta.logprobs):
                 content = delta.text if delta.text else None
-                yield chunk(
-                    [
-                        ChatChunkChoice(
-                            index=index,
-                            delta=ChatDelta(content=content),
-                            finish_reason=delta.finish_reason,
-                            logprobs=lp,
-                        )
-                    ]
+                choice = ChatChunkChoice(
+                    index=index,
+                    delta=ChatDelta(content=content),
+                    finish_reason=delta.finish_reason,
+                    logprobs=_logprobs(delta.logprobs),
                 )
+                yield chunk([choice])
+            elif delta.text or delta.finish_reason:  # the per-token path: no model, no dict
+                yield _text_event(head, index, delta.text, delta.finish_reason)
             item = await anext(stream, None)
     finally:
         await stream.aclose()  # stops the engine requests when the client leaves early
     if include_usage(body):
         yield chunk([], _usage(gen))
+
+
+def _head(response_id: str, model: str, created: int) -> str:
+    """The JSON of a chunk up to its first choice (as `json.dumps` writes a ChatCompletionChunk)."""
+    fields = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    return json.dumps({**fields, "choices": []}, ensure_ascii=False)[:-2]  # ends in '"choices": ['
+
+
+def _text_event(head: str, index: int, text: str, finish_reason: str | None) -> Event:
+    """A chunk of one choice without logprobs, equal to the model's `model_dump(exclude_none=True)`."""
+    delta = f'{{"content": {json.dumps(text, ensure_ascii=False)}}}' if text else "{}"
+    end = "" if finish_reason is None else f', "finish_reason": {json.dumps(finish_reason)}'
+    return Event(f'{head}{{"index": {index}, "delta": {delta}{end}}}]}}', index, text)

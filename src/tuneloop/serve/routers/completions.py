@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -19,7 +21,7 @@ from tuneloop.serve.protocol import (
     Usage,
     new_id,
 )
-from tuneloop.serve.responses import ChoiceResult, json_response, sse_response
+from tuneloop.serve.responses import ChoiceResult, Event, json_response, sse_response
 from tuneloop.serve.routers._common import fan_out, include_usage
 from tuneloop.serve.routing import mirror, served_model
 from tuneloop.serve.serving import Generation
@@ -101,16 +103,39 @@ def _response(gen: Generation, body: CompletionRequest, results: list[ChoiceResu
     return Completion(id=gen.response_id, model=body.model, choices=choices, usage=_usage(gen)).model_dump()
 
 
-async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dict]:
+async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dict | Event]:
+    created = int(time.time())  # as OpenAI: one `created` for every chunk of a stream
+    head = _head(gen.response_id, body.model, created)
     async with aclosing(gen.stream()) as stream:  # closing stops the engine requests of a client gone early
         async for index, delta in stream:
-            if delta.text or delta.finish_reason:
-                lp = _logprobs(delta.logprobs) if body.logprobs is not None else None
+            if not (delta.text or delta.finish_reason):
+                continue
+            if body.logprobs is not None:
+                lp = _logprobs(delta.logprobs)
                 choice = CompletionChoice(
                     index=index, text=delta.text, finish_reason=delta.finish_reason, logprobs=lp
                 )
-                yield Completion(id=gen.response_id, model=body.model, choices=[choice]).model_dump(
-                    exclude_none=True
-                )
+                yield Completion(
+                    id=gen.response_id, model=body.model, created=created, choices=[choice]
+                ).model_dump(exclude_none=True)
+            else:  # the per-token path: no model, no dict
+                yield _text_event(head, index, delta.text, delta.finish_reason)
     if include_usage(body):
-        yield Completion(id=gen.response_id, model=body.model, choices=[], usage=_usage(gen)).model_dump()
+        usage = _usage(gen)
+        yield Completion(
+            id=gen.response_id, model=body.model, created=created, choices=[], usage=usage
+        ).model_dump()
+
+
+def _head(response_id: str, model: str, created: int) -> str:
+    """The JSON of a chunk up to its first choice (as `json.dumps` writes a Completion)."""
+    fields = {"id": response_id, "object": "text_completion", "created": created, "model": model}
+    return json.dumps({**fields, "choices": []}, ensure_ascii=False)[:-2]  # ends in '"choices": ['
+
+
+def _text_event(head: str, index: int, text: str, finish_reason: str | None) -> Event:
+    """A chunk of one choice without logprobs, equal to the model's `model_dump(exclude_none=True)`."""
+    end = "" if finish_reason is None else f', "finish_reason": {json.dumps(finish_reason)}'
+    return Event(
+        f'{head}{{"index": {index}, "text": {json.dumps(text, ensure_ascii=False)}{end}}}]}}', index, text
+    )
