@@ -25,9 +25,9 @@ class EngineConfig:
     # schedule step N+1 while step N runs, sampled ids stay on the device (engine.py); None: on for
     # CUDA, off on the CPU (nothing to overlap there, and outputs would come one step later)
     async_scheduling: bool | None = None
-    # overlap only decode batches up to this many rows: on an H100 (8B) async decode was faster at 1
-    # and 32 rows (no host gap between graph replays) but 18% slower at 256, where the host's per-step
-    # bookkeeping for 256 rows outlasts the GPU step it would hide (BENCHMARKS.md, engine GPU)
+    # overlap only decode batches up to this many rows: on an H100 (8B) async decode was measured
+    # faster at 1 and 32 rows (no host gap between graph replays); larger batches are not measured
+    # warm yet (BENCHMARKS.md, engine GPU), so they keep the synchronous path
     async_max_batch: int = 32
     # int8: weight-only int8 decoder linears (per-output-channel scales), ~half the weight bytes, so
     # faster small-batch decode; native models only (quant.py)
