@@ -98,3 +98,57 @@ def test_submit_after_shutdown_raises_and_in_flight_requests_end(tiny_llama):
             await eng.submit(prompts(1, seed=4)[0], GREEDY)
 
     asyncio.run(asyncio.wait_for(main(), timeout=30))
+
+
+def test_the_event_loop_never_waits_for_a_running_step(aengine):
+    """submit/abort/stats return while the stepping thread holds the engine (a long GPU step)."""
+    import threading
+    import time
+
+    async def main():
+        held = threading.Event()
+
+        def hold():
+            with aengine._lock:
+                held.set()
+                time.sleep(0.5)  # a step that takes 0.5 s
+
+        threading.Thread(target=hold).start()
+        held.wait()
+        t = time.perf_counter()
+        stats = aengine.stats()  # the last copy: no waiting
+        pending = asyncio.ensure_future(aengine.submit(prompts(1)[0], GREEDY))
+        await asyncio.sleep(0.05)  # the loop is free: this sleep is not stretched to the step's end
+        free_for = time.perf_counter() - t
+        assert not pending.done()  # added only once the step is over
+        stream = await pending
+        outs = [o async for o in stream]
+        return stats, free_for, outs
+
+    stats, free_for, outs = asyncio.run(main())
+    assert free_for < 0.3 and outs[-1].finished and stats.steps >= 0
+
+
+def test_a_caller_that_stops_waiting_in_submit_leaves_nothing_running(aengine):
+    import threading
+    import time
+
+    async def main():
+        held = threading.Event()
+
+        def hold():
+            with aengine._lock:
+                held.set()
+                time.sleep(0.3)
+
+        threading.Thread(target=hold).start()
+        held.wait()
+        task = asyncio.ensure_future(
+            aengine.submit(prompts(1)[0], SamplingParams(max_tokens=400, ignore_eos=True))
+        )
+        await asyncio.sleep(0.01)
+        task.cancel()  # the HTTP client disconnected before the engine took the request
+        await asyncio.sleep(0.6)
+
+    asyncio.run(main())
+    assert aengine.stats().running == 0 and aengine.stats().waiting == 0
