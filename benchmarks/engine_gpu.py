@@ -61,15 +61,18 @@ def prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
     return torch.randint(100, vocab - 1, (n, PROMPT), generator=g).tolist()
 
 
-def batch1(engine: LLMEngine, vocab: int) -> dict:
-    """One request: end to end (prefill included), and the decode rate after the first token."""
+def batch1(engine: LLMEngine, vocab: int, seed: int = 2) -> dict:
+    """One request: end to end (prefill included), and the decode rate after the first token.
+
+    Every measurement uses its own prompts (`seed`): a prompt seen before would come from the prefix
+    cache and flatter the prefill."""
     p = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
     engine.generate(
-        prompts(1, vocab, 1), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+        prompts(1, vocab, 100 + seed), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
     )  # warm-up
     sync()
     t = time.perf_counter()
-    engine.add_request(prompts(1, vocab, 2)[0], p)
+    engine.add_request(prompts(1, vocab, seed)[0], p)
     first = None
     while engine.has_unfinished():
         outs = engine.step()
@@ -82,13 +85,15 @@ def batch1(engine: LLMEngine, vocab: int) -> dict:
             "decode_tokens_per_s": round((NEW - 1) / (end - first), 1)}  # fmt: skip
 
 
-def offline(engine: LLMEngine, vocab: int, n: int = 256) -> dict:
+def offline(engine: LLMEngine, vocab: int, n: int = 256, seed: int = 3) -> dict:
     p = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
-    # warm-up with the same shapes: the first run of a process pays first-use costs (12% measured)
-    engine.generate(prompts(n, vocab, 4), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True))
+    # warm-up with the same shapes (first-use costs), on prompts of their own (no prefix-cache hits)
+    engine.generate(
+        prompts(n, vocab, 100 + seed), SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    )
     sync()
     t = time.perf_counter()
-    outs = engine.generate(prompts(n, vocab, 3), p)
+    outs = engine.generate(prompts(n, vocab, seed), p)
     sync()
     dt = time.perf_counter() - t
     tokens = sum(len(o.token_ids) for o in outs)
@@ -131,10 +136,10 @@ def breakdown(engine: LLMEngine, vocab: int, n: int = 256) -> dict:
                 "ms_per_step": round(1000 * v[2] / max(v[0], 1), 2)} for k, v in acc.items()}  # fmt: skip
 
 
-def concurrent(engine: LLMEngine, vocab: int, clients: int = 32, total: int = 64) -> dict:
+def concurrent(engine: LLMEngine, vocab: int, clients: int = 32, total: int = 64, seed: int = 4) -> dict:
     """Closed loop; TTFT from arrival to first token, ITL between a request's tokens (step granularity)."""
     p = SamplingParams(max_tokens=NEW, temperature=0, ignore_eos=True)
-    pending = prompts(total, vocab, 4)
+    pending = prompts(total, vocab, seed)
     arrival, last, ttft, itl = {}, {}, [], []
     in_flight = 0
     t0 = time.perf_counter()
@@ -218,6 +223,22 @@ def kernel_check(device: str) -> float | None:
     return err
 
 
+def offline_only(shape: dict, device: str, tiny: bool, out: Path, res: dict) -> None:
+    engine = build_engine(shape, device, max_num_seqs=256, max_num_batched_tokens=4096, async_scheduling=True,
+                          async_max_batch=256, **({"kv_cache_gib": 0.05} if tiny else {}))  # fmt: skip
+    n = 16 if tiny else 256
+    for name, on, seed in (
+        ("async", True, 3),
+        ("sync", False, 13),
+        ("async_again", True, 23),
+        ("sync_again", False, 33),
+    ):
+        set_async(engine, on)
+        res[f"tuneloop_256_{name}"] = offline(engine, shape["vocab_size"], n, seed=seed)
+        print("tuneloop 256", name, res[f"tuneloop_256_{name}"], flush=True)
+        (out / "engine_gpu_offline.json").write_text(json.dumps(res, indent=1))
+
+
 def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     out.mkdir(parents=True, exist_ok=True)
@@ -235,12 +256,15 @@ def main() -> None:
         import hf_baseline_gpu as hf
 
         model = hf.build_model()
-        res["hf_generate_b1"] = hf.hf_generate(model, 1)
-        print("hf b1", res["hf_generate_b1"], flush=True)
+        if "--offline-only" not in sys.argv:
+            res["hf_generate_b1"] = hf.hf_generate(model, 1)
+            print("hf b1", res["hf_generate_b1"], flush=True)
         res["hf_generate_batch_256"] = hf.hf_continuous_batching(model)
         print("hf generate_batch", res["hf_generate_batch_256"], flush=True)
         del model
         torch.cuda.empty_cache()
+    if "--offline-only" in sys.argv:  # the 256-request run only: async vs sync decode, fresh prompts each
+        return offline_only(shape, device, tiny, out, res)
     engine = build_engine(
         shape,
         device,
@@ -270,11 +294,13 @@ def main() -> None:
     print("tuneloop 32 concurrent", res["tuneloop_32_concurrent"], flush=True)
     if also_sync:  # the same engine, async scheduling off: the host work is not overlapped
         set_async(engine, False)
-        res["tuneloop_b1_sync"] = batch1(engine, shape["vocab_size"])
+        res["tuneloop_b1_sync"] = batch1(engine, shape["vocab_size"], seed=12)
         print("tuneloop b1 sync", res["tuneloop_b1_sync"], flush=True)
-        res["tuneloop_256_sync"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)
+        res["tuneloop_256_sync"] = offline(engine, shape["vocab_size"], 16 if tiny else 256, seed=13)
         print("tuneloop 256 sync", res["tuneloop_256_sync"], flush=True)
-        res["tuneloop_32_concurrent_sync"] = concurrent(engine, shape["vocab_size"], 32, 40 if tiny else 64)
+        res["tuneloop_32_concurrent_sync"] = concurrent(
+            engine, shape["vocab_size"], 32, 40 if tiny else 64, seed=14
+        )
         print("tuneloop 32 concurrent sync", res["tuneloop_32_concurrent_sync"], flush=True)
         set_async(engine, True)
     if "hf_generate_batch_256" in res:
