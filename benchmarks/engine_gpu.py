@@ -225,7 +225,7 @@ def kernel_check(device: str) -> float | None:
 
 def offline_only(shape: dict, device: str, tiny: bool, out: Path, res: dict) -> None:
     engine = build_engine(shape, device, max_num_seqs=256, max_num_batched_tokens=4096, async_scheduling=True,
-                          async_max_batch=256, **({"kv_cache_gib": 0.05} if tiny else {}))  # fmt: skip
+                          **({"kv_cache_gib": 0.05} if tiny else {}))  # fmt: skip
     n = 16 if tiny else 256
     for name, on, seed in (
         ("async", True, 3),

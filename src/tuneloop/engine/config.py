@@ -25,10 +25,10 @@ class EngineConfig:
     # schedule step N+1 while step N runs, sampled ids stay on the device (engine.py); None: on for
     # CUDA, off on the CPU (nothing to overlap there, and outputs would come one step later)
     async_scheduling: bool | None = None
-    # overlap only decode batches up to this many rows: on an H100 (8B) async decode was measured
-    # faster at 1 and 32 rows (no host gap between graph replays); larger batches are not measured
-    # warm yet (BENCHMARKS.md, engine GPU), so they keep the synchronous path
-    async_max_batch: int = 32
+    # overlap decode batches of up to this many rows (None: any). On an H100 (8B, fresh prompts per
+    # run) async decode was faster at every size measured: 1 row +5.6%, 32 clients ITL -8%, 256 rows
+    # 13.0k vs 11.3k tokens/s (BENCHMARKS.md, engine GPU); the knob is for hosts where it is not
+    async_max_batch: int | None = None
     # int8: weight-only int8 decoder linears (per-output-channel scales), ~half the weight bytes, so
     # faster small-batch decode; native models only (quant.py)
     quantization: Literal["none", "int8"] = "none"
@@ -38,7 +38,7 @@ class EngineConfig:
             (self.block_size in (1, 2, 4, 8, 16, 32, 64, 128), "block_size must be a power of two up to 128"),
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
             (self.max_graph_batch >= 1, "max_graph_batch must be >= 1"),
-            (self.async_max_batch >= 1, "async_max_batch must be >= 1"),
+            (self.async_max_batch is None or self.async_max_batch >= 1, "async_max_batch must be >= 1"),
             (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1"),
             (self.quantization in ("none", "int8"), "quantization must be none or int8"),
             (0 < self.kv_cache_fraction <= 1, "kv_cache_fraction must be in (0, 1]"),

@@ -173,7 +173,10 @@ class LLMEngine:
         if (
             self._host_bound
             or self.scheduler.has_prefill_work()
-            or len(self.scheduler.running) > self.config.async_max_batch
+            or (
+                self.config.async_max_batch is not None
+                and len(self.scheduler.running) > self.config.async_max_batch
+            )
         ):
             # penalties read the outputs so far, (prompt) logprobs are built on the host, prefill is not
             # worth a step of lag, a large batch's host work outlasts its GPU step (config): learn the
