@@ -14,7 +14,13 @@ engine with it off (keys ending in _sync), for a same-run comparison.
 --int8 then frees that engine and builds a second one with weight-only int8 decoder linears
 (EngineConfig.quantization="int8"), and measures batch 1 and the 256 requests on it (keys *_int8).
 
+--prefill varlen builds every engine with EngineConfig.prefill_attention="varlen" (prompt chunks
+through FlashAttention varlen instead of the padded SDPA path; default: padded). With
+--offline-only the results go to engine_gpu_offline_<prefill>.json, with a step breakdown (model
+time of the mixed steps, where the prefill attention runs), so both paths can share one $OUT.
+
     PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu.py $OUT [--tiny] [--sync] [--int8]
+        [--offline-only] [--prefill padded|varlen]
 """
 
 from __future__ import annotations
@@ -45,7 +51,17 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+def prefill_arg() -> str:
+    if "--prefill" not in sys.argv:
+        return "padded"
+    i = sys.argv.index("--prefill")
+    if i + 1 >= len(sys.argv) or sys.argv[i + 1] not in ("padded", "varlen"):
+        raise SystemExit("--prefill takes padded or varlen")
+    return sys.argv[i + 1]
+
+
 def build_engine(shape: dict, device: str, **kw) -> LLMEngine:
+    kw.setdefault("prefill_attention", prefill_arg())
     folder = Path(tempfile.mkdtemp())
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", **shape}))
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -227,6 +243,10 @@ def offline_only(shape: dict, device: str, tiny: bool, out: Path, res: dict) -> 
     engine = build_engine(shape, device, max_num_seqs=256, max_num_batched_tokens=4096, async_scheduling=True,
                           **({"kv_cache_gib": 0.05} if tiny else {}))  # fmt: skip
     n = 16 if tiny else 256
+    prefill = engine.config.prefill_attention
+    res["prefill_attention"] = prefill
+    res["varlen_kernel"] = engine.runner.varlen_kernel
+    path = out / f"engine_gpu_offline_{prefill}.json"
     for name, on, seed in (
         ("async", True, 3),
         ("sync", False, 13),
@@ -236,7 +256,11 @@ def offline_only(shape: dict, device: str, tiny: bool, out: Path, res: dict) -> 
         set_async(engine, on)
         res[f"tuneloop_256_{name}"] = offline(engine, shape["vocab_size"], n, seed=seed)
         print("tuneloop 256", name, res[f"tuneloop_256_{name}"], flush=True)
-        (out / "engine_gpu_offline.json").write_text(json.dumps(res, indent=1))
+        path.write_text(json.dumps(res, indent=1))
+    set_async(engine, True)
+    res["tuneloop_256_breakdown"] = breakdown(engine, shape["vocab_size"], n)
+    print("tuneloop 256 breakdown", res["tuneloop_256_breakdown"], flush=True)
+    path.write_text(json.dumps(res, indent=1))
 
 
 def main() -> None:
@@ -274,6 +298,7 @@ def main() -> None:
         **({"kv_cache_gib": 0.05} if tiny else {}),
     )
     res["kv_blocks"] = engine.runner.num_blocks
+    res["prefill_attention"] = engine.config.prefill_attention
     res["async_scheduling"] = engine.async_scheduling
     res["tuneloop_b1"] = batch1(engine, shape["vocab_size"])
     print("tuneloop b1", res["tuneloop_b1"], flush=True)

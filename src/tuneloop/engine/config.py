@@ -32,6 +32,10 @@ class EngineConfig:
     # int8: weight-only int8 decoder linears (per-output-channel scales), ~half the weight bytes, so
     # faster small-batch decode; native models only (quant.py)
     quantization: Literal["none", "int8"] = "none"
+    # attention of prompt chunks: "padded" pads every row to the step's longest (one SDPA call, the
+    # same on CPU and GPU); "varlen" packs them, one FlashAttention varlen call on CUDA in fp16/bf16
+    # (torch >= 2.10), an exact per-sequence SDPA loop elsewhere (attention.py)
+    prefill_attention: Literal["padded", "varlen"] = "padded"
 
     def __post_init__(self) -> None:
         checks = [
@@ -41,6 +45,7 @@ class EngineConfig:
             (self.async_max_batch is None or self.async_max_batch >= 1, "async_max_batch must be >= 1"),
             (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1"),
             (self.quantization in ("none", "int8"), "quantization must be none or int8"),
+            (self.prefill_attention in ("padded", "varlen"), "prefill_attention must be padded or varlen"),
             (0 < self.kv_cache_fraction <= 1, "kv_cache_fraction must be in (0, 1]"),
             (self.kv_cache_gib is None or self.kv_cache_gib > 0, "kv_cache_gib must be > 0"),
             (

@@ -18,7 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from tuneloop.engine.attention import DecodeMetadata, build_metadata
+from tuneloop.engine.attention import (
+    DecodeMetadata,
+    build_metadata,
+    build_varlen_metadata,
+    check_varlen_causal,
+    varlen_fits,
+)
 from tuneloop.engine.config import EngineConfig
 from tuneloop.engine.models.hf_fallback import HFFallback
 from tuneloop.engine.models.llama import is_native, load_llama
@@ -82,6 +88,11 @@ class ModelRunner:
         # decode steps on the GPU: Triton paged attention, replayed as CUDA graphs
         self.decode_kernel = self.fallback is None and self.device.startswith("cuda") and _has_triton()
         self.graphs: Any = None
+        self.varlen = cfg.prefill_attention == "varlen" and self.fallback is None
+        # FlashAttention varlen for prompt chunks; otherwise "varlen" runs the exact per-sequence path
+        self.varlen_kernel = self.varlen and varlen_fits(self.device, self.dtype, self.head_dim)
+        if self.varlen_kernel:
+            check_varlen_causal(self.device, self.dtype)
         if self.decode_kernel and cfg.compile_ops:
             from tuneloop.engine.models.llama import compile_fused_ops
 
@@ -161,7 +172,11 @@ class ModelRunner:
             starts.append(s)
             counts.append(n)
             tables.append(item.seq.block_table)
-        cpu = build_metadata(tables, starts, counts, self.cfg.block_size, torch.device("cpu"))
+        if self.varlen:
+            cpu: Any = build_varlen_metadata(tables, starts, counts, self.cfg.block_size, torch.device("cpu"),
+                                             self.varlen_kernel)  # fmt: skip
+        else:
+            cpu = build_metadata(tables, starts, counts, self.cfg.block_size, torch.device("cpu"))
         meta = type(cpu)(*(self._to_device(getattr(cpu, f.name)) for f in fields(cpu)))
         input_ids = self._input_ids(torch.tensor(ids), pending, prev_tokens)
         lora = self.lora.for_batch(batch) if self.lora is not None else None
@@ -175,9 +190,9 @@ class ModelRunner:
         )
         return logits, (self.model.logits(hidden) if want_prompt else None)
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+    def _to_device(self, t: Any) -> Any:
         # non_blocking from pageable memory: staged at once, without waiting for the queued kernels
-        return t.to(self.device, non_blocking=True)
+        return t.to(self.device, non_blocking=True) if isinstance(t, torch.Tensor) else t
 
     def _input_ids(
         self, ids: torch.Tensor, pending: list[tuple[int, int]], prev_tokens: torch.Tensor | None
