@@ -62,7 +62,10 @@ def incremental_decoder(tokenizer: Any) -> _StreamDecoder | _WindowDecoder:
 
 class Detokenizer:
     def __init__(self, tokenizer: Any, stop: list[str] | None = None):
+        self.tokenizer = tokenizer
         self.decoder = incremental_decoder(tokenizer)
+        self._ids: list[int] = []  # every id fed, for the one full decode at the end
+        self._decoded = 0  # characters the incremental decoder has produced (a prefix of the full decode)
         self.stop = [s for s in stop or [] if s]
         self._keep = max(map(len, self.stop), default=1) - 1  # released characters a stop can span
         self._tail = ""  # the last `_keep` characters released
@@ -72,13 +75,24 @@ class Detokenizer:
     def add(self, new_ids: list[int]) -> str:
         """Feed new token ids; return the text that can be shown now."""
         piece = self.decoder.step(new_ids) if new_ids else ""
+        self._ids.extend(new_ids)
+        self._decoded += len(piece)
         if not self.stop:
             return piece
         return self._release(piece, final=False)
 
     def finish(self) -> str:
-        """The rest of the text at the end of the request (held-back characters included)."""
-        return self._release("", final=True) if self.stop and not self.stopped else ""
+        """The rest of the text at the end of the request (held-back characters included).
+
+        Text the incremental decoder still held (valid characters decoded together with the start of
+        a character whose bytes never completed) comes from one full decode; only the incomplete
+        character itself (a trailing U+FFFD) is dropped."""
+        if self.stopped:
+            return ""
+        full = self.tokenizer.decode(self._ids, skip_special_tokens=True) if self._ids else ""
+        rest = full[self._decoded :].rstrip("\ufffd")
+        self._decoded += len(rest)
+        return self._release(rest, final=True) if self.stop else rest
 
     def _release(self, piece: str, final: bool) -> str:
         if self.stopped:
