@@ -153,3 +153,17 @@ def test_random_ids_never_show_text_the_full_decode_lacks():
             out,
             full,
         )
+
+
+def test_finish_appends_nothing_when_the_whole_decode_is_not_a_continuation():
+    """A tokenizer whose one-shot decode differs from its streamed text (whitespace clean-up, say):
+    finish() must not append a misaligned tail of it."""
+    tok = _byte_bpe()
+    detok = Detokenizer(tok)
+    shown = "".join(detok.add([i]) for i in tok.encode("hello world", add_special_tokens=False))
+    real = tok.decode
+    tok.decode = lambda ids, **kw: " " + real(ids, **kw)  # the one-shot decode adds a leading space
+    try:
+        assert detok.finish() == "" and shown == "hello world"
+    finally:
+        del tok.decode

@@ -65,7 +65,7 @@ class Detokenizer:
         self.tokenizer = tokenizer
         self.decoder = incremental_decoder(tokenizer)
         self._ids: list[int] = []  # every id fed, for the one full decode at the end
-        self._decoded = 0  # characters the incremental decoder has produced (a prefix of the full decode)
+        self._pieces: list[str] = []  # what the incremental decoder produced, in order
         self.stop = [s for s in stop or [] if s]
         self._keep = max(map(len, self.stop), default=1) - 1  # released characters a stop can span
         self._tail = ""  # the last `_keep` characters released
@@ -76,7 +76,7 @@ class Detokenizer:
         """Feed new token ids; return the text that can be shown now."""
         piece = self.decoder.step(new_ids) if new_ids else ""
         self._ids.extend(new_ids)
-        self._decoded += len(piece)
+        self._pieces.append(piece)
         if not self.stop:
             return piece
         return self._release(piece, final=False)
@@ -90,8 +90,11 @@ class Detokenizer:
         if self.stopped:
             return ""
         full = self.tokenizer.decode(self._ids, skip_special_tokens=True) if self._ids else ""
-        rest = full[self._decoded :].rstrip("\ufffd")
-        self._decoded += len(rest)
+        decoded = "".join(self._pieces)
+        # only a continuation of what was produced: where a tokenizer's whole decode differs from its
+        # streamed one (whitespace clean-up), nothing is appended rather than a misaligned tail
+        rest = full[len(decoded) :].rstrip("\ufffd") if full.startswith(decoded) else ""
+        self._pieces.append(rest)
         return self._release(rest, final=True) if self.stop else rest
 
     def _release(self, piece: str, final: bool) -> str:
