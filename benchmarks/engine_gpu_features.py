@@ -9,7 +9,12 @@ in the same run. Llama-3-8B-shaped random bf16 weights (speed does not depend on
   step; the --tiny CPU run too, so that path is exercised), prefix cache off (the base run would
   otherwise leave the same prompts cached for the adapter run).
 
-    PYTHONPATH=src python3 benchmarks/engine_gpu_features.py $OUT [--tiny]   (--tiny: CPU smoke run)
+--lora-in-graph: the LoRA engine sets EngineConfig.lora_in_graph (decode steps with adapters replay
+CUDA graphs over fixed slot buffers of max_lora_rank 16; prompt chunks stay stacked; the --tiny CPU
+run has no graphs and takes the slot-gather path for every step instead). --lora-only skips the
+prefix-cache part.
+
+    PYTHONPATH=src python3 benchmarks/engine_gpu_features.py $OUT [--tiny] [--lora-in-graph] [--lora-only]
 """
 
 from __future__ import annotations
@@ -88,6 +93,7 @@ def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else ".")
     out.mkdir(parents=True, exist_ok=True)
     tiny = "--tiny" in sys.argv
+    in_graph = "--lora-in-graph" in sys.argv
     shape = TINY if tiny else LLAMA3_8B
     n, sys_len = (8, 64) if tiny else (64, 1024)
     folder = Path(tempfile.mkdtemp())
@@ -102,6 +108,16 @@ def main() -> None:
 
     system = torch.randint(100, vocab - 1, (sys_len,), generator=g).tolist()
     shared = [system + torch.randint(100, vocab - 1, (64,), generator=g).tolist() for _ in range(n)]
+    if "--lora-only" not in sys.argv:
+        prefix_cache(model, folder, shared, res)
+    lora(model, folder, shape, [torch.randint(100, vocab - 1, (128,), generator=g).tolist() for _ in range(n)],
+         in_graph, tiny, res)  # fmt: skip
+    name = "engine_gpu_features_lora_in_graph.json" if in_graph else "engine_gpu_features.json"
+    (out / name).write_text(json.dumps(res, indent=1))
+    print(json.dumps(res, indent=1))
+
+
+def prefix_cache(model, folder: Path, shared: list[list[int]], res: dict) -> None:
     for on in (True, False):
         eng = engine_for(model, folder, prefix_caching=on)
         timed(eng, shared[:2], 4)  # warm-up (and, with the cache on, the shared prompt is now cached)
@@ -115,15 +131,21 @@ def main() -> None:
         res["prefix_cache_on"]["output_tokens_per_s"] / res["prefix_cache_off"]["output_tokens_per_s"], 2
     )
 
-    prompts = [torch.randint(100, vocab - 1, (128,), generator=g).tolist() for _ in range(n)]
-    eng = engine_for(model, folder, prefix_caching=False)
+
+def lora(
+    model, folder: Path, shape: dict, prompts: list[list[int]], in_graph: bool, tiny: bool, res: dict
+) -> None:
+    n = len(prompts)
+    eng = engine_for(model, folder, prefix_caching=False, lora_in_graph=in_graph, max_lora_rank=16)
+    res["lora_in_graph"] = in_graph
     timed(eng, prompts[:2], 4)
     res["base_64"] = timed(eng, prompts, 128)
     print("base", res["base_64"], flush=True)
     tmp = Path(tempfile.mkdtemp())
     for k in range(8):
         eng.load_lora(f"a{k}", adapter(tmp / f"a{k}", shape, 4 if tiny else 16, k))
-    eng.lora.mode = res["lora_mode"] = "stacked"
+    # GPU: stacked for the eager steps (prompt chunks; with lora_in_graph decodes replay graphs)
+    eng.lora.mode = res["lora_mode"] = "slots" if in_graph and DEVICE == "cpu" else "stacked"
     names = [f"a{k % 8}" for k in range(n)]
     timed(eng, prompts[:2], 4, lora=names[:2])
     res["lora_8_adapters_64"] = timed(eng, prompts, 128, lora=names)
@@ -131,8 +153,8 @@ def main() -> None:
     res["lora_vs_base"] = round(
         res["lora_8_adapters_64"]["output_tokens_per_s"] / res["base_64"]["output_tokens_per_s"], 2
     )
-    (out / "engine_gpu_features.json").write_text(json.dumps(res, indent=1))
-    print(json.dumps(res, indent=1))
+    graphs = eng.runner.graphs
+    res["lora_graphs_captured"] = bool(graphs is not None and graphs.lora_graphs)
 
 
 if __name__ == "__main__":

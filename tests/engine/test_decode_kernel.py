@@ -106,3 +106,69 @@ def test_engine_decode_path_gives_the_same_tokens(tiny_model_factory, family, tm
         tmp_path,
     )
     assert "OK" in out
+
+
+def test_lora_decode_graph_path_gives_the_same_tokens(tiny_llama, tmp_path):
+    """lora_in_graph's decode path (padded ladder, per-row slot buffer, base/LoRA graph choice) on the
+    CPU: graphs replaced by an eager stand-in that re-runs the captured forward over the same buffers."""
+    from .test_lora import make_adapter
+
+    make_adapter(tiny_llama, tmp_path / "a", 1, ["q_proj", "v_proj", "down_proj"], rank=4)
+    make_adapter(
+        tiny_llama, tmp_path / "b", 2, ["q_proj", "k_proj", "o_proj", "gate_proj", "up_proj"], rank=8
+    )
+    out = run_interpreted(
+        f"""
+        import torch
+        from types import SimpleNamespace
+        from tuneloop.engine import LLMEngine, SamplingParams
+        from tuneloop.engine.cuda_graph import DecodeGraphs
+
+        class EagerReplay(DecodeGraphs):  # replay = the captured forward, run again over the same buffers
+            def _capture(self, graphs, outputs, lora):
+                self.slots.fill_(self.spare_slot)
+                self.lens.fill_(1)
+                self.lora_slots.zero_()
+                for bs in self.sizes:
+                    outputs[bs] = self._forward(bs, lora)
+                    graphs[bs] = SimpleNamespace(
+                        replay=lambda bs=bs, lora=lora, outputs=outputs: outputs[bs].copy_(self._forward(bs, lora)))
+
+        g = torch.Generator().manual_seed(3)
+        prompts = [torch.randint(5, 500, (n,), generator=g).tolist() for n in (3, 11, 5, 19, 7)]
+        which = [None, "a", "b", "a", None]
+        p = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+
+        def run(graphs):
+            eng = LLMEngine.from_pretrained({str(tiny_llama)!r}, block_size=4, kv_cache_gib=0.01,
+                                            lora_in_graph=True, max_num_seqs=8)
+            eng.load_lora("a", {str(tmp_path / "a")!r})
+            eng.load_lora("b", {str(tmp_path / "b")!r})
+            eng.lora.mode = "looped"  # the eager reference: the CPU's default path
+            r = eng.runner
+            if graphs:
+                r.decode_kernel = True
+                r.graphs = EagerReplay(r.model, r.kv_cache, 4, 8, r.max_blocks_per_seq,
+                                       r.num_blocks * 4, "cpu")
+            ids = []
+            done = {{}}
+            step = 0
+            while len(done) < len(prompts):
+                if step in (0, 2, 4) and len(ids) < len(prompts):  # arrivals: mixed steps, then decode-only
+                    for _ in range(2 if step < 4 else 1):
+                        ids.append(eng.add_request(prompts[len(ids)], p, lora=which[len(ids)]).request_id)
+                for o in eng.step():
+                    if o.finished:
+                        done[o.request_id] = o.token_ids
+                step += 1
+            return [done[i] for i in ids], r.graphs
+
+        base, _ = run(False)
+        fast, graphs = run(True)
+        assert fast == base, (fast, base)
+        assert graphs.lora_graphs, "no decode step went through the LoRA graphs"
+        print("OK")
+        """,
+        tmp_path,
+    )
+    assert "OK" in out

@@ -19,6 +19,10 @@ class EngineConfig:
     kv_cache_gib: float | None = None  # fixed KV cache size; default on CPU: 1 GiB
     prefix_caching: bool = True
     max_loras: int = 8  # adapters loaded at once
+    # GPU: decode steps with LoRA adapters replay CUDA graphs too: adapters live in fixed slot buffers
+    # of rank max_lora_rank and each row gathers its slot's A/B (lora.py). Off until measured
+    lora_in_graph: bool = False
+    max_lora_rank: int = 16  # with lora_in_graph: the largest adapter rank a slot holds
     compile_ops: bool = True  # GPU: fuse RMSNorm / rotary / SiLU-mul with torch.compile
     enforce_eager: bool = False  # GPU: no CUDA graphs for decode steps (as vLLM's flag)
     max_graph_batch: int = 256  # GPU: largest decode batch replayed as a CUDA graph
@@ -41,6 +45,12 @@ class EngineConfig:
         checks = [
             (self.block_size in (1, 2, 4, 8, 16, 32, 64, 128), "block_size must be a power of two up to 128"),
             (self.max_num_seqs >= 1, "max_num_seqs must be >= 1"),
+            (self.max_loras >= 1, "max_loras must be >= 1"),
+            (self.max_lora_rank >= 1, "max_lora_rank must be >= 1"),
+            (
+                not (self.lora_in_graph and self.enforce_eager),
+                "lora_in_graph replays CUDA graphs, which enforce_eager turns off; set only one",
+            ),
             (self.max_graph_batch >= 1, "max_graph_batch must be >= 1"),
             (self.async_max_batch is None or self.async_max_batch >= 1, "async_max_batch must be >= 1"),
             (self.max_num_batched_tokens >= 1, "max_num_batched_tokens must be >= 1"),

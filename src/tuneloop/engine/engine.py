@@ -134,7 +134,10 @@ class LLMEngine:
         from tuneloop.engine.lora import LoRAManager
 
         if self.lora is None:
-            self.lora = self.runner.lora = LoRAManager(self.runner.model, self.config.max_loras)
+            c = self.config
+            self.lora = self.runner.lora = LoRAManager(
+                self.runner.model, c.max_loras, c.max_lora_rank if c.lora_in_graph else None
+            )
         self.lora.load(name, folder)
 
     def unload_lora(self, name: str) -> None:

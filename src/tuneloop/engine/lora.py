@@ -14,6 +14,18 @@ slower than the base). The masked matmuls do S times the LoRA FLOPs, which a CPU
 small models) pays for, so the CPU keeps the per-adapter loop over each adapter's own tokens.
 q/k/v and gate/up are fused in the base model: their parts occupy consecutive rank blocks of a
 slot, and B is block-diagonal over the parts. Stacks are rebuilt when adapters load or unload.
+
+Slots (EngineConfig.lora_in_graph): a CUDA graph replays fixed addresses and shapes, so the stacks
+above (rebuilt, resized per load) cannot be captured. With `max_rank` set, the manager also keeps
+per fused module persistent buffers of max_loras + 1 slots, A (S+1, W, in) and B (S+1, out, W),
+W = parts * max_rank, ranks zero-padded, scale folded into B; slot 0 stays zero ("no adapter").
+Loading copies into a free slot in place, unloading zeroes it: the buffers never move. A step then
+needs only a per-row slot id (N,), and each row gathers its own slot:
+
+    delta = B[slot] @ (A[slot] @ x)        # bmm: (N, out, W) @ ((N, W, in) @ (N, in, 1))
+
+Static shapes whatever the adapters of the batch: capturable (cuda_graph.py). The gather reads one
+adapter copy per row, so it is meant for decode rows (one token each), not prompt chunks.
 """
 
 from __future__ import annotations
@@ -43,15 +55,20 @@ class Adapter:
 
 
 class LoRAManager:
-    def __init__(self, model: Any, max_loras: int):
+    def __init__(self, model: Any, max_loras: int, max_rank: int | None = None):
         self.model = model
+        self.max_rank = max_rank  # set: adapters are also copied into fixed slot buffers
+        # (layer, fused module) -> (A (S+1, W, in), B (S+1, out, W)); allocated at the first load
+        self.slot_buffers: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.slot_of: dict[str, int] = {}  # adapter -> its slot in slot_buffers (1..max_loras)
         self.max_loras = max_loras
         self.adapters: dict[str, Adapter] = {}
         self.layer_index = {id(layer): i for i, layer in enumerate(model.layers)}
         self.out_sizes = _out_sizes(model)
         self.slots: dict[str, int] = {}
         self._stacks: dict | None = None
-        self.mode = "auto"  # auto (stacked on CUDA, looped on CPU) | stacked | looped
+        # auto (stacked on CUDA, looped on CPU) | stacked | looped | slots (needs max_rank; gathers)
+        self.mode = "auto"
 
     def load(self, name: str, folder: str | Path) -> Adapter:
         from safetensors.torch import load_file
@@ -67,6 +84,10 @@ class LoRAManager:
                 f"adapter {name!r} uses DoRA, which the engine does not serve; merge it with `tuneloop export --merge`"
             )
         rank = int(cfg["r"])
+        if self.max_rank is not None and rank > self.max_rank:
+            raise ValueError(
+                f"adapter {name!r} has rank {rank} > max_lora_rank {self.max_rank}; raise max_lora_rank"
+            )
         scale = cfg["lora_alpha"] / (rank**0.5 if cfg.get("use_rslora") else rank)
         adapter = Adapter(name, rank, scale)
         p = next(self.model.parameters())
@@ -79,12 +100,63 @@ class LoRAManager:
         adapter.weights = {k: (v["A"], v["B"]) for k, v in pairs.items()}
         self.adapters[name] = adapter
         self._stacks = None
+        if self.max_rank is not None:
+            self._fill_slot(adapter)
         return adapter
 
     def unload(self, name: str) -> None:
         if self.adapters.pop(name, None) is None:
             raise ValueError(f"adapter {name!r} is not loaded")
         self._stacks = None
+        slot = self.slot_of.pop(name, None)
+        if slot is not None:
+            for A, B in self.slot_buffers.values():
+                A[slot].zero_()
+                B[slot].zero_()
+
+    def _allocate_slots(self) -> None:
+        p = next(self.model.parameters())
+        n, in_sizes = self.max_loras + 1, _in_sizes(self.model)
+        for layer in range(len(self.layer_index)):
+            for fused, parts in FUSED.items():
+                width = len(parts) * self.max_rank
+                self.slot_buffers[(layer, fused)] = (
+                    torch.zeros((n, width, in_sizes[fused]), dtype=p.dtype, device=p.device),
+                    torch.zeros((n, sum(self.out_sizes[fused]), width), dtype=p.dtype, device=p.device),
+                )
+
+    def _fill_slot(self, adapter: Adapter) -> None:
+        """Copy an adapter into a free slot of the persistent buffers, in place (addresses unchanged)."""
+        if not self.slot_buffers:
+            self._allocate_slots()
+        slot = min(set(range(1, self.max_loras + 1)) - set(self.slot_of.values()))
+        r = self.max_rank
+        for (layer, fused), (A, B) in self.slot_buffers.items():
+            A[slot].zero_()
+            B[slot].zero_()
+            row = 0
+            for j, (part, size) in enumerate(zip(FUSED[fused], self.out_sizes[fused], strict=True)):
+                ab = adapter.weights.get((layer, part))
+                if ab is not None:
+                    c = j * r
+                    A[slot, c : c + adapter.rank].copy_(ab[0])
+                    B[slot, row : row + size, c : c + adapter.rank].copy_(ab[1] * adapter.scale)
+                row += size
+        self.slot_of[adapter.name] = slot
+
+    def row_slots(self, batch: list[Any]) -> torch.Tensor:
+        """(N,) host int64: each token's slot in the persistent buffers, 0 for the base model."""
+        slots: list[int] = []
+        for item in batch:
+            slots.extend([self.slot_of[item.seq.lora] if item.seq.lora is not None else 0] * item.num_tokens)
+        return torch.tensor(slots, dtype=torch.long)
+
+    def slotted(self, row_slots: torch.Tensor) -> BatchLoRA:
+        """A fixed-shape BatchLoRA over the slot buffers; row_slots (N,) on the device may be a graph's buffer."""
+        assert self.max_rank is not None, "slot buffers need max_rank (EngineConfig.lora_in_graph)"
+        if not self.slot_buffers:
+            self._allocate_slots()
+        return BatchLoRA(self, row_slots=row_slots)
 
     def stacks(self) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor, int]]:
         """(layer, fused module) -> (A (S*R, in), B (out, S*R), R); slot s = s-th loaded adapter."""
@@ -124,6 +196,8 @@ class LoRAManager:
         if not any(item.seq.lora is not None for item in batch):
             return None
         device = next(self.model.parameters()).device
+        if self.mode == "slots":
+            return self.slotted(self.row_slots(batch).to(device))
         stacked = self.mode == "stacked" or (self.mode == "auto" and device.type == "cuda")
         if stacked:
             stacks = self.stacks()
@@ -144,8 +218,9 @@ class LoRAManager:
 
 class BatchLoRA:
     def __init__(self, manager: LoRAManager, stacks: dict | None = None, token_slots: torch.Tensor | None = None,
-                 groups: dict[str, torch.Tensor] | None = None):  # fmt: skip
+                 groups: dict[str, torch.Tensor] | None = None, row_slots: torch.Tensor | None = None):  # fmt: skip
         self.manager, self.stacks, self.token_slots, self.groups = manager, stacks, token_slots, groups
+        self.row_slots = row_slots  # (N,) slot per token: the fixed-shape gather path
         self._masks: dict[tuple[int, torch.dtype], torch.Tensor] = {}
 
     def mask(self, width: int, dtype: torch.dtype) -> torch.Tensor:
@@ -167,6 +242,8 @@ class LayerLoRA:
 
     def __call__(self, fused: str, x: torch.Tensor) -> torch.Tensor | float:
         """Delta of fused module `fused` for every token: (N, out); 0 for base tokens / untargeted modules."""
+        if self.batch.row_slots is not None:
+            return self._slotted(fused, x)
         if self.batch.stacks is None:
             return self._looped(fused, x)
         stack = self.batch.stacks.get((self.layer, fused))
@@ -174,6 +251,12 @@ class LayerLoRA:
             return 0.0
         A, B, width = stack
         return F.linear(F.linear(x, A) * self.batch.mask(width, x.dtype), B)
+
+    def _slotted(self, fused: str, x: torch.Tensor) -> torch.Tensor:
+        A, B = self.batch.manager.slot_buffers[(self.layer, fused)]
+        idx = self.batch.row_slots
+        xa = torch.bmm(A.index_select(0, idx), x.unsqueeze(-1))  # (N, W, in) @ (N, in, 1) -> (N, W, 1)
+        return torch.bmm(B.index_select(0, idx), xa).squeeze(-1)  # (N, out, W) @ (N, W, 1) -> (N, out)
 
     def _looped(self, fused: str, x: torch.Tensor) -> torch.Tensor:
         m = self.batch.manager
@@ -192,6 +275,18 @@ class LayerLoRA:
                 )
             delta[idx] = torch.cat(parts, dim=-1)
         return delta
+
+
+def _in_sizes(model: Any) -> dict[str, int]:
+    c = model.config
+    d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    h = c.hidden_size
+    return {
+        "qkv_proj": h,
+        "gate_up_proj": h,
+        "o_proj": c.num_attention_heads * d,
+        "down_proj": c.intermediate_size,
+    }
 
 
 def _out_sizes(model: Any) -> dict[str, tuple[int, ...]]:

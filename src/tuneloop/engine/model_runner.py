@@ -226,9 +226,15 @@ class ModelRunner:
         rows = [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
         tables = torch.from_numpy(np.array(rows, np.int32))
         lens = (positions + 1).to(torch.int32)
-        lora = self.lora.for_batch(batch) if self.lora is not None else None
-        if self.graphs is not None and lora is None and len(batch) <= self.graphs.max_batch:
-            return self.graphs.run(ids, positions, slots, tables, lens)
+        has_lora = self.lora is not None and any(item.seq.lora is not None for item in batch)
+        if self.graphs is not None and len(batch) <= self.graphs.max_batch:
+            if not has_lora:
+                return self.graphs.run(ids, positions, slots, tables, lens)
+            if self.cfg.lora_in_graph:  # adapters from fixed slot buffers, replayed (cuda_graph.py)
+                return self.graphs.run(
+                    ids, positions, slots, tables, lens, self.lora, self.lora.row_slots(batch)
+                )
+        lora = self.lora.for_batch(batch) if has_lora else None
         meta = DecodeMetadata(self._to_device(slots), self._to_device(tables), self._to_device(lens), bs)
         hidden = self.model(ids, self._to_device(positions), self.kv_cache, meta, lora)
         return self.model.logits(hidden)
