@@ -11,10 +11,12 @@ in the same run. Llama-3-8B-shaped random bf16 weights (speed does not depend on
 
 --lora-in-graph: the LoRA engine sets EngineConfig.lora_in_graph (decode steps with adapters replay
 CUDA graphs over fixed slot buffers of max_lora_rank 16; prompt chunks stay stacked; the --tiny CPU
-run has no graphs and takes the slot-gather path for every step instead). --lora-only skips the
+run has no graphs and takes the slot path for every step instead); --lora-slot-math auto|gather|masked
+picks the formula over the slot buffers (LoRAManager.slot_math, lora.py). --lora-only skips the
 prefix-cache part.
 
-    PYTHONPATH=src python3 benchmarks/engine_gpu_features.py $OUT [--tiny] [--lora-in-graph] [--lora-only]
+    PYTHONPATH=src python3 benchmarks/engine_gpu_features.py $OUT [--tiny] [--lora-only]
+        [--lora-in-graph [--lora-slot-math auto|gather|masked]]
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     tiny = "--tiny" in sys.argv
     in_graph = "--lora-in-graph" in sys.argv
+    math = sys.argv[sys.argv.index("--lora-slot-math") + 1] if "--lora-slot-math" in sys.argv else "auto"
     shape = TINY if tiny else LLAMA3_8B
     n, sys_len = (8, 64) if tiny else (64, 1024)
     folder = Path(tempfile.mkdtemp())
@@ -111,8 +114,8 @@ def main() -> None:
     if "--lora-only" not in sys.argv:
         prefix_cache(model, folder, shared, res)
     lora(model, folder, shape, [torch.randint(100, vocab - 1, (128,), generator=g).tolist() for _ in range(n)],
-         in_graph, tiny, res)  # fmt: skip
-    name = "engine_gpu_features_lora_in_graph.json" if in_graph else "engine_gpu_features.json"
+         in_graph, tiny, res, math)  # fmt: skip
+    name = f"engine_gpu_features_lora_in_graph_{math}.json" if in_graph else "engine_gpu_features.json"
     (out / name).write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 
@@ -133,7 +136,14 @@ def prefix_cache(model, folder: Path, shared: list[list[int]], res: dict) -> Non
 
 
 def lora(
-    model, folder: Path, shape: dict, prompts: list[list[int]], in_graph: bool, tiny: bool, res: dict
+    model,
+    folder: Path,
+    shape: dict,
+    prompts: list[list[int]],
+    in_graph: bool,
+    tiny: bool,
+    res: dict,
+    math: str = "auto",
 ) -> None:
     n = len(prompts)
     eng = engine_for(model, folder, prefix_caching=False, lora_in_graph=in_graph, max_lora_rank=16)
@@ -146,6 +156,8 @@ def lora(
         eng.load_lora(f"a{k}", adapter(tmp / f"a{k}", shape, 4 if tiny else 16, k))
     # GPU: stacked for the eager steps (prompt chunks; with lora_in_graph decodes replay graphs)
     eng.lora.mode = res["lora_mode"] = "slots" if in_graph and DEVICE == "cpu" else "stacked"
+    if in_graph:
+        eng.lora.slot_math = res["lora_slot_math"] = math  # before the warm-up: LoRA graphs capture lazily
     names = [f"a{k % 8}" for k in range(n)]
     timed(eng, prompts[:2], 4, lora=names[:2])
     res["lora_8_adapters_64"] = timed(eng, prompts, 128, lora=names)

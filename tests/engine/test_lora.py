@@ -36,7 +36,7 @@ def peft_greedy(model, prompt, n):
 
 
 # looped: the CPU's default; stacked: the GPU's; slots: the fixed-shape gather of lora_in_graph
-@pytest.mark.parametrize("mode", ["looped", "stacked", "slots"])
+@pytest.mark.parametrize("mode", ["looped", "stacked", "slots:gather", "slots:masked"])
 def test_mixed_adapters_in_one_batch_match_peft(tiny_llama, tmp_path, mode):
     a = make_adapter(tiny_llama, tmp_path / "a", 1, ["q_proj", "v_proj", "down_proj"])
     b = make_adapter(
@@ -48,11 +48,12 @@ def test_mixed_adapters_in_one_batch_match_peft(tiny_llama, tmp_path, mode):
     )
     base = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
     eng = LLMEngine.from_pretrained(
-        tiny_llama, block_size=4, kv_cache_gib=0.01, lora_in_graph=mode == "slots"
+        tiny_llama, block_size=4, kv_cache_gib=0.01, lora_in_graph=mode.startswith("slots")
     )
     eng.load_lora("a", tmp_path / "a")
     eng.load_lora("b", tmp_path / "b")
-    eng.lora.mode = mode
+    eng.lora.mode, _, math = mode.partition(":")
+    eng.lora.slot_math = math or "auto"
     ps = prompts(6, seed=30)
     which = [None, "a", "b", "a", None, "b"]
     outs = eng.generate(ps, GREEDY, lora=which)
@@ -125,8 +126,8 @@ def test_slot_deltas_equal_stacked_and_looped_for_three_ranks_and_base_rows(tiny
                 "down_proj": model.config.intermediate_size}  # fmt: skip
     g = torch.Generator().manual_seed(0)
     deltas = {}
-    for mode in ("looped", "stacked", "slots"):
-        lora.mode = mode
+    for mode in ("looped", "stacked", "gather", "masked"):
+        lora.mode, lora.slot_math = ("slots", mode) if mode in ("gather", "masked") else (mode, "auto")
         per_batch = lora.for_batch(batch)
         deltas[mode] = {}
         for layer in model.layers:
@@ -139,11 +140,12 @@ def test_slot_deltas_equal_stacked_and_looped_for_three_ranks_and_base_rows(tiny
                 )
     base_rows = [1, 2, 7]  # the tokens of the two base rows: no delta at all
     for key, ref in deltas["looped"].items():
-        stacked, slots = deltas["stacked"][key], deltas["slots"][key]
-        torch.testing.assert_close(slots, ref.expand_as(slots), rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(stacked.expand_as(slots), slots, rtol=1e-5, atol=1e-5)
-        assert slots[base_rows].abs().max() == 0
-    assert any(d.abs().max() > 0 for d in deltas["slots"].values())
+        stacked, gather, masked = deltas["stacked"][key], deltas["gather"][key], deltas["masked"][key]
+        torch.testing.assert_close(gather, ref.expand_as(gather), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(masked, gather, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stacked.expand_as(gather), gather, rtol=1e-5, atol=1e-5)
+        assert gather[base_rows].abs().max() == 0 and masked[base_rows].abs().max() == 0
+    assert any(d.abs().max() > 0 for d in deltas["gather"].values())
 
 
 def test_slot_buffers_stay_in_place_across_load_and_unload(tiny_llama, tmp_path):
@@ -156,12 +158,12 @@ def test_slot_buffers_stay_in_place_across_load_and_unload(tiny_llama, tmp_path)
     lora = eng.lora
     ptrs = {k: (A.data_ptr(), B.data_ptr()) for k, (A, B) in lora.slot_buffers.items()}
     A, B = lora.slot_buffers[(0, "qkv_proj")]
-    assert A.shape[0] == B.shape[0] == 3 and A.shape[1] == B.shape[2] == 3 * 8  # 2 slots + the zero slot
+    assert A.shape[0] == B.shape[1] == 3 and A.shape[1] == B.shape[2] == 3 * 8  # 2 slots + the zero slot
     assert lora.slot_of == {"a": 1} and A[0].abs().max() == 0 and A[1].abs().max() > 0
     eng.load_lora("b", tmp_path / "b")
     assert lora.slot_of == {"a": 1, "b": 2}
     eng.unload_lora("a")
-    assert A[1].abs().max() == 0 and B[1].abs().max() == 0  # the freed slot is zero again
+    assert A[1].abs().max() == 0 and B[:, 1].abs().max() == 0  # the freed slot is zero again
     with pytest.raises(ValueError, match="max_lora_rank 8"):
         eng.load_lora("big", tmp_path / "big")
     eng.load_lora("a2", tmp_path / "a")

@@ -17,15 +17,18 @@ slot, and B is block-diagonal over the parts. Stacks are rebuilt when adapters l
 
 Slots (EngineConfig.lora_in_graph): a CUDA graph replays fixed addresses and shapes, so the stacks
 above (rebuilt, resized per load) cannot be captured. With `max_rank` set, the manager also keeps
-per fused module persistent buffers of max_loras + 1 slots, A (S+1, W, in) and B (S+1, out, W),
+per fused module persistent buffers of S' = max_loras + 1 slots, A (S', W, in) and B (out, S', W),
 W = parts * max_rank, ranks zero-padded, scale folded into B; slot 0 stays zero ("no adapter").
 Loading copies into a free slot in place, unloading zeroes it: the buffers never move. A step then
-needs only a per-row slot id (N,), and each row gathers its own slot:
+needs only a per-row slot id (N,), and one of two formulas, both of static shapes whatever the
+adapters of the batch, so capturable (cuda_graph.py):
 
-    delta = B[slot] @ (A[slot] @ x)        # bmm: (N, out, W) @ ((N, W, in) @ (N, in, 1))
+    gather: delta = B[:, slot] @ (A[slot] @ x)        # bmm per row: (N, out, W) @ (N, W, in) @ (N, in, 1)
+    masked: delta = ((x @ A^T) * onehot(slot)) @ B^T  # A (S'*W, in), B (out, S'*W): two GEMMs
 
-Static shapes whatever the adapters of the batch: capturable (cuda_graph.py). The gather reads one
-adapter copy per row, so it is meant for decode rows (one token each), not prompt chunks.
+gather moves one adapter copy per row (written, then read), masked reads every slot once and does
+S' times the LoRA FLOPs. Decode is memory-bound, so `slot_math="auto"` takes gather while 2N < S'
+(a few rows) and masked above. Meant for decode rows (one token each), not long prompt chunks.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ class LoRAManager:
         self.out_sizes = _out_sizes(model)
         self.slots: dict[str, int] = {}
         self._stacks: dict | None = None
-        # auto (stacked on CUDA, looped on CPU) | stacked | looped | slots (needs max_rank; gathers)
+        # auto (stacked on CUDA, looped on CPU) | stacked | looped | slots (needs max_rank)
         self.mode = "auto"
+        self.slot_math = "auto"  # the formula over the slot buffers: auto | gather | masked
 
     def load(self, name: str, folder: str | Path) -> Adapter:
         from safetensors.torch import load_file
@@ -112,7 +116,7 @@ class LoRAManager:
         if slot is not None:
             for A, B in self.slot_buffers.values():
                 A[slot].zero_()
-                B[slot].zero_()
+                B[:, slot].zero_()
 
     def _allocate_slots(self) -> None:
         p = next(self.model.parameters())
@@ -122,7 +126,7 @@ class LoRAManager:
                 width = len(parts) * self.max_rank
                 self.slot_buffers[(layer, fused)] = (
                     torch.zeros((n, width, in_sizes[fused]), dtype=p.dtype, device=p.device),
-                    torch.zeros((n, sum(self.out_sizes[fused]), width), dtype=p.dtype, device=p.device),
+                    torch.zeros((sum(self.out_sizes[fused]), n, width), dtype=p.dtype, device=p.device),
                 )
 
     def _fill_slot(self, adapter: Adapter) -> None:
@@ -133,14 +137,14 @@ class LoRAManager:
         r = self.max_rank
         for (layer, fused), (A, B) in self.slot_buffers.items():
             A[slot].zero_()
-            B[slot].zero_()
+            B[:, slot].zero_()
             row = 0
             for j, (part, size) in enumerate(zip(FUSED[fused], self.out_sizes[fused], strict=True)):
                 ab = adapter.weights.get((layer, part))
                 if ab is not None:
                     c = j * r
                     A[slot, c : c + adapter.rank].copy_(ab[0])
-                    B[slot, row : row + size, c : c + adapter.rank].copy_(ab[1] * adapter.scale)
+                    B[row : row + size, slot, c : c + adapter.rank].copy_(ab[1] * adapter.scale)
                 row += size
         self.slot_of[adapter.name] = slot
 
@@ -220,8 +224,16 @@ class BatchLoRA:
     def __init__(self, manager: LoRAManager, stacks: dict | None = None, token_slots: torch.Tensor | None = None,
                  groups: dict[str, torch.Tensor] | None = None, row_slots: torch.Tensor | None = None):  # fmt: skip
         self.manager, self.stacks, self.token_slots, self.groups = manager, stacks, token_slots, groups
-        self.row_slots = row_slots  # (N,) slot per token: the fixed-shape gather path
+        self.row_slots = row_slots  # (N,) slot per token: the fixed-shape slot path
+        self._onehot: dict[torch.dtype, torch.Tensor] = {}
         self._masks: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def onehot(self, n_slots: int, dtype: torch.dtype) -> torch.Tensor:
+        """(N, S', 1) 1.0 at each token's slot: the masked slot formula's mask, built once per step."""
+        if dtype not in self._onehot:
+            ids = torch.arange(n_slots, device=self.row_slots.device)
+            self._onehot[dtype] = (self.row_slots[:, None] == ids[None, :]).to(dtype)[:, :, None]
+        return self._onehot[dtype]
 
     def mask(self, width: int, dtype: torch.dtype) -> torch.Tensor:
         """(N, S*width) 1.0 where a column belongs to the token's adapter; a base token's row is all 0."""
@@ -253,10 +265,17 @@ class LayerLoRA:
         return F.linear(F.linear(x, A) * self.batch.mask(width, x.dtype), B)
 
     def _slotted(self, fused: str, x: torch.Tensor) -> torch.Tensor:
-        A, B = self.batch.manager.slot_buffers[(self.layer, fused)]
-        idx = self.batch.row_slots
-        xa = torch.bmm(A.index_select(0, idx), x.unsqueeze(-1))  # (N, W, in) @ (N, in, 1) -> (N, W, 1)
-        return torch.bmm(B.index_select(0, idx), xa).squeeze(-1)  # (N, out, W) @ (N, W, 1) -> (N, out)
+        A, B = self.batch.manager.slot_buffers[(self.layer, fused)]  # (S', W, in), (out, S', W)
+        idx, math = self.batch.row_slots, self.batch.manager.slot_math
+        (n_slots, width, _), n = A.shape, x.shape[0]
+        if math == "gather" or (math == "auto" and 2 * n < n_slots):
+            xa = torch.bmm(A.index_select(0, idx), x.unsqueeze(-1))  # (N, W, in) @ (N, in, 1) -> (N, W, 1)
+            return torch.bmm(B.index_select(1, idx).transpose(0, 1), xa).squeeze(
+                -1
+            )  # (N, out, W) @ (N, W, 1)
+        xa = F.linear(x, A.view(n_slots * width, -1)).view(n, n_slots, width)  # every slot: (N, S', W)
+        xa = xa * self.batch.onehot(n_slots, x.dtype)  # keep the token's own slot
+        return F.linear(xa.view(n, n_slots * width), B.view(B.shape[0], n_slots * width))  # (N, out)
 
     def _looped(self, fused: str, x: torch.Tensor) -> torch.Tensor:
         m = self.batch.manager
