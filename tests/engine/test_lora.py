@@ -169,6 +169,14 @@ def test_slot_buffers_stay_in_place_across_load_and_unload(tiny_llama, tmp_path)
     eng.load_lora("a2", tmp_path / "a")
     assert lora.slot_of == {"b": 2, "a2": 1}  # the freed slot is reused
     assert {k: (A.data_ptr(), B.data_ptr()) for k, (A, B) in lora.slot_buffers.items()} == ptrs
+    from tuneloop.engine.lora import slot_buffer_bytes
+
+    held = sum(
+        A.numel() * A.element_size() + B.numel() * B.element_size() for A, B in lora.slot_buffers.values()
+    )
+    assert (
+        slot_buffer_bytes(eng.runner.model, 2, 8, eng.runner.dtype) == held
+    )  # what the KV budget keeps free
 
 
 def test_lora_in_graph_config_is_checked():

@@ -296,6 +296,13 @@ class LayerLoRA:
         return delta
 
 
+def slot_buffer_bytes(model: Any, max_loras: int, max_rank: int, dtype: torch.dtype) -> int:
+    """Device bytes of the slot buffers (lora_in_graph), all layers: kept out of the KV cache budget."""
+    ins, outs = _in_sizes(model), _out_sizes(model)
+    per_layer = sum(len(p) * max_rank * (ins[f] + sum(outs[f])) for f, p in FUSED.items())
+    return (max_loras + 1) * per_layer * model.config.num_hidden_layers * torch.finfo(dtype).bits // 8
+
+
 def _in_sizes(model: Any) -> dict[str, int]:
     c = model.config
     d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads

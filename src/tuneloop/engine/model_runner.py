@@ -119,7 +119,7 @@ class ModelRunner:
             activations = cfg.max_num_batched_tokens * (
                 self.vocab_size * 4 + 64 * self.model.config.hidden_size
             )
-            budget = int((free - activations) * cfg.kv_cache_fraction)
+            budget = int((free - activations - self._lora_slot_bytes()) * cfg.kv_cache_fraction)
         else:
             budget = 2**30
         blocks = budget // (self.bytes_per_token * cfg.block_size)
@@ -128,6 +128,14 @@ class ModelRunner:
         log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", blocks, cfg.block_size,
                  blocks * cfg.block_size * self.bytes_per_token / 2**30)  # fmt: skip
         return blocks
+
+    def _lora_slot_bytes(self) -> int:
+        """lora_in_graph: the adapters' slot buffers, allocated at the first load, after the cache is sized."""
+        if not self.cfg.lora_in_graph or self.fallback is not None:
+            return 0
+        from tuneloop.engine.lora import slot_buffer_bytes
+
+        return slot_buffer_bytes(self.model, self.cfg.max_loras, self.cfg.max_lora_rank, self.dtype)
 
     def release(self, request_id: str) -> None:
         if self.fallback is not None:
