@@ -139,9 +139,10 @@ def test_lora_decode_graph_path_gives_the_same_tokens(tiny_llama, tmp_path):
         which = [None, "a", "b", "a", None]
         p = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 
-        def run(graphs):
+        def run(graphs, async_scheduling=False):
             eng = LLMEngine.from_pretrained({str(tiny_llama)!r}, block_size=4, kv_cache_gib=0.01,
-                                            lora_in_graph=True, max_num_seqs=8)
+                                            lora_in_graph=True, max_num_seqs=8,
+                                            async_scheduling=async_scheduling)
             eng.load_lora("a", {str(tmp_path / "a")!r})
             eng.load_lora("b", {str(tmp_path / "b")!r})
             eng.lora.mode = "looped"  # the eager reference: the CPU's default path
@@ -167,6 +168,8 @@ def test_lora_decode_graph_path_gives_the_same_tokens(tiny_llama, tmp_path):
         fast, graphs = run(True)
         assert fast == base, (fast, base)
         assert graphs.lora_graphs, "no decode step went through the LoRA graphs"
+        ahead, _ = run(True, async_scheduling=True)  # input ids read from the previous step's tokens
+        assert ahead == base, (ahead, base)
         print("OK")
         """,
         tmp_path,
