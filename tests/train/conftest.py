@@ -64,6 +64,19 @@ def pref_dataset(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture
+def llama3_8b_shape(tmp_path: Path) -> Path:
+    """A model folder with only the Llama-3-8B config: enough for `plan`, nothing to load."""
+    folder = tmp_path / "llama-3-8b-shape"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+        "max_position_embeddings": 8192, "tie_word_embeddings": False,
+    }))  # fmt: skip
+    return folder
+
+
 def base_overrides(model: Path, data: Path, out: Path, **extra) -> list[str]:
     """Fast, deterministic settings for tests: no trackers unless a test turns them on."""
     values = {

@@ -196,21 +196,13 @@ def test_padding_free_fused_training_matches_the_padded_path(tiny_llama, sft_dat
     assert fast == pytest.approx(plain, rel=1e-4)
 
 
-def test_auto_checkpointing_asks_plan_for_the_fewest_layers_that_fit(tmp_path, monkeypatch):
-    import json
-
+def test_auto_checkpointing_asks_plan_for_the_fewest_layers_that_fit(llama3_8b_shape, monkeypatch):
     from tuneloop.config import load_config
     from tuneloop.resources import plan as plan_mod
     from tuneloop.train.config import TrainConfig
     from tuneloop.train.model_setup import Precision, checkpointing_layers
 
-    folder = tmp_path / "llama-3-8b-shape"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
-        "max_position_embeddings": 8192,
-    }))  # fmt: skip
+    folder = llama3_8b_shape
     monkeypatch.setattr(plan_mod, "detected_memory", lambda gpus: (80 * 2**30, "Fake 80 GiB GPU"))
     bf16 = Precision("bf16", torch.bfloat16)
 

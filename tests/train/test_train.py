@@ -305,18 +305,12 @@ def test_bf16_autocast_on_cpu_trains(tiny_llama, sft_dataset, tmp_path):
     assert result.metrics["precision"] == "bf16" and losses(result)[-1] < losses(result)[0]
 
 
-def test_model_that_cannot_fit_is_refused_before_loading(tmp_path, monkeypatch):
+def test_model_that_cannot_fit_is_refused_before_loading(llama3_8b_shape, monkeypatch):
     """No GPU here: the detected GPU memory is faked; the estimate itself is the real `plan`."""
     from tuneloop.resources import plan as plan_mod
     from tuneloop.train.model_setup import Precision, check_fit
 
-    folder = tmp_path / "llama-3-8b-shape"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
-        "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
-        "max_position_embeddings": 8192, "tie_word_embeddings": False,
-    }))  # fmt: skip
+    folder = llama3_8b_shape
     monkeypatch.setattr(plan_mod, "detected_memory", lambda gpus: (24 * 2**30, "Fake 24 GiB GPU"))
     cfg = load_config(
         TrainConfig, None, [f"model={folder}", "data.path=x", "method=full", "data.max_length=2048"]

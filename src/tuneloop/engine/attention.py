@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
 
 import numpy as np
 import torch
@@ -183,29 +182,11 @@ def flash_varlen(
 ) -> torch.Tensor:
     """One FlashAttention varlen call: q (N, H, D), k/v (K, KVH, D) -> (N, H, D).
 
-    The version adapter (`is_causal` in torch 2.10, `window_size`/`scale` later, `enable_gqa` after
-    2.11) reads the parameter names training already probes (tuneloop.train.attention).
+    The version adapter is training's (tuneloop.train.attention, torch-only imports).
     """
-    from torch.nn.attention.varlen import varlen_attn
+    from tuneloop.train.attention import causal_varlen_attn
 
-    from tuneloop.train.attention import VARLEN_PARAMS
-
-    params = VARLEN_PARAMS or frozenset()
-    kwargs: dict[str, Any] = {}
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1 and "enable_gqa" in params:
-        kwargs["enable_gqa"] = True
-    elif groups > 1:
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    if "is_causal" in params:
-        kwargs["is_causal"] = True
-    else:
-        kwargs["window_size"] = (-1, 0)
-    if "scale" in params:
-        kwargs["scale"] = scale
-    elif abs(scale - q.shape[-1] ** -0.5) > 1e-9:
-        q = q * (scale * q.shape[-1] ** 0.5)  # the kernel's default is 1/sqrt(D)
-    return varlen_attn(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_q, meta.max_k, **kwargs)
+    return causal_varlen_attn(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_q, meta.max_k, scale)
 
 
 def _per_sequence(

@@ -262,12 +262,31 @@ def _varlen_fits(q: torch.Tensor, dropout: float) -> bool:
 
 def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, scale: float) -> torch.Tensor:
     """One FlashAttention varlen call over all documents; q (N, Hq, D), k/v (N, Hkv, D)."""
-    from torch.nn.attention.varlen import varlen_attn
-
-    params = VARLEN_PARAMS or frozenset()
     if torch.is_autocast_enabled("cuda"):  # a custom op: autocast does not cast its inputs for it
         dtype = torch.get_autocast_dtype("cuda")
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    n = seg.max_seqlen
+    return causal_varlen_attn(q, k, v, seg.cu_seqlens, seg.cu_seqlens, n, n, scale)
+
+
+def causal_varlen_attn(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor,
+    cu_k: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    scale: float,
+) -> torch.Tensor:
+    """torch's varlen_attn, causal (aligned to the end of each key range), whatever its release.
+
+    q (N, Hq, D), k/v (K, Hkv, D). The signature moved: 2.10 takes `is_causal`, later ones
+    `window_size=(-1, 0)` and `scale`, `enable_gqa` arrived after 2.11. The engine's prefill uses it too.
+    """
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = VARLEN_PARAMS or frozenset()
     kwargs: dict[str, Any] = {}
     groups = q.shape[1] // k.shape[1]
     if groups > 1 and "enable_gqa" in params:
@@ -282,8 +301,7 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, sc
         kwargs["scale"] = scale
     elif not math.isclose(scale, q.shape[-1] ** -0.5):
         q = q * (scale * q.shape[-1] ** 0.5)  # the kernel's default is 1/sqrt(D)
-    n = seg.max_seqlen
-    return varlen_attn(q, k, v, seg.cu_seqlens, seg.cu_seqlens, n, n, **kwargs)
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
 
 
 def _per_document(
