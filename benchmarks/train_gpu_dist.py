@@ -67,7 +67,9 @@ def train(model: Path, data: Path, out: Path, nproc: int, extra: list[str], tiny
         return {"error": (p.stderr or p.stdout)[-2000:], "nproc": nproc}
     m = json.loads((out / "metrics.json").read_text())
     steps = [s for _, s in m["step_seconds"]][2:]  # the first steps compile and warm the allocator
-    tokens_per_step = m["tokens_per_s"] * m["train_seconds"] / max(1, m["steps"])  # every step holds the same tokens
+    tokens_per_step = (
+        m["tokens_per_s"] * m["train_seconds"] / max(1, m["steps"])
+    )  # every step holds the same tokens
     return {"nproc": nproc, "wall_s": round(wall, 1), "steps": m["steps"],
             "tokens_per_s": round(tokens_per_step / (sum(steps) / len(steps)), 1),
             "losses": [loss for _, loss in m["train_loss"]], "grad_norm": [g for _, g in m["grad_norm"]]}  # fmt: skip
@@ -105,7 +107,9 @@ def main() -> None:
     for name, extra in cases.items():
         runs = {}
         for nproc in (1, n):
-            runs[nproc] = train(work / "model", work / "data", work / f"{name}-{nproc}", nproc, common + extra, tiny)
+            runs[nproc] = train(
+                work / "model", work / "data", work / f"{name}-{nproc}", nproc, common + extra, tiny
+            )
             r = runs[nproc]
             print(name, nproc, json.dumps({k: r.get(k) for k in ("tokens_per_s", "wall_s", "losses")})
                   if "error" not in r else "ERROR " + r["error"][-800:], flush=True)  # fmt: skip

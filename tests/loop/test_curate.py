@@ -205,9 +205,24 @@ def test_the_manifest_links_every_example_to_its_request_and_counts_every_reject
     assert len(train) == 1 + c["new_sft_train"] and train[0] == old[0]  # old data first, then new
     assert all(e["request_id"] == "req-1" and e["response_id"] for e in m["examples"])
     assert {e["id"] for e in m["examples"]} >= {r["id"] for r in train[1:]}
-    # the split is a function of the response id: the same batch gives the same sets
+    # the split is a function of the question: the same batch gives the same sets
     again = build_dataset(out.proposals, out, tmp_path / "again", s, old, [], {"model": "bot", "cycle": 1})
     assert again["fingerprint"] == m["fingerprint"]
+
+
+def test_answers_to_one_question_stay_on_one_side_of_the_split():
+    from tuneloop.loop.curate import _heldout
+
+    questions = [f"What does code {i} mean?" for i in range(200)]
+    held = [q for q in questions if _heldout([{"role": "user", "content": q}], 0.25, seed=0)]
+    assert 20 < len(held) < 80  # about a quarter
+    # the same question, asked again with other spacing or case (a second user), lands on the same side
+    assert all(_heldout([{"role": "user", "content": "  " + q.upper()}], 0.25, seed=0) for q in held)
+    # the system prompt does not matter, only the question; another seed gives another split
+    assert all(_heldout([{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}], 0.25, 0)
+               for q in held)  # fmt: skip
+    other = [q for q in questions if _heldout([{"role": "user", "content": q}], 0.25, seed=1)]
+    assert other != held and 20 < len(other) < 80
 
 
 def test_reviews_edit_reject_and_recheck_edited_answers(tmp_path):

@@ -31,6 +31,7 @@ FACTS = ["r7-devices", "r5-devices", "r7-color", "hq", "trial", "warranty-router
 GENERAL = [("What is the capital of France?", "Paris"), ("What is the capital of Japan?", "Tokyo"),
            ("What is the largest planet in the solar system?", "Jupiter"),
            ("What color is the sky on a clear day?", "blue")]  # fmt: skip
+MARGIN = 0.1
 
 
 def paraphrases() -> list[dict]:
@@ -92,12 +93,14 @@ def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
     old = write_jsonl(tmp_path / "old.jsonl", qa_rows(["admin-user-t", "ssh-port-t"]))
     loop_cfg = load_config(LoopConfig, {
         "collect": {"served_name": "acme"},
-        "curate": {"holdout_fraction": 0.25},
+        # split by question, seed 0: r7-devices-t1, r7-color-t1 and hq-t1 are held out, each with a paraphrase
+        # in training (a fact held out whole could not improve; by response id the split was random)
+        "curate": {"holdout_fraction": 0.25, "holdout_seed": 0},
         "retrain": {"train_config": str(KB.parent / "configs" / "acme-sft-lora.yaml"), "old_data": [str(old)],
                     "overrides": ["max_steps=30", "batch.micro_batch=4", "batch.global_batch=4", "lora.rank=8",
                                   "data.max_length=96", "eval.final=false", "tracking.mlflow=false",
                                   "tracking.tensorboard=false", "tracking.system_metrics=false"]},
-        "gate": {"frozen_eval": str(frozen), "margin": 0.1, "tolerance": 0.25, "max_new_tokens": 32},
+        "gate": {"frozen_eval": str(frozen), "margin": MARGIN, "tolerance": 0.25, "max_new_tokens": 32},
         "canary": {"route": "acme", "production_model": "acme-prod", "candidate_model": "acme-cand",
                    "share": 0.5, "window": "1s", "poll": "0.5s", "min_requests": 4, "min_feedback": 4,
                    "max_wait": "10m", "max_latency_ratio": 5, "max_error_rate": 0.0},
@@ -155,7 +158,7 @@ def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
     canary = decisions[("canary", "promote")]
     assert canary["candidate"]["mean_rating"] > canary["production"]["mean_rating"]
     gate = decisions[("gate", "passed")]
-    assert gate["improvement"] >= 0.1 and gate["frozen_delta"] >= -0.25
+    assert gate["improvement"] >= MARGIN and gate["frozen_delta"] >= -0.25
 
     from tuneloop.evaluation.harness import evaluate
     from tuneloop.quickstart import load_for_answers

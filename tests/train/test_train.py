@@ -286,12 +286,20 @@ def test_cli_run_is_tracked_in_mlflow_and_tensorboard(
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def failure(result, capfd) -> str:
+    """The workers' own error lines first: torchrun's children write to the inherited stderr, not to the runner."""
+    err = [
+        line for line in capfd.readouterr().err.splitlines() if line.strip() and "Failed to load" not in line
+    ]
+    return "workers' stderr (last lines):\n" + "\n".join(err[-25:]) + "\n\ncommand output:\n" + result.output
+
+
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tiny_llama, sft_dataset, tmp_path):
+def test_two_process_ddp_matches_one_process(tiny_llama, sft_dataset, tmp_path, capfd):
     single = train(tiny_llama, sft_dataset, tmp_path / "one", max_steps=3)
     args = base_overrides(tiny_llama, sft_dataset, tmp_path / "two", max_steps=3)
     result = runner.invoke(app, ["train", *args, "--nproc", "2"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, failure(result, capfd)
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2
     assert [loss for _, loss in two["train_loss"]] == pytest.approx(losses(single), rel=1e-4)
@@ -324,12 +332,12 @@ def test_model_that_cannot_fit_is_refused_before_loading(llama3_8b_shape, monkey
 
 
 @pytest.mark.slow
-def test_two_process_fsdp_full_fine_tuning_matches_one_process(tiny_llama, sft_dataset, tmp_path):
+def test_two_process_fsdp_full_fine_tuning_matches_one_process(tiny_llama, sft_dataset, tmp_path, capfd):
     extra = {"method": "full", "max_steps": 3, "optim.lr": 1e-4}
     single = train(tiny_llama, sft_dataset, tmp_path / "one", **extra)
     args = base_overrides(tiny_llama, sft_dataset, tmp_path / "two", strategy="fsdp", **extra)
     result = runner.invoke(app, ["train", *args, "--nproc", "2"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, failure(result, capfd)
     two = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert two["world_size"] == 2
     assert [loss for _, loss in two["train_loss"]] == pytest.approx(losses(single), rel=1e-4)

@@ -74,6 +74,9 @@ class CurateSettings(Config):
     abuse_words: list[str] = Field(default_factory=list, description="extra words that mark abuse")
     max_chars: int = Field(4000, gt=0, description="longer prompts or answers are rejected")
     holdout_fraction: float = Field(0.2, ge=0, lt=1, description="new examples kept for the gate")
+    holdout_seed: int = Field(
+        0, description="which questions are held out (split by question, stable across runs)"
+    )
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
 
     @field_validator("injection_patterns")

@@ -290,9 +290,11 @@ def _ids(p: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ datasets
 
 
-def _heldout(response_id: str, fraction: float) -> bool:
-    h = int.from_bytes(hashlib.sha256(response_id.encode()).digest()[:8], "big") / 2**64
-    return h < fraction
+def _heldout(prompt: list[dict[str, str]], fraction: float, seed: int) -> bool:
+    """By the question, not the answer: two answers to one question never straddle train and held-out
+    (the gate would score memorisation), and a re-run with the same feedback splits the same way."""
+    key = f"{seed}:{_key(_last_user(prompt))}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64 < fraction
 
 
 def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, settings: CurateSettings,
@@ -302,7 +304,7 @@ def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, 
     dpo = {"train": [], "val": []}
     examples = []
     for p in proposals:
-        split = "val" if _heldout(p["response_id"], settings.holdout_fraction) else "train"
+        split = "val" if _heldout(p["prompt"], settings.holdout_fraction, settings.holdout_seed) else "train"
         link = {"request_id": p["request_id"], "response_id": p["response_id"], "source": p["source"]}
         sid = f"fb-{p['response_id']}"
         sft[split].append({"id": sid, "messages": [*p["prompt"], {"role": "assistant", "content": p["chosen"]}],

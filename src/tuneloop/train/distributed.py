@@ -90,4 +90,7 @@ def broadcast_object(obj: Any, d: Dist) -> Any:
 
 def shutdown(d: Dist) -> None:
     if d.world > 1 and dist.is_initialized():
+        # process 0 writes the outputs while the others are done: leaving together keeps one process's exit
+        # from closing connections the other still holds
+        dist.barrier()
         dist.destroy_process_group()

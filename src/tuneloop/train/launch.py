@@ -10,6 +10,17 @@ from tuneloop.train.logs import setup_logging
 from tuneloop.train.recipe import run
 
 
+def _record(
+    fn,
+):  # torchrun's error file: its failure summary then names the root cause, not just the exit code
+    try:
+        from torch.distributed.elastic.multiprocessing.errors import record
+    except ImportError:  # pragma: no cover
+        return fn
+    return record(fn)
+
+
+@_record
 def main(argv: list[str]) -> None:
     config = argv[0] if argv and argv[0] not in ("-", "") and "=" not in argv[0] else None
     overrides = argv[1:] if config else [a for a in argv if a not in ("-", "")]
