@@ -12,13 +12,21 @@ from tuneloop.models.loading import load_tokenizer
 from tuneloop.serve import ServeConfig
 
 
-@pytest.fixture(scope="module")
-def server(tiny_llama, tmp_path_factory):
+# every test twice: the engine stepping in the server process, and in a process of its own
+@pytest.fixture(scope="module", params=[False, True], ids=["in-process", "engine-process"])
+def server(tiny_llama, tmp_path_factory, request):
     from .conftest import run_server
 
     cfg = ServeConfig.model_validate(
         {
-            "models": [{"name": "tiny", "model": str(tiny_llama), "kv_cache_gib": 0.02}],
+            "models": [
+                {
+                    "name": "tiny",
+                    "model": str(tiny_llama),
+                    "kv_cache_gib": 0.02,
+                    "engine_process": request.param,
+                }
+            ],
             "auth": {"enabled": False, "database_url": f"sqlite:///{tmp_path_factory.mktemp('db')}/serve.db"},
             "log": {"path": str(tmp_path_factory.mktemp("log") / "requests.jsonl")},
         }
@@ -185,11 +193,12 @@ def test_client_disconnect_aborts_the_engine_request(server):
     with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
         for _line in r.iter_lines():
             break  # go away after the first event
-    engine = server.state.models["tiny"].client.shared.engine
+    engine, gate = server.state.models["tiny"].client.shared.engine, server.state.models["tiny"].gate
+    busy = lambda: engine.stats().running + engine.stats().waiting + gate.running  # noqa: E731
     deadline = time.monotonic() + 10
-    while engine.stats().running + engine.stats().waiting and time.monotonic() < deadline:
+    while busy() and time.monotonic() < deadline:  # the server notices the disconnect at its next write
         time.sleep(0.05)
-    assert engine.stats().running == 0 and server.state.models["tiny"].gate.running == 0
+    assert engine.stats().running == 0 and gate.running == 0
 
 
 @pytest.mark.slow

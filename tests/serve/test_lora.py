@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
+import pytest
 import torch
 
 from tuneloop.serve import ServeConfig
@@ -25,13 +28,20 @@ def make_adapter(base, out, seed: int):
     return out
 
 
-def test_base_and_adapter_share_one_engine_and_adapters_reload(serve, tiny_llama, tmp_path):
+# the engine in the server process, or in its own (adapters then load and unload through its pipe)
+@pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
+def test_base_and_adapter_share_one_engine_and_adapters_reload(serve, tiny_llama, tmp_path, engine_process):
     current = tmp_path / "support"
     current.symlink_to(make_adapter(tiny_llama, tmp_path / "v1", seed=1))
     cfg = ServeConfig.model_validate(
         {
             "models": [
-                {"name": "base", "model": str(tiny_llama), "kv_cache_gib": 0.02},
+                {
+                    "name": "base",
+                    "model": str(tiny_llama),
+                    "kv_cache_gib": 0.02,
+                    "engine_process": engine_process,
+                },
                 {"name": "base-alias", "model": str(tiny_llama)},  # same engine, warmed up concurrently
                 {"name": "support", "model": str(tiny_llama), "lora": str(current)},
             ],
@@ -62,3 +72,9 @@ def test_base_and_adapter_share_one_engine_and_adapters_reload(serve, tiny_llama
         assert s.state.models["support"].client.shared is models["base"].client.shared  # no second base
         v2 = answer(s, "support")
         assert v2 not in (v1, base) and answer(s, "base") == base
+        engine = models["base"].client.shared.engine
+        assert (type(engine).__name__ == "EngineProcess") == engine_process
+        new, deadline = s.state.models["support"].client.lora, time.monotonic() + 10
+        while engine.lora_names() != {new} and time.monotonic() < deadline:  # the old version is retired
+            time.sleep(0.05)
+        assert engine.lora_names() == {new}

@@ -47,6 +47,9 @@ def serve(
     host: str = typer.Option(None, "--host", help="Bind address (default 127.0.0.1)."),
     port: int = typer.Option(None, "--port", "-p", help="Port (default 8000)."),
     kv_cache_gib: float = typer.Option(None, "--kv-cache-gib", min=0.001, help="KV-cache size of --model."),
+    engine_process: bool = typer.Option(
+        False, "--engine-process", help="Step --model's engine in its own process (no GIL shared with HTTP)."
+    ),
     log_json: bool = typer.Option(False, "--log-json", help="Server logs as one JSON object per line."),
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Accept requests without API keys (local use only)."
@@ -54,7 +57,14 @@ def serve(
 ) -> None:
     """Serve models behind an OpenAI-compatible API (chat, completions, streaming, metrics, feedback)."""
     _require_serve_extra()
-    entry = {"name": name or model, "model": model, "kv_cache_gib": kv_cache_gib} if model else None
+    entry = None
+    if model:
+        entry = {
+            "name": name or model,
+            "model": model,
+            "kv_cache_gib": kv_cache_gib,
+            "engine_process": engine_process,
+        }
     cfg = _config(config, entry, list(overrides or []), host, port, no_auth)
     import uvicorn
 

@@ -108,6 +108,20 @@ class AsyncEngine:
         assert last is not None
         return last
 
+    # adapters: blocking (between two steps); call from a worker thread, never the event loop
+
+    def load_lora(self, name: str, folder: Any) -> None:
+        with self._lock:
+            self.engine.load_lora(name, folder)
+
+    def unload_lora(self, name: str) -> None:
+        with self._lock:
+            self.engine.unload_lora(name)
+
+    def lora_names(self) -> set[str]:
+        with self._lock:
+            return set(self.engine.lora.adapters) if self.engine.lora else set()
+
     def shutdown(self) -> None:
         """Stop stepping; requests still in flight end with EngineClosedError instead of hanging."""
         with self._lock:

@@ -35,7 +35,11 @@ def build_clients(
         folder, adapter_folder = where.folder, where.adapter
         if folder not in engines:
             engines[folder] = SharedEngine.load(
-                folder, kv_cache_gib=m.kv_cache_gib, max_model_len=m.max_model_len, device=m.device
+                folder,
+                process=m.engine_process,
+                kv_cache_gib=m.kv_cache_gib,
+                max_model_len=m.max_model_len,
+                device=m.device,
             )
         adapter = _load_adapter(engines[folder], m.name, adapter_folder) if adapter_folder else None
         client = LocalClient(engines[folder], adapter, config.limits.max_prompt_tokens)
@@ -86,11 +90,10 @@ def _version(resolved) -> str:
 
 def _load_adapter(shared: SharedEngine, served_name: str, folder: Path) -> str:
     # a fresh adapter name per load, so a reloaded version never replaces one still serving
-    loaded = shared.engine.engine.lora
-    taken = set(loaded.adapters) if loaded else set()
+    taken = shared.engine.lora_names()
     name, n = served_name, 0
     while name in taken:
         n += 1
         name = f"{served_name}#{n}"
-    shared.engine.engine.load_lora(name, folder)
+    shared.engine.load_lora(name, folder)
     return name

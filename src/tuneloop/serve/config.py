@@ -22,6 +22,9 @@ class ModelConfig(Config):
     kv_cache_gib: float | None = None
     max_model_len: int | None = None
     device: str = "auto"
+    # the engine steps in a process of its own (vLLM V1's design): its host work and the server's
+    # per-token Python work no longer share one GIL; off by default until measured on a GPU
+    engine_process: bool = False
     max_concurrency: int = Field(default=64, ge=1)  # requests generating at once
     max_queue: int = Field(default=256, ge=0)  # requests waiting beyond that; then 429
 

@@ -26,19 +26,25 @@ log = logging.getLogger("tuneloop.serve")
 class SharedEngine:
     """One loaded base model: the async engine and its tokenizer."""
 
-    engine: Any  # tuneloop.engine.async_engine.AsyncEngine
+    engine: Any  # tuneloop.engine.async_engine.AsyncEngine, or .process.EngineProcess (same interface)
     tokenizer: Any
     folder: Path
     closed: bool = False  # shut down (replaced by a live reload): a request here would never finish
 
     @classmethod
-    def load(cls, folder: Path, **engine_kwargs: Any) -> SharedEngine:
-        from tuneloop.engine import LLMEngine
-        from tuneloop.engine.async_engine import AsyncEngine
+    def load(cls, folder: Path, process: bool = False, **engine_kwargs: Any) -> SharedEngine:
         from tuneloop.models.loading import load_tokenizer
 
         kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
-        engine = AsyncEngine(LLMEngine.from_pretrained(folder, **kwargs))
+        if process:  # the engine steps in its own process: no GIL shared with the HTTP server
+            from tuneloop.engine.process import EngineProcess
+
+            engine: Any = EngineProcess(folder, **kwargs)
+        else:
+            from tuneloop.engine import LLMEngine
+            from tuneloop.engine.async_engine import AsyncEngine
+
+            engine = AsyncEngine(LLMEngine.from_pretrained(folder, **kwargs))
         return cls(engine, load_tokenizer(folder), folder)
 
 

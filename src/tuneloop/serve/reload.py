@@ -66,7 +66,7 @@ async def _retire(clients: list, state) -> None:
         if id(c.shared) not in in_use:
             await c.close()
         elif c.lora is not None:
-            await asyncio.to_thread(c.shared.engine.engine.unload_lora, c.lora)
+            await asyncio.to_thread(c.shared.engine.unload_lora, c.lora)
 
 
 async def watch(state, interval_s: float) -> None:

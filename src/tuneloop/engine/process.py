@@ -1,0 +1,402 @@
+"""`EngineProcess`: `AsyncEngine`'s interface, with the `LLMEngine` stepping in a process of its own.
+
+Why: in one process the engine's stepping thread and the server's event loop (chat template,
+detokenizer, SSE writer, auth, request log) share one GIL. On an H100 at 128 streams the server's
+per-token Python work cut the engine's throughput by 73% and pushed the P99 time to first token to
+16 s (BENCHMARKS.md, "Online, through the HTTP gateway"). With the engine in its own process (vLLM
+V1's EngineCore design) the step loop's host work and the server's run in parallel, and they
+exchange one message per step over a pipe.
+
+The protocol (tuples, pickled by `multiprocessing.connection`):
+  server -> engine  ("add", request_id, prompt_ids, params, priority, lora) | ("abort", request_id)
+                    | ("call", call_id, method, args) | ("stop",)
+  engine -> server  ("ready", stats) | ("fatal", kind, message, hint)      (once, at start)
+                    | ("added", request_id, error) | ("step", outputs, stats | None)
+                    | ("failed", message, request_ids) | ("reply", call_id, result, error)
+                    | ("stats", stats)                                     (on going idle)
+An output travels as (request_id, new_token_ids, finished, finish_reason, logprobs,
+prompt_logprobs, num_prompt_tokens, num_cached_tokens); the server side keeps each request's
+token list, so a step's message does not grow with the output length.
+
+The server side never waits on the engine from an event loop: messages leave through a writer
+thread (a full pipe blocks that thread, not the event loop), and a reader thread hands each step's
+outputs to every event loop in one wake-up, as `AsyncEngine` does. If the engine process dies, every
+request in flight ends with an error at once and later submits raise `EngineClosedError` (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import multiprocessing as mp
+import queue as queue_mod
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from tuneloop.engine.async_engine import EngineClosedError
+from tuneloop.engine.engine import EngineStats
+from tuneloop.engine.outputs import RequestOutput
+from tuneloop.engine.sampling import SamplingParams
+from tuneloop.errors import TuneloopError
+
+log = logging.getLogger("tuneloop.engine")
+
+STATS_EVERY_S = 0.25  # how stale `stats()` may be while the engine is busy
+CALL_TIMEOUT_S = 600.0  # loading an adapter reads its weights: generous, but never forever
+
+
+class EngineProcessError(RuntimeError):
+    """The engine process failed to start or died; the message says how."""
+
+
+class EngineProcess:
+    def __init__(self, folder: str | Path, start_timeout_s: float = 900.0, **engine_kwargs: Any):
+        ctx = mp.get_context("spawn")  # a forked child cannot use CUDA when the parent has touched it
+        self._conn, child = ctx.Pipe(duplex=True)
+        self._proc = ctx.Process(target=_engine_main, args=(child, str(folder), engine_kwargs),
+                                 name="tuneloop-engine", daemon=True)  # fmt: skip
+        self._proc.start()
+        child.close()
+        self._stats = self._wait_ready(str(folder), start_timeout_s)
+        self._closed = False
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue, list[int]]] = {}
+        self._pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue, asyncio.Future]] = {}
+        self._calls: dict[int, concurrent.futures.Future] = {}
+        self._call_ids = itertools.count()
+        self._outbox: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name="tuneloop-engine-writer", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="tuneloop-engine-reader", daemon=True)
+        self._writer.start()
+        self._reader.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def _wait_ready(self, folder: str, timeout_s: float) -> EngineStats:
+        if not self._conn.poll(timeout_s):
+            self._proc.kill()
+            raise EngineProcessError(f"the engine process did not load {folder} within {timeout_s:.0f} s")
+        try:
+            msg = self._conn.recv()
+        except (EOFError, OSError):
+            self._proc.join(5)
+            raise EngineProcessError(
+                f"the engine process exited with code {self._proc.exitcode} while loading {folder} "
+                "(its log above says why)"
+            ) from None
+        if msg[0] == "fatal":
+            _, kind, message, hint = msg
+            self._proc.join(10)
+            if (
+                kind == "TuneloopError"
+            ):  # a user mistake (bad folder, impossible cache size): same as in-process
+                raise TuneloopError(message, hint=hint)
+            raise EngineProcessError(f"the engine process failed to load {folder}: {kind}: {message}")
+        return msg[1]
+
+    # ------------------------------------------------------------ AsyncEngine's interface
+
+    async def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        lora: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        if self._closed:
+            raise EngineClosedError("the engine is shut down")
+        request_id = request_id if request_id is not None else uuid.uuid4().hex
+        if request_id in self._queues or request_id in self._pending:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        added: asyncio.Future = loop.create_future()
+        self._pending[request_id] = (loop, queue, added)
+        self._outbox.put(("add", request_id, list(prompt_ids), params, priority, lora))
+        return self._stream(await added, queue)
+
+    async def _stream(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:  # the consumer stopped early: free the request's blocks now
+                self.abort(request_id)
+
+    def abort(self, request_id: str) -> bool:
+        known = request_id in self._queues
+        if known and not self._closed:
+            self._outbox.put(("abort", request_id))
+        return known
+
+    def stats(self) -> EngineStats:
+        """As of the engine's last step (at most ~0.25 s old while busy; fresh when it went idle)."""
+        return self._stats
+
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams | None = None, **kw: Any
+    ) -> RequestOutput:
+        last = None
+        async for out in await self.submit(prompt_ids, params, **kw):
+            last = out
+        assert last is not None
+        return last
+
+    def load_lora(self, name: str, folder: str | Path) -> None:
+        self._call("load_lora", name, str(folder))
+
+    def unload_lora(self, name: str) -> None:
+        self._call("unload_lora", name)
+
+    def lora_names(self) -> set[str]:
+        return set(self._call("lora_names"))
+
+    def shutdown(self) -> None:
+        """Stop the engine process; requests still in flight end with EngineClosedError."""
+        if self._closed:
+            return
+        self._closed = True
+        self._outbox.put(("stop",))
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout=5)
+        self._outbox.put(None)  # ends the writer thread
+        self._fail_all(EngineClosedError("the engine was shut down while the request ran"))
+        with contextlib.suppress(OSError):
+            self._conn.close()
+
+    # ------------------------------------------------------------ the two threads
+
+    def _call(self, method: str, *args: Any) -> Any:
+        if self._closed:
+            raise EngineClosedError("the engine is shut down")
+        call_id = next(self._call_ids)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls[call_id] = future
+        self._outbox.put(("call", call_id, method, args))
+        return future.result(timeout=CALL_TIMEOUT_S)
+
+    def _write(self) -> None:
+        while (msg := self._outbox.get()) is not None:
+            try:
+                self._conn.send(msg)
+            except (OSError, ValueError):  # the engine process is gone: the reader reports it
+                return
+
+    def _read(self) -> None:
+        while True:
+            try:
+                msg = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            kind = msg[0]
+            if kind == "step":
+                self._deliver(msg[1])
+                if msg[2] is not None:
+                    self._stats = msg[2]
+            elif kind == "added":
+                self._added(msg[1], msg[2])
+            elif kind == "stats":
+                self._stats = msg[1]
+            elif kind == "failed":
+                error = RuntimeError(msg[1])
+                for request_id in msg[2]:
+                    target = self._queues.pop(request_id, None)
+                    if target is not None:
+                        _call_soon(target[0], target[1].put_nowait, error)
+            elif kind == "reply":
+                future = self._calls.pop(msg[1], None)
+                if future is not None:
+                    if msg[3] is None:
+                        future.set_result(msg[2])
+                    else:
+                        future.set_exception(_rebuild(msg[3]))
+        if not self._closed:  # the process died under us (killed, out of memory, a crash in a kernel)
+            self._closed = True
+            self._proc.join(timeout=2)
+            log.error(
+                "the engine process exited with code %s; failing the requests in flight", self._proc.exitcode
+            )
+            self._fail_all(EngineProcessError(f"the engine process exited with code {self._proc.exitcode}"))
+
+    def _added(self, request_id: str, error: tuple | None) -> None:
+        loop, queue, future = self._pending.pop(request_id)
+        if error is None:
+            self._queues[request_id] = (loop, queue, [])
+        _call_soon(loop, self._settle, future, request_id, None if error is None else _rebuild(error))
+
+    def _settle(self, future: asyncio.Future, request_id: str, error: BaseException | None) -> None:
+        """On the caller's event loop: hand submit() its request id (or error)."""
+        if future.cancelled():  # the caller gave up while it was being added: nobody reads the stream
+            if error is None:
+                self.abort(request_id)
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(request_id)
+
+    def _deliver(self, packed: list[tuple]) -> None:
+        batches: dict[asyncio.AbstractEventLoop, list] = {}
+        for request_id, new, finished, reason, logprobs, prompt_logprobs, n_prompt, n_cached in packed:
+            target = self._queues.get(request_id)
+            if target is None:
+                continue
+            loop, queue, tokens = target
+            tokens.extend(new)
+            if finished:
+                del self._queues[request_id]
+            out = RequestOutput(request_id, new, list(tokens), finished, reason, logprobs, prompt_logprobs,
+                                n_prompt, n_cached)  # fmt: skip
+            batches.setdefault(loop, []).append((queue.put_nowait, out))
+        for loop, calls in batches.items():  # one wake-up per event loop per step, not one per token
+            _call_soon(loop, _run_all, calls)
+
+    def _fail_all(self, error: BaseException) -> None:
+        for _, (loop, queue, _) in list(self._queues.items()):
+            _call_soon(loop, queue.put_nowait, error)
+        self._queues.clear()
+        closed = EngineClosedError("the engine is shut down")
+        for request_id, (loop, _, future) in list(self._pending.items()):
+            _call_soon(loop, self._settle, future, request_id, closed)
+        self._pending.clear()
+        for future in list(self._calls.values()):
+            if not future.done():
+                future.set_exception(EngineClosedError("the engine is shut down"))
+        self._calls.clear()
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is waiting there
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def _run_all(calls: list[tuple]) -> None:
+    for fn, *args in calls:
+        fn(*args)
+
+
+def _describe(e: BaseException) -> tuple[str, str, str | None]:
+    kind = "TuneloopError" if isinstance(e, TuneloopError) else type(e).__name__
+    return kind, getattr(e, "message", None) or str(e), getattr(e, "hint", None)
+
+
+def _rebuild(error: tuple) -> BaseException:
+    kind, message, hint = error
+    if kind == "TuneloopError":
+        return TuneloopError(message, hint=hint)
+    if kind == "ValueError":  # a refused request: the server answers 400, as in-process
+        return ValueError(message)
+    return RuntimeError(f"{kind}: {message}")
+
+
+# ---------------------------------------------------------------- the engine process
+
+
+def _engine_main(conn: Any, folder: str, kwargs: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    from tuneloop.engine.engine import LLMEngine
+
+    try:
+        engine = LLMEngine.from_pretrained(folder, **kwargs)
+    except BaseException as e:  # the parent raises it: a bad folder is the user's to fix, not a hang
+        with contextlib.suppress(OSError):
+            conn.send(("fatal", *_describe(e)))
+        if not isinstance(e, Exception):
+            raise
+        return
+    conn.send(("ready", engine.stats()))
+    _Core(engine, conn).run()
+
+
+class _Core:
+    """The loop in the engine process: drain the pipe, step, send the step's outputs in one message."""
+
+    def __init__(self, engine: Any, conn: Any):
+        self.engine, self.conn = engine, conn
+        self.outbox: list[tuple] = []  # outputs for the next message (aborts, then the step's)
+        self.stats_at = 0.0
+        self.stop = False
+
+    def run(self) -> None:
+        idle_sent = True
+        while not self.stop:
+            busy = self.engine.has_unfinished()
+            if not busy and not idle_sent:
+                self.conn.send(("stats", self.engine.stats()))
+                idle_sent = True
+            try:
+                if busy or self.conn.poll(None):
+                    while self.conn.poll(0):
+                        self.handle(self.conn.recv())
+            except (EOFError, OSError):  # the server process went away: nobody to serve
+                return
+            if self.stop:
+                break
+            if self.engine.has_unfinished():
+                idle_sent = False
+                self.step()
+            if self.outbox:
+                self.flush()
+
+    def handle(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "add":
+            _, request_id, prompt_ids, params, priority, lora = msg
+            try:
+                self.engine.add_request(prompt_ids, params, request_id, priority, lora)
+                self.conn.send(("added", request_id, None))
+            except Exception as e:
+                self.conn.send(("added", request_id, _describe(e)))
+        elif kind == "abort":
+            if self.engine.abort(msg[1]):
+                self.outbox.append((msg[1], [], True, "abort", [], None, 0, 0))
+        elif kind == "call":
+            _, call_id, method, args = msg
+            try:
+                if method == "lora_names":
+                    result: Any = sorted(self.engine.lora.adapters) if self.engine.lora else []
+                elif method in ("load_lora", "unload_lora"):
+                    result = getattr(self.engine, method)(*args)
+                else:
+                    raise ValueError(f"unknown engine call {method!r}")
+                self.conn.send(("reply", call_id, result, None))
+            except Exception as e:
+                self.conn.send(("reply", call_id, None, _describe(e)))
+        elif kind == "stop":
+            self.stop = True
+
+    def step(self) -> None:
+        try:
+            outputs = self.engine.step()
+        except Exception as e:  # a failed step fails every request in it, loudly, and the engine goes on
+            log.exception("engine step failed")
+            ids = list(self.engine.sequences)
+            for request_id in ids:
+                self.engine.abort(request_id)
+            self.conn.send(("failed", f"engine step failed: {e}", ids))
+            return
+        self.outbox.extend((o.request_id, o.new_token_ids, o.finished, o.finish_reason, o.logprobs,
+                            o.prompt_logprobs, o.num_prompt_tokens, o.num_cached_tokens) for o in outputs)  # fmt: skip
+
+    def flush(self) -> None:
+        now = time.monotonic()
+        stats = None
+        if now - self.stats_at > STATS_EVERY_S:
+            stats, self.stats_at = self.engine.stats(), now
+        self.conn.send(("step", self.outbox, stats))
+        self.outbox = []
