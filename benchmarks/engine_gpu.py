@@ -60,9 +60,9 @@ def prefill_arg() -> str:
     return sys.argv[i + 1]
 
 
-def build_engine(shape: dict, device: str, **kw) -> LLMEngine:
+def build_engine(shape: dict, device: str, folder: Path | None = None, **kw) -> LLMEngine:
     kw.setdefault("prefill_attention", prefill_arg())
-    folder = Path(tempfile.mkdtemp())
+    folder = folder or Path(tempfile.mkdtemp())
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", **shape}))
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     model = random_llama(shape, dtype, device)

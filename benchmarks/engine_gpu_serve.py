@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import functools
 import importlib.util
 import io
 import itertools
@@ -64,13 +65,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from engine_gpu import LLAMA3_8B, TINY, build_engine  # the shapes and builder of the engine benchmark
+from engine_gpu import LLAMA3_8B, TINY, build_engine, prefill_arg  # the engine benchmark's shapes, builder
 
 from tuneloop.bench.serve import Sample, prompt_text, summarize
 from tuneloop.engine import SamplingParams
 from tuneloop.engine.async_engine import AsyncEngine
 from tuneloop.engine.engine import EngineStats
 from tuneloop.engine.outputs import RequestOutput
+from tuneloop.engine.process import EngineProcess
 from tuneloop.models.loading import load_tokenizer
 from tuneloop.serve.client import GenerateRequest
 from tuneloop.serve.local import LocalClient, SharedEngine
@@ -108,8 +110,8 @@ class SimulatedEngine:
     as a GPU step would (GIL released), then gives every running request one random token id. Prefill
     takes one step; nothing else (blocks, preemption) is modelled."""
 
-    def __init__(self, step_s: float, folder: Path, vocab: int, max_num_seqs: int = 256):
-        self.step_s, self.vocab, self.max_num_seqs = step_s, vocab, max_num_seqs
+    def __init__(self, step_s: float, folder: Path, vocab: int, max_num_seqs: int = 256, host_s: float = 0.0):
+        self.step_s, self.vocab, self.max_num_seqs, self.host_s = step_s, vocab, max_num_seqs, host_s
         self.config = type("Config", (), {"model": str(folder)})()
         self.runner = type("Runner", (), {"num_blocks": 0})()
         self.waiting: list = []
@@ -131,6 +133,11 @@ class SimulatedEngine:
 
     def step(self) -> list[RequestOutput]:
         time.sleep(self.step_s)
+        # the real engine's own Python per step (scheduler, block tables, step inputs, outputs), which
+        # holds the GIL: 0.44 s over 127 decode steps at 256 rows on the H100 (BENCHMARKS.md)
+        end = time.perf_counter() + self.host_s
+        while time.perf_counter() < end:
+            pass
         self.steps += 1
         while self.waiting and len(self.running) < self.max_num_seqs:
             request_id, state = self.waiting.pop(0)
@@ -149,17 +156,22 @@ class SimulatedEngine:
         return EngineStats(len(self.running), len(self.waiting), 0.0, 0, 0.0, 0, self.steps, 0, 0, 0.0)
 
 
-def build_client(shape: dict, device: str, tiny: bool, simulate_step_s: float | None = None) -> LocalClient:
-    """The engine of engine_gpu.py, plus the tokenizer files in its model folder, behind a LocalClient."""
-    if simulate_step_s is not None:
-        engine = SimulatedEngine(simulate_step_s, Path(tempfile.mkdtemp()), VOCAB, ENGINE["max_num_seqs"])
-    else:
-        engine = build_engine(shape, device, **ENGINE, **({"kv_cache_gib": 0.05} if tiny else {}))
-    folder = Path(engine.config.model)
+def build_client(shape: dict, device: str, tiny: bool, simulate_step_s: float | None = None,
+                 host_s: float = 0.0, process: bool = False) -> LocalClient:  # fmt: skip
+    """The engine of engine_gpu.py, plus the tokenizer files in its model folder, behind a LocalClient:
+    an AsyncEngine in this process, or (`process`) an EngineProcess building the same engine in its own."""
+    folder = Path(tempfile.mkdtemp())
     for name in TOKENIZER_FILES:
         shutil.copy(TOKENIZER / name, folder / name)
-    shared = SharedEngine(AsyncEngine(engine), load_tokenizer(folder), folder)
-    return LocalClient(shared)
+    if simulate_step_s is not None:
+        build = functools.partial(
+            SimulatedEngine, simulate_step_s, folder, VOCAB, ENGINE["max_num_seqs"], host_s
+        )
+    else:
+        kw = {**ENGINE, "prefill_attention": prefill_arg(), **({"kv_cache_gib": 0.05} if tiny else {})}
+        build = functools.partial(build_engine, shape, device, folder=folder, **kw)
+    engine = EngineProcess(folder, build=build) if process else AsyncEngine(build())
+    return LocalClient(SharedEngine(engine, load_tokenizer(folder), folder))
 
 
 def chat_ids(client: LocalClient, text: str) -> list[int]:
@@ -387,6 +399,11 @@ def main() -> None:
                         help="no model: each engine step sleeps this long (as a GPU step, GIL released) "
                         "and gives every request a random token, so the text layer and gateway are all "
                         "that costs CPU")  # fmt: skip
+    parser.add_argument("--simulate-host-ms", type=float, default=0.0,
+                        help="with --simulate-step-ms: Python work per step holding the GIL, as the real "
+                        "engine's scheduler and outputs do (~3.5 ms at 256 rows on the H100)")  # fmt: skip
+    parser.add_argument("--engine-process", action="store_true",
+                        help="the engine steps in its own process (EngineProcess), not a thread of the server's")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile every thread -> OUT/profile_*.txt")
     args = parser.parse_args()
     out, tiny, tiers = args.out, args.tiny, args.tiers.split(",")
@@ -418,9 +435,10 @@ def main() -> None:
     }
     t0 = time.perf_counter()
     simulate = None if args.simulate_step_ms is None else args.simulate_step_ms / 1000
-    client = build_client(shape, device, tiny, simulate)
-    res["simulated_step_ms"] = args.simulate_step_ms
-    res["kv_blocks"] = client.shared.engine.engine.runner.num_blocks
+    client = build_client(shape, device, tiny, simulate, args.simulate_host_ms / 1000, args.engine_process)
+    res["simulated_step_ms"], res["simulated_host_ms"] = args.simulate_step_ms, args.simulate_host_ms
+    res["engine_process"] = args.engine_process
+    res["kv_blocks"] = client.shared.engine.stats().kv_blocks
     res["build_s"] = round(time.perf_counter() - t0, 1)
     words = prompt_words(client, PROMPT_TOKENS)
     res["prompt_words"] = words
@@ -442,9 +460,10 @@ def main() -> None:
     res["total_s"] = round(time.perf_counter() - t0, 1)
     if device == "cuda":
         res["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-    (out / "engine_gpu_serve.json").write_text(json.dumps(res, indent=1))
+    name = "engine_gpu_serve_process.json" if args.engine_process else "engine_gpu_serve.json"
+    (out / name).write_text(json.dumps(res, indent=1))
     log(json.dumps(res["summary"], indent=1))
-    log(f"done in {res['total_s']} s -> {out / 'engine_gpu_serve.json'}")
+    log(f"done in {res['total_s']} s -> {out / name}")
 
 
 if __name__ == "__main__":

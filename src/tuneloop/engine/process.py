@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import itertools
 import logging
 import multiprocessing as mp
@@ -57,11 +58,17 @@ class EngineProcessError(RuntimeError):
 
 
 class EngineProcess:
-    def __init__(self, folder: str | Path, start_timeout_s: float = 900.0, **engine_kwargs: Any):
+    def __init__(
+        self, folder: str | Path, start_timeout_s: float = 900.0, build: Any = None, **engine_kwargs: Any
+    ):
+        """`LLMEngine.from_pretrained(folder, **engine_kwargs)` in the child; or `build()` there, a picklable
+        callable returning an engine-like object (benchmarks pass a stand-in engine this way)."""
         ctx = mp.get_context("spawn")  # a forked child cannot use CUDA when the parent has touched it
         self._conn, child = ctx.Pipe(duplex=True)
-        self._proc = ctx.Process(target=_engine_main, args=(child, str(folder), engine_kwargs),
-                                 name="tuneloop-engine", daemon=True)  # fmt: skip
+        build = build or functools.partial(_from_pretrained, str(folder), engine_kwargs)
+        self._proc = ctx.Process(
+            target=_engine_main, args=(child, build), name="tuneloop-engine", daemon=True
+        )
         self._proc.start()
         child.close()
         self._stats = self._wait_ready(str(folder), start_timeout_s)
@@ -307,12 +314,16 @@ def _rebuild(error: tuple) -> BaseException:
 # ---------------------------------------------------------------- the engine process
 
 
-def _engine_main(conn: Any, folder: str, kwargs: dict[str, Any]) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+def _from_pretrained(folder: str, kwargs: dict[str, Any]) -> Any:
     from tuneloop.engine.engine import LLMEngine
 
+    return LLMEngine.from_pretrained(folder, **kwargs)
+
+
+def _engine_main(conn: Any, build: Any) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     try:
-        engine = LLMEngine.from_pretrained(folder, **kwargs)
+        engine = build()
     except BaseException as e:  # the parent raises it: a bad folder is the user's to fix, not a hang
         with contextlib.suppress(OSError):
             conn.send(("fatal", *_describe(e)))
@@ -385,7 +396,7 @@ class _Core:
             outputs = self.engine.step()
         except Exception as e:  # a failed step fails every request in it, loudly, and the engine goes on
             log.exception("engine step failed")
-            ids = list(self.engine.sequences)
+            ids = list(getattr(self.engine, "sequences", ()))
             for request_id in ids:
                 self.engine.abort(request_id)
             self.conn.send(("failed", f"engine step failed: {e}", ids))
