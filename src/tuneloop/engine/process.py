@@ -7,7 +7,7 @@ per-token Python work cut the engine's throughput by 73% and pushed the P99 time
 V1's EngineCore design) the step loop's host work and the server's run in parallel, and they
 exchange one message per step over a pipe.
 
-The protocol (tuples, pickled by `multiprocessing.connection`):
+The protocol: each pipe message is a list of these tuples (pickled by `multiprocessing.connection`):
   server -> engine  ("add", request_id, prompt_ids, params, priority, lora) | ("abort", request_id)
                     | ("call", call_id, method, args) | ("stop",)
   engine -> server  ("ready", stats) | ("fatal", kind, message, hint)      (once, at start)
@@ -50,6 +50,7 @@ from tuneloop.errors import TuneloopError
 log = logging.getLogger("tuneloop.engine")
 
 STATS_EVERY_S = 0.25  # how stale `stats()` may be while the engine is busy
+BURST_GAP_S, BURST_MAX_S = 0.001, 0.005  # from idle: wait for more requests while they keep coming, briefly
 CALL_TIMEOUT_S = 600.0  # loading an adapter reads its weights: generous, but never forever
 
 
@@ -199,47 +200,60 @@ class EngineProcess:
         return future.result(timeout=CALL_TIMEOUT_S)
 
     def _write(self) -> None:
-        while (msg := self._outbox.get()) is not None:
+        """Everything queued goes as one message: a burst of requests costs one pickle and one write."""
+        while True:
+            batch = [self._outbox.get()]
+            with contextlib.suppress(queue_mod.Empty):
+                while batch[-1] is not None:
+                    batch.append(self._outbox.get_nowait())
+            stop = batch[-1] is None
+            batch = [m for m in batch if m is not None]
             try:
-                self._conn.send(msg)
+                if batch:
+                    self._conn.send(batch)
             except (OSError, ValueError):  # the engine process is gone: the reader reports it
+                return
+            if stop:
                 return
 
     def _read(self) -> None:
         while True:
             try:
-                msg = self._conn.recv()
+                batch = self._conn.recv()
             except (EOFError, OSError):
                 break
-            kind = msg[0]
-            if kind == "step":
-                self._deliver(msg[1])
-                if msg[2] is not None:
-                    self._stats = msg[2]
-            elif kind == "added":
-                self._added(msg[1], msg[2])
-            elif kind == "stats":
-                self._stats = msg[1]
-            elif kind == "failed":
-                error = RuntimeError(msg[1])
-                for request_id in msg[2]:
-                    target = self._queues.pop(request_id, None)
-                    if target is not None:
-                        _call_soon(target[0], target[1].put_nowait, error)
-            elif kind == "reply":
-                future = self._calls.pop(msg[1], None)
-                if future is not None:
-                    if msg[3] is None:
-                        future.set_result(msg[2])
-                    else:
-                        future.set_exception(_rebuild(msg[3]))
+            for msg in batch:
+                self._dispatch(msg)
         if not self._closed:  # the process died under us (killed, out of memory, a crash in a kernel)
             self._closed = True
             self._proc.join(timeout=2)
-            log.error(
-                "the engine process exited with code %s; failing the requests in flight", self._proc.exitcode
-            )
-            self._fail_all(EngineProcessError(f"the engine process exited with code {self._proc.exitcode}"))
+            code = self._proc.exitcode
+            log.error("the engine process exited with code %s; failing the requests in flight", code)
+            self._fail_all(EngineProcessError(f"the engine process exited with code {code}"))
+
+    def _dispatch(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "step":
+            self._deliver(msg[1])
+            if msg[2] is not None:
+                self._stats = msg[2]
+        elif kind == "added":
+            self._added(msg[1], msg[2])
+        elif kind == "stats":
+            self._stats = msg[1]
+        elif kind == "failed":
+            error = RuntimeError(msg[1])
+            for request_id in msg[2]:
+                target = self._queues.pop(request_id, None)
+                if target is not None:
+                    _call_soon(target[0], target[1].put_nowait, error)
+        elif kind == "reply":
+            future = self._calls.pop(msg[1], None)
+            if future is not None:
+                if msg[3] is None:
+                    future.set_result(msg[2])
+                else:
+                    future.set_exception(_rebuild(msg[3]))
 
     def _added(self, request_id: str, error: tuple | None) -> None:
         loop, queue, future = self._pending.pop(request_id)
@@ -335,11 +349,12 @@ def _engine_main(conn: Any, build: Any) -> None:
 
 
 class _Core:
-    """The loop in the engine process: drain the pipe, step, send the step's outputs in one message."""
+    """The loop in the engine process: drain the pipe, answer, step, send the step's outputs in one message."""
 
     def __init__(self, engine: Any, conn: Any):
         self.engine, self.conn = engine, conn
-        self.outbox: list[tuple] = []  # outputs for the next message (aborts, then the step's)
+        self.outputs: list[tuple] = []  # for the next "step" message (aborts, then the step's outputs)
+        self.replies: list[tuple] = []  # acknowledgements and answers, sent before the next step
         self.stats_at = 0.0
         self.stop = False
 
@@ -348,12 +363,22 @@ class _Core:
         while not self.stop:
             busy = self.engine.has_unfinished()
             if not busy and not idle_sent:
-                self.conn.send(("stats", self.engine.stats()))
+                self.replies.append(("stats", self.engine.stats()))
                 idle_sent = True
             try:
+                if self.replies:
+                    self.conn.send(self.replies)
+                    self.replies = []
                 if busy or self.conn.poll(None):
-                    while self.conn.poll(0):
-                        self.handle(self.conn.recv())
+                    self.drain()
+                    # woken from idle: a burst (clients that all finished in the last step and ask
+                    # again) is often still arriving; take it into one first step, not two
+                    deadline = time.monotonic() + BURST_MAX_S
+                    while not busy and time.monotonic() < deadline and self.conn.poll(BURST_GAP_S):
+                        self.drain()
+                if self.replies:  # a new request learns it was accepted (or why not) before the step runs
+                    self.conn.send(self.replies)
+                    self.replies = []
             except (EOFError, OSError):  # the server process went away: nobody to serve
                 return
             if self.stop:
@@ -361,8 +386,13 @@ class _Core:
             if self.engine.has_unfinished():
                 idle_sent = False
                 self.step()
-            if self.outbox:
+            if self.outputs or self.replies:
                 self.flush()
+
+    def drain(self) -> None:
+        while self.conn.poll(0):
+            for msg in self.conn.recv():
+                self.handle(msg)
 
     def handle(self, msg: tuple) -> None:
         kind = msg[0]
@@ -370,12 +400,12 @@ class _Core:
             _, request_id, prompt_ids, params, priority, lora = msg
             try:
                 self.engine.add_request(prompt_ids, params, request_id, priority, lora)
-                self.conn.send(("added", request_id, None))
+                self.replies.append(("added", request_id, None))
             except Exception as e:
-                self.conn.send(("added", request_id, _describe(e)))
+                self.replies.append(("added", request_id, _describe(e)))
         elif kind == "abort":
             if self.engine.abort(msg[1]):
-                self.outbox.append((msg[1], [], True, "abort", [], None, 0, 0))
+                self.outputs.append((msg[1], [], True, "abort", [], None, 0, 0))
         elif kind == "call":
             _, call_id, method, args = msg
             try:
@@ -385,9 +415,9 @@ class _Core:
                     result = getattr(self.engine, method)(*args)
                 else:
                     raise ValueError(f"unknown engine call {method!r}")
-                self.conn.send(("reply", call_id, result, None))
+                self.replies.append(("reply", call_id, result, None))
             except Exception as e:
-                self.conn.send(("reply", call_id, None, _describe(e)))
+                self.replies.append(("reply", call_id, None, _describe(e)))
         elif kind == "stop":
             self.stop = True
 
@@ -399,15 +429,17 @@ class _Core:
             ids = list(getattr(self.engine, "sequences", ()))
             for request_id in ids:
                 self.engine.abort(request_id)
-            self.conn.send(("failed", f"engine step failed: {e}", ids))
+            self.replies.append(("failed", f"engine step failed: {e}", ids))
             return
-        self.outbox.extend((o.request_id, o.new_token_ids, o.finished, o.finish_reason, o.logprobs,
-                            o.prompt_logprobs, o.num_prompt_tokens, o.num_cached_tokens) for o in outputs)  # fmt: skip
+        self.outputs.extend((o.request_id, o.new_token_ids, o.finished, o.finish_reason, o.logprobs,
+                             o.prompt_logprobs, o.num_prompt_tokens, o.num_cached_tokens) for o in outputs)  # fmt: skip
 
     def flush(self) -> None:
-        now = time.monotonic()
-        stats = None
-        if now - self.stats_at > STATS_EVERY_S:
-            stats, self.stats_at = self.engine.stats(), now
-        self.conn.send(("step", self.outbox, stats))
-        self.outbox = []
+        batch, self.replies = self.replies, []
+        if self.outputs:
+            now, stats = time.monotonic(), None
+            if now - self.stats_at > STATS_EVERY_S:
+                stats, self.stats_at = self.engine.stats(), now
+            batch.append(("step", self.outputs, stats))
+            self.outputs = []
+        self.conn.send(batch)
