@@ -280,7 +280,7 @@ class EngineProcess:
             loop, queue, tokens = target
             tokens.extend(new)
             if finished:
-                del self._queues[request_id]
+                self._queues.pop(request_id, None)  # pop: shutdown() may have cleared it meanwhile
             out = RequestOutput(request_id, new, list(tokens), finished, reason, logprobs, prompt_logprobs,
                                 n_prompt, n_cached)  # fmt: skip
             batches.setdefault(loop, []).append((queue.put_nowait, out))
