@@ -198,6 +198,27 @@ def test_request_log_and_feedback(serve, tuneloop_home, keys):
     assert row["rating"] == 5 and row["thumbs"] == "up" and row["response"]["id"] == answer.id
 
 
+def test_latency_and_ttft_count_from_arrival_auth_included(serve, tuneloop_home, keys, monkeypatch):
+    """The time a request spends in the gateway before its handler (here a slow key lookup, as a busy
+    SQL pool gives) is part of the latency clients see, so the log and the metrics count it too."""
+    key, _ = keys.create("ci")
+    verify = KeyStore.verify
+
+    def slow(self, token):
+        time.sleep(0.3)
+        return verify(self, token)
+
+    monkeypatch.setattr(KeyStore, "verify", slow)
+    with serve(config(), {"fake": FakeClient()}) as s:
+        client = openai.OpenAI(base_url=s.url + "/v1", api_key=key)
+        client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}])
+        metrics = httpx.get(s.url + "/metrics").text
+    line = read(tuneloop_home / "serve" / "requests.jsonl")[0]
+    assert line["ttft_s"] >= 0.3 and line["latency_s"] >= 0.3
+    fast = 'vllm:time_to_first_token_seconds_bucket{le="0.25",model_name="fake",variant="default"} 0.0'
+    assert fast in metrics
+
+
 def test_warm_up_runs_before_ready(serve):
     fake = FakeClient()
     with serve(config(auth={"enabled": False}), {"fake": fake}) as s:

@@ -63,6 +63,11 @@ class Generation:
     on_admit: Callable[[], None] | None = None  # e.g. mirror to a shadow, only for admitted requests
     _itl: Any = None  # the inter-token histogram of this request's labels
 
+    def __post_init__(self) -> None:
+        received = getattr(self.request.state, "received", None)  # set by the middleware on arrival
+        if received is not None:
+            self.start = received
+
     async def admit(self) -> None:
         """Quota, then a running slot (raises 429); call `release` once done."""
         state = self.request.app.state
