@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.engine import SamplingParams
+from tuneloop.serve.batch_encoder import BatchEncoder
 from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest, TokenLogprob
 from tuneloop.serve.detokenizer import Detokenizer
 from tuneloop.serve.errors import APIError
@@ -30,6 +31,11 @@ class SharedEngine:
     tokenizer: Any
     folder: Path
     closed: bool = False  # shut down (replaced by a live reload): a request here would never finish
+    encoder: Any = None  # BatchEncoder: prompts tokenized off the event loop
+
+    def __post_init__(self) -> None:
+        if self.encoder is None:
+            self.encoder = BatchEncoder(self.tokenizer)
 
     @classmethod
     def load(cls, folder: Path, process: bool = False, **engine_kwargs: Any) -> SharedEngine:
@@ -65,7 +71,7 @@ class LocalClient:
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         if self.shared.closed:  # the gateway holds clients until drained; never hang if that slips
             raise APIError(503, "this model version was unloaded by a live reload; retry", "model_reloaded")
-        prompt_ids = self._prompt_ids(request)
+        prompt_ids = await self._encode_prompt(request)
         detok = Detokenizer(self.tokenizer, request.stop)
         stream = await self._submit(prompt_ids, request)
         self.active += 1
@@ -93,19 +99,34 @@ class LocalClient:
             self.active -= 1
             await stream.aclose()  # early exit (stop string, client gone) aborts the engine request
 
+    async def _encode_prompt(self, request: GenerateRequest) -> list[int]:
+        """The prompt's ids; the tokenizing runs on the shared BatchEncoder's thread, not the event loop."""
+        if request.prompt_ids is not None:
+            return self._checked(list(request.prompt_ids))  # the engine checks they are in the vocabulary
+        text, special = self._prompt_text(request)
+        return self._checked(await self.shared.encoder.encode(text, special))
+
     def _prompt_ids(self, request: GenerateRequest) -> list[int]:
+        """Synchronous `_encode_prompt` (the same ids), for callers outside an event loop."""
+        if request.prompt_ids is not None:
+            return self._checked(list(request.prompt_ids))
+        text, special = self._prompt_text(request)
+        return self._checked(self.tokenizer.encode(text, add_special_tokens=special))
+
+    def _prompt_text(self, request: GenerateRequest) -> tuple[str, bool]:
+        """(text to encode, whether the tokenizer adds its special tokens): a chat template adds its own."""
         tok = self.tokenizer
         if request.messages is not None:
             if not tok.chat_template:
                 raise APIError(
                     400, "this model has no chat template; use /v1/completions", "no_chat_template"
                 )
-            text = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=False)
-            ids = tok.encode(text, add_special_tokens=False)
-        elif request.prompt_ids is not None:
-            ids = list(request.prompt_ids)  # the engine checks they are in the vocabulary
-        else:
-            ids = tok.encode(request.prompt or "", add_special_tokens=True)
+            return tok.apply_chat_template(
+                request.messages, add_generation_prompt=True, tokenize=False
+            ), False
+        return request.prompt or "", True
+
+    def _checked(self, ids: list[int]) -> list[int]:
         if not ids:
             raise APIError(400, "the prompt is empty", "empty_prompt", "prompt")
         if len(ids) > self.max_prompt_tokens:
@@ -162,3 +183,4 @@ class LocalClient:
     async def close(self) -> None:
         self.shared.closed = True
         await asyncio.to_thread(self.shared.engine.shutdown)
+        self.shared.encoder.close()
