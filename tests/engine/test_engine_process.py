@@ -145,3 +145,36 @@ def test_shutdown_ends_streams_in_flight(tiny_llama):
             await eng.submit([5, 6, 7], GREEDY)
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_ctrl_c_to_the_process_group_leaves_the_engine_process_running(proc):
+    os.kill(proc.pid, signal.SIGINT)  # the terminal sends it to every process of the group
+    time.sleep(0.3)
+    assert asyncio.run(proc.generate([5, 6, 7], GREEDY)).finish_reason == "length"
+
+
+def test_the_engine_process_exits_when_the_server_process_dies(tiny_llama):
+    import subprocess
+    import sys
+
+    code = ("import sys, time\nfrom tuneloop.engine.process import EngineProcess\n"
+            "if __name__ == '__main__':\n"
+            f"    e = EngineProcess({str(tiny_llama)!r}, block_size=4, kv_cache_gib=0.01)\n"
+            "    print(e.pid, flush=True)\n    time.sleep(120)\n")  # fmt: skip
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(server.stdout.readline())
+        server.kill()  # no shutdown(): the pipe's other end just closes
+        server.wait(10)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:  # gone, or a zombie nobody reaps (a container's PID 1 may not): no orphan holds the GPU
+                if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return
+            except FileNotFoundError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+        raise AssertionError("the engine process outlived its server")
+    finally:
+        server.kill()

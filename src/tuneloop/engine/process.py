@@ -34,6 +34,7 @@ import itertools
 import logging
 import multiprocessing as mp
 import queue as queue_mod
+import signal
 import threading
 import time
 import uuid
@@ -335,6 +336,9 @@ def _from_pretrained(folder: str, kwargs: dict[str, Any]) -> Any:
 
 
 def _engine_main(conn: Any, build: Any) -> None:
+    # Ctrl-C reaches the whole process group: the server shuts this process down through the pipe,
+    # after its requests in flight (a KeyboardInterrupt here would fail them mid-step)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
     try:
         engine = build()
@@ -387,7 +391,10 @@ class _Core:
                 idle_sent = False
                 self.step()
             if self.outputs or self.replies:
-                self.flush()
+                try:
+                    self.flush()
+                except OSError:  # the server process went away mid-step
+                    return
 
     def drain(self) -> None:
         while self.conn.poll(0):
