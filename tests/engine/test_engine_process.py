@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -169,7 +170,7 @@ def test_the_engine_process_exits_when_the_server_process_dies(tiny_llama):
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:  # gone, or a zombie nobody reaps (a container's PID 1 may not): no orphan holds the GPU
-                if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+                if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
                     return
             except FileNotFoundError:
                 return
