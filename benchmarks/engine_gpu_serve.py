@@ -65,7 +65,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from engine_gpu import LLAMA3_8B, TINY, build_engine, prefill_arg  # the engine benchmark's shapes, builder
+from engine_gpu import LLAMA3_8B, TINY, build_engine  # the engine benchmark's shapes and builder
+from server_metrics import bucket_quantiles, ttft_buckets
 
 from tuneloop.bench.serve import Sample, prompt_text, summarize
 from tuneloop.engine import SamplingParams
@@ -168,7 +169,7 @@ def build_client(shape: dict, device: str, tiny: bool, simulate_step_s: float | 
             SimulatedEngine, simulate_step_s, folder, VOCAB, ENGINE["max_num_seqs"], host_s
         )
     else:
-        kw = {**ENGINE, "prefill_attention": prefill_arg(), **({"kv_cache_gib": 0.05} if tiny else {})}
+        kw = {**ENGINE, **({"kv_cache_gib": 0.05} if tiny else {})}
         build = functools.partial(build_engine, shape, device, folder=folder, **kw)
     engine = EngineProcess(folder, build=build) if process else AsyncEngine(build())
     return LocalClient(SharedEngine(engine, load_tokenizer(folder), folder))
@@ -290,35 +291,12 @@ def gateway(client: LocalClient) -> Iterator[tuple[str, str]]:
         thread.join(timeout=60)
 
 
-def _ttft_buckets(url: str) -> dict[float, float]:
-    """The server's own TTFT histogram (cumulative counts by upper bound) from its /metrics."""
-    import httpx
-
-    text = httpx.get(url.removesuffix("/v1") + "/metrics", timeout=30).text
-    out: dict[float, float] = {}
-    for line in text.splitlines():
-        if line.startswith("vllm:time_to_first_token_seconds_bucket{") and f'model_name="{NAME}"' in line:
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            out[float(le)] = out.get(float(le), 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
-
-
-def _bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, float | None]:
-    """P50/P99 of the run's server-side TTFT, as the upper bound of the bucket that holds it (seconds)."""
-    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
-    total = delta[-1][1] if delta else 0.0
-    res: dict[str, float | None] = {}
-    for name, q in (("p50", 0.5), ("p99", 0.99)):
-        res[name] = next((le for le, n in delta if total and n >= q * total), None)
-    return res
-
-
 def http(url: str, key: str, clients: int, n: int, words: int, new: int, label: str) -> dict:
     """One run of tuneloop.bench.serve in a child process (its own GIL, as a real client)."""
     args = dict(url=url, model=NAME, requests=n, concurrency=clients, prompt_len=words,
                 max_tokens=new, stream=True, api_key=key, tag=label)  # fmt: skip
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    cpu, before = time.process_time(), _ttft_buckets(url)
+    cpu, before = time.process_time(), ttft_buckets(url, NAME)
     done = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(args)], capture_output=True, text=True,
                           env=env, timeout=400)  # fmt: skip
     if done.returncode != 0:
@@ -327,7 +305,7 @@ def http(url: str, key: str, clients: int, n: int, words: int, new: int, label: 
     wall = report["requests"] * (1 - report["error_rate"] - report["rate_429"]) / max(report["qps"], 1e-9)
     report.pop("url")
     # measured where the server writes the first chunk: what TTFT the client adds on top is its own
-    report["server_ttft_bucket_s"] = _bucket_quantiles(before, _ttft_buckets(url))
+    report["server_ttft_bucket_s"] = bucket_quantiles(before, ttft_buckets(url, NAME))
     # near 1.0 (one core): that process is the bottleneck, not the engine
     return {"tier": "http", **report, "wall_s": round(wall, 2),
             "client_cpu_util": round(report["client_cpu_s"] / wall, 2),

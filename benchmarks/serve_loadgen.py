@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from server_metrics import bucket_quantiles, ttft_buckets
+
 HTTPX_CLIENT = r"""
 import asyncio, json, sys, time
 import httpx
@@ -70,26 +72,6 @@ print(json.dumps(run(a["url"], a["model"], a["requests"], a["concurrency"], a["p
 """
 
 
-def ttft_buckets(base: str) -> dict[float, float]:
-    import httpx
-
-    out: dict[float, float] = {}
-    for line in httpx.get(base + "/metrics", timeout=30).text.splitlines():
-        if line.startswith("vllm:time_to_first_token_seconds_bucket{"):
-            le = float(line.split('le="', 1)[1].split('"', 1)[0])
-            out[le] = out.get(le, 0.0) + float(line.rsplit(" ", 1)[1])
-    return out
-
-
-def quantile_bounds(before: dict, after: dict) -> dict[str, float | None]:
-    delta = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
-    total = delta[-1][1] if delta else 0.0
-    return {
-        k: next((le for le, n in delta if total and n >= q * total), None)
-        for k, q in (("p50", 0.5), ("p99", 0.99))
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default=".", type=Path)
@@ -129,7 +111,7 @@ def main() -> None:
             raise SystemExit(f"{name} client failed:\n{done.stderr[-3000:]}")
         report = json.loads(done.stdout.strip().splitlines()[-1])
         run = {"client": name, "output_tokens_per_s": report["output_tokens_per_s"], "ttft_s": report["ttft_s"],
-               "server_ttft_bucket_s": quantile_bounds(before, ttft_buckets(base))}  # fmt: skip
+               "server_ttft_bucket_s": bucket_quantiles(before, ttft_buckets(base))}  # fmt: skip
         res["runs"].append(run)
         print(json.dumps(run), flush=True)
     server.should_exit = True

@@ -100,21 +100,28 @@ def test_submit_after_shutdown_raises_and_in_flight_requests_end(tiny_llama):
     asyncio.run(asyncio.wait_for(main(), timeout=30))
 
 
-def test_the_event_loop_never_waits_for_a_running_step(aengine):
-    """submit/abort/stats return while the stepping thread holds the engine (a long GPU step)."""
+def hold_a_step(aengine, seconds: float) -> None:
+    """Another thread holds the engine as a step that takes `seconds` would; returns once it holds it."""
     import threading
     import time
 
+    held = threading.Event()
+
+    def hold():
+        with aengine._lock:
+            held.set()
+            time.sleep(seconds)
+
+    threading.Thread(target=hold).start()
+    held.wait()
+
+
+def test_the_event_loop_never_waits_for_a_running_step(aengine):
+    """submit/abort/stats return while the stepping thread holds the engine (a long GPU step)."""
+    import time
+
     async def main():
-        held = threading.Event()
-
-        def hold():
-            with aengine._lock:
-                held.set()
-                time.sleep(0.5)  # a step that takes 0.5 s
-
-        threading.Thread(target=hold).start()
-        held.wait()
+        hold_a_step(aengine, 0.5)
         t = time.perf_counter()
         stats = aengine.stats()  # the last copy: no waiting
         pending = asyncio.ensure_future(aengine.submit(prompts(1)[0], GREEDY))
@@ -130,19 +137,9 @@ def test_the_event_loop_never_waits_for_a_running_step(aengine):
 
 
 def test_a_caller_that_stops_waiting_in_submit_leaves_nothing_running(aengine):
-    import threading
-    import time
 
     async def main():
-        held = threading.Event()
-
-        def hold():
-            with aengine._lock:
-                held.set()
-                time.sleep(0.3)
-
-        threading.Thread(target=hold).start()
-        held.wait()
+        hold_a_step(aengine, 0.3)
         task = asyncio.ensure_future(
             aengine.submit(prompts(1)[0], SamplingParams(max_tokens=400, ignore_eos=True))
         )

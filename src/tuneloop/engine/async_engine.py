@@ -32,7 +32,58 @@ class EngineClosedError(RuntimeError):
     """The engine was shut down: nothing will step a new request (the server answers 503)."""
 
 
-class AsyncEngine:
+class StreamingEngine:
+    """What the server sees of an engine, in-process or not: a stream per request, settled from the
+    engine's side on the caller's event loop. Subclasses provide `submit` and `abort`."""
+
+    async def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams | None = None,
+        request_id: str | None = None,
+        priority: int = 0,
+        lora: str | None = None,
+    ) -> AsyncIterator[RequestOutput]:
+        raise NotImplementedError
+
+    def abort(self, request_id: str) -> bool:
+        raise NotImplementedError
+
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams | None = None, **kw: Any
+    ) -> RequestOutput:
+        """The final output of one request (convenience for non-streaming callers)."""
+        last = None
+        async for out in await self.submit(prompt_ids, params, **kw):
+            last = out
+        assert last is not None
+        return last
+
+    async def _stream(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[RequestOutput]:
+        finished = False
+        try:
+            while not finished:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                finished = item.finished
+                yield item
+        finally:
+            if not finished:  # the consumer stopped early: free the request's blocks now
+                self.abort(request_id)
+
+    def _settle(self, future: asyncio.Future, request_id: str | None, error: BaseException | None) -> None:
+        """On the caller's event loop: hand submit() its request id (or error)."""
+        if future.cancelled():  # the caller gave up while it was being added: nobody reads the stream
+            if request_id is not None and error is None:
+                self.abort(request_id)
+        elif error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(request_id)
+
+
+class AsyncEngine(StreamingEngine):
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self._lock = threading.Lock()
@@ -68,19 +119,6 @@ class AsyncEngine:
         # meanwhile this event loop keeps serving the other streams
         return self._stream(await added, queue)
 
-    async def _stream(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while not finished:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-        finally:
-            if not finished:  # the consumer stopped early: free the request's blocks now
-                self.abort(request_id)
-
     def abort(self, request_id: str) -> bool:
         """Abort before the next step (never waits for the step running now); False if unknown or done."""
         known = request_id in self._queues
@@ -97,16 +135,6 @@ class AsyncEngine:
             finally:
                 self._lock.release()
         return self._stats
-
-    async def generate(
-        self, prompt_ids: list[int], params: SamplingParams | None = None, **kw: Any
-    ) -> RequestOutput:
-        """The final output of one request (convenience for non-streaming callers)."""
-        last = None
-        async for out in await self.submit(prompt_ids, params, **kw):
-            last = out
-        assert last is not None
-        return last
 
     # adapters: blocking (between two steps); call from a worker thread, never the event loop
 
@@ -133,10 +161,7 @@ class AsyncEngine:
             self._fail_all(closed)
             while self._inbox:  # submitted but never added: their submit() raises
                 _, loop, _, added = self._inbox.popleft()
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(
-                        self._settle, added, None, EngineClosedError("the engine is shut down")
-                    )
+                call_soon(loop, self._settle, added, None, EngineClosedError("the engine is shut down"))
 
     # ------------------------------------------------------------ the stepping thread
 
@@ -190,33 +215,28 @@ class AsyncEngine:
                 out = RequestOutput(request_id, [], [], finished=True, finish_reason="abort")
                 batches.setdefault(target[0], []).append((target[1].put_nowait, out))
 
-    def _settle(self, future: asyncio.Future, request_id: str | None, error: BaseException | None) -> None:
-        """On the caller's event loop: hand submit() its request id (or error)."""
-        if future.cancelled():  # the caller gave up while it was being added: nobody reads the stream
-            if request_id is not None:
-                self.abort(request_id)
-        elif error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(request_id)
-
     @staticmethod
     def _send(batches: dict[asyncio.AbstractEventLoop, list]) -> None:
         """One wake-up per event loop per step, not one per token."""
         for loop, calls in batches.items():
-            with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is waiting there
-                loop.call_soon_threadsafe(_run_all, calls)
+            call_soon(loop, run_all, calls)
 
     def _fail_all(self, error: Exception) -> None:
         if not isinstance(error, EngineClosedError):
             error = RuntimeError(f"engine step failed: {error}")
         for request_id, (loop, queue) in list(self._queues.items()):
             self.engine.abort(request_id)
-            with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is waiting there
-                loop.call_soon_threadsafe(queue.put_nowait, error)
+            call_soon(loop, queue.put_nowait, error)
         self._queues.clear()
 
 
-def _run_all(calls: list[tuple]) -> None:
+def call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    """`fn(*args)` on `loop`, from any thread; nothing if the loop is closed (nobody waits there)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
+
+
+def run_all(calls: list[tuple]) -> None:
+    """Many calls in one event-loop wake-up (one step's outputs for every stream of that loop)."""
     for fn, *args in calls:
         fn(*args)

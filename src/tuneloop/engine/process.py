@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from tuneloop.engine.async_engine import EngineClosedError
+from tuneloop.engine.async_engine import EngineClosedError, StreamingEngine, call_soon, run_all
 from tuneloop.engine.engine import EngineStats
 from tuneloop.engine.outputs import RequestOutput
 from tuneloop.engine.sampling import SamplingParams
@@ -59,7 +59,7 @@ class EngineProcessError(RuntimeError):
     """The engine process failed to start or died; the message says how."""
 
 
-class EngineProcess:
+class EngineProcess(StreamingEngine):
     def __init__(
         self, folder: str | Path, start_timeout_s: float = 900.0, build: Any = None, **engine_kwargs: Any
     ):
@@ -133,19 +133,6 @@ class EngineProcess:
         self._outbox.put(("add", request_id, list(prompt_ids), params, priority, lora))
         return self._stream(await added, queue)
 
-    async def _stream(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while not finished:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-        finally:
-            if not finished:  # the consumer stopped early: free the request's blocks now
-                self.abort(request_id)
-
     def abort(self, request_id: str) -> bool:
         known = request_id in self._queues
         if known and not self._closed:
@@ -155,15 +142,6 @@ class EngineProcess:
     def stats(self) -> EngineStats:
         """As of the engine's last step (at most ~0.25 s old while busy; fresh when it went idle)."""
         return self._stats
-
-    async def generate(
-        self, prompt_ids: list[int], params: SamplingParams | None = None, **kw: Any
-    ) -> RequestOutput:
-        last = None
-        async for out in await self.submit(prompt_ids, params, **kw):
-            last = out
-        assert last is not None
-        return last
 
     def load_lora(self, name: str, folder: str | Path) -> None:
         self._call("load_lora", name, str(folder))
@@ -247,7 +225,7 @@ class EngineProcess:
             for request_id in msg[2]:
                 target = self._queues.pop(request_id, None)
                 if target is not None:
-                    _call_soon(target[0], target[1].put_nowait, error)
+                    call_soon(target[0], target[1].put_nowait, error)
         elif kind == "reply":
             future = self._calls.pop(msg[1], None)
             if future is not None:
@@ -260,17 +238,7 @@ class EngineProcess:
         loop, queue, future = self._pending.pop(request_id)
         if error is None:
             self._queues[request_id] = (loop, queue, [])
-        _call_soon(loop, self._settle, future, request_id, None if error is None else _rebuild(error))
-
-    def _settle(self, future: asyncio.Future, request_id: str, error: BaseException | None) -> None:
-        """On the caller's event loop: hand submit() its request id (or error)."""
-        if future.cancelled():  # the caller gave up while it was being added: nobody reads the stream
-            if error is None:
-                self.abort(request_id)
-        elif error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(request_id)
+        call_soon(loop, self._settle, future, request_id, None if error is None else _rebuild(error))
 
     def _deliver(self, packed: list[tuple]) -> None:
         batches: dict[asyncio.AbstractEventLoop, list] = {}
@@ -286,30 +254,20 @@ class EngineProcess:
                                 n_prompt, n_cached)  # fmt: skip
             batches.setdefault(loop, []).append((queue.put_nowait, out))
         for loop, calls in batches.items():  # one wake-up per event loop per step, not one per token
-            _call_soon(loop, _run_all, calls)
+            call_soon(loop, run_all, calls)
 
     def _fail_all(self, error: BaseException) -> None:
         for _, (loop, queue, _) in list(self._queues.items()):
-            _call_soon(loop, queue.put_nowait, error)
+            call_soon(loop, queue.put_nowait, error)
         self._queues.clear()
         closed = EngineClosedError("the engine is shut down")
         for request_id, (loop, _, future) in list(self._pending.items()):
-            _call_soon(loop, self._settle, future, request_id, closed)
+            call_soon(loop, self._settle, future, request_id, closed)
         self._pending.clear()
         for future in list(self._calls.values()):
             if not future.done():
                 future.set_exception(EngineClosedError("the engine is shut down"))
         self._calls.clear()
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
-    with contextlib.suppress(RuntimeError):  # a closed event loop: nobody is waiting there
-        loop.call_soon_threadsafe(fn, *args)
-
-
-def _run_all(calls: list[tuple]) -> None:
-    for fn, *args in calls:
-        fn(*args)
 
 
 def _describe(e: BaseException) -> tuple[str, str, str | None]:
