@@ -15,13 +15,25 @@ Only pure decode steps overlap. A step with prefill work (a prompt chunk, or a r
 admitted) runs synchronously: it is long and GPU-bound, so there is little host time to hide, while
 a step of lag would delay the new requests' first tokens by a whole step (on an H100, TTFT 2.5x and
 -30% throughput on 256 requests of 128 + 128 tokens with every step async).
+
+One request never fails its neighbours. `add_request` refuses what could fail later (ValueError:
+token ids outside the vocabulary, which on CUDA would be a device-side assert that ends the process;
+sampling parameters out of range). What still fails inside a step fails only the requests
+responsible: a step computes (run the model, sample) before it changes anything (num_computed,
+prefix-cache blocks, output tokens), so a step that raises is re-run in halves, each half computed
+and committed on its own, down to the rows that fail alone; those finish with finish_reason
+"error", every other row gets the token it would have got. A row whose sampling raises fails alone
+without a re-run (sampler.py). The re-runs are bounded (2N-1 for N rows): when the model fails for
+every row (broken weights, out of memory for even one row) every request of the step fails, loudly.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +48,8 @@ from tuneloop.engine.sampling import SamplingParams
 from tuneloop.engine.scheduler import Scheduled, Scheduler
 from tuneloop.engine.sequence import Sequence, Status
 
+log = logging.getLogger("tuneloop.engine")
+
 
 @dataclass
 class _InFlight:
@@ -45,6 +59,17 @@ class _InFlight:
     tokens: torch.Tensor  # (S,) int64 on the device: the next step's input ids are read from here
     host: torch.Tensor  # (S,) its copy in pinned host memory, valid once `ready` has fired
     ready: torch.cuda.Event | None  # None on the CPU, where `host` is `tokens`
+
+
+@dataclass
+class _Computed:
+    """A synchronous step's results, computed but not yet applied to any sequence (see `_commit`)."""
+
+    sampling: list[Scheduled]
+    tokens: list[int]
+    logprobs: list[dict[int, float] | None]
+    failed: dict[int, str]  # row of `sampling` -> why its sampling raised
+    prompt_lp: dict[str, tuple[bool, list]] = field(default_factory=dict)  # see _prompt_logprobs
 
 
 @dataclass
@@ -64,8 +89,9 @@ class EngineStats:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, model: Any = None):
-        self.config = config
         self.runner = ModelRunner(config, model)
+        # the runner decided what the config left open (sizing.py): the engine runs with that
+        self.config = config = self.runner.cfg
         prefix = config.prefix_caching and self.runner.fallback is None  # the fallback cannot share blocks
         self.blocks = BlockManager(self.runner.num_blocks, config.block_size, prefix)
         self.scheduler = Scheduler(
@@ -78,6 +104,7 @@ class LLMEngine:
             self.runner.device.startswith("cuda") if on is None else on
         )
         self._inflight: _InFlight | None = None
+        self._failed_rows: list[tuple[Sequence, str]] = []  # launched rows whose sampling raised
         self._host_bound: set[str] = set()  # live requests whose sampling needs host data
         self._pinned: list[torch.Tensor] = []  # two host buffers for the readback: one per step in flight
         if self.async_scheduling and self.runner.device.startswith("cuda"):
@@ -103,10 +130,10 @@ class LLMEngine:
         lora: str | None = None,
     ) -> Sequence:
         params = params or SamplingParams()
-        if not prompt_ids:
-            raise ValueError("prompt_ids must not be empty")
-        if max(prompt_ids) >= self.runner.vocab_size or min(prompt_ids) < 0:
-            raise ValueError(f"prompt has token ids outside the vocabulary (0..{self.runner.vocab_size - 1})")
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+        params.validate(self.runner.vocab_size)  # again: it may have been changed since it was made
+        prompt_ids = _token_ids(prompt_ids, self.runner.vocab_size)
         if len(prompt_ids) >= self.runner.max_model_len:
             raise ValueError(
                 f"prompt of {len(prompt_ids)} tokens exceeds max_model_len {self.runner.max_model_len}"
@@ -115,8 +142,12 @@ class LLMEngine:
             raise ValueError("LoRA adapters are served on native (Llama-family) models only")
         if lora is not None and (self.lora is None or lora not in self.lora.adapters):
             raise ValueError(f"unknown LoRA adapter {lora!r}; load it first")
-        seq = Sequence(list(prompt_ids), params, priority=priority, lora=lora)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"priority must be an integer, got {priority!r}")
+        seq = Sequence(prompt_ids, params, priority=priority, lora=lora)
         if request_id is not None:
+            if not isinstance(request_id, str) or not request_id:
+                raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
             if request_id in self.sequences:
                 raise ValueError(f"request id {request_id!r} is already in use")
             seq.request_id = request_id
@@ -186,8 +217,14 @@ class LLMEngine:
             # tokens in flight, then run this step synchronously
             return (self._resolve(prev) if prev else []) + self._step_sync()
         batch = self.scheduler.schedule()
-        self._inflight = self._launch(batch, prev) if batch else None
+        try:
+            self._inflight = self._launch(batch, prev) if batch else None
+        except Exception as e:  # nothing of `batch` was applied: learn the tokens in flight, then isolate
+            outputs = self._resolve(prev) if prev else []
+            return outputs + self._isolate([item for item in batch if not item.seq.finished], e)
         outputs = self._resolve(prev) if prev else []  # while the GPU runs the step just launched
+        outputs += [self._fail(seq, why) for seq, why in self._failed_rows if not seq.finished]
+        self._failed_rows = []
         self._drop_stale_step()
         return outputs
 
@@ -206,13 +243,16 @@ class LLMEngine:
                     item.token_from = row_of[id(item.seq)]
         sampling = [item for item in batch if item.samples]  # before after_step moves num_computed
         logits, _ = self.runner.run(batch, prev.tokens if prev else None)
-        self.scheduler.after_step(batch)
         if sampling:
-            tokens = self.sampler.on_device(logits, [item.seq for item in sampling])
+            tokens, failed = self.sampler.on_device(logits, [item.seq for item in sampling])
         else:
-            tokens = torch.zeros(0, dtype=torch.long, device=logits.device)
+            tokens, failed = torch.zeros(0, dtype=torch.long, device=logits.device), {}
+        # nothing above changed a sequence: a raise there leaves the batch to be re-run (`_isolate`)
+        self.scheduler.after_step(batch)
         for item in sampling:
             item.seq.num_pending += 1
+        # finished once the step before is read (its token is theirs); this step's token is dropped
+        self._failed_rows = [(sampling[k].seq, why) for k, why in failed.items()]
         self._steps += 1
         self._async_steps += 1
         if not tokens.is_cuda:
@@ -248,17 +288,80 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return []
+        try:
+            computed = self._compute(batch)
+        except Exception as e:
+            return self._isolate(batch, e)
+        return self._commit(batch, computed)
+
+    def _compute(self, batch: list[Scheduled]) -> _Computed:
+        """Run the model and sample, changing no sequence and no block (the K/V written are at positions
+        not yet counted as computed): a batch that raises here can be run again, whole or in parts."""
         logits, all_logits = self.runner.run(batch)
         sampling = [item for item in batch if item.samples]
         prompt_lp = self._prompt_logprobs(batch, all_logits) if all_logits is not None else {}
+        if not sampling:
+            return _Computed(sampling, [], [], {}, prompt_lp)
+        tokens, logprobs, failed = self.sampler(logits, [item.seq for item in sampling])
+        return _Computed(sampling, tokens, logprobs, failed, prompt_lp)
+
+    def _commit(self, batch: list[Scheduled], c: _Computed) -> list[RequestOutput]:
+        """Apply a computed step: K/V counted, blocks registered, tokens appended, stops checked."""
         self.scheduler.after_step(batch)
-        tokens, logprobs = self.sampler(logits, [item.seq for item in sampling]) if sampling else ([], [])
-        outputs = [self._append(item, tok, lp, prompt_lp.get(item.seq.request_id))
-                   for item, tok, lp in zip(sampling, tokens, logprobs, strict=True)]  # fmt: skip
+        prompt_lp = self._commit_prompt_logprobs(batch, c.prompt_lp)
+        outputs = [self._fail(item.seq, c.failed[k]) if k in c.failed
+                   else self._append(item, c.tokens[k], c.logprobs[k], prompt_lp.get(item.seq.request_id))
+                   for k, item in enumerate(c.sampling)]  # fmt: skip
+        made = len(c.sampling) - len(c.failed)
         self._steps += 1
-        self._generated += len(tokens)
-        self._recent = [*self._recent[-63:], (time.monotonic(), len(tokens))]
+        self._generated += made
+        self._recent = [*self._recent[-63:], (time.monotonic(), made)]
         return outputs
+
+    def _isolate(self, batch: list[Scheduled], error: Exception) -> list[RequestOutput]:
+        """A step raised: find the rows that fail on their own and finish only those with the error.
+
+        The batch is re-run in halves through `_compute`; a half that computes is committed as a step
+        of its own (its rows get exactly the token the whole step would have given them), one that
+        raises is halved again. At most 2N-1 runs for N rows; no row is computed twice."""
+        log.warning("a step of %d requests failed (%s: %s); re-running it in parts to find the request "
+                    "that fails", len(batch), type(error).__name__, error, exc_info=error)  # fmt: skip
+        for item in batch:
+            item.token_from = -1  # async scheduling: the tokens it would have read are on the host now
+            self.runner.release(item.seq.request_id)  # transformers' cache may hold half a step
+        outputs: list[RequestOutput] = []
+        culprits: list[tuple[Scheduled, Exception]] = [(batch[0], error)] if len(batch) == 1 else []
+        groups = deque(_halves(batch) if len(batch) > 1 else [])
+        while groups:
+            group = [item for item in groups.popleft() if not item.seq.finished]
+            if not group:
+                continue
+            try:
+                computed = self._compute(group)
+            except Exception as e:
+                if len(group) == 1:
+                    culprits.append((group[0], e))
+                else:
+                    groups.extend(_halves(group))
+                continue
+            outputs += self._commit(group, computed)
+        if len(batch) > 1 and len(culprits) == len(batch):
+            log.error("every request of the step failed on its own: the model or the engine is broken "
+                      "(%s: %s); failing them all", type(error).__name__, error)  # fmt: skip
+        for item, e in culprits:
+            log.error("request %s failed inside the engine and was finished (%s: %s)",
+                      item.seq.request_id, type(e).__name__, e)  # fmt: skip
+            outputs.append(self._fail(item.seq, f"{type(e).__name__}: {e}"))
+        return outputs
+
+    def _fail(self, seq: Sequence, why: str) -> RequestOutput:
+        """Finish one request because its own work raised; the others go on."""
+        self.scheduler.finish(seq, "error")
+        self._forget(seq)
+        return RequestOutput(
+            seq.request_id, [], list(seq.output_ids), True, "error", [], None, len(seq.prompt_ids),
+            seq.num_cached_prompt, error=f"the engine failed this request: {why}",
+        )  # fmt: skip
 
     def _append(
         self, item: Scheduled, token: int, logprob: dict[int, float] | None, prompt_lp: Any
@@ -285,21 +388,23 @@ class LLMEngine:
             return "length"
         return None
 
-    def _prompt_logprobs(self, batch: list[Scheduled], all_logits: torch.Tensor) -> dict[str, list]:
+    def _prompt_logprobs(
+        self, batch: list[Scheduled], all_logits: torch.Tensor
+    ) -> dict[str, tuple[bool, list]]:
         """Logprob of each prompt token given the ones before it (the first has none), for echo scoring.
 
         Collected chunk by chunk (a long prompt is prefilled over several steps) on the sequence;
         returned with its first output token. Such requests bypass the prefix cache (block_manager),
-        so every prompt position is computed here.
+        so every prompt position is computed here. Returns, per request of this step, (starts over,
+        new entries); `_commit_prompt_logprobs` adds them to the sequence.
         """
-        out: dict[str, list] = {}
+        out: dict[str, tuple[bool, list]] = {}
         offset = 0
         for item in batch:
             seq, n, k = item.seq, item.num_tokens, item.seq.params.prompt_logprobs
             start, prompt = seq.num_computed, seq.prompt_ids
             if k is not None and start < len(prompt):
-                if start == 0:  # (again, after a preemption)
-                    seq.prompt_logprobs = [None]
+                entries: list = []
                 count = min(start + n, len(prompt) - 1) - start  # rows whose next token is a prompt token
                 if count > 0:
                     lp = torch.log_softmax(all_logits[offset : offset + count], dim=-1)
@@ -310,10 +415,25 @@ class LLMEngine:
                             entry.update(
                                 {int(i): float(v) for i, v in zip(top.indices, top.values, strict=True)}
                             )
-                        seq.prompt_logprobs.append(entry)
-                if item.samples:
-                    out[seq.request_id] = list(seq.prompt_logprobs)
+                        entries.append(entry)
+                out[seq.request_id] = (start == 0, entries)  # from 0: (again, after a preemption)
             offset += n
+        return out
+
+    @staticmethod
+    def _commit_prompt_logprobs(batch: list[Scheduled], new: dict[str, tuple[bool, list]]) -> dict[str, list]:
+        """Add a step's prompt logprobs to their sequences; those whose prompt is done get the whole list."""
+        out: dict[str, list] = {}
+        for item in batch:
+            got = new.get(item.seq.request_id)
+            if got is None:
+                continue
+            restart, entries = got
+            if restart:
+                item.seq.prompt_logprobs = [None]
+            item.seq.prompt_logprobs.extend(entries)
+            if item.samples:
+                out[item.seq.request_id] = list(item.seq.prompt_logprobs)
         return out
 
     # ------------------------------------------------------------ offline
@@ -347,6 +467,29 @@ class LLMEngine:
             preemptions=self.scheduler.preemptions, steps=self._steps, prompt_tokens=self._prompt_tokens,
             generated_tokens=self._generated, generation_tokens_per_s=rate, async_steps=self._async_steps,
         )  # fmt: skip
+
+
+def _halves(batch: list[Scheduled]) -> list[list[Scheduled]]:
+    mid = len(batch) // 2
+    return [batch[:mid], batch[mid:]]
+
+
+def _token_ids(prompt_ids: Any, vocab_size: int) -> list[int]:
+    """The prompt as a list of ints in [0, vocab_size): checked here, because an id outside the
+    vocabulary indexes past the embedding table, which on CUDA is a device-side assert that ends
+    the whole process (every request on it), not an exception of this one."""
+    if isinstance(prompt_ids, (str, bytes)) or not hasattr(prompt_ids, "__iter__"):
+        raise ValueError(f"prompt_ids must be a list of token ids, got {type(prompt_ids).__name__}")
+    ids = list(prompt_ids)
+    if not ids:
+        raise ValueError("prompt_ids must not be empty")
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+        bad = next(t for t in ids if not isinstance(t, int) or isinstance(t, bool))
+        raise ValueError(f"prompt_ids must be integers (token ids), got {bad!r}")
+    if max(ids) >= vocab_size or min(ids) < 0:
+        bad = next(t for t in ids if not 0 <= t < vocab_size)
+        raise ValueError(f"prompt has token ids outside the vocabulary (0..{vocab_size - 1}): {bad}")
+    return ids
 
 
 def _pinned(n: int) -> torch.Tensor:

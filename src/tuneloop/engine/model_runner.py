@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tuneloop.engine import sizing
 from tuneloop.engine.attention import (
     DecodeMetadata,
     build_metadata,
@@ -29,6 +30,7 @@ from tuneloop.engine.config import EngineConfig
 from tuneloop.engine.models.hf_fallback import HFFallback
 from tuneloop.engine.models.llama import is_native, load_llama
 from tuneloop.engine.scheduler import Scheduled
+from tuneloop.engine.sizing import Device
 from tuneloop.models.loading import pick_device
 
 log = logging.getLogger("tuneloop.engine")
@@ -71,7 +73,22 @@ class ModelRunner:
         self.head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
         self.vocab_size = mc.vocab_size
         self.max_model_len = cfg.max_model_len or getattr(mc, "max_position_embeddings", None) or 2048
+        # decode steps on the GPU: Triton paged attention, replayed as CUDA graphs
+        self.decode_kernel = self.fallback is None and self.device.startswith("cuda") and _has_triton()
+        # what the config left to the engine (None / "auto"), decided for this device and model;
+        # the engine reads the decided copy (self.cfg), `given` keeps what the user set
+        self.given = cfg
+        device = Device.probe(
+            self.device,
+            graphs=self.decode_kernel and not cfg.enforce_eager,
+            varlen=varlen_fits(self.device, self.dtype, self.head_dim),
+        )
+        cfg = self.cfg = sizing.resolve(cfg, device, native=self.fallback is None)
         self.num_blocks = self._num_blocks()
+        cfg = self.cfg = sizing.bound_by_cache(cfg, self.given, self.num_blocks)
+        chosen = sizing.describe(cfg, self.given)
+        if chosen:
+            log.info("engine settings for %s: %s", device.name or device.kind, chosen)
         # one spare block past the end: padded rows of a captured decode graph write there
         shape = ((self.num_blocks + 1) * cfg.block_size, self.kv_heads, self.head_dim)
         if self.fallback is not None:  # transformers keeps its own cache: only the accounting is ours
@@ -85,8 +102,6 @@ class ModelRunner:
         ]
         self.lora: Any = None  # set by the engine when adapters are loaded
         self.max_blocks_per_seq = -(-self.max_model_len // cfg.block_size)
-        # decode steps on the GPU: Triton paged attention, replayed as CUDA graphs
-        self.decode_kernel = self.fallback is None and self.device.startswith("cuda") and _has_triton()
         self.graphs: Any = None
         self.varlen = cfg.prefill_attention == "varlen" and self.fallback is None
         # FlashAttention varlen for prompt chunks; otherwise "varlen" runs the exact per-sequence path
