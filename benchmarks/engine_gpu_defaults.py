@@ -22,7 +22,6 @@ Phases (each writes $OUT/engine_gpu_defaults.json as it goes, so a cut-off run k
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import sys
@@ -83,7 +82,14 @@ def phase_offline(model, shape: dict, out: Path) -> None:
     RESULT["default_256"] = offline(engine, vocab, N, seed=3)
     RESULT["default_256_again"] = offline(engine, vocab, N, seed=23)
     RESULT["default_b1"] = batch1(engine, vocab)
-    print("default 256", RESULT["default_256"], RESULT["default_256_again"], "b1", RESULT["default_b1"], flush=True)
+    print(
+        "default 256",
+        RESULT["default_256"],
+        RESULT["default_256_again"],
+        "b1",
+        RESULT["default_b1"],
+        flush=True,
+    )
     save(out)
     free(engine)
     engine = build(model, shape, max_num_batched_tokens=4096)
@@ -111,7 +117,9 @@ def phase_lora(model, shape: dict, out: Path) -> None:
     g = torch.Generator().manual_seed(7)
     n = 8 if TINY_RUN else 64
     ps = [torch.randint(100, vocab - 1, (128,), generator=g).tolist() for _ in range(n)]
-    engine = build(model, shape, prefix_caching=False)  # the base run would otherwise leave the prompts cached
+    engine = build(
+        model, shape, prefix_caching=False
+    )  # the base run would otherwise leave the prompts cached
     RESULT["lora_settings"] = settings(engine)
     timed(engine, ps[:2], 4)
     RESULT["lora_base_64"] = timed(engine, ps, 128)
@@ -196,7 +204,9 @@ def main() -> None:
         torch.cuda.empty_cache()
     model = random_llama(shape, torch.float32 if TINY_RUN else torch.bfloat16, DEVICE)
     for name in phases:
-        fn = {"offline": phase_offline, "lora": phase_lora, "long": phase_long, "tiers": phase_tiers}.get(name)
+        fn = {"offline": phase_offline, "lora": phase_lora, "long": phase_long, "tiers": phase_tiers}.get(
+            name
+        )
         if fn is not None:
             t = time.perf_counter()
             fn(model, shape, out)
