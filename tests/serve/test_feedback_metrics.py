@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tuneloop.serve import ServeConfig
 from tuneloop.serve.fake import FakeClient
-from tuneloop.serve.feedback import RecentResponses
+from tuneloop.serve.feedback import Answered, RecentResponses
 from tuneloop.serve.keys import KeyStore
 from tuneloop.serve.requestlog import read
 
@@ -77,7 +77,9 @@ def test_metadata_and_user_are_in_the_request_log(serve, tuneloop_home):
         assert httpx.post(s.url + "/v1/chat/completions", json=chat).status_code == 200
         assert httpx.post(s.url + "/v1/completions", json={"model": "a", "prompt": "x"}).status_code == 200
     tagged, plain = read(tuneloop_home / "serve" / "requests.jsonl")
-    assert tagged["metadata"] == tags and tagged["request"]["metadata"] == tags and tagged["user"] == "u7"
+    assert tagged["metadata"] == tags and tagged["request"]["metadata"] == tags
+    # the end user as a keyed pseudonym (log.pseudonymize_users), in the record and in the request
+    assert tagged["user"] == tagged["request"]["user"] == s.state.privacy.user("u7") != "u7"
     assert plain["metadata"] is None and plain["user"] is None
 
 
@@ -102,20 +104,27 @@ def test_feedback_metrics_by_variant_and_the_rater(serve, tuneloop_home):
             assert r.status_code == 200, r.text
             return r.json()
 
-        # the rater: as given, else the rated request's user, else the key id
-        assert rate(a1, rating="up", user="carol")["user"] == "carol"
-        assert rate(a1, rating=4)["user"] == a1_user
-        assert rate(b1, rating="down")["user"] == b1_user
-        assert rate(b2, rating=2)["user"] == b2_user
-        assert rate("chatcmpl-never-answered", rating="up")["user"] == record.id
+        # the rater: as given, else the rated request's user (as pseudonyms), else the key id
+        pseudonym = s.state.privacy.user
+        assert rate(a1, rating="up", user="carol")["user"] == pseudonym("carol")
+        assert rate(a1, rating=4)["user"] == pseudonym(a1_user)
+        assert rate(b1, rating="down")["user"] == pseudonym(b1_user)
+        assert rate(b2, rating=2)["user"] == pseudonym(b2_user)
+        never = httpx.post(
+            s.url + "/v1/feedback", headers=auth, json={"response_id": "chatcmpl-x", "rating": 5}
+        )
+        assert never.status_code == 404 and never.json()["error"]["code"] == "response_not_found"
         found = samples(s.url)
     stored = {(f.response_id, f.rating, f.user) for f in s.state.feedback.list()}
-    assert (a1, 5, "carol") in stored and (a1, 4, a1_user) in stored
+    assert (a1, 5, pseudonym("carol")) in stored and (a1, 4, pseudonym(a1_user)) in stored
+    assert len(stored) == 4 and all(f.key_id == record.id for f in s.state.feedback.list())
     assert value(found, "tuneloop_feedback_total", model_name="ab", variant="a", rating="up") == 1
     assert value(found, "tuneloop_feedback_total", model_name="ab", variant="a", rating="4") == 1
     assert value(found, "tuneloop_feedback_total", model_name="ab", variant="b", rating="down") == 1
     assert value(found, "tuneloop_feedback_total", model_name="ab", variant="b", rating="2") == 1
-    assert value(found, "tuneloop_feedback_total", model_name="unknown", variant="unknown", rating="up") == 1
+    assert (
+        value(found, "tuneloop_feedback_total", model_name="unknown", variant="unknown", rating="up") is None
+    )
     # score histogram: a = 5 + 4, b = 1 + 2 (mean 4.5 against 1.5)
     assert value(found, "tuneloop_feedback_score_sum", model_name="ab", variant="a") == 9
     assert value(found, "tuneloop_feedback_score_count", model_name="ab", variant="a") == 2
@@ -126,14 +135,18 @@ def test_feedback_metrics_by_variant_and_the_rater(serve, tuneloop_home):
     assert buckets == {"1.0": 1, "2.0": 2, "3.0": 2, "4.0": 2, "5.0": 2, "+Inf": 2}
 
 
-def test_feedback_on_an_answer_no_longer_in_memory_is_labelled_from_the_request_log(serve, tuneloop_home):
+@pytest.mark.parametrize("where", ["database", "request log"])
+def test_feedback_on_an_answer_no_longer_in_memory_is_labelled_from_the_database_or_log(serve, where):
     with serve(ab_config(auth={"enabled": False}), {"a": FakeClient(), "b": FakeClient()}) as s:
-        s.state.recent_responses = RecentResponses(max_entries=1)
+        engine = s.state.feedback.engine if where == "database" else None  # None: as before the table
+        s.state.recent_responses = RecentResponses(1, engine, s.state.privacy)
         first = httpx.post(s.url + "/v1/completions", json={"model": "a", "prompt": "one", "user": "dan"})
         httpx.post(s.url + "/v1/completions", json={"model": "b", "prompt": "two"})
         assert len(s.state.recent_responses) == 1  # the bound holds: the first answer was evicted
+        s.state.recent_responses.flush()
+        s.state.request_log.flush()
         r = httpx.post(s.url + "/v1/feedback", json={"response_id": first.json()["id"], "rating": 3})
-        assert r.status_code == 200 and r.json()["user"] == "dan"
+        assert r.status_code == 200 and r.json()["user"] == s.state.privacy.user("dan")
         found = samples(s.url)
     assert value(found, "tuneloop_feedback_score_sum", model_name="a", variant="default") == 3
     assert value(found, "tuneloop_feedback_total", model_name="a", variant="default", rating="3") == 1
@@ -144,7 +157,7 @@ def test_recent_responses_are_bounded():
     for i in range(10):
         recent.add(f"r{i}", "m", "v", "u" * 1000)
     assert len(recent) == 3 and recent.get("r6") is None
-    assert recent.get("r9") == ("m", "v", "u" * 256)  # the user id is cut to 256 characters
+    assert recent.get("r9") == Answered("m", "v", "u" * 256, None)  # the user id is cut to 256 characters
 
 
 @pytest.mark.parametrize(

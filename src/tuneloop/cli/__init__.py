@@ -98,6 +98,9 @@ def _register() -> None:
     app.command("serve")(serve_cli.serve)
     app.add_typer(serve_cli.keys_app, name="keys")
     app.add_typer(serve_cli.feedback_app, name="feedback")
+    from tuneloop.cli import logs as logs_cli
+
+    app.add_typer(logs_cli.app, name="logs")
     from tuneloop.cli import loop as loop_cli
 
     app.add_typer(loop_cli.app, name="loop")

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from tuneloop.serve.client import EngineClient
 from tuneloop.serve.config import ServeConfig
+from tuneloop.serve.db import secret
 from tuneloop.serve.errors import install_handlers
 from tuneloop.serve.feedback import FeedbackStore, RecentResponses
 from tuneloop.serve.guard import InputGuard
@@ -23,9 +24,11 @@ from tuneloop.serve.keys import KeyStore
 from tuneloop.serve.limits import ConcurrencyGate
 from tuneloop.serve.metrics import Metrics
 from tuneloop.serve.middleware import RequestContext
+from tuneloop.serve.privacy import Privacy
 from tuneloop.serve.ratelimit import build_rate_limiter
 from tuneloop.serve.reload import watch
 from tuneloop.serve.requestlog import RequestLog
+from tuneloop.serve.retention import housekeeping
 from tuneloop.serve.routers import admin, chat, completions, feedback, health, models, review
 from tuneloop.serve.routers.console import console_routers
 from tuneloop.serve.routing import Route, Shadows
@@ -45,7 +48,8 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     app.state.reload_lock = asyncio.Lock()
     app.state.background = set()  # tasks (retiring replaced models) kept alive until done
     app.state.ready = False
-    app.state.recent_responses = RecentResponses()  # response id -> labels of its feedback (bounded)
+    app.state.privacy = Privacy(config.log.redact_pii)  # the pseudonym key is added in the lifespan
+    app.state.recent_responses = RecentResponses()  # replaced by the database-backed one in the lifespan
     app.state.metrics = Metrics(
         lambda: {n: s.client.load() for n, s in app.state.models.items()},
         lambda: {n: s.gate for n, s in app.state.models.items()},
@@ -65,14 +69,18 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
         state = app.state
         state.keys = KeyStore(config.auth.database_url)
         state.jwt = JWTVerifier(config.auth.jwt) if config.auth.jwt else None
-        state.feedback = FeedbackStore(config.auth.database_url)
+        log_cfg = config.log
+        key = secret(state.keys.engine, "pseudonym_key") if log_cfg.pseudonymize_users else None
+        state.privacy = Privacy(log_cfg.redact_pii, key)
+        state.feedback = FeedbackStore(config.auth.database_url, state.privacy)
+        # who each answer was given to (the key that may rate it): memory, then the database
+        state.recent_responses = RecentResponses(engine=state.feedback.engine, privacy=state.privacy)
         state.limiter = build_rate_limiter(config.limits, state.metrics.rate_limit_store_errors)
         problem = await state.limiter.status()
         if problem is not None:  # not fatal: /ready says so, and requests get the configured behaviour
             log.error("%s (limits.redis_unavailable=%s)", problem, config.limits.redis_unavailable)
-        log_cfg = config.log
         state.request_log = (
-            RequestLog(log_cfg.path, log_cfg.max_bytes, log_cfg.backups, log_cfg.redact_pii)
+            RequestLog(log_cfg.path, log_cfg.max_bytes, log_cfg.backups, state.privacy)
             if log_cfg.enabled
             else None
         )
@@ -89,6 +97,7 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
         watcher = (
             asyncio.create_task(watch(state, config.reload_interval_s)) if config.reload_interval_s else None
         )
+        keeper = asyncio.create_task(housekeeping(state, log_cfg.retention_days))
         log.info("serving %s", ", ".join(state.models) or "no models")
         try:
             yield
@@ -96,11 +105,16 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
             state.ready = False
             if watcher is not None:
                 watcher.cancel()
+            keeper.cancel()
             await state.shadows.drain()
             await asyncio.gather(*state.background, return_exceptions=True)
             await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
             if state.request_log is not None:
-                state.request_log.close()
+                await asyncio.to_thread(state.request_log.close)  # writes what is queued
+            try:
+                await asyncio.to_thread(state.recent_responses.flush)
+            except Exception:
+                log.exception("the last answered responses could not be recorded")
             await state.limiter.close()
 
     return lifespan

@@ -96,15 +96,27 @@ class DenyPattern(Config):
 
 
 class InputConfig(Config):
+    # searched in every user text, and in the decoded text of prompts given as token ids (a model
+    # without a tokenizer in the gateway, an upstream, then refuses token-id prompts)
     deny: list[DenyPattern] = Field(default_factory=list)
 
 
 class LogConfig(Config):
+    """The request log, and how everything the gateway stores about people is kept (log, feedback)."""
+
     enabled: bool = True
-    path: str | None = None  # default: TUNELOOP_HOME/serve/requests.jsonl
+    path: str | None = None  # default: TUNELOOP_HOME/serve/requests.jsonl (files 0600, folder 0700)
     max_bytes: int = Field(default=50 << 20, ge=1024)
     backups: int = Field(default=10, ge=0)
-    redact_pii: bool = False  # emails, phone numbers, IDs, cards, IPs in logged texts -> placeholders
+    # emails, phones, Chinese IDs, bank cards, IPs -> <EMAIL>, <PHONE>, ... in the logged texts and in
+    # feedback corrections and comments (the detectors of `data prepare`); false stores them verbatim
+    redact_pii: bool = True
+    # OpenAI's `user` stored as u-<24 hex>, a keyed hash (secret in the serving database): stable, so
+    # raters still count apart, but not reversible by guessing; false stores the id as sent
+    pseudonymize_users: bool = True
+    # log lines and answered-response records older than this are purged (hourly, at start, and by
+    # `tuneloop logs purge`); feedback on an answer older than this is refused; null keeps them forever
+    retention_days: float | None = Field(default=30.0, gt=0)
 
 
 class VariantConfig(Config):

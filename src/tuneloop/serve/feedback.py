@@ -1,12 +1,15 @@
 """Feedback on answers: rating (thumbs or 1-5), optional corrected answer and comment, per response id.
 
-Stored verbatim with parameterized SQL (that, not stripping characters, is the defence against
-injection); the request log holds the answer it refers to, joined by response id on export.
+Stored with parameterized SQL (that, not stripping characters, is the defence against injection);
+with `log.redact_pii` on (the default) corrections and comments have PII replaced by placeholders
+first, like the request log's texts, so the loop never trains on it. The request log holds the
+answer a rating refers to, joined by response id on export.
 
 Each rating names its rater: the API key and the end user (`user`, as given with the feedback, else
 the `user` of the rated request, else the key id), so several people behind one key count apart.
-`RecentResponses` maps the gateway's recent answers to (model, variant, user) for that fallback and
-for the feedback metrics, in bounded memory.
+`RecentResponses` knows which key, model, variant and user produced each answer: the recent ones
+in bounded memory, all of them in the `responses` table (written in batches, purged with the
+request log's retention), so a key may rate only its own answers even after a restart.
 """
 
 from __future__ import annotations
@@ -20,12 +23,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, Integer, String, Text, inspect, select, text
+from sqlalchemy import DateTime, Engine, Integer, String, Text, delete, func, insert, inspect, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tuneloop.serve.db import Base, connect
-
-USER_MAX = 256  # characters of an end-user id kept
+from tuneloop.serve.privacy import OFF, USER_MAX, Privacy
 
 
 class FeedbackRow(Base):
@@ -56,8 +58,9 @@ class Feedback:
 
 
 class FeedbackStore:
-    def __init__(self, url: str | None = None):
+    def __init__(self, url: str | None = None, privacy: Privacy = OFF):
         self.engine = connect(url)
+        self.privacy = privacy  # applied to correction and comment as they are stored
         _add_user_column(self.engine)
 
     def add(
@@ -69,16 +72,17 @@ class FeedbackStore:
         comment: str | None = None,
         user: str | None = None,
     ) -> Feedback:
+        """Store one rating; `user` as stored (the caller pseudonymizes end-user ids)."""
         thumbs = rating if isinstance(rating, str) else None
         row = FeedbackRow(
             response_id=response_id,
             rating=score(rating),
             thumbs=thumbs,
-            correction=correction,
-            comment=comment,
+            correction=self.privacy.text(correction),
+            comment=self.privacy.text(comment),
             key_id=key_id,
             user=user[:USER_MAX] if user else None,
-            created_at=datetime.now(timezone.utc).replace(tzinfo=None),
+            created_at=_now(),
         )
         with Session(self.engine) as s, s.begin():
             s.add(row)
@@ -91,6 +95,10 @@ class FeedbackStore:
             query = query.where(FeedbackRow.response_id == response_id)
         with Session(self.engine) as s:
             return [_record(r) for r in s.scalars(query)]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored naive UTC (SQLite has no time zones)
 
 
 def _add_user_column(engine) -> None:
@@ -112,34 +120,99 @@ def score(rating: int | str) -> int:
     return {"up": 5, "down": 1}[rating] if isinstance(rating, str) else rating
 
 
-class RecentResponses:
-    """response id -> (model_name, variant, user) of the gateway's most recent answers, oldest evicted.
+class ResponseRow(Base):
+    """Who was answered: the key (and its end user) that may rate the answer, and what answered."""
 
-    Bounded: at most `max_entries` (default 65,536). An entry is a response id, two shared label strings
-    and a user id cut to 256 characters: under 1 KiB, so 64 MiB at the very worst and ~15 MiB with
-    typical ids.
-    Answers older than that, given by another replica or before a restart are looked up in the tail
-    of the request log (`log_tail`), else their feedback is labelled "unknown".
+    __tablename__ = "responses"
+    response_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key_id: Mapped[str] = mapped_column(String(200))
+    model: Mapped[str] = mapped_column(String(200))
+    variant: Mapped[str] = mapped_column(String(200))
+    user: Mapped[str | None] = mapped_column("end_user", String(USER_MAX), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+
+
+@dataclass(frozen=True)
+class Answered:
+    model: str
+    variant: str
+    user: str | None  # as stored: a pseudonym by default
+    key_id: str | None  # None only for log lines written before keys were recorded
+
+
+class RecentResponses:
+    """response id -> `Answered`: recent answers in memory (oldest evicted), every answer in the database.
+
+    Memory is bounded: at most `max_entries` (default 65,536), each a response id, shared label strings,
+    a key id and a user id of at most 256 characters: under 1 KiB, so 64 MiB at the very worst and
+    ~15 MiB with typical ids. New answers wait in memory and reach the `responses` table in one
+    transaction per `flush` (the server flushes every 0.5 s and at shutdown), never a write per
+    request on the event loop. Without a database (`engine=None`) only memory is used.
     """
 
-    def __init__(self, max_entries: int = 65_536):
+    def __init__(self, max_entries: int = 65_536, engine: Engine | None = None, privacy: Privacy = OFF):
         self.max_entries = max_entries
-        self._items: OrderedDict[str, tuple[str, str, str | None]] = OrderedDict()
+        self.engine = engine
+        self.privacy = privacy  # end-user ids are kept as pseudonyms, in memory too
+        self._items: OrderedDict[str, Answered] = OrderedDict()
+        self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()  # the feedback route runs in a worker thread
 
-    def add(self, response_id: str, model: str, variant: str, user: str | None) -> None:
+    def add(
+        self, response_id: str, model: str, variant: str, user: str | None, key_id: str | None = None
+    ) -> None:
+        answered = Answered(model, variant, self.privacy.user(user), key_id)
         with self._lock:
-            self._items[response_id] = (model, variant, user[:USER_MAX] if user else None)
+            self._items[response_id] = answered
             self._items.move_to_end(response_id)
             while len(self._items) > self.max_entries:
                 self._items.popitem(last=False)
+            if self.engine is not None and key_id is not None:
+                self._pending.append({"response_id": response_id, "created_at": _now(), **asdict(answered)})
+                del self._pending[: -self.max_entries]  # a long database outage: keep the newest
 
-    def get(self, response_id: str) -> tuple[str, str, str | None] | None:
+    def get(self, response_id: str) -> Answered | None:
+        """From memory, else from the database (answers from before a restart, or from another replica)."""
         with self._lock:
-            return self._items.get(response_id)
+            found = self._items.get(response_id)
+        if found is not None or self.engine is None:
+            return found
+        with Session(self.engine) as s:
+            row = s.get(ResponseRow, response_id)
+        return None if row is None else Answered(row.model, row.variant, row.user, row.key_id)
+
+    def flush(self) -> int:
+        """Write the answers added since the last flush, in one transaction; how many."""
+        with self._lock:
+            rows, self._pending = self._pending, []
+        if not rows or self.engine is None:
+            return 0
+        try:
+            with Session(self.engine) as s, s.begin():
+                s.execute(insert(ResponseRow), rows)
+        except Exception:
+            with self._lock:  # retried with the next flush
+                self._pending[:0] = rows
+                del self._pending[: -self.max_entries]
+            raise
+        return len(rows)
+
+    def purge(self, before: datetime, dry_run: bool = False) -> int:
+        """Forget the answers recorded before `before` (naive UTC); how many."""
+        if self.engine is None:
+            return 0
+        return purge_responses(self.engine, before, dry_run)
 
     def __len__(self) -> int:
         return len(self._items)
+
+
+def purge_responses(engine: Engine, before: datetime, dry_run: bool = False) -> int:
+    old = ResponseRow.created_at < before
+    with Session(engine) as s, s.begin():
+        if dry_run:
+            return s.scalar(select(func.count()).select_from(ResponseRow).where(old)) or 0
+        return s.execute(delete(ResponseRow).where(old)).rowcount or 0
 
 
 LOG_TAIL_BYTES = 4 << 20  # how much of the current request log a feedback lookup reads, at most
@@ -185,7 +258,8 @@ def export(store: FeedbackStore, log_path: Path) -> Iterator[dict[str, Any]]:
     for f in items:
         record = logged.get(f.response_id, {})
         yield {
-            **as_json(f),
+            **as_json(f),  # key_id: the key that gave the rating
+            "request_key_id": record.get("key_id"),  # the key the answer was made for
             "model": record.get("model"),
             "variant": record.get("variant"),
             "request": record.get("request"),

@@ -140,7 +140,9 @@ class Generation:
                 m.success.labels(reason or "abort", *self.labels).inc()
         user = self.body.get("user")
         if status == 200:  # what feedback on this answer is labelled with (bounded; serve.feedback)
-            state.recent_responses.add(self.response_id, self.served.name, self.served.variant, user)
+            state.recent_responses.add(
+                self.response_id, self.served.name, self.served.variant, user, self.key.id
+            )  # the key that may rate it, too
         if state.request_log is not None:
             state.request_log.write(
                 {

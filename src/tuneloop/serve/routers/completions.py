@@ -38,6 +38,8 @@ async def completions(body: CompletionRequest, request: Request, key: ApiKey = D
         raise APIError(400, "echo is not supported with stream", "invalid_value", "echo")
     if isinstance(prompt, str):
         request.app.state.guard.check([prompt])
+    else:  # the same deny patterns on the text the ids stand for (the served model's tokenizer)
+        await request.app.state.guard.check_ids(served.client, prompt)
     response_id = new_id("cmpl")
     choices = fan_out(
         request,

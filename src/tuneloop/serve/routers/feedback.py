@@ -1,8 +1,15 @@
 """POST /v1/feedback: a rating (and optional correction, comment) for an answer, by response id.
 
-The rater is the key plus an end user: the feedback's `user`, else the rated request's `user`, else
-the key id. The rating is counted in tuneloop_feedback_total and tuneloop_feedback_score, labelled
-with the model and variant that gave the answer (from `RecentResponses`, else the request log's tail).
+Only the key an answer was made for may rate it (keys have no team: a product that rates from its
+front end uses the key it asks with), and an `admin` key may rate any answer (operators, the
+console); any other key, like an id never answered, gets a 404 (not a 403, so that response ids of
+other keys cannot be probed). The answering key is found in memory, else in the database's
+`responses` table (after a restart, or from another replica), else in the request log's tail.
+
+The rater is the key plus an end user: the feedback's `user`, else the rated request's `user` (only
+when the key that asked rates), else the key id; end-user ids are stored as pseudonyms. The rating
+is counted in tuneloop_feedback_total and tuneloop_feedback_score, labelled with the model and
+variant that gave the answer.
 """
 
 from __future__ import annotations
@@ -12,44 +19,58 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from tuneloop.serve.auth import require
-from tuneloop.serve.feedback import as_json, log_tail, score
+from tuneloop.serve.auth import AuthFirst, require
+from tuneloop.serve.errors import APIError, documented
+from tuneloop.serve.feedback import Answered, as_json, log_tail, score
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import FeedbackRequest
 
-router = APIRouter(tags=["feedback"])
+router = APIRouter(tags=["feedback"], route_class=AuthFirst)
 
 
-@router.post("/v1/feedback")
+@router.post("/v1/feedback", responses=documented(404, s404="No answer of that id was given to this key"))
 def post_feedback(
     body: FeedbackRequest, request: Request, key: ApiKey = Depends(require("feedback"))
 ) -> dict:
     for text in (body.response_id, body.correction, body.comment, body.user):
         check_characters(text)
     state = request.app.state
-    model, variant, user = _answered_by(state, body.response_id)
-    record = state.feedback.add(
-        body.response_id, body.rating, key.id, body.correction, body.comment, user=body.user or user or key.id
-    )
-    state.metrics.feedback.labels(model, variant, str(body.rating)).inc()
-    state.metrics.feedback_score.labels(model, variant).observe(score(body.rating))
+    answered = _answered_by(state, body.response_id)
+    if answered is None or not may_rate(key, answered):
+        raise APIError(
+            404,
+            f"no answer '{body.response_id}' was given to this API key (feedback is accepted from the "
+            "key that made the request, or an admin key)",
+            "response_not_found",
+            "response_id",
+        )
+    own = answered.key_id == key.id
+    user = state.privacy.user(body.user) or (answered.user if own else None) or key.id
+    record = state.feedback.add(body.response_id, body.rating, key.id, body.correction, body.comment, user)
+    state.metrics.feedback.labels(answered.model, answered.variant, str(body.rating)).inc()
+    state.metrics.feedback_score.labels(answered.model, answered.variant).observe(score(body.rating))
     return {"object": "feedback", **as_json(record)}
 
 
-def _answered_by(state: Any, response_id: str) -> tuple[str, str, str | None]:
-    """(model_name, variant, user) of a response; ("unknown", "unknown", None) when not found."""
+def may_rate(key: ApiKey, answered: Answered) -> bool:
+    return answered.key_id == key.id or "admin" in key.scopes
+
+
+def _answered_by(state: Any, response_id: str) -> Answered | None:
+    """Who was given a response, and by which model; None when it was never answered (or purged)."""
     found = state.recent_responses.get(response_id)
     if found is not None:
         return found
-    if state.request_log is not None:  # answered before a restart, or long ago: the log's tail (bounded)
+    if state.request_log is not None:  # answered before the responses table existed: the log's tail
         record = log_tail(Path(state.request_log.path), response_id)
         if record is not None and record.get("status") == 200:
-            request = record.get("request") if isinstance(record.get("request"), dict) else {}
-            user = record.get("user") or request.get("user")
-            return (
+            user = record.get("user")  # as the log stores it (a pseudonym by default)
+            key_id = record.get("key_id")
+            return Answered(
                 str(record.get("model")),
                 str(record.get("variant")),
                 user if isinstance(user, str) else None,
+                key_id if isinstance(key_id, str) else None,
             )
-    return "unknown", "unknown", None
+    return None
