@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,8 +38,12 @@ def load_config(
     cls: type[C],
     source: str | Path | Mapping[str, Any] | None = None,
     overrides: Sequence[str] = (),
+    edit: Callable[[dict[str, Any]], None] | None = None,
 ) -> C:
-    """Build `cls` from a YAML file (or a mapping, or nothing) plus `key=value` overrides."""
+    """Build `cls` from a YAML file (or a mapping, or nothing) plus `key=value` overrides.
+
+    `edit` changes the data read before the overrides apply (a command's flags, such as `serve
+    --model`, that add to the file), so `key=value` can reach what it added (`models.0.engine...`)."""
     where = str(source) if isinstance(source, (str, Path)) else "<config>"
     lines: dict[tuple[str, ...], int] = {}
     if source is None:
@@ -48,6 +52,8 @@ def load_config(
         data = dict(source)
     else:
         data, lines = _read_yaml(Path(source))
+    if edit is not None:
+        edit(data)
     for item in overrides:
         key, value = parse_override(item)
         _check_key(cls, key, where=f"override '{item}'")
@@ -163,10 +169,22 @@ def _fields(annotation: Any) -> list[str]:
     return []
 
 
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (list, tuple, Sequence)
+
+
 def _check_key(cls: type[Config], key: tuple[str, ...], where: str) -> None:
     """Refuse an override whose key does not exist, naming the closest valid key."""
     for depth in range(len(key)):
         parent = _model_at(cls, key[:depth])
+        if _is_list(parent):  # a list of sections: the next part is an index (models.0.engine...)
+            if not key[depth].isdigit():
+                dotted = ".".join(key[:depth])
+                raise ConfigError(
+                    f"{where}: '{dotted}' is a list; the key after it is an entry's index, not '{key[depth]}'",
+                    hint=f"e.g. {dotted}.0.{key[depth]}=...",
+                )
+            continue
         names = _fields(parent)
         if not names:
             return  # a free-form mapping (dict field): any key is allowed
@@ -192,15 +210,41 @@ def _coerce_override(cls: type[Config], key: tuple[str, ...], raw: str) -> Any:
 
 
 def _set_path(data: dict[str, Any], key: tuple[str, ...], value: Any, where: str) -> None:
-    node = data
-    for part in key[:-1]:
+    node: Any = data
+    for depth, part in enumerate(key[:-1]):
+        if isinstance(node, list):
+            node = _list_entry(node, part, key[:depth], where)
+            continue
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             raise ConfigError(f"{where}: '{part}' is a value, not a section, so it has no sub-keys")
         node = child
-    node[key[-1]] = value
+    if isinstance(node, list):
+        index = _index(node, key[-1], key[:-1], where)
+        node[index] = value
+    else:
+        node[key[-1]] = value
+
+
+def _index(items: list[Any], part: str, at: tuple[str, ...], where: str) -> int:
+    dotted = ".".join(at)
+    if not part.isdigit() or int(part) >= len(items):
+        raise ConfigError(
+            f"{where}: '{dotted}' has {len(items)} entries; there is no '{dotted}.{part}'",
+            hint=f"indexes start at 0; add entries in the config file, then override {dotted}.N.KEY",
+        )
+    return int(part)
+
+
+def _list_entry(items: list[Any], part: str, at: tuple[str, ...], where: str) -> dict[str, Any]:
+    entry = items[_index(items, part, at, where)]
+    if not isinstance(entry, dict):
+        raise ConfigError(
+            f"{where}: '{'.'.join((*at, part))}' is a value, not a section, so it has no sub-keys"
+        )
+    return entry
 
 
 def _did_you_mean(word: str, choices: Sequence[str], prefix: tuple[str, ...] = ()) -> str:

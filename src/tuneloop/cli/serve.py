@@ -48,8 +48,22 @@ def serve(
     port: int = typer.Option(None, "--port", "-p", help="Port (default 8000)."),
     kv_cache_gib: float = typer.Option(None, "--kv-cache-gib", min=0.001, help="KV-cache size of --model."),
     engine_process: bool = typer.Option(
-        False, "--engine-process", help="Step --model's engine in its own process (no GIL shared with HTTP)."
+        None,
+        "--engine-process/--no-engine-process",
+        help="Step --model's engine in its own process (no GIL shared with HTTP). Default: on for CUDA.",
     ),
+    max_num_seqs: int = typer.Option(None, "--max-num-seqs", min=1, help="Sequences per engine step."),
+    max_num_batched_tokens: int = typer.Option(
+        None, "--max-num-batched-tokens", min=1, help="Tokens per engine step (prompt chunks + decodes)."
+    ),
+    max_model_len: int = typer.Option(None, "--max-model-len", min=1, help="Context of one request."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N (default auto)."),
+    dtype: str = typer.Option(None, "--dtype", help="auto, bfloat16, float16 or float32."),
+    max_loras: int = typer.Option(None, "--max-loras", min=1, help="Adapters loaded at once."),
+    max_lora_rank: int = typer.Option(None, "--max-lora-rank", min=1, help="Largest adapter rank."),
+    enforce_eager: bool = typer.Option(None, "--enforce-eager", help="No CUDA graphs (as vLLM's flag)."),
+    quantization: str = typer.Option(None, "--quantization", help="none or int8 (weight-only)."),
+    prefill_attention: str = typer.Option(None, "--prefill-attention", help="auto, padded or varlen."),
     log_json: bool = typer.Option(False, "--log-json", help="Server logs as one JSON object per line."),
     no_auth: bool = typer.Option(
         False, "--no-auth", help="Accept requests without API keys (local use only)."
@@ -58,13 +72,22 @@ def serve(
     """Serve models behind an OpenAI-compatible API (chat, completions, streaming, metrics, feedback)."""
     _require_serve_extra()
     entry = None
+    engine = {
+        "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
+        "max_model_len": max_model_len, "device": device, "dtype": dtype, "max_loras": max_loras,
+        "max_lora_rank": max_lora_rank, "enforce_eager": enforce_eager, "quantization": quantization,
+        "prefill_attention": prefill_attention, "kv_cache_gib": kv_cache_gib,
+    }  # fmt: skip
+    engine = {k: v for k, v in engine.items() if v is not None}
     if model:
-        entry = {
-            "name": name or model,
-            "model": model,
-            "kv_cache_gib": kv_cache_gib,
-            "engine_process": engine_process,
-        }
+        entry = {"name": name or model, "model": model, "engine": engine}
+        if engine_process is not None:
+            entry["engine_process"] = engine_process
+    elif engine or engine_process is not None:
+        raise TuneloopError(
+            "engine flags (--max-num-seqs, --kv-cache-gib, ...) apply to --model",
+            hint="with --config, set them in the model's `engine:` block or as models.N.engine.KEY=VALUE",
+        )
     cfg = _config(config, entry, list(overrides or []), host, port, no_auth)
     import uvicorn
 
@@ -72,6 +95,7 @@ def serve(
 
     if not cfg.models:
         raise TuneloopError("nothing to serve", hint="give --model REF or a --config with a `models:` list")
+    _check_formats(cfg)
     console.print(f"serving {', '.join(m.name for m in cfg.models)} on http://{cfg.host}:{cfg.port}/v1")
     if cfg.auth.enabled and not _store(cfg.auth.database_url).list():
         console.print(
@@ -88,6 +112,21 @@ def serve(
     )
 
 
+def _check_formats(cfg: Any) -> None:
+    """Every local model is resolved and its format checked before the server starts: an export the
+    engine cannot run (ONNX, packed int4, pre-quantized) fails by name here, not as a startup traceback."""
+    from tuneloop.models.formats import require_format
+    from tuneloop.serve.backends import resolve_entry
+
+    for m in cfg.models:
+        if m.model is None:  # an upstream: nothing local to check
+            continue
+        where = resolve_entry(m)
+        require_format(where.folder, m.model, "serve")
+        if where.adapter is not None:
+            require_format(where.adapter, m.lora or m.model, "serve")
+
+
 def _config(
     path: Path | None,
     model: dict[str, Any] | None,
@@ -99,10 +138,12 @@ def _config(
     from tuneloop.config import load_config
     from tuneloop.serve import ServeConfig
 
-    cfg = load_config(ServeConfig, path, overrides)
+    def add_model(data: dict[str, Any]) -> None:  # before the overrides: models.N.engine.KEY=... reaches it
+        if model:
+            data["models"] = [*(data.get("models") or []), model]
+
+    cfg = load_config(ServeConfig, path, overrides, edit=add_model)
     updates: dict[str, Any] = {}
-    if model:
-        updates["models"] = [*cfg.model_dump()["models"], model]
     if host:
         updates["host"] = host
     if port is not None:

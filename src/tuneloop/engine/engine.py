@@ -85,6 +85,8 @@ class EngineStats:
     generated_tokens: int
     generation_tokens_per_s: float  # over the last steps
     async_steps: int = 0  # of `steps`, those launched ahead under async scheduling (pure decode)
+    max_model_len: int = 0  # the context: prompt + output tokens of one request (0: not known)
+    max_num_seqs: int = 0  # sequences one step runs (the gateway admits as many at once by default)
 
 
 class LLMEngine:
@@ -307,8 +309,8 @@ class LLMEngine:
 
     def _commit(self, batch: list[Scheduled], c: _Computed) -> list[RequestOutput]:
         """Apply a computed step: K/V counted, blocks registered, tokens appended, stops checked."""
+        prompt_lp = self._commit_prompt_logprobs(batch, c.prompt_lp)  # before num_computed moves
         self.scheduler.after_step(batch)
-        prompt_lp = self._commit_prompt_logprobs(batch, c.prompt_lp)
         outputs = [self._fail(item.seq, c.failed[k]) if k in c.failed
                    else self._append(item, c.tokens[k], c.logprobs[k], prompt_lp.get(item.seq.request_id))
                    for k, item in enumerate(c.sampling)]  # fmt: skip
@@ -466,6 +468,7 @@ class LLMEngine:
             kv_blocks=len(b.blocks), prefix_cache_hit_rate=b.hits / b.queries if b.queries else 0.0,
             preemptions=self.scheduler.preemptions, steps=self._steps, prompt_tokens=self._prompt_tokens,
             generated_tokens=self._generated, generation_tokens_per_s=rate, async_steps=self._async_steps,
+            max_model_len=self.runner.max_model_len, max_num_seqs=self.config.max_num_seqs,
         )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from tuneloop.serve.keys import KeyStore
 from tuneloop.serve.limits import ConcurrencyGate
 from tuneloop.serve.metrics import Metrics
 from tuneloop.serve.middleware import RequestContext
+from tuneloop.serve.openapi import install_openapi
 from tuneloop.serve.privacy import Privacy
 from tuneloop.serve.ratelimit import build_rate_limiter
 from tuneloop.serve.reload import watch
@@ -60,6 +61,7 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     for router in console_routers():  # the web console and the admin routes it needs
         app.include_router(router)
     app.add_middleware(RequestContext, max_body_bytes=config.limits.max_body_bytes)
+    install_openapi(app, config.limits)  # the document says what the server answers (400, 401, ...)
     return app
 
 
@@ -90,7 +92,7 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
             clients = await asyncio.to_thread(build_clients, config)
         else:
             clients = given
-        state.models = {name: Served(name, c, _gate(config, name)) for name, c in clients.items()}
+        state.models = {name: Served(name, c, _gate(config, name, c)) for name, c in clients.items()}
         if config.warmup:
             await asyncio.gather(*(c.start() for c in clients.values()))
         state.ready = True
@@ -120,8 +122,8 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
     return lifespan
 
 
-def _gate(config: ServeConfig, name: str) -> ConcurrencyGate:
+def _gate(config: ServeConfig, name: str, client: EngineClient) -> ConcurrencyGate:
     m = next((m for m in config.models if m.name == name), None)
-    if m is None:  # clients given directly (tests, benchmarks): the defaults of a model entry
-        return ConcurrencyGate(64, 256, config.limits.retry_after_s)
-    return ConcurrencyGate(m.max_concurrency, m.max_queue, config.limits.retry_after_s)
+    # unset max_concurrency: as many as the engine runs in one step (it batches them all), else 64
+    running = (m.max_concurrency if m else None) or getattr(client, "max_num_seqs", None) or 64
+    return ConcurrencyGate(running, m.max_queue if m else 256, config.limits.retry_after_s)

@@ -10,11 +10,12 @@ import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tuneloop.engine import SamplingParams
+from tuneloop.engine.outputs import RequestFailedError
 from tuneloop.serve.batch_encoder import BatchEncoder
 from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest, TokenLogprob
 from tuneloop.serve.detokenizer import Detokenizer
@@ -32,10 +33,18 @@ class SharedEngine:
     folder: Path
     closed: bool = False  # shut down (replaced by a live reload): a request here would never finish
     encoder: Any = None  # BatchEncoder: prompts tokenized off the event loop
+    max_model_len: int = 0  # the engine's context (prompt + completion); 0: not known, not checked
+    max_num_seqs: int = 0  # sequences the engine runs in one step (0: not known)
+    vocab_size: int = 0  # the tokenizer's ids (added tokens included): a prompt's ids are below it
 
     def __post_init__(self) -> None:
         if self.encoder is None:
             self.encoder = BatchEncoder(self.tokenizer)
+        if not (self.max_model_len and self.max_num_seqs):
+            stats = self.engine.stats()
+            self.max_model_len = self.max_model_len or getattr(stats, "max_model_len", 0)
+            self.max_num_seqs = self.max_num_seqs or getattr(stats, "max_num_seqs", 0)
+        self.vocab_size = self.vocab_size or len(self.tokenizer)
 
     @classmethod
     def load(cls, folder: Path, process: bool = False, **engine_kwargs: Any) -> SharedEngine:
@@ -62,6 +71,11 @@ class LocalClient:
         self.version: str | None = None  # what answers: "NAME/VERSION" for a registry reference
         self.active = 0  # requests admitted or generating, so a replaced client closes only once drained
 
+    @property
+    def max_num_seqs(self) -> int:
+        """Sequences the engine batches in one step: the gateway's default admission (app._gate)."""
+        return self.shared.max_num_seqs
+
     async def start(self) -> None:
         """Warm-up: one short generation, so the first user does not pay for lazy initialisation."""
         request = GenerateRequest(request_id=f"warmup-{uuid.uuid4().hex}", prompt="Hello", max_tokens=1)
@@ -72,14 +86,20 @@ class LocalClient:
         if self.shared.closed:  # the gateway holds clients until drained; never hang if that slips
             raise APIError(503, "this model version was unloaded by a live reload; retry", "model_reloaded")
         prompt_ids = await self._encode_prompt(request)
+        max_tokens = self._max_tokens(len(prompt_ids), request)
         detok = Detokenizer(self.tokenizer, request.stop)
-        stream = await self._submit(prompt_ids, request)
+        stream = await self._submit(prompt_ids, request, max_tokens)
         self.active += 1
         try:
             first = True
             async for out in stream:
                 text = detok.add(out.new_token_ids)
-                delta = Delta(text=text, logprobs=self._logprobs(out.new_token_ids, out.logprobs, request))
+                delta = Delta(
+                    text=text,
+                    logprobs=self._logprobs(out.new_token_ids, out.logprobs, request),
+                    completion_tokens=len(out.token_ids),  # a running count (what a stopped request used)
+                    prompt_tokens=len(prompt_ids),  # on every delta too: a 499 is logged with it
+                )
                 if first and request.echo:
                     # with prompt logprobs asked, the engine computes every prompt position (such a
                     # request bypasses the prefix cache, chunked prefills included) and returns
@@ -95,21 +115,33 @@ class LocalClient:
                     yield delta
                     return
                 yield delta
+        except RequestFailedError as e:  # the engine failed this request alone; the others go on
+            raise APIError(500, str(e), "engine_error") from None
         finally:
             self.active -= 1
             await stream.aclose()  # early exit (stop string, client gone) aborts the engine request
 
+    async def prepare(self, request: GenerateRequest) -> GenerateRequest:
+        """The request as the engine will run it (`PromptPreparer`): the prompt as ids, max_tokens within
+        the context, and the 400s `generate` would give, now. A token quota reserves exactly that, and
+        `generate` does not tokenize it again."""
+        if self.shared.closed:
+            raise APIError(503, "this model version was unloaded by a live reload; retry", "model_reloaded")
+        ids = await self._encode_prompt(request)
+        max_tokens = self._max_tokens(len(ids), request)
+        return replace(request, prompt_ids=ids, max_tokens=max_tokens, fit_context=False)
+
     async def _encode_prompt(self, request: GenerateRequest) -> list[int]:
         """The prompt's ids; the tokenizing runs on the shared BatchEncoder's thread, not the event loop."""
         if request.prompt_ids is not None:
-            return self._checked(list(request.prompt_ids))  # the engine checks they are in the vocabulary
+            return self._checked(self._in_vocabulary(list(request.prompt_ids)))
         text, special = self._prompt_text(request)
         return self._checked(await self.shared.encoder.encode(text, special))
 
     def _prompt_ids(self, request: GenerateRequest) -> list[int]:
         """Synchronous `_encode_prompt` (the same ids), for callers outside an event loop."""
         if request.prompt_ids is not None:
-            return self._checked(list(request.prompt_ids))
+            return self._checked(self._in_vocabulary(list(request.prompt_ids)))
         text, special = self._prompt_text(request)
         return self._checked(self.tokenizer.encode(text, add_special_tokens=special))
 
@@ -137,10 +169,54 @@ class LocalClient:
             )
         return ids
 
-    async def _submit(self, prompt_ids: list[int], request: GenerateRequest) -> AsyncIterator[Any]:
+    def _in_vocabulary(self, ids: list[int]) -> list[int]:
+        """Token ids given by a client: each one an id of this model's tokenizer (400 naming the first other)."""
+        vocab = self.shared.vocab_size
+        bad = next((i for i, t in enumerate(ids) if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(
+                400,
+                f"prompt[{bad}] is token id {ids[bad]}, not in this model's vocabulary (0..{vocab - 1})",
+                "invalid_token_id",
+                "prompt",
+            )
+        return ids
+
+    def _max_tokens(self, prompt_tokens: int, request: GenerateRequest) -> int:
+        """The request's max_tokens within the context: a default is lowered to what the prompt leaves
+        (vLLM's default); a given one that does not fit is a 400 with vLLM's (and OpenAI's) message."""
+        context = self.shared.max_model_len
+        if not context:
+            return request.max_tokens
+        if prompt_tokens >= context:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, your prompt has "
+                f"{prompt_tokens} tokens, which leaves no room for the completion. Please reduce the "
+                "length of the messages or prompt.",
+                "context_length_exceeded",
+                "messages" if request.messages is not None else "prompt",
+            )
+        if request.fit_context:
+            return min(request.max_tokens, context - prompt_tokens)
+        if prompt_tokens + request.max_tokens > context:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{prompt_tokens + request.max_tokens} tokens ({prompt_tokens} in the messages, "
+                f"{request.max_tokens} in the completion). Please reduce the length of the messages "
+                "or completion.",
+                "context_length_exceeded",
+                "max_tokens",
+            )
+        return request.max_tokens
+
+    async def _submit(
+        self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int
+    ) -> AsyncIterator[Any]:
         try:
             params = SamplingParams(
-                max_tokens=request.max_tokens,
+                max_tokens=max_tokens,
                 temperature=request.temperature,
                 top_p=request.top_p,
                 seed=request.seed,
