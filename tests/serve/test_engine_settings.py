@@ -49,11 +49,11 @@ def test_overrides_reach_a_list_entry(tmp_path):
         ServeConfig, path, ["models.0.engine.max_num_seqs=128", "models.0.engine.enforce_eager=true"]
     )
     assert cfg.models[0].engine_kwargs() == {"max_num_seqs": 128, "enforce_eager": True}
-    with pytest.raises(ConfigError, match="has 1 entries; there is no 'models.3'"):
+    with pytest.raises(ConfigError, match=r"has 1 entries; there is no 'models\.3'"):
         load_config(ServeConfig, path, ["models.3.engine.max_num_seqs=1"])
     with pytest.raises(ConfigError, match="'models' is a list"):
         load_config(ServeConfig, path, ["models.engine.max_num_seqs=1"])
-    with pytest.raises(ConfigError, match="did you mean 'models.0.engine.max_num_seqs'"):
+    with pytest.raises(ConfigError, match=r"did you mean 'models\.0\.engine\.max_num_seqs'"):
         load_config(ServeConfig, path, ["models.0.engine.max_num_seq=1"])
 
 
