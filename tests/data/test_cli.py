@@ -81,3 +81,37 @@ def test_errors_exit_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixt
     with pytest.raises(SystemExit) as exit_:
         main(["data", "prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--no-progress"])
     assert exit_.value.code == 2 and "does not exist" in capsys.readouterr().err
+
+
+def test_pii_report_shows_what_would_be_redacted_and_changes_nothing(
+    mixed_corpus: Path, tok_dir: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    args = [
+        "data",
+        "prepare",
+        str(mixed_corpus),
+        "-o",
+        str(out),
+        "-w",
+        "1",
+        "--no-progress",
+        "--pii",
+        "report",
+    ]
+    result = CliRunner().invoke(app, [*args, f"tokenizer={tok_dir}"])
+    assert result.exit_code == 0, result.output
+    text = (out / "train.jsonl").read_text() + (out / "val.jsonl").read_text()
+    assert "<EMAIL>" not in text and "<IP>" not in text  # nothing changed
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["pii"]["mode"] == "report" and manifest["pii"]["ip"] == 3
+    assert "[IP:00.0.0.00]" in manifest["pii_examples"]["ip"][0]["context"]  # the shape, not the address
+    assert "PII would be redacted" in result.output and "[EMAIL:" in result.output
+    assert "help@example.com" not in result.output  # examples are masked
+
+
+def test_an_unknown_pii_mode_names_the_choices(mixed_corpus: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["data", "prepare", str(mixed_corpus), "-o", str(tmp_path / "o"), "--pii", "mask"]
+    )
+    assert result.exit_code != 0 and "--pii 'mask' is not one of redact, drop, report, off" in result.output

@@ -24,6 +24,7 @@ console = Console(stderr=True)
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
 KINDS = ("pretrain", "sft", "preference")
 ENGINES = ("local", "spark")
+PII_MODES = ("redact", "drop", "report", "off")
 
 
 @app.command()
@@ -45,6 +46,12 @@ def prepare(
     workers: int | None = typer.Option(
         None, "--workers", "-w", min=1, help="Processes for the local engine (default: all cores)."
     ),
+    pii: str | None = typer.Option(
+        None,
+        "--pii",
+        help="redact | drop | report (count and show what would be redacted, change nothing) | off; "
+        "overrides pii.mode.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON instead of a table."),
 ) -> None:
@@ -58,6 +65,10 @@ def prepare(
         if kind not in KINDS:
             raise TuneloopError(f"--kind '{kind}' is not one of {', '.join(KINDS)}")
         overrides.insert(0, f"kind={kind}")
+    if pii is not None:
+        if pii not in PII_MODES:
+            raise TuneloopError(f"--pii '{pii}' is not one of {', '.join(PII_MODES)}")
+        overrides.insert(0, f"pii.mode={pii}")
     if engine not in ENGINES:
         raise TuneloopError(f"--engine '{engine}' is not one of {', '.join(ENGINES)}")
     if not paths:
@@ -86,6 +97,18 @@ def _split_args(items: list[str]) -> tuple[list[str], list[str]]:
     return paths, overrides
 
 
+def _pii_examples(manifest: dict) -> None:
+    """What the PII step matched, in context, so over-redaction shows at a glance (values masked)."""
+    examples = manifest.get("pii_examples", {})
+    if not examples:
+        return
+    verb = "would be redacted" if manifest["pii"]["mode"] in ("report", "off") else "matched"
+    typer.echo(f"PII {verb} (first in document order; [TYPE:shape] masks letters as x, digits as 0):")
+    for kind, items in examples.items():
+        for item in items:
+            typer.echo(f"  {kind:9s} {item['doc']}: {item['context']}")
+
+
 def _report(manifest: dict, out: Path) -> None:
     from tuneloop.data.manifest import summary_rows
 
@@ -106,6 +129,7 @@ def _report(manifest: dict, out: Path) -> None:
     for what, n in summary_rows(manifest):
         table.add_row(what, n)
     Console().print(table)
+    _pii_examples(manifest)
     seconds = manifest.get("run", {}).get("seconds", {})
     if seconds:
         typer.echo("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))

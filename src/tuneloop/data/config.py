@@ -13,7 +13,9 @@ from pydantic import Field, model_validator
 from tuneloop.config import Config
 
 Kind = Literal["pretrain", "sft", "preference"]
-PII_TYPES = ("email", "id_card", "bank_card", "phone", "ip")
+# also the priority order when two detectors claim overlapping text
+PII_TYPES = ("secret", "email", "id_card", "bank_card", "phone", "ip")
+PIIType = Literal["secret", "email", "id_card", "bank_card", "phone", "ip"]
 
 
 class InputConfig(Config):
@@ -87,9 +89,18 @@ class DedupConfig(Config):
 
 
 class PIIConfig(Config):
-    mode: Literal["redact", "drop", "off"] = "redact"
-    types: list[Literal["email", "id_card", "bank_card", "phone", "ip"]] = Field(
-        default_factory=lambda: list(PII_TYPES)
+    mode: Literal["redact", "drop", "report", "off"] = Field(
+        "redact",
+        description="redact: typed placeholders (<EMAIL>); drop: remove documents with PII; "
+        "report: count and show examples in the manifest, change nothing",
+    )
+    types: list[PIIType] = Field(
+        default_factory=lambda: list(PII_TYPES),
+        description="secret (API keys, tokens, private keys, passwords), email, id_card (Chinese "
+        "resident ID), bank_card, phone, ip",
+    )
+    examples: int = Field(
+        3, ge=0, le=20, description="per type, matches shown in the manifest in context (masked)"
     )
 
 

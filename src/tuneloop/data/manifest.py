@@ -1,5 +1,5 @@
 """`manifest.json`: what went in (files with sha256), what happened (counts per stage, removal
-reasons, skipped inputs, PII counts, dedup samples), what came out (token statistics, file
+reasons, skipped inputs, PII counts with masked examples, dedup samples), what came out (token statistics, file
 checksums), how (the resolved config, tuneloop version) and a fingerprint of the outputs.
 
 Nothing in it depends on time, engine or worker count, so it is byte-identical for the same input
@@ -81,6 +81,7 @@ def build_manifest(
         "removed": dict(sorted(stats.removed.items())),
         "skipped": {"total": stats.skipped, "items": [s.to_json() for s in skips[: cfg.max_skips_listed]]},
         "pii": {"mode": cfg.pii.mode, **{k: stats.pii[k] for k in sorted(stats.pii)}},
+        "pii_examples": pii_examples(stats, cfg.pii.examples),
         "dedup": dedup,
         "tokens": {
             "tokenizer": tokenizer,
@@ -92,6 +93,14 @@ def build_manifest(
         },
         "outputs": outputs,
         "config": cfg.model_dump(mode="json"),
+    }
+
+
+def pii_examples(stats: Stats, k: int) -> dict[str, list[dict[str, str]]]:
+    """Per type, the first `k` matches in document order, each as [TYPE:shape] in its (masked) context."""
+    return {
+        kind: [{"doc": doc_id, "context": context} for _, doc_id, context in items[:k]]
+        for kind, items in sorted(stats.pii_examples.items())
     }
 
 

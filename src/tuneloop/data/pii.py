@@ -1,157 +1,135 @@
-"""PII: find emails, phone numbers, Chinese resident IDs, bank cards and IP addresses; redact or drop.
+"""PII and secrets: find them, redact them to typed placeholders, or report them without changing text.
 
-Numbers are validated, not just pattern-matched: an 18-digit ID must pass the GB 11643 mod-11
-checksum and a card number the Luhn check, so order numbers and timestamps are left alone.
-Digit boundaries use [0-9] look-arounds rather than \\b, which fails between a CJK character and a digit.
+The public functions, shared by the data pipeline, the gateway's request log and the loop's curation:
+
+    redact(text, types=None, found=None) -> str      "mail <EMAIL>, key <SECRET>"
+    find_pii(text, types=None) -> [(type, match)]     what `redact` would replace
+    find_spans(text, types=None) -> [Span]            where, without changing anything
+
+Precision comes first: every detector matches whole tokens only and validates what it found
+(`pii_network`, `pii_numbers`, `pii_secrets` say how), because a false positive silently corrupts
+training text (`std::vector` -> `st<IP>vector`) while a miss leaves one item in place. Detectors
+find spans on the original text; overlaps go to the earlier type in `PII_TYPES` (a secret over the
+email inside its URL, an ID over the card-shaped digits inside it), then the longer span.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from tuneloop.data.config import PIIConfig
+from tuneloop.data.config import PII_TYPES, PIIConfig
 from tuneloop.data.document import Doc
+from tuneloop.data.pii_network import find_emails, find_ips
+from tuneloop.data.pii_numbers import find_bank_cards, find_id_cards, find_phones, luhn_ok, valid_cn_id
+from tuneloop.data.pii_secrets import find_secrets
 from tuneloop.data.stats import Stats
 from tuneloop.data.step import Step
 
-_ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
-_ID_CHECK = "10X98765432"
+__all__ = ["DETECTORS", "PIIStep", "Span", "find_pii", "find_spans", "luhn_ok", "redact", "valid_cn_id"]
+
+_HAS_DIGIT = frozenset("0123456789")
 
 
-def valid_cn_id(number: str) -> bool:
-    """GB 11643-1999: the 18th character is the mod-11 checksum of the first 17 digits."""
-    if len(number) != 18 or not number[:17].isdigit():
-        return False
-    total = sum(int(d) * w for d, w in zip(number[:17], _ID_WEIGHTS, strict=True))
-    return _ID_CHECK[total % 11] == number[17].upper()
-
-
-def luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = int(ch)
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
-    return total % 10 == 0
-
-
-def _card_ok(match: str) -> bool:
-    digits = re.sub(r"[ -]", "", match)
-    return 13 <= len(digits) <= 19 and luhn_ok(digits)
-
-
-def _ip_ok(match: str) -> bool:
-    try:
-        ipaddress.ip_address(match)
-    except ValueError:
-        return False
-    return True
-
-
-_HAS_DIGITS = re.compile(r"[0-9][0-9 ().-]{5,}[0-9]").search
-_HAS_ADDRESS = re.compile(r"[0-9]\.[0-9]|[0-9A-Fa-f]:[0-9A-Fa-f]*:").search
+class Span(NamedTuple):
+    start: int
+    end: int
+    type: str
 
 
 @dataclass(frozen=True)
 class Detector:
     type: str
-    pattern: re.Pattern[str]
-    valid: Callable[[str], bool] = lambda _m: True
-    # a cheap test that must pass before the full pattern runs (most text has no PII at all)
-    maybe: Callable[[str], object] = lambda _t: True
+    find: Callable[[str], Iterator[tuple[int, int]]]
+    needs_digit: bool = True  # cheap pre-check: most text has no digit-bearing token at all
 
     @property
     def placeholder(self) -> str:
         return f"<{self.type.upper()}>"
 
 
-# Order matters: IDs (18 digits) before cards, cards (13-19) before phones (11), so a number is claimed once.
-DETECTORS = (
-    Detector(
-        "email",
-        re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-        maybe=lambda t: "@" in t,
-    ),
-    Detector(
-        "id_card",
-        re.compile(
-            r"(?<![0-9A-Za-z])[1-9][0-9]{5}(?:18|19|20)[0-9]{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12][0-9]|3[01])[0-9]{3}[0-9Xx](?![0-9A-Za-z])"
-        ),
-        valid_cn_id,
-        _HAS_DIGITS,
-    ),
-    Detector(
-        "bank_card",
-        re.compile(r"(?<![0-9])[0-9]{4}(?:[ -]?[0-9]{4}){2}[ -]?[0-9]{1,7}(?![0-9])"),
-        _card_ok,
-        _HAS_DIGITS,
-    ),
-    Detector(
-        "phone",
-        re.compile(
-            r"(?<![0-9+])(?:(?:\+|00)86[ -]?)?1[3-9][0-9](?:[ -]?[0-9]{4}){2}(?![0-9])"  # Chinese mobile
-            r"|(?<![0-9A-Za-z])(?:\+|00)[1-9][0-9]{0,2}[ .-]?(?:\(?[0-9]{1,4}\)?[ .-]?){1,4}[0-9]{2,4}(?![0-9])"  # international
-            r"|(?<![0-9])\(?[0-9]{3}\)?[ .-][0-9]{3}[ .-][0-9]{4}(?![0-9])"  # North American
-        ),
-        maybe=_HAS_DIGITS,
-    ),
-    Detector(
-        "ip",
-        re.compile(
-            r"(?<![0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![0-9.])|(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"
-        ),
-        _ip_ok,
-        _HAS_ADDRESS,
-    ),
-)
+_FINDERS = {
+    "secret": Detector("secret", find_secrets, needs_digit=False),
+    "email": Detector("email", find_emails, needs_digit=False),
+    "id_card": Detector("id_card", find_id_cards),
+    "bank_card": Detector("bank_card", find_bank_cards),
+    "phone": Detector("phone", find_phones),
+    "ip": Detector("ip", find_ips),
+}
+DETECTORS = tuple(_FINDERS[t] for t in PII_TYPES)  # priority order for overlaps
 
 
-def find_pii(text: str, types: list[str] | None = None) -> list[tuple[str, str]]:
-    """(type, matched text) for every PII item in `text`, in detection order."""
-    found: list[tuple[str, str]] = []
-    redact(text, types, found)
-    return found
-
-
-def _needs(text: str) -> tuple[bool, bool]:
-    """(any digit, any ':' or '.'): every detector but email needs a digit, except IPv6, which needs ':'."""
-    digit = any(d in text for d in "0123456789")  # ten memchr scans beat one regex scan
-    return digit, ":" in text or (digit and "." in text)
-
-
-def redact(text: str, types: list[str] | None = None, found: list[tuple[str, str]] | None = None) -> str:
-    """`text` with each PII item replaced by its typed placeholder, e.g. <EMAIL>."""
-    digit, address = _needs(text)
-    memo: dict[Callable[[str], object], tuple[str, bool]] = {}
-    for det in DETECTORS:
-        if types is not None and det.type not in types:
+def find_spans(text: str, types: Iterable[str] | None = None) -> list[Span]:
+    """Non-overlapping spans of PII in `text`, in text order."""
+    wanted = None if types is None else set(types)
+    digit = not _HAS_DIGIT.isdisjoint(text)
+    found: list[tuple[int, int, int, str]] = []  # (priority, -length, start, type) sorts the winners first
+    for rank, det in enumerate(DETECTORS):
+        if (wanted is not None and det.type not in wanted) or (det.needs_digit and not digit):
             continue
-        # the cheap tests first; placeholders (<EMAIL> ...) add no digit, ':' or '.', so `_needs` holds
-        if (det.maybe is _HAS_DIGITS and not digit) or (det.maybe is _HAS_ADDRESS and not address):
-            continue
-        seen = memo.get(det.maybe)
-        if seen is None or seen[0] is not text:  # three detectors share _HAS_DIGITS: scan once per text
-            seen = memo[det.maybe] = (text, bool(det.maybe(text)))
-        if not seen[1]:
-            continue
+        found.extend((rank, start - end, start, det.type) for start, end in det.find(text))
+    if not found:
+        return []
+    taken: list[Span] = []
+    for _, neg_len, start, kind in sorted(found):
+        end = start - neg_len
+        if all(end <= s.start or start >= s.end for s in taken):
+            taken.append(Span(start, end, kind))
+    return sorted(taken)
 
-        def sub(m: re.Match[str], det: Detector = det) -> str:
-            if not det.valid(m.group()):
-                return m.group()
-            if found is not None:
-                found.append((det.type, m.group()))
-            return det.placeholder
 
-        text = det.pattern.sub(sub, text)
-    return text
+def _replace(text: str, spans: list[Span]) -> str:
+    parts, pos = [], 0
+    for s in spans:
+        parts += (text[pos : s.start], f"<{s.type.upper()}>")
+        pos = s.end
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def redact(text: str, types: Iterable[str] | None = None, found: list[tuple[str, str]] | None = None) -> str:
+    """`text` with each PII item replaced by its typed placeholder, e.g. <EMAIL>; (type, match) go to `found`."""
+    spans = find_spans(text, types)
+    if not spans:
+        return text
+    if found is not None:
+        found.extend((s.type, text[s.start : s.end]) for s in spans)
+    return _replace(text, spans)
+
+
+def find_pii(text: str, types: Iterable[str] | None = None) -> list[tuple[str, str]]:
+    """(type, matched text) for every PII item in `text`, in text order."""
+    return [(s.type, text[s.start : s.end]) for s in find_spans(text, types)]
+
+
+def shape(value: str) -> str:
+    """What a match looked like without what it said: letters -> x/X, digits -> 0, the rest kept."""
+    return "".join("0" if c.isdigit() else ("X" if c.isupper() else "x") if c.isalpha() else c for c in value)
+
+
+def masked_context(text: str, spans: list[Span], i: int, width: int = 32) -> str:
+    """`spans[i]` in its context for the manifest: the match as [TYPE:shape], other PII as placeholders."""
+    s = spans[i]
+    lo, hi = max(0, s.start - width), min(len(text), s.end + width)
+    parts, pos = [], lo
+    for j, o in enumerate(spans):
+        if o.end <= lo or o.start >= hi:
+            continue
+        parts.append(text[pos : max(pos, o.start)])
+        parts.append(
+            f"[{o.type.upper()}:{shape(text[o.start : o.end])}]" if j == i else f"<{o.type.upper()}>"
+        )
+        pos = max(pos, o.end)
+    parts.append(text[pos:hi] if pos < hi else "")
+    out = "".join(parts).replace("\n", " ")
+    return ("…" if lo else "") + out + ("…" if hi < len(text) else "")
 
 
 class PIIStep(Step):
+    """redact: placeholders; drop: remove documents with PII; report: count and show, change nothing."""
+
     name = "pii"
 
     def __init__(self, cfg: PIIConfig):
@@ -160,10 +138,24 @@ class PIIStep(Step):
     def process(self, doc: Doc, stats: Stats) -> Doc | None:
         if self.cfg.mode == "off":
             return doc
-        found: list[tuple[str, str]] = []
-        doc.map_text(lambda t: redact(t, self.cfg.types, found))
-        stats.pii.update(Counter(t for t, _ in found))
-        if found and self.cfg.mode == "drop":
+        counts: Counter[str] = Counter()
+        field = 0
+
+        def one(text: str) -> str:
+            nonlocal field
+            spans = find_spans(text, self.cfg.types)
+            field += 1
+            for i, s in enumerate(spans):
+                counts[s.type] += 1
+                key = [doc.file, doc.index, field, s.start]
+                if stats.pii_example_wanted(s.type, key, self.cfg.examples):
+                    context = masked_context(text, spans, i)
+                    stats.add_pii_example(s.type, key, doc.id, context, self.cfg.examples)
+            return _replace(text, spans) if spans and self.cfg.mode == "redact" else text
+
+        doc.map_text(one)
+        stats.pii.update(counts)
+        if counts and self.cfg.mode == "drop":
             stats.drop("pii.contains_pii")
             return None
         return doc
