@@ -253,12 +253,12 @@ def test_request_log_redacts_pii_when_asked(serve, tmp_path):
 
 
 def test_tokens_per_minute_per_key(serve, keys):
-    key, _ = keys.create("tpm", tpm=5)
+    key, _ = keys.create("tpm", tpm=15)
     with serve(config(), {"fake": FakeClient()}) as s:
         client = openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0)
-        client.completions.create(model="fake", prompt="one two three four five six")  # 6 + 6 tokens
-        with pytest.raises(openai.RateLimitError, match="tokens per minute"):
-            client.completions.create(model="fake", prompt="x")
+        client.completions.create(model="fake", prompt="one two three four five six", max_tokens=6)  # 6 + 6
+        with pytest.raises(openai.RateLimitError, match="tokens per minute"):  # 12 + 1 + 6 reserved > 15
+            client.completions.create(model="fake", prompt="x", max_tokens=6)
 
 
 def test_shutdown_drains_requests_in_flight(keys):

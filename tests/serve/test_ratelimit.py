@@ -25,9 +25,10 @@ def redis_config(url: str, **limits) -> ServeConfig:
     return config(backend="redis", redis_url=url, **limits)
 
 
-def ask(url: str, key: str, prompt: str = "x") -> httpx.Response:
+def ask(url: str, key: str, prompt: str = "x", **fields) -> httpx.Response:
     headers = {"Authorization": f"Bearer {key}"}
-    return httpx.post(url + "/v1/completions", json={"model": "fake", "prompt": prompt}, headers=headers)
+    body = {"model": "fake", "prompt": prompt, **fields}
+    return httpx.post(url + "/v1/completions", json=body, headers=headers)
 
 
 def replicas(serve, cfg: ServeConfig, count: int = 2) -> tuple[ExitStack, list]:
@@ -71,13 +72,13 @@ def test_concurrent_requests_on_two_replicas_never_exceed_the_limit(serve, redis
 
 
 def test_tokens_counted_on_one_replica_limit_the_other(serve, redis_server):
-    key, _ = KeyStore().create("tokens", tpm=5)
-    other, _ = KeyStore().create("other", tpm=5)
+    key, _ = KeyStore().create("tokens", tpm=15)
+    other, _ = KeyStore().create("other", tpm=15)
     stack, (a, b) = replicas(serve, redis_config(redis_server.url))
     with stack:
-        assert ask(a.url, key, "one two three four five six").status_code == 200  # 6 + 6 tokens
-        refused = ask(b.url, key)
-        assert ask(b.url, other).status_code == 200  # quotas are per key
+        assert ask(a.url, key, "one two three four five six", max_tokens=6).status_code == 200  # 6 + 6
+        refused = ask(b.url, key, max_tokens=6)  # 12 used + 1 + 6 reserved > 15
+        assert ask(b.url, other, max_tokens=6).status_code == 200  # quotas are per key
     assert refused.status_code == 429 and "tokens per minute" in refused.json()["error"]["message"]
 
 
@@ -89,13 +90,13 @@ def test_redis_window_slides_and_its_keys_expire(redis_server, monkeypatch):
     async def main():
         limiter = RedisRateLimiter(redis_server.url, prefix="t")
         try:
-            await limiter.check("k", 2, None)
-            await limiter.check("k", 2, None)
+            await limiter.admit("k", 2, None, 0, int)
+            await limiter.admit("k", 2, None, 0, int)
             with pytest.raises(ratelimit.APIError) as refused:
-                await limiter.check("k", 2, None)
+                await limiter.admit("k", 2, None, 0, int)
             ttl = await limiter.redis.ttl("t:{k}:requests")
             await asyncio.sleep(2.1)
-            await limiter.check("k", 2, None)  # the first two left the window
+            await limiter.admit("k", 2, None, 0, int)  # the first two left the window
             return refused.value, ttl
         finally:
             await limiter.close()

@@ -44,6 +44,7 @@ class Delta:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     prompt_tokens: int = 0
+    # tokens generated so far where the client knows it (local engines), else 0 until the last delta
     completion_tokens: int = 0
     cached_tokens: int = 0
     echo_text: str | None = None  # first delta of an echo request: the prompt itself
@@ -69,3 +70,12 @@ class EngineClient(Protocol):
     def load(self) -> EngineLoad | None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class PromptPreparer(Protocol):
+    """A client that can size a request before generating (a local model): `prepare` returns it with
+    its prompt as token ids and its max_tokens within the context, which is what a key's token quota
+    reserves; the prepared request then goes to `generate`, which does not tokenize it again."""
+
+    async def prepare(self, request: GenerateRequest) -> GenerateRequest: ...

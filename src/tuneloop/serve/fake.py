@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest
 
@@ -21,11 +22,12 @@ class FakeClient:
     async def start(self) -> None:
         self.started = True
 
+    async def prepare(self, request: GenerateRequest) -> GenerateRequest:
+        """One id per word of the prompt (`PromptPreparer`): what its answers count as prompt tokens."""
+        return replace(request, prompt_ids=list(range(len(_source(request).split()))))
+
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
-        if request.prompt_ids is not None:
-            source = " ".join(map(str, request.prompt_ids))
-        else:
-            source = request.prompt if request.messages is None else request.messages[-1]["content"]
+        source = _source(request)
         words = (source or "").split()[: request.max_tokens] or ["ok"]
         self.running += 1
         try:
@@ -60,3 +62,13 @@ class FakeClient:
 
     async def close(self) -> None:
         self.started = False
+
+
+def _source(request: GenerateRequest) -> str:
+    """The text it echoes: the prompt's text when there is one (ids counted by `prepare` ride along
+    with it), else the token ids written out."""
+    if request.messages is not None:
+        return request.messages[-1]["content"]
+    if request.prompt is not None:
+        return request.prompt
+    return " ".join(map(str, request.prompt_ids or []))

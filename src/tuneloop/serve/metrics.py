@@ -134,7 +134,8 @@ class Metrics:
         )
         self.rate_limit_store_errors = Counter(
             "tuneloop_rate_limit_store_errors",
-            "Rate-limit store (Redis) failures, by what was done: rejected, allowed, tokens_lost",
+            "Rate-limit store (Redis) failures, by what was done: rejected, allowed, tokens_lost, "
+            "renew_failed (token reservations not renewed), lease_lost (one expired while its request ran)",
             ["action"],
             registry=r,
         )

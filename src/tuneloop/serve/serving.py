@@ -3,6 +3,11 @@
 Admission is the key's quota and the model's bounded gate (429 beyond them); the `n` choices run
 concurrently as separate engine requests; at the end one request-log line is written and the
 metrics are updated, with the served variant as a label.
+
+A key with a token quota reserves its request's prompt + n × max_tokens at admission and settles
+when the request ends, however it ends (`ratelimit` has the rules); to know those sizes then, a local
+model prepares the request at admission (prompt tokenized, max_tokens within the context) and the
+engine gets it prepared, so the prompt is tokenized once.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ from typing import Any
 
 from fastapi import Request
 
-from tuneloop.serve.client import Delta, EngineClient, GenerateRequest
+from tuneloop.serve.client import Delta, EngineClient, GenerateRequest, PromptPreparer
+from tuneloop.serve.errors import APIError
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.limits import ConcurrencyGate
+from tuneloop.serve.ratelimit import RateLimiter, Reservation, exceeds_quota
 
 
 @dataclass
@@ -62,22 +69,37 @@ class Generation:
     finish_reasons: list[str | None] = field(default_factory=list)
     on_admit: Callable[[], None] | None = None  # e.g. mirror to a shadow, only for admitted requests
     _itl: Any = None  # the inter-token histogram of this request's labels
+    # the token quota: the reservation until settled, and what the request used (`tokens_used`)
+    reservation: Reservation | None = None
+    started: bool = False  # past the gate, handed to the engine: its prompt is paid for from here
+    refused: bool = False  # the engine refused it (a 4xx before any token): nothing is charged
+    prompt_counted: int = 0  # the prompt's tokens as counted at admission (for the reservation)
+    generated: list[int] = field(default_factory=list)  # tokens generated so far, per choice
+    _asked: list[GenerateRequest] | None = None  # the choices before their prompt was tokenized here
 
     def __post_init__(self) -> None:
         received = getattr(self.request.state, "received", None)  # set by the middleware on arrival
         if received is not None:
             self.start = received
+        self.generated = [0] * len(self.choices)
 
     async def admit(self) -> None:
         """Quota, then a running slot (raises 429); call `release` once done."""
         state = self.request.app.state
-        await state.limiter.check(self.key.id, self.key.rpm, self.key.tpm)
-        queued = await self.served.gate.acquire()
+        await self._reserve(state.limiter)
+        try:
+            queued = await self.served.gate.acquire()
+        except BaseException:  # refused (overload) or the client left while queued: nothing ran
+            await self._settle()
+            raise
+        self.started = True
         # the client as of now, held before the next await: a reload while this request waited
         # swapped it, and a replaced client is closed once nothing holds it
         current = state.models.get(self.served.key)
         if current is not None and current.client is not self.served.client:
             self.served = replace(self.served, client=current.client)
+            if self._asked is not None:  # ids of the old model's tokenizer: the new one tokenizes again
+                self.choices = self._asked
         _hold(self.served.client, 1)
         state.metrics.queue.labels(*self.labels).observe(queued)
         if self.on_admit is not None:
@@ -86,6 +108,51 @@ class Generation:
     async def release(self) -> None:
         _hold(self.served.client, -1)
         await self.served.gate.release()
+        await self._settle()  # here: every way a request ends releases it, a finish may not follow
+
+    async def _reserve(self, limiter: RateLimiter) -> None:
+        """Count the request against the key's rpm and reserve prompt + n × max_tokens of its tpm."""
+        key, tokens = self.key, 0
+        if key.rpm is None and key.tpm is None:
+            return
+        if key.tpm is not None:
+            exact = await self._prepare()
+            prompt, max_tokens, n = self.prompt_counted, self.choices[0].max_tokens, len(self.choices)
+            tokens = prompt + max_tokens * n
+            if tokens > key.tpm:
+                defaulted = self.body.get("max_tokens", self.body.get("max_completion_tokens")) is None
+                raise exceeds_quota(key.tpm, prompt, max_tokens, n, not exact, defaulted)
+        self.reservation = await limiter.admit(key.id, key.rpm, key.tpm, tokens, self.tokens_used)
+
+    async def _prepare(self) -> bool:
+        """Size the request for its reservation (`prompt_counted`, the choices' max_tokens); True when
+        exact: a local model prepares it now (prompt tokenized once: the engine gets the ids, and
+        max_tokens within the context); another (an upstream) has its prompt estimated
+        (`estimate_prompt_tokens`) and keeps max_tokens as asked (or the server's cap)."""
+        first = self.choices[0]
+        if not isinstance(self.served.client, PromptPreparer):
+            exact = first.prompt_ids is not None
+            self.prompt_counted = len(first.prompt_ids) if exact else estimate_prompt_tokens(first)
+            return exact
+        ready = await self.served.client.prepare(first)  # the 400s: empty, too long, no context left
+        self._asked = self.choices
+        self.choices = [replace(ready, request_id=c.request_id, seed=c.seed) for c in self.choices]
+        self.prompt_counted = len(ready.prompt_ids or [])
+        return True
+
+    def tokens_used(self) -> int:
+        """What the request costs its key's token quota so far: nothing until it started or if the
+        engine refused it, then its prompt and every token generated (a request stopped early pays
+        for what it got)."""
+        if not self.started:
+            return 0
+        generated = sum(self.generated)
+        return generated if self.refused else (self.prompt_tokens or self.prompt_counted) + generated
+
+    async def _settle(self) -> None:
+        reservation, self.reservation = self.reservation, None  # once, whichever way comes first
+        if reservation is not None:
+            await self.request.app.state.limiter.settle(reservation, self.tokens_used())
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -100,12 +167,21 @@ class Generation:
             else _merge([self._one(i) for i in range(len(self.choices))])
         )
         async with aclosing(source):
-            async for index, delta in source:
-                yield index, self._account(index, delta)
+            try:
+                async for index, delta in source:
+                    yield index, self._account(index, delta)
+            except APIError as e:
+                self.refused = e.status < 500 and not any(self.generated)  # a bad request, not a fault
+                raise
 
     def _account(self, index: int, delta: Delta) -> Delta:
-        """Token timings (TTFT, inter-token) and, on a choice's last delta, its token counts."""
+        """Token timings (TTFT, inter-token), tokens generated so far and, on a choice's last delta,
+        its token counts."""
         now = time.monotonic()
+        if delta.completion_tokens:  # a running count (local engines), or the final one
+            self.generated[index] = delta.completion_tokens
+        elif delta.text:  # a client without running counts (an upstream): about one token per delta
+            self.generated[index] += 1
         if delta.text:
             if self.first_token is None:
                 self.first_token = now
@@ -165,8 +241,16 @@ class Generation:
                     "error": error,
                 }
             )
-        if self.key.tpm is not None:  # only keys with a token quota count tokens
-            await state.limiter.add_tokens(self.key.id, self.prompt_tokens + self.completion_tokens)
+        await self._settle()  # a no-op after `release` (it settles first)
+
+
+def estimate_prompt_tokens(request: GenerateRequest) -> int:
+    """A bound on a prompt's tokens that needs no tokenizer (an upstream's is not ours): its UTF-8
+    bytes (a byte-level BPE token is at least one byte) plus 8 per chat message for the template.
+    It over-reserves (English is ~4 bytes a token); the refund at the end gives the rest back."""
+    if request.messages is not None:
+        return sum(len(m.get("content", "").encode()) + 8 for m in request.messages)
+    return len((request.prompt or "").encode())
 
 
 async def _merge(streams: list[AsyncIterator[tuple[int, Delta]]]) -> AsyncIterator[tuple[int, Delta]]:
