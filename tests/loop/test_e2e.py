@@ -64,8 +64,10 @@ class Users:
         r = raw.parse()
         return r.id, r.choices[0].message.content or "", raw.headers["x-tuneloop-model-version"]
 
-    def rate(self, key: str, response_id: str, rating, correction: str | None = None) -> None:
-        body = {"response_id": response_id, "rating": rating, "correction": correction}
+    def rate(
+        self, key: str, response_id: str, rating, correction: str | None = None, user: str | None = None
+    ) -> None:
+        body = {"response_id": response_id, "rating": rating, "correction": correction, "user": user}
         httpx.post(f"{self.url}/v1/feedback", json=body, headers={"Authorization": f"Bearer {key}"},
                    timeout=30).raise_for_status()  # fmt: skip
 
@@ -109,17 +111,17 @@ def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
     with run_server(cfg) as s:
         users = Users(s.url)
         loop_cfg.canary.gateway_url = s.url
-        teachers = [users.key("teacher-1"), users.key("teacher-2")]
+        teachers = users.key("teachers")  # one key (a key rates only its own answers), two people
         # phase 1: teachers ask the training questions and correct the wrong answers (two agree on some)
         for i, row in enumerate(teach):
             question, reference = row["messages"][0]["content"], row["messages"][1]["content"]
-            rid, text, _ = users.ask(teachers[0], "teacher-1", question)
+            rid, text, _ = users.ask(teachers, "teacher-1", question)
             if contains_answer(text, row["answer"]):
-                users.rate(teachers[0], rid, "up")
+                users.rate(teachers, rid, "up")
                 continue
-            users.rate(teachers[0], rid, "down", correction=reference)
+            users.rate(teachers, rid, "down", correction=reference)
             if i % 2:
-                users.rate(teachers[1], rid, 1, correction=reference)
+                users.rate(teachers, rid, 1, correction=reference, user="teacher-2")
         # phase 2 (during the canary): many users ask and rate by whether the answer has the fact
         started, stop = threading.Event(), threading.Event()
         served: list[str] = []

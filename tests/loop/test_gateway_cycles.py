@@ -36,7 +36,8 @@ class BrokenClient(FakeClient):
 
 
 def gateway(candidate=None):
-    """Auth on: each simulated user has an API key, so the agreement rule can tell raters apart."""
+    """Auth on: users ask with a product's API key and name themselves in `user`, so the agreement
+    rule tells raters apart (a key may rate only the answers it was given)."""
     cfg = ServeConfig.model_validate({"warmup": False})
     return run_server(cfg, {"bot-prod": FakeClient(), "bot-cand": candidate or FakeClient()})
 
@@ -62,8 +63,8 @@ def route_all_to_production(url: str, admin: str) -> None:
 
 
 class User:
-    def __init__(self, url: str, name: str):
-        self.key = key(name)
+    def __init__(self, url: str, name: str, api_key: str | None = None):
+        self.key = api_key or key(name)
         self.client = openai.OpenAI(base_url=f"{url}/v1", api_key=self.key, max_retries=0)
         self.url, self.name = url, name
 
@@ -73,7 +74,8 @@ class User:
         return r.id
 
     def rate(self, response_id: str, rating, correction=None, comment=None) -> None:
-        body = {"response_id": response_id, "rating": rating, "correction": correction, "comment": comment}
+        body = {"response_id": response_id, "rating": rating, "correction": correction, "comment": comment,
+                "user": self.name}  # fmt: skip
         headers = {"Authorization": f"Bearer {self.key}"}
         httpx.post(f"{self.url}/v1/feedback", json=body, headers=headers).raise_for_status()
 
@@ -90,7 +92,8 @@ def test_a_poisoned_feedback_batch_is_rejected_and_production_stays(
     truth = write_jsonl(tmp_path / "train.jsonl", qa_rows(["r7-devices", "r5-devices"]))
     with gateway() as s:
         route_all_to_production(s.url, admin_key(monkeypatch))
-        u1, u2, u3 = (User(s.url, f"user-{i}") for i in range(3))
+        app = key("app")  # one product, three people
+        u1, u2, u3 = (User(s.url, f"user-{i}", app) for i in range(3))
         # injection as a "correction", in a prompt that gets upvoted, and abuse in a comment
         u1.rate(
             u1.ask("How many devices does the Arc R5 support?"),

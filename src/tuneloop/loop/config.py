@@ -77,7 +77,20 @@ class CurateSettings(Config):
     holdout_seed: int = Field(
         0, description="which questions are held out (split by question, stable across runs)"
     )
+    max_per_key: float | None = Field(
+        0.5,
+        gt=0,
+        description="most proposals the ratings of one API key may bring to a batch: a share of the "
+        "batch below 1 (applied when several keys rated) or a count of 1 or more; null: no cap",
+    )
     approval: ApprovalSettings = Field(default_factory=ApprovalSettings)
+
+    @field_validator("max_per_key")
+    @classmethod
+    def _share_or_count(cls, v: float | None) -> float | None:
+        if v is not None and v >= 1 and v != int(v):
+            raise ValueError(f"curate.max_per_key {v} is neither a share (below 1) nor a whole count")
+        return v
 
     @field_validator("injection_patterns")
     @classmethod

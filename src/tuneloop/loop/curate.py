@@ -9,7 +9,9 @@ in the training data (exact or near duplicate) or twice in this batch is dropped
 - an upvoted answer gives an SFT example, and a DPO pair over any downvoted answer to the same prompt;
 - a downvoted answer without a correction is used only as the loser of such a pair.
 
-Every rejection is counted with its reason, and every example is linked to its request id.
+Every rejection is counted with its reason, and every example is linked to its request id and to
+the API key whose ratings brought it. No key brings more than `curate.max_per_key` of a batch: the
+surplus (its newest proposals) is rejected as `per_key_cap`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.errors import TuneloopError
-from tuneloop.loop.collect import Batch, Interaction
+from tuneloop.loop.collect import Batch, Interaction, Rating
 from tuneloop.loop.config import CurateSettings
 from tuneloop.loop.filters import Reject, TextFilters, Verdict, agree
 
@@ -186,7 +189,37 @@ def curate(batch: Batch, settings: CurateSettings, known: Known) -> Curated:
             out.rejected.append(
                 _rejection(item, Reject("duplicate_in_batch", "another downvote already pairs with it"))
             )
+    _cap_per_key(out, settings.max_per_key)
     return out
+
+
+def rater_key(ratings: list[Rating]) -> str | None:
+    """The API key whose votes decided an answer: most of its raters' last votes (ties: the earliest)."""
+    last = {(r.key_id, r.user or r.key_id): r for r in sorted(ratings, key=lambda r: r.id)}
+    counts = Counter(r.key_id for r in sorted(last.values(), key=lambda r: r.id))
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _cap_per_key(out: Curated, limit: float | None) -> None:
+    """At most `limit` proposals per key (a share of the batch below 1, else a count); the newest go.
+
+    A share caps nothing when a single key rated the whole batch: it has no one to dominate (one
+    product key in front of many users is the usual set-up), and a count is there for that case.
+    """
+    by_key = Counter(p["key_id"] for p in out.proposals)
+    if limit is None or (limit < 1 and len(by_key) < 2):
+        return
+    cap = max(1, int(limit * len(out.proposals))) if limit < 1 else int(limit)
+    kept, seen = [], Counter()
+    for p in out.proposals:  # in answer time order
+        seen[p["key_id"]] += 1
+        if seen[p["key_id"]] <= cap:
+            kept.append(p)
+            continue
+        detail = (f"key {p['key_id']} brought {by_key[p['key_id']]} of {len(out.proposals)} proposals; "
+                  f"at most {cap} per key (curate.max_per_key={limit:g})")  # fmt: skip
+        out.rejected.append({**_ids(p), "reason": "per_key_cap", "detail": detail})
+    out.proposals = kept
 
 
 def _check(item: Interaction, s: CurateSettings, filters: TextFilters) -> Verdict | Reject:
@@ -212,6 +245,7 @@ def _check(item: Interaction, s: CurateSettings, filters: TextFilters) -> Verdic
 def _redacted(item: Interaction, verdict: Verdict, s: CurateSettings, counts: dict[str, int]):
     """(prompt, answer, correction) with PII replaced, or a Reject when PII means drop."""
     from tuneloop.data.pii import redact
+    from tuneloop.serve.privacy import placeholders
 
     if s.pii == "off":
         return item.prompt, item.answer, verdict.correction
@@ -219,6 +253,9 @@ def _redacted(item: Interaction, verdict: Verdict, s: CurateSettings, counts: di
     prompt = [{**m, "content": redact(m["content"], None, found)} for m in item.prompt or []]
     answer = redact(item.answer or "", None, found)
     correction = redact(verdict.correction, None, found) if verdict.correction else None
+    # the gateway redacts what it stores (log.redact_pii): its placeholders are PII found, too
+    texts = [m["content"] for m in item.prompt or []] + [item.answer or "", verdict.correction or ""]
+    found += [(kind, "") for text in texts for kind in placeholders(text)]
     if found and s.pii == "drop":
         return Reject("pii", ", ".join(sorted({t for t, _ in found})))
     for kind, _ in found:
@@ -248,7 +285,8 @@ def _proposal(item: Interaction, prompt: list[dict[str, str]], chosen: str, reje
     return {"response_id": item.response_id, "request_id": item.request_id, "variant": item.variant,
             "model_version": item.model_version, "source": source, "prompt": prompt, "chosen": chosen,
             "rejected": rejected, "feedback_ids": [r.id for r in item.ratings], "raters": verdict.raters,
-            "agreement": round(verdict.agreement, 3), "mean_rating": round(verdict.mean_rating, 3)}  # fmt: skip
+            "key_id": rater_key(item.ratings), "agreement": round(verdict.agreement, 3),
+            "mean_rating": round(verdict.mean_rating, 3)}  # fmt: skip
 
 
 def _rejection(item: Interaction, r: Reject) -> dict[str, Any]:
@@ -309,14 +347,14 @@ def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, 
         sid = f"fb-{p['response_id']}"
         sft[split].append({"id": sid, "messages": [*p["prompt"], {"role": "assistant", "content": p["chosen"]}],
                            **link})  # fmt: skip
-        examples.append({"id": sid, "kind": "sft", "split": split, **link, "feedback_ids": p["feedback_ids"]})
+        examples.append({"id": sid, "kind": "sft", "split": split, **link, "feedback_ids": p["feedback_ids"],
+                         "key_id": p.get("key_id")})  # fmt: skip
         if p.get("rejected"):
             did = f"pref-{p['response_id']}"
             dpo[split].append({"id": did, "prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
                                **link, "rejected_response_id": p.get("rejected_response_id", p["response_id"])})  # fmt: skip
-            examples.append(
-                {"id": did, "kind": "dpo", "split": split, **link, "feedback_ids": p["feedback_ids"]}
-            )
+            examples.append({"id": did, "kind": "dpo", "split": split, **link, "feedback_ids": p["feedback_ids"],
+                             "key_id": p.get("key_id")})  # fmt: skip
     outputs = {}
     for kind, rows, old in (("sft", sft, old_sft), ("dpo", dpo, old_pref)):
         folder = out / kind
