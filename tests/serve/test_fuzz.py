@@ -77,7 +77,9 @@ def test_mutated_requests_never_500(serve):
         {"models": [{"name": "fake", "model": "unused"}], "auth": {"enabled": False}}
     )
     with serve(cfg, {"fake": FakeClient()}) as s, httpx.Client(base_url=s.url, timeout=30) as c:
-        for route, body in VALID.items():
+        answered = c.post("/v1/completions", json=VALID["/v1/completions"]).json()["id"]
+        feedback = {**VALID["/v1/feedback"], "response_id": answered}  # an answer given to this key
+        for route, body in {**VALID, "/v1/feedback": feedback}.items():
             assert c.post(route, json=body).status_code == 200, route
             for mutated in _mutations(rng, body, 60):
                 r = c.post(route, json=mutated)
