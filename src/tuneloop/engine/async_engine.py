@@ -7,7 +7,8 @@ server thread at 128 streams went to `submit` waiting on it). So `submit` and `a
 request in an inbox the stepping thread drains between steps, `stats` reads a copy refreshed by that
 thread, and each step's outputs cross back to an event loop in one call_soon_threadsafe per loop.
 Closing the iterator early (the HTTP client went away) aborts the request and frees its KV blocks
-before the next step.
+before the next step. A request the engine failed inside a step (and only that one: engine.py)
+ends its stream with `RequestFailedError`; the other streams go on.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tuneloop.engine.engine import EngineStats, LLMEngine
-from tuneloop.engine.outputs import RequestOutput
+from tuneloop.engine.outputs import RequestFailedError, RequestOutput
 from tuneloop.engine.sampling import SamplingParams
 
 log = logging.getLogger("tuneloop.engine")
@@ -30,6 +31,49 @@ log = logging.getLogger("tuneloop.engine")
 
 class EngineClosedError(RuntimeError):
     """The engine was shut down: nothing will step a new request (the server answers 503)."""
+
+
+class RequestStream:
+    """The outputs of one request, as `submit` returns them (an async iterator).
+
+    Closing it before the request finished (`aclose`, a cancelled read, or dropping it) aborts the
+    request, so its KV blocks are freed before the next step: also when it was never read (an async
+    generator's `finally` would not run then, and the request would generate to its end)."""
+
+    def __init__(self, engine: StreamingEngine, request_id: str, queue: asyncio.Queue):
+        self.engine, self.request_id, self._queue = engine, request_id, queue
+        self._done = False  # finished, failed, or aborted: nothing more to read or to abort
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self._done:
+            raise StopAsyncIteration
+        try:
+            item = await self._queue.get()
+        except BaseException:  # the reader was cancelled (its client went away)
+            self._abort()
+            raise
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._done = item.finished
+        if item.error is not None:  # the engine failed this request alone
+            raise RequestFailedError(item.error)
+        return item
+
+    async def aclose(self) -> None:
+        self._abort()
+
+    def _abort(self) -> None:
+        if not self._done:
+            self._done = True
+            self.engine.abort(self.request_id)
+
+    def __del__(self) -> None:  # dropped unfinished, unclosed (abort only queues a message: safe here)
+        with contextlib.suppress(Exception):  # (at interpreter exit the engine may be half gone)
+            self._abort()
 
 
 class StreamingEngine:
@@ -59,18 +103,8 @@ class StreamingEngine:
         assert last is not None
         return last
 
-    async def _stream(self, request_id: str, queue: asyncio.Queue) -> AsyncIterator[RequestOutput]:
-        finished = False
-        try:
-            while not finished:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
-        finally:
-            if not finished:  # the consumer stopped early: free the request's blocks now
-                self.abort(request_id)
+    def _stream(self, request_id: str, queue: asyncio.Queue) -> RequestStream:
+        return RequestStream(self, request_id, queue)
 
     def _settle(self, future: asyncio.Future, request_id: str | None, error: BaseException | None) -> None:
         """On the caller's event loop: hand submit() its request id (or error)."""
@@ -179,7 +213,8 @@ class AsyncEngine(StreamingEngine):
                     continue
                 try:
                     outputs = self.engine.step()
-                except Exception as e:  # a failed step fails every waiting request, loudly
+                except Exception as e:  # the engine isolates a request's failure (engine.py): this
+                    # one is not any request's, so it fails every waiting request, loudly
                     log.exception("engine step failed")
                     self._fail_all(e)
                     self._send(batches)

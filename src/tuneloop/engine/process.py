@@ -15,8 +15,10 @@ The protocol: each pipe message is a list of these tuples (pickled by `multiproc
                     | ("failed", message, request_ids) | ("reply", call_id, result, error)
                     | ("stats", stats)                                     (on going idle)
 An output travels as (request_id, new_token_ids, finished, finish_reason, logprobs,
-prompt_logprobs, num_prompt_tokens, num_cached_tokens); the server side keeps each request's
-token list, so a step's message does not grow with the output length.
+prompt_logprobs, num_prompt_tokens, num_cached_tokens, error); the server side keeps each request's
+token list, so a step's message does not grow with the output length. A request the engine failed
+alone (error set) ends its stream with `RequestFailedError`, as in-process; "failed" is for a step
+that failed as a whole.
 
 The server side never waits on the engine from an event loop: messages leave through a writer
 thread (a full pipe blocks that thread, not the event loop), and a reader thread hands each step's
@@ -242,7 +244,7 @@ class EngineProcess(StreamingEngine):
 
     def _deliver(self, packed: list[tuple]) -> None:
         batches: dict[asyncio.AbstractEventLoop, list] = {}
-        for request_id, new, finished, reason, logprobs, prompt_logprobs, n_prompt, n_cached in packed:
+        for request_id, new, finished, reason, logprobs, prompt_logprobs, n_prompt, n_cached, error in packed:
             target = self._queues.get(request_id)
             if target is None:
                 continue
@@ -251,7 +253,7 @@ class EngineProcess(StreamingEngine):
             if finished:
                 self._queues.pop(request_id, None)  # pop: shutdown() may have cleared it meanwhile
             out = RequestOutput(request_id, new, list(tokens), finished, reason, logprobs, prompt_logprobs,
-                                n_prompt, n_cached)  # fmt: skip
+                                n_prompt, n_cached, error)  # fmt: skip
             batches.setdefault(loop, []).append((queue.put_nowait, out))
         for loop, calls in batches.items():  # one wake-up per event loop per step, not one per token
             call_soon(loop, run_all, calls)
@@ -370,7 +372,7 @@ class _Core:
                 self.replies.append(("added", request_id, _describe(e)))
         elif kind == "abort":
             if self.engine.abort(msg[1]):
-                self.outputs.append((msg[1], [], True, "abort", [], None, 0, 0))
+                self.outputs.append((msg[1], [], True, "abort", [], None, 0, 0, None))
         elif kind == "call":
             _, call_id, method, args = msg
             try:
@@ -389,7 +391,7 @@ class _Core:
     def step(self) -> None:
         try:
             outputs = self.engine.step()
-        except Exception as e:  # a failed step fails every request in it, loudly, and the engine goes on
+        except Exception as e:  # not any one request's (the engine isolates those): fail them all, loudly
             log.exception("engine step failed")
             ids = list(getattr(self.engine, "sequences", ()))
             for request_id in ids:
@@ -397,7 +399,8 @@ class _Core:
             self.replies.append(("failed", f"engine step failed: {e}", ids))
             return
         self.outputs.extend((o.request_id, o.new_token_ids, o.finished, o.finish_reason, o.logprobs,
-                             o.prompt_logprobs, o.num_prompt_tokens, o.num_cached_tokens) for o in outputs)  # fmt: skip
+                             o.prompt_logprobs, o.num_prompt_tokens, o.num_cached_tokens, o.error)
+                            for o in outputs)  # fmt: skip
 
     def flush(self) -> None:
         batch, self.replies = self.replies, []

@@ -8,14 +8,26 @@ Logprobs are of the model's raw distribution, as OpenAI and vLLM report them.
 `on_device` is the async-scheduling variant: the chosen ids stay a device tensor and nothing waits
 for the GPU. It serves rows that need no host data; penalties (they read the output so far, whose
 newest token the host does not know yet) and logprobs (dicts built on the host) take `__call__`.
+
+A row whose own work raises (its generator, its penalties, its logprobs) is reported in `failed`
+with the reason, and the other rows are sampled as usual: one request's failure is its own, never
+its neighbours' (the engine finishes that request with the error).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
 from tuneloop.engine.sampling import SamplingParams
 from tuneloop.engine.sequence import Sequence
+
+
+class Sampled(NamedTuple):
+    tokens: list[int]  # one per row (a failed row's entry is a placeholder, never appended)
+    logprobs: list[dict[int, float] | None]
+    failed: dict[int, str]  # row -> why its sampling raised
 
 
 class Sampler:
@@ -28,38 +40,43 @@ class Sampler:
     def forget(self, request_id: str) -> None:
         self.generators.pop(request_id, None)
 
-    def __call__(
-        self, logits: torch.Tensor, seqs: list[Sequence]
-    ) -> tuple[list[int], list[dict[int, float] | None]]:
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> Sampled:
         """logits: (B, V) float32, one row per sequence that samples this step."""
         raw = logits
         want_logprobs = any(s.params.logprobs is not None for s in seqs)
         logprobs_all = torch.log_softmax(raw, dim=-1) if want_logprobs else None
-        tokens: list[int] = []
         greedy = raw.argmax(dim=-1).tolist()
+        tokens, logprobs = list(greedy), [None] * len(seqs)
+        failed: dict[int, str] = {}
         for i, seq in enumerate(seqs):
             p = seq.params
-            if p.greedy and not p.needs_penalties:
-                tokens.append(greedy[i])
-            else:
-                tokens.append(self._sample_row(raw[i], seq))
-        logprobs = [self._logprobs(logprobs_all, i, t, s.params) if logprobs_all is not None else None
-                    for i, (t, s) in enumerate(zip(tokens, seqs, strict=True))]  # fmt: skip
-        return tokens, logprobs
+            try:
+                if not (p.greedy and not p.needs_penalties):
+                    tokens[i] = self._sample_row(raw[i], seq)
+                if logprobs_all is not None:
+                    logprobs[i] = self._logprobs(logprobs_all, i, tokens[i], p)
+            except Exception as e:  # this row's own parameters or state: fail it alone
+                failed[i] = _reason(e)
+        return Sampled(tokens, logprobs, failed)
 
     @staticmethod
     def needs_host(p: SamplingParams) -> bool:
         """Rows of this request cannot be sampled by `on_device`."""
         return p.needs_penalties or p.logprobs is not None
 
-    def on_device(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
-        """(S,) int64 next tokens, left on the logits' device: no host synchronization."""
+    def on_device(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[torch.Tensor, dict[int, str]]:
+        """(S,) int64 next tokens, left on the logits' device (no host synchronization), and the rows
+        whose sampling raised (their entry is the argmax, never used)."""
         tokens = logits.argmax(dim=-1)
+        failed: dict[int, str] = {}
         for i, seq in enumerate(seqs):
             assert not self.needs_host(seq.params), "penalties / logprobs are sampled by __call__"
             if not seq.params.greedy:
-                tokens[i] = self._draw(self._probs(logits[i], seq.params), seq)
-        return tokens
+                try:
+                    tokens[i] = self._draw(self._probs(logits[i], seq.params), seq)
+                except Exception as e:  # this row's own parameters or state: fail it alone
+                    failed[i] = _reason(e)
+        return tokens, failed
 
     def _sample_row(self, row: torch.Tensor, seq: Sequence) -> int:
         p = seq.params
@@ -115,6 +132,10 @@ class Sampler:
             top = torch.topk(row, p.logprobs)
             out.update({int(t): float(v) for t, v in zip(top.indices, top.values, strict=True)})
         return out
+
+
+def _reason(e: Exception) -> str:
+    return f"sampling failed: {type(e).__name__}: {e}"
 
 
 def apply_penalties(

@@ -1,8 +1,19 @@
-"""Per-request sampling parameters (OpenAI / vLLM semantics), validated at construction."""
+"""Per-request sampling parameters (OpenAI / vLLM semantics), validated at construction.
+
+The engine checks them again when a request is added (`validate(vocab_size)`): a dataclass can be
+changed after construction or arrive pickled from another process, and a value that slipped through
+would fail inside a step, where it would cost every request of that step (a seed outside what
+torch.Generator takes raised in the sampler; an out-of-range stop id can never match).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
+MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
 
 
 @dataclass
@@ -22,24 +33,58 @@ class SamplingParams:
     prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self, vocab_size: int | None = None) -> None:
+        """Raise ValueError naming the first bad field; with `vocab_size`, token ids are checked too."""
         checks = [
-            (self.max_tokens >= 1, "max_tokens must be >= 1"),
-            (self.temperature >= 0, "temperature must be >= 0"),
-            (0 < self.top_p <= 1, "top_p must be in (0, 1]"),
-            (self.top_k >= 0, "top_k must be >= 0"),
-            (0 <= self.min_p <= 1, "min_p must be in [0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty must be > 0"),
-            (-2 <= self.frequency_penalty <= 2, "frequency_penalty must be in [-2, 2]"),
-            (-2 <= self.presence_penalty <= 2, "presence_penalty must be in [-2, 2]"),
-            (self.logprobs is None or 0 <= self.logprobs <= 20, "logprobs must be in [0, 20]"),
+            (_int(self.max_tokens) and self.max_tokens >= 1, "max_tokens must be an integer >= 1"),
+            (_real(self.temperature) and self.temperature >= 0, "temperature must be a number >= 0"),
+            (_real(self.top_p) and 0 < self.top_p <= 1, "top_p must be a number in (0, 1]"),
+            (_int(self.top_k) and self.top_k >= 0, "top_k must be an integer >= 0 (0: off)"),
+            (_real(self.min_p) and 0 <= self.min_p <= 1, "min_p must be a number in [0, 1]"),
             (
-                self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20,
-                "prompt_logprobs must be in [0, 20]",
+                _real(self.repetition_penalty) and self.repetition_penalty > 0,
+                "repetition_penalty must be a number > 0",
+            ),
+            (
+                _real(self.frequency_penalty) and -2 <= self.frequency_penalty <= 2,
+                "frequency_penalty must be a number in [-2, 2]",
+            ),
+            (
+                _real(self.presence_penalty) and -2 <= self.presence_penalty <= 2,
+                "presence_penalty must be a number in [-2, 2]",
+            ),
+            (
+                self.seed is None or (_int(self.seed) and SEED_MIN <= self.seed <= SEED_MAX),
+                "seed must be an integer in [-2**63, 2**64 - 1]",
+            ),
+            (isinstance(self.ignore_eos, bool), "ignore_eos must be true or false"),
+            (
+                self.logprobs is None or (_int(self.logprobs) and 0 <= self.logprobs <= MAX_LOGPROBS),
+                f"logprobs must be an integer in [0, {MAX_LOGPROBS}]",
+            ),
+            (
+                self.prompt_logprobs is None
+                or (_int(self.prompt_logprobs) and 0 <= self.prompt_logprobs <= MAX_LOGPROBS),
+                f"prompt_logprobs must be an integer in [0, {MAX_LOGPROBS}]",
+            ),
+            (
+                isinstance(self.stop_token_ids, (list, tuple))
+                and all(_int(t) and t >= 0 for t in self.stop_token_ids),
+                "stop_token_ids must be a list of token ids (integers >= 0)",
             ),
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                name = message.split(" ", 1)[0]
+                raise ValueError(f"{message}, got {_short(getattr(self, name))}")
+        if vocab_size is not None:
+            bad = [t for t in self.stop_token_ids if t >= vocab_size]
+            if bad:
+                raise ValueError(
+                    f"stop_token_ids must be token ids of this model (0..{vocab_size - 1}), got {_short(bad)}"
+                )
 
     @property
     def greedy(self) -> bool:
@@ -48,3 +93,17 @@ class SamplingParams:
     @property
     def needs_penalties(self) -> bool:
         return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _real(value: object) -> bool:
+    """A finite number (NaN compares false to every bound; inf would turn logits into NaN)."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
