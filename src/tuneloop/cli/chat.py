@@ -4,7 +4,8 @@ tuneloop chat acme-support@production
 tuneloop chat ./runs/acme/model --system "Answer in one sentence." --temperature 0.7
 
 Plain transformers (the reference path `ask` uses), so any reference works: a store name, a folder,
-a registry version, and LoRA adapters (loaded on their base). The history goes through the model's
+a registry version, LoRA adapters (loaded on their base) and every export format (int8, packed
+int4, ONNX - greedy only). The history goes through the model's
 chat template every turn; the oldest turns are dropped when it no longer fits the context.
 """
 
@@ -33,12 +34,14 @@ def chat(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 …"),
 ) -> None:  # fmt: skip
     """Talk to a model in the terminal: multi-turn, streamed replies, /reset and /exit."""
+    from tuneloop.cli.models import check_sampling
     from tuneloop.evaluation.loader import load_for_eval
 
+    check_sampling(ref, temperature, "--temperature")
     err = Console(stderr=True)
     with err.status(f"loading {ref}"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecation chatter of transformers/peft
-        loaded = load_for_eval(ref, device)
+        loaded = load_for_eval(ref, device, pull=True)
     if not loaded.tokenizer.chat_template:
         raise TuneloopError(f"'{ref}' has no chat template", hint="chat needs an instruct/chat model")
     if seed is not None:

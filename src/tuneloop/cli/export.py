@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneloop.models.formats import require_format
+from tuneloop.models.resolve import resolve_model
 from tuneloop.optimize.pipeline import ExportOptions, QualityDropError, run_export
 from tuneloop.optimize.report import REPORT_MD, ExportReport, table_rows, verdict
 
@@ -37,6 +39,8 @@ def export(
         name=name, max_quality_drop=max_quality_drop, eval_data=eval_data, device=device,
         workload={"max_samples": max_samples, "latency_tokens": latency_tokens, "repeats": repeats},
     )  # fmt: skip
+    # an export (ONNX, int4, int8) is an end product: refused by name before anything is measured or written
+    require_format(resolve_model(model).path, model, "export")
     try:
         report = run_export(model, opts)
     except QualityDropError as e:

@@ -140,19 +140,35 @@ def ask(
     temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 …"),
 ) -> None:
-    """Ask a model one question and stream its answer (plain transformers; the built-in model is pulled if needed)."""
-    from tuneloop.models.loading import load_model, load_tokenizer, stream_chat
-    from tuneloop.models.resolve import resolve_model
+    """Ask a model one question and stream its answer (plain transformers; the built-in model is pulled if needed).
 
-    resolved = resolve_model(model, pull=True)
-    if resolved.is_adapter:
-        raise TuneloopError(f"'{model}' is an adapter; ask its merged model or a registry reference")
-    tokenizer, llm = load_tokenizer(resolved.path), load_model(resolved.path, device=device)
+    Any model reference in any format works: HF folders, LoRA adapters (on their base), and what
+    `tuneloop export` writes (int8, packed int4, ONNX - greedy only).
+    """
+    from tuneloop.evaluation.loader import load_for_eval
+    from tuneloop.models.loading import stream_chat
+
+    check_sampling(model, temperature, "--temperature")
+    loaded = load_for_eval(model, device, pull=True)
+    if not loaded.tokenizer.chat_template:
+        raise TuneloopError(f"'{model}' has no chat template", hint="ask an instruct/chat model")
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": question}
     ]
     for piece in stream_chat(
-        llm, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature
+        loaded.model, loaded.tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature
     ):
         typer.echo(piece, nl=False)
     typer.echo()
+
+
+def check_sampling(ref: str, temperature: float, option: str) -> None:
+    """ONNX exports decode greedily (the ONNX Runtime loop has no sampler): refuse sampling by name."""
+    from tuneloop.models.formats import folder_format
+    from tuneloop.models.resolve import resolve_model
+
+    if temperature > 0 and folder_format(resolve_model(ref, pull=True).path) == "onnx":
+        raise TuneloopError(
+            f"'{ref}' is an ONNX export, which decodes greedily only; {option} {temperature:g} cannot apply",
+            hint=f"use {option} 0, or the folder it was exported from for sampling",
+        )

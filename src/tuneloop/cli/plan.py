@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneloop.resources.plan import GiB, Plan, PlanRequest, make_plan, parse_memory
-from tuneloop.resources.shapes import resolve_shape
+from tuneloop.resources.shapes import known_shape, resolve_shape
 
 
 def plan(
@@ -67,11 +67,27 @@ def plan(
         compiled=_tuneloop_trainer(trainer),
     )
     req = load_config(PlanRequest, fields)  # a bad choice (e.g. --method) becomes a ConfigError
+    _check_format(model)
     result = make_plan(resolve_shape(model), req)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=1, default=str))
     else:
         render(result, Console())
+
+
+def _check_format(model: str) -> None:
+    """A local or registry folder must hold a trainable model: plan refuses exports and adapters by name."""
+    from pathlib import Path
+
+    from tuneloop.models.formats import require_format
+    from tuneloop.models.resolve import resolve_model
+
+    if known_shape(model) is not None:
+        return
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        folder = resolve_model(model).path  # a store name or a registry reference
+    require_format(folder, model, "plan")
 
 
 def _gib(n: int | None) -> str:

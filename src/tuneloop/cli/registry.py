@@ -56,12 +56,37 @@ def register(
     as_json: bool = JSON,
 ) -> None:
     """Register a run as a new version with lineage tags; an adapter run also registers its base."""
+    _check_run_folder(run_dir)
     info = _registry(tracking_uri).register_run(run_dir, name, description, base_name=base_name)
     if as_json:
         return _echo_json({"name": info.name, "version": info.version, "path": info.path, "tags": info.tags})
     base = f" (adapter on {info.tags['tuneloop.base']})" if "tuneloop.base" in info.tags else ""
     console.print(f"[green]✓[/] registered {info.ref}{escape(base)}")
     console.print(f"  next: tuneloop registry promote {info.name} {info.version} --alias candidate")
+
+
+def _check_run_folder(run_dir: Path) -> None:
+    """A failed run, or a model/export folder given where a run folder belongs, is named as such."""
+    from tuneloop.errors import TuneloopError
+    from tuneloop.models.formats import DESCRIPTION, folder_format
+
+    run_json = run_dir / "run.json"
+    if run_json.is_file():
+        try:
+            run = json.loads(run_json.read_text())
+        except ValueError:
+            return  # the registry names a broken run.json itself
+        if isinstance(run, dict) and run.get("status") in ("failed", "interrupted"):
+            raise TuneloopError(
+                f"{run_json}: the last run in this folder {run['status']}: {run.get('error', '?')}",
+                hint="train again; resume=auto continues from its last checkpoint if it saved one",
+            )
+    elif (run_dir / "config.json").is_file() or (run_dir / "adapter_config.json").is_file():
+        raise TuneloopError(
+            f"'{run_dir}' is {DESCRIPTION[folder_format(run_dir)]}, not a training run folder",
+            hint="register the folder `tuneloop train` wrote (model/ and run.json inside); an export "
+            "registers itself with `tuneloop export REF ... --name NAME`",
+        )
 
 
 @app.command("list")

@@ -86,10 +86,21 @@ def stream_chat(
     kwargs["pad_token_id"] = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
-    worker = Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    failed: list[BaseException] = []
+
+    def generate() -> None:
+        try:
+            model.generate(**kwargs)
+        except BaseException as e:  # re-raised below: the streamer would otherwise wait forever
+            failed.append(e)
+            streamer.end()
+
+    worker = Thread(target=generate, daemon=True)
     worker.start()
     yield from streamer
     worker.join()
+    if failed:
+        raise failed[0]
 
 
 def chat(model: Any, tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> str:

@@ -9,22 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuneloop.models.formats import folder_format  # re-exported: the engine and eval import it from here
 from tuneloop.models.loading import load_model, load_tokenizer
-from tuneloop.optimize.onnx import OnnxCausalLM, is_onnx_folder
-from tuneloop.optimize.quantize import is_int4_folder, load_int4
-
-
-def folder_format(path: Path) -> str:
-    """onnx | int4 | adapter | quantized (torchao/bnb via config) | hf."""
-    path = Path(path)
-    if is_onnx_folder(path):
-        return "onnx"
-    if is_int4_folder(path):
-        return "int4"
-    if (path / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        return "adapter"
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
-    return "quantized" if config.get("quantization_config") else "hf"
+from tuneloop.optimize.onnx import OnnxCausalLM
+from tuneloop.optimize.quantize import load_int4
 
 
 def load_any(path: Path, device: str) -> tuple[Any, Any]:

@@ -147,21 +147,26 @@ class OnnxCausalLM:
         return SimpleNamespace(logits=torch.from_numpy(logits))
 
     def generate(self, input_ids: Any, attention_mask: Any = None, max_new_tokens: int = 32,
-                 pad_token_id: int | None = None, **_: Any) -> Any:  # fmt: skip
+                 pad_token_id: int | None = None, streamer: Any = None, **_: Any) -> Any:  # fmt: skip
         """Greedy decoding with the KV cache, shaped like HF `generate`'s output (prompt + new tokens).
 
         Row by row: the graph takes no position ids, so a left-padded row would see shifted positions.
-        Rows that stop early are padded with `pad_token_id`, as `generate` does.
+        Rows that stop early are padded with `pad_token_id`, as `generate` does. A `streamer` (HF's
+        TextStreamer protocol, batch 1 as in HF) gets the prompt, then each token as it is decoded.
         """
         import numpy as np
         import torch
 
+        if streamer is not None and input_ids.shape[0] != 1:
+            raise ValueError("streaming needs a batch of one sequence (as HF generate does)")
         ids = input_ids.cpu().numpy()
         mask = np.ones_like(ids) if attention_mask is None else attention_mask.cpu().numpy()
         eos = _eos_ids(self.config)
         pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
         out = np.full((ids.shape[0], ids.shape[1] + max_new_tokens), pad, dtype=ids.dtype)
         out[:, : ids.shape[1]] = ids
+        if streamer is not None:
+            streamer.put(input_ids.cpu())
         for b in range(ids.shape[0]):
             row = ids[b][mask[b].astype(bool)][None, :]
             past = self.empty_past(1)
@@ -171,9 +176,13 @@ class OnnxCausalLM:
                 )
                 token = int(logits[0, -1].argmax())
                 out[b, ids.shape[1] + t] = token
+                if streamer is not None:
+                    streamer.put(torch.tensor([token]))
                 if token in eos:
                     break
                 row = np.array([[token]], dtype=ids.dtype)
+        if streamer is not None:
+            streamer.end()
         return torch.from_numpy(out)
 
 

@@ -1,0 +1,96 @@
+"""What kind of model folder a reference points at, and which commands can use which kind.
+
+`tuneloop export` writes folders that are not all plain HF folders (ONNX graphs, packed int4
+weights, torchao/bitsandbytes weights) and training writes LoRA adapters. Every command that takes
+a model reference checks the folder's format here first, so a format it cannot use fails by name,
+with what to use instead, before anything loads (not deep inside `from_pretrained`).
+
+    format      ask chat eval   serve   train         export  plan
+    hf           x   x    x       x       x             x       x
+    quantized    x   x    x       -       lora/qlora    -       x
+    int4         x   x    x       -       -             -       -
+    onnx         x*  x*   x       -       -             -       -
+    adapter      x   x    x       x       -             x       -
+    (* greedy decoding only)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from tuneloop.errors import TuneloopError
+
+Format = Literal["hf", "quantized", "int4", "onnx", "adapter"]
+
+# The marker files `tuneloop export` writes (tuneloop.optimize.onnx / .quantize use the same names).
+ONNX_FILE = "model.onnx"
+INT4_MANIFEST = "int4.json"
+
+DESCRIPTION: dict[Format, str] = {
+    "hf": "a Hugging Face model folder",
+    "quantized": "a quantized export (torchao/bitsandbytes weights)",
+    "int4": "a packed int4 export",
+    "onnx": "an ONNX export",
+    "adapter": "a LoRA adapter",
+}
+
+_FROM_SOURCE = "the full-precision folder it was exported from (its registry parent)"
+
+SUPPORTED: dict[str, tuple[Format, ...]] = {
+    "ask": ("hf", "quantized", "int4", "onnx", "adapter"),
+    "chat": ("hf", "quantized", "int4", "onnx", "adapter"),
+    "eval": ("hf", "quantized", "int4", "onnx", "adapter"),
+    "serve": ("hf", "adapter"),
+    "train": ("hf", "quantized"),
+    "export": ("hf", "adapter"),
+    "plan": ("hf", "quantized"),
+}
+
+# What to do instead, per (command, format) that is refused.
+INSTEAD: dict[tuple[str, Format], str] = {
+    ("serve", "onnx"): f"serve {_FROM_SOURCE}; run the ONNX graph with onnxruntime, or measure it "
+    "with `tuneloop eval`",
+    ("serve", "int4"): f"serve {_FROM_SOURCE}; try the int4 folder with `tuneloop ask` or `tuneloop eval`",
+    ("serve", "quantized"): f"serve {_FROM_SOURCE}: the engine loads bf16 weights (and quantizes to "
+    "int8 itself with quantization=int8)",
+    ("train", "onnx"): f"train from {_FROM_SOURCE}",
+    ("train", "int4"): f"train from {_FROM_SOURCE} (or a quantized int8 export with method=lora)",
+    ("train", "adapter"): "train on top of a full model: merge the adapter first "
+    "(`tuneloop export ADAPTER --merge`), or train from its base model",
+    ("export", "onnx"): f"export from {_FROM_SOURCE}",
+    ("export", "int4"): f"export from {_FROM_SOURCE}",
+    ("export", "quantized"): f"export from {_FROM_SOURCE}",
+    ("plan", "onnx"): f"plan {_FROM_SOURCE}",
+    ("plan", "int4"): f"plan {_FROM_SOURCE}",
+    ("plan", "adapter"): "plan its base model (adapter_config.json's base_model_name_or_path)",
+}
+
+
+def folder_format(path: str | Path) -> Format:
+    """onnx | int4 | adapter | quantized (torchao/bnb through config.json) | hf."""
+    path = Path(path)
+    if (path / ONNX_FILE).is_file():
+        return "onnx"
+    if (path / INT4_MANIFEST).is_file():
+        return "int4"
+    config = path / "config.json"
+    if (path / "adapter_config.json").is_file() and not config.is_file():
+        return "adapter"
+    try:
+        data = json.loads(config.read_text()) if config.is_file() else {}
+    except (OSError, ValueError):
+        data = {}  # a broken config.json is the loader's error to report, with its own words
+    return "quantized" if isinstance(data, dict) and data.get("quantization_config") else "hf"
+
+
+def require_format(path: str | Path, ref: str, command: str) -> Format:
+    """The folder's format, or a clear error when `tuneloop COMMAND` cannot use it."""
+    fmt = folder_format(path)
+    if fmt not in SUPPORTED[command]:
+        raise TuneloopError(
+            f"'{ref}' is {DESCRIPTION[fmt]}, which `tuneloop {command}` does not support",
+            hint=INSTEAD.get((command, fmt)),
+        )
+    return fmt
