@@ -66,6 +66,20 @@ def test_the_request_log_redacts_pii_and_pseudonymizes_users_by_default(serve, t
     assert first["key_id"] == record.id and first["model"] == "fake"  # ids and labels are not redacted
 
 
+def test_every_text_is_redacted_but_the_protocol_labels():
+    """Fields the redactor was not told about (tool arguments, stop strings) are redacted too."""
+    from tuneloop.serve.privacy import Privacy
+
+    body = {"model": "ops@example.com", "messages": [{"role": "user", "content": f"mail {EMAIL}"}],
+            "tools": [{"type": "function", "function": {"arguments": json.dumps({"to": EMAIL})}}],
+            "stop": [PHONE], "n": 1}  # fmt: skip
+    out = Privacy(True).value(body)
+    assert out["model"] == "ops@example.com" and out["n"] == 1  # a label, a number: as they were
+    assert out["messages"] == [{"role": "user", "content": "mail <EMAIL>"}] and out["stop"] == ["<PHONE>"]
+    assert EMAIL not in json.dumps(out) and out["tools"][0]["type"] == "function"
+    assert Privacy(False).value(body) is body
+
+
 def test_pseudonyms_are_stable_across_restarts_and_differ_per_user(serve):
     with serve(config(auth={"enabled": False}), {"fake": FakeClient()}) as s:
         before = (s.state.privacy.user("alice"), s.state.privacy.user("bob"))

@@ -20,6 +20,9 @@ from tuneloop.data.config import PII_TYPES
 from tuneloop.data.pii import redact
 
 USER_MAX = 256  # characters of an end-user id kept when pseudonyms are off
+MIN_PII_CHARS = 6  # the shortest item any detector finds: an email a@b.cc (IPs 7, phones 7+ digits)
+# fields of OpenAI's request and response objects that name things of the protocol, never people
+LABELS = frozenset({"model", "role", "object", "id", "type", "finish_reason", "system_fingerprint"})
 PSEUDONYM_PREFIX = "u-"
 
 
@@ -48,13 +51,15 @@ class Privacy:
         return redact_text(text) if self.redact_pii and text else text
 
     def value(self, value: Any) -> Any:
-        """Every string inside a JSON-like value redacted (dict keys are field names, left alone)."""
+        """Every string inside a JSON-like value redacted, but for the protocol's own labels (a role,
+        a model name, an id) and strings too short to hold any PII: each redaction call costs tens of
+        microseconds however short its text, and a chat record has a dozen such labels."""
         if not self.redact_pii:
             return value
         if isinstance(value, str):
-            return redact_text(value)
+            return redact_text(value) if len(value) >= MIN_PII_CHARS else value
         if isinstance(value, dict):
-            return {k: self.value(v) for k, v in value.items()}
+            return {k: v if k in LABELS else self.value(v) for k, v in value.items()}
         if isinstance(value, list):
             return [self.value(v) for v in value]
         return value

@@ -124,11 +124,12 @@ class RequestLog:
         if "user" in out:
             out["user"] = p.user(out["user"])
         for field in TEXT_FIELDS:
-            if out.get(field) is not None:
-                out[field] = p.value(out[field])
-        request = record.get("request")  # its user as sent (not as redacted just now)
-        if isinstance(request, dict) and isinstance(request.get("user"), str):
-            out["request"] = {**out["request"], "user": p.user(request["user"])}
+            value = out.get(field)
+            if isinstance(value, dict) and isinstance(value.get("user"), str):  # a `user`: its pseudonym
+                rest = p.value({k: v for k, v in value.items() if k != "user"})
+                out[field] = {**rest, "user": p.user(value["user"])}
+            elif value is not None:
+                out[field] = p.value(value)
         return json.dumps(out, ensure_ascii=False, default=str)
 
     def _run(self) -> None:
