@@ -1,10 +1,18 @@
 """Throughput of `tuneloop data prepare`: MB/s and documents/s, 1 worker vs N, time per stage.
 
-Generates a deterministic mixed English/Chinese corpus (JSONL files) with a planted share of
-near-duplicates (a copy of an earlier document with a few words changed), then runs the local
-engine once per worker count on the same corpus and prints a Markdown table for BENCHMARKS.md.
+Three corpora, each run once per worker count in a fresh interpreter:
+- generated: a deterministic mixed English/Chinese corpus with a planted share of near-duplicates
+  (a copy of an earlier document with a few words changed). Its English has a 37-word vocabulary,
+  which flatters the tokenizer's pre-token cache: it is the upper bound, not the typical case.
+- english: real technical English, the docs (METADATA, .md, .rst, .txt) and code (.py) of the
+  installed packages (`pii_corpus.py`), one document per file.
+- chinese: real Chinese, the system's zh_CN message catalogues (about 2 MB on Debian).
+`--pii-before` also runs 1 worker with the PII detectors from before issue 25 (`pii_legacy.py`),
+interleaved with the current ones on the same corpus, for a ratio that a busy machine affects alike.
+`--tokenizer-alone` times the tokenizer's own batch encoding of each corpus (one thread): the
+ceiling of the chunk+tokenize stage.
 
-    python benchmarks/data_prepare.py --mb 200 --workers 1 2 --tokenizer smollm2-135m-instruct
+    python benchmarks/data_prepare.py --mb 200 --real-mb 10 --workers 1 2 --pii-before --tokenizer-alone
 """
 
 from __future__ import annotations
@@ -19,6 +27,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pii_corpus
 
 WORDS = [
     "data",
@@ -113,25 +125,68 @@ def generate(folder: Path, megabytes: float, files: int = 40, dup_share: float =
     return {"documents": docs, "planted_near_duplicates": dups, "bytes": written}
 
 
-def run(corpus: Path, out: Path, workers: int, tokenizer: str) -> dict:
+def write_real(folder: Path, docs: list[str], per_file: int = 50) -> dict:
+    """Real documents as JSONL files of `per_file` documents each."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for i in range(0, len(docs), per_file):
+        with (folder / f"part-{i // per_file:04d}.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs[i : i + per_file])
+    return {"documents": len(docs), "bytes": sum(p.stat().st_size for p in folder.iterdir())}
+
+
+def real_english(mb: float) -> list[str]:
+    return pii_corpus.english_docs(int(mb * 0.7e6)) + pii_corpus.english_docs(int(mb * 0.3e6), "code")
+
+
+def run(corpus: Path, out: Path, workers: int, tokenizer: str, pii_impl: str = "tuneloop") -> dict:
     """One `prepare` in a fresh interpreter, so no run inherits another's warm caches or loaded tokenizer."""
-    cmd = [
-        sys.executable,
-        __file__,
-        "--one",
-        str(workers),
-        "--tokenizer",
-        tokenizer,
-        "--dir",
-        str(corpus.parent),
-    ]
+    cmd = [sys.executable, __file__, "--one", str(workers), "--tokenizer", tokenizer]
+    cmd += ["--corpus-dir", str(corpus), "--out-dir", str(out), "--pii-impl", pii_impl]
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def run_here(corpus: Path, out: Path, workers: int, tokenizer: str) -> dict:
+def _use_legacy_pii() -> None:
+    """Make the PII step use the detectors from before issue 25 (forked workers inherit this)."""
+    import pii_legacy
+
+    from tuneloop.data import pii
+
+    def legacy_spans(text: str, types=None) -> list:
+        out: list = []
+        for det in pii_legacy.DETECTORS:
+            if types is not None and det.type not in types:
+                continue
+            for m in det.pattern.finditer(text):
+                if det.valid(m.group()) and all(m.end() <= s.start or m.start() >= s.end for s in out):
+                    out.append(pii.Span(m.start(), m.end(), det.type))
+        return sorted(out)
+
+    pii.find_spans = legacy_spans
+
+
+def tokenizer_alone(corpus: Path, tokenizer: str) -> float:
+    """Seconds for the tokenizer to encode every document of `corpus` in batches of 64, one thread."""
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    from tuneloop.data.chunk import load_tokenizer, tokenizer_path
+
+    tok = load_tokenizer(tokenizer_path(tokenizer))
+    texts = [
+        json.loads(line)["text"] for p in sorted(corpus.glob("*.jsonl")) for line in p.open(encoding="utf-8")
+    ]
+    t = time.perf_counter()
+    for i in range(0, len(texts), 64):
+        tok.encode_batch_fast(texts[i : i + 64], add_special_tokens=False)
+    return time.perf_counter() - t
+
+
+def run_here(corpus: Path, out: Path, workers: int, tokenizer: str, pii_impl: str) -> dict:
     from tuneloop.data import DataConfig, prepare
 
+    if pii_impl == "legacy":
+        _use_legacy_pii()
     cfg = DataConfig(tokenizer=tokenizer)
     t = time.perf_counter()
     manifest = prepare([str(corpus)], out, cfg, workers=workers)
@@ -146,6 +201,8 @@ def run_here(corpus: Path, out: Path, workers: int, tokenizer: str) -> dict:
         "removed": manifest["removed"],
         "rows": manifest["counts"]["train_rows"] + manifest["counts"]["val_rows"],
         "fingerprint": manifest["fingerprint"],
+        "pii": {k: v for k, v in manifest["pii"].items() if k != "mode"},
+        "pii_impl": pii_impl,
     }
 
 
@@ -153,29 +210,91 @@ def _load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
+def _table(name: str, results: list[dict]) -> None:
+    print(f"\n{name}:")
+    print(
+        "| workers | wall s | MB/s | docs/s | read+clean+pii+minhash s | dedup+split s | chunk+tokenize s | write s | speed-up |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        s = r["stages"]
+        print(
+            f"| {r['workers']} | {r['seconds']} | {r['mb_s']} | {r['docs_s']} | {s['read+clean+pii+minhash']:.1f} | "
+            f"{s['dedup+split']:.1f} | {s['chunk+tokenize']:.1f} | {s['write']:.1f} | {results[0]['seconds'] / r['seconds']:.2f}x |"
+        )
+    for r in results:
+        print(
+            f"workers={r['workers']}: removed {r['removed']}, PII {r['pii']}, rows {r['rows']}, {r['fingerprint']}"
+        )
+    print(f"identical outputs across worker counts: {len({r['fingerprint'] for r in results}) == 1}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mb", type=float, default=200)
+    ap.add_argument("--mb", type=float, default=200, help="size of the generated corpus")
+    ap.add_argument("--real-mb", type=float, default=10, help="real English text (70%% docs, 30%% code)")
+    ap.add_argument("--corpora", nargs="+", default=["generated", "english", "chinese"])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--pii-before", action="store_true", help="also 1 worker with the pre-issue-25 detectors")
+    ap.add_argument("--repeats", type=int, default=1, help="with --pii-before: alternating runs of each")
+    ap.add_argument("--tokenizer-alone", action="store_true", help="also time the tokenizer by itself")
     ap.add_argument("--tokenizer", default="smollm2-135m-instruct")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/tuneloop-bench-data"))
-    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one run on the existing corpus
+    ap.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one run on an existing corpus
+    ap.add_argument("--corpus-dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--out-dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--pii-impl", default="tuneloop", help=argparse.SUPPRESS)
+    ap.add_argument("--alone", type=Path, help=argparse.SUPPRESS)  # internal: tokenizer alone on a corpus
     args = ap.parse_args()
-    corpus = args.dir / "corpus"
     if args.one:
-        print(json.dumps(run_here(corpus, args.dir / f"out-{args.one}", args.one, args.tokenizer)))
+        print(json.dumps(run_here(args.corpus_dir, args.out_dir, args.one, args.tokenizer, args.pii_impl)))
         return
-    if corpus.exists():
-        shutil.rmtree(corpus)
-    info = generate(corpus, args.mb)
-    print(
-        f"corpus: {info['bytes'] / 1e6:.1f} MB, {info['documents']} docs, {info['planted_near_duplicates']} planted near-dups"
-    )
+    if args.alone:
+        print(json.dumps(tokenizer_alone(args.alone, args.tokenizer)))
+        return
+    corpora = {}
+    for name in args.corpora:
+        folder = args.dir / name
+        if name == "generated":
+            if folder.exists():
+                shutil.rmtree(folder)
+            info = generate(folder, args.mb)
+        elif name == "english":
+            info = write_real(folder, real_english(args.real_mb))
+        elif name == "chinese":
+            docs = pii_corpus.chinese_docs(int(args.real_mb * 1e6))
+            if not docs:
+                print("chinese: no zh_CN message catalogues under /usr/share/locale, skipped")
+                continue
+            info = write_real(folder, docs)
+        else:
+            raise SystemExit(f"--corpora: unknown corpus {name!r} (generated, english, chinese)")
+        corpora[name] = folder
+        print(f"{name}: {info['bytes'] / 1e6:.1f} MB, {info['documents']} docs", flush=True)
     load_before = _load()
-    results = []
-    for w in args.workers:
-        results.append(run(corpus, args.dir / f"out-{w}", w, args.tokenizer))
-        print(json.dumps(results[-1]), flush=True)  # partial results survive a time limit
+    results: dict[str, list[dict]] = {}
+    before: dict[str, list[tuple[dict, dict]]] = {}
+    alone: dict[str, float] = {}
+    for name, folder in corpora.items():
+        results[name] = []
+        for w in args.workers:
+            results[name].append(run(folder, args.dir / f"out-{name}-{w}", w, args.tokenizer))
+            print(name, json.dumps(results[name][-1]), flush=True)  # partial results survive a time limit
+        if args.pii_before:
+            for _ in range(args.repeats):  # interleaved, so a busy machine slows both alike
+                pair = tuple(
+                    run(folder, args.dir / f"out-{name}-{impl}", 1, args.tokenizer, impl)
+                    for impl in ("legacy", "tuneloop")
+                )
+                before.setdefault(name, []).append(pair)
+                print(name, "before/after", json.dumps(pair), flush=True)
+        if args.tokenizer_alone:
+            cmd = [sys.executable, __file__, "--alone", str(folder), "--tokenizer", args.tokenizer]
+            alone[name] = json.loads(
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                .stdout.strip()
+                .splitlines()[-1]
+            )
     import numpy
     import pyarrow
     import tokenizers
@@ -189,20 +308,27 @@ def main() -> None:
         f"numpy {numpy.__version__}, tokenizers {tokenizers.__version__}, pyarrow {pyarrow.__version__}, "
         f"tuneloop {tuneloop.__version__}; load average {load_before} before, {_load()} after"
     )
-    print(
-        "| workers | wall s | MB/s | docs/s | read+clean+pii+minhash s | dedup+split s | chunk+tokenize s | write s | speed-up |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        s = r["stages"]
+    for name, rs in results.items():
+        _table(name, rs)
+    if before:
         print(
-            f"| {r['workers']} | {r['seconds']} | {r['mb_s']} | {r['docs_s']} | {s['read+clean+pii+minhash']:.1f} | "
-            f"{s['dedup+split']:.1f} | {s['chunk+tokenize']:.1f} | {s['write']:.1f} | {results[0]['seconds'] / r['seconds']:.2f}x |"
+            "\nPII detectors before issue 25 vs now, 1 worker, alternating runs (stage = read+clean+pii+minhash):"
         )
-    for r in results:
-        print(f"workers={r['workers']}: removed {r['removed']}, rows {r['rows']}, {r['fingerprint']}")
-    same = len({r["fingerprint"] for r in results}) == 1
-    print(f"identical outputs across worker counts: {same}")
+        print(
+            "| corpus | run | before: stage s | now: stage s | stage ratio | before: wall s | now: wall s | PII before | PII now |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|")
+        for name, pairs in before.items():
+            for i, (old, new) in enumerate(pairs):
+                so, sn = old["stages"]["read+clean+pii+minhash"], new["stages"]["read+clean+pii+minhash"]
+                print(
+                    f"| {name} | {i + 1} | {so:.1f} | {sn:.1f} | {so / sn:.2f}x | {old['seconds']} | {new['seconds']} | {old['pii']} | {new['pii']} |"
+                )
+    for name, seconds in alone.items():
+        mb = sum(p.stat().st_size for p in corpora[name].iterdir()) / 1e6
+        print(
+            f"tokenizer alone ({name}, one thread, batches of 64): {seconds:.1f} s, {mb / seconds:.2f} MB/s"
+        )
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ POOL = (
     + list("中文数据模型。，！？：；（）ａＡ０＿") + [chr(c) for c in range(0xFF01, 0xFF20)]
     + ["ｶﾞ", "e\u0301", "ﬁ", "²", "½", "Ⅻ", "한", "😀", "ß", "İ"]
     + ["alice@example.com", "13812345678", "+86 138 1234 5678", "4111 1111 1111 1111", "192.168.1.1",
-       "fe80::1", "11010519491231002X", "(555) 123-4567", "v1.2.3", "a:b:c", "don't", "hello world"]
+       "fe80::1", "11010519491231002X", "(555) 123-4567", "v1.2.3", "a:b:c", "don't", "hello world",
+       "std::vector", "2001:db8::1", "::", "10.0.0.1", "1.2.3.4", "=", ":", "card", "4111111111111111"]
 )  # fmt: skip
 
 
@@ -91,12 +92,18 @@ def ref_spans(text: str) -> dict[str, list[tuple[int, int]]]:
             return False
         return net._host_address(net.ipaddress.IPv4Address(m.group()))
 
+    def card_key_ok(m: re.Match) -> bool:
+        s = m.start()
+        return not (s and text[s - 1] in "=:" and not num._CARD_WORDS.search(text, max(0, s - 40), s))
+
     return {
         "email": [m.span() for m in net._EMAIL.finditer(text) if net._real_tld(m.group("tld"))],
         "ipv4": [m.span() for m in net._IPV4.finditer(text) if ipv4_ok(m)],
         "ipv6": [m.span() for m in net._IPV6.finditer(text) if net._ipv6_ok(m.group())],
         "id_card": [m.span() for m in num._ID.finditer(text) if num._plausible_id(m.group())],
-        "bank_card": [m.span() for m in num._CARD.finditer(text) if num._card_ok(m.group())],
+        "bank_card": [
+            m.span() for m in num._CARD.finditer(text) if num._card_ok(m.group()) and card_key_ok(m)
+        ],
     }
 
 

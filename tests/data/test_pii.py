@@ -61,6 +61,7 @@ def test_luhn_and_issuer() -> None:
         ("身份证11010519491231002X已登记", "身份证<ID_CARD>已登记"),
         ("卡号4111 1111 1111 1111到期", "卡号<BANK_CARD>到期"),
         ("card 4111-1111-1111-1111, amex 3782 822463 10005", "card <BANK_CARD>, amex <BANK_CARD>"),
+        ("card_number=4111111111111111", "card_number=<BANK_CARD>"),
         ("银行卡6222 0202 0011 2233 446", "银行卡<BANK_CARD>"),
         ("server 192.168.1.20 and 2001:db8::8a2e:370:7334 down", "server <IP> and <IP> down"),
         ("ssh root@203.0.113.9 -p 22", "ssh root@<IP> -p 22"),
@@ -106,7 +107,14 @@ def test_private_key_blocks_and_url_credentials() -> None:
 LOOKALIKES = {
     "float": ["loss 0.41111111111111116 at step 5", "5:0.4111111111111111", "x = -1.234567890123e-05"],
     "exponent": ["3.1415926535e+00", "6.02214076e+23 mol", "1e-4111111111111111"],
-    "version": ["version 1.2.3.4", "v2.10.0.1", "brotli>=1.2.1.0", "torch==2.4.1", "Windows 10.0.19045.3803"],
+    "version": [
+        "version 1.2.3.4",
+        "version: 1.2.3.4",
+        "v2.10.0.1",
+        "brotli>=1.2.1.0",
+        "torch==2.4.1",
+        "Windows 10.0.19045.3803",
+    ],
     "ip_versions": ["pkg-1.2.3.4.tar.gz", "see section 7.9.2.2", "1.2.3.4.5", "999.1.1.1", "OID 1.3.6.1.4.1"],
     "hash": [
         "sha256 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
@@ -150,6 +158,8 @@ LOOKALIKES = {
     ],
     "other_number": [
         "order 4111111111111112",  # Luhn fails
+        "id=4111111111111111",  # a number under a key that is not a card's
+        "snowflake 4111111111111111113",  # 19 digits starting with 4: an id, not a Visa
         "id 1234567812345670",  # Luhn passes, no issuer
         "订单号110105194912310021",  # ID shape, bad checksum
         "ISBN 978-3-16-148410-0",

@@ -180,7 +180,7 @@ _IPV4 = re.compile(
 # a dotted quad after these is a version, a section or a requirement, not an address
 _NOT_AN_ADDRESS = re.compile(
     r"(?:(?<![A-Za-z])(?i:version|release|v\.?|ver\.?|rev\.?|build|python|section|sec\.|chapter|ch\.|table|"
-    r"figure|fig\.|see|step|rule|clause|article|art\.|paragraph|para\.|item|no\.)|[=<>~!]=|§|版本|第)\s*$"
+    r"figure|fig\.|see|step|rule|clause|article|art\.|paragraph|para\.|item|no\.)\s*[:=]?|[=<>~!]=|§|版本[:：]?|第)\s*$"
 )
 
 

@@ -144,7 +144,7 @@ def card_issuer(digits: str) -> str | None:
     """The card network whose issuer prefix (IIN) and length fit `digits`, or None."""
     n = len(digits)
     two, four = int(digits[:2]), int(digits[:4])
-    if digits[0] == "4" and n in (13, 16, 19):
+    if digits[0] == "4" and n in (13, 16):  # 19-digit Visa exists but is rare; numeric ids are not
         return "visa"
     if (51 <= two <= 55 or 2221 <= four <= 2720) and n == 16:
         return "mastercard"
@@ -166,9 +166,17 @@ def _card_ok(match: str) -> bool:
     return len(set(digits)) > 1 and card_issuer(digits) is not None and luhn_ok(digits)
 
 
+_CARD_WORDS = re.compile(
+    r"(?i)card|visa|master|amex|unionpay|credit|debit|\bpan\b|\bcc|payment|卡|银联|信用|借记|支付"
+)
+
+
 def find_bank_cards(text: str) -> Iterator[Span]:
     for lo, hi in digit_windows(text):
         for m in _CARD.finditer(text, lo, hi):
+            start = m.start()
+            if start and text[start - 1] in "=:" and not _CARD_WORDS.search(text, max(0, start - 40), start):
+                continue  # `id=4111111111111111`: a number under a key is a card only under a card key
             if _card_ok(m.group()):
                 yield m.span()
 
@@ -194,7 +202,14 @@ _NANP = re.compile(
     + _AFTER
 )
 # other countries: international format only (+CC or 00CC); groups of digits, optional (0) or (area)
-_INTL = re.compile(_BEFORE + r"(?:\+|00)[1-9][0-9]{0,2}(?:[ .-]?\(?[0-9]{1,5}\)?){1,6}" + _AFTER)
+# E.164 (+442083661177), or groups that a separator or a ')' starts: one way to split the digits,
+# so a long run of figures costs no backtracking
+_INTL = re.compile(
+    _BEFORE
+    + r"(?:\+|00)(?:[1-9][0-9]{6,14}"
+    + r"|[1-9][0-9]{0,2}(?:[ .-]\(?[0-9]{1,8}\)?|\([0-9]{1,8}\))(?:(?:[ .-]|(?<=\)))\(?[0-9]{1,8}\)?){1,6})"
+    + _AFTER
+)
 
 
 def _phone_word_near(text: str, start: int) -> bool:
