@@ -59,7 +59,9 @@ def test_two_users_of_one_key_are_two_raters():
             assert r.status_code == 200, r.text
     batch = collect(CollectSettings(), "bot", {})
     [item] = batch.interactions
-    assert [(r.key_id, r.user) for r in item.ratings] == [(record.id, "alice"), (record.id, "bob")]
+    pseudonym = s.state.privacy.user  # end users are stored as pseudonyms (log.pseudonymize_users)
+    assert [(r.key_id, r.user) for r in item.ratings] == [(record.id, pseudonym("alice")),
+                                                          (record.id, pseudonym("bob"))]  # fmt: skip
     verdict = agree(item.ratings, 4, 2, 2, 0.75)
     assert isinstance(verdict, Verdict) and verdict.raters == 2 and verdict.polarity == "down"
 
