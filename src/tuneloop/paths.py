@@ -72,3 +72,32 @@ def exclusive(folder: Path, busy: str, hint: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """Fail now, by name, when folder `path` cannot be created or written (before hours of work that
+    would end in a PermissionError). Creates nothing: a probe file in the folder, or a probe folder in
+    its nearest existing parent, is made and removed at once (as root, only trying tells)."""
+    import tempfile
+
+    from tuneloop.errors import TuneloopError
+
+    target = Path(path).expanduser().absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        raise TuneloopError(
+            f"{what} '{path}' cannot be created: '{existing}' is a file, not a folder",
+            hint="choose another path",
+        )
+    try:
+        if existing == target:
+            with tempfile.TemporaryFile(dir=target):
+                pass
+        else:
+            tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as e:
+        raise TuneloopError(
+            f"{what} '{path}' is not writable: {e.strerror or e} (in '{existing}')",
+            hint="choose a folder you can write to, or fix its permissions",
+        ) from None
+    return target

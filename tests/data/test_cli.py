@@ -115,3 +115,38 @@ def test_an_unknown_pii_mode_names_the_choices(mixed_corpus: Path, tmp_path: Pat
         app, ["data", "prepare", str(mixed_corpus), "-o", str(tmp_path / "o"), "--pii", "mask"]
     )
     assert result.exit_code != 0 and "--pii 'mask' is not one of redact, drop, report, off" in result.output
+
+
+def _prepare(*args: str):
+    result = CliRunner().invoke(app, ["data", "prepare", *args, "--workers", "1", "--no-progress"])
+    return result, " ".join(result.output.split())
+
+
+def test_an_empty_input_file_is_an_error_naming_it_and_nothing_is_written(
+    tmp_path: Path, tok_dir: str
+) -> None:
+    (tmp_path / "empty.jsonl").write_text("")
+    out = tmp_path / "out"
+    result, output = _prepare(
+        str(tmp_path / "empty.jsonl"), "--out", str(out), "--kind", "sft", f"tokenizer={tok_dir}"
+    )
+    assert result.exit_code == 2, output
+    assert (
+        "nothing to prepare" in output and "empty.jsonl: empty file" in output and "Traceback" not in output
+    )
+    assert not out.exists()  # created by this run, left empty: removed (no empty dataset that looks complete)
+
+
+def test_inputs_whose_documents_are_all_removed_give_the_reasons(tmp_path: Path, tok_dir: str) -> None:
+    rows = [{"text": "hi"}, {"text": "ok"}, {"messages": [{"role": "user", "content": "x"}]}]
+    (tmp_path / "short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "{broken\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # a user's file in the output folder stays
+    result, output = _prepare(
+        str(tmp_path / "short.jsonl"), "-o", str(out), "--kind", "pretrain", f"tokenizer={tok_dir}"
+    )
+    assert result.exit_code == 2, output
+    assert "every document was removed: 3 records read" in output and "quality.too_short: 2" in output
+    assert "short.jsonl:4: invalid JSON" in output and "Traceback" not in output
+    assert {p.name for p in out.iterdir()} == {"notes.txt"}  # no manifest, no empty train/val files

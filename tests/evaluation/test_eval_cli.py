@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -77,6 +78,23 @@ BAD_FILES = {
         r"bad.jsonl:1: no assistant reply after the last user turn",
     ),
     "empty": ("\n\n", r"bad.jsonl' is empty"),
+    "missing_role": (
+        json.dumps({"messages": [{"content": "x"}, {"role": "assistant", "content": "y"}]}) + "\n",
+        r"bad.jsonl:1: message 0 has no 'role'",
+    ),
+    "integer_content": (
+        json.dumps({"messages": [{"role": "user", "content": 7}, {"role": "assistant", "content": "y"}]})
+        + "\n",
+        r"bad.jsonl:1: message 0 has int content",
+    ),
+    "text_not_a_string": (
+        json.dumps({"text": ["a", "b"]}) + "\n",
+        r"bad.jsonl:1: 'text' must be a string, not list",
+    ),
+    "preference_row": (
+        json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n",
+        r"bad.jsonl:1: a preference (prompt/chosen/rejected) row where SFT (messages) or pretraining (text) rows",
+    ),
 }
 
 
@@ -107,3 +125,49 @@ def test_unknown_device_exits_2_before_loading(tiny_llama, tmp_path):
     data.write_text(json.dumps(ROW) + "\n")
     result, output = _run(str(tiny_llama), "--data", str(data), "--device", "gpu0")
     assert result.exit_code == 2 and "unknown device 'gpu0'" in output
+
+
+def _no_evaluation(monkeypatch):
+    """Any call of the evaluation fails the test: the checks under test must come first."""
+
+    def evaluate(*_a, **_k):
+        raise AssertionError("the evaluation ran before the mistake was reported")
+
+    monkeypatch.setattr("tuneloop.cli.eval.evaluate", evaluate)
+
+
+def test_unwritable_out_is_refused_before_the_evaluation(tiny_llama, tmp_path, monkeypatch):
+    _no_evaluation(monkeypatch)
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps(ROW) + "\n")
+    (tmp_path / "a-file").write_text("x")
+    for out, why in (
+        (tmp_path / "a-file" / "reports", "is a file, not a folder"),
+        ("/proc/reports", "not writable"),
+    ):
+        result, output = _run(str(tiny_llama), "--data", str(data), "--out", str(out))
+        assert result.exit_code == 2, output
+        assert f"--out '{out}'" in output and why in output and "Traceback" not in output
+    assert not Path("/proc/reports").exists() and not (tmp_path / "a-file").is_dir()
+
+
+def test_unknown_baseline_is_refused_before_the_evaluation(tiny_llama, tmp_path, monkeypatch):
+    _no_evaluation(monkeypatch)
+    data = tmp_path / "qa.jsonl"
+    data.write_text(json.dumps(ROW) + "\n")
+    result, output = _run(str(tiny_llama), "--data", str(data), "--baseline", str(tmp_path / "no-such-model"))
+    assert result.exit_code == 2 and "no-such-model' does not exist" in output, output
+
+
+def test_out_is_created_only_when_the_evaluation_succeeds(tiny_llama, tmp_path):
+    (tmp_path / "bad.jsonl").write_text("{not json}\n")
+    out = tmp_path / "deep" / "reports"
+    result, output = _run(str(tiny_llama), "--data", str(tmp_path / "bad.jsonl"), "--out", str(out))
+    assert result.exit_code == 2 and not (tmp_path / "deep").exists(), output
+
+
+def test_non_utf8_data_names_the_line(tiny_llama, tmp_path):
+    data = tmp_path / "gbk.jsonl"
+    data.write_bytes((json.dumps(ROW) + "\n" + json.dumps(ROW, ensure_ascii=False) + "\n").encode("gbk"))
+    result, output = _run(str(tiny_llama), "--data", str(data))
+    assert result.exit_code == 2 and "gbk.jsonl:2: not UTF-8 text" in output, output

@@ -10,9 +10,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneloop.errors import TuneloopError
 from tuneloop.evaluation.compare import Comparison, compare, metric_rows
 from tuneloop.evaluation.harness import EvalReport, evaluate
 from tuneloop.evaluation.report import fmt, to_json, write_reports
+from tuneloop.models.resolve import resolve_model
+from tuneloop.paths import check_writable_dir
 
 
 def eval_command(
@@ -31,6 +34,12 @@ def eval_command(
     json_output: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
     """Measure a model: perplexity, and for SFT data generated answers scored against references."""
+    # what can be checked in a second is, before the evaluation runs for minutes
+    for ref in (model, baseline):
+        if ref:
+            resolve_model(ref)
+    if out is not None:
+        check_writable_dir(out, "--out")
     kwargs = dict(
         max_samples=max_samples, max_new_tokens=max_new_tokens, batch_size=batch_size, device=device
     )
@@ -38,7 +47,10 @@ def eval_command(
     base = evaluate(baseline, data, **kwargs) if baseline else None
     comparison = compare(report, base) if base else None
     if out is not None:
-        write_reports(out, report, base, comparison)
+        try:
+            write_reports(out, report, base, comparison)
+        except OSError as e:  # the disk filled up or the folder changed since the check
+            raise TuneloopError(f"could not write the report into --out '{out}': {e}") from None
     if json_output:
         typer.echo(json.dumps(to_json(report, base, comparison), indent=2, ensure_ascii=False))
         return

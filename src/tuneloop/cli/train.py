@@ -28,11 +28,13 @@ def train(
 
     args = [config] if config and "=" not in config else []
     overrides = ([config] if config and "=" in config else []) + list(overrides or [])
+    from tuneloop.train.recipe import read_data, run
+
     cfg = load_config(TrainConfig, args[0] if args else None, overrides)  # validate before spawning anything
     if (nproc > 1 or nnodes > 1) and "WORLD_SIZE" not in os.environ:
+        read_data(cfg)  # a bad row is named here, once, not by every worker after torchrun started them
         raise typer.Exit(_torchrun(args[0] if args else "-", overrides, nproc, nnodes))
     from tuneloop.train.logs import setup_logging
-    from tuneloop.train.recipe import run
 
     setup_logging()
     result = run(cfg)

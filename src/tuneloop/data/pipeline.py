@@ -33,6 +33,7 @@ from tuneloop.data.pii import PIIStep
 from tuneloop.data.readers import FileReader, InputFile
 from tuneloop.data.split import split_key, val_count
 from tuneloop.data.stats import Stats
+from tuneloop.errors import TuneloopError
 
 log = logging.getLogger("tuneloop.data")
 Order = tuple[int, int]
@@ -146,7 +147,33 @@ def decide(
     stats.counts["dedup_near"] = d.kept = stats.counts["dedup_exact"] - len(near)
     d.val = val_fn(set(d.removed), val_count(d.kept, cfg.split.val_fraction))
     d.info = _dedup_info(exact, near, ids, cfg)
+    require_documents(d.kept, stats)
     return d
+
+
+def require_documents(kept: int, stats: Stats) -> None:
+    """No dataset at all is an error, never an empty dataset that looks complete (nothing is written).
+
+    Empty or unreadable inputs are named with why; inputs that had records but lost all of them
+    get the removal reasons, so the user sees which filter (or --kind) to change.
+    """
+    if kept:
+        return
+    skips = "; ".join(f"{s.file}{f':{s.line}' if s.line else ''}: {s.reason}" for s in stats.skips[:5])
+    more = f"; ... {stats.skipped - 5} more" if stats.skipped > 5 else ""
+    if not stats.counts["read"]:
+        names = ", ".join(sorted(i["path"] for i in stats.inputs)[:5]) or "(no input files)"
+        raise TuneloopError(
+            "nothing to prepare: no records read from " + (f"{skips}{more}" if skips else names),
+            hint="pass non-empty txt, md, html, jsonl, json, csv or parquet files; nothing was written",
+        )
+    reasons = ", ".join(f"{why}: {n}" for why, n in stats.removed.most_common(8)) or "none recorded"
+    raise TuneloopError(
+        f"every document was removed: {stats.counts['read']} records read, none left "
+        f"(removed by {reasons})" + (f"; skipped {skips}{more}" if skips else ""),
+        hint="rows of the wrong shape for --kind are removed as format.*; quality.* settings and "
+        "dedup can be loosened with key=value overrides; nothing was written",
+    )
 
 
 def _dedup_info(
@@ -235,10 +262,23 @@ def prepare(
 ) -> dict[str, Any]:
     """Run the whole pipeline and return the manifest (also written to `out/manifest.json`)."""
     cfg = cfg or DataConfig()
-    if engine == "spark":
-        from tuneloop.data.executors.spark import run_spark
+    out = Path(out)
+    created = not out.exists()
+    try:
+        if engine == "spark":
+            from tuneloop.data.executors.spark import run_spark
 
-        return run_spark(inputs, Path(out), cfg, master=spark_master, progress=progress)
-    from tuneloop.data.executors.local import run_local
+            return run_spark(inputs, out, cfg, master=spark_master, progress=progress)
+        from tuneloop.data.executors.local import run_local
 
-    return run_local(inputs, Path(out), cfg, workers=workers, progress=progress)
+        return run_local(inputs, out, cfg, workers=workers, progress=progress)
+    except BaseException:
+        _discard_work(out, created)
+        raise
+
+
+def _discard_work(out: Path, created: bool) -> None:
+    """After a failed run: the shards go, and so does an output folder this run created and left empty."""
+    shutil.rmtree(out / ".tuneloop-work", ignore_errors=True)
+    if created and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()

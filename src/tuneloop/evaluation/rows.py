@@ -2,19 +2,28 @@
 
 Every row keeps its file and line, so any later complaint ("no assistant turn to score") can say
 exactly where the problem is. Rows are SFT (`messages`) or text (`text`); one file holds one kind.
+`check_row` is the one structural check of a dataset row: the trainer runs it on every row too
+(before it loads a model), so train and eval accept and refuse the same rows with the same words.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from tuneloop.errors import TuneloopError
 
-Kind = Literal["sft", "text"]
+Kind = Literal["sft", "text"]  # what `tuneloop eval` scores
+RowKind = Literal["sft", "text", "preference"]  # what a dataset row can be (training also takes pairs)
 ROLES = {"system", "user", "assistant", "tool"}
+KIND_NAMES: dict[RowKind, str] = {
+    "sft": "SFT (messages)",
+    "text": "pretraining (text)",
+    "preference": "preference (prompt/chosen/rejected)",
+}
 
 
 @dataclass
@@ -24,6 +33,9 @@ class Row:
     messages: list[dict[str, str]] | None = None
     text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # id, answer, lang, ...
+    prompt: list[dict[str, str]] | None = None  # preference rows (training only)
+    chosen: list[dict[str, str]] | None = None
+    rejected: list[dict[str, str]] | None = None
 
     @property
     def where(self) -> str:
@@ -53,14 +65,28 @@ def resolve_data_path(data: str | Path) -> Path:
 def read_rows(data: str | Path) -> tuple[list[Row], Kind]:
     """All rows of the file and their kind; a bad line is an error naming file and line."""
     path = resolve_data_path(data)
-    rows: list[Row] = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if line.strip():
-                rows.append(_parse(line, str(path), number))
+    rows = [_parse(line, str(path), number) for number, line in jsonl_lines(path)]
     if not rows:
         raise TuneloopError(f"evaluation data '{path}' is empty", hint="it needs one JSON object per line")
     return rows, _kind(rows)
+
+
+def jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of the non-blank lines of a UTF-8 file; another encoding names its line."""
+    if Path(path).is_dir():
+        raise TuneloopError(f"'{path}' is a folder, not a JSONL file")
+    with Path(path).open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")  # a BOM is not JSON
+            except UnicodeDecodeError as e:
+                raise TuneloopError(
+                    f"{path}:{number}: not UTF-8 text ({e.reason} at byte {e.start + 1} of the line)",
+                    hint="JSONL files are UTF-8: convert it (iconv -f GB18030 -t UTF-8), or run it through "
+                    "`tuneloop data prepare`, which detects the encoding",
+                ) from None
+            if line.strip():
+                yield number, line
 
 
 def rows_from_dicts(records: list[dict[str, Any]], name: str = "<rows>") -> tuple[list[Row], Kind]:
@@ -83,36 +109,108 @@ def _parse(line: str, file: str, number: int) -> Row:
 
 
 def _from_dict(record: Any, file: str, number: int) -> Row:
-    row = Row(file, number)
-    if not isinstance(record, dict):
-        raise row.error(f"expected a JSON object, got {type(record).__name__}", _SHAPE_HINT)
-    meta = {k: v for k, v in record.items() if k not in ("messages", "text")}
-    if "messages" in record:
-        row.messages, row.meta = _messages(row, record["messages"]), meta
-    elif isinstance(record.get("text"), str):
-        row.text, row.meta = record["text"], meta
-    else:
-        raise row.error(f"row has neither 'messages' nor 'text' (keys: {sorted(record)[:8]})", _SHAPE_HINT)
-    if "answer" in meta and not isinstance(meta["answer"], str):
+    row = check_row(record, file, number, kinds=("sft", "text"))
+    if "answer" in row.meta and not isinstance(row.meta["answer"], str):
         raise row.error("'answer' must be a string", 'e.g. "answer": "64 devices"')
     return row
 
 
+# ---------------------------------------------------------------- the one row check (train and eval)
+
 _SHAPE_HINT = 'SFT rows are {"messages": [{"role": ..., "content": ...}]}; text rows are {"text": ...}'
+_PAIR_HINT = 'preference rows are {"prompt": [...], "chosen": [...], "rejected": [...]}'
+_FIELDS = ("messages", "text", "prompt", "chosen", "rejected")
 
 
-def _messages(row: Row, messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
-        raise row.error("'messages' must be a non-empty list", _SHAPE_HINT)
+def row_kind(record: Any) -> RowKind | None:
+    """What a row holds by its keys (None: nothing we know)."""
+    if not isinstance(record, dict):
+        return None
+    if "messages" in record:
+        return "sft"
+    if "chosen" in record or "rejected" in record:
+        return "preference"
+    return "text" if "text" in record else None
+
+
+def check_row(record: Any, file: str, number: int, kinds: tuple[RowKind, ...]) -> Row:
+    """The structure of one dataset row, checked the same way for training and evaluation.
+
+    Roles, string contents and an assistant turn to learn from (or score) are required; an error
+    names the file, the line, the field and the message that is wrong.
+    """
+    row = Row(file, number)
+    if not isinstance(record, dict):
+        raise row.error(f"expected a JSON object, got {type(record).__name__}", _SHAPE_HINT)
+    kind = row_kind(record)
+    if kind is None:
+        raise row.error(f"row has neither 'messages' nor 'text' (keys: {sorted(record)[:8]})", _SHAPE_HINT)
+    if kind not in kinds:
+        wanted = " or ".join(KIND_NAMES[k] for k in kinds)
+        raise row.error(f"a {KIND_NAMES[kind]} row where {wanted} rows are expected", _SHAPE_HINT)
+    row.meta = {k: v for k, v in record.items() if k not in _FIELDS}
+    if kind == "sft":
+        row.messages = _messages(row, record["messages"], "messages")
+        _require_assistant(row, row.messages, "messages")
+    elif kind == "text":
+        if not isinstance(record["text"], str):
+            raise row.error(f"'text' must be a string, not {_type(record['text'])}", _SHAPE_HINT)
+        row.text = record["text"]
+    else:
+        row.prompt = _messages(row, as_messages(record.get("prompt", []), "user"), "prompt", empty_ok=True)
+        for side in ("chosen", "rejected"):
+            if side not in record:
+                raise row.error(f"preference row without '{side}'", _PAIR_HINT)
+            msgs = _messages(row, as_messages(record[side], "assistant"), side)
+            _require_assistant(row, msgs, side)
+            setattr(row, side, msgs)
+    return row
+
+
+def as_messages(value: Any, role: str) -> Any:
+    """A preference side as messages: a string is one message of `role`, a dict one message."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    return [value] if isinstance(value, dict) else value
+
+
+def _messages(row: Row, messages: Any, name: str, empty_ok: bool = False) -> list[dict[str, str]]:
+    if not isinstance(messages, list) or not (messages or empty_ok):
+        raise row.error(f"'{name}' must be a non-empty list of messages", _SHAPE_HINT)
+    where = "" if name == "messages" else f"'{name}' "
     for i, m in enumerate(messages):
-        ok = isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)
-        if not ok:
-            raise row.error(
-                f"message {i} needs a role ({'/'.join(sorted(ROLES))}) and string content", _SHAPE_HINT
-            )
-    if not any(m["role"] == "assistant" for m in messages):
-        raise row.error("no assistant turn to score", "each SFT row needs at least one assistant reply")
+        problem = _message_problem(m)
+        if problem:
+            raise row.error(f"{where}message {i} {problem}", _SHAPE_HINT)
     return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _message_problem(m: Any) -> str | None:
+    roles = "/".join(sorted(ROLES))
+    if not isinstance(m, dict):
+        return f"must be an object with a role ({roles}) and string content, not {_type(m)}"
+    if "role" not in m:
+        return f"has no 'role' (one of {roles})"
+    if m["role"] not in ROLES:
+        return f"has role {m['role']!r}, not one of {roles}"
+    if "content" not in m:
+        return "has no 'content'"
+    if not isinstance(m["content"], str):
+        return f"has {_type(m['content'])} content; content must be a string"
+    return None
+
+
+def _require_assistant(row: Row, messages: list[dict[str, str]], name: str) -> None:
+    if not any(m["role"] == "assistant" for m in messages):
+        where = "" if name == "messages" else f" in '{name}'"
+        raise row.error(
+            f"no assistant turn{where} to train on or score",
+            "each SFT row (and each preference answer) needs at least one assistant reply",
+        )
+
+
+def _type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
 
 
 def _kind(rows: list[Row]) -> Kind:

@@ -53,8 +53,8 @@ INSTEAD: dict[tuple[str, Format], str] = {
     ("serve", "onnx"): f"serve {_FROM_SOURCE}; run the ONNX graph with onnxruntime, or measure it "
     "with `tuneloop eval`",
     ("serve", "int4"): f"serve {_FROM_SOURCE}; try the int4 folder with `tuneloop ask` or `tuneloop eval`",
-    ("serve", "quantized"): f"serve {_FROM_SOURCE}: the engine loads bf16 weights (and quantizes to "
-    "int8 itself with quantization=int8)",
+    ("serve", "quantized"): f"serve {_FROM_SOURCE}: the engine loads bf16 weights (and quantizes them "
+    "to int8 itself with --quantization int8)",
     ("train", "onnx"): f"train from {_FROM_SOURCE}",
     ("train", "int4"): f"train from {_FROM_SOURCE} (or a quantized int8 export with method=lora)",
     ("train", "adapter"): "train on top of a full model: merge the adapter first "

@@ -15,14 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.rows import KIND_NAMES, RowKind, as_messages, check_row, jsonl_lines, row_kind
 
 IGNORE = -100
-KIND_KEYS = {"sft": "messages", "pretrain": "text", "dpo": "chosen"}
-KIND_NAMES = {
-    "messages": "SFT (messages)",
-    "text": "pretraining (text)",
-    "chosen": "preference (prompt/chosen/rejected)",
-}
+ROW_KINDS: dict[str, RowKind] = {"sft": "sft", "pretrain": "text", "dpo": "preference"}  # objective -> rows
 
 
 @dataclass
@@ -75,29 +71,28 @@ def dataset_files(path: str, val_path: str | None) -> tuple[Path, Path | None]:
 
 
 def read_rows(path: Path, objective: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a broken line or a row of the wrong kind is an error naming file and line."""
+    """Rows of a JSONL file, each checked by the row check `tuneloop eval` uses (`check_row`): a
+    broken line, a row of the wrong kind or a bad message is an error naming file and line."""
     rows: list[dict[str, Any]] = []
-    key = KIND_KEYS[objective]
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TuneloopError(
-                    f"{path}:{lineno}: invalid JSON ({e.msg})", hint="fix or remove the line"
-                ) from None
-            if not isinstance(row, dict) or key not in row:
-                found = next((k for k in KIND_NAMES if isinstance(row, dict) and k in row), None)
-                what = f"holds {KIND_NAMES[found]} rows" if found else "has a row of unknown shape"
-                raise TuneloopError(
-                    f"{path}:{lineno}: objective '{objective}' needs {KIND_NAMES[key]} rows, but the file {what}",
-                    hint="prepare the data with the matching --kind, or set objective= to match the data",
-                )
-            rows.append(row)
-            if limit and len(rows) >= limit:
-                break
+    expected = ROW_KINDS[objective]
+    for lineno, line in jsonl_lines(path):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TuneloopError(
+                f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})", hint="fix or remove the line"
+            ) from None
+        found = row_kind(row)
+        if found is not None and found != expected:
+            raise TuneloopError(
+                f"{path}:{lineno}: objective '{objective}' needs {KIND_NAMES[expected]} rows, but the "
+                f"file holds {KIND_NAMES[found]} rows",
+                hint="prepare the data with the matching --kind, or set objective= to match the data",
+            )
+        check_row(row, str(path), lineno, kinds=(expected,))
+        rows.append(row)
+        if limit and len(rows) >= limit:
+            break
     if not rows:
         raise TuneloopError(f"{path} has no rows", hint="check that `tuneloop data prepare` kept any data")
     return rows
@@ -147,27 +142,19 @@ def _fit(ex: Example, max_length: int, overlong: str, counts: Counter) -> Exampl
     return Example(ex.input_ids[:max_length], ex.labels[:max_length])
 
 
-def _as_messages(value: Any, role: str) -> list[dict[str, str]]:
-    if isinstance(value, str):
-        return [{"role": role, "content": value}]
-    if isinstance(value, dict):
-        return [value]
-    return list(value)
-
-
 def _pair(
     tokenizer: Any, row: dict[str, Any], max_length: int, overlong: str, counts: Counter
 ) -> PairExample | None:
     from tuneloop.evaluation.perplexity import sft_token_labels
 
-    prompt = _as_messages(row.get("prompt", []), "user")
+    prompt = as_messages(row.get("prompt", []), "user")
     sides = []
     for key in ("chosen", "rejected"):
         if key not in row:
             raise TuneloopError(
                 f"preference row without '{key}'", hint="rows need prompt, chosen and rejected"
             )
-        ids, labels = sft_token_labels(tokenizer, prompt + _as_messages(row[key], "assistant"))
+        ids, labels = sft_token_labels(tokenizer, prompt + as_messages(row[key], "assistant"))
         sides.append(_fit(Example(ids, _last_span_only(labels)), max_length, overlong, counts))
     if sides[0] is None or sides[1] is None:
         return None

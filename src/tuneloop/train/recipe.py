@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneloop import __version__, paths
 from tuneloop.errors import TuneloopError
+from tuneloop.models.formats import DESCRIPTION, require_format
 from tuneloop.train import checkpoint, distributed
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import Prepared, dataset_files, pack, read_rows, tokenize, tokenize_parallel
@@ -33,43 +37,73 @@ class RunResult:
 
 
 def run(cfg: TrainConfig) -> RunResult:
-    import torch
-
-    from tuneloop.models.loading import load_tokenizer, pick_device
+    from tuneloop.models.loading import pick_device
     from tuneloop.models.resolve import resolve_model
-    from tuneloop.train.model_setup import (
-        check_fit,
-        checkpointing_layers,
-        load_for_training,
-        pick_precision,
-        trainable_parameters,
-    )
-    from tuneloop.train.tracking import Tracker
-    from tuneloop.train.trainer import Trainer
+    from tuneloop.train.model_setup import pick_precision
 
+    # The data first: every row's structure is checked in seconds, before a model is resolved
+    # (perhaps pulled) and loaded; only tokenizer-dependent checks (lengths, labels) come later.
+    train_file, train_rows, val_file, val_rows = read_data(cfg)
+    run_dir = Path(cfg.output_dir).expanduser() if cfg.output_dir else paths.runs_dir() / cfg.run_name()
+    paths.check_writable_dir(run_dir, "output_dir" if cfg.output_dir else "the run folder")
+    resume_from = _resume_folder(cfg, run_dir)
     device = pick_device(cfg.device)
     d = distributed.init(device)
     if device.startswith("cuda") and d.world > 1:
         device = f"cuda:{d.local_rank}"
     precision = pick_precision(cfg.precision, device)
     resolved = _resolve_once(cfg.model, d, resolve_model)
-    if resolved.is_adapter:
-        raise TuneloopError(
-            f"'{cfg.model}' is an adapter", hint="train on top of a full model (merge the adapter first)"
-        )
-    run_dir = Path(cfg.output_dir).expanduser() if cfg.output_dir else paths.runs_dir() / cfg.run_name()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = _resume_folder(cfg, run_dir)
+    _check_base(cfg, resolved.path)
+    setup = _Setup(cfg, d, device, precision, resolved, run_dir, resume_from, train_file, train_rows,
+                   val_file, val_rows)  # fmt: skip
+    with run_folder(run_dir, main=d.main):
+        return _train(setup)
 
+
+def read_data(cfg: TrainConfig) -> tuple[Path, list[dict[str, Any]], Path | None, list[dict[str, Any]]]:
+    """(train file, its rows, val file, its rows), every row's structure checked (no tokenizer needed)."""
+    train_file, val_file = dataset_files(cfg.data.path, cfg.data.val_path)
+    train_rows = read_rows(train_file, cfg.objective, cfg.data.max_train_examples)
+    val_rows = read_rows(val_file, cfg.objective, cfg.data.max_val_examples) if val_file else []
+    return train_file, train_rows, val_file, val_rows
+
+
+@dataclass
+class _Setup:
+    """What `run` checked and decided before the run folder exists."""
+
+    cfg: TrainConfig
+    dist: Any
+    device: str
+    precision: Any
+    resolved: Any
+    run_dir: Path
+    resume_from: Path | None
+    train_file: Path
+    train_rows: list[dict[str, Any]]
+    val_file: Path | None
+    val_rows: list[dict[str, Any]]
+
+
+def _train(setup: _Setup) -> RunResult:
+    import torch
+
+    from tuneloop.models.loading import load_tokenizer
+    from tuneloop.train.model_setup import (
+        check_fit,
+        checkpointing_layers,
+        load_for_training,
+        trainable_parameters,
+    )
+    from tuneloop.train.tracking import Tracker
+    from tuneloop.train.trainer import Trainer
+
+    cfg, d, device, precision, resolved = setup.cfg, setup.dist, setup.device, setup.precision, setup.resolved
+    run_dir, train_file, val_file = setup.run_dir, setup.train_file, setup.val_file
     tokenizer = load_tokenizer(resolved.path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train_file, val_file = dataset_files(cfg.data.path, cfg.data.val_path)
-    train = _examples(cfg, train_file, tokenizer, cfg.data.max_train_examples, packing=cfg.data.packing)
-    val = (
-        _examples(cfg, val_file, tokenizer, cfg.data.max_val_examples, packing=False)
-        if val_file
-        else Prepared([])
-    )
+    train = _examples(cfg, setup.train_rows, tokenizer, packing=cfg.data.packing)
+    val = _examples(cfg, setup.val_rows, tokenizer, packing=False) if setup.val_rows else Prepared([])
     if len(train.examples) == 0:
         raise TuneloopError(
             f"no training examples left in {train_file}", hint=f"counts: {dict(train.counts)}"
@@ -90,19 +124,19 @@ def run(cfg: TrainConfig) -> RunResult:
     model.train()
     trainable, total = trainable_parameters(model)
     tracker = Tracker(cfg, run_dir, enabled=d.main)
-    state_hint = _peek_state(resume_from)
+    state_hint = _peek_state(setup.resume_from)
     tracker.start(resume_run_id=state_hint.get("mlflow_run_id"))
     trainer = Trainer(cfg, model, train.examples, val.examples, pad_id=pad_id, device=device, precision=precision,
                       dist=d, run_dir=run_dir, tracker=tracker)  # fmt: skip
-    if resume_from is not None:
-        trainer.resume(resume_from)
+    if setup.resume_from is not None:
+        trainer.resume(setup.resume_from)
     facts = {
         "trainable_parameters": trainable, "total_parameters": total, "train_examples": len(train.examples),
         "val_examples": len(val.examples), "train_tokens": train.tokens, "total_steps": trainer.plan.total_steps,
         "world_size": d.world, "device": device, "precision": precision.name, "checkpointed_layers": ckpt_layers,
         **{f"data.{k}": v for k, v in train.counts.items()},
     }  # fmt: skip
-    if resume_from is None:
+    if setup.resume_from is None:
         tracker.log_params({f"run.{k}": v for k, v in facts.items()})
     if d.main:
         log.info("training %s (%s, %s): %s", cfg.model, cfg.objective, cfg.method, facts)
@@ -146,6 +180,60 @@ def run(cfg: TrainConfig) -> RunResult:
     tracker.finish()
     distributed.shutdown(d)
     return RunResult(run_dir, model_dir, metrics, tracker.run_id, tracker.tracking_uri)
+
+
+def _check_base(cfg: TrainConfig, path: Path) -> None:
+    """Train from a model whose weights can train: exports (ONNX, int4) and adapters fail by name."""
+    fmt = require_format(path, cfg.model, "train")
+    if fmt == "quantized" and cfg.method != "lora":
+        raise TuneloopError(
+            f"'{cfg.model}' is {DESCRIPTION['quantized']}: method={cfg.method} cannot train its weights",
+            hint="use method=lora (LoRA on the quantized weights), or train the full-precision folder "
+            "it was exported from",
+        )
+
+
+@contextmanager
+def run_folder(run_dir: Path, main: bool = True) -> Iterator[None]:
+    """The run folder, for the block that trains into it. When the block fails, nothing misleading
+    stays: a folder this run created and saved nothing of value into (no checkpoint, no model) is
+    removed; otherwise run.json says the run failed (or was interrupted), why, and its last checkpoint,
+    so neither a user, `registry register` nor the next run with this name takes it for a finished one."""
+    created = not run_dir.exists()
+    started = time.time()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException as e:
+        if main:
+            _after_failure(run_dir, created, started, e)
+        raise
+
+
+def _after_failure(run_dir: Path, created: bool, started: float, error: BaseException) -> None:
+    last = checkpoint.latest(run_dir / "checkpoints")
+    if created and last is None and not (run_dir / "model").exists():
+        shutil.rmtree(run_dir, ignore_errors=True)
+        log.info("removed %s: the run failed before it saved anything", run_dir)
+        return
+    if not created and not any(p.stat().st_mtime >= started for p in run_dir.rglob("*")):
+        return  # an earlier run's folder, untouched by this attempt: it stays as it was
+    run_json = run_dir / "run.json"
+    try:
+        info = json.loads(run_json.read_text()) if run_json.is_file() else {}
+    except (OSError, ValueError):
+        info = {}
+    message = error.message if isinstance(error, TuneloopError) else f"{type(error).__name__}: {error}"
+    info = {
+        **(info if isinstance(info, dict) else {}),
+        "status": "interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
+        "error": message,
+        "failed_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "checkpoint": str(last) if last else None,
+    }
+    tmp = run_json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(info, indent=2, default=str))
+    tmp.replace(run_json)
 
 
 def _save_gathered(model: Any, state: dict[str, Any], model_dir: Path, cfg: TrainConfig, dtype: Any) -> None:
@@ -205,8 +293,7 @@ def _peek_state(folder: Path | None) -> dict[str, Any]:
     return json.loads((folder / "state.json").read_text()) if folder else {}
 
 
-def _examples(cfg: TrainConfig, path: Path, tokenizer: Any, limit: int | None, packing: bool) -> Prepared:
-    rows = read_rows(path, cfg.objective, limit)
+def _examples(cfg: TrainConfig, rows: list[dict[str, Any]], tokenizer: Any, packing: bool) -> Prepared:
     if cfg.num_workers > 1 and len(rows) >= 64 * cfg.num_workers:  # small sets: process start-up costs more
         prepared = tokenize_parallel(rows, tokenizer.name_or_path, cfg.objective, cfg.data.max_length,
                                      cfg.data.overlong, cfg.num_workers)  # fmt: skip
@@ -254,6 +341,7 @@ def _write_outputs(cfg: TrainConfig, trainer: Any, tokenizer: Any, resolved: Any
     (run_dir / "config.yaml").write_text(cfg.to_yaml())
     loss_plot(state.train_loss, state.val_loss, run_dir / "loss.png", title=f"{cfg.run_name()}")
     run_info = {
+        "status": "completed",
         "tuneloop_version": __version__,
         "base_model": {"reference": cfg.model, "path": str(resolved.path), **resolved.lineage},
         "dataset": {"train": str(train_file), "fingerprint": dataset_fingerprint(train_file)},
