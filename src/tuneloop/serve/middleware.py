@@ -40,7 +40,7 @@ class RequestContext:
             body = await _read_limited(receive, self.max_body_bytes)
             if body is None:
                 return await _refuse(send, request_id, self.max_body_bytes)
-            receive = _replay(body)
+            receive = _replay(body, receive)
 
         async def send_with_id(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -66,17 +66,19 @@ async def _read_limited(receive: Any, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes) -> Any:
+def _replay(body: bytes, receive: Any) -> Any:
+    """The body read already, then the server's own channel: it says `http.disconnect` when the
+    client leaves (responses.py watches for that to abort the request), not at once."""
     sent = False
 
-    async def receive() -> dict:
+    async def replay() -> dict:
         nonlocal sent
         if sent:
-            return {"type": "http.disconnect"}
+            return await receive()
         sent = True
         return {"type": "http.request", "body": body, "more_body": False}
 
-    return receive
+    return replay
 
 
 async def _refuse(send: Any, request_id: str, limit: int) -> None:

@@ -2,6 +2,12 @@
 
 Admission happens before the response starts, so overload is a clean 429 even for streams; the
 slot is released and the log line written when the body (or the stream) ends, however it ends.
+
+A client that leaves stops its engine requests within a step, streaming or not: until the first
+byte is sent (the whole of a JSON answer, the first chunk of a stream) the ASGI receive channel is
+watched for `http.disconnect`; after that Starlette's StreamingResponse watches it and cancels the
+stream. Either way the engine streams are closed, which aborts their requests before the next step,
+and the request is logged as 499 with the tokens generated until then.
 """
 
 from __future__ import annotations
@@ -9,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 from urllib.parse import quote
 
-from fastapi.responses import JSONResponse, StreamingResponse
+import anyio
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tuneloop.serve.client import TokenLogprob
 from tuneloop.serve.errors import APIError, error_body
@@ -28,6 +36,14 @@ class ChoiceResult:
     finish_reason: str | None = None
     echo_text: str | None = None
     echo_logprobs: list[TokenLogprob] | None = None
+
+
+T = TypeVar("T")
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged, never seen by the client
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready."""
 
 
 class Event(NamedTuple):
@@ -49,8 +65,9 @@ def _encode(chunk: dict | Event, texts: dict[int, list[str]]) -> str:
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
-async def collect(gen: Generation) -> list[ChoiceResult]:
-    results = [ChoiceResult() for _ in gen.choices]
+async def collect(gen: Generation, results: list[ChoiceResult] | None = None) -> list[ChoiceResult]:
+    """Every choice's text; into `results` as it comes (what a client that left had received)."""
+    results = results if results is not None else [ChoiceResult() for _ in gen.choices]
     async for index, delta in gen.stream():
         r = results[index]
         r.text += delta.text
@@ -72,11 +89,16 @@ async def _admit(gen: Generation) -> None:
 
 async def json_response(
     gen: Generation, build: Callable[[list[ChoiceResult]], dict], timeout_s: float
-) -> JSONResponse:
+) -> Response:
     await _admit(gen)
+    results = [ChoiceResult() for _ in gen.choices]
     try:
-        results = await asyncio.wait_for(collect(gen), timeout_s)
+        await _unless_gone(gen.request, collect(gen, results), timeout_s)
         body = build(results)
+    except ClientGone:  # the engine requests were aborted: log what was generated until then
+        logged = [{"index": i, "text": r.text} for i, r in enumerate(results)]
+        await gen.finish(CLIENT_CLOSED, {"choices": logged}, "client disconnected")
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it
     except TimeoutError:
         await gen.finish(504, error="timeout")
         raise APIError(504, f"the request took longer than {timeout_s:g}s", "timeout") from None
@@ -94,41 +116,79 @@ async def json_response(
 
 async def sse_response(
     gen: Generation, chunks: Callable[[Generation], AsyncIterator[dict | Event]], timeout_s: float
-) -> StreamingResponse:
+) -> Response:
     await _admit(gen)
     source = aiter(chunks(gen))
     try:  # the first chunk before any byte is sent: a bad request is still a proper 4xx
-        first = await _next_before(source, gen.start + timeout_s)
+        first = await _unless_gone(gen.request, _next_before(source, gen.start + timeout_s))
+    except ClientGone:  # left before its first token (e.g. queued in the engine): aborted
+        await source.aclose()
+        await gen.release()
+        await gen.finish(CLIENT_CLOSED, {"choices": []}, "client disconnected")
+        return Response(status_code=CLIENT_CLOSED)
     except BaseException as e:
+        await source.aclose()
         await gen.release()
         status = e.status if isinstance(e, APIError) else 500
         await gen.finish(status, error=getattr(e, "message", None) or f"{type(e).__name__}: {e}")
         raise
 
     async def events() -> AsyncIterator[str]:
-        status, error, texts = 200, None, {}
+        # 499 unless it ends below: the client went away, and Starlette cancelled the stream (or it is
+        # closed, unfinished, while a chunk was being sent); closing the sources aborts the engine requests
+        status, error, texts = CLIENT_CLOSED, "client disconnected", {}
         try:
             chunk = first
             while chunk is not None:
                 yield _encode(chunk, texts)
                 chunk = await _next_before(source, gen.start + timeout_s)
+            status, error = 200, None
             yield "data: [DONE]\n\n"
         except APIError as e:  # headers are sent already: the error goes into the stream
             status, error = e.status, e.message
             yield f"data: {json.dumps(error_body(e.status, e.message, e.code))}\n\n"
-        except asyncio.CancelledError:  # the client went away; closing the streams aborts the engine requests
-            status, error = 499, "client disconnected"
-            raise
         except Exception as e:
             status, error = 500, f"{type(e).__name__}: {e}"
             yield f"data: {json.dumps(error_body(500, 'internal server error'))}\n\n"
         finally:
-            await source.aclose()
-            await gen.release()
-            logged = [{"index": i, "text": "".join(t)} for i, t in sorted(texts.items())]
-            await gen.finish(status, {"choices": logged}, error)
+            # shielded: after a disconnect Starlette's cancel scope would cancel every await here again,
+            # and the slot, the log line and the token count must not be lost
+            with anyio.CancelScope(shield=True):
+                await source.aclose()
+                await gen.release()
+                logged = [{"index": i, "text": "".join(t)} for i, t in sorted(texts.items())]
+                await gen.finish(status, {"choices": logged}, error)
 
     return StreamingResponse(events(), media_type="text/event-stream", headers=_headers(gen))
+
+
+async def _unless_gone(request: Request, work: Awaitable[T], timeout_s: float | None = None) -> T:
+    """`work`'s result, unless the client leaves first (ClientGone) or `timeout_s` passes (TimeoutError).
+
+    Once the body is read, the ASGI receive channel has nothing left to say but `http.disconnect`,
+    so waiting on it costs nothing and sees a disconnect at once (no polling). `work` is cancelled
+    and awaited before this returns: its engine streams are closed (their requests aborted) by then.
+    """
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait((task, gone), timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    if task in done:
+        return task.result()
+    if gone in done:
+        gone.exception()  # (a receive channel that failed counts as a client gone: nobody to answer)
+        raise ClientGone
+    raise TimeoutError
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass  # (more body: never after FastAPI read it; a pipelined request waits in the server)
 
 
 async def _next_before(source: AsyncIterator[dict | Event], deadline: float) -> dict | Event | None:

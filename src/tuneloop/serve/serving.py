@@ -191,10 +191,12 @@ class Generation:
             elif self.last_token is not None:
                 self._itl.observe(now - self.last_token)
             self.last_token = now
+        # counts so far, not only at the end: a request that ends early (client gone: 499) is logged
+        # with the prompt and the tokens it generated
+        self.prompt_tokens = max(self.prompt_tokens, delta.prompt_tokens)
+        self.completion_tokens = sum(self.generated)
         if delta.finish_reason is not None:
             self.finish_reasons[index] = delta.finish_reason
-            self.prompt_tokens = max(self.prompt_tokens, delta.prompt_tokens)
-            self.completion_tokens += delta.completion_tokens
         return delta
 
     async def _one(self, index: int) -> AsyncIterator[tuple[int, Delta]]:
