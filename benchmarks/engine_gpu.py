@@ -12,15 +12,20 @@ path is exercised); --sync measures batch 1, the 256 requests and the 32 clients
 engine with it off (keys ending in _sync), for a same-run comparison.
 
 --int8 then frees that engine and builds a second one with weight-only int8 decoder linears
-(EngineConfig.quantization="int8"), and measures batch 1 and the 256 requests on it (keys *_int8).
+(EngineConfig.quantization="int8"), and measures batch 1 and the 256 requests on it (keys *_int8);
+--fp8 does the same with W8A8 FP8 linears (quantization="fp8", keys *_fp8; on a device without FP8
+tensor cores the build's error is recorded as fp8_error and the run ends cleanly). ratio_*_fp8 are
+against the bf16 engine of the same run. --quant-only skips transformers and the other bf16
+measurements: bf16 batch 1 and the 256 requests, then the quantized engines
+(engine_gpu_quant.json).
 
 --prefill varlen builds every engine with EngineConfig.prefill_attention="varlen" (prompt chunks
 through FlashAttention varlen instead of the padded SDPA path; default: padded). With
 --offline-only the results go to engine_gpu_offline_<prefill>.json, with a step breakdown (model
 time of the mixed steps, where the prefill attention runs), so both paths can share one $OUT.
 
-    PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu.py $OUT [--tiny] [--sync] [--int8]
-        [--offline-only] [--prefill padded|varlen]
+    PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu.py $OUT [--tiny] [--sync] [--int8] [--fp8]
+        [--quant-only] [--offline-only] [--prefill padded|varlen]
 """
 
 from __future__ import annotations
@@ -276,6 +281,8 @@ def main() -> None:
     }
     res["kernel_check_max_abs_err"] = kernel_check(device)
     print("kernel check", res["kernel_check_max_abs_err"], flush=True)
+    if "--quant-only" in sys.argv:  # bf16 against the quantized engines, nothing else
+        return quant_only(shape, device, tiny, out, res)
     if device == "cuda" and not tiny:
         import hf_baseline_gpu as hf
 
@@ -341,32 +348,64 @@ def main() -> None:
     (out / "engine_gpu.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1), flush=True)
     print(profile_decode(engine, shape["vocab_size"], out))
-    if "--int8" in sys.argv:
-        del engine, graphs, runner  # the bf16 8B engine fills most of the card: free it first
-        gc.collect()
+    del engine, graphs, runner  # the bf16 8B engine fills most of the card: free it first
+    all_quant_runs(shape, device, tiny, res, out / "engine_gpu.json")
+
+
+def quant_only(shape: dict, device: str, tiny: bool, out: Path, res: dict) -> None:
+    engine = build_engine(shape, device, max_num_seqs=256, max_num_batched_tokens=4096, async_scheduling=True,
+                          **({"kv_cache_gib": 0.05} if tiny else {}))  # fmt: skip
+    res["kv_blocks"] = engine.runner.num_blocks
+    res["tuneloop_b1"] = batch1(engine, shape["vocab_size"])
+    print("tuneloop b1", res["tuneloop_b1"], flush=True)
+    res["tuneloop_256"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)
+    print("tuneloop 256", res["tuneloop_256"], flush=True)
+    if device == "cuda":
+        res["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    del engine
+    all_quant_runs(shape, device, tiny, res, out / "engine_gpu_quant.json")
+
+
+def all_quant_runs(shape: dict, device: str, tiny: bool, res: dict, path: Path) -> None:
+    """The quantized engines that the flags ask for, one at a time, each against the bf16 run in res."""
+    methods = [m for m in ("fp8", "int8") if f"--{m}" in sys.argv]
+    if not methods:
+        return
+    for method in methods:
+        gc.collect()  # the previous engine (and its KV cache) must be gone before the next sizes its cache
         if device == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        res.update(int8_runs(shape, device, tiny))
-        (out / "engine_gpu.json").write_text(json.dumps(res, indent=1))
-
-
-def int8_runs(shape: dict, device: str, tiny: bool) -> dict:
-    """A second engine, weight-only int8: batch-1 decode (weight-bound: ~half the bytes) and the 256 run."""
-    t = time.perf_counter()
-    engine = build_engine(shape, device, max_num_seqs=256, max_num_batched_tokens=4096, quantization="int8",
-                          **({"kv_cache_gib": 0.05} if tiny else {}))  # fmt: skip
-    res: dict = {
-        "int8_build_s": round(time.perf_counter() - t, 1),
-        "kv_blocks_int8": engine.runner.num_blocks,
-    }
-    res["tuneloop_b1_int8"] = batch1(engine, shape["vocab_size"])
-    print("tuneloop b1 int8", res["tuneloop_b1_int8"], flush=True)
-    res["tuneloop_256_int8"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)
-    print("tuneloop 256 int8", res["tuneloop_256_int8"], flush=True)
-    if device == "cuda":
-        res["peak_memory_gib_int8"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        res.update(quant_runs(shape, device, tiny, method))
+        for key, run in (("b1", "tuneloop_b1"), ("256", "tuneloop_256")):
+            if f"{run}_{method}" in res and run in res:
+                res[f"ratio_{key}_{method}"] = round(
+                    res[f"{run}_{method}"]["output_tokens_per_s"] / res[run]["output_tokens_per_s"], 2
+                )
+        path.write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1), flush=True)
+
+
+def quant_runs(shape: dict, device: str, tiny: bool, method: str) -> dict:
+    """A second engine with quantized decoder linears: batch-1 decode (weight-bound: ~half the bytes)
+    and the 256 run. A device the method cannot run on (fp8 without FP8 tensor cores) is recorded."""
+    t = time.perf_counter()
+    try:
+        engine = build_engine(shape, device, max_num_seqs=256, max_num_batched_tokens=4096, quantization=method,
+                              **({"kv_cache_gib": 0.05} if tiny else {}))  # fmt: skip
+    except ValueError as e:
+        print(f"{method} skipped: {e}", flush=True)
+        return {f"{method}_error": str(e)}
+    res: dict = {
+        f"{method}_build_s": round(time.perf_counter() - t, 1),
+        f"kv_blocks_{method}": engine.runner.num_blocks,
+    }
+    res[f"tuneloop_b1_{method}"] = batch1(engine, shape["vocab_size"])
+    print(f"tuneloop b1 {method}", res[f"tuneloop_b1_{method}"], flush=True)
+    res[f"tuneloop_256_{method}"] = offline(engine, shape["vocab_size"], 16 if tiny else 256)
+    print(f"tuneloop 256 {method}", res[f"tuneloop_256_{method}"], flush=True)
+    if device == "cuda":
+        res[f"peak_memory_gib_{method}"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     return res
 
 

@@ -37,8 +37,9 @@ class EngineConfig:
     # 13.0k vs 11.3k tokens/s (BENCHMARKS.md, engine GPU); the knob is for hosts where it is not
     async_max_batch: int | None = None
     # int8: weight-only int8 decoder linears (per-output-channel scales), ~half the weight bytes, so
-    # faster small-batch decode; native models only (quant.py)
-    quantization: Literal["none", "int8"] = "none"
+    # faster small-batch decode; fp8: W8A8 e4m3 through torch._scaled_mm (per-channel weight and
+    # per-token activation scales), CUDA compute capability >= 8.9 only; native models only (quant.py)
+    quantization: Literal["none", "int8", "fp8"] = "none"
     # attention of prompt chunks: "padded" pads every row to the step's longest (one SDPA call, the
     # same on CPU and GPU); "varlen" packs them, one FlashAttention varlen call on CUDA in fp16/bf16
     # (torch >= 2.10), an exact per-sequence SDPA loop elsewhere (attention.py); "auto": varlen where
@@ -61,7 +62,7 @@ class EngineConfig:
                 self.max_num_batched_tokens is None or self.max_num_batched_tokens >= 1,
                 "max_num_batched_tokens must be >= 1",
             ),
-            (self.quantization in ("none", "int8"), "quantization must be none or int8"),
+            (self.quantization in ("none", "int8", "fp8"), "quantization must be none, int8 or fp8"),
             (
                 self.prefill_attention in ("auto", "padded", "varlen"),
                 "prefill_attention must be auto, padded or varlen",

@@ -29,6 +29,7 @@ from tuneloop.engine.attention import (
 from tuneloop.engine.config import EngineConfig
 from tuneloop.engine.models.hf_fallback import HFFallback
 from tuneloop.engine.models.llama import is_native, load_llama
+from tuneloop.engine.quant import fp8_unsupported, quantize
 from tuneloop.engine.scheduler import Scheduled
 from tuneloop.engine.sizing import Device
 from tuneloop.models.loading import pick_device
@@ -49,6 +50,8 @@ class ModelRunner:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
+        if cfg.quantization == "fp8" and (why := fp8_unsupported(self.device)):
+            raise ValueError(why)  # before the weights load: no fallback to another format
         self.fallback = (
             None
             if model is not None or is_native(cfg.model)
@@ -60,13 +63,11 @@ class ModelRunner:
             self.model = (
                 self.fallback.model if self.fallback else load_llama(cfg.model, self.dtype, self.device)
             )
-        if cfg.quantization == "int8":
+        if cfg.quantization != "none":
             if self.fallback is not None:
-                raise ValueError("quantization='int8' needs a native (Llama-family) model")
-            from tuneloop.engine.quant import quantize_int8
-
+                raise ValueError(f"quantization={cfg.quantization!r} needs a native (Llama-family) model")
             # before the KV cache is sized: the freed half of the weights goes to it
-            quantize_int8(self.model, compile=cfg.compile_ops and self.device.startswith("cuda"))
+            quantize(self.model, cfg.quantization, compile=cfg.compile_ops and self.device.startswith("cuda"))
         mc = self.model.config
         self.num_layers = mc.num_hidden_layers
         self.kv_heads = getattr(mc, "num_key_value_heads", None) or mc.num_attention_heads

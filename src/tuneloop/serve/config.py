@@ -35,7 +35,7 @@ class EngineSettings(Config):
     max_graph_batch: int | None = Field(default=None, ge=1)
     async_scheduling: bool | None = None
     async_max_batch: int | None = Field(default=None, ge=1)
-    quantization: Literal["none", "int8"] | None = None
+    quantization: Literal["none", "int8", "fp8"] | None = None
     prefill_attention: Literal["auto", "padded", "varlen"] | None = None
 
     @model_validator(mode="after")
