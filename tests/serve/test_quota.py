@@ -147,11 +147,15 @@ def test_a_request_larger_than_the_whole_quota_is_a_400_that_says_so(serve):
             client.completions.create(model="fake", prompt="one two", max_tokens=200)
         with pytest.raises(openai.BadRequestError) as default:  # the server's default max_tokens
             client.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}])
+        with pytest.raises(openai.BadRequestError) as choices:  # n choices: the prompt once, n x max_tokens
+            client.completions.create(model="fake", prompt="one two", max_tokens=40, n=3)
         ok = client.completions.create(model="fake", prompt="one two", max_tokens=98)  # 100: fits
     message = too_many.value.message
     assert too_many.value.code == "request_exceeds_quota" and "could never run" in message
     assert "needs up to 202 tokens (a prompt of 2 + max_tokens 200)" in message
     assert "set max_tokens to at most 98" in message and "quota is 100 tokens per minute" in message
+    assert "needs up to 122 tokens (a prompt of 2 + max_tokens 40 × n=3)" in choices.value.message
+    assert "set max_tokens to at most 32" in choices.value.message
     limits = s.state.config.limits
     assert f"max_tokens {limits.max_tokens_default or limits.max_completion_tokens} (none was given" in (
         default.value.message

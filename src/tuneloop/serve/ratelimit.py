@@ -34,10 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
+import os
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -50,6 +51,21 @@ from tuneloop.serve.errors import APIError
 
 log = logging.getLogger("tuneloop.serve")
 WINDOW_S = 60
+# reservation ids: unique across replicas (a random prefix per process, new in a forked worker too)
+# without a syscall per request
+_PROCESS, _SERIAL = os.urandom(6).hex(), itertools.count()
+
+
+def _new_prefix() -> None:
+    global _PROCESS
+    _PROCESS = os.urandom(6).hex()
+
+
+os.register_at_fork(after_in_child=_new_prefix)
+
+
+def _new_id() -> str:
+    return f"{_PROCESS}-{next(_SERIAL)}"
 
 
 @dataclass(eq=False)
@@ -60,7 +76,7 @@ class Reservation:
     tokens: int
     usage: Callable[[], int]  # the tokens the request has used so far (read by lease renewals)
     expires: float  # monotonic: an unsettled reservation (a bug) is dropped then, never held forever
-    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    id: str = field(default_factory=_new_id)
     held: bool = True  # Redis: recorded there and renewed (False when it was down, or the lease ran out)
     reported: int = 0  # Redis: the usage the last renewal stored (charged if the lease runs out)
 
