@@ -165,20 +165,16 @@ def main() -> None:
     res["errors_vs_fp32_at_256_rows"] = errors(all_fns, weights)
     print(res["errors_vs_fp32_at_256_rows"], flush=True)
     res["fp8_no_host_sync"] = no_sync(all_fns["fp8"])
-    for rows in DECODE_ROWS:
-        xs = inputs(rows)
-        row = {name: time_graph(fns, xs) for name, fns in all_fns.items()}
-        res["us_per_layer"][f"graph_{rows}"] = row
-        print(rows, row, flush=True)
-    xs = inputs(PREFILL_ROWS)
-    row = {name: time_eager(fns, xs) for name, fns in all_fns.items()}
-    res["us_per_layer"][f"eager_{PREFILL_ROWS}"] = row
-    print(PREFILL_ROWS, row, flush=True)
-    xs = inputs(1)
-    row = {name: time_eager(fns, xs) for name, fns in all_fns.items()}  # host overhead, no graph
-    res["us_per_layer"]["eager_1"] = row
-    print("eager 1", row, flush=True)
-    (out / "fp8_linear_gpu.json").write_text(json.dumps(res, indent=1))
+    # one variant at a time, torchao last (dict order): a capture that fails can leave the CUDA
+    # context unusable, and then only what came after it is lost
+    timings = res["us_per_layer"]
+    for name, fns in all_fns.items():
+        for rows in DECODE_ROWS:
+            timings.setdefault(f"graph_{rows}", {})[name] = time_graph(fns, inputs(rows))
+        timings.setdefault(f"eager_{PREFILL_ROWS}", {})[name] = time_eager(fns, inputs(PREFILL_ROWS))
+        timings.setdefault("eager_1", {})[name] = time_eager(fns, inputs(1))  # host overhead, no graph
+        print(name, {k: v[name] for k, v in timings.items()}, flush=True)
+        (out / "fp8_linear_gpu.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, indent=1))
 
 
