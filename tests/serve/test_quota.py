@@ -325,3 +325,24 @@ def test_a_local_model_reserves_its_exact_prompt_and_answers_the_same(tiny_llama
     assert a.choices[0].message.content == b.choices[0].message.content
     assert a.usage == b.usage and charged == a.usage.total_tokens and held == 0
     assert reserved == [a.usage.prompt_tokens + 12]
+
+
+def test_an_upstream_reserves_an_estimated_prompt_and_is_charged_its_reported_usage(serve):
+    # an upstream's tokenizer is not ours: the prompt is reserved by its UTF-8 length (a bound), and
+    # the usage the upstream reports is what the key pays
+    back_cfg = ServeConfig.model_validate(
+        {"models": [{"name": "fake", "model": "unused"}], "auth": {"enabled": False}}
+    )
+    key, record = KeyStore().create("remote", tpm=100)
+    with serve(back_cfg, {"fake": FakeClient()}) as back:
+        front_cfg = ServeConfig.model_validate(
+            {"models": [{"name": "remote", "upstream": back.url + "/v1", "upstream_model": "fake"}]}
+        )
+        with serve(front_cfg) as front:
+            client = openai_client(front, key)
+            out = client.completions.create(model="remote", prompt="one two three", max_tokens=80)  # 13 + 80
+            charged, held = quota(front, record.id)
+            with pytest.raises(openai.BadRequestError) as too_large:  # 27 bytes + 80 > 100
+                client.completions.create(model="remote", prompt="one two three one two three", max_tokens=80)
+    assert out.usage.total_tokens == 6 and charged == 6 and held == 0
+    assert "a prompt estimated at 27 + max_tokens 80" in too_large.value.message
