@@ -186,3 +186,54 @@ def test_plan_refuses_onnx_and_names_the_base_of_an_adapter(exports) -> None:
 def test_registry_register_names_an_export_given_for_a_run_folder(exports) -> None:
     result = runner.invoke(app, ["registry", "register", str(exports["onnx"]), "--name", "tiny"])
     _refused(result, "is an ONNX export, not a training run folder", "tuneloop export")
+
+
+# ---------------------------------------------------------------- half-copied folders, every command
+
+
+@pytest.fixture(scope="module")
+def broken(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Model folders missing what loading needs: weights, tokenizer files, a readable config.json."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("broken")
+    folders = {}
+    for name, drop in (("no_weights", "model.safetensors"), ("no_tokenizer", "tokenizer.json")):
+        folders[name] = Path(shutil.copytree(tiny_llama, root / name))
+        (folders[name] / drop).unlink()
+    folders["bad_config"] = Path(shutil.copytree(tiny_llama, root / "bad_config"))
+    (folders["bad_config"] / "config.json").write_text("{not json")
+    return folders
+
+
+BROKEN = {"no_weights": "has no weight files", "no_tokenizer": "has no tokenizer files", "bad_config": "config.json cannot be read"}  # fmt: skip
+COMMANDS = {
+    "ask": lambda m, tmp: ["ask", "hi", "-m", m],
+    "chat": lambda m, tmp: ["chat", m],
+    "eval": lambda m, tmp: ["eval", m, "--data", str(tmp / "d.jsonl"), "--out", str(tmp / "o")],
+    "train": lambda m, tmp: [
+        "train",
+        f"model={m}",
+        f"data.path={tmp / 'd.jsonl'}",
+        f"output_dir={tmp / 'o'}",
+    ],
+    "serve": lambda m, tmp: ["serve", "--model", m, "--no-auth"],
+    "export": lambda m, tmp: ["export", m, "--quantize", "int8", "--out", str(tmp / "o")],
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_an_incomplete_model_folder_is_named_by_every_command(broken, case, command, tmp_path) -> None:
+    (tmp_path / "d.jsonl").write_text(json.dumps(ROW) + "\n")
+    result = runner.invoke(app, COMMANDS[command](str(broken[case]), tmp_path), input="hi\n")
+    _refused(result, str(broken[case]), BROKEN[case])
+    assert not (tmp_path / "o").exists()
+
+
+def test_export_refuses_an_unwritable_out_before_measuring(exports, tmp_path) -> None:
+    (tmp_path / "a-file").write_text("x")
+    result = runner.invoke(
+        app, ["export", str(exports["hf"]), "--quantize", "int8", "--out", str(tmp_path / "a-file" / "o")]
+    )
+    _refused(result, "--out", "is a file, not a folder")

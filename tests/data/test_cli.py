@@ -150,3 +150,14 @@ def test_inputs_whose_documents_are_all_removed_give_the_reasons(tmp_path: Path,
     assert "every document was removed: 3 records read" in output and "quality.too_short: 2" in output
     assert "short.jsonl:4: invalid JSON" in output and "Traceback" not in output
     assert {p.name for p in out.iterdir()} == {"notes.txt"}  # no manifest, no empty train/val files
+
+
+def test_an_unwritable_out_is_refused_before_reading(
+    mixed_corpus: Path, tmp_path: Path, tok_dir: str
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    result, output = _prepare(
+        str(mixed_corpus), "--out", str(tmp_path / "a-file" / "o"), f"tokenizer={tok_dir}"
+    )
+    assert result.exit_code == 2 and "--out" in output and "is a file, not a folder" in output, output
+    assert "Traceback" not in output

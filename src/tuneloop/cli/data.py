@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneloop.errors import TuneloopError
+from tuneloop.paths import check_writable_dir
 
 app = typer.Typer(
     help="Prepare datasets: clean, deduplicate, redact PII, chunk, split.", no_args_is_help=True
@@ -76,6 +77,7 @@ def prepare(
             "no INPUT given", hint="pass files, folders, globs or s3:// URLs before key=value overrides"
         )
     cfg = load_config(DataConfig, config, overrides)
+    check_writable_dir(out, "--out")  # before the inputs are read, not at the first write
     # the library logs skipped inputs; here the report below prints them once, as warnings
     logging.getLogger("tuneloop.data").addHandler(logging.NullHandler())
     logging.getLogger("tuneloop.data").propagate = False

@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tuneloop.models.formats import require_format
+from tuneloop.models.formats import require_complete, require_format
 from tuneloop.models.resolve import resolve_model
 from tuneloop.optimize.pipeline import ExportOptions, QualityDropError, run_export
 from tuneloop.optimize.report import REPORT_MD, ExportReport, table_rows, verdict
+from tuneloop.paths import check_writable_dir
 
 
 def export(
@@ -40,7 +41,11 @@ def export(
         workload={"max_samples": max_samples, "latency_tokens": latency_tokens, "repeats": repeats},
     )  # fmt: skip
     # an export (ONNX, int4, int8) is an end product: refused by name before anything is measured or written
-    require_format(resolve_model(model).path, model, "export")
+    source = resolve_model(model).path
+    require_format(source, model, "export")
+    require_complete(source, model)
+    if out is not None:
+        check_writable_dir(out, "--out")
     try:
         report = run_export(model, opts)
     except QualityDropError as e:

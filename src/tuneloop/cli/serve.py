@@ -115,16 +115,17 @@ def serve(
 def _check_formats(cfg: Any) -> None:
     """Every local model is resolved and its format checked before the server starts: an export the
     engine cannot run (ONNX, packed int4, pre-quantized) fails by name here, not as a startup traceback."""
-    from tuneloop.models.formats import require_format
+    from tuneloop.models.formats import require_complete, require_format
     from tuneloop.serve.backends import resolve_entry
 
     for m in cfg.models:
         if m.model is None:  # an upstream: nothing local to check
             continue
         where = resolve_entry(m)
-        require_format(where.folder, m.model, "serve")
-        if where.adapter is not None:
-            require_format(where.adapter, m.lora or m.model, "serve")
+        for folder, ref in ((where.folder, m.model), (where.adapter, m.lora or m.model)):
+            if folder is not None:
+                require_format(folder, ref, "serve")
+                require_complete(folder, ref)
 
 
 def _config(

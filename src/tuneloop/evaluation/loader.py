@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError, missing_extra
-from tuneloop.models.formats import Format, folder_format
+from tuneloop.models.formats import Format, require_complete
 from tuneloop.models.loading import load_model, load_tokenizer, pick_device
 from tuneloop.models.resolve import resolve_model
 
@@ -31,7 +31,7 @@ def load_for_eval(ref: str | Path, device: str = "auto", *, pull: bool = False) 
     """Any model reference, in any format `tuneloop export` writes (see `tuneloop.models.formats`)."""
     resolved = resolve_model(str(ref), pull=pull)
     device = pick_device(device)
-    fmt = folder_format(resolved.path)
+    fmt = require_complete(resolved.path, str(ref))
     if fmt == "adapter":
         return _load_adapter(str(ref), resolved.path, device, pull)
     if fmt in ("onnx", "int4", "quantized"):
@@ -60,6 +60,7 @@ def _load_adapter(ref: str, path: Path, device: str, pull: bool = False) -> Load
             hint="adapter_config.json needs base_model_name_or_path",
         )
     base = resolve_model(base_ref, pull=pull)
+    require_complete(base.path, base_ref)
     model = PeftModel.from_pretrained(load_model(base.path, device), str(path)).to(device).eval()
     # A run folder saves the tokenizer next to the adapter (it may add tokens); else the base's.
     tok_dir = path if (path / "tokenizer_config.json").is_file() else base.path

@@ -94,3 +94,36 @@ def require_format(path: str | Path, ref: str, command: str) -> Format:
             hint=INSTEAD.get((command, fmt)),
         )
     return fmt
+
+
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin")
+_TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "*.tiktoken")
+_NEEDS: dict[Format, list[tuple[str, tuple[str, ...]]]] = {
+    "hf": [("weight files", _WEIGHTS), ("tokenizer files", _TOKENIZER)],
+    "quantized": [("weight files", _WEIGHTS), ("tokenizer files", _TOKENIZER)],
+    "int4": [("weight files", ("model.int4.safetensors",)), ("tokenizer files", _TOKENIZER)],
+    "onnx": [("graph settings", ("onnx_config.json",)), ("tokenizer files", _TOKENIZER)],
+    "adapter": [("adapter weights", ("adapter_model.safetensors", "adapter_model.bin"))],
+}
+
+
+def require_complete(path: str | Path, ref: str) -> Format:
+    """The folder's format, after checking it holds what loading it needs (a readable config.json,
+    weights, a tokenizer): a half-copied folder fails here by name, not inside transformers."""
+    path = Path(path)
+    fmt = folder_format(path)
+    config = path / ("adapter_config.json" if fmt == "adapter" else "config.json")
+    try:
+        if not isinstance(json.loads(config.read_text()), dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as e:
+        raise TuneloopError(
+            f"'{ref}': {config.name} cannot be read ({e})", hint="copy the folder again, or re-export it"
+        ) from None
+    for what, patterns in _NEEDS[fmt]:
+        if not any(next(path.glob(p), None) for p in patterns):
+            raise TuneloopError(
+                f"'{ref}' ({DESCRIPTION[fmt]}) has no {what}: none of {', '.join(patterns)} in {path}",
+                hint="point at a complete folder as save_pretrained / `tuneloop export` writes it",
+            )
+    return fmt

@@ -19,7 +19,7 @@ from typing import Any
 
 from tuneloop import __version__, paths
 from tuneloop.errors import TuneloopError
-from tuneloop.models.formats import DESCRIPTION, require_format
+from tuneloop.models.formats import DESCRIPTION, require_complete, require_format
 from tuneloop.train import checkpoint, distributed
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import Prepared, dataset_files, pack, read_rows, tokenize, tokenize_parallel
@@ -185,6 +185,7 @@ def _train(setup: _Setup) -> RunResult:
 def _check_base(cfg: TrainConfig, path: Path) -> None:
     """Train from a model whose weights can train: exports (ONNX, int4) and adapters fail by name."""
     fmt = require_format(path, cfg.model, "train")
+    require_complete(path, cfg.model)
     if fmt == "quantized" and cfg.method != "lora":
         raise TuneloopError(
             f"'{cfg.model}' is {DESCRIPTION['quantized']}: method={cfg.method} cannot train its weights",
