@@ -105,3 +105,21 @@ def test_the_export_names_the_rating_key_and_the_asking_key(serve, keys):
     assert out.exit_code == 0, out.output
     rows = [json.loads(line) for line in out.output.splitlines()]
     assert [(r["key_id"], r["request_key_id"]) for r in rows] == [(a_id, a_id), (ops_id, a_id)]
+
+
+def test_an_answer_logged_before_the_upgrade_is_found_in_the_log_and_its_user_pseudonymized(
+    serve, tuneloop_home
+):
+    """No `responses` row and a raw `user` in the log: the log's tail names the key, and the user is
+    stored as its pseudonym like any other."""
+    import time
+
+    path = tuneloop_home / "serve" / "requests.jsonl"
+    path.parent.mkdir(parents=True)
+    line = {"time": time.time(), "response_id": "chatcmpl-old", "key_id": "anonymous", "model": "fake",
+            "variant": "default", "status": 200, "user": "alice@example.com"}  # fmt: skip
+    path.write_text(json.dumps(line) + "\n")
+    with serve(config(auth={"enabled": False}), {"fake": FakeClient()}) as s:
+        r = httpx.post(s.url + "/v1/feedback", json={"response_id": "chatcmpl-old", "rating": 5})
+        assert r.status_code == 200, r.text
+        assert r.json()["user"] == s.state.privacy.user("alice@example.com")

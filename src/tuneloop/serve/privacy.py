@@ -24,6 +24,7 @@ MIN_PII_CHARS = 6  # the shortest item any detector finds: an email a@b.cc (IPs 
 # fields of OpenAI's request and response objects that name things of the protocol, never people
 LABELS = frozenset({"model", "role", "object", "id", "type", "finish_reason", "system_fingerprint"})
 PSEUDONYM_PREFIX = "u-"
+_PSEUDONYM = re.compile(r"u-[0-9a-f]{24}")
 
 
 # what `redact` puts in place of an item of each type: <EMAIL>, <ID_CARD>, ...
@@ -72,6 +73,10 @@ class Privacy:
             return user[:USER_MAX]
         digest = hmac.new(self.pseudonym_key, user.encode("utf-8", "surrogatepass"), hashlib.sha256)
         return PSEUDONYM_PREFIX + digest.hexdigest()[:24]
+
+
+def is_pseudonym(user: str) -> bool:
+    return _PSEUDONYM.fullmatch(user) is not None
 
 
 OFF = Privacy(redact_pii=False)  # readers (export, the loop) that store nothing new

@@ -19,17 +19,18 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from tuneloop.serve.auth import AuthFirst, require
-from tuneloop.serve.errors import APIError, documented
+from tuneloop.serve.auth import require
+from tuneloop.serve.errors import APIError
 from tuneloop.serve.feedback import Answered, as_json, log_tail, score
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.privacy import Privacy, is_pseudonym
 from tuneloop.serve.protocol import FeedbackRequest
 
-router = APIRouter(tags=["feedback"], route_class=AuthFirst)
+router = APIRouter(tags=["feedback"])
 
 
-@router.post("/v1/feedback", responses=documented(404, s404="No answer of that id was given to this key"))
+@router.post("/v1/feedback")
 def post_feedback(
     body: FeedbackRequest, request: Request, key: ApiKey = Depends(require("feedback"))
 ) -> dict:
@@ -65,12 +66,16 @@ def _answered_by(state: Any, response_id: str) -> Answered | None:
     if state.request_log is not None:  # answered before the responses table existed: the log's tail
         record = log_tail(Path(state.request_log.path), response_id)
         if record is not None and record.get("status") == 200:
-            user = record.get("user")  # as the log stores it (a pseudonym by default)
-            key_id = record.get("key_id")
+            user, key_id = record.get("user"), record.get("key_id")
             return Answered(
                 str(record.get("model")),
                 str(record.get("variant")),
-                user if isinstance(user, str) else None,
+                _as_stored(state.privacy, user) if isinstance(user, str) else None,
                 key_id if isinstance(key_id, str) else None,
             )
     return None
+
+
+def _as_stored(privacy: Privacy, user: str) -> str | None:
+    """A logged user as the feedback store keeps it: lines written before pseudonyms hold the raw id."""
+    return user if privacy.pseudonym_key is None or is_pseudonym(user) else privacy.user(user)
