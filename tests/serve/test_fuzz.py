@@ -109,3 +109,27 @@ def test_openapi_schema_lists_every_route(serve):
         "/admin/routes/{name}",
     ):
         assert route in paths
+
+
+def _other_types(value: object) -> list[object]:
+    """Values of other JSON types that a lax parser would coerce into `value`'s type."""
+    if isinstance(value, bool):
+        return [int(value), str(value).lower()]
+    if isinstance(value, (int, float)):
+        return [True, str(value)]
+    if isinstance(value, str):
+        return [1, True]
+    return []  # lists and objects: their items are checked by schemathesis' negative data
+
+
+def test_no_field_is_coerced_from_another_json_type(serve):
+    cfg = ServeConfig.model_validate(
+        {"models": [{"name": "fake", "model": "unused"}], "auth": {"enabled": False}}
+    )
+    with serve(cfg, {"fake": FakeClient()}) as s, httpx.Client(base_url=s.url, timeout=30) as c:
+        for route, body in VALID.items():
+            for field, value in body.items():
+                for wrong in _other_types(value):
+                    r = c.post(route, json={**body, field: wrong})
+                    assert r.status_code == 400, (route, field, wrong, r.text)
+                    assert r.json()["error"]["param"] == field, (route, field, wrong, r.text)

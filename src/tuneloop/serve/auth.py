@@ -2,14 +2,21 @@
 
 A missing or unknown key is 401, a key without the scope or the model is 403, both in OpenAI's
 error shape. The key itself never reaches logs: only its id does.
+
+FastAPI reads and parses a route's JSON body before it runs any dependency, so a malformed body
+would be a 400 even for a caller without a valid key or the scope. Routers that take bodies use
+`route_class=AuthFirst`: the key and scope are checked before the body is read (a stranger learns
+nothing about the body's rules), and the dependency then finds the key already checked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request
+from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from tuneloop.serve.errors import APIError
 from tuneloop.serve.keys import ApiKey
@@ -29,6 +36,9 @@ def require(scope: str) -> Callable[[Request], ApiKey]:
     """A dependency that returns the caller's key, or raises 401/403 (counted by reason in the metrics)."""
 
     def dependency(request: Request) -> ApiKey:  # sync: FastAPI runs it in a thread (SQL lookup)
+        checked = getattr(request.state, "key", None)  # by AuthFirst, before the body was read
+        if checked is not None and scope in checked.scopes:
+            return checked
         try:
             key = _authenticate(request)
             if scope not in key.scopes:
@@ -41,7 +51,29 @@ def require(scope: str) -> Callable[[Request], ApiKey]:
         request.state.key = key
         return key
 
+    dependency.scope = scope  # type: ignore[attr-defined]  # for AuthFirst
     return dependency
+
+
+class AuthFirst(APIRoute):
+    """A route that checks its `require(scope)` dependency before FastAPI reads the body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        check = next((d.call for d in self.dependant.dependencies if hasattr(d.call, "scope")), None)
+        if check is None:
+            return handler
+
+        async def authorized(request: Request) -> Response:
+            await run_in_threadpool(check, request)
+            return await handler(request)
+
+        return authorized
+
+
+def required_scope(route: APIRoute) -> str | None:
+    """The scope a route's `require` dependency asks for (None: open to everyone)."""
+    return next((d.call.scope for d in route.dependant.dependencies if hasattr(d.call, "scope")), None)
 
 
 def _authenticate(request: Request) -> ApiKey:

@@ -19,6 +19,9 @@ class GenerateRequest:
     prompt_ids: list[int] | None = None  # completions given as token ids (local engines only)
     messages: list[dict[str, str]] | None = None  # chat (rendered by the model's chat template)
     max_tokens: int = 16
+    # max_tokens was not given: the client lowers it to what the model's context has left after the
+    # prompt (vLLM's default); a given max_tokens is kept, and too long a prompt for it is a 400
+    fit_context: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None

@@ -191,9 +191,9 @@ class LocalClient:
         if prompt_tokens >= context:
             raise APIError(
                 400,
-                f"This model's maximum context length is {context} tokens. However, your prompt has "
-                f"{prompt_tokens} tokens, which leaves no room for the completion. Please reduce the "
-                "length of the messages or prompt.",
+                f"This model's maximum context length is {context} tokens. However, the "
+                f"{prompt_tokens} tokens in the prompt leave no room for the completion. Please "
+                "reduce the length of the messages or prompt.",
                 "context_length_exceeded",
                 "messages" if request.messages is not None else "prompt",
             )

@@ -1,7 +1,13 @@
 """OpenAI wire schemas (the subset tuneloop serves), validated by pydantic.
 
-Requests ignore fields we do not know (clients send newer options); responses are built from
-these models so their shape matches what the official `openai` client parses.
+Requests are strict: a JSON value of the wrong type is a 400 naming the field, never coerced
+(`"stream": "yes"`, `"max_tokens": "5"`, `true` as a token id), while an integer is still a number
+(`"temperature": 1`), as in OpenAI, and a number without a fraction is still an integer (`"n": 2.0`),
+as JSON Schema counts it. Every number is bounded: OpenAI's bounds where it has them; the
+server's own lower limits (`limits.max_n`, `limits.max_completion_tokens`) are checked in the routes
+and shown in the OpenAPI document (`serve.openapi`). Fields we do not know are ignored (clients send
+newer options). Responses are built from these models, so their shape is what the official `openai`
+client parses.
 """
 
 from __future__ import annotations
@@ -9,12 +15,48 @@ from __future__ import annotations
 import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    WithJsonSchema,
+    field_validator,
+)
 
 METADATA_MAX_KEYS, METADATA_KEY_MAX, METADATA_VALUE_MAX = 16, 64, 512
+USER_MAX = 256  # OpenAI documents no limit for `user` (its successor, `safety_identifier`, has 64)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # seeds: what the engine's generator takes, as vLLM
+MAX_N = 128  # OpenAI's bound; the server accepts its `limits.max_n` (default 8)
+MAX_TOKENS = 2**31 - 1  # a sanity bound; the server accepts its `limits.max_completion_tokens`
+MAX_STOPS, STOP_MAX = 4, 1000  # stop strings: OpenAI's count, and a length no stop string needs
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")  # as serve.guard
+# serve.guard's rule for user text, stated in the OpenAPI document as "contains no control character"
+# (the guard's message is clearer than a schema error, so this is documentation only; a `not` of a
+# search also generates far faster in schemathesis than an anchored pattern with a long maxLength)
+NO_CONTROL = {"not": {"pattern": r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]"}}
+Text = Annotated[str, Field(json_schema_extra=NO_CONTROL)]
+NON_BLANK = {**NO_CONTROL, "pattern": r"\S"}  # the same, and something other than white space in it
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def integer(**bounds: int) -> Any:
+    """An integer as JSON Schema has it (2.0 is one; strings and booleans stay errors), within `bounds`
+    (ge, le). The bounds come first: after the validator, pydantic would document them as ge/le."""
+    return Annotated[int, Field(**bounds), BeforeValidator(_whole)]
+
+
+TokenCount = integer(ge=1, le=MAX_TOKENS)
+Seed = integer(ge=INT64_MIN, le=INT64_MAX)
+TokenId = integer(ge=0)
 
 
 def new_id(prefix: str) -> str:
@@ -22,68 +64,147 @@ def new_id(prefix: str) -> str:
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # strict: no coercion between JSON types (strict mode still takes an integer for a float)
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class StreamOptions(_Request):
     include_usage: bool = False
 
 
+Stop = Annotated[str, Field(min_length=1, max_length=STOP_MAX)]
+Metadata = Annotated[
+    dict[str, str],
+    WithJsonSchema(  # what check_metadata enforces
+        {
+            "type": "object",
+            "maxProperties": METADATA_MAX_KEYS,
+            "propertyNames": {"minLength": 1, "maxLength": METADATA_KEY_MAX, **NO_CONTROL},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": METADATA_VALUE_MAX,
+                **NO_CONTROL,
+            },
+        }
+    ),
+]
+
+
 class _Sampling(_Request):
     model: str
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: TokenCount | None = Field(
+        default=None,
+        description="Tokens to generate at most, per choice. Default: what the model's context has left "
+        "after the prompt (as vLLM), at most the server's limits.max_completion_tokens. A prompt + "
+        "max_tokens longer than the context is a 400 (context_length_exceeded).",
+    )
     temperature: float = Field(default=1.0, ge=0, le=2)
     top_p: float = Field(default=1.0, gt=0, le=1)
-    n: int = Field(default=1, ge=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
+    n: integer(ge=1, le=MAX_N) = Field(
+        default=1, description="Choices to generate (at most the server's limits.max_n)."
+    )
+    seed: Seed | None = None
+    stop: Stop | Annotated[list[Stop], Field(max_length=MAX_STOPS)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=USER_MAX)
     # OpenAI's request tags (str -> str); `workload` selects requests for a feedback loop
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
 
     @field_validator("metadata")
     @classmethod
     def _metadata_limits(cls, v: dict[str, str] | None) -> dict[str, str] | None:
         return check_metadata(v)
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
-        items = [v] if isinstance(v, str) else (v or [])
-        if len(items) > 4 or any(not s for s in items):
-            raise ValueError("stop takes up to 4 non-empty strings")
-        return v
-
     @property
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+class TextPart(_Request):
+    """A content part: text only (this server serves text models; an image part is a 400)."""
+
+    type: Literal["text"]
+    text: Text
+
+
 class ChatMessage(_Request):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: only text parts are served
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        if isinstance(self.content, list):
+            return "".join(p.text for p in self.content)
         return self.content or ""
 
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool = False
-    top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    top_logprobs: integer(ge=0, le=20) | None = None
+    max_completion_tokens: TokenCount | None = Field(
+        default=None, description="OpenAI's newer name for max_tokens (wins over it)."
+    )
+
+
+def _one(prompts: list) -> list:
+    if len(prompts) > 1:
+        raise ValueError(f"send one prompt per request, not a batch of {len(prompts)}")
+    return prompts
+
+
+def _prompt_form(value: Any) -> str | None:
+    """Which form of prompt a value is meant to be, so that its error names the exact item."""
+    if isinstance(value, str):
+        return "str"
+    if not isinstance(value, list):
+        return None
+    first = value[0] if value else None
+    return (
+        "list[str]"
+        if isinstance(first, str)
+        else "list[list[int]]"
+        if isinstance(first, list)
+        else "list[int]"
+    )
+
+
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+ONE = {"maxItems": 1}  # documents `_one`
+Prompt = Annotated[
+    Annotated[Text, Tag("str")]
+    | Annotated[
+        list[Text], Field(min_length=1, json_schema_extra=ONE), AfterValidator(_one), Tag("list[str]")
+    ]
+    | Annotated[TokenIds, Tag("list[int]")]
+    | Annotated[
+        list[TokenIds],
+        Field(min_length=1, json_schema_extra=ONE),
+        AfterValidator(_one),
+        Tag("list[list[int]]"),
+    ],
+    Discriminator(
+        _prompt_form,
+        custom_error_type="invalid_prompt",
+        custom_error_message="prompt must be a string or a list of token ids (integers >= 0)",
+    ),
+]
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] | list[int] | list[list[int]]  # text, or token ids (evaluation harnesses)
-    logprobs: int | None = Field(default=None, ge=0, le=5)
+    prompt: Prompt = Field(
+        description="One prompt: text, or token ids (evaluation harnesses), each id below the model's "
+        "vocabulary size; a list holding one of either works too (a batch of prompts does not)."
+    )
+    logprobs: integer(ge=0, le=5) | None = None
     echo: bool = False
+
+    @property
+    def one_prompt(self) -> str | list[int]:
+        p = self.prompt
+        return p[0] if isinstance(p, list) and isinstance(p[0], (str, list)) else p
 
 
 def check_metadata(v: dict[str, str] | None) -> dict[str, str] | None:
@@ -103,19 +224,14 @@ def check_metadata(v: dict[str, str] | None) -> dict[str, str] | None:
 
 
 class FeedbackRequest(_Request):
-    response_id: str = Field(min_length=1, max_length=200)
-    rating: int | Literal["up", "down"]
-    correction: str | None = Field(default=None, max_length=100_000)
-    comment: str | None = Field(default=None, max_length=10_000)
+    response_id: Text = Field(min_length=1, max_length=200)
+    rating: integer(ge=1, le=5) | Literal["up", "down"] = Field(
+        description="'up', 'down' or an integer from 1 to 5"
+    )
+    correction: Text | None = Field(default=None, max_length=100_000)
+    comment: Text | None = Field(default=None, max_length=10_000)
     # the end user who rated (OpenAI's `user`); default: the rated request's `user`, else the key id
-    user: str | None = Field(default=None, min_length=1, max_length=256)
-
-    @field_validator("rating")
-    @classmethod
-    def _rating_range(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and not 1 <= v <= 5:
-            raise ValueError("rating is 'up', 'down' or an integer from 1 to 5")
-        return v
+    user: Text | None = Field(default=None, min_length=1, max_length=USER_MAX)
 
 
 # ---------------------------------------------------------------- responses

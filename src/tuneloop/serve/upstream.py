@@ -48,7 +48,8 @@ class UpstreamClient:
     def _body(self, request: GenerateRequest) -> tuple[str, dict[str, Any]]:
         body: dict[str, Any] = {
             "model": self.model,
-            "max_tokens": request.max_tokens,
+            # not given: the upstream's default (vLLM: what its context leaves after the prompt)
+            "max_tokens": None if request.fit_context else request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
             "seed": request.seed,

@@ -1,21 +1,30 @@
-"""Admin routes (the `admin` scope): API keys, live route weights, model reload."""
+"""Admin routes (the `admin` scope): API keys, live route weights, model reload.
+
+The key and its scope are checked before a body is read (`AuthFirst`): a malformed body from a key
+without the `admin` scope is a 403, not a 400.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.auth import require
-from tuneloop.serve.config import RouteConfig, VariantConfig
-from tuneloop.serve.errors import APIError
-from tuneloop.serve.keys import MAX_EXPIRES_DAYS, MAX_QUOTA, ApiKey
+from tuneloop.serve.auth import AuthFirst, require
+from tuneloop.serve.config import RouteConfig
+from tuneloop.serve.errors import APIError, documented
+from tuneloop.serve.keys import MAX_EXPIRES_DAYS, MAX_QUOTA, SCOPES, ApiKey
+from tuneloop.serve.protocol import integer
 from tuneloop.serve.reload import reload_models
 from tuneloop.serve.routing import Route
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=AuthFirst)
+MAX_WEIGHT = 1e6
+# a served name as a key stores it: the list is kept comma-separated
+ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^,]+$")]
 
 
 @router.post("/reload")
@@ -30,11 +39,13 @@ def list_keys(request: Request, key: ApiKey = Depends(require("admin"))) -> dict
 
 
 class NewKey(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str = Field(min_length=1, max_length=200)
-    scopes: list[str] | None = None
-    models: list[str] | None = None
-    rpm: int | None = Field(default=None, ge=1, le=MAX_QUOTA)
-    tpm: int | None = Field(default=None, ge=1, le=MAX_QUOTA)
+    scopes: list[Literal[SCOPES]] | None = None  # type: ignore[valid-type]
+    models: list[ModelName] | None = Field(default=None, description="served names it may use (default: all)")
+    rpm: integer(ge=1, le=MAX_QUOTA) | None = None
+    tpm: integer(ge=1, le=MAX_QUOTA) | None = None
     expires_days: float | None = Field(default=None, gt=0, le=MAX_EXPIRES_DAYS)
 
 
@@ -50,7 +61,7 @@ def create_key(body: NewKey, request: Request, key: ApiKey = Depends(require("ad
     return {"key": secret, **asdict(record)}
 
 
-@router.delete("/keys/{key_id}")
+@router.delete("/keys/{key_id}", responses=documented(404, s404="No API key with that id"))
 def revoke_key(key_id: str, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
     try:
         return asdict(request.app.state.keys.revoke(key_id))
@@ -71,17 +82,35 @@ def list_routes(request: Request, key: ApiKey = Depends(require("admin"))) -> di
     return {"object": "list", "data": [_route_json(r) for r in request.app.state.routes.values()]}
 
 
+class Variant(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    model: str = Field(min_length=1)
+    weight: float = Field(default=1.0, ge=0, le=MAX_WEIGHT, allow_inf_nan=False)
+
+
+# RouteConfig's rule, for the OpenAPI document: some variant weighs more than 0 (1 when not given)
+SOME_WEIGHT = {"contains": {"anyOf": [{"not": {"required": ["weight"]}}, {"properties": {"weight": {"exclusiveMinimum": 0}}}]}}  # fmt: skip
+
+
 class RouteBody(BaseModel):
-    variants: list[VariantConfig] = Field(min_length=1)
-    shadow: str | None = None
+    model_config = ConfigDict(strict=True)
+
+    variants: list[Variant] = Field(min_length=1, json_schema_extra=SOME_WEIGHT)
+    shadow: str | None = Field(default=None, min_length=1)
 
 
-@router.put("/routes/{name}")
+@router.put(
+    "/routes/{name}",
+    responses=documented(
+        404, 409, s404="A variant or the shadow is not a served model", s409="The name is a served model's"
+    ),
+)
 def put_route(name: str, body: RouteBody, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
     """Create or replace a route; the next request uses it, requests in flight finish where they are."""
     state = request.app.state
     if name in state.models:
-        raise APIError(400, f"'{name}' is a served model, not a route", "invalid_value", "name")
+        raise APIError(409, f"'{name}' is a served model, not a route", "name_taken", "name")
     try:
         config = RouteConfig.model_validate({**body.model_dump(), "name": name})
     except ValidationError as e:
@@ -90,7 +119,7 @@ def put_route(name: str, body: RouteBody, request: Request, key: ApiKey = Depend
     if config.shadow and config.shadow not in state.models:
         unknown.append(config.shadow)
     if unknown:
-        raise APIError(400, f"'{unknown[0]}' is not a served model", "invalid_value", "variants")
+        raise APIError(404, f"'{unknown[0]}' is not a served model", "model_not_found", "variants")
     route = Route.from_config(config)
     state.routes = {**state.routes, name: route}  # replaced whole: readers never see half an update
     return _route_json(route)

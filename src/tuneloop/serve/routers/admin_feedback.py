@@ -20,22 +20,27 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from tuneloop.serve.auth import require
-from tuneloop.serve.errors import APIError
+from tuneloop.serve.auth import AuthFirst, require
+from tuneloop.serve.errors import APIError, documented
 from tuneloop.serve.feedback import as_json
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.protocol import Text
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=AuthFirst)
 LOG_WAIT_S = 3.0  # a stream's log line is written just after its last event reaches the client
 
 
 class Vote(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     chosen: str = Field(min_length=1, max_length=200, description="response id of the better answer")
-    rejected: str = Field(min_length=1, max_length=200, description="response id of the worse answer")
-    comment: str | None = Field(default=None, max_length=2000)
+    rejected: str = Field(
+        min_length=1, max_length=200, description="response id of the worse answer (not the chosen one)"
+    )
+    comment: Text | None = Field(default=None, max_length=2000)
 
 
 def _logged(request: Request, ids: set[str]) -> dict[str, dict[str, Any]]:
@@ -59,13 +64,21 @@ async def _records(request: Request, ids: set[str]) -> dict[str, dict[str, Any]]
         await asyncio.sleep(0.1)
 
 
-@router.post("/preferences")
+@router.post(
+    "/preferences",
+    responses=documented(
+        404,
+        409,
+        s404="A response is not in the request log",
+        s409="The request log is off (log.enabled: false)",
+    ),
+)
 async def vote(body: Vote, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
     from tuneloop.loop.collect import answer_text, interaction
 
     check_characters(body.comment)
     if body.chosen == body.rejected:
-        raise APIError(400, "chosen and rejected are the same answer", "invalid_value", "rejected")
+        raise APIError(400, "chosen and rejected are the same answer", "same_response", "rejected")
     found = await _records(request, {body.chosen, body.rejected})
     missing = sorted({body.chosen, body.rejected} - set(found))
     if missing:

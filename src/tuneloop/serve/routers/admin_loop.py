@@ -17,11 +17,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.auth import require
-from tuneloop.serve.errors import APIError
+from tuneloop.serve.auth import AuthFirst, require
+from tuneloop.serve.errors import APIError, documented
 from tuneloop.serve.keys import ApiKey
 
-router = APIRouter(prefix="/admin/loop", tags=["admin"])
+router = APIRouter(prefix="/admin/loop", tags=["admin"], route_class=AuthFirst)
 NAME = Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.-]*$")
 
 
@@ -50,14 +50,17 @@ def list_loops(key: ApiKey = Depends(require("admin"))) -> dict:
     return {"object": "list", "data": rows}
 
 
-@router.get("/{name}")
+@router.get("/{name}", responses=documented(404, s404="No loop has run for that model"))
 def loop_status(name: str = NAME, last: int = Query(50, ge=1, le=1000),
                 key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
     s = _status(name)
     return {**s, "decisions": s["decisions"][-last:], "decisions_total": len(s["decisions"])}
 
 
-@router.get("/{name}/cycles/{cycle}/checks")
+@router.get(
+    "/{name}/cycles/{cycle}/checks",
+    responses=documented(404, s404="No such loop, or the cycle has no curation yet"),
+)
 def cycle_checks(request: Request, name: str = NAME, cycle: int = Path(ge=1, le=10**6),
                  key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
     from tuneloop.loop.store import LoopStore, loop_dir

@@ -20,10 +20,10 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from tuneloop.serve.auth import require
+from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.keys import ApiKey
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], route_class=AuthFirst)
 Sample = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
 KEEP_S = 900.0  # snapshots older than this are dropped
 

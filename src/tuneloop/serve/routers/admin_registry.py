@@ -24,16 +24,23 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.errors import ModelNotFoundError, TuneloopError
-from tuneloop.serve.auth import require
-from tuneloop.serve.errors import APIError, error_body
+from tuneloop.serve.auth import AuthFirst, require
+from tuneloop.serve.errors import APIError, documented, error_body
 from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.protocol import integer
 
-router = APIRouter(prefix="/admin/registry", tags=["admin"])
-NAME = Path(min_length=1, max_length=200)
-ALIAS = Field(default="production", min_length=1, max_length=100)
+router = APIRouter(prefix="/admin/registry", tags=["admin"], route_class=AuthFirst)
+# registry.refs' rules: a model name, and an alias (MLflow reserves `latest` and `v1`-style names:
+# check_alias says so, with a hint; the pattern states it in the OpenAPI document)
+NAME = Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+ALIAS_RULE = r"^(?![Ll][Aa][Tt][Ee][Ss][Tt]$)(?![vV][0-9]+$)[A-Za-z_][A-Za-z0-9_-]*$"
+ALIAS = Field(default="production", min_length=1, max_length=100, json_schema_extra={"pattern": ALIAS_RULE})
+NOT_FOUND = documented(404, s404="No registered model (or version) of that name")
+MOVE = documented(404, 409, s404=NOT_FOUND[404]["description"],
+                  s409="Confirmation required: the answer says what would change and the confirm_token to send")  # fmt: skip
 
 
 def _registry(request: Request) -> Any:
@@ -83,7 +90,7 @@ def list_models(request: Request, key: ApiKey = Depends(require("admin"))) -> di
     return {"object": "list", "data": _call(rows, _registry(request))}
 
 
-@router.get("/models/{name}")
+@router.get("/models/{name}", responses=NOT_FOUND)
 def show_model(request: Request, name: str = NAME, key: ApiKey = Depends(require("admin"))) -> dict:
     reg = _registry(request)
     model = _call(reg.model, name)
@@ -97,7 +104,7 @@ def show_model(request: Request, name: str = NAME, key: ApiKey = Depends(require
     }
 
 
-@router.get("/models/{name}/versions/{version}")
+@router.get("/models/{name}/versions/{version}", responses=NOT_FOUND)
 def show_version(request: Request, name: str = NAME, version: int = Path(ge=1, le=2**31),
                  key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
     from tuneloop.registry.views import describe
@@ -106,6 +113,8 @@ def show_version(request: Request, name: str = NAME, version: int = Path(ge=1, l
 
 
 class AliasMove(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     alias: str = ALIAS
     confirm: bool = False
     confirm_token: str | None = Field(default=None, max_length=200)
@@ -113,7 +122,7 @@ class AliasMove(BaseModel):
 
 
 class Promotion(AliasMove):
-    version: int = Field(ge=1, le=2**31)
+    version: integer(ge=1, le=2**31)
 
 
 def _token(request: Request, move: dict[str, Any]) -> str:
@@ -160,7 +169,7 @@ def _current(reg: Any, name: str, alias: str) -> int | None:
     return int(found) if found is not None else None
 
 
-@router.post("/models/{name}/promote", response_model=None)
+@router.post("/models/{name}/promote", response_model=None, responses=MOVE)
 async def promote(body: Promotion, request: Request, name: str = NAME,
                   key: ApiKey = Depends(require("admin"))) -> dict | JSONResponse:  # fmt: skip
     reg = _registry(request)
@@ -174,7 +183,7 @@ async def promote(body: Promotion, request: Request, name: str = NAME,
     return await _move(request, body, plan, lambda: reg.promote(name, body.version, body.alias))
 
 
-@router.post("/models/{name}/rollback", response_model=None)
+@router.post("/models/{name}/rollback", response_model=None, responses=MOVE)
 async def rollback(body: AliasMove, request: Request, name: str = NAME,
                    key: ApiKey = Depends(require("admin"))) -> dict | JSONResponse:  # fmt: skip
     from tuneloop.registry import aliases

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Request
 
-from tuneloop.serve.auth import check_model, require
+from tuneloop.serve.auth import AuthFirst, check_model, require
 from tuneloop.serve.client import TokenLogprob
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import (
@@ -26,14 +26,18 @@ from tuneloop.serve.protocol import (
     new_id,
 )
 from tuneloop.serve.responses import ChoiceResult, Event, json_response, sse_response
-from tuneloop.serve.routers._common import fan_out, include_usage
+from tuneloop.serve.routers._common import fan_out, generation_responses, include_usage
 from tuneloop.serve.routing import mirror, served_model
 from tuneloop.serve.serving import Generation
 
-router = APIRouter(tags=["chat"])
+router = APIRouter(tags=["chat"], route_class=AuthFirst)
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses=generation_responses(ChatCompletion, ChatCompletionChunk),
+)
 async def chat_completions(
     body: ChatCompletionRequest, request: Request, key: ApiKey = Depends(require("inference"))
 ):

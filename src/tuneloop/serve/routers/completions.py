@@ -1,4 +1,7 @@
-"""POST /v1/completions (text in, text out; `echo` + `logprobs` score a prompt's likelihood)."""
+"""POST /v1/completions (text in, text out; `echo` + `logprobs` score a prompt's likelihood).
+
+With `echo`, the prompt comes first: in the answer's text, or in the first chunk of a stream.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,8 @@ from contextlib import aclosing
 
 from fastapi import APIRouter, Depends, Request
 
-from tuneloop.serve.auth import check_model, require
+from tuneloop.serve.auth import AuthFirst, check_model, require
 from tuneloop.serve.client import TokenLogprob
-from tuneloop.serve.errors import APIError
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import (
     Completion,
@@ -22,20 +24,18 @@ from tuneloop.serve.protocol import (
     new_id,
 )
 from tuneloop.serve.responses import ChoiceResult, Event, json_response, sse_response
-from tuneloop.serve.routers._common import fan_out, include_usage
+from tuneloop.serve.routers._common import fan_out, generation_responses, include_usage
 from tuneloop.serve.routing import mirror, served_model
 from tuneloop.serve.serving import Generation
 
-router = APIRouter(tags=["completions"])
+router = APIRouter(tags=["completions"], route_class=AuthFirst)
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post("/v1/completions", response_model=None, responses=generation_responses(Completion, Completion))
 async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(require("inference"))):
     check_model(key, body.model)
     served = served_model(request, body.model, body.user)
-    prompt = _one_prompt(body)
-    if body.echo and body.stream:
-        raise APIError(400, "echo is not supported with stream", "invalid_value", "echo")
+    prompt = body.one_prompt
     if isinstance(prompt, str):
         request.app.state.guard.check([prompt])
     else:  # the same deny patterns on the text the ids stand for (the served model's tokenizer)
@@ -57,18 +57,6 @@ async def completions(body: CompletionRequest, request: Request, key: ApiKey = D
     if body.stream:
         return await sse_response(gen, lambda g: _chunks(g, body), limits.request_timeout_s)
     return await json_response(gen, lambda results: _response(gen, body, results), limits.request_timeout_s)
-
-
-def _one_prompt(body: CompletionRequest) -> str | list[int]:
-    """The single prompt of a request: text or token ids (a batch of prompts is refused: send one each)."""
-    p = body.prompt
-    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], (str, list)):
-        p = p[0]
-    if isinstance(p, str) or (isinstance(p, list) and p and all(isinstance(t, int) for t in p)):
-        return p
-    raise APIError(
-        400, "send one prompt per request: a string or a list of token ids", "invalid_value", "prompt"
-    )
 
 
 def _logprobs(entries: list[TokenLogprob], start: int = 0) -> CompletionLogprobs:
@@ -110,12 +98,15 @@ async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dic
     head = _head(gen.response_id, body.model, created)
     async with aclosing(gen.stream()) as stream:  # closing stops the engine requests of a client gone early
         async for index, delta in stream:
-            if not (delta.text or delta.finish_reason):
+            echo = delta.echo_text is not None and body.echo  # the prompt, before the first token
+            if not (delta.text or delta.finish_reason or echo):
                 continue
-            if body.logprobs is not None:
-                lp = _logprobs(delta.logprobs)
+            if body.logprobs is not None or echo:
+                text = (delta.echo_text or "") + delta.text if echo else delta.text
+                entries = (delta.echo_logprobs or []) + delta.logprobs if echo else delta.logprobs
+                lp = _logprobs(entries) if body.logprobs is not None else None
                 choice = CompletionChoice(
-                    index=index, text=delta.text, finish_reason=delta.finish_reason, logprobs=lp
+                    index=index, text=text, finish_reason=delta.finish_reason, logprobs=lp
                 )
                 yield Completion(
                     id=gen.response_id, model=body.model, created=created, choices=[choice]

@@ -19,18 +19,18 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from tuneloop.serve.auth import require
-from tuneloop.serve.errors import APIError
+from tuneloop.serve.auth import AuthFirst, require
+from tuneloop.serve.errors import APIError, documented
 from tuneloop.serve.feedback import Answered, as_json, log_tail, score
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.privacy import Privacy, is_pseudonym
 from tuneloop.serve.protocol import FeedbackRequest
 
-router = APIRouter(tags=["feedback"])
+router = APIRouter(tags=["feedback"], route_class=AuthFirst)
 
 
-@router.post("/v1/feedback")
+@router.post("/v1/feedback", responses=documented(404, s404="No answer of that id was given to this key"))
 def post_feedback(
     body: FeedbackRequest, request: Request, key: ApiKey = Depends(require("feedback"))
 ) -> dict:

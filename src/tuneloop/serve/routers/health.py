@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel
 
 router = APIRouter(tags=["health"])
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: list[str]
+    rate_limits: str | None = None  # why the rate-limit store is not usable, when it is not
+
+
+READY = {200: {"model": Readiness}, 503: {"model": Readiness, "description": "Not ready (yet)"}}
 
 
 @router.get("/health")
@@ -14,7 +24,7 @@ def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/ready")
+@router.get("/ready", response_model=None, responses=READY)
 async def ready(request: Request) -> JSONResponse:
     """Ready once the models are warm and the rate-limit store answers (unless told to do without)."""
     state = request.app.state
@@ -28,6 +38,6 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)  # Prometheus' text format
 def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

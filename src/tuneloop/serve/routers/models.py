@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from tuneloop.serve.auth import require
+from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import ModelCard, ModelList
 
-router = APIRouter(tags=["models"])
+router = APIRouter(tags=["models"], route_class=AuthFirst)
 
 
 @router.get("/v1/models")

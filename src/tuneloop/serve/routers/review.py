@@ -7,15 +7,17 @@ in a terminal and these routes on any replica see the same items.
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.auth import require
-from tuneloop.serve.errors import APIError
+from tuneloop.serve.auth import AuthFirst, require
+from tuneloop.serve.errors import APIError, documented
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.protocol import NON_BLANK, Text
 
-router = APIRouter(prefix="/admin/review", tags=["admin"])
+router = APIRouter(prefix="/admin/review", tags=["admin"], route_class=AuthFirst)
+DECIDE = documented(404, 409, s404="No review item with that id", s409="The item is decided already")
 ITEM_ID = Path(ge=1, le=2**63 - 1)  # a 64-bit INTEGER row id: larger ids are a 400, not a database error
 
 
@@ -40,11 +42,16 @@ def list_items(
 
 
 class Approval(BaseModel):
-    answer: str | None = Field(default=None, max_length=20000)  # an edited answer to train on instead
+    model_config = ConfigDict(strict=True)
+
+    # an edited answer to train on instead (not blank: ReviewQueue.approve refuses that)
+    answer: str | None = Field(default=None, max_length=20000, json_schema_extra=NON_BLANK)
 
 
 class Rejection(BaseModel):
-    reason: str | None = Field(default=None, max_length=2000)
+    model_config = ConfigDict(strict=True)
+
+    reason: Text | None = Field(default=None, max_length=2000)
 
 
 def _decide(request: Request, item_id: int, key: ApiKey, approve: bool, text: str | None) -> dict:
@@ -59,13 +66,13 @@ def _decide(request: Request, item_id: int, key: ApiKey, approve: bool, text: st
     return item.to_json()
 
 
-@router.post("/{item_id}/approve")
+@router.post("/{item_id}/approve", responses=DECIDE)
 def approve(request: Request, item_id: int = ITEM_ID, body: Approval | None = None,
             key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
     return _decide(request, item_id, key, True, body.answer if body else None)
 
 
-@router.post("/{item_id}/reject")
+@router.post("/{item_id}/reject", responses=DECIDE)
 def reject(request: Request, item_id: int = ITEM_ID, body: Rejection | None = None,
            key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
     return _decide(request, item_id, key, False, body.reason if body else None)
