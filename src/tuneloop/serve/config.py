@@ -132,9 +132,6 @@ class LimitsConfig(Config):
     # a token reservation in Redis is a lease its replica renews every third of this while the
     # request runs: a replica that dies holds its keys' quota at most this long
     reservation_lease_s: float = Field(default=30.0, ge=1, le=3600)
-    # a token reservation in Redis is a lease its replica renews every third of this while the
-    # request runs: a replica that dies holds its keys' quota at most this long
-    reservation_lease_s: float = Field(default=30.0, ge=1, le=3600)
 
     @model_validator(mode="after")
     def _redis_url_given(self) -> LimitsConfig:
