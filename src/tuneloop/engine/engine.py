@@ -325,7 +325,7 @@ class LLMEngine:
 
         The batch is re-run in halves through `_compute`; a half that computes is committed as a step
         of its own (its rows get exactly the token the whole step would have given them), one that
-        raises is halved again. At most 2N-1 runs for N rows; no row is computed twice."""
+        raises is halved again. At most 2N-1 runs for N rows; no row's step is applied twice."""
         log.warning("a step of %d requests failed (%s: %s); re-running it in parts to find the request "
                     "that fails", len(batch), type(error).__name__, error, exc_info=error)  # fmt: skip
         for item in batch:
