@@ -82,4 +82,6 @@ def test_weight_change_applies_live_with_no_failed_requests(serve):
         assert all(r.status_code == 200 for r in during + after)
         assert {r.headers["x-tuneloop-variant"] for r in after} == {"b"}
         bad = httpx.put(s.url + "/admin/routes/bot", json={"variants": [{"model": "nope"}]})
-        assert bad.status_code == 400
+        assert bad.status_code == 404 and bad.json()["error"]["code"] == "model_not_found"  # as in chat
+        taken = httpx.put(s.url + "/admin/routes/a", json={"variants": [{"model": "b"}]})
+        assert taken.status_code == 409 and taken.json()["error"]["param"] == "name"  # a served model's name
