@@ -29,6 +29,7 @@ SCORE = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True, prompt_logp
 
 
 def engine(folder, quantization: str, **kw) -> LLMEngine:
+    kw.setdefault("device", "cpu")  # the CPU tests stay on the CPU (fp32) on a GPU machine too
     return LLMEngine.from_pretrained(folder, kv_cache_gib=0.01, block_size=4, quantization=quantization, **kw)
 
 
