@@ -68,6 +68,7 @@ def test_luhn_and_issuer() -> None:
         ("host=10.1.2.3:8080", "host=<IP>:8080"),
         ("http://[fe80::1%eth0]:8080/ and ::ffff:192.0.2.1", "http://[<IP>%eth0]:8080/ and <IP>"),
         ("服务器10.0.0.12无法访问", "服务器<IP>无法访问"),
+        ("ssh deploy@2400::5352", "ssh deploy@<IP>"),
     ],
 )
 def test_redacts_each_type_with_a_typed_placeholder(text: str, expected: str) -> None:
@@ -87,6 +88,7 @@ SECRETS = [
     '{"client_secret": "9f8e7d6c5b4a39281706f5e4d3c2b1a0"}',
     '"SecretAccessKey": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzzKEY"',
     "SECRET_KEY_BASE=9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+    "apikey: Zx9kq2LpW7mNq4Rt",
 ]
 
 
@@ -138,7 +140,7 @@ LOOKALIKES = {
         "Self::add(a, b)",
         "bad::cafe()",
         "Programming Language :: Python :: 3",
-        "x[1::2] and a[10::20] and y[::2]",
+        "x[1::2] and a[10::20] and y[::2] and z[100::5]",
         "MAC 00:1a:2b:3c:4d:5e",
     ],
     "legal_citation": [
@@ -184,6 +186,9 @@ LOOKALIKES = {
         "the access token expires after one hour",
         "tokenizer_name: meta-llama/Llama-3.1-8B",
         "badge.svg?token=GU63K7WDBE",
+        "hotkey: Ctrl+Shift+K9",
+        'monkey = "Zx9kq2LpW7mN"',
+        "bypass=Qz8kL2mN5pR7",
     ],
 }
 

@@ -222,8 +222,12 @@ def _ipv6_ok(candidate: str) -> bool:
     groups = [g for g in candidate.replace(".", ":").split(":") if g]
     if not any(c.isdigit() for c in candidate):
         return False  # `bad::cafe`, `Self::add`: code, not an address
-    if "::" in candidate and len(groups) <= 2 and (all(g.isdigit() for g in groups) or len(groups[0]) < 3):
-        return False  # slices and ranges: x[1::2], a[10::20]
+    if (
+        "::" in candidate
+        and len(groups) <= 2
+        and (len(groups[0]) < 3 or (len(groups[0]) < 4 and groups[0].isdigit()))
+    ):
+        return False  # slices and ranges: x[1::2], a[10::20], a[100::5]; fe80::1 and 2001::db8 stay addresses
     try:
         address = ipaddress.IPv6Address(candidate)
     except ValueError:

@@ -6,8 +6,8 @@ Anthropic, Hugging Face, Google, npm, PyPI, SendGrid, JWTs, PEM private keys). T
 (`password = "..."`, `API_KEY: ...`, `postgres://user:pass@host`) redacts only the value, and only
 when it looks random: long enough, several character classes, enough entropy, and no placeholder
 (`<your-token>`, `${TOKEN}`, `changeme`, `xxxx`, `os.environ[...]`). Each finder yields (start, end).
-detect-secrets itself scans line by line in Python, ~50x slower than one regex pass; its
-high-entropy-string plugins flag every hash and checksum in technical text, so they are not used.
+detect-secrets itself runs every plugin on every line in Python, and its high-entropy-string
+plugins flag every hash and checksum of technical text, so its patterns are used, not the library.
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ _PROVIDER = re.compile(
     r"|https://hooks\.slack\.com/services/T[A-Z0-9]+/B[A-Z0-9]+/[A-Za-z0-9]{20,}"  # Slack webhook
     r")(?![A-Za-z0-9_\-])"
 )
-# where a provider token can start: (literal, its offset into the token); found with str.find, which
-# is ~20x faster than a regex scan for an alternation
+# where a provider token can start: (literal, its offset into the token). One str.find per literal
+# (each at GB/s) is several times faster than one regex scan of the alternation (~25 MB/s here)
 _PROVIDER_ANCHORS = (
     ("AKIA", 0),
     ("ASIA", 0),
@@ -90,7 +90,7 @@ _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
 # words, joined or CamelCase: `this-will-be-ignored`, `WillAlsoBeIgnored`, `account-id`, `authentication:`
 # each continuation starts with a separator or a capital, so a string splits one way only (no
 # catastrophic backtracking); all-capitals words (SOME_NAME) are the other alternative
-_WORDS = re.compile(r"(?:[A-Z]?[a-z]+(?:(?:[-_ .][A-Z]?|[A-Z])[a-z]+)*|[A-Z]+(?:[-_ .][A-Z]+)*)[.:]?")
+_WORDS = re.compile(r"(?:[A-Z]?[a-z]+(?:(?:[-_ .+][A-Z]?|[A-Z])[a-z]+)*|[A-Z]+(?:[-_ .+][A-Z]+)*)[.:]?")
 
 
 def entropy(value: str) -> float:
@@ -128,9 +128,20 @@ def _provider_tokens(text: str) -> Iterator[Span]:
                 yield m.span()
 
 
+# a lowercase key word glued to a word before it is another word (monkey, hotkey, bypass, keypass)
+# unless that word makes it a credential's name (apikey, secretkey, accesstoken)
+_GLUED_OK = ("api", "secret", "access", "private", "auth", "client", "master", "signing", "bearer", "refresh")
+
+
+def _glued(text: str, i: int) -> bool:
+    return i > 0 and text[i - 1].islower() and not text[max(0, i - 8) : i].lower().endswith(_GLUED_OK)
+
+
 def _assigned_values(text: str) -> Iterator[Span]:
     for literal in _ASSIGNED_ANCHORS:
         for i in _hits(text, literal):
+            if literal.islower() and _glued(text, i):
+                continue
             m = _ASSIGNED.match(text, i)
             if m is None:
                 continue
