@@ -11,7 +11,7 @@ nothing about the body's rules), and the dependency then finds the key already c
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
@@ -32,27 +32,29 @@ def _bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def require(scope: str) -> Callable[[Request], ApiKey]:
+def require(scope: str) -> Callable[[Request], Awaitable[ApiKey]]:
     """A dependency that returns the caller's key, or raises 401/403 (counted by reason in the metrics)."""
 
-    def dependency(request: Request) -> ApiKey:  # sync: FastAPI runs it in a thread (SQL lookup)
+    async def dependency(request: Request) -> ApiKey:
         checked = getattr(request.state, "key", None)  # by AuthFirst, before the body was read
         if checked is not None and scope in checked.scopes:
             return checked
-        try:
-            key = _authenticate(request)
-            if scope not in key.scopes:
-                raise APIError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
-        except APIError as e:
-            request.app.state.metrics.rejected.labels(
-                e.code or str(e.status), ""
-            ).inc()  # model not known yet
-            raise
-        request.state.key = key
-        return key
+        return await run_in_threadpool(_require, request, scope)  # a thread: the SQL lookup blocks
 
     dependency.scope = scope  # type: ignore[attr-defined]  # for AuthFirst
     return dependency
+
+
+def _require(request: Request, scope: str) -> ApiKey:
+    try:
+        key = _authenticate(request)
+        if scope not in key.scopes:
+            raise APIError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
+    except APIError as e:
+        request.app.state.metrics.rejected.labels(e.code or str(e.status), "").inc()  # model not known yet
+        raise
+    request.state.key = key
+    return key
 
 
 class AuthFirst(APIRoute):
@@ -65,7 +67,7 @@ class AuthFirst(APIRoute):
             return handler
 
         async def authorized(request: Request) -> Response:
-            await run_in_threadpool(check, request)
+            await check(request)  # the dependency then finds the key checked: one lookup per request
             return await handler(request)
 
         return authorized
