@@ -73,7 +73,7 @@ _PRIVATE_KEY = re.compile(
 # SECRET_KEY_BASE; matched from where the anchor word was found, so any prefix (snake, Camel) works
 _ASSIGNED = re.compile(
     r"(?i)(?P<key>pass(?:word|wd|phrase)?|pwd|secret|key|token|credentials?)(?:_?(?:base|value|str))?[\"']?"
-    r"\s*(?::=|=>|[:=])\s*"
+    r"[ \t]*(?::=|=>|[:=])[ \t]*"  # on one line: `token:` then a nested YAML block is no value
     r"(?:(?P<q>[\"'])(?P<quoted>[^\"'\s]{8,200})(?P=q)|(?P<bare>[^\s\"',;}<>()\[\]]{8,200}))"
 )
 _ASSIGNED_ANCHORS = tuple(
@@ -87,10 +87,16 @@ _PLACEHOLDER = re.compile(
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")  # module.attribute
-# words, joined or CamelCase: `this-will-be-ignored`, `WillAlsoBeIgnored`, `account-id`, `authentication:`
-# each continuation starts with a separator or a capital, so a string splits one way only (no
-# catastrophic backtracking); all-capitals words (SOME_NAME) are the other alternative
-_WORDS = re.compile(r"(?:[A-Z]?[a-z]+(?:(?:[-_ .+][A-Z]?|[A-Z])[a-z]+)*|[A-Z]+(?:[-_ .+][A-Z]+)*)[.:]?")
+# a value made of words is a name, not a credential: `this-will-be-ignored`, `WillAlsoBeIgnored`,
+# `US/Eastern`, `#comment`, `_hypothesis_stats`. A piece is one word, a CamelCase run of words or
+# capitals; each repetition starts with a capital, so a piece matches one way only (no backtracking)
+_WORD_PIECE = re.compile(r"[A-Z]?[a-z]+(?:[A-Z][a-z]+)*|[A-Z]+")
+_NOT_ALNUM = re.compile(r"[^A-Za-z0-9]+")
+
+
+def _words(value: str) -> bool:
+    pieces = [p for p in _NOT_ALNUM.split(value) if p]
+    return all(_WORD_PIECE.fullmatch(p) for p in pieces)
 
 
 def entropy(value: str) -> float:
@@ -104,7 +110,7 @@ def looks_random(value: str) -> bool:
     """A credential rather than a word, a name, a placeholder or a reference to one."""
     if _PLACEHOLDER.search(value) or (value.isalpha() and (value.islower() or value.isupper())):
         return False
-    if _IDENTIFIER.fullmatch(value) or _WORDS.fullmatch(value):
+    if _IDENTIFIER.fullmatch(value) or _words(value):
         return False
     classes = sum(
         (any(c.islower() for c in value), any(c.isupper() for c in value), any(c.isdigit() for c in value))
