@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from tuneloop.data.config import PIIConfig
+from tuneloop.config import load_config
+from tuneloop.data.config import DataConfig, PIIConfig
 from tuneloop.data.document import Doc
 from tuneloop.data.pii import (
     PIIStep,
@@ -25,6 +26,7 @@ from tuneloop.data.pii import (
 from tuneloop.data.pii_numbers import _ID_CHECK, _ID_WEIGHTS, card_issuer
 from tuneloop.data.pii_secrets import looks_random
 from tuneloop.data.stats import Stats
+from tuneloop.errors import ConfigError
 
 
 def test_chinese_id_checksum() -> None:
@@ -294,3 +296,10 @@ def test_the_public_redact_keeps_its_signature_for_the_gateway_and_the_loop() ->
     assert redact("key AKIAZ7Q3X5M2K8P4N6R1", None, found) == "key <SECRET>" and found == [
         ("secret", "AKIAZ7Q3X5M2K8P4N6R1")
     ]
+
+
+def test_an_unknown_type_or_mode_names_the_key_and_the_choices() -> None:
+    with pytest.raises(ConfigError, match=r"pii.types\[1\].*'secret', 'email'.*got 'ssn'"):
+        load_config(DataConfig, None, ["pii.types=[email,ssn]"])
+    with pytest.raises(ConfigError, match=r"pii.mode.*'report'.*got 'mask'"):
+        load_config(DataConfig, None, ["pii.mode=mask"])
