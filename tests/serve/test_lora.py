@@ -11,14 +11,14 @@ import torch
 from tuneloop.serve import ServeConfig
 
 
-def make_adapter(base, out, seed: int):
+def make_adapter(base, out, seed: int, rank: int = 4):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     model = get_peft_model(
         AutoModelForCausalLM.from_pretrained(base),
-        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]),
+        LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=["q_proj", "v_proj"]),
     )
     with torch.no_grad():  # PEFT starts B at zero: randomize so the adapter changes the output
         for name, p in model.named_parameters():

@@ -87,6 +87,8 @@ class EngineStats:
     async_steps: int = 0  # of `steps`, those launched ahead under async scheduling (pure decode)
     max_model_len: int = 0  # the context: prompt + output tokens of one request (0: not known)
     max_num_seqs: int = 0  # sequences one step runs (the gateway admits as many at once by default)
+    max_loras: int = 0  # adapters loaded at once (the gateway's adapter cache has as many slots)
+    max_lora_rank: int = 0  # the largest adapter rank a slot holds (lora_in_graph); 0: any rank
 
 
 class LLMEngine:
@@ -469,6 +471,8 @@ class LLMEngine:
             preemptions=self.scheduler.preemptions, steps=self._steps, prompt_tokens=self._prompt_tokens,
             generated_tokens=self._generated, generation_tokens_per_s=rate, async_steps=self._async_steps,
             max_model_len=self.runner.max_model_len, max_num_seqs=self.config.max_num_seqs,
+            max_loras=self.config.max_loras,
+            max_lora_rank=self.config.max_lora_rank if self.config.lora_in_graph else 0,
         )  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from tuneloop.serve.adapters import adapter_caches
 from tuneloop.serve.client import EngineClient
 from tuneloop.serve.config import ServeConfig
 from tuneloop.serve.db import secret
@@ -30,7 +31,7 @@ from tuneloop.serve.ratelimit import build_rate_limiter
 from tuneloop.serve.reload import watch
 from tuneloop.serve.requestlog import RequestLog
 from tuneloop.serve.retention import housekeeping
-from tuneloop.serve.routers import admin, chat, completions, feedback, health, models, review
+from tuneloop.serve.routers import adapters, admin, chat, completions, feedback, health, models, review
 from tuneloop.serve.routers.console import console_routers
 from tuneloop.serve.routing import Route, Shadows
 from tuneloop.serve.serving import Served
@@ -54,9 +55,10 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     app.state.metrics = Metrics(
         lambda: {n: s.client.load() for n, s in app.state.models.items()},
         lambda: {n: s.gate for n, s in app.state.models.items()},
+        lambda: adapter_caches(app.state.models),
     )
     install_handlers(app)
-    for module in (chat, completions, models, health, feedback, admin, review):
+    for module in (chat, completions, models, health, feedback, admin, adapters, review):
         app.include_router(module.router)
     for router in console_routers():  # the web console and the admin routes it needs
         app.include_router(router)

@@ -1,7 +1,9 @@
 """Building the `EngineClient` of every served name from the config (in the app's lifespan).
 
-Names that point at the same base model share one engine (and KV cache); a `lora` entry loads its
-adapter into that engine. Model references resolve through the registry, the store or a folder.
+Names that point at the same base model share one engine (and KV cache); a `lora` entry registers
+its adapter with that engine's adapter cache (adapters.py: loaded into a slot on first use, evicted
+when idle and others need the slot). Model references resolve through the registry, the store or a
+folder.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 from tuneloop.errors import TuneloopError
 from tuneloop.models.loading import pick_device
+from tuneloop.serve.adapters import check_adapter
 from tuneloop.serve.client import EngineClient
 from tuneloop.serve.config import ModelConfig, ServeConfig
 from tuneloop.serve.local import LocalClient, SharedEngine
@@ -39,7 +42,9 @@ def build_clients(
             engines[folder] = SharedEngine.load(
                 folder, process=engine_process(m.engine_process, settings.get("device")), **settings
             )
-        adapter = _load_adapter(engines[folder], m.name, adapter_folder) if adapter_folder else None
+            cache = engines[folder].adapters
+            cache.label, cache.owner = where.base_version, m.name  # m's engine: settings are its
+        adapter = _register_adapter(engines[folder], m, adapter_folder) if adapter_folder else None
         client = LocalClient(engines[folder], adapter, config.limits.max_prompt_tokens)
         client.source, client.version = (folder, adapter_folder), where.version
         clients[m.name] = client
@@ -62,6 +67,7 @@ class Resolution:
     folder: Path  # the base model
     adapter: Path | None  # the LoRA adapter, if the entry has one
     version: str  # what answers, for headers and logs: "NAME/VERSION" (registry) or the folder's name
+    base_version: str = ""  # the same of the base model
 
     @property
     def source(self) -> tuple[Path, Path | None]:
@@ -81,7 +87,7 @@ def resolve_entry(m: ModelConfig) -> Resolution:
             )
         adapter, base = base, resolve_model(_adapter_base(base.path), pull=True)
     shown = adapter or base
-    return Resolution(base.path, adapter.path if adapter else None, _version(shown))
+    return Resolution(base.path, adapter.path if adapter else None, version_label(shown), version_label(base))
 
 
 def _adapter_base(folder: Path) -> str:
@@ -90,17 +96,17 @@ def _adapter_base(folder: Path) -> str:
     return str(json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "")
 
 
-def _version(resolved) -> str:
+def version_label(resolved) -> str:
     # a folder shows its name only: clients see this in a header, and server paths are not theirs
     return resolved.lineage.get("registry_version") or resolved.path.name
 
 
-def _load_adapter(shared: SharedEngine, served_name: str, folder: Path) -> str:
-    # a fresh adapter name per load, so a reloaded version never replaces one still serving
-    taken = shared.engine.lora_names()
-    name, n = served_name, 0
-    while name in taken:
-        n += 1
-        name = f"{served_name}#{n}"
-    shared.engine.load_lora(name, folder)
-    return name
+def _register_adapter(shared: SharedEngine, m: ModelConfig, folder: Path) -> str:
+    """Check the entry's adapter against its base and register it; its engine name (fresh per
+    registration, so a reloaded version never replaces one still serving)."""
+    cache = shared.adapters
+    try:
+        check_adapter(folder, m.lora or m.model or "", shared.folder, cache.slot_rank, cache.rank_setting)
+    except TuneloopError as e:
+        raise TuneloopError(f"model '{m.name}': {e.message}", hint=e.hint) from None
+    return cache.register(m.name, folder)

@@ -16,10 +16,12 @@ from typing import Any
 
 from tuneloop.engine import SamplingParams
 from tuneloop.engine.outputs import RequestFailedError
+from tuneloop.serve.adapters import AdapterCache
 from tuneloop.serve.batch_encoder import BatchEncoder
 from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest, TokenLogprob
 from tuneloop.serve.detokenizer import Detokenizer
 from tuneloop.serve.errors import APIError
+from tuneloop.serve.memory import release_freed_memory
 
 log = logging.getLogger("tuneloop.serve")
 
@@ -36,15 +38,17 @@ class SharedEngine:
     max_model_len: int = 0  # the engine's context (prompt + completion); 0: not known, not checked
     max_num_seqs: int = 0  # sequences the engine runs in one step (0: not known)
     vocab_size: int = 0  # the tokenizer's ids (added tokens included): a prompt's ids are below it
+    adapters: AdapterCache | None = None  # its LoRA adapters: registered ones, resident ones (slots)
 
     def __post_init__(self) -> None:
         if self.encoder is None:
             self.encoder = BatchEncoder(self.tokenizer)
-        if not (self.max_model_len and self.max_num_seqs):
-            stats = self.engine.stats()
-            self.max_model_len = self.max_model_len or getattr(stats, "max_model_len", 0)
-            self.max_num_seqs = self.max_num_seqs or getattr(stats, "max_num_seqs", 0)
+        stats = self.engine.stats()
+        self.max_model_len = self.max_model_len or getattr(stats, "max_model_len", 0)
+        self.max_num_seqs = self.max_num_seqs or getattr(stats, "max_num_seqs", 0)
         self.vocab_size = self.vocab_size or len(self.tokenizer)
+        if self.adapters is None:
+            self.adapters = AdapterCache.for_engine(self.engine, stats, self.folder.name)
 
     @classmethod
     def load(cls, folder: Path, process: bool = False, **engine_kwargs: Any) -> SharedEngine:
@@ -88,7 +92,13 @@ class LocalClient:
         prompt_ids = await self._encode_prompt(request)
         max_tokens = self._max_tokens(len(prompt_ids), request)
         detok = Detokenizer(self.tokenizer, request.stop)
-        stream = await self._submit(prompt_ids, request, max_tokens)
+        if self.lora is not None:  # in a slot of the engine until the request ends (adapters.py)
+            await self.shared.adapters.acquire(self.lora)
+        try:
+            stream = await self._submit(prompt_ids, request, max_tokens)
+        except BaseException:
+            self._release_adapter()
+            raise
         self.active += 1
         try:
             first = True
@@ -119,7 +129,14 @@ class LocalClient:
             raise APIError(500, str(e), "engine_error") from None
         finally:
             self.active -= 1
-            await stream.aclose()  # early exit (stop string, client gone) aborts the engine request
+            try:
+                await stream.aclose()  # early exit (stop string, client gone) aborts the engine request
+            finally:
+                self._release_adapter()
+
+    def _release_adapter(self) -> None:
+        if self.lora is not None:
+            self.shared.adapters.release(self.lora)
 
     async def prepare(self, request: GenerateRequest) -> GenerateRequest:
         """The request as the engine will run it (`PromptPreparer`): the prompt as ids, max_tokens within
@@ -260,3 +277,4 @@ class LocalClient:
         self.shared.closed = True
         await asyncio.to_thread(self.shared.engine.shutdown)
         self.shared.encoder.close()
+        await asyncio.to_thread(release_freed_memory)  # else each reload keeps a model's size (memory.py)

@@ -8,11 +8,12 @@ gateway's gate gauges (running, waiting, their limits) from each model's gate, a
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tuneloop.serve.client import EngineLoad
@@ -58,6 +59,51 @@ GATE_GAUGES = {
 }
 
 
+class _AdapterGauges(Collector):
+    """LoRA adapters per base engine (serve/adapters.py), read at scrape time: registered and resident
+    (in a slot) adapters, slots, requests waiting for a slot, loads and evictions; and vLLM's
+    `vllm:lora_requests_info` (value: the time of the scrape, as vLLM's)."""
+
+    def __init__(self, source: Callable[[], Iterable[Any]]):
+        self.source = source
+
+    def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        base = ["model_name"]  # the base model ("NAME/VERSION" or its folder's name)
+        adapters = GaugeMetricFamily(
+            "tuneloop_lora_adapters", "LoRA adapters: registered (served) and resident (in a slot)",
+            labels=[*base, "state"],
+        )  # fmt: skip
+        slots = GaugeMetricFamily(
+            "tuneloop_lora_slots", "Adapter slots of the engine (max_loras)", labels=base
+        )
+        waiting = GaugeMetricFamily(
+            "tuneloop_lora_requests_waiting", "Requests waiting for a slot (every resident adapter busy)", labels=base
+        )  # fmt: skip
+        loads = CounterMetricFamily("tuneloop_lora_loads", "Adapters loaded into a slot", labels=base)
+        evictions = CounterMetricFamily(
+            "tuneloop_lora_evictions", "Idle resident adapters unloaded to make room for another", labels=base
+        )  # fmt: skip
+        info = GaugeMetricFamily(
+            "vllm:lora_requests_info", "Running stats on LoRA requests",
+            labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
+        )  # fmt: skip
+        max_lora, running, wanted = 0, set(), set()
+        for cache in self.source():
+            label = [cache.label]
+            adapters.add_metric([*label, "registered"], len(cache.registered))
+            adapters.add_metric([*label, "resident"], len(cache.resident))
+            slots.add_metric(label, cache.slots)
+            waiting.add_metric(label, cache.waiting)
+            loads.add_metric(label, cache.loads)
+            evictions.add_metric(label, cache.evictions)
+            max_lora = max(max_lora, cache.slots)
+            running |= {n for n, k in cache.busy.items() if k > 0}
+            wanted |= cache.wanted
+        if max_lora:  # one sample, as vLLM's (engine names of adapters, comma-separated)
+            info.add_metric([str(max_lora), ",".join(sorted(running)), ",".join(sorted(wanted))], time.time())
+        yield from (adapters, slots, waiting, loads, evictions, info)
+
+
 def _gpu_memory() -> Iterable[GaugeMetricFamily]:
     """Memory held by torch on each GPU; only when torch is already loaded (a local engine) and has CUDA."""
     torch = sys.modules.get("torch")
@@ -76,6 +122,7 @@ class Metrics:
         self,
         loads: Callable[[], dict[str, EngineLoad | None]],
         gates: Callable[[], dict[str, Any]] | None = None,
+        adapters: Callable[[], Iterable[Any]] | None = None,  # serve.adapters.AdapterCache of each engine
     ):
         r = self.registry = CollectorRegistry()
         self.requests = Counter(
@@ -142,6 +189,8 @@ class Metrics:
         r.register(_ModelGauges(loads, ENGINE_GAUGES, gpu=True))
         if gates is not None:
             r.register(_ModelGauges(gates, GATE_GAUGES))
+        if adapters is not None:
+            r.register(_AdapterGauges(adapters))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

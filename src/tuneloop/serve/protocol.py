@@ -327,6 +327,8 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
     owned_by: str = "tuneloop"
+    root: str | None = None  # as vLLM: what answers (a registry "NAME/VERSION" or the folder's name)
+    parent: str | None = None  # as vLLM: a LoRA adapter's base model (its served name); null otherwise
 
 
 class ModelList(BaseModel):

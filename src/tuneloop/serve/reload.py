@@ -31,16 +31,23 @@ async def reload_models(state) -> list[str]:
         await asyncio.gather(*(c.start() for c in fresh.values()))
         old = {name: state.models[name] for name in fresh}
         state.models = {**state.models, **{n: Served(n, c, old[n].gate) for n, c in fresh.items()}}
-        task = asyncio.create_task(_retire([s.client for s in old.values()], state))
-        state.background.add(task)
-        task.add_done_callback(state.background.discard)
+        retire_later(state, [s.client for s in old.values()])
         log.info("reloaded %s", ", ".join(fresh))
         return sorted(fresh)
+
+
+def retire_later(state, clients: list) -> None:
+    """Retire clients no longer served (replaced by a reload, or an unloaded adapter) once drained."""
+    task = asyncio.create_task(_retire(clients, state))
+    state.background.add(task)
+    task.add_done_callback(state.background.discard)
 
 
 def _changed(state) -> list[str]:
     names = []
     for m in state.config.models:
+        if m.name not in state.models:  # an adapter unloaded through the admin API stays unloaded
+            continue
         client = state.models[m.name].client
         if isinstance(client, LocalClient) and resolve_entry(m).source != client.source:
             names.append(m.name)
@@ -65,8 +72,8 @@ async def _retire(clients: list, state) -> None:
     for c in clients:
         if id(c.shared) not in in_use:
             await c.close()
-        elif c.lora is not None:
-            await asyncio.to_thread(c.shared.engine.unload_lora, c.lora)
+        elif c.lora is not None:  # its slot is freed once its last request ends
+            await c.shared.adapters.unregister(c.lora)
 
 
 async def watch(state, interval_s: float) -> None:
