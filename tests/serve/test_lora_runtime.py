@@ -253,3 +253,25 @@ def test_a_request_waits_for_a_busy_slot_within_its_time_and_evicts_the_least_re
         asyncio.run(scenario())
     finally:
         shared.engine.shutdown()
+
+
+def test_a_reloaded_adapter_version_takes_the_only_slot_and_the_old_one_is_dropped(
+    serve, tiny_llama, adapters, references, tmp_path
+):
+    current = tmp_path / "support"
+    current.symlink_to(adapters["a"])
+    cfg = _config(tiny_llama, False, {"max_loras": 1}, support=current)
+    cfg.auth.enabled = False
+    with serve(cfg) as s:
+        ai = openai.OpenAI(base_url=s.url + "/v1", api_key="none")
+        assert _chat(ai, "support") == references["a"]
+        current.unlink()
+        current.symlink_to(adapters["b"])
+        assert httpx.post(s.url + "/admin/reload").json() == {"reloaded": ["support"]}
+        assert _chat(ai, "support") == references["b"]
+        shared = s.state.models["base"].client.shared
+        new, deadline = s.state.models["support"].client.lora, time.monotonic() + 10
+        while set(shared.adapters.registered) != {new} and time.monotonic() < deadline:  # old one retired
+            time.sleep(0.05)
+        assert set(shared.adapters.registered) == {new} and shared.engine.lora_names() == {new} != {"support"}
+        assert shared.adapters.evictions == 1  # the new version's warm-up took the old one's slot
