@@ -151,7 +151,7 @@ def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
             stop.set()
             started.set()
             thread.join(timeout=120)
-        _, _, version_after = users.ask(teachers[0], "teacher-1", "How many devices does the Arc R5 support?")
+        _, _, version_after = users.ask(teachers, "teacher-1", "How many devices does the Arc R5 support?")
 
     assert result.outcome == "promoted", (result, LoopStore("acme").decisions())
     assert int(registry.version("acme@production").version) == 2
