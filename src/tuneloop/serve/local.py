@@ -48,7 +48,7 @@ class SharedEngine:
         self.max_num_seqs = self.max_num_seqs or getattr(stats, "max_num_seqs", 0)
         self.vocab_size = self.vocab_size or len(self.tokenizer)
         if self.adapters is None:
-            self.adapters = AdapterCache.for_engine(self.engine, stats, self.folder.name)
+            self.adapters = AdapterCache.for_engine(self.engine, stats, Path(self.folder).name)
 
     @classmethod
     def load(cls, folder: Path, process: bool = False, **engine_kwargs: Any) -> SharedEngine:
