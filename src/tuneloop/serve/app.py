@@ -97,6 +97,9 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
         state.models = {name: Served(name, c, _gate(config, name, c)) for name, c in clients.items()}
         if config.warmup:
             await asyncio.gather(*(c.start() for c in clients.values()))
+        # state.models owns the clients from now on: a reload replaces them there, and a reference kept
+        # here would keep the first engine (weights and KV cache) alive for the server's life
+        del clients
         state.ready = True
         watcher = (
             asyncio.create_task(watch(state, config.reload_interval_s)) if config.reload_interval_s else None
@@ -112,7 +115,10 @@ def _lifespan(config: ServeConfig, given: dict[str, EngineClient] | None):
             keeper.cancel()
             await state.shadows.drain()
             await asyncio.gather(*state.background, return_exceptions=True)
-            await asyncio.gather(*(c.close() for c in clients.values()), return_exceptions=True)
+            serving = {
+                id(s.client): s.client for s in state.models.values()
+            }.values()  # replaced ones are closed
+            await asyncio.gather(*(c.close() for c in serving), return_exceptions=True)
             if state.request_log is not None:
                 await asyncio.to_thread(state.request_log.close)  # writes what is queued
             try:
