@@ -237,3 +237,18 @@ def test_export_refuses_an_unwritable_out_before_measuring(exports, tmp_path) ->
         app, ["export", str(exports["hf"]), "--quantize", "int8", "--out", str(tmp_path / "a-file" / "o")]
     )
     _refused(result, "--out", "is a file, not a folder")
+
+
+@pytest.mark.timeout(60)
+def test_a_generate_that_fails_in_its_thread_raises_instead_of_hanging(tiny_llama) -> None:
+    """stream_chat generates in a thread; its error must reach the caller (the streamer would wait forever)."""
+    from tuneloop.models.loading import load_tokenizer, stream_chat
+
+    class FailingModel:  # stands in for a runner whose kernel is missing on this machine
+        device = "cpu"
+
+        def generate(self, **_: object) -> None:
+            raise RuntimeError("int4 kernel not available")
+
+    with pytest.raises(RuntimeError, match="int4 kernel not available"):
+        list(stream_chat(FailingModel(), load_tokenizer(tiny_llama), [{"role": "user", "content": "hi"}]))

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError, missing_extra
-from tuneloop.models.formats import Format, require_complete
+from tuneloop.models.formats import Format, folder_format, require_complete
 from tuneloop.models.loading import load_model, load_tokenizer, pick_device
 from tuneloop.models.resolve import resolve_model
 
@@ -31,9 +31,9 @@ def load_for_eval(ref: str | Path, device: str = "auto", *, pull: bool = False) 
     """Any model reference, in any format `tuneloop export` writes (see `tuneloop.models.formats`)."""
     resolved = resolve_model(str(ref), pull=pull)
     device = pick_device(device)
-    fmt = require_complete(resolved.path, str(ref))
-    if fmt == "adapter":
+    if folder_format(resolved.path) == "adapter":
         return _load_adapter(str(ref), resolved.path, device, pull)
+    fmt = require_complete(resolved.path, str(ref))
     if fmt in ("onnx", "int4", "quantized"):
         from tuneloop.optimize.loader import load_any
 
@@ -59,6 +59,7 @@ def _load_adapter(ref: str, path: Path, device: str, pull: bool = False) -> Load
             f"adapter '{path}' does not say its base model",
             hint="adapter_config.json needs base_model_name_or_path",
         )
+    require_complete(path, ref)
     base = resolve_model(base_ref, pull=pull)
     require_complete(base.path, base_ref)
     model = PeftModel.from_pretrained(load_model(base.path, device), str(path)).to(device).eval()

@@ -98,14 +98,17 @@ def rows_from_dicts(records: list[dict[str, Any]], name: str = "<rows>") -> tupl
 
 
 def _parse(line: str, file: str, number: int) -> Row:
+    return _from_dict(parse_json_line(line, file, number), file, number)
+
+
+def parse_json_line(line: str, file: str, number: int) -> Any:
     try:
-        record = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise TuneloopError(
             f"{file}:{number}: invalid JSON ({e.msg} at column {e.colno})",
             hint="each line must be one JSON object",
         ) from None
-    return _from_dict(record, file, number)
 
 
 def _from_dict(record: Any, file: str, number: int) -> Row:

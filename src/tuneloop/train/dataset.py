@@ -8,14 +8,21 @@ evaluator uses (`tuneloop.evaluation.perplexity.sft_token_labels`), so train and
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluation.rows import KIND_NAMES, RowKind, as_messages, check_row, jsonl_lines, row_kind
+from tuneloop.evaluation.rows import (
+    KIND_NAMES,
+    RowKind,
+    as_messages,
+    check_row,
+    jsonl_lines,
+    parse_json_line,
+    row_kind,
+)
 
 IGNORE = -100
 ROW_KINDS: dict[str, RowKind] = {"sft": "sft", "pretrain": "text", "dpo": "preference"}  # objective -> rows
@@ -76,12 +83,7 @@ def read_rows(path: Path, objective: str, limit: int | None = None) -> list[dict
     rows: list[dict[str, Any]] = []
     expected = ROW_KINDS[objective]
     for lineno, line in jsonl_lines(path):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TuneloopError(
-                f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})", hint="fix or remove the line"
-            ) from None
+        row = parse_json_line(line, str(path), lineno)
         found = row_kind(row)
         if found is not None and found != expected:
             raise TuneloopError(
