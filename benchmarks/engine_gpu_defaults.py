@@ -16,6 +16,7 @@ Phases (each writes $OUT/engine_gpu_defaults.json as it goes, so a cut-off run k
   tiers     the 256 run once more at 256 / 2,048 and 128 / 8,192 (which knob moves it)
 
     PYTHONPATH=src:.devcarry python3 benchmarks/engine_gpu_defaults.py $OUT [--phases baseline,offline,lora,long]
+        [--lora-kw JSON]
 
 --tiny runs every phase but the baseline on the CPU with a tiny model (a smoke test of the script).
 """
@@ -117,9 +118,10 @@ def phase_lora(model, shape: dict, out: Path) -> None:
     g = torch.Generator().manual_seed(7)
     n = 8 if TINY_RUN else 64
     ps = [torch.randint(100, vocab - 1, (128,), generator=g).tolist() for _ in range(n)]
-    engine = build(
-        model, shape, prefix_caching=False
-    )  # the base run would otherwise leave the prompts cached
+    # prefix cache off: the base run would otherwise leave the prompts cached; --lora-kw JSON adds
+    # settings (e.g. '{"prefill_attention": "padded", "max_num_batched_tokens": 4096}')
+    extra = json.loads(sys.argv[sys.argv.index("--lora-kw") + 1]) if "--lora-kw" in sys.argv else {}
+    engine = build(model, shape, prefix_caching=False, **extra)
     RESULT["lora_settings"] = settings(engine)
     timed(engine, ps[:2], 4)
     RESULT["lora_base_64"] = timed(engine, ps, 128)
