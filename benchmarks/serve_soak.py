@@ -317,9 +317,9 @@ def main() -> None:
     if args.rescore:
         saved = json.loads(args.rescore.read_text())
         mem = verdict(saved["timeline"], saved["setup"]["warmup_min"], None)
-        saved["verdict"].update(
-            {k: v for k, v in mem.items() if k.startswith(("rss", "memory", "fds", "p50"))}
-        )
+        memory = ("rss", "memory", "fds", "p50")
+        kept = {k: v for k, v in saved["verdict"].items() if not k.startswith(memory)}
+        saved["verdict"] = {**{k: v for k, v in mem.items() if k.startswith(memory)}, **kept}
         args.rescore.write_text(json.dumps(saved, indent=1))
         print(json.dumps(saved["verdict"], indent=1))
         return
