@@ -17,6 +17,7 @@ from tuneloop.serve.adapters import check_adapter
 from tuneloop.serve.client import EngineClient
 from tuneloop.serve.config import ModelConfig, ServeConfig
 from tuneloop.serve.local import LocalClient, SharedEngine
+from tuneloop.serve.memory import weights_outside_the_heap
 from tuneloop.serve.upstream import UpstreamClient
 
 
@@ -39,9 +40,10 @@ def build_clients(
         folder, adapter_folder = where.folder, where.adapter
         if folder not in engines:
             settings = m.engine_kwargs()
-            engines[folder] = SharedEngine.load(
-                folder, process=engine_process(m.engine_process, settings.get("device")), **settings
-            )
+            with weights_outside_the_heap():  # a reload's freed weights then go back to the OS (memory.py)
+                engines[folder] = SharedEngine.load(
+                    folder, process=engine_process(m.engine_process, settings.get("device")), **settings
+                )
             cache = engines[folder].adapters
             cache.label, cache.owner = where.base_version, m.name  # m's engine: settings are its
         adapter = _register_adapter(engines[folder], m, adapter_folder) if adapter_folder else None
