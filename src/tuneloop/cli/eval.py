@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneloop.cli import eval_tasks
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation.compare import Comparison, compare, metric_rows
 from tuneloop.evaluation.harness import EvalReport, evaluate
@@ -20,9 +21,12 @@ from tuneloop.paths import check_writable_dir
 
 def eval_command(
     model: str = typer.Argument(..., help="Model to evaluate: folder, store name, adapter folder or hub id."),
-    data: Path = typer.Option(
-        ..., "--data", help="JSONL file (SFT messages or text rows), or a dataset folder."
+    data: Path | None = typer.Option(
+        None, "--data", help="JSONL file (SFT messages or text rows), or a dataset folder."
     ),
+    tasks: str | None = typer.Option(None, "--tasks", help=eval_tasks.TASKS_HELP),
+    api_base: str | None = typer.Option(None, "--api-base", help=eval_tasks.API_HELP),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help=eval_tasks.TOKENIZER_HELP),
     baseline: str | None = typer.Option(None, "--baseline", help="A second model to compare against."),
     max_samples: int | None = typer.Option(
         None, "--max-samples", min=1, help="Evaluate the first N rows only."
@@ -30,10 +34,26 @@ def eval_command(
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Longest generated reply."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Rows per forward pass / generate call."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    out: Path | None = typer.Option(None, "--out", help="Folder to write eval.json and eval.md into."),
+    out: Path | None = typer.Option(
+        None,
+        "--out",
+        help="Folder to write eval.json and eval.md (tasks.json and tasks.md with --tasks) into.",
+    ),
     json_output: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
-    """Measure a model: perplexity, and for SFT data generated answers scored against references."""
+    """Measure a model: perplexity, and for SFT data generated answers scored against references;
+    with --tasks, general-ability tasks (lm-evaluation-harness) with confidence intervals."""
+    if tasks is not None:
+        if data is not None:
+            raise TuneloopError("--data and --tasks are two evaluations", hint="run them one at a time")
+        return eval_tasks.run_tasks_command(
+            model, tasks, baseline=baseline, max_samples=max_samples, batch_size=batch_size,
+            device=device, out=out, json_output=json_output, api_base=api_base, tokenizer=tokenizer,
+        )  # fmt: skip
+    if data is None:
+        raise TuneloopError("nothing to evaluate on", hint="give --data FILE, or --tasks tuneloop_general")
+    if api_base is not None or tokenizer is not None:
+        raise TuneloopError("--api-base and --tokenizer work with --tasks only")
     # what can be checked in a second is, before the evaluation runs for minutes
     for ref in (model, baseline):
         if ref:
