@@ -17,12 +17,14 @@ from typing import Any, Literal
 from tuneloop.errors import TuneloopError
 
 Kind = Literal["sft", "text"]  # what `tuneloop eval` scores
-RowKind = Literal["sft", "text", "preference"]  # what a dataset row can be (training also takes pairs)
+# what a dataset row can be (training also takes pairs, and unpaired answers with a thumbs label for KTO)
+RowKind = Literal["sft", "text", "preference", "unpaired"]
 ROLES = {"system", "user", "assistant", "tool"}
 KIND_NAMES: dict[RowKind, str] = {
     "sft": "SFT (messages)",
     "text": "pretraining (text)",
     "preference": "preference (prompt/chosen/rejected)",
+    "unpaired": "unpaired preference (prompt/completion/label)",
 }
 
 
@@ -36,6 +38,8 @@ class Row:
     prompt: list[dict[str, str]] | None = None  # preference rows (training only)
     chosen: list[dict[str, str]] | None = None
     rejected: list[dict[str, str]] | None = None
+    completion: list[dict[str, str]] | None = None  # unpaired rows (KTO): one answer and its label
+    label: bool | None = None
 
     @property
     def where(self) -> str:
@@ -122,7 +126,11 @@ def _from_dict(record: Any, file: str, number: int) -> Row:
 
 _SHAPE_HINT = 'SFT rows are {"messages": [{"role": ..., "content": ...}]}; text rows are {"text": ...}'
 _PAIR_HINT = 'preference rows are {"prompt": [...], "chosen": [...], "rejected": [...]}'
-_FIELDS = ("messages", "text", "prompt", "chosen", "rejected")
+_UNPAIRED_HINT = (
+    'unpaired rows (objective=kto) are {"prompt": [...], "completion": [...], "label": true|false}: '
+    "true for a desirable answer (thumbs up), false for an undesirable one"
+)
+_FIELDS = ("messages", "text", "prompt", "chosen", "rejected", "completion", "label")
 
 
 def row_kind(record: Any) -> RowKind | None:
@@ -133,6 +141,8 @@ def row_kind(record: Any) -> RowKind | None:
         return "sft"
     if "chosen" in record or "rejected" in record:
         return "preference"
+    if "completion" in record or "label" in record:
+        return "unpaired"
     return "text" if "text" in record else None
 
 
@@ -159,6 +169,8 @@ def check_row(record: Any, file: str, number: int, kinds: tuple[RowKind, ...]) -
         if not isinstance(record["text"], str):
             raise row.error(f"'text' must be a string, not {_type(record['text'])}", _SHAPE_HINT)
         row.text = record["text"]
+    elif kind == "unpaired":
+        _unpaired(row, record)
     else:
         row.prompt = _messages(row, as_messages(record.get("prompt", []), "user"), "prompt", empty_ok=True)
         for side in ("chosen", "rejected"):
@@ -168,6 +180,23 @@ def check_row(record: Any, file: str, number: int, kinds: tuple[RowKind, ...]) -
             _require_assistant(row, msgs, side)
             setattr(row, side, msgs)
     return row
+
+
+def _unpaired(row: Row, record: dict[str, Any]) -> None:
+    """TRL's unpaired preference row: a prompt, one answer to it, and whether that answer is desirable."""
+    for key in ("prompt", "completion", "label"):
+        if key not in record:
+            raise row.error(f"unpaired row without '{key}'", _UNPAIRED_HINT)
+    if type(record["label"]) is not bool:  # 1/0 or "yes" would silently mean something
+        raise row.error(f"'label' must be true or false, not {_type(record['label'])} {record['label']!r}",
+                        _UNPAIRED_HINT)  # fmt: skip
+    row.prompt = _messages(row, as_messages(record["prompt"], "user"), "prompt")
+    row.completion = _messages(row, as_messages(record["completion"], "assistant"), "completion")
+    if not any(m["role"] == "assistant" for m in row.completion):
+        raise row.error("no assistant turn in 'completion' to train on", _UNPAIRED_HINT)
+    if not any(m["content"].strip() for m in row.completion if m["role"] == "assistant"):
+        raise row.error("'completion' is empty: there is no answer to learn from", _UNPAIRED_HINT)
+    row.label = record["label"]
 
 
 def as_messages(value: Any, role: str) -> Any:

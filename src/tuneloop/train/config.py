@@ -86,6 +86,18 @@ class DpoSettings(Config):
     beta: float = Field(0.1, gt=0)
 
 
+class KtoSettings(Config):
+    """KTO's sigmoid loss (Ethayarajh et al. 2024), with TRL's names and defaults."""
+
+    beta: float = Field(0.1, gt=0, description="how far the policy may move from the reference")
+    desirable_weight: float = Field(
+        1.0, gt=0, description="weight of the desirable (thumbs-up) answers' loss"
+    )
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="weight of the undesirable (thumbs-down) answers' loss"
+    )
+
+
 class EvalSettings(Config):
     every: int | None = Field(None, gt=0, description="validation loss every N steps")
     final: bool = Field(True, description="run `tuneloop eval` on the validation set at the end")
@@ -95,7 +107,7 @@ class EvalSettings(Config):
 
 class TrainConfig(Config):
     model: str = Field("smollm2-135m-instruct", description="model reference (folder, store name, hub id)")
-    objective: Literal["sft", "pretrain", "dpo"] = "sft"
+    objective: Literal["sft", "pretrain", "dpo", "kto"] = "sft"
     method: Literal["full", "lora", "qlora"] = "lora"
     data: DataSettings
     lora: LoraSettings = LoraSettings()
@@ -143,6 +155,7 @@ class TrainConfig(Config):
         True, description="on a GPU, refuse before loading a model that `plan` says will not fit"
     )
     dpo: DpoSettings = DpoSettings()
+    kto: KtoSettings = KtoSettings()
     tracking: TrackingSettings = TrackingSettings()
     name: str | None = Field(None, description="run name (default: derived from model/objective/method)")
     output_dir: str | None = Field(None, description="default: TUNELOOP_HOME/runs/<name>")
@@ -155,12 +168,18 @@ class TrainConfig(Config):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
-        if self.objective == "dpo" and self.data.packing:
+        if self.objective in ("dpo", "kto") and self.data.packing:
             raise ValueError(
-                "data.packing does not apply to dpo (pairs are scored whole); set data.packing=false"
+                f"data.packing does not apply to {self.objective} (answers are scored whole); "
+                "set data.packing=false"
             )
-        if self.strategy == "fsdp" and (self.method == "qlora" or self.objective == "dpo"):
+        if self.strategy == "fsdp" and (self.method == "qlora" or self.objective in ("dpo", "kto")):
             raise ValueError("strategy=fsdp supports method full/lora with sft or pretrain; use strategy=ddp")
+        if self.objective == "kto" and self.batch.global_batch < 2:
+            raise ValueError(
+                "objective=kto estimates its KL term from mismatched answers within a batch: "
+                "batch.global_batch must be at least 2"
+            )
         if self.batch.global_batch % self.batch.micro_batch:
             raise ValueError(
                 f"batch.global_batch ({self.batch.global_batch}) must be a multiple of batch.micro_batch "

@@ -1,7 +1,8 @@
 """Training examples: dataset rows -> token ids and labels, with truncation/dropping counted and packing.
 
 Rows follow the dataset contract of `tuneloop data prepare`: SFT rows are OpenAI `messages`,
-pretraining rows are `{"text": ...}`, preference rows are `{"prompt", "chosen", "rejected"}`.
+pretraining rows are `{"text": ...}`, preference rows are `{"prompt", "chosen", "rejected"}`, unpaired
+rows (KTO) are `{"prompt", "completion", "label"}` as in TRL.
 SFT labels cover assistant turns only, using the model's own chat template — the same masking the
 evaluator uses (`tuneloop.evaluation.perplexity.sft_token_labels`), so train and eval agree.
 """
@@ -25,7 +26,12 @@ from tuneloop.evaluation.rows import (
 )
 
 IGNORE = -100
-ROW_KINDS: dict[str, RowKind] = {"sft": "sft", "pretrain": "text", "dpo": "preference"}  # objective -> rows
+ROW_KINDS: dict[str, RowKind] = {
+    "sft": "sft",
+    "pretrain": "text",
+    "dpo": "preference",
+    "kto": "unpaired",
+}  # objective -> rows
 
 
 @dataclass
@@ -43,6 +49,25 @@ class PairExample:
 
 
 @dataclass
+class KtoExample:
+    """One unpaired answer (KTO), kept as prompt and completion so that the trainer can also score this
+    prompt with another example's completion (the mismatched pairs of KTO's KL estimate)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    completion_labels: list[int]  # the completion's ids, IGNORE where not the model's to predict
+    label: bool  # desirable (thumbs up) or undesirable
+    max_length: int
+
+    def sequence(self, completion_of: KtoExample | None = None) -> Example:
+        """Prompt + completion (this example's, or `completion_of`'s), cut at max_length."""
+        other = completion_of or self
+        ids = (self.prompt_ids + other.completion_ids)[: self.max_length]
+        labels = ([IGNORE] * len(self.prompt_ids) + other.completion_labels)[: self.max_length]
+        return Example(ids, labels)
+
+
+@dataclass
 class Prepared:
     examples: list[Any]
     counts: Counter = field(default_factory=Counter)
@@ -53,6 +78,8 @@ class Prepared:
 
 
 def _first(e: Any) -> Example:
+    if isinstance(e, KtoExample):
+        return e.sequence()
     return e.chosen if isinstance(e, PairExample) else e
 
 
@@ -108,6 +135,8 @@ def tokenize(
     for row in rows:
         if objective == "dpo":
             ex = _pair(tokenizer, row, max_length, overlong, out.counts)
+        elif objective == "kto":
+            ex = _unpaired(tokenizer, row, max_length, overlong, out.counts)
         else:
             ids, labels = _sft(tokenizer, row) if objective == "sft" else _text(tokenizer, row)
             ex = _fit(Example(ids, labels), max_length, overlong, out.counts)
@@ -117,6 +146,8 @@ def tokenize(
             out.counts["dropped_no_labels"] += 1
             continue
         out.examples.append(ex)
+        if isinstance(ex, KtoExample):
+            out.counts["desirable" if ex.label else "undesirable"] += 1
     out.counts["examples"] = len(out.examples)
     return out
 
@@ -161,6 +192,30 @@ def _pair(
     if sides[0] is None or sides[1] is None:
         return None
     return PairExample(sides[0], sides[1])
+
+
+def _unpaired(
+    tokenizer: Any, row: dict[str, Any], max_length: int, overlong: str, counts: Counter
+) -> KtoExample | None:
+    """Prompt and completion ids as TRL's KTOTrainer splits them (where the prompt rendered with the
+    generation prompt stops being a prefix of the whole conversation); labels as for SFT: the
+    completion's assistant turns through their end-of-turn token."""
+    from tuneloop.evaluation.perplexity import sft_token_labels
+
+    prompt = as_messages(row["prompt"], "user")
+    ids, labels = sft_token_labels(tokenizer, prompt + as_messages(row["completion"], "assistant"))
+    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    split = next(
+        (i for i, (a, b) in enumerate(zip(prompt_ids, ids, strict=False)) if a != b),
+        min(len(prompt_ids), len(ids)),
+    )
+    if len(ids) > max_length:
+        if overlong == "drop":
+            counts["dropped_overlong"] += 1
+            return None
+        counts["truncated"] += 1
+    return KtoExample(ids[:split], ids[split:], labels[split:], bool(row["label"]), max_length)
 
 
 def _last_span_only(labels: list[int]) -> list[int]:

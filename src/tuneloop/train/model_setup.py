@@ -134,10 +134,10 @@ def set_checkpointing(model: Any, layers: int) -> None:
 def use_padding_free(cfg: TrainConfig, device: str) -> bool:
     """Flattened micro-batches (no pad tokens computed at all) for sft and pretrain.
 
-    DPO scores each sequence as a row, so it keeps rows. `auto` turns it on where varlen attention
+    DPO and KTO score each sequence as a row, so they keep rows. `auto` turns it on where varlen attention
     is one fused kernel (CUDA); on a CPU each document is its own attention call.
     """
-    if cfg.objective == "dpo":
+    if cfg.objective in ("dpo", "kto"):
         return False
     if cfg.data.padding_free == "auto":
         return device.startswith("cuda")

@@ -23,6 +23,7 @@ from tuneloop.train.batching import StepPlan, collate, micro_batches, shard
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import IGNORE, Example, PairExample
 from tuneloop.train.distributed import Dist
+from tuneloop.train.kto import KtoStep
 from tuneloop.train.model_setup import Precision
 from tuneloop.train.objectives import dpo_losses, sequence_logps, token_loss_sum
 from tuneloop.train.schedule import lr_at
@@ -84,6 +85,7 @@ class Trainer:
                 f"batch.global_batch ({cfg.batch.global_batch}) must be divisible by the number of processes ({dist.world})"
             )
         self.state = TrainState(micro_batch=cfg.batch.micro_batch)
+        self.kto = KtoStep(cfg, model, train) if cfg.objective == "kto" else None
         self.ckpt_dir = run_dir / "checkpoints"
         from tuneloop.train.model_setup import use_padding_free
 
@@ -170,6 +172,8 @@ class Trainer:
     def _accumulate(self, examples: list[Any]) -> tuple[float, int]:
         if self.cfg.objective == "dpo":
             return self._accumulate_dpo(examples)
+        if self.kto is not None:
+            return self.kto.accumulate(self, examples)
         # normalize by the label tokens of the whole global batch, counted before any forward pass
         local = sum(sum(1 for t in e.labels[1:] if t != -100) for e in examples)
         total = int(distributed.sum_scalars([float(local)], self.dist, self.device)[0])
@@ -284,6 +288,8 @@ class Trainer:
             }
             if self.cfg.objective == "dpo":
                 metrics["train/reward_accuracy"] = self._last_dpo_accuracy
+            if self.kto is not None:
+                metrics.update(self.kto.metrics)
             self.tracker.log(metrics, step)
             if self.dist.main:
                 log.info("step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s", step, self.plan.total_steps, loss,
@@ -311,6 +317,8 @@ class Trainer:
     def validation_loss(self) -> float:
         if self.cfg.objective == "dpo":
             return self._validation_dpo()
+        if self.kto is not None:
+            return self.kto.validation_loss(self)
         mine = shard(list(range(len(self.val))), self.dist.rank, self.dist.world)
         loss_sum, tokens = 0.0, 0
         self.model.eval()
