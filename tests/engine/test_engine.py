@@ -175,16 +175,8 @@ def test_default_model_batched_greedy_equals_generate(default_model):
     assert [o.token_ids for o in outs] == [hf_greedy(default_model, p, 16) for p in ps]
 
 
-def test_non_llama_model_runs_through_the_transformers_fallback(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(0)
-    folder = tmp_path / "gpt2"
-    GPT2LMHeadModel(
-        GPT2Config(
-            n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=256, bos_token_id=1, eos_token_id=2
-        )
-    ).save_pretrained(folder)
+def test_non_llama_model_runs_through_the_transformers_fallback(tiny_gpt2):
+    folder = tiny_gpt2
     eng = engine(folder, max_num_batched_tokens=16)  # chunked prefill through the fallback too
     assert eng.runner.fallback is not None
     ps = prompts(3, seed=12, lengths=(5, 21, 9))

@@ -15,8 +15,6 @@ import math
 from collections.abc import Callable
 
 import pytest
-import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 from tuneloop.engine import LLMEngine, SamplingParams
 from tuneloop.engine.async_engine import AsyncEngine
@@ -174,14 +172,8 @@ def test_a_model_that_fails_for_everyone_fails_every_request_in_bounded_retries(
     assert drive(eng, {"after": requests(1)["r0"]})["after"].finish_reason == "length"
 
 
-def test_the_transformers_fallback_isolates_a_failing_request(tmp_path):
-    torch.manual_seed(0)
-    folder = tmp_path / "gpt2"
-    GPT2LMHeadModel(
-        GPT2Config(
-            n_embd=64, n_layer=2, n_head=4, vocab_size=512, n_positions=256, bos_token_id=1, eos_token_id=2
-        )
-    ).save_pretrained(folder)
+def test_the_transformers_fallback_isolates_a_failing_request(tiny_gpt2):
+    folder = tiny_gpt2
     reqs = requests(6)
     want = {n: o.token_ids for n, o in drive(LLMEngine.from_pretrained(folder, **KW), reqs).items()}
     eng = LLMEngine.from_pretrained(folder, **KW)
