@@ -6,14 +6,18 @@ import gzip
 import hashlib
 import json
 import os
+import random
 import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from textgen import random_text
 
 from tuneloop.data.config import DataConfig
+
+ROOT = Path(__file__).parents[2]
 
 EN = (
     "Machine learning models need clean data. Our support team answers billing questions within a day. "
@@ -137,3 +141,49 @@ def spark_master() -> str:
 
     spark_context("local[2]")
     return "local[2]"
+
+
+def trained_bytelevel(tmp: Path, vocab: int) -> str:
+    """A GPT-2 style byte-level BPE with a larger vocabulary than the tiny test model (merges across spaces: 'Ġword')."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    rng = random.Random(7)
+    corpus = [random_text(rng, 200) for _ in range(400)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab,
+        special_tokens=["<|endoftext|>", "<|im_start|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    tmp.mkdir(parents=True, exist_ok=True)
+    tok.save(str(tmp / "tokenizer.json"))
+    return str(tmp)
+
+
+def local_smollm2() -> str | None:
+    """The default model's tokenizer: from TUNELOOP_HOME, else the dev checkout's copy (.devcarry)."""
+    from tuneloop.paths import home
+
+    for folder in (home() / "models" / "smollm2-135m-instruct", ROOT / ".devcarry" / "smollm2-shape"):
+        if (folder / "tokenizer.json").is_file():
+            return str(folder)
+    return None
+
+
+@pytest.fixture(scope="module", params=["tiny", "bytelevel-2k", "smollm2"])
+def fast_dir(request, tok_dir: str, tmp_path_factory) -> str:
+    """Byte-level BPE tokenizers with the GPT-2 pre-tokenizer: the tiny test one, a trained 2k one, SmolLM2's."""
+    if request.param == "tiny":
+        return tok_dir
+    if request.param == "bytelevel-2k":
+        return trained_bytelevel(tmp_path_factory.mktemp("bl2k"), 2000)
+    path = local_smollm2()
+    if path is None:
+        pytest.skip(
+            "smollm2-135m-instruct is not in TUNELOOP_HOME (the tiny and trained tokenizers still run)"
+        )
+    return path

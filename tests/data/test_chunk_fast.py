@@ -1,8 +1,8 @@
 """The one-pass chunker is exact: property tests against real re-encoding and the two-pass reference.
 
-`Chunker` encodes each document once (ids only) and, for byte-level BPE tokenizers with the GPT-2
-pre-tokenizer, derives token starts from byte lengths and counts most chunks from the document's
-own tokens (`chunk._ByteLevel`). These tests prove, over many random English / Chinese / mixed
+`Chunker` encodes each document once (ids only, through tiktoken where it is exact) and, for
+byte-level BPE tokenizers with the GPT-2 pre-tokenizer, derives token starts from byte lengths and
+counts most chunks from the document's own tokens (`chunk._ByteLevel`). These tests prove, over many random English / Chinese / mixed
 texts full of edge cases (contractions, digits, emoji, combining marks, odd whitespace, special
 tokens) and several tokenizers, that
   1. the derived token starts are `Encoding.offsets` starts,
@@ -22,67 +22,11 @@ import random
 from pathlib import Path
 
 import pytest
+from textgen import random_text
 
 from tuneloop.data import chunk as chunk_mod
 from tuneloop.data.chunk import Chunker, boundaries, load_tokenizer
 from tuneloop.data.config import ChunkConfig
-
-WORDS = [
-    "data", "model", "training", "Hello", "world", "it's", "don't", "we're", "I'll", "they've",
-    "3.14", "2024", "e-mail", "U.S.", "naïve", "数据", "模型", "训练", "你好", "北京",
-]  # fmt: skip
-PIECES = (
-    list("abcxyzABC") + list("的一是在不了有和人这中大为") + list("。，！？、；：“”‘’（）.,!?;:'\"()-_/@#$%&*…")
-    + [" ", " ", " ", "  ", "   ", "\n", "\n\n", "\n\n\n", "\t", " \n", "\n ", " \n\n  "]
-    + ["'s", "'t", "'re", "'ll", " 's", "s'", "''", "'S", " '"]
-    + list("0123456789")
-    + ["é", "e\u0301", "😀", "👍🏽", "\u3000", "\xa0", "\u200b", "ﬁ", "Ⅻ", "½", "²", "٣", "ß", "Ω", "ж", "한", "カ"]
-    + ["\u2028", "\x1c", "\x85", "\x0b", "\r", "𠀀", "\U0002ebf0", "<|im_start|>", "<|endoftext|>"]
-)  # fmt: skip
-
-
-def random_text(rng: random.Random, max_units: int = 120) -> str:
-    style = rng.random()
-    out: list[str] = []
-    for _ in range(rng.randint(1, max_units)):
-        r = rng.random()
-        if style < 0.3:  # mostly English prose
-            out.append(rng.choice(WORDS[:12]) if r < 0.7 else rng.choice(PIECES))
-            out.append(" " if rng.random() < 0.7 else rng.choice([". ", ", ", "\n", "\n\n", "! "]))
-        elif style < 0.5:  # mostly Chinese
-            out.append(
-                rng.choice(
-                    "的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而方后多定行学法所民得经"
-                )
-            )
-            if r < 0.1:
-                out.append(rng.choice("。，！？、；：\n"))
-        else:  # anything
-            out.append(rng.choice(WORDS) if r < 0.4 else rng.choice(PIECES))
-            if rng.random() < 0.3:
-                out.append(" ")
-    return "".join(out)
-
-
-def _trained_bytelevel(tmp: Path, vocab: int) -> str:
-    """A GPT-2 style byte-level BPE with a larger vocabulary than the tiny test model (merges across spaces: 'Ġword')."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    rng = random.Random(7)
-    corpus = [random_text(rng, 200) for _ in range(400)]
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab,
-        special_tokens=["<|endoftext|>", "<|im_start|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer=trainer)
-    tmp.mkdir(parents=True, exist_ok=True)
-    tok.save(str(tmp / "tokenizer.json"))
-    return str(tmp)
 
 
 def _other(tmp: Path, kind: str) -> str:
@@ -112,27 +56,6 @@ def _other(tmp: Path, kind: str) -> str:
     tmp.mkdir(parents=True, exist_ok=True)
     tok.save(str(tmp / "tokenizer.json"))
     return str(tmp)
-
-
-def _local_smollm2() -> str | None:
-    from tuneloop.paths import home
-
-    folder = home() / "models" / "smollm2-135m-instruct"
-    return str(folder) if (folder / "tokenizer.json").is_file() else None
-
-
-@pytest.fixture(scope="module", params=["tiny", "bytelevel-2k", "smollm2"])
-def fast_dir(request, tok_dir: str, tmp_path_factory) -> str:
-    if request.param == "tiny":
-        return tok_dir
-    if request.param == "bytelevel-2k":
-        return _trained_bytelevel(tmp_path_factory.mktemp("bl2k"), 2000)
-    path = _local_smollm2()
-    if path is None:
-        pytest.skip(
-            "smollm2-135m-instruct is not in TUNELOOP_HOME (the tiny and trained tokenizers still run)"
-        )
-    return path
 
 
 def _encode(tok, text: str):
@@ -278,45 +201,13 @@ def test_tokenizer_spec_gates_the_fast_path(tok_dir: str, tmp_path: Path) -> Non
         assert chunk_mod._byte_level(str(folder)) is None, name
 
 
-def test_python_pre_tokenizer_splits_like_the_tokenizer(tok_dir: str) -> None:
-    """The GPT-2 regex in Python's `re` (`_GPT2`) finds the tokenizer's own pre-tokens on every text
-    it calls safe: random strings over all safe BMP characters, ASCII, contractions and spaces."""
-    fast = chunk_mod._byte_level(tok_dir)
-    pre = load_tokenizer(tok_dir).pre_tokenizer
-    unsure = chunk_mod._unsure_chars()
-    safe = [chr(c) for c in range(0x80, 0x10000) if not unsure.match(chr(c))]
-    plain = [chr(c) for c in range(128) if not 0x1C <= c < 0x20]
-    extra = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", " '", "  ", "\n\n", " \n", "\t ", "_", " _a"]
-    rng = random.Random(3)
-    checked = 0
-    for _ in range(20000):
-        parts = [
-            rng.choice(plain)
-            if (r := rng.random()) < 0.5
-            else rng.choice(safe)
-            if r < 0.8
-            else rng.choice(extra)
-            for _ in range(rng.randint(1, 30))
-        ]
-        text = "".join(parts)
-        if not fast._safe(text):
-            continue
-        checked += 1
-        assert [m.span() for m in chunk_mod._GPT2.finditer(text)] == [
-            o for _, o in pre.pre_tokenize_str(text)
-        ]
-    assert checked > 15000
-    for unsure_text in ["x² y", "a\u3000b", "<|im_start|>hi", "emoji 😀", "a\x1cb", "Ⅻ"]:
-        assert not fast._safe(unsure_text)
-
-
-def test_pre_token_cache_counts_like_whole_documents(fast_dir: str) -> None:
-    """Counting through cached pre-tokens (warm and cold, English and Chinese) equals encoding the text."""
+def test_whole_document_counts_equal_the_tokenizer(fast_dir: str) -> None:
+    """Documents under the limit are counted from tiktoken's ids where it applies: the tokenizer's counts."""
     chunker = Chunker(fast_dir, ChunkConfig(max_tokens=10_000))
+    assert chunker.fast is not None and chunker.fast.tt is not None  # the tiktoken path is under test
     tok = chunker.tok
     rng = random.Random(4)
     texts = [random_text(rng, 150) for _ in range(400)]
-    for _ in range(2):  # the second pass runs on a warm cache
-        got = [c for cs in chunker.chunks_batch(texts) for c in cs]
-        want = [(t, len(_encode(tok, t).ids)) for t in texts if t.strip()]
-        assert got == want
+    got = [c for cs in chunker.chunks_batch(texts) for c in cs]
+    assert got == [(t, len(_encode(tok, t).ids)) for t in texts if t.strip()]
+    assert chunker.count(texts) == [len(_encode(tok, t).ids) for t in texts]

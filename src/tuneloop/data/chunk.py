@@ -7,8 +7,9 @@ a chunk that came out over the limit (tokenizers merge differently at a cut) is 
 limit holds for what the trainer will see.
 
 Speed (one tokenizer pass per document): documents are encoded in batches, ids only; for byte-level
-BPE tokenizers the token start positions come from the tokens' byte lengths (`_ByteLevel`), and a
-chunk whose edges fall on pre-token boundaries is counted from the document's tokens instead of
+BPE tokenizers the ids come from tiktoken wherever it provably gives the tokenizer's own ids
+(tiktoken_bpe.py, 3-7x faster), token start positions from the tokens' byte lengths (`_ByteLevel`),
+and a chunk whose edges fall on pre-token boundaries is counted from the document's tokens instead of
 being encoded again (`_ByteLevel.count`, proved against real re-encoding by tests/data/test_chunk.py).
 Any other tokenizer, and any chunk where that argument does not apply, takes the exact path:
 offsets from `encode`, and a re-count of the chunk.
@@ -17,10 +18,10 @@ offsets from `encode`, and a re-count of the chunk.
 from __future__ import annotations
 
 import bisect
-import itertools
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.data.config import ChunkConfig
+from tuneloop.data.tiktoken_bpe import TiktokenBPE
 
 # (pattern, priority): the cut goes right after the match
 _BOUNDARIES = (
@@ -107,8 +109,7 @@ class Chunker:
         self.max, self.overlap = cfg.max_tokens, cfg.overlap
         self._chat: Any = None
         self.fast = _byte_level(tokenizer_dir)
-        # encode_batch_fast skips offsets (tokenizers >= 0.21): counting needs none
-        self._encode_ids = getattr(self.tok, "encode_batch_fast", self.tok.encode_batch)
+        self._encode_ids = self.fast.encode_ids if self.fast is not None else _ids_encoder(self.tok)
 
     @property
     def chat(self) -> Any:
@@ -120,7 +121,7 @@ class Chunker:
         return self._chat
 
     def count(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self._encode_ids(texts, add_special_tokens=False)] if texts else []
+        return [len(ids) for ids in self._encode_ids(texts)] if texts else []
 
     def chunks(self, text: str) -> list[tuple[str, int]]:
         """(chunk text, token count) pairs covering `text`, each within the limit."""
@@ -135,23 +136,13 @@ class Chunker:
 
     def _fit_batch(self, texts: list[str], limit: int, depth: int) -> list[list[tuple[str, int]]]:
         fast = self.fast
-        words = fast.split(texts) if fast is not None else [None] * len(texts)
-        todo = [i for i, w in enumerate(words) if w is None]
-        encs = dict(
-            zip(todo, self._encode_ids([texts[i] for i in todo], add_special_tokens=False), strict=True)
-        )
         results: list[list[tuple[str, int]]] = []
         pending: list[tuple[int, str, int | None]] = []  # (result index, piece, count if known)
-        for i, text in enumerate(texts):
-            w = words[i]
-            ids = None if w is not None else encs[i].ids
-            n = fast.count_words(w) if w is not None else len(ids)
-            if n <= self.max:
-                results.append([(text, n)] if text.strip() else [])
+        for text, ids in zip(texts, self._encode_ids(texts), strict=True):
+            if len(ids) <= self.max:
+                results.append([(text, len(ids))] if text.strip() else [])
                 continue
-            layout = None
-            if fast is not None:
-                layout = fast.layout_words(text, w) if w is not None else fast.layout(text, ids)
+            layout = fast.layout(text, ids) if fast is not None else None
             starts = layout.starts if layout is not None else _offset_starts(self.tok, text)
             for a, b in self._cut(text, starts, limit):
                 piece = text[a:b]
@@ -160,8 +151,6 @@ class Chunker:
                     n = layout.count(piece, a, fast) if layout is not None else None
                     pending.append((len(results), s, n))
             results.append([])
-        if fast is not None:
-            fast.forget_transient()
         unknown = [p for _, p, n in pending if n is None]
         counts = iter(self.count(unknown))
         for r, piece, n in pending:
@@ -199,13 +188,18 @@ class Chunker:
 
 def preload(path: str) -> None:
     """Load what a `Chunker` for `path` needs (before forking workers, which then share it)."""
-    if _byte_level(path) is not None:
-        _unsure_chars()
+    _byte_level(path)
 
 
 @lru_cache(maxsize=4)
 def _byte_level(path: str) -> _ByteLevel | None:
     return _ByteLevel.of(load_tokenizer(path))
+
+
+def _ids_encoder(tok: Any) -> Callable[[list[str]], list[list[int]]]:
+    # encode_batch_fast skips offsets (tokenizers >= 0.21): counting needs none
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
 def _offset_starts(tok: Any, text: str) -> list[int]:
@@ -268,16 +262,12 @@ class _ByteLevel:
     inside a pre-token) is re-encoded.
     """
 
-    def __init__(self, tok: Any, lengths: np.ndarray, added: list[str]):
+    def __init__(self, tok: Any, lengths: np.ndarray, tt: TiktokenBPE | None = None):
         self.tok = tok
+        self.tt = tt  # the same ids as `tok`, faster (tiktoken_bpe.py)
         self.lengths = lengths  # bytes per token id; -1 for special/added tokens and unknown strings
         self.heads: dict[str, int] = {}
-        self.added = [a for a in added if a]  # added tokens are cut out before pre-tokenization
-        self.added_first = "".join({a[0] for a in self.added})
-        self.encode_batch = getattr(tok, "encode_batch_fast", tok.encode_batch)
-        self.counts: dict[str, int] = {}  # pre-token -> tokens (3.)
-        self.token_lengths: dict[str, tuple[int, ...]] = {}  # pre-token -> bytes of each token
-        self.transient: list[str] = []
+        self._encode_tok = _ids_encoder(tok)
 
     @classmethod
     def of(cls, tok: Any) -> _ByteLevel | None:
@@ -312,75 +302,18 @@ class _ByteLevel:
         for token, i in vocab.items():
             if i not in added and byte_chars.fullmatch(token):
                 lengths[i] = len(token)  # one character of the byte alphabet per byte
-        return cls(tok, lengths, [t["content"] for t in spec.get("added_tokens", [])])
+        return cls(tok, lengths, TiktokenBPE.of(tok, spec))
 
-    # -- 3. pre-tokens in Python, tokens of each distinct pre-token from the tokenizer, cached --
-
-    def split(self, texts: list[str]) -> list[list[str] | None]:
-        """Each text's pre-tokens (GPT-2 regex in Python's `re`), or None where the emulation is not sure.
-
-        Pre-tokens missing from the cache are encoded in one batch (each alone encodes to exactly
-        its tokens in the text: BPE works per pre-token, and a pre-token alone pre-tokenizes into itself).
-        """
-        out: list[list[str] | None] = []
-        new: dict[str, None] = {}
-        counts = self.counts
-        warm = len(counts) >= _WARM
-        for text in texts:
-            ascii_ = text.isascii()
-            # CJK text: a run of CJK characters is one pre-token, which rarely comes back; such
-            # text encodes faster whole than pre-token by pre-token
-            if not ascii_ and len(text.encode("utf-8")) > 1.25 * len(text):
-                out.append(None)
-                continue
-            words = _GPT2.findall(text) if self._safe(text) else None
-            if words is not None:
-                miss = set(words).difference(counts)
-                if miss and (warm or not ascii_) and 4 * sum(map(len, miss)) > len(text):
-                    words = None  # mostly unseen text: the same
-                else:
-                    new.update(dict.fromkeys(miss))
-            out.append(words)
-        if new:
-            misses = list(new)
-            encs = self.encode_batch(misses, add_special_tokens=False)
-            if len(self.counts) > _WORD_CACHE:
-                self.counts.clear()
-                self.token_lengths.clear()
-            for word, enc in zip(misses, encs, strict=True):
-                ids = enc.ids
-                lens = self.lengths[ids] if ids else np.zeros(0, dtype=np.int64)
-                if lens.size and (lens.min() < 0 or int(lens.sum()) != len(word.encode("utf-8"))):
-                    self.forget_transient()
-                    return [None] * len(texts)  # not byte-level after all: encode these texts whole
-                self.counts[word] = len(ids)
-                self.token_lengths[word] = tuple(lens.tolist())
-                if len(word) > 24:  # long pre-tokens (a run of CJK text) rarely come back
-                    self.transient.append(word)
-        return out
-
-    def forget_transient(self) -> None:
-        for word in self.transient:
-            self.counts.pop(word, None)
-            self.token_lengths.pop(word, None)
-        self.transient.clear()
-
-    def count_words(self, words: list[str]) -> int:
-        return sum(map(self.counts.__getitem__, words))
-
-    def layout_words(self, text: str, words: list[str]) -> _Layout | None:
-        lens = np.fromiter(
-            itertools.chain.from_iterable(map(self.token_lengths.__getitem__, words)), dtype=np.int64
-        )
-        return self._layout(text, lens)
-
-    def _safe(self, text: str) -> bool:
-        """Whether Python's `re` classes agree with the tokenizer's regex on every character of text."""
-        if any(c in text for c in self.added_first) and any(a in text for a in self.added):
-            return False
-        if text.isascii():
-            return len(text.encode("ascii").translate(None, _ASCII_UNSURE)) == len(text)
-        return _unsure_chars().search(text) is None
+    def encode_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text: tiktoken where it is exact (`TiktokenBPE`), the tokenizer elsewhere."""
+        if self.tt is None:
+            return self._encode_tok(texts)
+        out = [self.tt.encode(text) for text in texts]
+        rest = [i for i, ids in enumerate(out) if ids is None]
+        if rest:
+            for i, ids in zip(rest, self._encode_tok([texts[i] for i in rest]), strict=True):
+                out[i] = ids
+        return out  # type: ignore[return-value]
 
     def layout(self, text: str, ids: list[int]) -> _Layout | None:
         """Token starts of `text` from its ids, or None when the ids do not spell the text byte for byte."""
@@ -406,43 +339,10 @@ class _ByteLevel:
     def head(self, word: str) -> int:
         n = self.heads.get(word)
         if n is None:
-            n = len(self.tok.encode(word, add_special_tokens=False).ids)
+            n = len(self.encode_ids([word])[0])
             if len(self.heads) < 100_000:
                 self.heads[word] = n
         return n
-
-
-# The GPT-2 pre-tokenizer regex (' ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+' ...) in Python's `re`, exact on
-# text without the characters of `_unsure_chars` (there, letters are [^\W\d_] and numbers \d).
-_GPT2 = re.compile(r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+""")
-_ASCII_UNSURE = bytes(range(0x1C, 0x20))  # whitespace to Python, maybe not to the tokenizer
-_WORD_CACHE = 200_000
-_WARM = 20_000  # cached pre-tokens from which a text of mostly unseen ones is encoded whole
-
-
-@lru_cache(maxsize=1)
-def _unsure_chars() -> re.Pattern[str]:
-    r"""Characters where Python's `re` and the tokenizer's regex might classify differently.
-
-    Numbers that are not digits (No, Nl: Python's \w takes them as letters), whitespace other than
-    ASCII's, controls, unassigned and private characters, anything whose category changed since
-    Unicode 3.2 (the tokenizer's tables may be older or newer than Python's), and all non-BMP characters.
-    """
-    bad, start = [], None
-    for cp in range(0x80, 0x10001):
-        c = chr(cp) if cp < 0x10000 else ""
-        cat = unicodedata.category(c) if c else ""
-        unsure = bool(c) and (
-            cat in ("No", "Nl", "Cn", "Co", "Cs", "Cc", "Zs", "Zl", "Zp")
-            or c.isspace()
-            or unicodedata.ucd_3_2_0.category(c) != cat
-        )
-        if unsure and start is None:
-            start = cp
-        elif not unsure and start is not None:
-            bad.append(f"{re.escape(chr(start))}-{re.escape(chr(cp - 1))}")
-            start = None
-    return re.compile(f"[{''.join(bad)}\U00010000-\U0010ffff]")
 
 
 class _Layout:
