@@ -10,10 +10,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tuneloop.cli import eval_tasks
+from tuneloop.cli import eval_judge, eval_tasks
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation.compare import Comparison, compare, metric_rows
 from tuneloop.evaluation.harness import EvalReport, evaluate
+from tuneloop.evaluation.judge_eval import JudgeResult, judge_reports
 from tuneloop.evaluation.report import fmt, to_json, write_reports
 from tuneloop.models.resolve import resolve_model
 from tuneloop.paths import check_writable_dir
@@ -28,6 +29,8 @@ def eval_command(
     api_base: str | None = typer.Option(None, "--api-base", help=eval_tasks.API_HELP),
     tokenizer: str | None = typer.Option(None, "--tokenizer", help=eval_tasks.TOKENIZER_HELP),
     baseline: str | None = typer.Option(None, "--baseline", help="A second model to compare against."),
+    judge: str | None = typer.Option(None, "--judge", help=eval_judge.JUDGE_HELP),
+    judge_rubric: Path | None = typer.Option(None, "--judge-rubric", help=eval_judge.RUBRIC_HELP),
     max_samples: int | None = typer.Option(
         None, "--max-samples", min=1, help="Evaluate the first N rows only."
     ),
@@ -43,6 +46,7 @@ def eval_command(
 ) -> None:
     """Measure a model: perplexity, and for SFT data generated answers scored against references;
     with --tasks, general-ability tasks (lm-evaluation-harness) with confidence intervals."""
+    judge_config = eval_judge.judge_config(judge, judge_rubric, baseline=baseline, tasks=tasks)
     if tasks is not None:
         if data is not None:
             raise TuneloopError("--data and --tasks are two evaluations", hint="run them one at a time")
@@ -66,15 +70,16 @@ def eval_command(
     report = evaluate(model, data, **kwargs)
     base = evaluate(baseline, data, **kwargs) if baseline else None
     comparison = compare(report, base) if base else None
+    judged = judge_reports(report, base, judge_config) if base and judge_config else None
     if out is not None:
         try:
-            write_reports(out, report, base, comparison)
+            write_reports(out, report, base, comparison, judged)
         except OSError as e:  # the disk filled up or the folder changed since the check
             raise TuneloopError(f"could not write the report into --out '{out}': {e}") from None
     if json_output:
-        typer.echo(json.dumps(to_json(report, base, comparison), indent=2, ensure_ascii=False))
+        typer.echo(json.dumps(to_json(report, base, comparison, judged), indent=2, ensure_ascii=False))
         return
-    _print_human(report, base, comparison, out)
+    _print_human(report, base, comparison, out, judged)
 
 
 def _table(report: EvalReport, base: EvalReport | None) -> Table:
@@ -94,7 +99,11 @@ def _table(report: EvalReport, base: EvalReport | None) -> Table:
 
 
 def _print_human(
-    report: EvalReport, base: EvalReport | None, comparison: Comparison | None, out: Path | None
+    report: EvalReport,
+    base: EvalReport | None,
+    comparison: Comparison | None,
+    out: Path | None,
+    judged: JudgeResult | None = None,
 ) -> None:
     console = Console()
     console.print(_table(report, base))
@@ -108,7 +117,11 @@ def _print_human(
             console.print(
                 f"\n[bold]Q:[/] {escape(s.question)}\n  reference: {escape(s.reference)}\n  model:     {escape(s.prediction)}"
             )
+    if judged:
+        console.print()
+        eval_judge.print_judge(console, judged)
     seconds = report.timing["total_s"] + (base.timing["total_s"] if base else 0)
+    seconds += judged.summary.usage["seconds"] if judged else 0
     console.print(
         f"\n[dim]{seconds:.1f} s"
         + (f"; wrote {out / 'eval.json'} and {out / 'eval.md'}" if out else "")

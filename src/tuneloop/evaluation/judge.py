@@ -68,6 +68,8 @@ __all__ = [
     "Verdict",
     "WinRate",
     "agreement",
+    "combine",
+    "order_verdict",
     "paired_values",
     "position_bias",
     "summarize",
@@ -192,7 +194,8 @@ class Usage:
 
 class Judge:
     """`Judge(config)` loads the judge (or connects to it); `close()` (or a `with` block) frees the
-    model and the files. `backend` replaces the one the config describes (any `Backend`)."""
+    model and the files. `backend` replaces the one the config describes (any `Backend`; e.g. another
+    judge's, to share a loaded model), and stays open."""
 
     def __init__(self, config: JudgeConfig, backend: Backend | None = None):
         self.config = config
@@ -200,6 +203,7 @@ class Judge:
         # the files first: a bad path fails in a second, before a model loads
         self.cache = JudgeCache(config.cache or default_cache_path()) if config.use_cache else None
         self.log = AuditLog(config.log or default_log_path())
+        self._owns_backend = backend is None  # one given is the giver's to close
         try:
             self.backend: Backend = backend or make_backend(config)
         except BaseException:
@@ -222,7 +226,8 @@ class Judge:
         self.close()
 
     def close(self) -> None:
-        self.backend.close()
+        if self._owns_backend:
+            self.backend.close()
         self._close_files()
 
     def _close_files(self) -> None:
@@ -243,12 +248,10 @@ class Judge:
                 prompts.append(pair_messages(rubric, it.question, *shown, it.reference, facts, reasons))
                 meta.append({"task": "compare", "id": it.id, "item": i, "shown_first": first})
         asked = self._ask(prompts, meta, PAIR_LABELS, PAIR_CHOICES)
-        judgments = []
-        for i, it in enumerate(items):
-            orders = [_order(side, asked[2 * i + k]) for k, side in enumerate(("a", "b"))]
-            w0, w1 = orders[0].winner, orders[1].winner
-            judgments.append(Judgment(it.id, w0 if w0 == w1 else "tie", orders))
-        return judgments
+        return [
+            combine(it.id, _order("a", asked[2 * i]), _order("b", asked[2 * i + 1]))
+            for i, it in enumerate(items)
+        ]
 
     # ------------------------------------------------------------ against known facts
 
@@ -354,7 +357,21 @@ class Judge:
                 u.completion_tokens += reply.completion_tokens
 
 
-def _order(shown_first: Side, asked: _Asked) -> OrderVerdict:
+def order_verdict(shown_first: Side, said: str | None, raw: str = "", **flags: Any) -> OrderVerdict:
+    """A single-order verdict ("A" / "B" / "tie" / None) mapped back to the item's answers."""
     other: Side = "b" if shown_first == "a" else "a"
-    winner: Winner = {"A": shown_first, "B": other}.get(asked.label or "", "tie")  # type: ignore[assignment]
-    return OrderVerdict(shown_first, asked.label, winner, asked.raw, asked.retried, asked.cached, asked.error)
+    winner: Winner = {"A": shown_first, "B": other}.get(said or "", "tie")  # type: ignore[assignment]
+    return OrderVerdict(shown_first, said, winner, raw, **flags)
+
+
+def combine(item_id: str | None, a_first: OrderVerdict, b_first: OrderVerdict) -> Judgment:
+    """Both orders name the same winner: that one; anything else (a disagreement, a tie, an
+    unreadable order) is a tie. A judge that always picks the first answer shown never decides."""
+    winner = a_first.winner if a_first.winner == b_first.winner else "tie"
+    return Judgment(item_id, winner, [a_first, b_first])
+
+
+def _order(shown_first: Side, asked: _Asked) -> OrderVerdict:
+    return order_verdict(
+        shown_first, asked.label, asked.raw, retried=asked.retried, cached=asked.cached, error=asked.error
+    )

@@ -53,7 +53,9 @@ class Backend(Protocol):
 
 
 def make_backend(config: JudgeConfig) -> Backend:
-    return EngineBackend(config.model, config.device) if config.model else OpenAIBackend(config)
+    if config.model:
+        return EngineBackend(config.model, config.device, config.kv_cache_gib)
+    return OpenAIBackend(config)
 
 
 # ------------------------------------------------------------------ our engine
@@ -65,7 +67,7 @@ class EngineBackend:
     ADAPTER = "judge"
     continues_reply = True
 
-    def __init__(self, ref: str, device: str = "auto"):
+    def __init__(self, ref: str, device: str = "auto", kv_cache_gib: float | None = None):
         resolved = resolve_model(ref)
         folder, adapter = resolved.path, None
         fmt = folder_format(folder)
@@ -89,7 +91,7 @@ class EngineBackend:
         self.identity = f"engine:{ref}:{_fingerprint(folder, adapter)}"
         from tuneloop.engine import LLMEngine  # torch and the engine: only for a local judge
 
-        self.engine = LLMEngine.from_pretrained(folder, device=pick_device(device))
+        self.engine = LLMEngine.from_pretrained(folder, device=pick_device(device), kv_cache_gib=kv_cache_gib)
         if adapter is not None:
             self.engine.load_lora(self.ADAPTER, adapter)
         self.lora = self.ADAPTER if adapter is not None else None

@@ -57,6 +57,9 @@ class JudgeConfig(Config):
         description="JSONL audit log of every prompt and raw reply (default TUNELOOP_HOME/judge/log.jsonl)",
     )
     device: str = Field("auto", description="engine judge: auto, cpu, cuda, cuda:1, ...")
+    kv_cache_gib: float | None = Field(
+        None, gt=0, description="engine judge: KV cache size (default: the engine's, 1 GiB on the CPU)"
+    )
     concurrency: int = Field(8, ge=1, le=1024, description="upstream judge: requests in flight at once")
     requests_per_minute: float | None = Field(
         None, gt=0, description="upstream judge: start at most this many requests a minute (None: no limit)"

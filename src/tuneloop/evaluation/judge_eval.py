@@ -86,3 +86,50 @@ def judge_reports(
             agreements.append(agreement(judgments, a, b, metric))
     summary = summarize(judgments, identity, config.rubric, usage, agreements, confidence)
     return JudgeResult(summary, judgments, [it.question for it in items])
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
+def summary_lines(s: JudgeSummary) -> list[tuple[str, str]]:
+    """(what, value) rows shared by eval.md and the console."""
+    p, u = s.position, s.usage
+    level = f"{100 * s.confidence:g} %"
+    bias = "-" if p.first_rate is None else (
+        f"first shown won {p.first_won} of {p.decided} single-order verdicts ({_pct(p.first_rate)}, "
+        f"p = {p.p_value:.3g})" + (": position-biased" if p.biased else "")
+    )  # fmt: skip
+    rows = [
+        ("wins / ties / losses", f"{s.wins} / {s.ties} / {s.losses} of {s.n}"),
+        (f"win rate (ties half), {level} CI", f"{s.win_rate:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}]"),
+        ("position bias", bias),
+        ("same winner in both orders", _pct(p.consistent)),
+        ("no readable verdict", f"{p.invalid} of {2 * s.n} single-order verdicts ({p.retried} asked again)"),
+    ]
+    for a in s.agreement:
+        rows.append((
+            f"agrees with {a.metric}",
+            f"{a.agree} of {a.differ} items where it differs ({_pct(a.rate)}; judge tie {a.judge_tie}, "
+            f"opposite {a.disagree})" if a.differ else "the metric does not tell the answers apart",
+        ))  # fmt: skip
+    rows.append((
+        "judge cost",
+        f"{u['prompts']:.0f} prompts ({u['cached']:.0f} cached), {u['prompt_tokens']:.0f} prompt + "
+        f"{u['completion_tokens']:.0f} completion tokens, {u['seconds']:.1f} s",
+    ))  # fmt: skip
+    return rows
+
+
+def markdown_section(result: JudgeResult, model: str, baseline: str) -> list[str]:
+    s = result.summary
+    lines = [
+        "## Pairwise judge",
+        "",
+        f"`{model}` (a) against `{baseline}` (b), judged by `{s.judge}`; each pair is asked in both orders "
+        "and has a winner only when both orders agree (else a tie).",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    return lines + [f"| {k} | {v} |" for k, v in summary_lines(s)] + [""]

@@ -8,18 +8,24 @@ from typing import Any
 
 from tuneloop.evaluation.compare import Comparison, metric_rows
 from tuneloop.evaluation.harness import EvalReport
+from tuneloop.evaluation.judge_eval import JudgeResult, markdown_section
 
 N_MARKDOWN_SAMPLES = 3
 
 
 def to_json(
-    report: EvalReport, baseline: EvalReport | None = None, comparison: Comparison | None = None
+    report: EvalReport,
+    baseline: EvalReport | None = None,
+    comparison: Comparison | None = None,
+    judge: JudgeResult | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"model": report.to_dict()}
     if baseline is not None:
         out["baseline"] = baseline.to_dict()
     if comparison is not None:
         out["comparison"] = comparison.to_dict()
+    if judge is not None:
+        out["judge"] = judge.to_dict()
     return out
 
 
@@ -37,10 +43,14 @@ def _cell(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def to_markdown(report: EvalReport, baseline: EvalReport | None = None) -> str:
+def to_markdown(
+    report: EvalReport, baseline: EvalReport | None = None, judge: JudgeResult | None = None
+) -> str:
     lines = [f"# Evaluation of `{report.model}`", "", f"Data: `{report.data}` ({report.n} {report.kind} rows"]
     lines[-1] += f", {report.truncated} truncated at {report.max_length} tokens)" if report.truncated else ")"
     lines += ["", *_metrics_table(report, baseline), ""]
+    if judge is not None and baseline is not None:
+        lines += markdown_section(judge, report.model, baseline.model)
     lines += _samples_section(report, baseline)
     return "\n".join(lines) + "\n"
 
@@ -80,14 +90,15 @@ def write_reports(
     report: EvalReport,
     baseline: EvalReport | None = None,
     comparison: Comparison | None = None,
+    judge: JudgeResult | None = None,
 ) -> tuple[Path, Path]:
     """Write eval.json and eval.md into `out_dir` (created) and return their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out / "eval.json", out / "eval.md"
     json_path.write_text(
-        json.dumps(to_json(report, baseline, comparison), indent=2, ensure_ascii=False) + "\n",
+        json.dumps(to_json(report, baseline, comparison, judge), indent=2, ensure_ascii=False) + "\n",
         encoding="utf-8",
     )
-    md_path.write_text(to_markdown(report, baseline), encoding="utf-8")
+    md_path.write_text(to_markdown(report, baseline, judge), encoding="utf-8")
     return json_path, md_path
