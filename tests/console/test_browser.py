@@ -46,7 +46,7 @@ def _loop_config(tmp_path: Path):
         "collect": {"served_name": "prod"},
         "curate": {"holdout_fraction": 0.0, "approval": {"required": True}},
         "retrain": {"min_new_examples": 1000},  # stop after the dataset is built: no training here
-        "gate": {"frozen_eval": str(frozen)},
+        "gate": {"frozen_eval": str(frozen), "min_examples": 1},  # one frozen question: the gate never runs here
     })  # fmt: skip
 
 

@@ -56,7 +56,8 @@ def test_a_crashed_cycle_resumes_where_it_stopped_and_the_cursor_moves_only_when
     assert stages == [("collect", "collected"), ("curate", "curated"), ("retrain", "trained"), ("gate", "passed"),
                       ("gate", "registered"), ("cycle", "promoted")]  # fmt: skip
     gate = next(d for d in store.decisions() if d["decision"] == "passed")["numbers"]
-    assert gate["production"]["n_frozen"] == 2 and "frozen_delta" in gate
+    assert gate["production"]["frozen"]["n"] == 2 and "frozen_delta" in gate
+    assert [(c["name"], c["role"], c["n"], c["status"]) for c in gate["checks"]] == [("frozen", "improve", 2, "pass")]
     pool = (store.root / "accepted-sft.jsonl").read_text().splitlines()
     assert len(pool) == 3  # promoted examples are old data for the next cycle
 

@@ -99,19 +99,42 @@ def status(
 
 
 def _numbers(numbers: dict[str, Any]) -> str:
-    """The headline numbers of a decision, compactly."""
+    """The headline numbers of a decision, compactly: each check (gate, canary) on a line of its own."""
     flat = []
     for k, v in numbers.items():
         if isinstance(v, dict):
             inner = ", ".join(f"{ik}={_fmt(iv)}" for ik, iv in v.items() if not isinstance(iv, (dict, list)))
-            flat.append(f"{k}: {inner}")
+            if inner:
+                flat.append(f"{k}: {inner}")
         elif not isinstance(v, list):
             flat.append(f"{k}={_fmt(v)}")
-    return "; ".join(flat)
+    lines = [_check(c) for c in numbers.get("checks") or [] if isinstance(c, dict)]
+    return "\n".join([*lines, "; ".join(flat)] if flat else lines)
 
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _check(c: dict[str, Any]) -> str:
+    """gate: 'feedback token_f1 +0.120 [+0.050, +0.190] n=40 pass';
+    canary: 'thumbs_up 0.8 vs 0.6 [0.1121, 0.2844] n=300/900 pass' (candidate vs production)."""
+    n = "/".join(str(x) for x in c["n"]) if isinstance(c.get("n"), list) else str(c.get("n"))
+    if "metric" in c:  # a gate check: the paired difference and its interval
+        signed = lambda v: "?" if v is None else f"{v:+.3f}"  # noqa: E731
+        head, low, high = (
+            f"{c['name']} {c['metric']} {signed(c.get('diff'))}",
+            signed(c.get("low")),
+            signed(c.get("high")),
+        )
+    else:
+        head, low, high = (
+            f"{c['name']} {_fmt(c.get('candidate'))} vs {_fmt(c.get('production'))}",
+            _fmt(c.get("low")),
+            _fmt(c.get("high")),
+        )
+    bounds = "" if c.get("low") is None and c.get("high") is None else f" [{low}, {high}]"
+    return f"{head}{bounds} n={n} {c.get('status')}"
 
 
 def review(
@@ -170,9 +193,11 @@ def _show(item: Any) -> None:
     console.rule(f"#{item.id} {item.model} cycle {item.cycle} ({item.source}) request {item.request_id}")
     for m in item.prompt:
         console.print(f"[bold]{m['role']}:[/] {escape(m['content'])}", highlight=False)
-    console.print(f"[green]train on:[/] {escape(item.answer)}", highlight=False)
-    if item.rejected_answer:
-        console.print(f"[red]instead of:[/] {escape(item.rejected_answer)}", highlight=False)
+    if item.answer:
+        console.print(f"[green]train on:[/] {escape(item.answer)}", highlight=False)
+    if item.rejected_answer:  # alone: a thumb down (KTO), approve to learn to avoid it, edit to correct it
+        label = "instead of" if item.answer else "avoid (thumbs down)"
+        console.print(f"[red]{label}:[/] {escape(item.rejected_answer)}", highlight=False)
 
 
 def _interactive(queue: Any, pending: list[Any], who: str) -> None:

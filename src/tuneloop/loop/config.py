@@ -5,6 +5,7 @@ tuneloop loop run --model acme-support --config loop.yaml gate.margin=0.05 canar
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Literal
 
@@ -12,11 +13,13 @@ from pydantic import Field, field_validator, model_validator
 
 from tuneloop.config import Config
 from tuneloop.errors import ConfigError
+from tuneloop.evaluation.judge_config import JudgeConfig
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
+@functools.lru_cache(maxsize=256)  # the canary asks for its durations at every look
 def parse_duration(text: str | float | int, what: str = "duration") -> float:
     """'90s', '15m', '2h', '1d' or a number of seconds -> seconds."""
     if isinstance(text, (int, float)):
@@ -138,9 +141,43 @@ class GateSettings(Config):
     metric: Literal["contains_answer", "token_f1", "rouge_l", "exact_match"] = "contains_answer"
     feedback_metric: Literal["token_f1", "rouge_l", "exact_match"] = "token_f1"
     margin: float = Field(
-        0.02, ge=0, description="the candidate must beat production by this much (0: not worse)"
+        0.0,
+        ge=-1,
+        le=1,
+        description="the lower confidence bound of the improvement where the new feedback is must be above "
+        "this (0: shown better; a negative value: not worse by more than that)",
     )
-    tolerance: float = Field(0.0, ge=0, description="allowed drop on the frozen set")
+    tolerance: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="allowed drop on the frozen set: the lower confidence bound of the change must stay "
+        "above -tolerance (n frozen questions cannot show a bound tighter than about 3/n)",
+    )
+    confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="two-sided level of every interval (each decision uses one side)"
+    )
+    min_examples: int = Field(
+        30,
+        ge=1,
+        description="held-out new examples the gate needs (fewer: no retraining, the feedback stays for "
+        "the next cycle); the frozen set needs as many questions",
+    )
+    bootstrap_resamples: int = Field(4000, ge=200, description="for scores that are not 0/1 (token F1)")
+    seed: int = Field(0, description="of the bootstrap: the same scores always give the same decision")
+    judge: JudgeConfig | None = Field(
+        None,
+        description="an LLM judge compares both models' answers to the held-out questions (both orders); "
+        "its wins minus losses must be shown above gate.judge_margin (omit: no judge)",
+    )
+    judge_margin: float = Field(0.0, ge=-1, le=1, description="see gate.judge")
+    tasks: list[str] = Field(
+        default_factory=list,
+        description="general-ability tasks (lm-evaluation-harness names or YAML files, e.g. "
+        "[tuneloop_general]) run on both models; fails on a drop shown beyond gate.tasks_tolerance",
+    )
+    tasks_tolerance: float = Field(0.0, ge=0, le=1, description="see gate.tasks (0: any significant drop)")
+    tasks_limit: int | None = Field(None, gt=0, description="examples per task (default: all)")
     max_samples: int | None = Field(None, gt=0)
     max_new_tokens: int = Field(48, gt=0)
     batch_size: int = Field(8, gt=0)
@@ -155,17 +192,58 @@ class CanarySettings(Config):
     production_model: str = Field(..., description="served name following NAME@production")
     candidate_model: str = Field(..., description="served name following NAME@candidate")
     share: float = Field(0.1, gt=0, lt=1, description="share of traffic sent to the candidate")
-    window: str = Field("30m", description="how long to watch (30s, 15m, 2h)")
+    window: str = Field("30m", description="the least time it watches before promoting (30s, 15m, 2h)")
     max_wait: str | None = Field(
-        None, description="give up waiting for min_requests after this (default: 4x window)"
+        "24h",
+        description="no decision by then: roll back (a 10-point better thumbs-up rate takes ~8 h at 200 "
+        "rated answers an hour with share 0.1: benchmarks/loop_decisions_sim.py; null: 4x window)",
     )
-    poll: str = Field("5s", description="how often to look at the numbers")
-    min_requests: int = Field(20, ge=1, description="candidate requests needed for a decision")
-    min_feedback: int = Field(0, ge=0, description="candidate ratings needed for a decision")
-    max_error_rate: float = Field(0.05, ge=0, le=1)
-    max_latency_ratio: float = Field(1.5, gt=0, description="candidate p95 latency / production p95")
-    rating_tolerance: float = Field(0.0, ge=0, description="allowed drop of the mean rating")
+    poll: str = Field("5s", description="how often to look at the numbers (any number of looks is safe)")
+    min_requests: int = Field(20, ge=1, description="candidate requests needed for any decision")
+    min_feedback: int = Field(
+        30,
+        ge=0,
+        description="rated answers each variant needs before ratings decide (0: promote on health "
+        "alone, without evidence that the candidate is better)",
+    )
+    confidence: float = Field(
+        0.95,
+        gt=0.5,
+        lt=1,
+        description="level of the confidence sequences: a wrong promotion or rollback at most 1 - "
+        "confidence of the time, however often the loop looks",
+    )
+    rating_margin: float = Field(
+        0.0,
+        ge=-1,
+        le=1,
+        description="promote when the thumbs-up rate's improvement is shown above this (0: shown "
+        "better; -0.05: not worse by more than 5 points); roll back when shown below it",
+    )
+    max_error_rate: float = Field(
+        0.05, ge=0, le=1, description="roll back when the candidate's error rate is shown above this"
+    )
+    max_error_increase: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="roll back when the candidate's error rate is shown above production's by more",
+    )
+    max_latency_ratio: float = Field(
+        1.5, gt=0, description="roll back when the candidate's p95 latency is shown above this x production's"
+    )
     timeout_s: float = Field(30.0, gt=0, description="HTTP timeout for admin calls")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: object) -> object:
+        if isinstance(data, dict) and "rating_tolerance" in data:
+            raise ValueError(
+                "canary.rating_tolerance (a drop of the mean 1-5 rating) is gone: the canary compares "
+                "thumbs-up rates now; write canary.rating_margin (0: shown better, -0.05: at most 5 "
+                "points worse)"
+            )
+        return data
 
     @field_validator("window", "poll", "max_wait")
     @classmethod

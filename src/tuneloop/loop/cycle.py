@@ -29,7 +29,7 @@ CYCLE_TAG = "tuneloop.loop_cycle"
 @dataclass
 class CycleResult:
     cycle: int
-    outcome: str  # nothing_new | waiting_for_review | not_enough_data | rejected_by_gate | promoted | rolled_back | registered
+    outcome: str  # nothing_new | waiting_for_review | not_enough_data | not_enough_evidence | rejected_by_gate | promoted | rolled_back
     detail: str = ""
 
 
@@ -37,10 +37,12 @@ class Loop:
     def __init__(self, name: str, config: LoopConfig, *, say: Say = lambda _: None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time):  # fmt: skip
         from tuneloop.loop.config import check_files
+        from tuneloop.loop.gate import check_frozen
         from tuneloop.registry.refs import check_name
 
         check_name(name)
         check_files(config)
+        check_frozen(config.gate)
         self.name, self.cfg, self.say, self.sleep, self.clock = name, config, say, sleep, clock
         self.store = LoopStore(name)
         self._registry = None
@@ -82,9 +84,13 @@ class Loop:
         self.store.decide(state["cycle"], stage, decision, reason, **numbers)
         self.say(f"[{stage}] {decision}: {reason}")
 
-    def _finish(self, state: dict[str, Any], outcome: str, detail: str = "") -> CycleResult:
-        batch = json.loads((self._dir(state) / "batch.json").read_text())
-        self.store.save_cursor(batch["cursor"])
+    def _finish(
+        self, state: dict[str, Any], outcome: str, detail: str = "", consume: bool = True
+    ) -> CycleResult:
+        """consume=False (not enough evidence yet): the cursor stays, the next cycle sees this feedback again."""
+        if consume:
+            batch = json.loads((self._dir(state) / "batch.json").read_text())
+            self.store.save_cursor(batch["cursor"])
         state.update(stage="done", outcome=outcome, finished=self.clock())
         self.store.save_state(state)
         self._decide(state, "cycle", outcome, detail or outcome)
@@ -176,6 +182,21 @@ class Loop:
         self._decide(state, "curate", "curated", f"{len(proposals)} kept, {counts['rejected']} rejected",
                      counts=counts, rejections=manifest["rejections"], pii_redacted=manifest["pii_redacted"],
                      fingerprint=manifest["fingerprint"])  # fmt: skip
+        g = self.cfg.gate
+        # no training of a candidate the gate could not judge yet: held-out rows with a trusted
+        # reference (gate_feedback, when curation wrote the gate's set), and without one for a judge
+        scored = counts.get("gate_feedback", counts["new_sft_heldout"])
+        other = counts.get("gate_unverified", 0)
+        heldout = scored + other if g.judge is not None else scored
+        if c.holdout_fraction > 0 and heldout < g.min_examples:
+            hint = ""
+            if other and g.judge is None:
+                hint = f" ({other} more have no trusted reference: gate.judge compares those)"
+            reason = (f"{heldout} held-out new examples, the gate needs {g.min_examples} (gate.min_examples){hint}: "
+                      f"no retraining; the feedback stays for the next cycle")  # fmt: skip
+            self._decide(state, "gate", "not_enough_evidence", reason, heldout=heldout,
+                         min_examples=g.min_examples)  # fmt: skip
+            return self._finish(state, "not_enough_evidence", reason, consume=False)
         if new < r.min_new_examples:
             return self._finish(
                 state,
@@ -209,10 +230,18 @@ class Loop:
         run_dir = Path(res["run_dir"])
         d = evaluate_pair(prod_ref, str(run_dir / "model"), self._dir(state) / "data" / "sft" / "val.jsonl",
                           self.cfg.gate, self._dir(state) / "gate.json")  # fmt: skip
-        self._decide(state, "gate", "passed" if d.passed else "failed", d.reason, **d.numbers())
+        self._decide(state, "gate", d.outcome, d.reason, **d.numbers())
+        self._track(state, "gate", d.outcome, d.numbers())
+        if d.outcome == "not_enough_evidence":  # nothing registered; this feedback and more next time
+            return self._finish(state, "not_enough_evidence", d.reason, consume=False)
         if not d.passed:
             return self._finish(state, "rejected_by_gate", d.reason)
         return "register"
+
+    def _track(self, state: dict[str, Any], stage: str, decision: str, numbers: dict[str, Any]) -> None:
+        from tuneloop.loop.tracking import log_decision
+
+        log_decision(state["results"].get("run_dir"), stage, decision, numbers, self.say)
 
     def _register(self, state: dict[str, Any]) -> str:
         res = state["results"]
@@ -248,16 +277,19 @@ class Loop:
             while True:
                 elapsed = self.clock() - res["canary_started"]
                 stats = window_stats(log_path(self.cfg.collect), self.cfg.collect.database_url, route,
-                                     res["canary_started"], (s.production_model, s.candidate_model))  # fmt: skip
+                                     res["canary_started"], (s.production_model, s.candidate_model),
+                                     self.cfg.curate.positive_min)  # fmt: skip
                 verdict = judge(stats[s.production_model], stats[s.candidate_model], s, elapsed)
                 if verdict.action != "wait":
                     break
                 self.sleep(s.seconds("poll"))
         finally:
             admin.close()
-        self._decide(state, "canary", verdict.action, verdict.reason, elapsed_s=round(elapsed, 1),
-                     production=stats[s.production_model].to_json(),
-                     candidate=stats[s.candidate_model].to_json())  # fmt: skip
+        numbers = {"elapsed_s": round(elapsed, 1), "confidence": s.confidence,
+                   "production": stats[s.production_model].to_json(),
+                   "candidate": stats[s.candidate_model].to_json(), **verdict.numbers()}  # fmt: skip
+        self._decide(state, "canary", verdict.action, verdict.reason, **numbers)
+        self._track(state, "canary", verdict.action, numbers)
         return verdict.action
 
     def _promote(self, state: dict[str, Any]) -> CycleResult:

@@ -567,9 +567,23 @@ async function refreshLive() {
   await loadLoops();
 }
 
+// A gate or canary check on one line: what was compared, its interval, the counts, the verdict.
+function checkLine(c) {
+  const signed = (v) => (v === null || v === undefined ? "–" : `${v >= 0 ? "+" : ""}${v.toFixed(3)}`);
+  const n = Array.isArray(c.n) ? c.n.join("/") : c.n;
+  const gate = "metric" in c;  // gate: paired difference; canary: candidate vs production
+  const head = gate ? `${c.name} ${c.metric} ${signed(c.diff)}` : `${c.name} ${fmt(c.candidate, 3)} vs ${fmt(c.production, 3)}`;
+  const show = gate ? signed : (v) => fmt(v, 3);
+  const bounds = c.low === null && c.high === null ? "" : ` [${show(c.low)}, ${show(c.high)}]`;
+  return `${head}${bounds} n=${n} ${c.status}`;
+}
+
 function numbers(n) {
-  return Object.entries(n || {}).filter(([, v]) => typeof v !== "object" || v === null)
+  const flat = Object.entries(n || {}).filter(([, v]) => typeof v !== "object" || v === null)
     .map(([k, v]) => `${k}=${fmt(v, 4)}`).join(", ");
+  const checks = Array.isArray(n && n.checks) ? n.checks : [];
+  if (!checks.length) return flat;
+  return h("div", {}, checks.map((c) => h("div", { class: `check ${c.status}` }, checkLine(c))), flat ? h("div", {}, flat) : null);
 }
 
 async function loadLoops() {
