@@ -260,3 +260,38 @@ def test_general_tasks_plug_in_as_no_drop_criteria(tiny_llama):
     assert list(c.production) == list(c.candidate)  # the same model twice: the same per-question scores
     d = decide([c])
     assert d.outcome == "passed" and "no drop shown beyond 0.0000" in d.reason
+
+
+# ------------------------------------------------------------------ MLflow
+
+
+def test_decisions_go_to_the_cycles_mlflow_run(registry, tmp_path):
+    from tuneloop.loop.tracking import log_decision
+    from tuneloop.registry import backend
+
+    client = registry.client
+    run = client.create_run(backend.experiment_id(client, registry.tracking_uri))
+    run_dir = tmp_path / "run-sft"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"mlflow_run_id": run.info.run_id,
+                                                  "tracking_uri": registry.tracking_uri}))  # fmt: skip
+    d = decide([crit("feedback", *table(40, 30, 5, 25)), frozen_same()])
+    warnings: list[str] = []
+    assert log_decision(run_dir, "gate", d.outcome, d.numbers(), warnings.append) == run.info.run_id
+    data = client.get_run(run.info.run_id).data
+    assert data.tags["tuneloop.gate"] == "passed" and data.metrics["gate.feedback.n"] == 100
+    assert data.metrics["gate.feedback.low"] == pytest.approx(d.checks[0].interval.low, abs=1e-4)
+    assert data.metrics["gate.frozen.diff"] == 0 and warnings == []
+    # a canary's counts are per variant
+    canary = {"elapsed_s": 90.0, "checks": [{"name": "thumbs_up", "n": [300, 900], "low": 0.1, "high": 0.3}]}
+    log_decision(run_dir, "canary", "promote", canary, warnings.append)
+    data = client.get_run(run.info.run_id).data
+    assert data.metrics["canary.thumbs_up.n_candidate"] == 300 and data.metrics["canary.elapsed_s"] == 90
+    assert data.tags["tuneloop.canary"] == "promote"
+    # a run not tracked in MLflow: nothing to log; a server that does not answer: a warning, not a crash
+    assert log_decision(tmp_path, "gate", "passed", d.numbers(), warnings.append) is None and warnings == []
+    (run_dir / "run.json").write_text(
+        json.dumps({"mlflow_run_id": "nope", "tracking_uri": registry.tracking_uri})
+    )
+    assert log_decision(run_dir, "gate", "passed", d.numbers(), warnings.append) is None
+    assert len(warnings) == 1 and "could not log the decision to MLflow run nope" in warnings[0]

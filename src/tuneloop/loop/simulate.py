@@ -71,7 +71,8 @@ def paired_binary_scores(n: int, production: float, candidate: float, discordant
     both = production - only_p
     if min(only_c, only_p, both, 1 - both - only_c - only_p) < -1e-12:
         raise ValueError("these accuracies cannot have that many discordant examples")
-    cell = rng.choice(4, size=n, p=[both, only_c, only_p, max(0.0, 1 - both - only_c - only_p)])
+    cells = np.clip([both, only_c, only_p, 1 - both - only_c - only_p], 0, 1)  # rounding: -1e-17 is 0
+    cell = rng.choice(4, size=n, p=cells / cells.sum())
     return np.isin(cell, (0, 2)).astype(float), np.isin(cell, (0, 1)).astype(float)
 
 
