@@ -102,7 +102,10 @@ def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
                     "overrides": ["max_steps=30", "batch.micro_batch=4", "batch.global_batch=4", "lora.rank=8",
                                   "data.max_length=96", "eval.final=false", "tracking.mlflow=false",
                                   "tracking.tensorboard=false", "tracking.system_metrics=false"]},
-        "gate": {"frozen_eval": str(frozen), "margin": MARGIN, "tolerance": 0.25, "max_new_tokens": 32},
+        # 3 held-out corrections and 4 frozen questions: the gate's intervals are wide, so the frozen set may
+        # only be shown not to drop by half (any real loop: hundreds of frozen questions, gate.min_examples 30)
+        "gate": {"frozen_eval": str(frozen), "margin": MARGIN, "tolerance": 0.5, "min_examples": 3,
+                 "max_new_tokens": 32},
         "canary": {"route": "acme", "production_model": "acme-prod", "candidate_model": "acme-cand",
                    "share": 0.5, "window": "1s", "poll": "0.5s", "min_requests": 4, "min_feedback": 4,
                    "max_wait": "10m", "max_latency_ratio": 5, "max_error_rate": 0.0},
@@ -160,7 +163,7 @@ def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
     canary = decisions[("canary", "promote")]
     assert canary["candidate"]["mean_rating"] > canary["production"]["mean_rating"]
     gate = decisions[("gate", "passed")]
-    assert gate["improvement"] >= MARGIN and gate["frozen_delta"] >= -0.25
+    assert gate["improvement_ci"][0] > MARGIN and gate["frozen_ci"][0] >= -0.5  # bounds, not estimates
 
     from tuneloop.evaluation.harness import evaluate
     from tuneloop.quickstart import load_for_answers
