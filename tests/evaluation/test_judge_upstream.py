@@ -124,8 +124,11 @@ def test_both_orders_asked_concurrently_and_combined(tmp_path):
 
 
 def test_a_judge_that_always_says_a_is_flagged_and_decides_nothing(tmp_path):
-    with _serve(RuleJudge(always_a), tmp_path) as server, Judge(_config(server.url, tmp_path)) as judge:
+    rule = RuleJudge(always_a)
+    with _serve(rule, tmp_path) as server, Judge(_config(server.url, tmp_path)) as judge:
         judgments = judge.compare(ITEMS * 2)
+        assert len(rule.asked) == 6 and judge.usage.generated == 6  # each distinct prompt asked once
+        assert judge.usage.cached == 6 and all(o.cached for j in judgments[3:] for o in j.orders)
     assert [j.winner for j in judgments] == ["tie"] * 6 and not any(j.consistent for j in judgments)
     bias = position_bias(judgments)
     assert bias.biased and bias.first_rate == 1.0 and bias.decided == 12 and bias.p_value < 0.001

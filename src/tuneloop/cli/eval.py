@@ -44,8 +44,9 @@ def eval_command(
     ),
     json_output: bool = typer.Option(False, "--json", help="Print the full result as JSON."),
 ) -> None:
-    """Measure a model: perplexity, and for SFT data generated answers scored against references;
-    with --tasks, general-ability tasks (lm-evaluation-harness) with confidence intervals."""
+    """Measure a model: perplexity, and for SFT data generated answers scored against references
+    (with --baseline --judge, also judged pairwise by an LLM); with --tasks, general-ability tasks
+    (lm-evaluation-harness) with confidence intervals."""
     judge_config = eval_judge.judge_config(judge, judge_rubric, baseline=baseline, tasks=tasks)
     if tasks is not None:
         if data is not None:

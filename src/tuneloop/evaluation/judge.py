@@ -318,18 +318,23 @@ class Judge:
         c = self.config
         keys = [cache_key(self.identity, p, budget, c.temperature) for p in prompts]
         hits = self.cache.get_many(keys) if self.cache else {}
-        todo = [i for i, k in enumerate(keys) if k not in hits]
-        fresh: dict[int, Completion] = {}
+        # each distinct prompt once (a pair asked twice in one call is generated once)
+        todo: dict[str, int] = {}  # key -> the first prompt with it
+        for i, k in enumerate(keys):
+            if k not in hits:
+                todo.setdefault(k, i)
+        fresh: dict[str, Completion] = {}
         if todo:
             started = time.perf_counter()
-            replies = self.backend.complete([prompts[i] for i in todo], budget, c.temperature)
+            replies = self.backend.complete([prompts[i] for i in todo.values()], budget, c.temperature)
             self.usage.seconds += time.perf_counter() - started
             fresh = dict(zip(todo, replies, strict=True))
             if self.cache:
-                self.cache.put_many(self.identity, [(keys[i], fresh[i]) for i in todo])
+                self.cache.put_many(self.identity, list(fresh.items()))
         results, records = [], []
         for i, (prompt, key) in enumerate(zip(prompts, keys, strict=True)):
-            reply, cached = hits.get(key) or fresh[i], key in hits
+            reply = hits[key] if key in hits else fresh[key]
+            cached = key in hits or todo[key] != i  # answered without generating it for this prompt
             begun = prompt[-1]["content"] if prompt[-1]["role"] == "assistant" else ""
             text = begun + reply.text if begun else reply.text
             label = parse_label(text, labels) if reply.error is None else None
