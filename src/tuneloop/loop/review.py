@@ -34,7 +34,7 @@ class ReviewRow(_Base):
     request_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     source: Mapped[str] = mapped_column(String(32))  # correction | upvoted | downvoted
     prompt: Mapped[str] = mapped_column(Text)  # JSON messages
-    answer: Mapped[str] = mapped_column(Text)  # what would be trained on (chosen)
+    answer: Mapped[str] = mapped_column(Text)  # what would be trained on (chosen; "" for a thumb down alone)
     rejected_answer: Mapped[str | None] = mapped_column(Text, nullable=True)  # the DPO loser, if any
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     edited: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -99,7 +99,7 @@ class ReviewQueue:
                     continue
                 s.add(ReviewRow(model=model, cycle=cycle, response_id=p["response_id"],
                                 request_id=p.get("request_id"), source=p["source"],
-                                prompt=json.dumps(p["prompt"], ensure_ascii=False), answer=p["chosen"],
+                                prompt=json.dumps(p["prompt"], ensure_ascii=False), answer=p["chosen"] or "",
                                 rejected_answer=p.get("rejected"), status="pending", created_at=_now()))  # fmt: skip
                 added += 1
         return added
