@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from lm_eval.api.instance import Instance
+from transformers import AutoModelForCausalLM
 
-pytest.importorskip("lm_eval")
-
-from lm_eval.api.instance import Instance  # noqa: E402
-from transformers import AutoModelForCausalLM  # noqa: E402
-
-from tuneloop.errors import TuneloopError  # noqa: E402
-from tuneloop.evaluation.lm_eval_engine import EngineLM  # noqa: E402
-from tuneloop.models.loading import load_tokenizer  # noqa: E402
+from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.lm_eval_engine import EngineLM
+from tuneloop.models.loading import load_tokenizer
 
 PAIRS = [
     ("Question: What is the capital of France?\nAnswer:", " Paris"),
@@ -67,7 +64,9 @@ def test_is_greedy_exactly_when_every_continuation_token_is_the_argmax(lm, hf, t
     tok = load_tokenizer(tiny_llama)
     ids = tok.encode("Once upon a time")
     with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+        out = hf.generate(
+            torch.tensor([ids]), max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id
+        )
     greedy = out[0, len(ids) :].tolist()
     other = [*greedy[:2], (greedy[2] + 1) % len(tok), greedy[3]]  # one token that is not the argmax
     # token ids straight to the scorer: a random model's bytes need not survive decode + encode
@@ -105,7 +104,9 @@ def _greedy_text(hf, tok, prompt: str, max_new: int) -> str:
 def test_generate_until_is_greedy_and_stops_at_max_gen_toks(lm, hf, tiny_llama):
     tok = load_tokenizer(tiny_llama)
     prompts = ["Question: name a colour.\nAnswer:", "你好，", "1 2 3"]
-    got = lm.generate_until(_instances("generate_until", [(p, {"until": [], "max_gen_toks": 12}) for p in prompts]))
+    got = lm.generate_until(
+        _instances("generate_until", [(p, {"until": [], "max_gen_toks": 12}) for p in prompts])
+    )
     assert got == [_greedy_text(hf, tok, p, 12) for p in prompts]
     longer = lm.generate_until(
         _instances("generate_until", [(p, {"until": [], "max_gen_toks": 24}) for p in prompts])
@@ -153,3 +154,20 @@ def test_an_adapter_is_evaluated_on_its_base_with_the_adapter_loaded(tiny_llama,
     base_only, _ = _reference(AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32), whole, n)
     assert got == pytest.approx(want, abs=1e-4)
     assert abs(want - base_only) > 1e-3  # the check would catch an adapter that was not applied
+
+
+def test_the_harness_builds_the_tuneloop_model_by_name(tiny_llama):
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from tuneloop.evaluation.lm_eval_harness import TASKS_DIR
+
+    out = lm_eval.simple_evaluate(
+        model="tuneloop",  # registered by importing tuneloop.evaluation.lm_eval_engine
+        model_args=f"pretrained={tiny_llama},kv_cache_gib=0.05",
+        tasks=["tuneloop_mc_en"],
+        task_manager=TaskManager(include_path=str(TASKS_DIR), include_defaults=False),
+        limit=2,
+    )
+    assert out["results"]["tuneloop_mc_en"]["acc,none"] in (0.0, 0.5, 1.0)
+    assert len(out["samples"]["tuneloop_mc_en"]) == 2

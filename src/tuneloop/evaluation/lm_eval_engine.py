@@ -92,7 +92,8 @@ def adapter_base(adapter: Path) -> tuple[Path, dict[str, Any]]:
 
 @register_model("tuneloop")
 class EngineLM(TemplateLM):
-    """`lm_eval --model tuneloop --model_args pretrained=REF` once this module is imported."""
+    """The harness model `tuneloop` once this module is imported:
+    `lm_eval.simple_evaluate(model="tuneloop", model_args="pretrained=REF", tasks=[...])`."""
 
     def __init__(
         self,

@@ -58,6 +58,7 @@ class DocScore:
     id: str | None  # the document's own `id` field, when it has one (tuneloop's tasks do)
     scores: dict[str, float]
     prediction: str | None = None
+    loglikelihoods: list[float] | None = None  # multiple choice: each choice's, in the task's order
 
 
 @dataclass
@@ -331,7 +332,7 @@ def _task_result(name: str, out: dict[str, Any], confidence: float) -> TaskResul
         label = metric if filt == "none" else f"{metric} ({filt})"
         per_doc = [s for s in samples if s.get("filter", "none") == filt and metric in s]
         for s in per_doc:
-            doc = docs.setdefault(s["doc_id"], DocScore(s["doc_id"], _doc_id(s), {}, _prediction(s)))
+            doc = docs.setdefault(s["doc_id"], DocScore(s["doc_id"], _doc_id(s), {}, *_responses(s)))
             doc.scores[label] = float(s[metric])
         stderr = summary.get(f"{metric}_stderr,{filt}")
         values = [float(s[metric]) for s in per_doc]
@@ -361,11 +362,16 @@ def _doc_id(sample: dict[str, Any]) -> str | None:
     return None if value is None else str(value)
 
 
-def _prediction(sample: dict[str, Any]) -> str | None:
+def _responses(sample: dict[str, Any]) -> tuple[str | None, list[float] | None]:
+    """(generated text, None) for a generation task; (None, each choice's loglikelihood) for multiple choice."""
     resp = sample.get("filtered_resps")
-    if isinstance(resp, list) and resp and isinstance(resp[0], str):
-        return resp[0]
-    return None
+    if not isinstance(resp, list) or not resp:
+        return None, None
+    if isinstance(resp[0], str):
+        return resp[0], None
+    if all(isinstance(r, (list, tuple)) and r and isinstance(r[0], (int, float)) for r in resp):
+        return None, [float(r[0]) for r in resp]
+    return None, None
 
 
 def _number(value: Any) -> float | None:

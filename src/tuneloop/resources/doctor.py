@@ -49,7 +49,7 @@ KEY_LIBRARIES = (
     "nvidia-ml-py",
     "vllm",
 )
-EXTRAS = ("train", "data", "serve", "spark", "gpu", "dev", "all")
+EXTRAS = ("train", "data", "serve", "spark", "eval", "gpu", "dev", "all")
 LOW_DISK_BYTES = 20 * 1000**3
 BF16_MIN_CAPABILITY = (8, 0)
 MIB = 1024 * 1024
