@@ -27,6 +27,7 @@ from tuneloop.evaluation.lm_eval_report import (
     to_json,
     write_task_reports,
 )
+from tuneloop.loop.stats import paired_interval
 from tuneloop.models.resolve import resolve_model
 
 TASKS_HELP = (
@@ -89,8 +90,6 @@ def _with_tokenizer(kwargs: dict, tokenizer: str | None, model: str) -> dict:
 
 def _interval(base: list[float], candidate: list[float], confidence: float) -> DiffInterval:
     """The paired difference as the gate computes it (exact-score for 0/1 values, BCa otherwise)."""
-    from tuneloop.loop.stats import paired_interval  # the gate's statistics (lands with loop/gate.py)
-
     i = paired_interval(base, candidate, confidence)
     return DiffInterval(float(i.estimate or 0.0), i.low, i.high, i.method, i.p_value)
 
