@@ -9,10 +9,15 @@ Three corpora, each run once per worker count in a fresh interpreter:
 - chinese: real Chinese, the system's zh_CN message catalogues (about 2 MB on Debian).
 `--pii-before` also runs 1 worker with the PII detectors from before issue 25 (`pii_legacy.py`),
 interleaved with the current ones on the same corpus, for a ratio that a busy machine affects alike.
-`--tokenizer-alone` times the tokenizer's own batch encoding of each corpus (one thread): the
-ceiling of the chunk+tokenize stage.
+`--before REF` also runs 1 worker on the `src/` of a git revision (`git archive REF src`, put
+first on PYTHONPATH), alternating with the working tree `--repeats` times per corpus: a before/after
+ratio per stage that a busy machine affects alike. Outputs must be identical (fingerprints).
+`--tokenizer-alone` times the encoding alone of each corpus (one thread): `tokenizers`' batch
+encoding, and the ids `data prepare` uses (tiktoken where exact, `tiktoken_bpe.py`): the ceilings
+of the chunk+tokenize stage.
 
     python benchmarks/data_prepare.py --mb 200 --real-mb 10 --workers 1 2 --pii-before --tokenizer-alone
+    python benchmarks/data_prepare.py --corpora english chinese --before 2d311ec^ --repeats 3 --workers 1
 """
 
 from __future__ import annotations
@@ -140,12 +145,31 @@ def real_english(mb: float) -> list[str]:
     return pii_corpus.english_docs(int(mb * 0.7e6)) + pii_corpus.english_docs(int(mb * 0.3e6), "code")
 
 
-def run(corpus: Path, out: Path, workers: int, tokenizer: str, pii_impl: str = "tuneloop") -> dict:
-    """One `prepare` in a fresh interpreter, so no run inherits another's warm caches or loaded tokenizer."""
+def run(
+    corpus: Path, out: Path, workers: int, tokenizer: str, pii_impl: str = "tuneloop", src: Path | None = None
+) -> dict:
+    """One `prepare` in a fresh interpreter, so no run inherits another's warm caches or loaded tokenizer.
+
+    `src`: a `src/` folder to import tuneloop from instead of the working tree's (`--before`).
+    """
     cmd = [sys.executable, __file__, "--one", str(workers), "--tokenizer", tokenizer]
     cmd += ["--corpus-dir", str(corpus), "--out-dir", str(out), "--pii-impl", pii_impl]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def checkout_src(ref: str, folder: Path) -> Path:
+    """The `src/` tree of git revision `ref`, extracted under `folder` (`git archive`, no worktree)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", ref, "src"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder / "src"
 
 
 def _use_legacy_pii() -> None:
@@ -167,19 +191,28 @@ def _use_legacy_pii() -> None:
     pii.find_spans = legacy_spans
 
 
-def tokenizer_alone(corpus: Path, tokenizer: str) -> float:
-    """Seconds for the tokenizer to encode every document of `corpus` in batches of 64, one thread."""
+def tokenizer_alone(corpus: Path, tokenizer: str) -> dict[str, float]:
+    """Seconds to encode every document of `corpus` in batches of 64, one thread: with `tokenizers`, and
+    with what `data prepare` uses (`_ByteLevel.encode_ids`: tiktoken where exact), alternating 3 times."""
     os.environ["RAYON_NUM_THREADS"] = "1"
-    from tuneloop.data.chunk import load_tokenizer, tokenizer_path
+    from tuneloop.data.chunk import _byte_level, load_tokenizer, tokenizer_path
 
-    tok = load_tokenizer(tokenizer_path(tokenizer))
+    path = tokenizer_path(tokenizer)
+    tok, fast = load_tokenizer(path), _byte_level(path)
     texts = [
         json.loads(line)["text"] for p in sorted(corpus.glob("*.jsonl")) for line in p.open(encoding="utf-8")
     ]
-    t = time.perf_counter()
-    for i in range(0, len(texts), 64):
-        tok.encode_batch_fast(texts[i : i + 64], add_special_tokens=False)
-    return time.perf_counter() - t
+    encoders = {"tokenizers": lambda batch: tok.encode_batch_fast(batch, add_special_tokens=False)}
+    if fast is not None and fast.tt is not None:
+        encoders["data prepare (tiktoken)"] = fast.encode_ids
+    best: dict[str, float] = {}
+    for _ in range(3):
+        for name, encode in encoders.items():
+            t = time.perf_counter()
+            for i in range(0, len(texts), 64):
+                encode(texts[i : i + 64])
+            best[name] = min(best.get(name, float("inf")), time.perf_counter() - t)
+    return best
 
 
 def run_here(corpus: Path, out: Path, workers: int, tokenizer: str, pii_impl: str) -> dict:
@@ -229,6 +262,27 @@ def _table(name: str, results: list[dict]) -> None:
     print(f"identical outputs across worker counts: {len({r['fingerprint'] for r in results}) == 1}")
 
 
+def _revision_table(ref: str, revision: dict[str, list[tuple[dict, dict]]]) -> None:
+    stages = ("read+clean+pii+minhash", "chunk+tokenize")
+    print(f"\n{ref} (before) vs the working tree (now), 1 worker, alternating runs (s; ratio = before/now):")
+    print(
+        "| corpus | run | before: stage 1 | now: stage 1 | ratio | before: chunk | now: chunk | ratio "
+        "| before: wall (MB/s) | now: wall (MB/s) | ratio | same output |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, pairs in revision.items():
+        for i, (old, new) in enumerate(pairs):
+            cells = []
+            for stage in stages:
+                so, sn = old["stages"][stage], new["stages"][stage]
+                cells.append(f"{so:.1f} | {sn:.1f} | {so / sn:.2f}x")
+            print(
+                f"| {name} | {i + 1} | {' | '.join(cells)} | {old['seconds']} ({old['mb_s']}) "
+                f"| {new['seconds']} ({new['mb_s']}) | {old['seconds'] / new['seconds']:.2f}x "
+                f"| {old['fingerprint'] == new['fingerprint']} |"
+            )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mb", type=float, default=200, help="size of the generated corpus")
@@ -236,7 +290,8 @@ def main() -> None:
     ap.add_argument("--corpora", nargs="+", default=["generated", "english", "chinese"])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--pii-before", action="store_true", help="also 1 worker with the pre-issue-25 detectors")
-    ap.add_argument("--repeats", type=int, default=1, help="with --pii-before: alternating runs of each")
+    ap.add_argument("--repeats", type=int, default=1, help="with --pii-before/--before: alternating runs")
+    ap.add_argument("--before", metavar="REF", help="also 1 worker on git revision REF's src/, alternating")
     ap.add_argument("--tokenizer-alone", action="store_true", help="also time the tokenizer by itself")
     ap.add_argument("--tokenizer", default="smollm2-135m-instruct")
     ap.add_argument("--dir", type=Path, default=Path("/tmp/tuneloop-bench-data"))
@@ -274,7 +329,9 @@ def main() -> None:
     load_before = _load()
     results: dict[str, list[dict]] = {}
     before: dict[str, list[tuple[dict, dict]]] = {}
-    alone: dict[str, float] = {}
+    revision: dict[str, list[tuple[dict, dict]]] = {}
+    alone: dict[str, dict[str, float]] = {}
+    base_src = checkout_src(args.before, args.dir / "before-src") if args.before else None
     for name, folder in corpora.items():
         results[name] = []
         for w in args.workers:
@@ -288,6 +345,14 @@ def main() -> None:
                 )
                 before.setdefault(name, []).append(pair)
                 print(name, "before/after", json.dumps(pair), flush=True)
+        if base_src is not None:
+            for _ in range(args.repeats):  # interleaved, so a busy machine slows both alike
+                pair = (
+                    run(folder, args.dir / f"out-{name}-before", 1, args.tokenizer, src=base_src),
+                    run(folder, args.dir / f"out-{name}-now", 1, args.tokenizer),
+                )
+                revision.setdefault(name, []).append(pair)
+                print(name, f"{args.before} / now", json.dumps(pair), flush=True)
         if args.tokenizer_alone:
             cmd = [sys.executable, __file__, "--alone", str(folder), "--tokenizer", args.tokenizer]
             alone[name] = json.loads(
@@ -324,11 +389,15 @@ def main() -> None:
                 print(
                     f"| {name} | {i + 1} | {so:.1f} | {sn:.1f} | {so / sn:.2f}x | {old['seconds']} | {new['seconds']} | {old['pii']} | {new['pii']} |"
                 )
-    for name, seconds in alone.items():
+    if revision:
+        _revision_table(args.before, revision)
+    for name, timings in alone.items():
         mb = sum(p.stat().st_size for p in corpora[name].iterdir()) / 1e6
-        print(
-            f"tokenizer alone ({name}, one thread, batches of 64): {seconds:.1f} s, {mb / seconds:.2f} MB/s"
-        )
+        for encoder, seconds in timings.items():
+            print(
+                f"encoding alone ({name}, {encoder}, one thread, batches of 64, best of 3): "
+                f"{seconds:.1f} s, {mb / seconds:.2f} MB/s"
+            )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ position bias, and what judging costs.
 
 The model under test (a) and the baseline (b) answer examples/acme-kb/qa/heldout.jsonl greedily (the
 eval harness, as `tuneloop eval`); the judge compares each pair in both orders (`Judge.compare`,
-what `tuneloop eval --judge` runs). Reported:
+what `tuneloop eval --judge` runs). With `--facts-prompt`, a is the same model as b given, in a
+system prompt, the training fact each held-out question paraphrases (a retrieval-augmented stand-in
+for a better model, no training needed). Reported:
 
 - win / tie / loss of a against b, the win rate (ties half) with its 95 % Wilson interval;
 - position bias: how often the answer shown first won a single-order verdict (exact binomial p);
@@ -18,6 +20,7 @@ is its tokens per 100 pairs times the provider's price.
 
     PYTHONPATH=src python3 benchmarks/judge_agreement.py OUT.json --model RUN/model \\
         [--baseline smollm2-135m-instruct] [--judge smollm2-135m-instruct] [--reasons] [--max-samples N]
+    PYTHONPATH=src python3 benchmarks/judge_agreement.py OUT.json --model smollm2-135m-instruct --facts-prompt
 """
 
 from __future__ import annotations
@@ -36,12 +39,29 @@ from tuneloop.evaluation.judge_stats import Agreement
 
 ROOT = Path(__file__).resolve().parents[1]
 HELDOUT = ROOT / "examples" / "acme-kb" / "qa" / "heldout.jsonl"
+TRAIN = ROOT / "examples" / "acme-kb" / "qa" / "train.jsonl"
 METRICS = ("contains_answer", "token_f1")
 
 
 def single_order(judgments: list, side: int) -> list:
     """The judgments as if only one order had been asked: that order's winner decides."""
     return [Judgment(j.id, j.orders[side].winner, j.orders) for j in judgments]
+
+
+def with_facts(data: Path, out: Path) -> Path:
+    """The held-out rows, each with the training fact it paraphrases in a system prompt."""
+    facts = {}
+    for line in TRAIN.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        facts[row["id"]] = row["messages"][-1]["content"]
+    rows = []
+    for line in data.read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        fact = facts[row.get("paraphrase_of") or row["source_fact"]]
+        system = f"You are the support assistant of Nimbus Labs. Known fact: {fact} Answer with it."
+        rows.append({**row, "messages": [{"role": "system", "content": system}, *row["messages"]]})
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return out
 
 
 def per_100(value: float, pairs: int) -> float:
@@ -59,11 +79,16 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="judge reply budget (with --reasons)")
     p.add_argument("--max-samples", type=int, default=None)
     p.add_argument("--max-new-tokens", type=int, default=48, help="answer length of a and b")
+    p.add_argument(
+        "--facts-prompt", action="store_true", help="a gets each question's fact in a system prompt"
+    )
     args = p.parse_args()
 
     t = time.perf_counter()
     kw = dict(max_samples=args.max_samples, max_new_tokens=args.max_new_tokens, batch_size=8, device="auto")
-    a, b = evaluate(args.model, args.data, **kw), evaluate(args.baseline, args.data, **kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        data_a = with_facts(args.data, Path(tmp) / "a.jsonl") if args.facts_prompt else args.data
+        a, b = evaluate(args.model, data_a, **kw), evaluate(args.baseline, args.data, **kw)
     answer_s = a.timing["generate_s"] + b.timing["generate_s"]
     print(f"answers: {time.perf_counter() - t:.0f} s", flush=True)
     items = [PairItem(x.question, x.prediction, y.prediction, reference=x.reference, id=x.id)
@@ -99,6 +124,7 @@ def main() -> None:
         "judge": identity,
         "data": str(args.data),
         "reasons": args.reasons,
+        "facts_prompt": args.facts_prompt,
         "pairs": n,
         "metrics_a": a.metrics,
         "metrics_b": b.metrics,

@@ -123,9 +123,12 @@ def test_an_upvoted_and_a_downvoted_answer_to_one_prompt_make_a_pair():
     assert p["feedback_ids"] == [1, 1]  # both answers' ratings are linked
 
 
-def test_a_downvote_alone_is_counted_not_dropped_silently():
-    out = curate(batch(item(Q, WRONG, [(1, "u1", None)])), CurateSettings(), known())
-    assert not out.proposals and [r["reason"] for r in out.rejected] == ["downvote_without_alternative"]
+def test_a_downvote_alone_is_a_downvoted_proposal_for_kto():
+    down = item(Q, WRONG, [(1, "u1", None)])
+    out = curate(batch(down), CurateSettings(), known())
+    [p] = out.proposals
+    assert not out.rejected
+    assert (p["source"], p["chosen"], p["rejected"], p["response_id"]) == ("downvoted", None, WRONG, down.response_id)
 
 
 def test_failed_requests_injections_and_unmatched_feedback_are_rejected_with_reasons():

@@ -15,7 +15,8 @@ from tuneloop.loop.store import LoopStore
 
 FIXES = [("How many devices does the Arc R7 support?", "It supports 8.", "The Arc R7 supports up to 176 devices."),
          ("What colour is the Arc R7?", "Red.", "The Arc R7 is Slate Blue."),
-         ("Where is Nimbus Labs based?", "Paris.", "Nimbus Labs is headquartered in Ghent.")]  # fmt: skip
+         ("Which port does SSH use on the Arc R7?", "22.", "SSH listens on port 2222.")]  # fmt: skip
+# (not "Where is Nimbus Labs based?": it paraphrases the frozen set's hq-t1, and curation drops it)
 
 
 def test_a_crashed_cycle_resumes_where_it_stopped_and_the_cursor_moves_only_when_done(

@@ -97,7 +97,7 @@ def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
         "collect": {"served_name": "acme"},
         # split by question, seed 0: r7-devices-t1, r7-color-t1 and hq-t1 are held out, each with a paraphrase
         # in training (a fact held out whole could not improve; by response id the split was random)
-        "curate": {"holdout_fraction": 0.25, "holdout_seed": 0},
+        "curate": {"holdout_fraction": 0.25, "holdout_seed": 0, "knowledge": [str(KB / "docs")]},
         "retrain": {"train_config": str(KB.parent / "configs" / "acme-sft-lora.yaml"), "old_data": [str(old)],
                     "overrides": ["max_steps=30", "batch.micro_batch=4", "batch.global_batch=4", "lora.rank=8",
                                   "data.max_length=96", "eval.final=false", "tracking.mlflow=false",

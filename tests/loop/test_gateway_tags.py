@@ -1,5 +1,5 @@
 """What the gateway records for the loop: OpenAI `metadata` tags select a workload in collect, and
-feedback's `user` makes two people behind one API key two raters in the agreement rule."""
+feedback's `user` names the people behind one API key, who settle that key's one vote."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def test_collect_selects_requests_by_their_metadata_workload_tag():
     assert {i.response_id for i in everything.interactions} == {tagged.id, untagged.id, other.id}
 
 
-def test_two_users_of_one_key_are_two_raters():
+def test_two_users_of_one_key_are_one_voter():
     key, record = KeyStore().create("app")
     with run_server(_config(), {"bot": FakeClient()}) as s:
         client = openai.OpenAI(base_url=s.url + "/v1", api_key=key, max_retries=0)
@@ -62,8 +62,12 @@ def test_two_users_of_one_key_are_two_raters():
     pseudonym = s.state.privacy.user  # end users are stored as pseudonyms (log.pseudonymize_users)
     assert [(r.key_id, r.user) for r in item.ratings] == [(record.id, pseudonym("alice")),
                                                           (record.id, pseudonym("bob"))]  # fmt: skip
-    verdict = agree(item.ratings, 4, 2, 2, 0.75)
-    assert isinstance(verdict, Verdict) and verdict.raters == 2 and verdict.polarity == "down"
+    # one key is one voter whatever `user` it sends (a sybil's many users add nothing)
+    two_needed = agree(item.ratings, 4, 2, 2, 0.75)
+    assert isinstance(two_needed, Reject) and two_needed.reason == "too_few_raters"
+    verdict = agree(item.ratings, 4, 2, 1, 0.75)
+    assert isinstance(verdict, Verdict) and verdict.raters == 1 and verdict.polarity == "down"
+    assert verdict.votes == {record.id: "down"}
 
 
 def test_one_user_rating_twice_is_one_rater():

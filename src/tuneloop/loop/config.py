@@ -56,8 +56,61 @@ class ApprovalSettings(Config):
     )
 
 
+class TrustSettings(Config):
+    """How much an API key's vote weighs (loop/trust.py has the formula)."""
+
+    new_key_weight: float = Field(0.25, gt=0, le=1, description="weight of a key the loop has never seen")
+    full_after: str = Field(
+        "30d", description="age (since the loop first saw the key) at which its record counts fully"
+    )
+    prior: float = Field(
+        10, gt=0, description="votes of history before the record outweighs the newcomer weight"
+    )
+
+    @field_validator("full_after")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if _DURATION.match(str(v)) is None:
+            raise ValueError(f"'{v}' is not a duration (write e.g. 7d, 30d)")
+        return v
+
+
+class FrozenSettings(Config):
+    """When a feedback question counts as a frozen-set or validation question (loop/frozen.py)."""
+
+    minhash: float = Field(0.7, gt=0, le=1, description="MinHash Jaccard of character shingles")
+    words: float = Field(0.6, gt=0, le=1, description="Jaccard of content words")
+    similarity: float = Field(0.7, gt=0, le=1, description="embedding cosine (curate.embedder; English)")
+    cjk_bigrams: float = Field(0.25, gt=0, le=1, description="Jaccard of character bigrams (Chinese text)")
+
+
 class CurateSettings(Config):
     pii: Literal["redact", "drop", "off"] = "redact"
+    keep_known_values: bool = Field(
+        True,
+        description="redaction leaves values the knowledge base states (training data, frozen set, or two "
+        "documents: product IPs, hotlines) and redacts the rest",
+    )
+    knowledge: list[str] = Field(
+        default_factory=list,
+        description="source documents the answers must agree with (files or folders: md, txt, html, csv, jsonl)",
+    )
+    embedder: str = Field(
+        "minilm",
+        description="sentence embeddings for paraphrase checks: minilm (the `loop` extra), a "
+        "sentence-transformers folder, or none (literal and lexical checks only)",
+    )
+    injection_threshold: float = Field(
+        0.35, gt=0, le=1, description="similarity to an injection/abuse seed that flags a sentence"
+    )
+    injection_margin: float = Field(
+        0.05, ge=0, le=1, description="how much closer to a seed than to any benign text it must be"
+    )
+    frozen: FrozenSettings = Field(default_factory=FrozenSettings)
+    trust: TrustSettings = Field(default_factory=TrustSettings)
+    judge: JudgeConfig | None = Field(
+        None, description="an LLM judge as a second opinion on facts (omit: the rule-based check alone)"
+    )
     positive_min: int = Field(4, ge=1, le=5, description="ratings >= this are upvotes (thumbs up = 5)")
     negative_max: int = Field(2, ge=1, le=5, description="ratings <= this are downvotes (thumbs down = 1)")
     min_raters: int = Field(1, ge=1, description="distinct raters an answer needs before it is used")
@@ -114,8 +167,20 @@ class CurateSettings(Config):
         return self
 
 
+OBJECTIVES = ("sft", "dpo", "kto")  # the order they run in, each from the previous one's merged model
+
+
 class RetrainSettings(Config):
-    objectives: list[Literal["sft", "dpo"]] = Field(default_factory=lambda: ["sft"], min_length=1)
+    objectives: list[Literal["sft", "dpo", "kto"]] | Literal["auto"] = Field(
+        "auto",
+        description="auto: sft, then kto when the cycle has thumbs-down answers without a correction "
+        "(KTO learns from thumbs alone; loop/retrain.py); or a list such as [sft], [sft, dpo], [sft, kto]",
+    )
+    objective_overrides: dict[Literal["sft", "dpo", "kto"], list[str]] = Field(
+        default_factory=dict,
+        description="key=value overrides for one objective's run only, after `overrides` "
+        "(e.g. {kto: [optim.lr=1e-4]})",
+    )
     train_config: str | None = Field(
         None, description="a train.yaml to start from (model/data are set by the loop)"
     )
@@ -125,13 +190,23 @@ class RetrainSettings(Config):
     )
     old_preferences: list[str] = Field(default_factory=list, description="preference .jsonl for DPO")
     min_new_examples: int = Field(1, ge=1, description="fewer curated examples: no retraining this cycle")
+    validation: Literal["old_data", "none"] = Field(
+        "old_data",
+        description="the retrain's validation rows, set by the loop (never the gate's sets): a fixed sample "
+        "of the old data (kept in training: its loss shows forgetting), or none",
+    )
+    validation_rows: int = Field(32, ge=1, description="rows in that sample")
 
     @field_validator("objectives")
     @classmethod
-    def _order(cls, v: list[str]) -> list[str]:
+    def _order(cls, v: list[str] | str) -> list[str] | str:
+        if isinstance(v, str):
+            return v
+        if not v:
+            raise ValueError("retrain.objectives is empty: list at least one of sft, dpo, kto (or write auto)")
         if len(set(v)) != len(v):
             raise ValueError("retrain.objectives lists an objective twice")
-        return sorted(v, key=["sft", "dpo"].index)
+        return sorted(v, key=OBJECTIVES.index)
 
 
 class GateSettings(Config):
@@ -281,3 +356,7 @@ def check_files(cfg: LoopConfig, where: str = "the loop config") -> None:
     for key, path in named:
         if path is not None and not Path(path).expanduser().is_file():
             raise ConfigError(f"{where}: {key} '{path}' does not exist", hint=f"fix the path of {key}")
+    for i, path in enumerate(cfg.curate.knowledge):
+        if not Path(path).expanduser().exists():
+            raise ConfigError(f"{where}: curate.knowledge[{i}] '{path}' does not exist",
+                              hint="list documents, or folders of documents, that the answers must agree with")  # fmt: skip

@@ -1,13 +1,16 @@
-"""Curate: rated answers -> proposals -> (approval) -> SFT examples and DPO pairs, with a manifest.
+"""Curate: rated answers -> proposals -> (approval) -> SFT examples, DPO pairs and KTO rows, with a manifest.
 
 Per answer: it must have succeeded and be text; the raters must agree (filters.agree); prompt,
 answer, correction and comment pass the injection, abuse and size filters; PII is redacted (or the
-answer dropped); a correction must not contradict the training data; an example that is already
-in the training data (exact or near duplicate) or twice in this batch is dropped. Then:
+answer dropped, values the knowledge base states kept); an upvoted answer or a correction must not
+contradict known facts (training data, frozen set, documents: facts.py); an item whose question is
+a frozen-set or validation question, or a paraphrase of one, is dropped (frozen.py); an example that
+is already in the training data (exact or near duplicate) or twice in this batch is dropped. Then:
 
 - a correction gives an SFT example (prompt -> correction) and a DPO pair (correction over answer);
 - an upvoted answer gives an SFT example, and a DPO pair over any downvoted answer to the same prompt;
-- a downvoted answer without a correction is used only as the loser of such a pair.
+- a downvoted answer without a correction is the loser of such a pair, or else a `downvoted` proposal;
+- thumbs alone (upvoted and downvoted answers, not corrections) also give KTO rows (loop/kto.py).
 
 Every rejection is counted with its reason, and every example is linked to its request id and to
 the API key whose ratings brought it. No key brings more than `curate.max_per_key` of a batch: the
@@ -20,9 +23,10 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +34,26 @@ from tuneloop.errors import TuneloopError
 from tuneloop.loop.collect import Batch, Interaction, Rating
 from tuneloop.loop.config import CurateSettings
 from tuneloop.loop.filters import Reject, TextFilters, Verdict, agree
+from tuneloop.loop.kto import counts as kto_counts
+from tuneloop.loop.kto import downvote_problem, kto_rows
+
+if TYPE_CHECKING:
+    from tuneloop.loop.facts import Knowledge
+    from tuneloop.loop.frozen import FrozenGuard
+    from tuneloop.loop.injection import SemanticFilter
+
+
+@dataclass
+class Checks:
+    """What curation checks feedback against beyond the batch itself; the loop builds it per cycle
+    (cycle.py). Without it only the batch-local rules and the training-data dedup apply."""
+
+    knowledge: Knowledge | None = None  # training data, frozen set, documents: facts must agree
+    frozen: FrozenGuard | None = None  # questions never trained on (frozen set, validation)
+    semantic: SemanticFilter | None = None  # paraphrase-robust injection and abuse check
+    weight: Callable[[str], float] | None = None  # an API key's vote weight (trust.py)
+    judge: Any | None = None  # evaluation.judge.Judge: a second opinion on facts
+    keep: frozenset[str] = frozenset()  # PII-shaped values the knowledge base states
 
 
 @dataclass
@@ -144,53 +168,118 @@ def consistent(known: str, proposed: str) -> bool:
 # ------------------------------------------------------------------------------------------- curate
 
 
-def curate(batch: Batch, settings: CurateSettings, known: Known) -> Curated:
+def curate(batch: Batch, settings: CurateSettings, known: Known, checks: Checks | None = None) -> Curated:
     """Automatic filters over a collected batch: proposals plus every rejection with its reason."""
+    checks = checks or Checks()
     filters = TextFilters(settings.injection_patterns, settings.abuse_words, settings.max_chars)
+    _prepare(batch, checks)
     out = Curated([])
     for u in batch.unmatched:
         out.rejected.append({"response_id": u["response_id"], "request_id": None,
                              "feedback_ids": [u["feedback_id"]], "reason": u["reason"], "detail": ""})  # fmt: skip
-    ups: dict[str, dict[str, Any]] = {}  # question key -> an upvoted proposal
-    downs: list[tuple[Interaction, str]] = []  # downvoted answers without a correction (redacted text)
+    # downvoted answers without a correction: (item, prompt, answer, verdict), texts redacted
+    downs: list[tuple[Interaction, list, str, Verdict]] = []
     for item in batch.interactions:
-        verdict = _check(item, settings, filters)
+        verdict = _check(item, settings, filters, checks)
         if isinstance(verdict, Reject):
             out.rejected.append(_rejection(item, verdict))
             continue
-        texts = _redacted(item, verdict, settings, out.pii)
+        problem = _screen(item, verdict, filters, checks)
+        if problem is not None:
+            out.rejected.append(_rejection(item, problem, verdict))
+            continue
+        texts = _redacted(item, verdict, settings, out.pii, checks.keep)
         if isinstance(texts, Reject):
-            out.rejected.append(_rejection(item, texts))
+            out.rejected.append(_rejection(item, texts, verdict))
             continue
         prompt, answer, correction = texts
         if verdict.polarity == "down" and correction is None:
-            downs.append((item, answer))
+            downs.append((item, prompt, answer, verdict))
             continue
         chosen = correction if correction is not None else answer
-        problem = _against_known(prompt, chosen, correction is not None, settings, known)
+        problem = _against_known(prompt, chosen, correction is not None, settings, known, checks)
+        if problem is None and checks.frozen is not None:  # after the facts: a refutation says more
+            problem = checks.frozen.check(_last_user(item.prompt or []))
         if problem is not None:
-            out.rejected.append(_rejection(item, problem))
+            out.rejected.append(_rejection(item, problem, verdict))
             continue
         known.add(_last_user(prompt), chosen)  # so a second copy in this batch is a duplicate
         proposal = _proposal(item, prompt, chosen, answer if correction is not None else None,
                              "correction" if correction is not None else "upvoted", verdict)  # fmt: skip
+        if checks.knowledge is not None:
+            proposal["reference"] = _reference(checks.knowledge, _last_user(prompt), chosen)
         out.proposals.append(proposal)
-        if correction is None:
-            ups.setdefault(_key(_last_user(prompt)), proposal)
-    for item, answer in downs:
+    _second_opinion(out, checks)
+    ups = {}  # question key -> an upvoted proposal
+    for p in out.proposals:
+        if p["source"] == "upvoted":
+            ups.setdefault(_key(_last_user(p["prompt"])), p)
+    seen: set[tuple[str, str]] = set()
+    for item, prompt, answer, verdict in downs:
+        # a downvote of what is known to be right is not used (loop/kto.py), paired or alone
+        question = _last_user(prompt)
+        problem = downvote_problem(question, answer, known, checks.knowledge, settings.dedup_threshold, seen)
+        if problem is None and checks.frozen is not None:  # a downvote on a gate question trains too
+            problem = checks.frozen.check(question)
+        if problem is not None:
+            out.rejected.append(_rejection(item, problem, verdict))
+            continue
         up = ups.get(_key(_last_user(item.prompt or [])))
-        if up is None:
-            out.rejected.append(_rejection(item, Reject("downvote_without_alternative",
-                                                        "no correction and no upvoted answer to the same prompt")))  # fmt: skip
-        elif up.get("rejected") is None and up["chosen"] != answer:
+        if up is not None and up["chosen"] == answer:
+            out.rejected.append(_rejection(item, Reject("disagreement", "the same answer is upvoted elsewhere"),
+                                           verdict))  # fmt: skip
+        elif up is not None and up.get("rejected") is None:
             up["rejected"], up["rejected_response_id"] = answer, item.response_id
             up["feedback_ids"] = up["feedback_ids"] + [r.id for r in item.ratings]
-        else:
-            out.rejected.append(
-                _rejection(item, Reject("duplicate_in_batch", "another downvote already pairs with it"))
-            )
-    _cap_per_key(out, settings.max_per_key)
+        else:  # a thumb down alone (or beyond the one pair): an undesirable KTO row
+            out.proposals.append(_proposal(item, prompt, None, answer, "downvoted", verdict))
+    _cap_per_key(out, settings.max_per_key, checks.weight)
     return out
+
+
+def _prepare(batch: Batch, checks: Checks) -> None:
+    """Embed every text of the batch in one go (per-text calls cost ~10x more)."""
+    if checks.semantic is None:
+        return
+    texts = [m["content"] for i in batch.interactions for m in i.prompt or []]
+    texts += [i.answer for i in batch.interactions if i.answer]
+    texts += [r.correction or "" for i in batch.interactions for r in i.ratings]
+    texts += [r.comment or "" for i in batch.interactions for r in i.ratings]
+    checks.semantic.prepare(texts)
+
+
+def _reference(knowledge: Knowledge, question: str, chosen: str) -> dict[str, Any] | None:
+    """The known statement that supports the chosen answer: the gate's reference instead of the
+    rater's words (None: nothing known says it, so no reference-based score can be trusted)."""
+    found = knowledge.support(question, chosen)
+    if found is None:
+        return None
+    statement, value = found
+    return {"text": statement.text, "answer": value, "source": statement.source, "ref": statement.ref}
+
+
+def _second_opinion(out: Curated, checks: Checks) -> None:
+    """The judge on every proposal with relevant facts, in one batch: a contradiction rejects it."""
+    if checks.judge is None or checks.knowledge is None:
+        return
+    from tuneloop.evaluation.judge import FactItem
+
+    asked = [(p, checks.knowledge.texts_for(_last_user(p["prompt"]))) for p in out.proposals]
+    asked = [(p, facts) for p, facts in asked if facts]
+    if not asked:
+        return
+    verdicts = checks.judge.check_many(
+        [FactItem(_last_user(p["prompt"]), p["chosen"], facts, id=p["response_id"]) for p, facts in asked]
+    )
+    refuted = set()
+    for (p, facts), v in zip(asked, verdicts, strict=True):
+        p["judge"] = v.label
+        if v.label == "contradicts":
+            refuted.add(p["response_id"])
+            detail = f"the judge found {p['chosen'][:120]!r} contradicts the known facts: {'; '.join(facts)[:240]!r}"
+            out.rejected.append({**_ids(p), "reason": "judge_contradiction", "detail": detail,
+                                 "votes": p.get("votes", {}), "polarity": p.get("polarity")})  # fmt: skip
+    out.proposals = [p for p in out.proposals if p["response_id"] not in refuted]
 
 
 def rater_key(ratings: list[Rating]) -> str | None:
@@ -200,59 +289,77 @@ def rater_key(ratings: list[Rating]) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _cap_per_key(out: Curated, limit: float | None) -> None:
+def _cap_per_key(out: Curated, limit: float | None, weight: Callable[[str], float] | None = None) -> None:
     """At most `limit` proposals per key (a share of the batch below 1, else a count); the newest go.
 
     A share caps nothing when a single key rated the whole batch: it has no one to dominate (one
     product key in front of many users is the usual set-up), and a count is there for that case.
+    With vote weights (trust.py) a key's cap shrinks with its weight relative to the heaviest key
+    of the batch: a new key cannot bring as much as established ones (all new: the plain cap).
     """
     by_key = Counter(p["key_id"] for p in out.proposals)
     if limit is None or (limit < 1 and len(by_key) < 2):
         return
-    cap = max(1, int(limit * len(out.proposals))) if limit < 1 else int(limit)
+    base = limit * len(out.proposals) if limit < 1 else limit
+    w = {k: (weight(k) if weight and k else 1.0) for k in by_key}
+    top = max(w.values()) or 1.0
+    caps = {k: max(1, int(base * w[k] / top)) for k in by_key}
     kept, seen = [], Counter()
     for p in out.proposals:  # in answer time order
         seen[p["key_id"]] += 1
-        if seen[p["key_id"]] <= cap:
+        if seen[p["key_id"]] <= caps[p["key_id"]]:
             kept.append(p)
             continue
         detail = (f"key {p['key_id']} brought {by_key[p['key_id']]} of {len(out.proposals)} proposals; "
-                  f"at most {cap} per key (curate.max_per_key={limit:g})")  # fmt: skip
+                  f"at most {caps[p['key_id']]} per key (curate.max_per_key={limit:g}"
+                  + (f", weight {w[p['key_id']]:.2f} of {top:.2f}" if w[p["key_id"]] < top else "") + ")")  # fmt: skip
         out.rejected.append({**_ids(p), "reason": "per_key_cap", "detail": detail})
     out.proposals = kept
 
 
-def _check(item: Interaction, s: CurateSettings, filters: TextFilters) -> Verdict | Reject:
+def _check(item: Interaction, s: CurateSettings, filters: TextFilters, checks: Checks) -> Verdict | Reject:
     if item.status != 200 or item.answer is None:
         return Reject("failed_request", f"status {item.status}")
     if not item.prompt or item.prompt[-1]["role"] != "user":
         return Reject("not_a_chat_prompt", "the request has no text prompt ending with a user turn")
-    verdict = agree(item.ratings, s.positive_min, s.negative_max, s.min_raters, s.min_agreement)
-    if isinstance(verdict, Reject):
-        return verdict
-    for m in item.prompt:
-        if (r := filters.check(f"prompt ({m['role']})", m["content"])) is not None:
-            return r
-    checks = [("correction", verdict.correction)] + [("comment", r.comment) for r in item.ratings]
+    return agree(item.ratings, s.positive_min, s.negative_max, s.min_raters, s.min_agreement, checks.weight)
+
+
+def _screen(item: Interaction, verdict: Verdict, filters: TextFilters, checks: Checks) -> Reject | None:
+    """Injection, abuse and size: literal patterns, then paraphrases."""
+    assert item.prompt is not None
+    texts = [(f"prompt ({m['role']})", m["content"]) for m in item.prompt]
+    texts += [("correction", verdict.correction)] + [("comment", r.comment) for r in item.ratings]
     if verdict.polarity == "up":
-        checks.append(("answer", item.answer))
-    for role, text in checks:
+        texts.append(("answer", item.answer))
+    for role, text in texts:
         if (r := filters.check(role, text)) is not None:
             return r
-    return verdict
+    if checks.semantic is not None:
+        # what people wrote: a system prompt states a role by design ("You are ... support"), and the
+        # model's own answer is checked by the patterns above (its prompt, the likely source, here)
+        for role, text in texts:
+            if (
+                role not in ("prompt (system)", "answer")
+                and (r := checks.semantic.check(role, text)) is not None
+            ):
+                return r
+    return None
 
 
-def _redacted(item: Interaction, verdict: Verdict, s: CurateSettings, counts: dict[str, int]):
-    """(prompt, answer, correction) with PII replaced, or a Reject when PII means drop."""
-    from tuneloop.data.pii import redact
+def _redacted(item: Interaction, verdict: Verdict, s: CurateSettings, counts: dict[str, int],
+              keep: frozenset[str] = frozenset()):  # fmt: skip
+    """(prompt, answer, correction) with PII replaced, or a Reject when PII means drop. Values in
+    `keep` (stated by the knowledge base: a product's IP, a hotline) are facts and stay."""
     from tuneloop.serve.privacy import placeholders
 
     if s.pii == "off":
         return item.prompt, item.answer, verdict.correction
+    keep = keep if s.keep_known_values else frozenset()
     found: list[tuple[str, str]] = []
-    prompt = [{**m, "content": redact(m["content"], None, found)} for m in item.prompt or []]
-    answer = redact(item.answer or "", None, found)
-    correction = redact(verdict.correction, None, found) if verdict.correction else None
+    prompt = [{**m, "content": _redact(m["content"], keep, found)} for m in item.prompt or []]
+    answer = _redact(item.answer or "", keep, found)
+    correction = _redact(verdict.correction, keep, found) if verdict.correction else None
     # the gateway redacts what it stores (log.redact_pii): its placeholders are PII found, too
     texts = [m["content"] for m in item.prompt or []] + [item.answer or "", verdict.correction or ""]
     found += [(kind, "") for text in texts for kind in placeholders(text)]
@@ -263,16 +370,40 @@ def _redacted(item: Interaction, verdict: Verdict, s: CurateSettings, counts: di
     return prompt, answer, correction
 
 
+def _redact(text: str, keep: frozenset[str], found: list[tuple[str, str]]) -> str:
+    """tuneloop.data.pii's spans, less those whose value the knowledge base states."""
+    from tuneloop.data.pii import find_spans
+
+    spans = [s for s in find_spans(text) if text[s.start : s.end] not in keep]
+    if not spans:
+        return text
+    parts, pos = [], 0
+    for s in spans:
+        found.append((s.type, text[s.start : s.end]))
+        parts += (text[pos : s.start], f"<{s.type.upper()}>")
+        pos = s.end
+    return "".join([*parts, text[pos:]])
+
+
 def _against_known(prompt: list[dict[str, str]], chosen: str, is_correction: bool, s: CurateSettings,
-                   known: Known) -> Reject | None:  # fmt: skip
+                   known: Known, checks: Checks | None = None) -> Reject | None:  # fmt: skip
+    """Duplicates of the training data, and answers that contradict what is known: a correction against
+    the training data's answers to the same question, and any chosen answer (upvoted or corrected)
+    against the facts of the training data, the frozen set and the documents (facts.py)."""
     question = _last_user(prompt)
     dup = known.duplicate(question, chosen, s.dedup_threshold)
     if dup is not None:
         return Reject(f"duplicate_{dup[0]}", f"already in the training data (similarity {dup[1]:.2f})")
-    if is_correction and s.conflicts == "reject":
+    if s.conflicts != "reject":
+        return None
+    if is_correction:
         for answer in known.answers_to(question, s.dedup_threshold):
             if not consistent(answer, chosen):
                 return Reject("conflicts_with_training_data", f"the training data answers {answer!r}")
+    if checks is not None and checks.knowledge is not None:
+        found = checks.knowledge.contradiction(question, chosen)
+        if found is not None:
+            return Reject(found.reason, found.detail)
     return None
 
 
@@ -286,12 +417,16 @@ def _proposal(item: Interaction, prompt: list[dict[str, str]], chosen: str, reje
             "model_version": item.model_version, "source": source, "prompt": prompt, "chosen": chosen,
             "rejected": rejected, "feedback_ids": [r.id for r in item.ratings], "raters": verdict.raters,
             "key_id": rater_key(item.ratings), "agreement": round(verdict.agreement, 3),
-            "mean_rating": round(verdict.mean_rating, 3)}  # fmt: skip
+            "mean_rating": round(verdict.mean_rating, 3), "polarity": verdict.polarity,
+            "votes": verdict.votes, "weights": verdict.weights}  # fmt: skip
 
 
-def _rejection(item: Interaction, r: Reject) -> dict[str, Any]:
-    return {"response_id": item.response_id, "request_id": item.request_id,
-            "feedback_ids": [x.id for x in item.ratings], "reason": r.reason, "detail": r.detail}  # fmt: skip
+def _rejection(item: Interaction, r: Reject, verdict: Verdict | None = None) -> dict[str, Any]:
+    out = {"response_id": item.response_id, "request_id": item.request_id,
+           "feedback_ids": [x.id for x in item.ratings], "reason": r.reason, "detail": r.detail}  # fmt: skip
+    if verdict is not None:  # who voted for what was rejected (the keys' records, trust.py)
+        out.update(polarity=verdict.polarity, votes=verdict.votes)
+    return out
 
 
 # ------------------------------------------------------------------------------------ approval
@@ -336,14 +471,22 @@ def _heldout(prompt: list[dict[str, str]], fraction: float, seed: int) -> bool:
 
 
 def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, settings: CurateSettings,
-                  old_sft: list[dict[str, Any]], old_pref: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
-    """sft/{train,val}.jsonl, dpo/{train,val}.jsonl (old + new train; new held-out as val) and manifest.json."""
+                  old_sft: list[dict[str, Any]], old_pref: list[dict[str, Any]], info: dict[str, Any],
+                  old_kto: list[dict[str, Any]] = ()) -> dict[str, Any]:  # fmt: skip
+    """{sft,dpo,kto}/{train,val}.jsonl (old + new train; new held-out as val) and manifest.json."""
     sft = {"train": [], "val": []}
     dpo = {"train": [], "val": []}
+    kto = {"train": [], "val": []}
     examples = []
     for p in proposals:
         split = "val" if _heldout(p["prompt"], settings.holdout_fraction, settings.holdout_seed) else "train"
         link = {"request_id": p["request_id"], "response_id": p["response_id"], "source": p["source"]}
+        for row in kto_rows(p):
+            kto[split].append({**row, **link})
+            examples.append({"id": row["id"], "kind": "kto", "split": split, **link, "feedback_ids": p["feedback_ids"],
+                             "key_id": p.get("key_id")})  # fmt: skip
+        if p["chosen"] is None:  # a thumb down alone: nothing to imitate or to prefer
+            continue
         sid = f"fb-{p['response_id']}"
         sft[split].append({"id": sid, "messages": [*p["prompt"], {"role": "assistant", "content": p["chosen"]}],
                            **link})  # fmt: skip
@@ -356,7 +499,7 @@ def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, 
             examples.append({"id": did, "kind": "dpo", "split": split, **link, "feedback_ids": p["feedback_ids"],
                              "key_id": p.get("key_id")})  # fmt: skip
     outputs = {}
-    for kind, rows, old in (("sft", sft, old_sft), ("dpo", dpo, old_pref)):
+    for kind, rows, old in (("sft", sft, old_sft), ("dpo", dpo, old_pref), ("kto", kto, list(old_kto))):
         folder = out / kind
         folder.mkdir(parents=True, exist_ok=True)
         outputs[f"{kind}/train.jsonl"] = _write(folder / "train.jsonl", [*old, *rows["train"]])
@@ -371,7 +514,8 @@ def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, 
         "counts": {"proposals": len(curated.proposals), "approved": len(proposals),
                    "rejected": len(curated.rejected), "old_sft": len(old_sft), "old_preferences": len(old_pref),
                    "new_sft_train": len(sft["train"]), "new_sft_heldout": len(sft["val"]),
-                   "new_dpo_train": len(dpo["train"]), "new_dpo_heldout": len(dpo["val"])},
+                   "new_dpo_train": len(dpo["train"]), "new_dpo_heldout": len(dpo["val"]),
+                   "old_kto": len(old_kto), **kto_counts(kto)},
         "rejections": reasons, "pii_redacted": curated.pii, "rejected": curated.rejected,
         "examples": examples, "outputs": outputs, "fingerprint": fingerprint(outputs),
     }  # fmt: skip

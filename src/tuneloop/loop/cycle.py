@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,7 @@ class Loop:
         """consume=False (not enough evidence yet): the cursor stays, the next cycle sees this feedback again."""
         if consume:
             batch = json.loads((self._dir(state) / "batch.json").read_text())
+            self._record_raters(state)
             self.store.save_cursor(batch["cursor"])
         state.update(stage="done", outcome=outcome, finished=self.clock())
         self.store.save_state(state)
@@ -131,7 +133,8 @@ class Loop:
         from tuneloop.loop.curate import curate
 
         batch = Batch.from_json(json.loads((self._dir(state) / "batch.json").read_text()))
-        curated = curate(batch, self.cfg.curate, self._known())
+        with ExitStack() as stack:  # the judge, if any, is closed after curation
+            curated = curate(batch, self.cfg.curate, self._known(), self._checks(state, stack))
         (self._dir(state) / "curated.json").write_text(json.dumps(
             {"proposals": curated.proposals, "rejected": curated.rejected, "pii": curated.pii},
             ensure_ascii=False, default=str))  # fmt: skip
@@ -143,6 +146,37 @@ class Loop:
                          proposals=len(curated.proposals), rejected=len(curated.rejected))  # fmt: skip
             return "approve"
         return "build"
+
+    def _checks(self, state: dict[str, Any], stack: ExitStack) -> Any:
+        """Known facts, frozen questions, injection seeds and key weights for curation (guards.py);
+        writes the retrain's validation rows first, since their questions are protected too."""
+        from tuneloop.loop.curate import read_jsonl
+        from tuneloop.loop.guards import build_checks, write_validation
+        from tuneloop.loop.trust import Trust
+
+        c, r = self.cfg.curate, self.cfg.retrain
+        validation = write_validation(self.cfg, read_jsonl(r.old_data) + self._pool("sft"),
+                                      read_jsonl(r.old_preferences) + self._pool("dpo"),
+                                      self._dir(state) / "data" / "validation")  # fmt: skip
+        training = read_jsonl([*c.existing_data, *r.old_data]) + self._pool("sft")
+        trust = Trust(self.store.root / "raters.json", c.trust, self.clock())
+        return build_checks(self.cfg, training, validation, trust, stack)
+
+    def _record_raters(self, state: dict[str, Any]) -> None:
+        """Each voting key's side against what curation (and review) made of it (trust.py)."""
+        from tuneloop.loop.trust import Trust
+
+        data = self._dir(state) / "data" / "manifest.json"
+        if not data.is_file() or state["results"].get("raters_recorded"):
+            return
+        manifest = json.loads(data.read_text())
+        saved = json.loads((self._dir(state) / "curated.json").read_text())
+        kept = {e["response_id"] for e in manifest["examples"]}
+        batch = json.loads((self._dir(state) / "batch.json").read_text())
+        seen = {r["key_id"] for i in batch["interactions"] for r in i["ratings"]}
+        trust = Trust(self.store.root / "raters.json", self.cfg.curate.trust, self.clock())
+        trust.record([p for p in saved["proposals"] if p["response_id"] in kept], manifest["rejected"], seen)
+        state["results"]["raters_recorded"] = True
 
     def _review_url(self) -> str | None:
         return self.cfg.curate.approval.database_url or self.cfg.collect.database_url
@@ -160,6 +194,7 @@ class Loop:
     def _build(self, state: dict[str, Any]) -> str | CycleResult:
         from tuneloop.loop.curate import Curated, apply_reviews, build_dataset, read_jsonl
         from tuneloop.loop.filters import TextFilters
+        from tuneloop.loop.guards import write_gate_feed
 
         c = self.cfg.curate
         saved = json.loads((self._dir(state) / "curated.json").read_text())
@@ -176,9 +211,11 @@ class Loop:
         old_sft = read_jsonl(r.old_data) + self._pool("sft")
         old_pref = read_jsonl(r.old_preferences) + self._pool("dpo")
         info = {"model": self.name, "cycle": state["cycle"]}
-        manifest = build_dataset(proposals, curated, self._dir(state) / "data", c, old_sft, old_pref, info)
+        manifest = build_dataset(proposals, curated, self._dir(state) / "data", c, old_sft, old_pref, info,
+                                 old_kto=self._pool("kto"))  # fmt: skip
         counts = manifest["counts"]
-        new = counts["new_sft_train"] + counts["new_dpo_train"]
+        counts.update(write_gate_feed(self._dir(state) / "data", proposals))  # references: known facts
+        new = counts["new_sft_train"] + counts["new_dpo_train"] + counts.get("new_kto_train", 0)
         self._decide(state, "curate", "curated", f"{len(proposals)} kept, {counts['rejected']} rejected",
                      counts=counts, rejections=manifest["rejections"], pii_redacted=manifest["pii_redacted"],
                      fingerprint=manifest["fingerprint"])  # fmt: skip
@@ -206,12 +243,13 @@ class Loop:
         return "retrain"
 
     def _retrain(self, state: dict[str, Any]) -> str:
-        from tuneloop.loop.retrain import retrain
+        from tuneloop.loop.retrain import objectives_for, retrain
 
         prod = self.registry.version(f"{self.name}@production")
         state["results"]["production_version"] = int(prod.version)
-        self.say(f"[retrain] from {self.name}/{prod.version} ({', '.join(self.cfg.retrain.objectives)})")
         manifest = json.loads((self._dir(state) / "data" / "manifest.json").read_text())
+        objectives = objectives_for(self.cfg.retrain, self._dir(state) / "data", manifest)
+        self.say(f"[retrain] from {self.name}/{prod.version} ({', '.join(objectives)})")
         cand = retrain(
             self.cfg.retrain, self.registry, self.name, self._dir(state) / "data", self._dir(state), manifest
         )
@@ -228,7 +266,7 @@ class Loop:
         res = state["results"]
         prod_ref = f"{self.name}/{res['production_version']}"
         run_dir = Path(res["run_dir"])
-        d = evaluate_pair(prod_ref, str(run_dir / "model"), self._dir(state) / "data" / "sft" / "val.jsonl",
+        d = evaluate_pair(prod_ref, str(run_dir / "model"), self._dir(state) / "data" / "gate" / "feedback.jsonl",
                           self.cfg.gate, self._dir(state) / "gate.json")  # fmt: skip
         self._decide(state, "gate", d.outcome, d.reason, **d.numbers())
         self._track(state, "gate", d.outcome, d.numbers())
@@ -333,7 +371,7 @@ class Loop:
         data = self._dir(state) / "data"
         manifest = json.loads((data / "manifest.json").read_text())
         new_ids = {e["id"] for e in manifest["examples"]}
-        for kind in ("sft", "dpo"):
+        for kind in ("sft", "dpo", "kto"):
             rows = []
             for split in ("train", "val"):
                 path = data / kind / f"{split}.jsonl"
