@@ -190,7 +190,7 @@ def prepare_docs(s: Settings, wd: Workdir, model: ModelResult, progress: bool = 
     """`tuneloop data prepare` of the corpus' docs/ into a pretraining dataset (with its manifest)."""
     from tuneloop.config import load_config
     from tuneloop.data.config import DataConfig
-    from tuneloop.data.pipeline import prepare
+    from tuneloop.data.run import prepare
 
     cfg = load_config(DataConfig, {"kind": "pretrain", "tokenizer": str(model.path)})
     key = key_of(tree_digest(s.docs, contents=True), model.key, cfg.model_dump(mode="json"))

@@ -59,7 +59,7 @@ def prepare(
     """Read, clean, filter, redact PII, deduplicate, chunk and split INPUT... into a dataset folder."""
     from tuneloop.config import load_config
     from tuneloop.data.config import DataConfig
-    from tuneloop.data.pipeline import prepare as run
+    from tuneloop.data.run import prepare as run
 
     paths, overrides = _split_args(inputs)
     if kind is not None:

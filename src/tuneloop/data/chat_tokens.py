@@ -7,11 +7,10 @@ fit. Without a chat template (or if the template refuses a row) the message cont
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
-
-from tuneloop.data.chunk import Chunker
 
 
 def has_chat_template(tokenizer_dir: str) -> bool:
@@ -30,8 +29,10 @@ def _hf_tokenizer(tokenizer_dir: str) -> Any:
 
 
 class ChatCounter:
-    def __init__(self, tokenizer_dir: str, chunker: Chunker):
-        self.chunker = chunker
+    """`count(texts)`: token counts of texts with the dataset's tokenizer (`Chunker.count`)."""
+
+    def __init__(self, tokenizer_dir: str, count: Callable[[list[str]], list[int]]):
+        self.count_texts = count
         self.hf = _hf_tokenizer(tokenizer_dir) if has_chat_template(tokenizer_dir) else None
 
     def count(self, row: dict[str, Any]) -> int:
@@ -48,9 +49,9 @@ class ChatCounter:
             except Exception:  # templates raise their own errors (e.g. "roles must alternate")
                 text = None
             if text is not None:
-                return self.chunker.count([text])[0]
+                return self.count_texts([text])[0]
         contents = [m["content"] for m in messages if m["content"]]
-        return sum(self.chunker.count(contents)) if contents else 0
+        return sum(self.count_texts(contents)) if contents else 0
 
 
 def counted_as(kind: str, tokenizer_dir: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneloop.data.chat_tokens import ChatCounter
 from tuneloop.data.config import ChunkConfig
 from tuneloop.data.tiktoken_bpe import TiktokenBPE
 
@@ -107,17 +108,15 @@ class Chunker:
         self.dir = tokenizer_dir
         self.tok = load_tokenizer(tokenizer_dir)
         self.max, self.overlap = cfg.max_tokens, cfg.overlap
-        self._chat: Any = None
+        self._chat: ChatCounter | None = None
         self.fast = _byte_level(tokenizer_dir)
         self._encode_ids = self.fast.encode_ids if self.fast is not None else _ids_encoder(self.tok)
 
     @property
-    def chat(self) -> Any:
+    def chat(self) -> ChatCounter:
         """Counts chat rows with the chat template (`chat_tokens.ChatCounter`), made on first use."""
         if self._chat is None:
-            from tuneloop.data.chat_tokens import ChatCounter
-
-            self._chat = ChatCounter(self.dir, self)
+            self._chat = ChatCounter(self.dir, self.count)
         return self._chat
 
     def count(self, texts: list[str]) -> list[int]:

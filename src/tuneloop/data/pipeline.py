@@ -6,7 +6,8 @@
     write jsonl + parquet + manifest             (`finish`)
 
 The executors (`executors/local.py`, `executors/spark.py`) only move data between these functions,
-so both engines produce the same dataset by construction (and a test checks it).
+so both engines produce the same dataset by construction (and a test checks it); `run.prepare`
+picks one.
 """
 
 from __future__ import annotations
@@ -248,37 +249,3 @@ def prepare_out(out: Path) -> Path:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
     return work
-
-
-def prepare(
-    inputs: list[str],
-    out: str | Path,
-    cfg: DataConfig | None = None,
-    *,
-    engine: str = "local",
-    workers: int | None = None,
-    spark_master: str = "local[*]",
-    progress: bool = False,
-) -> dict[str, Any]:
-    """Run the whole pipeline and return the manifest (also written to `out/manifest.json`)."""
-    cfg = cfg or DataConfig()
-    out = Path(out)
-    created = not out.exists()
-    try:
-        if engine == "spark":
-            from tuneloop.data.executors.spark import run_spark
-
-            return run_spark(inputs, out, cfg, master=spark_master, progress=progress)
-        from tuneloop.data.executors.local import run_local
-
-        return run_local(inputs, out, cfg, workers=workers, progress=progress)
-    except BaseException:
-        _discard_work(out, created)
-        raise
-
-
-def _discard_work(out: Path, created: bool) -> None:
-    """After a failed run: the shards go, and so does an output folder this run created and left empty."""
-    shutil.rmtree(out / ".tuneloop-work", ignore_errors=True)
-    if created and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
