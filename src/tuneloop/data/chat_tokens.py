@@ -10,7 +10,10 @@ import json
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 def has_chat_template(tokenizer_dir: str) -> bool:
@@ -22,7 +25,7 @@ def has_chat_template(tokenizer_dir: str) -> bool:
 
 
 @lru_cache(maxsize=2)
-def _hf_tokenizer(tokenizer_dir: str) -> Any:
+def _hf_tokenizer(tokenizer_dir: str) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer  # only chat kinds pay for importing transformers
 
     return AutoTokenizer.from_pretrained(tokenizer_dir)

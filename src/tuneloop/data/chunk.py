@@ -24,13 +24,14 @@ import unicodedata
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer, pre_tokenizers
 
 from tuneloop.data.chat_tokens import ChatCounter
 from tuneloop.data.config import ChunkConfig
 from tuneloop.data.tiktoken_bpe import TiktokenBPE
+from tuneloop.models.resolve import resolve_model
 
 # (pattern, priority): the cut goes right after the match
 _BOUNDARIES = (
@@ -48,20 +49,16 @@ def tokenizer_path(ref: str) -> str:
     path = Path(ref).expanduser()
     if path.is_dir() and any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         return str(path.resolve())
-    from tuneloop.models.resolve import resolve_model
-
     return str(resolve_model(ref, pull=True).path)
 
 
 @lru_cache(maxsize=4)
-def load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str) -> Tokenizer:
     """The fast (Rust) tokenizer: `tokenizers` directly when there is a tokenizer.json, else via transformers."""
     file = Path(path) / "tokenizer.json"
     if file.is_file():
-        from tokenizers import Tokenizer
-
         return Tokenizer.from_file(str(file))
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # 1.4 s to import: only folders without tokenizer.json pay it
 
     tok = AutoTokenizer.from_pretrained(path)
     if not tok.is_fast:
@@ -195,13 +192,13 @@ def _byte_level(path: str) -> _ByteLevel | None:
     return _ByteLevel.of(load_tokenizer(path))
 
 
-def _ids_encoder(tok: Any) -> Callable[[list[str]], list[list[int]]]:
+def _ids_encoder(tok: Tokenizer) -> Callable[[list[str]], list[list[int]]]:
     # encode_batch_fast skips offsets (tokenizers >= 0.21): counting needs none
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     return lambda texts: [e.ids for e in encode(texts, add_special_tokens=False)]
 
 
-def _offset_starts(tok: Any, text: str) -> list[int]:
+def _offset_starts(tok: Tokenizer, text: str) -> list[int]:
     return [o[0] for o in tok.encode(text, add_special_tokens=False).offsets]
 
 
@@ -261,7 +258,7 @@ class _ByteLevel:
     inside a pre-token) is re-encoded.
     """
 
-    def __init__(self, tok: Any, lengths: np.ndarray, tt: TiktokenBPE | None = None):
+    def __init__(self, tok: Tokenizer, lengths: np.ndarray, tt: TiktokenBPE | None = None):
         self.tok = tok
         self.tt = tt  # the same ids as `tok`, faster (tiktoken_bpe.py)
         self.lengths = lengths  # bytes per token id; -1 for special/added tokens and unknown strings
@@ -269,7 +266,7 @@ class _ByteLevel:
         self._encode_tok = _ids_encoder(tok)
 
     @classmethod
-    def of(cls, tok: Any) -> _ByteLevel | None:
+    def of(cls, tok: Tokenizer) -> _ByteLevel | None:
         try:
             spec = json.loads(tok.to_str())
         except Exception:
@@ -292,8 +289,6 @@ class _ByteLevel:
             and (post is None or post.get("type") == "TemplateProcessing")  # others may trim offsets
         ):
             return None
-        from tokenizers import pre_tokenizers
-
         byte_chars = re.compile(f"[{re.escape(''.join(pre_tokenizers.ByteLevel.alphabet()))}]*")
         vocab = tok.get_vocab(with_added_tokens=True)
         lengths = np.full(max(vocab.values(), default=0) + 1, -1, dtype=np.int64)

@@ -25,7 +25,12 @@ import itertools
 import json
 import logging
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tokenizers import Tokenizer, models, pre_tokenizers
+
+if TYPE_CHECKING:
+    import tiktoken
 
 log = logging.getLogger("tuneloop.data")
 
@@ -36,7 +41,7 @@ GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|
 class TiktokenBPE:
     """tiktoken holding a byte-level BPE tokenizer's ranks: the tokenizer's exact ids, or None."""
 
-    def __init__(self, encoding: Any, added: dict[str, int], normalized: set[str]):
+    def __init__(self, encoding: tiktoken.Encoding, added: dict[str, int], normalized: set[str]):
         self._encode = encoding.encode_ordinary
         self._probe = _Probe(set(encoding._mergeable_ranks))
         self.added = added  # added token text -> id; cut out before pre-tokenization
@@ -46,7 +51,7 @@ class TiktokenBPE:
         self._first = "".join({a[0] for a in added})
 
     @classmethod
-    def of(cls, tok: Any, spec: dict[str, Any] | None = None) -> TiktokenBPE | None:
+    def of(cls, tok: Tokenizer, spec: dict[str, Any] | None = None) -> TiktokenBPE | None:
         """The encoder for `tok` (a GPT-2-style byte-level BPE `tokenizers.Tokenizer`), or None (logged why)."""
         try:
             import tiktoken
@@ -129,7 +134,7 @@ class _Probe:
         self.vocab = vocab_bytes
         self.good: set[str] = set()
         self.bad: set[str] = set()
-        self.engines: tuple[Any, Any] | None = None
+        self.engines: tuple[Tokenizer, tiktoken.Encoding] | None = None
         ascii_bad = [c for c in map(chr, range(128)) if not self._check([c])[0]]
         self.bad.update(ascii_bad)
         self.good.update(c for c in map(chr, range(128)) if c not in self.bad)
@@ -166,10 +171,9 @@ class _Probe:
             out.append(hf.encode(probe, add_special_tokens=False).ids == tt.encode_ordinary(probe))
         return out
 
-    def _engines(self) -> tuple[Any, Any]:
+    def _engines(self) -> tuple[Tokenizer, tiktoken.Encoding]:
         if self.engines is None:
             import tiktoken
-            from tokenizers import Tokenizer, models, pre_tokenizers
 
             byte_char = {ord(v): chr(k) for k, v in _byte_table().items() if v != "\uffff"}
             ranks = {bytes([b]): b for b in range(256)}
@@ -206,10 +210,8 @@ def _byte_table() -> dict[int, str]:
     return table
 
 
-def _ranks(tok: Any, spec: dict[str, Any]) -> tuple[str, dict[bytes, int] | None]:
+def _ranks(tok: Tokenizer, spec: dict[str, Any]) -> tuple[str, dict[bytes, int] | None]:
     """tiktoken's ranks for the tokenizer, or (why not, None): the conditions of the module docstring."""
-    from tokenizers import pre_tokenizers
-
     model = spec.get("model") or {}
     flags = ("ignore_merges", "dropout", "byte_fallback", "continuing_subword_prefix", "end_of_word_suffix")
     if model.get("type") != "BPE" or any(model.get(k) for k in flags):
@@ -242,7 +244,7 @@ def _ranks(tok: Any, spec: dict[str, Any]) -> tuple[str, dict[bytes, int] | None
     return "", ranks
 
 
-def _added(tok: Any, spec: dict[str, Any]) -> tuple[dict[str, int] | None, set[str]]:
+def _added(tok: Tokenizer, spec: dict[str, Any]) -> tuple[dict[str, int] | None, set[str]]:
     """Added tokens (text -> id) and those matched after normalization, or None if their options
     (lstrip, rstrip, single_word, encode_special_tokens) change how the tokenizer cuts them."""
     tokens = spec.get("added_tokens") or []

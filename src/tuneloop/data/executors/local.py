@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +22,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from tuneloop.data.chunk import Chunker, preload, tokenizer_path
 from tuneloop.data.config import DataConfig
@@ -234,8 +244,6 @@ def _write(
 
 
 def _cleanup(work: Path) -> None:
-    import shutil
-
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -271,16 +279,6 @@ def _progress(enabled: bool) -> Iterator[Callable]:
     if not enabled:
         yield lambda _label, results, _weights: results
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
