@@ -194,8 +194,8 @@ def arm(name: str, key_id: str, objectives: Any, work: Path, overrides: list[str
     if done.is_file():
         return json.loads(done.read_text())
     from tuneloop.config import load_config
+    from tuneloop.interactions.loopstore import LoopStore
     from tuneloop.loop import Loop, LoopConfig
-    from tuneloop.loop.store import LoopStore
     from tuneloop.registry import Registry
 
     frozen = write_jsonl(work / "general.jsonl", [

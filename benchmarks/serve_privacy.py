@@ -46,8 +46,8 @@ def record(text: str, answer: str) -> dict:
 
 
 def per_record(n: int) -> list[dict]:
-    from tuneloop.serve.privacy import Privacy
-    from tuneloop.serve.requestlog import RequestLog
+    from tuneloop.interactions.privacy import Privacy
+    from tuneloop.interactions.requestlog import RequestLog
 
     cases = {
         "short English": record("How do I reset my router?", "Hold the reset button for ten seconds."),

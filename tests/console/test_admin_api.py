@@ -163,7 +163,7 @@ def test_quantile_matches_prometheus_histogram_quantile():
 
 
 def test_loop_routes_show_state_decisions_and_the_curation_checks(keys):
-    from tuneloop.loop.store import LoopStore
+    from tuneloop.interactions.loopstore import LoopStore
 
     store = LoopStore("bot")
     store.save_state({"cycle": 1, "stage": "approve", "results": {}})
@@ -190,10 +190,10 @@ def test_loop_routes_show_state_decisions_and_the_curation_checks(keys):
 
 
 def test_a_side_by_side_vote_is_two_feedback_rows_the_loop_turns_into_a_preference_pair(keys, tmp_path):
+    from tuneloop.interactions.feedback import FeedbackStore
     from tuneloop.loop.collect import collect
     from tuneloop.loop.config import CollectSettings, CurateSettings
     from tuneloop.loop.curate import Known, curate
-    from tuneloop.serve.feedback import FeedbackStore
 
     messages = [{"role": "user", "content": "Which plan includes priority support?"}]
     with run_server(_config(), {"a": FakeClient(), "b": FakeClient()}) as s:

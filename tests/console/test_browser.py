@@ -53,9 +53,9 @@ def _loop_config(tmp_path: Path):
 def test_console_chat_streams_votes_reach_the_loop_review_approves_and_rollback_moves_the_alias(
     registry, tiny_llama, tmp_path, keys, browser, shots
 ):
+    from tuneloop.interactions.feedback import FeedbackStore
+    from tuneloop.interactions.requestlog import default_path, read
     from tuneloop.loop import Loop
-    from tuneloop.serve.feedback import FeedbackStore
-    from tuneloop.serve.requestlog import default_path, read
 
     registry.register_folder(tiny_llama, "bot", description=f"base {HOSTILE}")
     registry.register_folder(make_adapter(tiny_llama, tmp_path / "adapter", seed=3), "bot")
@@ -168,8 +168,8 @@ def test_console_chat_streams_votes_reach_the_loop_review_approves_and_rollback_
 def test_hostile_text_shows_as_text_on_every_page_and_the_console_fits_a_narrow_screen(
     keys, browser, shots, registry
 ):
-    from tuneloop.loop.review import ReviewQueue
-    from tuneloop.loop.store import LoopStore
+    from tuneloop.interactions.loopstore import LoopStore
+    from tuneloop.interactions.review import ReviewQueue
 
     ReviewQueue().enqueue("evil", 1, [{"response_id": "r1", "source": "correction", "chosen": HOSTILE,
                                         "rejected": HOSTILE, "prompt": [{"role": "user", "content": HOSTILE}]}])  # fmt: skip

@@ -16,7 +16,7 @@ from .test_browser import _login
 
 
 def test_the_loop_view_shows_each_check_with_its_interval_and_verdict(keys, browser, shots):
-    from tuneloop.loop.store import LoopStore
+    from tuneloop.interactions.loopstore import LoopStore
 
     prod = [1.0] * 40 + [0.0] * 30 + [1.0] * 5 + [0.0] * 25
     cand = [1.0] * 40 + [1.0] * 30 + [0.0] * 5 + [0.0] * 25

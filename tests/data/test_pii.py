@@ -290,7 +290,7 @@ def test_examples_keep_the_first_in_document_order_whatever_the_merge_order() ->
 
 
 def test_the_public_redact_keeps_its_signature_for_the_gateway_and_the_loop() -> None:
-    """serve/requestlog.py calls redact(text); loop/curate.py calls redact(text, None, found)."""
+    """interactions/requestlog.py calls redact(text); loop/curate.py calls redact(text, None, found)."""
     found: list[tuple[str, str]] = []
     assert redact("mail a@b.io") == "mail <EMAIL>"
     assert redact("key AKIAZ7Q3X5M2K8P4N6R1", None, found) == "key <SECRET>" and found == [

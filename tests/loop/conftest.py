@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from registry.conftest import mlflow_template  # noqa: F401 (session fixture: the migrated MLflow db)
-from tuneloop.loop.collect import Batch, Interaction, Rating
+from tuneloop.interactions.records import Interaction, Rating
+from tuneloop.loop.collect import Batch
 
 KB = Path(__file__).resolve().parents[2] / "examples" / "acme-kb"
 
@@ -41,8 +42,8 @@ class Traffic:
     """Writes log records and feedback where the loop collects them (TUNELOOP_HOME/serve)."""
 
     def __init__(self) -> None:
-        from tuneloop.serve.feedback import FeedbackStore
-        from tuneloop.serve.requestlog import default_path
+        from tuneloop.interactions.feedback import FeedbackStore
+        from tuneloop.interactions.requestlog import default_path
 
         self.log = default_path()
         self.log.parent.mkdir(parents=True, exist_ok=True)

@@ -177,7 +177,7 @@ def test_window_stats_count_each_rated_answer_once_by_its_mean_rating(traffic):
     traffic.rate(b, 5, "u1")
     traffic.rate(b, 1, "u2")  # mean 3: not a thumbs-up
     traffic.rate(c, "down", "u1")
-    from tuneloop.serve.requestlog import default_path
+    from tuneloop.interactions.requestlog import default_path
 
     stats = window_stats(default_path(), None, "bot", t0, ("bot-prod", "bot-cand"))
     cand, prod = stats["bot-cand"], stats["bot-prod"]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tuneloop.loop.collect import Rating
+from tuneloop.interactions.records import Rating
 from tuneloop.loop.config import CurateSettings
 from tuneloop.loop.curate import Known, build_dataset, consistent, curate
 from tuneloop.loop.filters import Reject, TextFilters, Verdict, agree
@@ -229,8 +229,8 @@ def test_answers_to_one_question_stay_on_one_side_of_the_split():
 
 
 def test_reviews_edit_reject_and_recheck_edited_answers(tmp_path):
+    from tuneloop.interactions.review import ReviewQueue
     from tuneloop.loop.curate import apply_reviews
-    from tuneloop.loop.review import ReviewQueue
 
     out = curate(batch(item(Q, WRONG, [(1, "u1", RIGHT)]), item("What colour is it?", "Red.", [(1, "u1", "Slate Blue.")]),
                        item("Where is HQ?", "Paris.", [(1, "u1", "Ghent.")])), CurateSettings(), known())  # fmt: skip

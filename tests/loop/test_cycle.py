@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 
 from tuneloop.cli import app
 from tuneloop.config import load_config
+from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.loop import Loop, LoopConfig
 from tuneloop.loop.collect import collect
-from tuneloop.loop.store import LoopStore
 
 FIXES = [("How many devices does the Arc R7 support?", "It supports 8.", "The Arc R7 supports up to 176 devices."),
          ("What colour is the Arc R7?", "Red.", "The Arc R7 is Slate Blue."),
@@ -82,7 +82,7 @@ def test_approval_queue_holds_the_cycle_until_reviewed(tiny_loop, traffic, regis
     runner = CliRunner()
     listed = runner.invoke(app, ["feedback", "review", "--model", "bot", "--list"])
     assert listed.exit_code == 0 and "Slate Blue" in listed.output
-    from tuneloop.loop.review import ReviewQueue
+    from tuneloop.interactions.review import ReviewQueue
 
     ids = [i.id for i in ReviewQueue().list("bot", "pending")]
     out = runner.invoke(app, ["feedback", "review", "--model", "bot", "--reject-all", "--ids", str(ids[0]),

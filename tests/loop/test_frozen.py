@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from tuneloop.config import load_config
+from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.loop import Loop, LoopConfig
 from tuneloop.loop.frozen import FrozenGuard, Protected
-from tuneloop.loop.store import LoopStore
 
 from .conftest import qa_rows, write_jsonl
 

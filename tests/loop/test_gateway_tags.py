@@ -7,7 +7,8 @@ import httpx
 import openai
 
 from serve.conftest import run_server
-from tuneloop.loop.collect import Rating, collect
+from tuneloop.interactions.records import Rating
+from tuneloop.loop.collect import collect
 from tuneloop.loop.config import CollectSettings
 from tuneloop.loop.filters import Reject, Verdict, agree
 from tuneloop.serve import ServeConfig

@@ -10,13 +10,13 @@ import pytest
 
 from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
+from tuneloop.interactions.loopstore import LoopStore
+from tuneloop.interactions.review import ReviewQueue
 from tuneloop.loop import Loop, LoopConfig
 from tuneloop.loop.config import CurateSettings, RetrainSettings
 from tuneloop.loop.curate import Known, apply_reviews, build_dataset, curate
 from tuneloop.loop.filters import TextFilters
 from tuneloop.loop.retrain import _balance, objectives_for
-from tuneloop.loop.review import ReviewQueue
-from tuneloop.loop.store import LoopStore
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import read_rows
 

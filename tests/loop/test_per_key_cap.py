@@ -53,7 +53,7 @@ def test_a_share_caps_nothing_for_a_single_key_but_a_count_does():
 
 
 def test_the_deciding_key_is_the_one_with_most_raters():
-    from tuneloop.loop.collect import Rating
+    from tuneloop.interactions.records import Rating
 
     ratings = [Rating(1, 1, "k1", user="a"), Rating(2, 1, "k2", user="b"), Rating(3, 1, "k2", user="c"),
                Rating(4, 1, "k2", user="c")]  # fmt: skip

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tuneloop.loop.collect import Rating
+from tuneloop.interactions.records import Rating
 from tuneloop.loop.config import CurateSettings, TrustSettings
 from tuneloop.loop.curate import Checks, Known, curate
 from tuneloop.loop.facts import Knowledge, document_statements, qa_statements, slots

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 
 from serve.conftest import run_server
-from tuneloop.loop.review import ReviewQueue
+from tuneloop.interactions.review import ReviewQueue
 from tuneloop.serve import ServeConfig
 from tuneloop.serve.fake import FakeClient
 from tuneloop.serve.keys import KeyStore

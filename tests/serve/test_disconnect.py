@@ -10,8 +10,8 @@ import httpx
 import openai
 import pytest
 
+from tuneloop.interactions.requestlog import read
 from tuneloop.serve import ServeConfig
-from tuneloop.serve.requestlog import read
 
 from .conftest import run_server
 from .fault_engines import client as engine_client

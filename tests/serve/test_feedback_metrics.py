@@ -10,11 +10,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tuneloop.interactions.feedback import Answered, RecentResponses
+from tuneloop.interactions.requestlog import read
 from tuneloop.serve import ServeConfig
 from tuneloop.serve.fake import FakeClient
-from tuneloop.serve.feedback import Answered, RecentResponses
 from tuneloop.serve.keys import KeyStore
-from tuneloop.serve.requestlog import read
 
 
 def ab_config(**kw) -> ServeConfig:

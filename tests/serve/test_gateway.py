@@ -13,10 +13,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli import app
+from tuneloop.interactions.requestlog import read
 from tuneloop.serve import ServeConfig
 from tuneloop.serve.fake import FakeClient
 from tuneloop.serve.keys import KeyStore
-from tuneloop.serve.requestlog import read
 
 
 def config(**kw) -> ServeConfig:

@@ -18,12 +18,12 @@ import pytest
 from typer.testing import CliRunner
 
 from tuneloop.cli import app
+from tuneloop.interactions.feedback import FeedbackStore, RecentResponses
+from tuneloop.interactions.requestlog import RequestLog, read
 from tuneloop.models.loading import load_tokenizer
 from tuneloop.serve import ServeConfig
 from tuneloop.serve.fake import FakeClient
-from tuneloop.serve.feedback import FeedbackStore, RecentResponses
 from tuneloop.serve.keys import KeyStore
-from tuneloop.serve.requestlog import RequestLog, read
 
 CN_ID = "11010519491231002X"  # GB 11643 checksum valid
 CARD = "6222 0212 3456 7894"  # UnionPay, Luhn valid
@@ -68,7 +68,7 @@ def test_the_request_log_redacts_pii_and_pseudonymizes_users_by_default(serve, t
 
 def test_every_text_is_redacted_but_the_protocol_labels():
     """Fields the redactor was not told about (tool arguments, stop strings) are redacted too."""
-    from tuneloop.serve.privacy import Privacy
+    from tuneloop.interactions.privacy import Privacy
 
     body = {"model": "ops@example.com", "messages": [{"role": "user", "content": f"mail {EMAIL}"}],
             "tools": [{"type": "function", "function": {"arguments": json.dumps({"to": EMAIL})}}],
@@ -263,7 +263,7 @@ def test_the_server_applies_retention_at_start_and_forgets_old_answers(serve, tu
 
 def test_a_purge_never_loses_lines_written_meanwhile(tmp_path):
     """The writer thread and a purge share the log's lock: concurrent lines all survive."""
-    from tuneloop.serve.retention import cutoff, purge_log
+    from tuneloop.interactions.retention import cutoff, purge_log
 
     log = RequestLog(tmp_path / "log.jsonl", max_bytes=1 << 30)
     try:

@@ -35,9 +35,9 @@ def purge(
 ) -> None:
     """Remove request-log lines (current and rotated files) and answered-response records older than DAYS."""
     from tuneloop.config import load_config
+    from tuneloop.interactions.requestlog import default_path
+    from tuneloop.interactions.retention import cutoff, purge_log
     from tuneloop.serve.config import ServeConfig
-    from tuneloop.serve.requestlog import default_path
-    from tuneloop.serve.retention import cutoff, purge_log
 
     cfg = load_config(ServeConfig, config, [])
     days = older_than if older_than is not None else cfg.log.retention_days
@@ -65,8 +65,8 @@ def purge(
 
 def _responses(url: str | None, before: datetime, dry_run: bool) -> int:
     from tuneloop import paths
-    from tuneloop.serve.db import connect
-    from tuneloop.serve.feedback import purge_responses
+    from tuneloop.interactions.db import connect
+    from tuneloop.interactions.feedback import purge_responses
 
     if url is None and not (paths.serve_dir(create=False) / "serve.db").is_file():
         return 0  # no server has run here: nothing to purge, and nothing to create

@@ -19,6 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tuneloop.errors import TuneloopError
+from tuneloop.interactions.loopstore import models
+from tuneloop.interactions.loopstore import status as loop_status
 
 app = typer.Typer(
     help="The feedback loop: collect rated answers, curate, retrain, gate, canary, promote or roll back.",
@@ -75,9 +77,6 @@ def status(
     last: int = typer.Option(20, "--last", min=1, help="Decisions shown per model."),
 ) -> None:
     """Cycles and every decision with the numbers behind it."""
-    from tuneloop.loop import status as loop_status
-    from tuneloop.loop.store import models
-
     names = [model] if model else models()
     if not names:
         raise TuneloopError("no loop has run yet", hint="start one with `tuneloop loop run --model NAME`")
@@ -154,7 +153,7 @@ def review(
     """Approve, edit or reject curated feedback before it is trained on (the loop waits for it)."""
     import getpass
 
-    from tuneloop.loop.review import ReviewQueue
+    from tuneloop.interactions.review import ReviewQueue
 
     if approve_all and reject_all:
         raise TuneloopError("--approve-all and --reject-all exclude each other", hint="pick one")

@@ -234,8 +234,8 @@ def feedback_export(
     database_url: str = DB,
 ) -> None:
     """Write every rating with its logged request and answer, one JSON line each (for the loop)."""
-    from tuneloop.serve.feedback import FeedbackStore, export
-    from tuneloop.serve.requestlog import default_path
+    from tuneloop.interactions.feedback import FeedbackStore, export
+    from tuneloop.interactions.requestlog import default_path
 
     rows = export(FeedbackStore(database_url), log_path or default_path())
     lines = [json.dumps(r, ensure_ascii=False) for r in rows]

@@ -11,6 +11,6 @@ Stages (one module each): collect, curate (filters, review), retrain, gate, cana
 from __future__ import annotations
 
 from tuneloop.loop.config import LoopConfig
-from tuneloop.loop.cycle import CycleResult, Loop, status
+from tuneloop.loop.cycle import CycleResult, Loop
 
-__all__ = ["CycleResult", "Loop", "LoopConfig", "status"]
+__all__ = ["CycleResult", "Loop", "LoopConfig"]

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.interactions.feedback import FeedbackStore
+from tuneloop.interactions.requestlog import read_log
 from tuneloop.loop.config import CanarySettings
 from tuneloop.loop.stats import Interval, nearest_rank, quantile_bounds, rate_above, rate_difference
 
@@ -64,9 +66,6 @@ class VariantStats:
 def window_stats(log_path: Path, database_url: str | None, route: str, since: float,
                  variants: tuple[str, str], positive_min: int = 4) -> dict[str, VariantStats]:  # fmt: skip
     """Per variant, the requests to `route` since `since`: count, errors, latencies, rated answers."""
-    from tuneloop.loop.collect import read_log
-    from tuneloop.serve.feedback import FeedbackStore
-
     records = [r for r in read_log(log_path, since=since).values() if r.get("model") == route]
     ratings: dict[str, list[int]] = {}
     for f in FeedbackStore(database_url).list():

@@ -7,47 +7,14 @@ agreement rule sees all raters. Answers are filtered by variant, workload tag an
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop.interactions.feedback import FeedbackStore
+from tuneloop.interactions.records import Interaction, Rating, interaction
+from tuneloop.interactions.requestlog import default_path, read_log
 from tuneloop.loop.config import CollectSettings
-
-
-@dataclass
-class Rating:
-    id: int
-    rating: int  # 1-5 (thumbs up = 5, down = 1)
-    key_id: str
-    correction: str | None = None
-    comment: str | None = None
-    user: str | None = None  # the end user who rated (a rater is key id + user)
-
-
-@dataclass
-class Interaction:
-    """One logged answer with every rating it got."""
-
-    response_id: str
-    request_id: str | None
-    key_id: str | None
-    model: str | None
-    variant: str | None
-    model_version: str | None
-    time: float
-    status: int | None
-    prompt: list[dict[str, str]] | None  # chat messages up to the answer (None: not a text prompt)
-    answer: str | None
-    ratings: list[Rating] = field(default_factory=list)
-    workload: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Interaction:
-        return cls(**{**d, "ratings": [Rating(**r) for r in d.get("ratings", [])]})
 
 
 @dataclass
@@ -69,34 +36,10 @@ class Batch:
 
 
 def log_path(settings: CollectSettings) -> Path:
-    from tuneloop.serve.requestlog import default_path
-
     return Path(settings.log_path).expanduser() if settings.log_path else default_path()
 
 
-def read_log(path: Path, wanted: set[str] | None = None, since: float = 0.0) -> dict[str, dict[str, Any]]:
-    """Log records by response id (rotated files too), optionally only `wanted` ids or newer than `since`."""
-    found: dict[str, dict[str, Any]] = {}
-    for file in sorted(path.parent.glob(path.name + "*"), reverse=True):  # oldest rotation first
-        if file.suffix == ".tmp" or not file.is_file():
-            continue
-        with file.open(encoding="utf-8") as lines:
-            for line in lines:
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a line cut by a crash mid-write: not an answer anyone rated
-                rid = record.get("response_id")
-                if rid and (wanted is None or rid in wanted) and record.get("time", 0.0) >= since:
-                    found[rid] = record
-    return found
-
-
 def collect(settings: CollectSettings, model: str, cursor: dict[str, Any]) -> Batch:
-    from tuneloop.serve.feedback import FeedbackStore
-
     served = settings.served_name or model
     every = FeedbackStore(settings.database_url).list()
     after = int(cursor.get("feedback_id", 0))
@@ -126,46 +69,6 @@ def collect(settings: CollectSettings, model: str, cursor: dict[str, Any]) -> Ba
     interactions.sort(key=lambda i: i.time)
     new_cursor = {"feedback_id": max([after, *(f.id for f in new)])}
     return Batch(interactions, unmatched, filtered, new_cursor)
-
-
-def interaction(record: dict[str, Any], ratings: list[Rating]) -> Interaction:
-    request = record.get("request") or {}
-    # OpenAI's `metadata` tags, logged with the record (and inside the request as it was received)
-    metadata = next((m for m in (record.get("metadata"), request.get("metadata")) if isinstance(m, dict)), {})
-    return Interaction(
-        response_id=record["response_id"], request_id=record.get("request_id"), key_id=record.get("key_id"),
-        model=record.get("model"), variant=record.get("variant"), model_version=record.get("model_version"),
-        time=float(record.get("time", 0.0)), status=record.get("status"), prompt=_prompt(request),
-        answer=answer_text(record.get("response")), ratings=ratings,
-        workload=record.get("workload") or metadata.get("workload"),
-    )  # fmt: skip
-
-
-def _prompt(request: dict[str, Any]) -> list[dict[str, str]] | None:
-    messages = request.get("messages")
-    if isinstance(messages, list):
-        return [{"role": str(m.get("role")), "content": _content(m.get("content"))} for m in messages]
-    prompt = request.get("prompt")
-    if isinstance(prompt, str):
-        return [{"role": "user", "content": prompt}]
-    return None  # token ids or several prompts: not something a person rated as text
-
-
-def _content(content: Any) -> str:
-    if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
-    return content if isinstance(content, str) else ""
-
-
-def answer_text(response: Any) -> str | None:
-    """The first choice's text: chat (`message.content`), completion or streamed (`text`)."""
-    if not isinstance(response, dict) or not response.get("choices"):
-        return None
-    first = response["choices"][0]
-    message = first.get("message")
-    if isinstance(message, dict):
-        return message.get("content")
-    return first.get("text")
 
 
 def _filtered_out(settings: CollectSettings, served: str, item: Interaction) -> str | None:

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from tuneloop.errors import TuneloopError
-from tuneloop.loop.collect import Batch, Interaction, Rating
+from tuneloop.interactions.privacy import placeholders
+from tuneloop.interactions.records import Interaction, Rating
+from tuneloop.loop.collect import Batch
 from tuneloop.loop.config import CurateSettings
 from tuneloop.loop.filters import Reject, TextFilters, Verdict, agree
 from tuneloop.loop.kto import counts as kto_counts
@@ -351,8 +353,6 @@ def _redacted(item: Interaction, verdict: Verdict, s: CurateSettings, counts: di
               keep: frozenset[str] = frozenset()):  # fmt: skip
     """(prompt, answer, correction) with PII replaced, or a Reject when PII means drop. Values in
     `keep` (stated by the knowledge base: a product's IP, a hotline) are facts and stay."""
-    from tuneloop.serve.privacy import placeholders
-
     if s.pii == "off":
         return item.prompt, item.answer, verdict.correction
     keep = keep if s.keep_known_values else frozenset()

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop.errors import TuneloopError
+from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.loop.config import LoopConfig
-from tuneloop.loop.store import LoopStore
 
 Say = Callable[[str], None]
 CYCLE_TAG = "tuneloop.loop_cycle"
@@ -139,7 +138,7 @@ class Loop:
             {"proposals": curated.proposals, "rejected": curated.rejected, "pii": curated.pii},
             ensure_ascii=False, default=str))  # fmt: skip
         if self.cfg.curate.approval.required and curated.proposals:
-            from tuneloop.loop.review import ReviewQueue
+            from tuneloop.interactions.review import ReviewQueue
 
             added = ReviewQueue(self._review_url()).enqueue(self.name, state["cycle"], curated.proposals)
             self._decide(state, "curate", "queued_for_review", f"{added} proposals wait for a reviewer",
@@ -182,7 +181,7 @@ class Loop:
         return self.cfg.curate.approval.database_url or self.cfg.collect.database_url
 
     def _approve(self, state: dict[str, Any]) -> str | CycleResult:
-        from tuneloop.loop.review import ReviewQueue
+        from tuneloop.interactions.review import ReviewQueue
 
         items = ReviewQueue(self._review_url()).list(self.name, cycle=state["cycle"])
         pending = [i for i in items if i.status == "pending"]
@@ -201,7 +200,7 @@ class Loop:
         curated = Curated(saved["proposals"], saved["rejected"], saved["pii"])
         proposals = curated.proposals
         if c.approval.required and proposals:
-            from tuneloop.loop.review import ReviewQueue
+            from tuneloop.interactions.review import ReviewQueue
 
             reviews = ReviewQueue(self._review_url()).list(self.name, cycle=state["cycle"])
             proposals = apply_reviews(
@@ -381,14 +380,3 @@ class Loop:
                 with (self.store.root / f"accepted-{kind}.jsonl").open("a", encoding="utf-8") as f:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
-
-def status(name: str) -> dict[str, Any]:
-    """The loop's state and every decision so far (for `tuneloop loop status`)."""
-    store = LoopStore(name)
-    if not (store.state_path.is_file() or store.decisions_path.is_file()):
-        from tuneloop.loop.store import models
-
-        known = models()
-        raise TuneloopError(f"no loop has run for '{name}'",
-                            hint=f"loops so far: {', '.join(known)}" if known else "start one with `tuneloop loop run --model NAME`")  # fmt: skip
-    return {"model": name, "state": store.state(), "cursor": store.cursor(), "decisions": store.decisions()}

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from tuneloop.loop.collect import Rating
+from tuneloop.interactions.records import Rating
 
 # Phrases that try to steer a model rather than ask it something (case-insensitive). Taught as a
 # "correct answer", they would train the model to obey them.

@@ -13,12 +13,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from tuneloop.interactions.db import secret
+from tuneloop.interactions.feedback import FeedbackStore, RecentResponses
+from tuneloop.interactions.privacy import Privacy
+from tuneloop.interactions.requestlog import RequestLog
+from tuneloop.interactions.retention import housekeeping
 from tuneloop.serve.adapters import adapter_caches
 from tuneloop.serve.client import EngineClient
 from tuneloop.serve.config import ServeConfig
-from tuneloop.serve.db import secret
 from tuneloop.serve.errors import install_handlers
-from tuneloop.serve.feedback import FeedbackStore, RecentResponses
 from tuneloop.serve.guard import InputGuard
 from tuneloop.serve.jwt import JWTVerifier
 from tuneloop.serve.keys import KeyStore
@@ -26,11 +29,8 @@ from tuneloop.serve.limits import ConcurrencyGate
 from tuneloop.serve.metrics import Metrics
 from tuneloop.serve.middleware import RequestContext
 from tuneloop.serve.openapi import install_openapi
-from tuneloop.serve.privacy import Privacy
 from tuneloop.serve.ratelimit import build_rate_limiter
 from tuneloop.serve.reload import watch
-from tuneloop.serve.requestlog import RequestLog
-from tuneloop.serve.retention import housekeeping
 from tuneloop.serve.routers import adapters, admin, chat, completions, feedback, health, models, review
 from tuneloop.serve.routers.console import console_routers
 from tuneloop.serve.routing import Route, Shadows

@@ -16,7 +16,7 @@ from sqlalchemy import DateTime, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from tuneloop.errors import TuneloopError
-from tuneloop.serve.db import Base, connect
+from tuneloop.interactions.db import Base, connect
 
 SCOPES = ("inference", "feedback", "admin")
 LAST_USED_EVERY = timedelta(seconds=30)

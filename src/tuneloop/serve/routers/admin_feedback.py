@@ -22,9 +22,11 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneloop.interactions.feedback import as_json
+from tuneloop.interactions.records import answer_text, interaction
+from tuneloop.interactions.requestlog import read_log
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.errors import APIError, documented
-from tuneloop.serve.feedback import as_json
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import Text
@@ -44,8 +46,6 @@ class Vote(BaseModel):
 
 
 def _logged(request: Request, ids: set[str]) -> dict[str, dict[str, Any]]:
-    from tuneloop.loop.collect import read_log
-
     log = request.app.state.request_log
     if log is None:
         raise APIError(
@@ -74,8 +74,6 @@ async def _records(request: Request, ids: set[str]) -> dict[str, dict[str, Any]]
     ),
 )
 async def vote(body: Vote, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
-    from tuneloop.loop.collect import answer_text, interaction
-
     check_characters(body.comment)
     if body.chosen == body.rejected:
         raise APIError(400, "chosen and rejected are the same answer", "same_response", "rejected")

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from tuneloop.errors import TuneloopError
+from tuneloop.interactions.loopstore import LoopStore, loop_dir, models, status
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.errors import APIError, documented
 from tuneloop.serve.keys import ApiKey
@@ -26,8 +27,6 @@ NAME = Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][\w.-]*$")
 
 
 def _status(name: str) -> dict[str, Any]:
-    from tuneloop.loop.cycle import status
-
     try:
         return status(name)
     except TuneloopError as e:
@@ -36,8 +35,6 @@ def _status(name: str) -> dict[str, Any]:
 
 @router.get("")
 def list_loops(key: ApiKey = Depends(require("admin"))) -> dict:
-    from tuneloop.loop.store import models
-
     rows = []
     for name in models():
         try:
@@ -63,8 +60,6 @@ def loop_status(name: str = NAME, last: int = Query(50, ge=1, le=1000),
 )
 def cycle_checks(request: Request, name: str = NAME, cycle: int = Path(ge=1, le=10**6),
                  key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
-    from tuneloop.loop.store import LoopStore, loop_dir
-
     if not loop_dir(name, create=False).is_dir():
         raise APIError(404, f"no loop has run for '{name}'", "loop_not_found")
     path = LoopStore(name).root / "cycles" / f"{cycle:04d}" / "curated.json"

@@ -19,12 +19,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from tuneloop.interactions.feedback import Answered, as_json, log_tail, score
+from tuneloop.interactions.privacy import Privacy, is_pseudonym
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.errors import APIError, documented
-from tuneloop.serve.feedback import Answered, as_json, log_tail, score
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
-from tuneloop.serve.privacy import Privacy, is_pseudonym
 from tuneloop.serve.protocol import FeedbackRequest
 
 router = APIRouter(tags=["feedback"], route_class=AuthFirst)

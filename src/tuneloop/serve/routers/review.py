@@ -1,6 +1,6 @@
 """Admin routes for the loop's approval queue (the `admin` scope): list, approve (optionally edited), reject.
 
-The queue lives in the gateway's database (`tuneloop.loop.review`), so `tuneloop feedback review`
+The queue lives in the gateway's database (`tuneloop.interactions.review`), so `tuneloop feedback review`
 in a terminal and these routes on any replica see the same items.
 """
 
@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.errors import TuneloopError
+from tuneloop.interactions.review import ReviewQueue
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.errors import APIError, documented
 from tuneloop.serve.guard import check_characters
@@ -24,8 +25,6 @@ ITEM_ID = Path(ge=1, le=2**63 - 1)  # a 64-bit INTEGER row id: larger ids are a 
 def _queue(request: Request):
     state = request.app.state
     if getattr(state, "review_queue", None) is None:
-        from tuneloop.loop.review import ReviewQueue
-
         state.review_queue = ReviewQueue(state.config.auth.database_url)
     return state.review_queue
 

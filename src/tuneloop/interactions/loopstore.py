@@ -1,5 +1,8 @@
 """Where a model's loop keeps its state: TUNELOOP_HOME/loop/NAME/.
 
+Written by the loop (flows/loop.py), read by `tuneloop loop status`, the gateway's admin API and
+the console.
+
 state.json       the current cycle, its stage and what each finished stage produced (resume point)
 cursor.json      the last feedback id and log time consumed by a finished cycle
 decisions.jsonl  every decision with the numbers behind it (append-only)
@@ -115,3 +118,13 @@ class LoopStore:
 def models() -> list[str]:
     root = paths.home() / "loop"
     return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+
+def status(name: str) -> dict[str, Any]:
+    """The loop's state and every decision so far (for `tuneloop loop status`)."""
+    store = LoopStore(name)
+    if not (store.state_path.is_file() or store.decisions_path.is_file()):
+        known = models()
+        raise TuneloopError(f"no loop has run for '{name}'",
+                            hint=f"loops so far: {', '.join(known)}" if known else "start one with `tuneloop loop run --model NAME`")  # fmt: skip
+    return {"model": name, "state": store.state(), "cursor": store.cursor(), "decisions": store.decisions()}

@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tuneloop.serve.permissions import tighten
-from tuneloop.serve.requestlog import LogLock, files
+from tuneloop.interactions.permissions import tighten
+from tuneloop.interactions.requestlog import LogLock, files
 
 log = logging.getLogger("tuneloop.serve")
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import paths
-from tuneloop.serve.permissions import open_private, private_dir, private_file, tighten
-from tuneloop.serve.privacy import OFF, Privacy
+from tuneloop.interactions.permissions import open_private, private_dir, private_file, tighten
+from tuneloop.interactions.privacy import OFF, Privacy
 
 log = logging.getLogger("tuneloop.serve")
 
@@ -169,3 +169,23 @@ def read(path: str | Path) -> list[dict[str, Any]]:
     if not p.is_file():
         return []
     return [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def read_log(path: Path, wanted: set[str] | None = None, since: float = 0.0) -> dict[str, dict[str, Any]]:
+    """Log records by response id (rotated files too), optionally only `wanted` ids or newer than `since`."""
+    found: dict[str, dict[str, Any]] = {}
+    for file in sorted(path.parent.glob(path.name + "*"), reverse=True):  # oldest rotation first
+        if file.suffix == ".tmp" or not file.is_file():
+            continue
+        with file.open(encoding="utf-8") as lines:
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by a crash mid-write: not an answer anyone rated
+                rid = record.get("response_id")
+                if rid and (wanted is None or rid in wanted) and record.get("time", 0.0) >= since:
+                    found[rid] = record
+    return found

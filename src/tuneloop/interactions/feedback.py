@@ -26,8 +26,8 @@ from typing import Any
 from sqlalchemy import DateTime, Engine, Integer, String, Text, delete, func, insert, inspect, select, text
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from tuneloop.serve.db import Base, connect
-from tuneloop.serve.privacy import OFF, USER_MAX, Privacy
+from tuneloop.interactions.db import Base, connect
+from tuneloop.interactions.privacy import OFF, USER_MAX, Privacy
 
 
 class FeedbackRow(Base):

@@ -81,7 +81,7 @@ def _item(r: ReviewRow) -> ReviewItem:
 
 class ReviewQueue:
     def __init__(self, url: str | None = None):
-        from tuneloop.serve.db import default_url
+        from tuneloop.interactions.db import default_url
 
         url = url or default_url()
         args = {"check_same_thread": False} if url.startswith("sqlite") else {}

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tuneloop import paths
-from tuneloop.serve.permissions import private_dir, private_file, tighten
+from tuneloop.interactions.permissions import private_dir, private_file, tighten
 
 
 class Base(DeclarativeBase):
