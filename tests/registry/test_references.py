@@ -46,6 +46,24 @@ def test_tuneloop_models_imports_without_mlflow():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_models_find_the_registry_resolver_through_its_entry_point_not_an_import():
+    code = (
+        "import sys, tuneloop.models.resolve as r; "
+        "assert not [m for m in sys.modules if m.startswith('tuneloop.registry')], 'imported'; "
+        "from tuneloop.registry.resolver import resolve_reference; "
+        "assert r.plugin_resolvers() == (resolve_reference,), r.plugin_resolvers()"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr  # a stale install lacks the entry point: `pip install -e .`
+
+
+@pytest.mark.parametrize("ref", ["./acme/1", "acme", "Qwen/Qwen2.5-0.5B", "/models/acme", "acme@"])
+def test_the_registry_resolver_declines_other_references(ref):
+    from tuneloop.registry.resolver import resolve_reference
+
+    assert resolve_reference(ref) is None
+
+
 def logits(model, ids):
     with torch.no_grad():
         return model(input_ids=ids).logits

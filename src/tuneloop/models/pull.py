@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.errors import PullError
-from tuneloop.models.catalog import BUILTIN, BuiltinModel
+from tuneloop.models.catalog import BUILTIN, BuiltinModel, unknown_model_error
 from tuneloop.models.store import ModelStore, sha256_file
 
 Step = Callable[[str], None]  # reports a stage heading to the caller (CLI prints it)
@@ -73,8 +73,6 @@ def pull(
 
 
 def builtin(name: str) -> BuiltinModel:
-    from tuneloop.models.resolve import unknown_model_error
-
     if name not in BUILTIN:
         raise unknown_model_error(name, pullable_only=True)
     return BUILTIN[name]

@@ -2,23 +2,27 @@
 
 A reference is a local HF folder, a name in the model store, a built-in model name (pulled on
 demand when asked), or a hub id when online. Later stages add their own kinds (the registry adds
-`NAME@alias` and `NAME/VERSION`) with `register_resolver`, so every command that takes a model
-accepts every kind of reference.
+`NAME@alias` and `NAME/VERSION`) as plugins: a function `(ref, pull) -> ResolvedModel | None`
+declared under the entry-point group `tuneloop.model_resolvers` (see pyproject.toml). They are
+loaded when the first reference is resolved, so every command that takes a model accepts every kind
+of reference, and this layer imports nothing of the stages above it.
 """
 
 from __future__ import annotations
 
-import difflib
+import functools
 import json
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from tuneloop.errors import ModelNotFoundError
-from tuneloop.models.catalog import BUILTIN
+from tuneloop.errors import ModelNotFoundError, TuneloopError
+from tuneloop.models.catalog import BUILTIN, available_hint, unknown_model_error
+from tuneloop.models.pull import pull as pull_builtin
 from tuneloop.models.store import ModelStore
 
 
@@ -34,22 +38,32 @@ class ResolvedModel:
         return (self.path / "adapter_config.json").is_file() and not (self.path / "config.json").is_file()
 
 
-Resolver = Callable[[str, bool], "ResolvedModel | None"]
-_RESOLVERS: list[Resolver] = []
+Resolver = Callable[[str, bool], "ResolvedModel | None"]  # None: the reference is not its kind
+RESOLVER_GROUP = "tuneloop.model_resolvers"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def register_resolver(resolver: Resolver, *, first: bool = True) -> None:
-    """Add a resolver; it returns None when the reference is not its kind."""
-    if resolver not in _RESOLVERS:
-        _RESOLVERS.insert(0 if first else len(_RESOLVERS), resolver)
+@functools.cache
+def plugin_resolvers() -> tuple[Resolver, ...]:
+    """The resolvers other packages declare (the registry's), by entry-point name; tried before the
+    built-in kinds, so `runs/3` is a registry version even when a folder `runs/3` exists."""
+    found = []
+    for ep in sorted(entry_points(group=RESOLVER_GROUP), key=lambda ep: ep.name):
+        try:
+            found.append(ep.load())
+        except (ImportError, AttributeError) as e:
+            raise TuneloopError(
+                f"model resolver plugin '{ep.name}' ({ep.value}) cannot be loaded: {e}",
+                hint="reinstall tuneloop (`pip install -e .` in a checkout)",
+            ) from None
+    return tuple(found)
 
 
 def resolve_model(ref: str, *, pull: bool = False) -> ResolvedModel:
     """Resolve `ref`; with `pull=True` a built-in model that is not yet in the store is pulled."""
     if not ref or not ref.strip():
         raise ModelNotFoundError("empty model reference", hint="give a folder, a store name or a hub id")
-    for resolver in [*_RESOLVERS, _folder, _store, _builtin, _hub]:
+    for resolver in [*plugin_resolvers(), _folder, _store, _builtin, _hub]:
         found = resolver(ref, pull)
         if found is not None:
             return found
@@ -91,9 +105,7 @@ def _builtin(ref: str, pull: bool) -> ResolvedModel | None:
             f"model '{ref}' is not pulled yet",
             hint=f"run `tuneloop models pull {ref}` (about 100 MB, no model hub needed)",
         )
-    from tuneloop.models.pull import pull as do_pull
-
-    do_pull(ref)
+    pull_builtin(ref)
     return _store(ref, False)
 
 
@@ -101,7 +113,7 @@ def _hub(ref: str, pull: bool) -> ResolvedModel | None:
     if not HUB_ID.match(ref) or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
         return None
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # 0.6 s to import: only when a hub id is asked for
 
         folder = snapshot_download(
             ref, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
@@ -109,50 +121,11 @@ def _hub(ref: str, pull: bool) -> ResolvedModel | None:
     except Exception as e:  # offline, gated, missing: the hub's own words go into our message
         raise ModelNotFoundError(
             f"'{ref}' could not be fetched from the Hugging Face Hub: {type(e).__name__}: {str(e)[:200]}",
-            hint=_available_hint(),
+            hint=available_hint(),
         ) from None
     return ResolvedModel(ref, Path(folder), "hub", {"source": "hub", "repo_id": ref})
-
-
-def available_names() -> list[str]:
-    return sorted(set(ModelStore().names()) | set(BUILTIN))
-
-
-def _available_hint() -> str:
-    names = available_names()
-    return (
-        f"available: {', '.join(names)}"
-        if names
-        else "no models yet: `tuneloop models pull smollm2-135m-instruct`"
-    )
-
-
-def unknown_model_error(ref: str, pullable_only: bool = False) -> ModelNotFoundError:
-    choices = sorted(BUILTIN) if pullable_only else available_names()
-    close = difflib.get_close_matches(ref, choices, n=1, cutoff=0.5)
-    what = "built-in model" if pullable_only else "model"
-    msg = f"unknown {what} '{ref}'" + (f" (did you mean '{close[0]}'?)" if close else "")
-    hint = f"available: {', '.join(choices)}" if choices else _available_hint()
-    if not pullable_only:
-        hint += "; a local folder or a hub id (when online) also works"
-    return ModelNotFoundError(msg, hint=hint)
 
 
 def read_config(path: Path) -> dict[str, Any]:
     """The config.json of a model folder, as a dict."""
     return json.loads((Path(path) / "config.json").read_text())
-
-
-_REGISTRY_REF = re.compile(r"^[\w.-]+@[\w.-]+$|^[\w.-]+/\d+$")  # `org/name` hub ids have a non-digit name
-
-
-def _registry(ref: str, pull: bool) -> ResolvedModel | None:
-    """`NAME@alias` and `NAME/VERSION`; tuneloop.registry (and mlflow) is imported only for those."""
-    if ref.startswith(".") or not _REGISTRY_REF.match(ref):
-        return None
-    from tuneloop.registry.resolver import resolve_reference
-
-    return resolve_reference(ref, pull)
-
-
-register_resolver(_registry)

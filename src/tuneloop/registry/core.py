@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.models.resolve import resolve_model
 from tuneloop.registry import aliases, backend, cache, lineage, lookup
 from tuneloop.registry.adapters import base_of, pin_adapter
-from tuneloop.registry.refs import Ref, check_alias, check_name, parse_ref
+from tuneloop.registry.manifest import write_manifest
+from tuneloop.registry.refs import Ref, check_alias, check_name, is_registry_ref, parse_ref
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Registry:
         self, name: str, stage: Path, tags: dict[str, str], description: str, link: str | None
     ) -> ModelVersionInfo:
         kind = "adapter" if lineage.is_adapter_folder(stage / "model") else "model"
-        manifest_sha = _manifest(stage)
+        manifest_sha = write_manifest(stage)
         tags.update(
             lineage.common_tags(kind, lineage.weights_sha256(stage / "model", strict=False), manifest_sha)
         )
@@ -161,8 +163,6 @@ class Registry:
         if parse_ok := _registry_ref(ref):
             v = lookup.model_version(self.client, parse_ok)
             return f"{v.name}/{v.version}"
-        from tuneloop.models.resolve import resolve_model
-
         base = resolve_model(ref).path
         return self._pin_base(base, lineage.weights_sha256(base), ref, None)
 
@@ -301,15 +301,7 @@ class Registry:
         cache.remove(cache.folder(self._key, name, int(mv.version)))
 
 
-def _manifest(stage: Path) -> str:
-    from tuneloop.registry.manifest import write_manifest
-
-    return write_manifest(stage)
-
-
 def _registry_ref(ref: str) -> Ref | None:
-    from tuneloop.registry.refs import is_registry_ref
-
     return parse_ref(ref) if is_registry_ref(ref) else None
 
 
@@ -330,8 +322,6 @@ def _base_folder(run: lineage.RunFolder) -> Path | None:
     base = run.run["base_model"]
     if base.get("path") and (Path(base["path"]) / "config.json").is_file():
         return Path(base["path"])
-    from tuneloop.models.resolve import resolve_model
-
     try:
         return resolve_model(str(base.get("reference", "")), pull=False).path
     except TuneloopError:

@@ -1,4 +1,9 @@
-"""`resolve_model("NAME@alias")` / `("NAME/VERSION")`: a verified local copy of a registry version."""
+"""`resolve_model("NAME@alias")` / `("NAME/VERSION")`: a verified local copy of a registry version.
+
+`tuneloop.models` finds `resolve_reference` through the entry point `tuneloop.model_resolvers`
+(pyproject.toml), so the models layer never imports the registry. MLflow is imported only when a
+registry reference is resolved (`Registry()` opens the MLflow client).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,15 @@ from pathlib import Path
 
 from tuneloop.errors import ModelNotFoundError
 from tuneloop.models.resolve import ResolvedModel
+from tuneloop.registry.core import Registry
+from tuneloop.registry.refs import is_registry_ref
 
 
-def resolve_reference(ref: str, pull: bool = False) -> ResolvedModel:
-    """Any registry reference as a local folder; its tags become the lineage (no "reference" key:
-    the training recipe puts the typed reference there)."""
-    from tuneloop.registry import Registry
-
+def resolve_reference(ref: str, pull: bool = False) -> ResolvedModel | None:
+    """A registry reference as a local folder, None for any other kind of reference. The version's
+    tags become the lineage (no "reference" key: the training recipe puts the typed reference there)."""
+    if not is_registry_ref(ref):
+        return None
     registry = Registry()
     try:
         info = registry.get(ref)
