@@ -214,7 +214,11 @@ class GateSettings(Config):
         ..., description="a frozen SFT .jsonl (messages, optional answer) never trained on"
     )
     metric: Literal["contains_answer", "token_f1", "rouge_l", "exact_match"] = "contains_answer"
-    feedback_metric: Literal["token_f1", "rouge_l", "exact_match"] = "token_f1"
+    feedback_metric: Literal["auto", "contains_answer", "token_f1", "rouge_l", "exact_match"] = Field(
+        "auto",
+        description="score of the held-out new examples against their known facts; auto: contains_answer "
+        "when every reference carries the fact's value (a number, a name), else token_f1",
+    )
     margin: float = Field(
         0.0,
         ge=-1,

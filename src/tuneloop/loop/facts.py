@@ -73,6 +73,9 @@ _NOT_VALUE_WORDS = (
 _NOT_VALUES = frozenset(_NOT_VALUE_WORDS.split())
 _SENTENCE = re.compile(r"(?<=[.!?。！？;；])\s+|\n+")
 _MARKUP = re.compile(r"[*_`#>|]+|<[^>]{0,200}>")
+_HEADING = re.compile(
+    r"^\s*(?:(#{1,6})\s+(.+)|<(h[1-6]|title)\b[^>]*>(.+?)</(?:h[1-6]|title)>)", re.IGNORECASE
+)
 _HTML_DROP = re.compile(r"<(script|style|nav|footer|header)\b.*?</\1>", re.IGNORECASE | re.DOTALL)
 
 
@@ -111,6 +114,7 @@ class Statement:
     source: str  # training data | frozen set | documents
     ref: str  # file:line, or a row id
     question: str | None = None  # QA rows
+    heading: str = ""  # documents: the section heading above it ("Nimbus Arc R7 — Setup Guide")
 
     def cite(self) -> str:
         return f"{self.source} ({self.ref}): {self.text[:160]!r}"
@@ -143,6 +147,7 @@ class Knowledge:
     _slots: list[dict[str, set[str]]] = field(default_factory=list)
     _words: list[set[str]] = field(default_factory=list)
     _common: frozenset[str] = frozenset()
+    _products: frozenset[str] = frozenset()
     _q_index: np.ndarray | None = None
     _q_vectors: np.ndarray | None = None
 
@@ -152,6 +157,8 @@ class Knowledge:
         df = Counter(w for ws in self._words for w in ws)
         # words in more than 15% of the statements say nothing about which fact is meant
         self._common = frozenset(w for w, n in df.items() if n > max(3, 0.15 * len(self.statements)))
+        # product models are what questions ask about ("Arc R7"); a cable's "Cat6a" in a spec line is not
+        self._products = frozenset(e for s in self.statements if s.question for e in entities(s.question))
         qa = [i for i, s in enumerate(self.statements) if s.question and not is_cjk(s.question)]
         if self.embedder is not None and qa:
             self._q_index = np.array(qa, dtype=np.int64)
@@ -162,7 +169,7 @@ class Knowledge:
     def relevant(self, question: str) -> list[int]:
         """Indices of statements about what `question` asks (see the module docstring)."""
         q_words = words(question) - self._common
-        q_ents = entities(question)
+        q_ents = self._models(question)
         found: dict[int, None] = {}
         if self._q_vectors is not None and not is_cjk(question):
             cos = self._q_vectors @ self.embedder.encode([question])[0]  # type: ignore[union-attr]
@@ -176,11 +183,17 @@ class Knowledge:
         keep = []
         for i in found:
             s = self.statements[i]
-            other = entities(s.question or s.text)
+            # a sentence that names no model ("It ships in Slate Blue") is about its section's model
+            other = self._models(s.question or s.text) or self._models(s.heading)
             if q_ents and other and not q_ents & other:
                 continue  # about another product model
             keep.append(i)
         return keep
+
+    def _models(self, text: str) -> set[str]:
+        """The product models `text` names (all model-like tokens when no question names any)."""
+        found = entities(text)
+        return found & self._products if self._products else found
 
     # ---------------------------------------------------------------------------- checks
 
@@ -191,6 +204,9 @@ class Knowledge:
         related = self.relevant(question)
         for key, values in said.items():
             stating = [i for i in related if key in self._slots[i]]
+            # a QA row asked the same question: it says more than a sentence that lists several
+            # products ("the R7 supports 176 devices, and the R5 96" holds 176 for either)
+            stating = [i for i in stating if self.statements[i].question is not None] or stating
             if not stating or any(values & self._slots[i][key] for i in stating):
                 continue
             best = max(
@@ -287,11 +303,12 @@ def document_statements(paths: list[str]) -> list[Statement]:
             else [root]
         )
         for path in files:
-            out += [Statement(s, "documents", f"{path}:{line}") for line, s in _sentences(path)]
+            out += [Statement(s, "documents", f"{path}:{line}", heading=h) for line, s, h in _sentences(path)]
     return out
 
 
-def _sentences(path: Path) -> list[tuple[int, str]]:
+def _sentences(path: Path) -> list[tuple[int, str, str]]:
+    """(line, sentence, the nearest heading above it) of one document."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as e:
@@ -307,10 +324,18 @@ def _sentences(path: Path) -> list[tuple[int, str]]:
             for m in row.get("messages", []) if isinstance(row, dict) else []:
                 if m.get("role") == "assistant":  # what support said, not what customers wrote
                     lines.append((n, str(m.get("content", ""))))
-        return [(n, s) for n, t in lines for s in _split(t)]
+        return [(n, s, "") for n, t in lines for s in _split(t)]
     if suffix in (".html", ".htm"):
         text = _HTML_DROP.sub(" ", text)
-    return [(n, s) for n, line in enumerate(text.splitlines(), 1) for s in _split(line)]
+    out, sections = [], {}  # heading level -> its text: the title and the sections above a line
+    for n, line in enumerate(text.splitlines(), 1):
+        if (h := _HEADING.match(line)) is not None:
+            tag = (h.group(3) or "").lower()
+            level = len(h.group(1)) if h.group(1) else (int(tag[1]) if tag.startswith("h") else 1)
+            sections = {k: v for k, v in sections.items() if k < level}
+            sections[level] = " ".join(_MARKUP.sub(" ", h.group(2) or h.group(4)).split())
+        out += [(n, s, " / ".join(sections.values())) for s in _split(line)]
+    return out
 
 
 def _split(text: str) -> list[str]:
