@@ -44,7 +44,7 @@ def build(folder: Path, shape: dict) -> Path:
 
 
 def main() -> None:
-    from tuneloop.optimize.pipeline import ExportOptions, run_export
+    from tuneloop.export.pipeline import ExportOptions, run_export
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("/tmp/export-gpu"))

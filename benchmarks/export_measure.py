@@ -18,7 +18,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tuneloop.optimize.pipeline import ExportOptions, run_export
+from tuneloop.export.pipeline import ExportOptions, run_export
 
 TRANSFORMS = {
     "int8": {"quantize": "int8"},
@@ -34,8 +34,8 @@ def bf16_row(merged: Path, eval_data: Path, workload: dict) -> dict:
     import torch
 
     from tuneloop.evaluation.perplexity import perplexity
+    from tuneloop.export.measure import Workload, _ppl_examples, latency, task_scores
     from tuneloop.models.loading import load_model, load_tokenizer
-    from tuneloop.optimize.measure import Workload, _ppl_examples, latency, task_scores
 
     work = Workload.from_file(eval_data, **workload)
     model, tokenizer = load_model(merged, "cpu", dtype=torch.bfloat16), load_tokenizer(merged)

@@ -29,9 +29,9 @@ def exports(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
     import torch
     from peft import LoraConfig, get_peft_model
 
+    from tuneloop.export.onnx import export_onnx
+    from tuneloop.export.quantize import quantize_folder
     from tuneloop.models.loading import load_model, load_tokenizer
-    from tuneloop.optimize.onnx import export_onnx
-    from tuneloop.optimize.quantize import quantize_folder
 
     root = tmp_path_factory.mktemp("formats")
     tokenizer = load_tokenizer(tiny_llama)
@@ -58,7 +58,7 @@ def _refused(result, *words: str) -> str:
 
 
 def test_folder_format_names_each_export(exports) -> None:
-    from tuneloop.optimize import onnx, quantize
+    from tuneloop.export import onnx, quantize
 
     assert {name: folder_format(path) for name, path in exports.items()} == {
         "hf": "hf", "onnx": "onnx", "int4": "int4", "int8": "quantized", "adapter": "adapter",

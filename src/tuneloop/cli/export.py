@@ -1,4 +1,4 @@
-"""`tuneloop export REF [--merge] [--prune S] [--quantize int8|int4] [--onnx] ...`: thin; work in tuneloop.optimize."""
+"""`tuneloop export REF [--merge] [--prune S] [--quantize int8|int4] [--onnx] ...`: thin; work in tuneloop.export."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneloop.export.pipeline import ExportOptions, QualityDropError, run_export
+from tuneloop.export.report import REPORT_MD, ExportReport, table_rows, verdict
 from tuneloop.models.formats import require_complete, require_format
 from tuneloop.models.resolve import resolve_model
-from tuneloop.optimize.pipeline import ExportOptions, QualityDropError, run_export
-from tuneloop.optimize.report import REPORT_MD, ExportReport, table_rows, verdict
 from tuneloop.paths import check_writable_dir
 
 

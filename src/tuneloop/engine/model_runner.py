@@ -32,6 +32,7 @@ from tuneloop.engine.models.llama import is_native, load_llama
 from tuneloop.engine.quant import fp8_unsupported, quantize
 from tuneloop.engine.scheduler import Scheduled
 from tuneloop.engine.sizing import Device
+from tuneloop.models.formats import folder_format
 from tuneloop.models.loading import pick_device
 
 log = logging.getLogger("tuneloop.engine")
@@ -266,8 +267,6 @@ class ModelRunner:
 
 def _check_servable(folder: str) -> None:
     """Exports the engine cannot run (ONNX graphs, packed int4) fail here, by name, not deep in a loader."""
-    from tuneloop.optimize.loader import folder_format
-
     kind = folder_format(folder)
     if kind in ("onnx", "int4"):
         what = "an ONNX export" if kind == "onnx" else "a packed int4 export"

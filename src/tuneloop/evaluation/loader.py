@@ -35,7 +35,7 @@ def load_for_eval(ref: str | Path, device: str = "auto", *, pull: bool = False) 
         return _load_adapter(str(ref), resolved.path, device, pull)
     fmt = require_complete(resolved.path, str(ref))
     if fmt in ("onnx", "int4", "quantized"):
-        from tuneloop.optimize.loader import load_any
+        from tuneloop.export.loader import load_any
 
         # what `tuneloop export` wrote (ONNX Runtime, packed int4, torchao/bnb) evaluates as it is served
         model, tokenizer = load_any(resolved.path, device)

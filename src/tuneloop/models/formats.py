@@ -24,7 +24,7 @@ from tuneloop.errors import TuneloopError
 
 Format = Literal["hf", "quantized", "int4", "onnx", "adapter"]
 
-# The marker files `tuneloop export` writes (tuneloop.optimize.onnx / .quantize use the same names).
+# The marker files `tuneloop export` writes (tuneloop.export.onnx / .quantize use the same names).
 ONNX_FILE = "model.onnx"
 INT4_MANIFEST = "int4.json"
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from tuneloop.errors import TuneloopError
-from tuneloop.optimize.loader import folder_format, load_any
-from tuneloop.optimize.merge import merge_adapter
-from tuneloop.optimize.pipeline import ExportOptions, run_export
-from tuneloop.optimize.runners import greedy, runner_for
+from tuneloop.export.loader import folder_format, load_any
+from tuneloop.export.merge import merge_adapter
+from tuneloop.export.pipeline import ExportOptions, run_export
+from tuneloop.export.runners import greedy, runner_for
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 256, 3]])
 

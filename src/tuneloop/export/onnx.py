@@ -37,7 +37,7 @@ def _wrapper(model: Any) -> Any:
     import torch
     from transformers import DynamicCache
 
-    from tuneloop.optimize.runners import cache_argument
+    from tuneloop.export.runners import cache_argument
 
     cache_arg = cache_argument(model)
 

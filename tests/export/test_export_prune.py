@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tuneloop.errors import TuneloopError
+from tuneloop.export import prune
+from tuneloop.export.pipeline import ExportOptions, run_export
 from tuneloop.models.loading import load_model
-from tuneloop.optimize import prune
-from tuneloop.optimize.pipeline import ExportOptions, run_export
 
 
 def test_unstructured_pruning_reaches_sparsity_in_every_layer(tiny_llama: Path) -> None:
@@ -69,7 +69,7 @@ def test_unknown_reference_is_refused(tmp_path: Path) -> None:
 def test_quality_gate_refuses_with_numbers(
     trained_tiny: Path, tmp_path: Path, fast, tuneloop_home: Path
 ) -> None:
-    from tuneloop.optimize.pipeline import QualityDropError
+    from tuneloop.export.pipeline import QualityDropError
 
     opts = ExportOptions(prune=0.9, max_quality_drop=0.05, name="bad", out=tmp_path / "p", workload=fast)
     with pytest.raises(QualityDropError) as e:

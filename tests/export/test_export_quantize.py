@@ -9,10 +9,10 @@ import torch
 
 pytest.importorskip("torchao")
 
+from tuneloop.export.loader import folder_format, load_any
+from tuneloop.export.pipeline import ExportOptions, run_export
+from tuneloop.export.runners import greedy, runner_for
 from tuneloop.models.loading import load_model
-from tuneloop.optimize.loader import folder_format, load_any
-from tuneloop.optimize.pipeline import ExportOptions, run_export
-from tuneloop.optimize.runners import greedy, runner_for
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 256, 3, 11]])
 

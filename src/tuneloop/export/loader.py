@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from tuneloop.export.onnx import OnnxCausalLM
+from tuneloop.export.quantize import load_int4
 from tuneloop.models.formats import folder_format  # re-exported: the engine and eval import it from here
 from tuneloop.models.loading import load_model, load_tokenizer
-from tuneloop.optimize.onnx import OnnxCausalLM
-from tuneloop.optimize.quantize import load_int4
 
 
 def load_any(path: Path, device: str) -> tuple[Any, Any]:
@@ -36,7 +36,7 @@ def load_any(path: Path, device: str) -> tuple[Any, Any]:
         return model.eval(), load_tokenizer(path)
     model = load_model(path, device)
     if _pattern(path) == "2:4" and device.startswith("cuda"):
-        from tuneloop.optimize.prune import to_semi_structured
+        from tuneloop.export.prune import to_semi_structured
 
         to_semi_structured(model)  # sparse tensor cores; the file holds the dense 2:4 weights
     return model, load_tokenizer(path)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneloop.optimize.measure import Measurement
+from tuneloop.export.measure import Measurement
 
 REPORT_JSON, REPORT_MD = "export_report.json", "export_report.md"
 ROWS = [  # (label, field, unit)

@@ -25,8 +25,8 @@ from tuneloop.evaluation import metrics
 from tuneloop.evaluation.generate import prompt_and_reference
 from tuneloop.evaluation.perplexity import perplexity, render_chat, sft_token_labels, text_labels
 from tuneloop.evaluation.rows import Row, read_rows
-from tuneloop.optimize.loader import folder_format, load_any
-from tuneloop.optimize.runners import greedy, runner_for
+from tuneloop.export.loader import folder_format, load_any
+from tuneloop.export.runners import greedy, runner_for
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx.data", ".data", ".pt")
 MAX_LENGTH = 1024
@@ -128,7 +128,7 @@ def measure(path: Path, device: str, work: Workload, *, with_sparsity: bool = Fa
 
 
 def _sparsity(model: Any) -> float | None:
-    from tuneloop.optimize.prune import linear_sparsity
+    from tuneloop.export.prune import linear_sparsity
 
     try:
         return linear_sparsity(model)

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from tuneloop.optimize.onnx import OnnxCausalLM
+from tuneloop.export.onnx import OnnxCausalLM
 
 
 class TorchRunner:

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.export import prune as pruning
+from tuneloop.export.measure import Measurement, Workload, measure
+from tuneloop.export.quantize import quantize_folder
+from tuneloop.export.report import ExportReport, QualityCheck
 from tuneloop.models.loading import load_model, load_tokenizer, pick_device
 from tuneloop.models.resolve import ResolvedModel, resolve_model
-from tuneloop.optimize import prune as pruning
-from tuneloop.optimize.measure import Measurement, Workload, measure
-from tuneloop.optimize.quantize import quantize_folder
-from tuneloop.optimize.report import ExportReport, QualityCheck
 
 PRUNE_FILE = "prune.json"
 
@@ -147,7 +147,7 @@ def build(resolved: ResolvedModel, opts: ExportOptions, device: str, out: Path) 
     steps: list[dict[str, Any]] = []
     model, tokenizer = _materialize(resolved, opts, device, steps)
     if opts.onnx:
-        from tuneloop.optimize.onnx import export_onnx
+        from tuneloop.export.onnx import export_onnx
 
         export_onnx(model, out)
         steps.append({"step": "onnx", "opset": 18, "exporter": "torch.onnx.export(dynamo=True)"})
@@ -170,7 +170,7 @@ def _materialize(resolved: ResolvedModel, opts: ExportOptions, device: str, step
     import torch
 
     if opts.merge:
-        from tuneloop.optimize.merge import merge_adapter
+        from tuneloop.export.merge import merge_adapter
 
         model, tokenizer, details = merge_adapter(resolved.path, "cpu" if opts.onnx else device)
         steps.append({"step": "merge", **details})
@@ -210,7 +210,7 @@ def _prune(model: Any, opts: ExportOptions) -> dict[str, Any]:
 def _as_stored(model: Any, resolved: ResolvedModel, opts: ExportOptions) -> Any:
     """A pruned model goes back to its source's stored dtype (it was loaded as fp32 on a CPU):
     pruning a bf16 model must not double its file. A merged model already has its base's dtype."""
-    from tuneloop.optimize.merge import stored_dtype
+    from tuneloop.export.merge import stored_dtype
 
     dtype = None if opts.merge else stored_dtype(resolved.path)
     return model if dtype is None else model.to(dtype)

@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from tuneloop.export.onnx import OnnxCausalLM
+from tuneloop.export.runners import OnnxRunner, TorchRunner, greedy
 from tuneloop.models.loading import load_model
-from tuneloop.optimize.onnx import OnnxCausalLM
-from tuneloop.optimize.runners import OnnxRunner, TorchRunner, greedy
 
 ATOL = 1e-4
 
@@ -21,7 +21,7 @@ ATOL = 1e-4
 @pytest.fixture(scope="module")
 def pipeline_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
     """One export through the whole pipeline (exporting takes seconds); the tests share it."""
-    from tuneloop.optimize.pipeline import ExportOptions, run_export
+    from tuneloop.export.pipeline import ExportOptions, run_export
 
     fast = {"repeats": 1, "latency_tokens": 4, "max_new_tokens": 6, "load_tries": 1}
     out = tmp_path_factory.mktemp("onnx") / "model"
@@ -74,7 +74,7 @@ def test_onnx_export_through_the_pipeline(pipeline_export) -> None:
 
 def test_onnx_with_quantize_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
     from tuneloop.errors import TuneloopError
-    from tuneloop.optimize.pipeline import ExportOptions, run_export
+    from tuneloop.export.pipeline import ExportOptions, run_export
 
     with pytest.raises(TuneloopError, match="cannot be combined"):
         run_export(str(tiny_llama), ExportOptions(onnx=True, quantize="int8", out=tmp_path / "o"))

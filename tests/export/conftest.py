@@ -40,8 +40,8 @@ def trained_tiny(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     perplexity increase (a random model's perplexity is ~vocab size whatever is done to it)."""
     import torch
 
+    from tuneloop.export.measure import BUILTIN_TEXT
     from tuneloop.models.loading import load_model, load_tokenizer
-    from tuneloop.optimize.measure import BUILTIN_TEXT
 
     torch.manual_seed(0)
     model, tokenizer = load_model(tiny_llama, "cpu").train(), load_tokenizer(tiny_llama)
