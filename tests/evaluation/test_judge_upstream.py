@@ -47,6 +47,8 @@ def only_when_asked_again(messages: list[dict[str, str]]) -> str:
 class RuleJudge:
     """An `EngineClient` that replies by a rule and records what it was asked, and when."""
 
+    version, max_num_seqs, tokenizer, active = None, 0, None, 0
+
     def __init__(self, rule: Rule, delay_s: float = 0.05):
         self.rule, self.delay_s = rule, delay_s
         self.asked: list[list[dict[str, str]]] = []
@@ -55,6 +57,9 @@ class RuleJudge:
 
     async def start(self) -> None:
         pass
+
+    async def prepare(self, request: GenerateRequest) -> None:
+        return None  # not sized: the gateway estimates
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         if request.request_id.startswith("warmup"):

@@ -12,19 +12,23 @@ from contextlib import contextmanager
 
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from tuneloop.serve import ServeConfig, create_app
 from tuneloop.serve.client import EngineClient
+from tuneloop.serve.gateway import Gateway
 
 
 class Server:
-    def __init__(self, app, port: int):
+    def __init__(self, app: FastAPI, port: int):
         self.app, self.port = app, port
+        self.gateway: Gateway = app.state.gateway
         self.url = f"http://127.0.0.1:{port}"
 
     @property
-    def state(self):
-        return self.app.state
+    def state(self) -> Gateway:
+        """The gateway, by the name tests/console and tests/loop still use (rename them to `gateway`)."""
+        return self.gateway
 
 
 def _free_port() -> int:

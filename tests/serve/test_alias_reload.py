@@ -95,7 +95,7 @@ def test_moving_the_registry_alias_under_load_switches_versions_without_a_failed
         }
     )
     with run_server(cfg) as s, Load(s.url + "/v1") as load:
-        first_client = s.state.models["bot"].client
+        first_client = s.gateway.models["bot"].client
         load.wait_for("bot/1", after=0)
         moved_at = time.monotonic()
         registry.promote("bot", 2, "production")  # the registry API

@@ -37,7 +37,7 @@ def server(tiny_llama, tmp_path_factory, request):
 
 
 def load(server):
-    return server.state.models["tiny"].client.load()
+    return server.gateway.models["tiny"].client.load()
 
 
 def idle_within(server, seconds: float) -> float:

@@ -193,7 +193,7 @@ def test_client_disconnect_aborts_the_engine_request(server):
     with httpx.stream("POST", server.url + "/v1/completions", json=body) as r:
         for _line in r.iter_lines():
             break  # go away after the first event
-    engine, gate = server.state.models["tiny"].client.shared.engine, server.state.models["tiny"].gate
+    engine, gate = server.gateway.models["tiny"].client.shared.engine, server.gateway.models["tiny"].gate
     busy = lambda: engine.stats().running + engine.stats().waiting + gate.running  # noqa: E731
     deadline = time.monotonic() + 10
     while busy() and time.monotonic() < deadline:  # the server notices the disconnect at its next write

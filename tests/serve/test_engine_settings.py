@@ -101,7 +101,7 @@ def test_a_served_engine_runs_with_its_block_and_admits_as_many_as_it_batches(se
                                                                  "max_num_batched_tokens": 48}}  # fmt: skip
     config = load_config(ServeConfig, {"models": [entry], "auth": {"enabled": False}, "warmup": False})
     with serve(config) as server:
-        served = server.state.models["tiny"]
+        served = server.gateway.models["tiny"]
         engine = served.client.shared.engine.engine
         assert (engine.config.max_num_seqs, engine.config.max_num_batched_tokens) == (3, 48)
         assert served.gate.max_concurrency == 3  # max_concurrency unset: the engine's batch

@@ -79,7 +79,7 @@ def test_metadata_and_user_are_in_the_request_log(serve, tuneloop_home):
     tagged, plain = read(tuneloop_home / "serve" / "requests.jsonl")
     assert tagged["metadata"] == tags and tagged["request"]["metadata"] == tags
     # the end user as a keyed pseudonym (log.pseudonymize_users), in the record and in the request
-    assert tagged["user"] == tagged["request"]["user"] == s.state.privacy.user("u7") != "u7"
+    assert tagged["user"] == tagged["request"]["user"] == s.gateway.privacy.user("u7") != "u7"
     assert plain["metadata"] is None and plain["user"] is None
 
 
@@ -105,7 +105,7 @@ def test_feedback_metrics_by_variant_and_the_rater(serve, tuneloop_home):
             return r.json()
 
         # the rater: as given, else the rated request's user (as pseudonyms), else the key id
-        pseudonym = s.state.privacy.user
+        pseudonym = s.gateway.privacy.user
         assert rate(a1, rating="up", user="carol")["user"] == pseudonym("carol")
         assert rate(a1, rating=4)["user"] == pseudonym(a1_user)
         assert rate(b1, rating="down")["user"] == pseudonym(b1_user)
@@ -115,9 +115,9 @@ def test_feedback_metrics_by_variant_and_the_rater(serve, tuneloop_home):
         )
         assert never.status_code == 404 and never.json()["error"]["code"] == "response_not_found"
         found = samples(s.url)
-    stored = {(f.response_id, f.rating, f.user) for f in s.state.feedback.list()}
+    stored = {(f.response_id, f.rating, f.user) for f in s.gateway.feedback.list()}
     assert (a1, 5, pseudonym("carol")) in stored and (a1, 4, pseudonym(a1_user)) in stored
-    assert len(stored) == 4 and all(f.key_id == record.id for f in s.state.feedback.list())
+    assert len(stored) == 4 and all(f.key_id == record.id for f in s.gateway.feedback.list())
     assert value(found, "tuneloop_feedback_total", model_name="ab", variant="a", rating="up") == 1
     assert value(found, "tuneloop_feedback_total", model_name="ab", variant="a", rating="4") == 1
     assert value(found, "tuneloop_feedback_total", model_name="ab", variant="b", rating="down") == 1
@@ -138,15 +138,15 @@ def test_feedback_metrics_by_variant_and_the_rater(serve, tuneloop_home):
 @pytest.mark.parametrize("where", ["database", "request log"])
 def test_feedback_on_an_answer_no_longer_in_memory_is_labelled_from_the_database_or_log(serve, where):
     with serve(ab_config(auth={"enabled": False}), {"a": FakeClient(), "b": FakeClient()}) as s:
-        engine = s.state.feedback.engine if where == "database" else None  # None: as before the table
-        s.state.recent_responses = RecentResponses(1, engine, s.state.privacy)
+        engine = s.gateway.feedback.engine if where == "database" else None  # None: as before the table
+        s.gateway.recent_responses = RecentResponses(1, engine, s.gateway.privacy)
         first = httpx.post(s.url + "/v1/completions", json={"model": "a", "prompt": "one", "user": "dan"})
         httpx.post(s.url + "/v1/completions", json={"model": "b", "prompt": "two"})
-        assert len(s.state.recent_responses) == 1  # the bound holds: the first answer was evicted
-        s.state.recent_responses.flush()
-        s.state.request_log.flush()
+        assert len(s.gateway.recent_responses) == 1  # the bound holds: the first answer was evicted
+        s.gateway.recent_responses.flush()
+        s.gateway.request_log.flush()
         r = httpx.post(s.url + "/v1/feedback", json={"response_id": first.json()["id"], "rating": 3})
-        assert r.status_code == 200 and r.json()["user"] == s.state.privacy.user("dan")
+        assert r.status_code == 200 and r.json()["user"] == s.gateway.privacy.user("dan")
         found = samples(s.url)
     assert value(found, "tuneloop_feedback_score_sum", model_name="a", variant="default") == 3
     assert value(found, "tuneloop_feedback_total", model_name="a", variant="default", rating="3") == 1
@@ -174,7 +174,7 @@ def test_feedback_user_with_a_control_character_is_400(serve):
     with serve(ab_config(auth={"enabled": False}), {"a": FakeClient(), "b": FakeClient()}) as s:
         r = httpx.post(s.url + "/v1/feedback", json={"response_id": "x", "rating": "up", "user": "a\x07b"})
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_character"
-        assert s.state.feedback.list() == []
+        assert s.gateway.feedback.list() == []
 
 
 # ------------------------------------------------------------------ the gateway's gate

@@ -54,11 +54,11 @@ def test_a_key_rates_only_its_own_answers_and_admin_keys_any(serve, keys):
                                                                  "response_id")  # fmt: skip
         assert "the key that made the request" in error["message"]
         own = rate(s.url, a, answer)
-        assert own.status_code == 200 and own.json()["user"] == s.state.privacy.user("alice")
+        assert own.status_code == 200 and own.json()["user"] == s.gateway.privacy.user("alice")
         # an operator may rate anything, but as itself: never as the user who asked
         by_admin = rate(s.url, ops, answer, rating="up")
         assert by_admin.status_code == 200 and by_admin.json()["user"] == ops_id
-    stored = [(f.key_id, f.rating) for f in s.state.feedback.list()]
+    stored = [(f.key_id, f.rating) for f in s.gateway.feedback.list()]
     assert stored == [(a_id, 1), (ops_id, 5)]  # nothing of key b's
 
 
@@ -69,7 +69,7 @@ def test_unknown_response_ids_are_404_and_stored_nowhere(serve, keys):
             r = rate(s.url, a, rid)
             assert r.status_code == 404 and r.json()["error"]["code"] == "response_not_found", r.text
         metrics = httpx.get(s.url + "/metrics").text
-        assert s.state.feedback.list() == []
+        assert s.gateway.feedback.list() == []
     assert 'model_name="unknown"' not in metrics  # no more feedback labelled "unknown"
 
 
@@ -81,10 +81,10 @@ def test_the_answering_key_is_known_after_a_restart(serve, keys, log_enabled):
     with serve(cfg, {"fake": FakeClient()}) as s:
         answer = ask(s.url, a, user="alice")
     with serve(cfg, {"fake": FakeClient()}) as s:  # a new process would start just like this
-        assert s.state.recent_responses.get(answer).key_id == keys["a"][1]
+        assert s.gateway.recent_responses.get(answer).key_id == keys["a"][1]
         assert rate(s.url, b, answer).status_code == 404
         r = rate(s.url, a, answer, rating=4)
-        assert r.status_code == 200 and r.json()["user"] == s.state.privacy.user("alice")
+        assert r.status_code == 200 and r.json()["user"] == s.gateway.privacy.user("alice")
         text = httpx.get(s.url + "/metrics").text
     found = {
         (x.name, frozenset(x.labels.items())): x.value
@@ -122,4 +122,4 @@ def test_an_answer_logged_before_the_upgrade_is_found_in_the_log_and_its_user_ps
     with serve(config(auth={"enabled": False}), {"fake": FakeClient()}) as s:
         r = httpx.post(s.url + "/v1/feedback", json={"response_id": "chatcmpl-old", "rating": 5})
         assert r.status_code == 200, r.text
-        assert r.json()["user"] == s.state.privacy.user("alice@example.com")
+        assert r.json()["user"] == s.gateway.privacy.user("alice@example.com")

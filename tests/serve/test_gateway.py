@@ -133,7 +133,7 @@ def test_overload_gives_429_with_retry_after_and_the_server_stays_up(serve):
         refused = next(r for r in responses if r.status_code == 429)
         assert refused.headers["retry-after"] == "1" and refused.json()["error"]["type"] == "rate_limit_error"
         assert httpx.get(s.url + "/health").status_code == 200
-        assert s.state.models["fake"].gate.running == 0
+        assert s.gateway.models["fake"].gate.running == 0
         ok = httpx.post(s.url + "/v1/completions", json={"model": "fake", "prompt": "still here"})
         assert ok.status_code == 200
 
@@ -187,7 +187,7 @@ def test_request_log_and_feedback(serve, tuneloop_home, keys):
             json={"response_id": answer.id, "rating": "up", "correction": "'; DROP TABLE feedback; --"},
         )
         assert r.status_code == 200, r.text
-        assert s.state.feedback.list(answer.id)[0].correction == "'; DROP TABLE feedback; --"
+        assert s.gateway.feedback.list(answer.id)[0].correction == "'; DROP TABLE feedback; --"
     lines = read(tuneloop_home / "serve" / "requests.jsonl")
     assert lines[0]["response_id"] == answer.id and lines[0]["key_id"] == record.id
     assert lines[0]["response"]["choices"][0]["message"]["content"] == "hi there"
@@ -222,7 +222,7 @@ def test_latency_and_ttft_count_from_arrival_auth_included(serve, tuneloop_home,
 def test_warm_up_runs_before_ready(serve):
     fake = FakeClient()
     with serve(config(auth={"enabled": False}), {"fake": fake}) as s:
-        assert fake.started and s.state.ready
+        assert fake.started and s.gateway.ready
     assert not fake.started  # closed on shutdown
 
 
@@ -374,4 +374,4 @@ def test_request_timeout_is_504_also_for_streams(serve):
         assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
         streamed = httpx.post(s.url + "/v1/completions", json={**body, "stream": True}).text
         assert '"code": "timeout"' in streamed and "[DONE]" not in streamed
-        assert s.state.models["fake"].gate.running == 0
+        assert s.gateway.models["fake"].gate.running == 0

@@ -62,19 +62,19 @@ def test_base_and_adapter_share_one_engine_and_adapters_reload(serve, tiny_llama
         ]
 
     with serve(cfg) as s:
-        models = s.state.models
+        models = s.gateway.models
         assert models["base"].client.shared is models["support"].client.shared
         base, v1 = answer(s, "base"), answer(s, "support")
         assert v1 != base and answer(s, "bot") == v1
         current.unlink()
         current.symlink_to(make_adapter(tiny_llama, tmp_path / "v2", seed=2))
         assert httpx.post(s.url + "/admin/reload").json() == {"reloaded": ["support"]}
-        assert s.state.models["support"].client.shared is models["base"].client.shared  # no second base
+        assert s.gateway.models["support"].client.shared is models["base"].client.shared  # no second base
         v2 = answer(s, "support")
         assert v2 not in (v1, base) and answer(s, "base") == base
         engine = models["base"].client.shared.engine
         assert (type(engine).__name__ == "EngineProcess") == engine_process
-        new, deadline = s.state.models["support"].client.lora, time.monotonic() + 10
+        new, deadline = s.gateway.models["support"].client.lora, time.monotonic() + 10
         while engine.lora_names() != {new} and time.monotonic() < deadline:  # the old version is retired
             time.sleep(0.05)
         assert engine.lora_names() == {new}

@@ -130,7 +130,7 @@ def test_adapter_loaded_through_the_admin_api_serves_at_once_and_unloads_to_404(
         assert post("/v1/unload_lora_adapter", {"lora_name": "support"}).status_code == 404
         assert post("/v1/unload_lora_adapter", {"lora_name": "base"}).status_code == 400  # not an adapter
 
-        engine = s.state.models["base"].client.shared.engine
+        engine = s.gateway.models["base"].client.shared.engine
         deadline = time.monotonic() + 10
         while engine.lora_names() and time.monotonic() < deadline:  # its slot is freed once drained
             time.sleep(0.05)
@@ -157,8 +157,8 @@ def test_more_adapters_than_slots_take_turns_and_answer_as_each_alone(
             answers = list(pool.map(lambda name: _chat(ai, name), order))
         assert answers == [references[n] for n in order]
         assert len({references[n] for n in "abc"} | {references["base"]}) == 4  # each adapter tells
-        cache = s.state.models["base"].client.shared.adapters
-        engine = s.state.models["base"].client.shared.engine
+        cache = s.gateway.models["base"].client.shared.adapters
+        engine = s.gateway.models["base"].client.shared.engine
         assert len(engine.lora_names()) <= 2 and set(cache.resident) == engine.lora_names()
         metrics = httpx.get(s.url + "/metrics").text
         assert _metric(metrics, "tuneloop_lora_adapters", state="registered") == 3
@@ -208,7 +208,7 @@ def test_adapters_the_engine_cannot_serve_are_4xx_naming_the_problem(
         assert httpx.post(s.url + "/v1/unload_lora_adapter", json={"lora_name": "x"}).status_code == 401
 
         assert load().status_code == 200  # a rank-4 adapter fits the slots
-        assert s.state.models["base"].client.shared.engine.lora_names() == {"x"}
+        assert s.gateway.models["base"].client.shared.engine.lora_names() == {"x"}
 
 
 def test_a_config_adapter_above_the_slot_rank_stops_the_start_naming_the_entry(tiny_llama, adapters):
@@ -269,8 +269,8 @@ def test_a_reloaded_adapter_version_takes_the_only_slot_and_the_old_one_is_dropp
         current.symlink_to(adapters["b"])
         assert httpx.post(s.url + "/admin/reload").json() == {"reloaded": ["support"]}
         assert _chat(ai, "support") == references["b"]
-        shared = s.state.models["base"].client.shared
-        new, deadline = s.state.models["support"].client.lora, time.monotonic() + 10
+        shared = s.gateway.models["base"].client.shared
+        new, deadline = s.gateway.models["support"].client.lora, time.monotonic() + 10
         while set(shared.adapters.registered) != {new} and time.monotonic() < deadline:  # old one retired
             time.sleep(0.05)
         assert set(shared.adapters.registered) == {new} and shared.engine.lora_names() == {new} != {"support"}

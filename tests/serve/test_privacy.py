@@ -51,7 +51,7 @@ def test_the_request_log_redacts_pii_and_pseudonymizes_users_by_default(serve, t
             model="fake", messages=[{"role": "user", "content": PERSONAL}], user="wei@example.com"
         )
         text = client.completions.create(model="fake", prompt=PERSONAL, max_tokens=50, user="wei@example.com")
-        pseudonym = s.state.privacy.user("wei@example.com")
+        pseudonym = s.gateway.privacy.user("wei@example.com")
     assert CN_ID in chat.choices[0].message.content and EMAIL in text.choices[0].text  # answers untouched
     raw = (tuneloop_home / "serve" / "requests.jsonl").read_text()
     for secret in (CN_ID, CARD, EMAIL, PHONE, "wei@example.com"):
@@ -82,9 +82,9 @@ def test_every_text_is_redacted_but_the_protocol_labels():
 
 def test_pseudonyms_are_stable_across_restarts_and_differ_per_user(serve):
     with serve(config(auth={"enabled": False}), {"fake": FakeClient()}) as s:
-        before = (s.state.privacy.user("alice"), s.state.privacy.user("bob"))
+        before = (s.gateway.privacy.user("alice"), s.gateway.privacy.user("bob"))
     with serve(config(auth={"enabled": False}), {"fake": FakeClient()}) as s:
-        after = (s.state.privacy.user("alice"), s.state.privacy.user("bob"))
+        after = (s.gateway.privacy.user("alice"), s.gateway.privacy.user("bob"))
     assert before == after and before[0] != before[1]
 
 
@@ -106,7 +106,7 @@ def test_logs_and_databases_are_owner_only_rotations_included(serve, tuneloop_ho
         for i in range(12):  # ~300 bytes a line: several rollovers
             body = {"model": "fake", "prompt": f"request number {i} " + "x" * 200}
             assert httpx.post(s.url + "/v1/completions", json=body).status_code == 200
-        s.state.request_log.flush()
+        s.gateway.request_log.flush()
     folder = tuneloop_home / "serve"
     assert mode(folder) == 0o700
     files = sorted(p.name for p in folder.iterdir())
@@ -196,7 +196,7 @@ def test_feedback_corrections_and_comments_are_stored_redacted(serve, tuneloop_h
         assert r.json()["correction"] == "Write to <EMAIL> or call <PHONE>."
     [stored] = FeedbackStore().list()
     assert stored.correction == "Write to <EMAIL> or call <PHONE>." and stored.comment == "my ID is <ID_CARD>"
-    assert stored.user == s.state.privacy.user("wei")
+    assert stored.user == s.gateway.privacy.user("wei")
     exported = CliRunner().invoke(app, ["feedback", "export"])
     assert exported.exit_code == 0 and EMAIL not in exported.output and CN_ID not in exported.output
 
@@ -258,7 +258,7 @@ def test_the_server_applies_retention_at_start_and_forgets_old_answers(serve, tu
         assert [r["response_id"] for r in read(path)] == ["r4", "r5"]
         r = httpx.post(s.url + "/v1/feedback", json={"response_id": "chatcmpl-old", "rating": 5})
         assert r.status_code == 404  # older than the retention: forgotten, like its log line
-        assert s.state.recent_responses.get("chatcmpl-old") is None
+        assert s.gateway.recent_responses.get("chatcmpl-old") is None
 
 
 def test_a_purge_never_loses_lines_written_meanwhile(tmp_path):

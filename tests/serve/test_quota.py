@@ -46,13 +46,13 @@ def backend(request) -> Callable[..., ServeConfig]:
 
 def quota(server, key_id: str) -> tuple[int, int]:
     """(tokens charged in the window, tokens held by open reservations) of a key, as the limiter has them."""
-    limiter = server.state.limiter
+    limiter = server.gateway.limiter
     if isinstance(limiter, MemoryRateLimiter):
         q = limiter._quotas.get(key_id)
         if q is None:  # nothing asked yet
             return 0, 0
         return q.charged, sum(r.tokens for r in q.open.values())
-    with redis.Redis.from_url(server.state.config.limits.redis_url).pipeline(transaction=True) as p:
+    with redis.Redis.from_url(server.gateway.config.limits.redis_url).pipeline(transaction=True) as p:
         tokens, reserved = (
             p.hvals(f"{PREFIX}:{{{key_id}}}:tokens").hvals(f"{PREFIX}:{{{key_id}}}:reserved").execute()
         )
@@ -156,7 +156,7 @@ def test_a_request_larger_than_the_whole_quota_is_a_400_that_says_so(serve):
     assert "set max_tokens to at most 98" in message and "quota is 100 tokens per minute" in message
     assert "needs up to 122 tokens (a prompt of 2 + max_tokens 40 × n=3)" in choices.value.message
     assert "set max_tokens to at most 32" in choices.value.message
-    limits = s.state.config.limits
+    limits = s.gateway.config.limits
     assert f"max_tokens {limits.max_tokens_default or limits.max_completion_tokens} (none was given" in (
         default.value.message
     )
@@ -313,7 +313,7 @@ def test_a_local_model_reserves_its_exact_prompt_and_answers_the_same(tiny_llama
         b = openai_client(s, free).chat.completions.create(**ask)
         charged, held = quota(s, record.id)
         reserved = []
-        limiter = s.state.limiter
+        limiter = s.gateway.limiter
         original = limiter.admit
 
         async def spy(key_id, rpm, tpm, tokens, usage):

@@ -54,13 +54,13 @@ def test_reload_interval_picks_up_a_moved_reference(serve, tiny_llama, tiny_mode
         }
     )
     with serve(cfg) as s:
-        first = s.state.models["bot"].client
+        first = s.gateway.models["bot"].client
         current.unlink()
         current.symlink_to(tiny_model_factory("llama", seed=1))
         deadline = time.monotonic() + 60
-        while s.state.models["bot"].client is first and time.monotonic() < deadline:
+        while s.gateway.models["bot"].client is first and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert s.state.models["bot"].client is not first
+        assert s.gateway.models["bot"].client is not first
         assert httpx.post(s.url + "/v1/completions", json={"model": "bot", "prompt": "hi"}).status_code == 200
 
 
@@ -85,8 +85,8 @@ def test_a_request_queued_during_a_swap_runs_on_the_new_client(serve):
                 await asyncio.sleep(0.1)
                 queued = asyncio.create_task(c.post("/v1/completions", json=body))
                 await asyncio.sleep(0.1)  # it picked the old client and waits for the slot
-                state = s.state
-                state.models = {"bot": replace(state.models["bot"], client=new)}  # what a reload does
+                gw = s.gateway
+                gw.models = {"bot": replace(gw.models["bot"], client=new)}  # what a reload does
                 return await running, await queued
 
         running, queued = asyncio.run(main())
@@ -108,7 +108,7 @@ def test_a_replaced_engine_is_freed(serve, tiny_llama, tiny_model_factory, tmp_p
         {"models": [{"name": "bot", "model": str(current), "kv_cache_gib": 0.02}], "auth": {"enabled": False}}
     )
     with serve(cfg) as s:
-        first = weakref.ref(s.state.models["bot"].client.shared.engine.engine)
+        first = weakref.ref(s.gateway.models["bot"].client.shared.engine.engine)
         for target in (v2, tiny_llama):
             current.unlink()
             current.symlink_to(target)
@@ -118,7 +118,7 @@ def test_a_replaced_engine_is_freed(serve, tiny_llama, tiny_model_factory, tmp_p
             gc.collect()
             time.sleep(0.1)
         assert first() is None
-        serving = s.state.models["bot"].client
+        serving = s.gateway.models["bot"].client
         assert (
             httpx.post(
                 s.url + "/v1/completions", json={"model": "bot", "prompt": "hi", "max_tokens": 2}

@@ -128,4 +128,4 @@ def test_out_of_range_key_quota_and_expiry_are_400_naming_the_field(gateway):
         r = httpx.post(gateway.url + "/admin/keys", headers=headers, json={"name": "x", field: value})
         assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
     with pytest.raises(TuneloopError, match="expires_days must be"):
-        KeyStore(gateway.state.config.auth.database_url).create("cli", expires_days=1e9)
+        KeyStore(gateway.gateway.config.auth.database_url).create("cli", expires_days=1e9)

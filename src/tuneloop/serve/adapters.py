@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -129,8 +129,15 @@ def _module_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, int]] | None:
         return None
     kv = cfg.get("num_key_value_heads") or heads
     d = cfg.get("head_dim") or h // heads
-    return {"q_proj": (h, heads * d), "k_proj": (h, kv * d), "v_proj": (h, kv * d), "o_proj": (heads * d, h),
-            "gate_proj": (h, inter), "up_proj": (h, inter), "down_proj": (inter, h)}  # fmt: skip
+    return {
+        "q_proj": (h, heads * d),
+        "k_proj": (h, kv * d),
+        "v_proj": (h, kv * d),
+        "o_proj": (heads * d, h),
+        "gate_proj": (h, inter),
+        "up_proj": (h, inter),
+        "down_proj": (inter, h),
+    }
 
 
 # ---------------------------------------------------------------- the slot cache
@@ -346,7 +353,7 @@ class AdapterCache:
             if not w.done():
                 w.set_result(None)
 
-    def _spawn(self, work: Any) -> asyncio.Task:
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task:
         task = asyncio.create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._finished)
@@ -356,23 +363,3 @@ class AdapterCache:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:  # (a load's also goes to its requests)
             log.warning("LoRA adapter slot change failed on %s: %s", self.label, task.exception())
-
-
-def adapter_caches(models: dict[str, Any]) -> Iterable[AdapterCache]:
-    """The adapter cache of every local engine among the served models, once each."""
-    seen: dict[int, AdapterCache] = {}
-    for served in models.values():
-        shared = getattr(served.client, "shared", None)
-        cache = getattr(shared, "adapters", None)
-        if cache is not None and not shared.closed:
-            seen.setdefault(id(cache), cache)
-    return seen.values()
-
-
-def base_name(models: dict[str, Any], shared: Any) -> str:
-    """What an adapter's base is called (`parent` in /v1/models): the first served name of that base
-    alone (no adapter), else the base's version."""
-    for name, served in models.items():
-        if getattr(served.client, "shared", None) is shared and getattr(served.client, "lora", 1) is None:
-            return name
-    return shared.adapters.label

@@ -19,6 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from tuneloop.serve.errors import APIError
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.keys import ApiKey
 
 ANONYMOUS = ApiKey(id="anonymous", name="anonymous", scopes=["inference", "feedback", "admin"], models=["*"])
@@ -51,7 +52,7 @@ def _require(request: Request, scope: str) -> ApiKey:
         if scope not in key.scopes:
             raise APIError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
     except APIError as e:
-        request.app.state.metrics.rejected.labels(e.code or str(e.status), "").inc()  # model not known yet
+        get_gateway(request).metrics.rejected.labels(e.code or str(e.status), "").inc()  # model not known yet
         raise
     request.state.key = key
     return key
@@ -79,23 +80,23 @@ def required_scope(route: APIRoute) -> str | None:
 
 
 def _authenticate(request: Request) -> ApiKey:
-    state = request.app.state
-    if not state.config.auth.enabled:
+    gw = get_gateway(request)
+    if not gw.config.auth.enabled:
         return ANONYMOUS
     token = _bearer(request)
     if token is None:
         raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key")
-    found = _verify(state, token)
+    found = _verify(gw, token)
     if found is None:
         raise APIError(401, "invalid, revoked or expired API key", "invalid_api_key")
     return found
 
 
-def _verify(state: Any, token: str) -> ApiKey | None:
+def _verify(gw: Gateway, token: str) -> ApiKey | None:
     # our keys start with tl-; a JWT is three dot-separated parts
-    if state.jwt is not None and not token.startswith("tl-") and token.count(".") == 2:
-        return state.jwt.verify(token)
-    return state.keys.verify(token)
+    if gw.jwt is not None and not token.startswith("tl-") and token.count(".") == 2:
+        return gw.jwt.verify(token)
+    return gw.keys.verify(token)
 
 
 def check_model(key: ApiKey, model: str) -> None:

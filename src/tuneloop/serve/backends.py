@@ -8,11 +8,13 @@ folder.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from tuneloop.errors import TuneloopError
 from tuneloop.models.loading import pick_device
+from tuneloop.models.resolve import ResolvedModel, resolve_model
 from tuneloop.serve.adapters import check_adapter
 from tuneloop.serve.client import EngineClient
 from tuneloop.serve.config import ModelConfig, ServeConfig
@@ -78,8 +80,6 @@ class Resolution:
 
 def resolve_entry(m: ModelConfig) -> Resolution:
     """Resolve a local entry's `model` (and `lora`) now: a moved alias gives other folders."""
-    from tuneloop.models.resolve import resolve_model
-
     base = resolve_model(m.model or "", pull=True)
     adapter = resolve_model(m.lora, pull=True) if m.lora else None
     if base.is_adapter:  # an alias may move between full and adapter versions: serve it on its base
@@ -93,12 +93,10 @@ def resolve_entry(m: ModelConfig) -> Resolution:
 
 
 def _adapter_base(folder: Path) -> str:
-    import json
-
     return str(json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path") or "")
 
 
-def version_label(resolved) -> str:
+def version_label(resolved: ResolvedModel) -> str:
     # a folder shows its name only: clients see this in a header, and server paths are not theirs
     return resolved.lineage.get("registry_version") or resolved.path.name
 

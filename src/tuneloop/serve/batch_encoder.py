@@ -16,11 +16,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 class BatchEncoder:
-    def __init__(self, tokenizer: Any, max_batch: int = 16):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_batch: int = 16):
         self.tokenizer, self.max_batch = tokenizer, max_batch
         self.backend = getattr(tokenizer, "backend_tokenizer", None)  # the Rust tokenizer of a fast one
         # one thread: batches run in arrival order, and the tokenizer is never used by two encodes at once

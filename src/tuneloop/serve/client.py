@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 
 @dataclass
@@ -62,23 +65,36 @@ class EngineLoad:
     prefix_cache_hit_rate: float = 0.0
 
 
-@runtime_checkable
 class EngineClient(Protocol):
-    """What a served model must provide; `start` loads and warms up, `close` drains and frees."""
+    """What a served model must provide; `start` loads and warms up, `close` drains and frees.
+
+    Besides generating, a client says what the gateway may rely on (its capabilities), so the gateway
+    never guesses from the object's attributes:
+    - `version`: what answers, shown in headers and the request log ("NAME/VERSION" for a registry
+      reference, a folder's name); None when the client cannot tell (an upstream, the fake).
+    - `max_num_seqs`: the sequences it batches in one step, the default of the model's admission gate;
+      0 when not known (the gate then admits 64).
+    - `tokenizer`: the model's tokenizer when the gateway holds it (a local model), else None; token-id
+      prompts are checked against `input.deny` through it.
+    - `active`: requests in flight on it, admitted by the gateway or generating; a client replaced by a
+      live reload is closed only once this is 0. The gateway counts a request from its admission to its
+      end (`Generation.admitted`).
+    - `prepare`: the request as it will run (prompt as token ids, max_tokens within the context), which
+      is what a key's token quota reserves; None when the client cannot size it (an upstream: its
+      tokenizer is not ours; the gateway then estimates).
+    """
+
+    version: str | None
+    max_num_seqs: int
+    tokenizer: PreTrainedTokenizerBase | None
+    active: int
 
     async def start(self) -> None: ...
+
+    async def prepare(self, request: GenerateRequest) -> GenerateRequest | None: ...
 
     def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]: ...
 
     def load(self) -> EngineLoad | None: ...
 
     async def close(self) -> None: ...
-
-
-@runtime_checkable
-class PromptPreparer(Protocol):
-    """A client that can size a request before generating (a local model): `prepare` returns it with
-    its prompt as token ids and its max_tokens within the context, which is what a key's token quota
-    reserves; the prepared request then goes to `generate`, which does not tokenize it again."""
-
-    async def prepare(self, request: GenerateRequest) -> GenerateRequest: ...

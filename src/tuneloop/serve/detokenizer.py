@@ -12,14 +12,18 @@ searched only in the new text plus the last few characters before it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerBase
 
 
 class _StreamDecoder:
     """`DecodeStream` of the tokenizers library: the text of new ids, keeping its own short window."""
 
-    def __init__(self, backend: Any):
-        from tokenizers.decoders import DecodeStream
+    def __init__(self, backend: Tokenizer):
+        from tokenizers.decoders import DecodeStream  # here: tokenizers < 0.21 has none (ImportError)
 
         self.backend, self.stream = backend, DecodeStream(skip_special_tokens=True)
 
@@ -30,7 +34,7 @@ class _StreamDecoder:
 class _WindowDecoder:
     """Any tokenizer with `decode`: decode ids[prefix:] and ids[prefix:read], emit the difference."""
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.prefix = self.read = 0  # window start, and end of what was already emitted
@@ -48,7 +52,7 @@ class _WindowDecoder:
         return self.tokenizer.decode(ids, skip_special_tokens=True) if ids else ""
 
 
-def incremental_decoder(tokenizer: Any) -> _StreamDecoder | _WindowDecoder:
+def incremental_decoder(tokenizer: PreTrainedTokenizerBase) -> _StreamDecoder | _WindowDecoder:
     """The fastest decoder that gives exactly `tokenizer.decode(ids, skip_special_tokens=True)`."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     # transformers' cleanup (" ." -> ".") is not local to a token: only the window decoder applies it
@@ -61,7 +65,7 @@ def incremental_decoder(tokenizer: Any) -> _StreamDecoder | _WindowDecoder:
 
 
 class Detokenizer:
-    def __init__(self, tokenizer: Any, stop: list[str] | None = None):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: list[str] | None = None):
         self.tokenizer = tokenizer
         self.decoder = incremental_decoder(tokenizer)
         self._ids: list[int] = []  # every id fed, for the one full decode at the end

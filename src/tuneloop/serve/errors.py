@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
@@ -90,7 +90,7 @@ def documented(*statuses: int, **descriptions: str) -> dict[int | str, dict[str,
     }
 
 
-def field_path(loc: tuple[Any, ...]) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
     """`("body", "messages", 0, "content", "str")` -> `messages[0].content`."""
     out = ""
     for i, part in enumerate(loc):
@@ -124,7 +124,23 @@ def validation_message(errors: list[dict[str, Any]]) -> tuple[str, str | None]:
     return f"{where}: {message}", where
 
 
+CLIENT_CLOSED = 499  # nginx's "client closed request": logged, never seen by the client
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the answer was ready; `response` is what it had been
+    given (logged with the 499)."""
+
+    def __init__(self, response: dict[str, Any] | None = None):
+        super().__init__("client disconnected")
+        self.response = response if response is not None else {"choices": []}
+
+
 def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, e: ClientGone) -> Response:
+        return Response(status_code=CLIENT_CLOSED)  # nobody reads it
+
     @app.exception_handler(APIError)
     async def _api(request: Request, e: APIError) -> JSONResponse:
         return error_response(e)

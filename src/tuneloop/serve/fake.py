@@ -14,16 +14,21 @@ from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest
 
 
 class FakeClient:
+    version: str | None = None
+    max_num_seqs = 0  # not known: the gate admits its default
+    tokenizer = None  # token-id prompts cannot be checked against input.deny (as an upstream's)
+
     def __init__(self, delay_s: float = 0.0):
         self.delay_s = delay_s
         self.running = 0
+        self.active = 0
         self.started = False
 
     async def start(self) -> None:
         self.started = True
 
     async def prepare(self, request: GenerateRequest) -> GenerateRequest:
-        """One id per word of the prompt (`PromptPreparer`): what its answers count as prompt tokens."""
+        """One id per word of the prompt: what its answers count as prompt tokens."""
         return replace(request, prompt_ids=list(range(len(_source(request).split()))))
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:

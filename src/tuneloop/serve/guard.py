@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterable
-from typing import Any
 
+from tuneloop.serve.client import EngineClient
 from tuneloop.serve.config import InputConfig
 from tuneloop.serve.errors import APIError
 
@@ -42,7 +42,7 @@ class InputGuard:
             if pattern.search(text):
                 raise APIError(400, reason, "content_denied")
 
-    async def check_ids(self, client: Any, ids: list[int]) -> None:
+    async def check_ids(self, client: EngineClient, ids: list[int]) -> None:
         """The deny patterns on the text that `ids` stand for in `client`'s tokenizer.
 
         Control characters are not checked here: they are refused in JSON text because a prompt
@@ -50,7 +50,7 @@ class InputGuard:
         """
         if not self.deny:
             return  # nothing to look for: no decoding cost
-        tokenizer = getattr(client, "tokenizer", None)
+        tokenizer = client.tokenizer
         if tokenizer is None:
             raise APIError(
                 400,

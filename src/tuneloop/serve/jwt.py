@@ -1,20 +1,25 @@
 """OAuth2 JWT bearer tokens: signature against the provider's JWKS, issuer, audience, expiry, scopes.
 
 A valid token becomes an `ApiKey`-shaped principal (id `jwt:<sub>`), so scopes, model checks and
-logs work the same as for API keys. Needs `joserfc` (in the `serve` extra), imported lazily.
+logs work the same as for API keys. Needs `joserfc` (in the `serve` extra), imported lazily: only a
+gateway with `auth.jwt` set pays for it (~0.3 s).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from tuneloop.errors import missing_extra
 from tuneloop.serve.config import JWTConfig
 from tuneloop.serve.keys import SCOPES, ApiKey
+
+if TYPE_CHECKING:
+    from joserfc.jwk import KeySet
+    from joserfc.jwt import Token
 
 
 class JWTVerifier:
@@ -24,7 +29,7 @@ class JWTVerifier:
         except ImportError:
             raise missing_extra("joserfc", "serve") from None
         self.config = config
-        self._keys: Any = None
+        self._keys: KeySet | None = None
         self._fetched = 0.0
         self._lock = threading.Lock()
 
@@ -46,7 +51,7 @@ class JWTVerifier:
             return None
         return self._principal(decoded.claims)
 
-    def _decode(self, token: str) -> Any:
+    def _decode(self, token: str) -> Token:
         from joserfc import jwt
         from joserfc.errors import JoseError
 
@@ -55,7 +60,7 @@ class JWTVerifier:
         except JoseError:  # maybe the provider rotated its keys: refetch once, then give up
             return jwt.decode(token, self._key_set(refresh=True), algorithms=self.config.algorithms)
 
-    def _key_set(self, refresh: bool) -> Any:
+    def _key_set(self, refresh: bool) -> KeySet:
         from joserfc.jwk import KeySet
 
         with self._lock:

@@ -101,13 +101,14 @@ class LocalClient:
             raise
         self.active += 1
         try:
-            first = True
-            async for out in stream:
+            first, completion_tokens = True, 0
+            async for out in stream:  # each output carries the step's new tokens only
                 text = detok.add(out.new_token_ids)
+                completion_tokens += len(out.new_token_ids)
                 delta = Delta(
                     text=text,
                     logprobs=self._logprobs(out.new_token_ids, out.logprobs, request),
-                    completion_tokens=len(out.token_ids),  # a running count (what a stopped request used)
+                    completion_tokens=completion_tokens,  # a running count (what a stopped request used)
                     prompt_tokens=len(prompt_ids),  # on every delta too: a 499 is logged with it
                 )
                 if first and request.echo:
@@ -120,7 +121,7 @@ class LocalClient:
                 if out.finished or detok.stopped:
                     delta.text += detok.finish()
                     delta.finish_reason = "stop" if detok.stopped else (out.finish_reason or "stop")
-                    delta.prompt_tokens, delta.completion_tokens = len(prompt_ids), len(out.token_ids)
+                    delta.prompt_tokens, delta.completion_tokens = len(prompt_ids), completion_tokens
                     delta.cached_tokens = out.num_cached_tokens
                     yield delta
                     return
@@ -139,7 +140,7 @@ class LocalClient:
             self.shared.adapters.release(self.lora)
 
     async def prepare(self, request: GenerateRequest) -> GenerateRequest:
-        """The request as the engine will run it (`PromptPreparer`): the prompt as ids, max_tokens within
+        """The request as the engine will run it (`EngineClient.prepare`): the prompt as ids, max_tokens within
         the context, and the 400s `generate` would give, now. A token quota reserves exactly that, and
         `generate` does not tokenize it again."""
         if self.shared.closed:

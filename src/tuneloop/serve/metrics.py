@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -18,9 +18,14 @@ from prometheus_client.registry import Collector
 
 from tuneloop.serve.client import EngineLoad
 
+if TYPE_CHECKING:  # the metrics read them, never build them
+    from tuneloop.serve.adapters import AdapterCache
+    from tuneloop.serve.limits import ConcurrencyGate
+
 LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0)
 TOKEN_LATENCY = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
 LABELS = ("model_name", "variant")
+Sample = tuple[str, tuple[tuple[str, str], ...]]  # a sample of a registry: (name, sorted labels)
 FEEDBACK_SCORE = (1.0, 2.0, 3.0, 4.0, 5.0)  # ratings are 1-5 (thumbs up = 5, down = 1)
 
 
@@ -28,13 +33,15 @@ class _ModelGauges(Collector):
     """Gauges read at scrape time, one per attribute of a per-model object (an engine's load, a gate)."""
 
     def __init__(
-        self, source: Callable[[], dict[str, Any]], gauges: dict[str, tuple[str, str]], gpu: bool = False
+        self, source: Callable[[], dict[str, object]], gauges: dict[str, tuple[str, str]], gpu: bool = False
     ):
         self.source, self.gauges, self.gpu = source, gauges, gpu  # gauges: attribute -> (metric name, help)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        families = {field: GaugeMetricFamily(name, text, labels=["model_name"])
-                    for field, (name, text) in self.gauges.items()}  # fmt: skip
+        families = {
+            field: GaugeMetricFamily(name, text, labels=["model_name"])
+            for field, (name, text) in self.gauges.items()
+        }
         for model, obj in self.source().items():
             if obj is not None:
                 for field, family in families.items():
@@ -64,29 +71,33 @@ class _AdapterGauges(Collector):
     (in a slot) adapters, slots, requests waiting for a slot, loads and evictions; and vLLM's
     `vllm:lora_requests_info` (value: the time of the scrape, as vLLM's)."""
 
-    def __init__(self, source: Callable[[], Iterable[Any]]):
+    def __init__(self, source: Callable[[], Iterable[AdapterCache]]):
         self.source = source
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         base = ["model_name"]  # the base model ("NAME/VERSION" or its folder's name)
         adapters = GaugeMetricFamily(
-            "tuneloop_lora_adapters", "LoRA adapters: registered (served) and resident (in a slot)",
+            "tuneloop_lora_adapters",
+            "LoRA adapters: registered (served) and resident (in a slot)",
             labels=[*base, "state"],
-        )  # fmt: skip
+        )
         slots = GaugeMetricFamily(
             "tuneloop_lora_slots", "Adapter slots of the engine (max_loras)", labels=base
         )
         waiting = GaugeMetricFamily(
-            "tuneloop_lora_requests_waiting", "Requests waiting for a slot (every resident adapter busy)", labels=base
-        )  # fmt: skip
+            "tuneloop_lora_requests_waiting",
+            "Requests waiting for a slot (every resident adapter busy)",
+            labels=base,
+        )
         loads = CounterMetricFamily("tuneloop_lora_loads", "Adapters loaded into a slot", labels=base)
         evictions = CounterMetricFamily(
             "tuneloop_lora_evictions", "Idle resident adapters unloaded to make room for another", labels=base
-        )  # fmt: skip
+        )
         info = GaugeMetricFamily(
-            "vllm:lora_requests_info", "Running stats on LoRA requests",
+            "vllm:lora_requests_info",
+            "Running stats on LoRA requests",
             labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
-        )  # fmt: skip
+        )
         max_lora, running, wanted = 0, set(), set()
         for cache in self.source():
             label = [cache.label]
@@ -121,8 +132,8 @@ class Metrics:
     def __init__(
         self,
         loads: Callable[[], dict[str, EngineLoad | None]],
-        gates: Callable[[], dict[str, Any]] | None = None,
-        adapters: Callable[[], Iterable[Any]] | None = None,  # serve.adapters.AdapterCache of each engine
+        gates: Callable[[], dict[str, ConcurrencyGate]] | None = None,
+        adapters: Callable[[], Iterable[AdapterCache]] | None = None,  # of each engine
     ):
         r = self.registry = CollectorRegistry()
         self.requests = Counter(

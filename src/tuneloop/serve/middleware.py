@@ -11,7 +11,8 @@ import json
 import re
 import time
 import uuid
-from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneloop.serve.errors import error_body
 
@@ -19,10 +20,10 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestContext:
-    def __init__(self, app: Any, max_body_bytes: int):
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
         self.app, self.max_body_bytes = app, max_body_bytes
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
@@ -51,7 +52,7 @@ class RequestContext:
         await self.app(scope, receive, send_with_id)
 
 
-async def _read_limited(receive: Any, limit: int) -> bytes | None:
+async def _read_limited(receive: Receive, limit: int) -> bytes | None:
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -66,12 +67,12 @@ async def _read_limited(receive: Any, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Any) -> Any:
+def _replay(body: bytes, receive: Receive) -> Receive:
     """The body read already, then the server's own channel: it says `http.disconnect` when the
     client leaves (responses.py watches for that to abort the request), not at once."""
     sent = False
 
-    async def replay() -> dict:
+    async def replay() -> Message:
         nonlocal sent
         if sent:
             return await receive()
@@ -81,7 +82,7 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replay
 
 
-async def _refuse(send: Any, request_id: str, limit: int) -> None:
+async def _refuse(send: Send, request_id: str, limit: int) -> None:
     body = json.dumps(error_body(413, f"the request body exceeds {limit} bytes", "body_too_large")).encode()
     headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
     await send({"type": "http.response.start", "status": 413, "headers": headers})

@@ -99,8 +99,11 @@ def _operation(operation: dict[str, Any], scope: str | None) -> None:
 
 
 def _limits(schemas: dict[str, Any], limits: LimitsConfig) -> None:
-    caps = {"n": limits.max_n, "max_tokens": limits.max_completion_tokens,
-            "max_completion_tokens": limits.max_completion_tokens}  # fmt: skip
+    caps = {
+        "n": limits.max_n,
+        "max_tokens": limits.max_completion_tokens,
+        "max_completion_tokens": limits.max_completion_tokens,
+    }
     for name in ("ChatCompletionRequest", "CompletionRequest"):
         properties = schemas.get(name, {}).get("properties", {})
         for field, cap in caps.items():

@@ -42,8 +42,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
+
+from prometheus_client import Counter
 
 from tuneloop.errors import missing_extra
 from tuneloop.serve.config import LimitsConfig
@@ -97,7 +99,7 @@ class RateLimiter(Protocol):
     async def close(self) -> None: ...
 
 
-def build_rate_limiter(config: LimitsConfig, errors: Any = None) -> RateLimiter:
+def build_rate_limiter(config: LimitsConfig, errors: Counter | None = None) -> RateLimiter:
     """The limiter `limits.backend` names; `errors` is a Prometheus counter labelled by action."""
     # no request outlives its time limit; the queue wait before it is bounded by the ones ahead
     max_age_s = 2 * config.request_timeout_s + config.reservation_lease_s
@@ -366,11 +368,11 @@ class RedisRateLimiter:
         prefix: str = "tuneloop:ratelimit",
         timeout_s: float = 0.5,
         on_unavailable: str = "reject",
-        errors: Any = None,
+        errors: Counter | None = None,
         lease_s: float = 30.0,
         max_age_s: float = 1260.0,
     ):
-        try:
+        try:  # here: only a gateway with `limits.backend: redis` pays for importing it (~0.7 s)
             import redis.asyncio as aredis
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff

@@ -1,7 +1,7 @@
-"""Turning a `Generation` into an HTTP response: one JSON body, or server-sent events.
+"""HTTP mechanics of the generation routes: a whole answer collected, or chunks sent as server-sent events.
 
-Admission happens before the response starts, so overload is a clean 429 even for streams; the
-slot is released and the log line written when the body (or the stream) ends, however it ends.
+The routes own what they answer: each builds its full response from the collected choices and
+yields its own stream chunks; these helpers only collect, encode, time and watch the connection.
 
 A client that leaves stops its engine requests within a step, streaming or not: until the first
 byte is sent (the whole of a JSON answer, the first chunk of a stream) the ASGI receive channel is
@@ -15,17 +15,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 from urllib.parse import quote
 
 import anyio
 from fastapi import Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from tuneloop.serve.client import TokenLogprob
-from tuneloop.serve.errors import APIError, error_body
+from tuneloop.serve.errors import CLIENT_CLOSED, APIError, ClientGone, error_body
 from tuneloop.serve.serving import Generation
 
 
@@ -39,11 +40,6 @@ class ChoiceResult:
 
 
 T = TypeVar("T")
-CLIENT_CLOSED = 499  # nginx's "client closed request": logged, never seen by the client
-
-
-class ClientGone(Exception):
-    """The client closed the connection before the answer was ready."""
 
 
 class Event(NamedTuple):
@@ -65,9 +61,19 @@ def _encode(chunk: dict | Event, texts: dict[int, list[str]]) -> str:
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
-async def collect(gen: Generation, results: list[ChoiceResult] | None = None) -> list[ChoiceResult]:
-    """Every choice's text; into `results` as it comes (what a client that left had received)."""
-    results = results if results is not None else [ChoiceResult() for _ in gen.choices]
+async def collect(gen: Generation) -> list[ChoiceResult]:
+    """Every choice's text, inside `gen.admitted()`; unless the client leaves first (ClientGone, with
+    what had been generated) or the request's time runs out (TimeoutError)."""
+    results = [ChoiceResult() for _ in gen.choices]
+    try:
+        await _unless_gone(gen.request, _collect(gen, results), gen.timeout_s)
+    except ClientGone as e:  # the engine requests were aborted: log what was generated until then
+        e.response = {"choices": [{"index": i, "text": r.text} for i, r in enumerate(results)]}
+        raise
+    return results
+
+
+async def _collect(gen: Generation, results: list[ChoiceResult]) -> None:
     async for index, delta in gen.stream():
         r = results[index]
         r.text += delta.text
@@ -75,73 +81,31 @@ async def collect(gen: Generation, results: list[ChoiceResult] | None = None) ->
         r.finish_reason = delta.finish_reason or r.finish_reason
         if delta.echo_text is not None:
             r.echo_text, r.echo_logprobs = delta.echo_text, delta.echo_logprobs
-    return results
 
 
-async def _admit(gen: Generation) -> None:
-    try:
-        await gen.admit()
-    except APIError as e:  # refused (quota, overload): counted and logged like any other answer
-        gen.request.app.state.metrics.rejected.labels(e.code or str(e.status), gen.served.name).inc()
-        await gen.finish(e.status, error=e.message)
-        raise
+async def event_stream(gen: Generation, chunks: AsyncGenerator[dict | Event, None]) -> StreamingResponse:
+    """A route's chunks as server-sent events. Admission and the first chunk come before any byte is
+    sent, so a refusal (429) or a bad request (a prompt too long) keeps its status."""
+    events = _events(gen, chunks)
+    first = await anext(events)
+    return StreamingResponse(_resume(first, events), media_type="text/event-stream", headers=headers(gen))
 
 
-async def json_response(
-    gen: Generation, build: Callable[[list[ChoiceResult]], dict], timeout_s: float
-) -> Response:
-    await _admit(gen)
-    results = [ChoiceResult() for _ in gen.choices]
-    try:
-        await _unless_gone(gen.request, collect(gen, results), timeout_s)
-        body = build(results)
-    except ClientGone:  # the engine requests were aborted: log what was generated until then
-        logged = [{"index": i, "text": r.text} for i, r in enumerate(results)]
-        await gen.finish(CLIENT_CLOSED, {"choices": logged}, "client disconnected")
-        return Response(status_code=CLIENT_CLOSED)  # nobody reads it
-    except TimeoutError:
-        await gen.finish(504, error="timeout")
-        raise APIError(504, f"the request took longer than {timeout_s:g}s", "timeout") from None
-    except APIError as e:
-        await gen.finish(e.status, error=e.message)
-        raise
-    except Exception as e:
-        await gen.finish(500, error=f"{type(e).__name__}: {e}")
-        raise
-    finally:
-        await gen.release()
-    await gen.finish(200, body)
-    return JSONResponse(body, headers=_headers(gen))
-
-
-async def sse_response(
-    gen: Generation, chunks: Callable[[Generation], AsyncIterator[dict | Event]], timeout_s: float
-) -> Response:
-    await _admit(gen)
-    source = aiter(chunks(gen))
-    try:  # the first chunk before any byte is sent: a bad request is still a proper 4xx
-        first = await _unless_gone(gen.request, _next_before(source, gen.start + timeout_s))
-    except ClientGone:  # left before its first token (e.g. queued in the engine): aborted
-        await source.aclose()
-        await gen.release()
-        await gen.finish(CLIENT_CLOSED, {"choices": []}, "client disconnected")
-        return Response(status_code=CLIENT_CLOSED)
-    except BaseException as e:
-        await source.aclose()
-        await gen.release()
-        status = e.status if isinstance(e, APIError) else 500
-        await gen.finish(status, error=getattr(e, "message", None) or f"{type(e).__name__}: {e}")
-        raise
-
-    async def events() -> AsyncIterator[str]:
+async def _events(gen: Generation, chunks: AsyncGenerator[dict | Event, None]) -> AsyncGenerator[str, None]:
+    deadline = gen.start + gen.timeout_s
+    async with gen.admitted():
+        try:  # the first chunk before any byte is sent: a bad request is still a proper 4xx
+            chunk = await _unless_gone(gen.request, _next_before(chunks, deadline))
+        except BaseException:  # left before its first token (e.g. queued in the engine), or failed
+            await chunks.aclose()  # aborts the engine requests
+            raise
         # 499 unless it ends below: the client went away, and Starlette cancelled the stream (or it is
-        # closed, unfinished, while a chunk was being sent); closing the sources aborts the engine requests
+        # closed, unfinished, while a chunk was being sent); closing the chunks aborts the engine requests
         status, error, texts = CLIENT_CLOSED, "client disconnected", {}
         try:
-            chunk = first
             while chunk is not None:
                 yield _encode(chunk, texts)
-                chunk = await _next_before(source, gen.start + timeout_s)
+                chunk = await _next_before(chunks, deadline)
             status, error = 200, None
             yield "data: [DONE]\n\n"
         except APIError as e:  # headers are sent already: the error goes into the stream
@@ -152,14 +116,19 @@ async def sse_response(
             yield f"data: {json.dumps(error_body(500, 'internal server error'))}\n\n"
         finally:
             # shielded: after a disconnect Starlette's cancel scope would cancel every await here again,
-            # and the slot, the log line and the token count must not be lost
+            # and the log line and the token count must not be lost
             with anyio.CancelScope(shield=True):
-                await source.aclose()
-                await gen.release()
+                await chunks.aclose()
                 logged = [{"index": i, "text": "".join(t)} for i, t in sorted(texts.items())]
                 await gen.finish(status, {"choices": logged}, error)
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=_headers(gen))
+
+async def _resume(first: str, events: AsyncGenerator[str, None]) -> AsyncIterator[str]:
+    """The stream's events from the first one (already taken to check the request)."""
+    async with aclosing(events):
+        yield first
+        async for event in events:
+            yield event
 
 
 async def _unless_gone(request: Request, work: Awaitable[T], timeout_s: float | None = None) -> T:
@@ -202,7 +171,8 @@ async def _next_before(source: AsyncIterator[dict | Event], deadline: float) -> 
         raise APIError(504, "the request took longer than its time limit", "timeout") from None
 
 
-def _headers(gen: Generation) -> dict[str, str]:
+def headers(gen: Generation) -> dict[str, str]:
+    """What answered: the served name, its variant and (when known) its version."""
     headers = {"X-Tuneloop-Variant": gen.served.variant, "X-Tuneloop-Model": gen.served.name}
     if gen.served.version is not None:
         headers["X-Tuneloop-Model-Version"] = quote(gen.served.version, safe="/@:._-")

@@ -15,11 +15,8 @@ import logging
 import random
 from dataclasses import dataclass, replace
 
-from fastapi import Request
-
 from tuneloop.serve.client import GenerateRequest
 from tuneloop.serve.config import RouteConfig
-from tuneloop.serve.errors import APIError
 from tuneloop.serve.serving import Served
 
 log = logging.getLogger("tuneloop.serve")
@@ -63,22 +60,6 @@ def resolve(
     return replace(chosen, name=name, variant=chosen.name)
 
 
-def served_model(request: Request, name: str, user: str | None = None) -> Served:
-    """The model (or the route's variant for this user) that answers a request for `name`."""
-    state = request.app.state
-    served = resolve(state.routes, state.models, name, user or request.headers.get("x-tuneloop-user"))
-    if served is None:
-        raise APIError(404, f"the model '{name}' does not exist", "model_not_found", "model")
-    return served
-
-
-def mirror(request: Request, name: str, choices: list[GenerateRequest]) -> None:
-    """Send a copy to the route's shadow model, if it has one."""
-    route = request.app.state.routes.get(name)
-    if route is not None and route.shadow is not None:
-        request.app.state.shadows.mirror(request.app.state.models[route.shadow], choices)
-
-
 class Shadows:
     """Background mirrored requests; skipped (never queued) when the shadow model is busy."""
 
@@ -94,15 +75,13 @@ class Shadows:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(self, served: Served, choices: list[GenerateRequest]) -> None:
-        await served.gate.acquire()
-        try:
-            for c in choices:
-                async for _ in served.client.generate(c):
-                    pass
-        except Exception:  # a failing shadow is logged, never the user's problem
-            log.warning("shadow request to %s failed", served.name, exc_info=True)
-        finally:
-            await served.gate.release()
+        async with served.gate.slot():
+            try:
+                for c in choices:
+                    async for _ in served.client.generate(c):
+                        pass
+            except Exception:  # a failing shadow is logged, never the user's problem
+                log.warning("shadow request to %s failed", served.name, exc_info=True)
 
     async def drain(self) -> None:
         if self._tasks:

@@ -1,6 +1,7 @@
 """One generation call, shared by the chat and completion routes: admission, fan-out, accounting.
 
-Admission is the key's quota and the model's bounded gate (429 beyond them); the `n` choices run
+Admission is the key's quota and the model's bounded gate (429 beyond them), held as a context
+(`async with generation.admitted():`) for as long as the request runs; the `n` choices run
 concurrently as separate engine requests; at the end one request-log line is written and the
 metrics are updated, with the served variant as a label.
 
@@ -14,18 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import anyio
 from fastapi import Request
+from prometheus_client import Histogram
 
-from tuneloop.serve.client import Delta, EngineClient, GenerateRequest, PromptPreparer
-from tuneloop.serve.errors import APIError
+from tuneloop.serve.client import Delta, EngineClient, GenerateRequest
+from tuneloop.serve.errors import CLIENT_CLOSED, APIError, ClientGone
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.limits import ConcurrencyGate
 from tuneloop.serve.ratelimit import RateLimiter, Reservation, exceeds_quota
+
+if TYPE_CHECKING:
+    from tuneloop.serve.gateway import Gateway  # which builds `Served`s: a type-only import
 
 
 @dataclass
@@ -36,7 +42,7 @@ class Served:
     client: EngineClient
     gate: ConcurrencyGate
     variant: str = "default"
-    key: str = ""  # its name in `app.state.models` (a route's copy keeps its variant's)
+    key: str = ""  # its name in `Gateway.models` (a route's copy keeps its variant's)
 
     def __post_init__(self) -> None:
         self.key = self.key or self.name
@@ -44,17 +50,15 @@ class Served:
     @property
     def version(self) -> str | None:
         """The model version answering (a registry "NAME/VERSION"), when the client knows it."""
-        return getattr(self.client, "version", None)
-
-
-def _hold(client: EngineClient, n: int) -> None:
-    """Count a request on a client that a live reload may replace (it is closed only at zero)."""
-    if hasattr(client, "active"):
-        client.active += n
+        return self.client.version
 
 
 @dataclass
 class Generation:
+    """One request's generation: its admission, its engine streams and its accounting (metrics, the
+    request-log line, the token quota)."""
+
+    gw: Gateway
     request: Request
     key: ApiKey
     served: Served
@@ -67,26 +71,63 @@ class Generation:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reasons: list[str | None] = field(default_factory=list)
-    on_admit: Callable[[], None] | None = None  # e.g. mirror to a shadow, only for admitted requests
-    _itl: Any = None  # the inter-token histogram of this request's labels
+    _itl: Histogram | None = None  # the inter-token histogram of this request's labels
     # the token quota: the reservation until settled, and what the request used (`tokens_used`)
     reservation: Reservation | None = None
     started: bool = False  # past the gate, handed to the engine: its prompt is paid for from here
     refused: bool = False  # the engine refused it (a 4xx before any token): nothing is charged
+    finished: bool = False  # logged (`finish`): once, whichever way the request ends
     prompt_counted: int = 0  # the prompt's tokens as counted at admission (for the reservation)
     generated: list[int] = field(default_factory=list)  # tokens generated so far, per choice
-    _asked: list[GenerateRequest] | None = None  # the choices before their prompt was tokenized here
+    asked: list[GenerateRequest] = field(default_factory=list)  # the choices before `prepare`
 
     def __post_init__(self) -> None:
         received = getattr(self.request.state, "received", None)  # set by the middleware on arrival
         if received is not None:
             self.start = received
         self.generated = [0] * len(self.choices)
+        self.asked = self.choices
 
-    async def admit(self) -> None:
-        """Quota, then a running slot (raises 429); call `release` once done."""
-        state = self.request.app.state
-        await self._reserve(state.limiter)
+    @property
+    def timeout_s(self) -> float:
+        """The request's time limit, the stream's as a whole (limits.request_timeout_s)."""
+        return self.gw.config.limits.request_timeout_s
+
+    @asynccontextmanager
+    async def admitted(self) -> AsyncIterator[None]:
+        """The request's admitted life: the key's quota and a running slot of the model (429 beyond
+        them, counted and logged), held for the body of the `async with` and released however it
+        ends. An error that ends the body is logged with its status (a client gone: 499; time up:
+        504) unless the body logged the end itself (a stream whose headers are sent)."""
+        try:
+            await self._admit()
+        except APIError as e:  # refused (quota, overload): counted and logged like any other answer
+            self.gw.metrics.rejected.labels(e.code or str(e.status), self.served.name).inc()
+            await self.finish(e.status, error=e.message)
+            raise
+        try:
+            yield
+        except ClientGone as e:  # the engine requests were aborted: logged with what was generated
+            await self.finish(CLIENT_CLOSED, e.response, "client disconnected")
+            raise
+        except TimeoutError:
+            await self.finish(504, error="timeout")
+            raise APIError(504, f"the request took longer than {self.timeout_s:g}s", "timeout") from None
+        except APIError as e:
+            await self.finish(e.status, error=e.message)
+            raise
+        except Exception as e:
+            await self.finish(500, error=f"{type(e).__name__}: {e}")
+            raise
+        finally:
+            # shielded: a stream cancelled by Starlette after a disconnect would cancel every await
+            # here again, and the slot and the token count must not be lost
+            with anyio.CancelScope(shield=True):
+                await self._release()
+
+    async def _admit(self) -> None:
+        """Quota, then a running slot (raises 429); `_release` undoes it."""
+        await self._reserve(self.gw.limiter)
         try:
             queued = await self.served.gate.acquire()
         except BaseException:  # refused (overload) or the client left while queued: nothing ran
@@ -95,18 +136,16 @@ class Generation:
         self.started = True
         # the client as of now, held before the next await: a reload while this request waited
         # swapped it, and a replaced client is closed once nothing holds it
-        current = state.models.get(self.served.key)
+        current = self.gw.models.get(self.served.key)
         if current is not None and current.client is not self.served.client:
             self.served = replace(self.served, client=current.client)
-            if self._asked is not None:  # ids of the old model's tokenizer: the new one tokenizes again
-                self.choices = self._asked
-        _hold(self.served.client, 1)
-        state.metrics.queue.labels(*self.labels).observe(queued)
-        if self.on_admit is not None:
-            self.on_admit()
+            self.choices = self.asked  # ids of the old model's tokenizer: the new one tokenizes again
+        self.served.client.active += 1  # a client replaced by a reload is closed only at zero
+        self.gw.metrics.queue.labels(*self.labels).observe(queued)
+        self.gw.mirror(self.served.name, self.asked)  # a route's shadow gets admitted requests only
 
-    async def release(self) -> None:
-        _hold(self.served.client, -1)
+    async def _release(self) -> None:
+        self.served.client.active -= 1
         await self.served.gate.release()
         await self._settle()  # here: every way a request ends releases it, a finish may not follow
 
@@ -130,12 +169,11 @@ class Generation:
         max_tokens within the context); another (an upstream) has its prompt estimated
         (`estimate_prompt_tokens`) and keeps max_tokens as asked (or the server's cap)."""
         first = self.choices[0]
-        if not isinstance(self.served.client, PromptPreparer):
+        ready = await self.served.client.prepare(first)  # the 400s: empty, too long, no context left
+        if ready is None:
             exact = first.prompt_ids is not None
             self.prompt_counted = len(first.prompt_ids) if exact else estimate_prompt_tokens(first)
             return exact
-        ready = await self.served.client.prepare(first)  # the 400s: empty, too long, no context left
-        self._asked = self.choices
         self.choices = [replace(ready, request_id=c.request_id, seed=c.seed) for c in self.choices]
         self.prompt_counted = len(ready.prompt_ids or [])
         return True
@@ -152,7 +190,7 @@ class Generation:
     async def _settle(self) -> None:
         reservation, self.reservation = self.reservation, None  # once, whichever way comes first
         if reservation is not None:
-            await self.request.app.state.limiter.settle(reservation, self.tokens_used())
+            await self.gw.limiter.settle(reservation, self.tokens_used())
 
     @property
     def labels(self) -> tuple[str, str]:
@@ -185,7 +223,7 @@ class Generation:
         if delta.text:
             if self.first_token is None:
                 self.first_token = now
-                m = self.request.app.state.metrics
+                m = self.gw.metrics
                 m.ttft.labels(*self.labels).observe(now - self.start)
                 self._itl = m.itl.labels(*self.labels)  # once: labels() takes a lock and a lookup
             elif self.last_token is not None:
@@ -204,10 +242,15 @@ class Generation:
             async for delta in deltas:
                 yield index, delta
 
-    async def finish(self, status: int, response: Any = None, error: str | None = None) -> None:
-        """Metrics and the request-log line; call exactly once."""
-        state, latency = self.request.app.state, time.monotonic() - self.start
-        m = state.metrics
+    async def finish(
+        self, status: int, response: dict[str, Any] | None = None, error: str | None = None
+    ) -> None:
+        """Metrics and the request-log line, once: a second call (an error after the end) does nothing."""
+        if self.finished:
+            return
+        self.finished = True
+        gw, latency = self.gw, time.monotonic() - self.start
+        m = gw.metrics
         route = self.request.url.path
         m.requests.labels(route, str(status), *self.labels).inc()
         if status == 200:
@@ -218,11 +261,11 @@ class Generation:
                 m.success.labels(reason or "abort", *self.labels).inc()
         user = self.body.get("user")
         if status == 200:  # what feedback on this answer is labelled with (bounded; serve.feedback)
-            state.recent_responses.add(
+            gw.recent_responses.add(
                 self.response_id, self.served.name, self.served.variant, user, self.key.id
             )  # the key that may rate it, too
-        if state.request_log is not None:
-            state.request_log.write(
+        if gw.request_log is not None:
+            gw.request_log.write(
                 {
                     "request_id": self.request.state.request_id,
                     "response_id": self.response_id,
@@ -243,7 +286,7 @@ class Generation:
                     "error": error,
                 }
             )
-        await self._settle()  # a no-op after `release` (it settles first)
+        await self._settle()  # a no-op after `_release` (it settles first)
 
 
 def estimate_prompt_tokens(request: GenerateRequest) -> int:

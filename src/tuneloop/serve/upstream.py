@@ -17,10 +17,15 @@ from tuneloop.serve.errors import APIError
 
 
 class UpstreamClient:
+    version: str | None = None  # the upstream answers for itself (its own /v1/models)
+    max_num_seqs = 0  # not known here: the gate admits its default
+    tokenizer = None  # the upstream's tokenizer is not ours
+
     def __init__(self, base_url: str, model: str, api_key: str | None = None, timeout_s: float = 600.0):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url, self.model = base_url.rstrip("/"), model
         self.http = httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout_s)
+        self.active = 0
 
     async def start(self) -> None:
         try:
@@ -29,6 +34,10 @@ class UpstreamClient:
             raise RuntimeError(f"upstream {self.base_url} is unreachable: {e}") from None
         if r.status_code >= 400:
             raise RuntimeError(f"upstream {self.base_url}/models answered {r.status_code}")
+
+    async def prepare(self, request: GenerateRequest) -> None:
+        """Not sized here (its tokenizer is not ours): the gateway estimates the prompt's tokens."""
+        return None
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[Delta]:
         path, body = self._body(request)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import Request
 from pydantic import BaseModel
 
 from tuneloop.serve.client import GenerateRequest
+from tuneloop.serve.config import LimitsConfig
 from tuneloop.serve.errors import APIError, documented
 from tuneloop.serve.protocol import _Sampling
 
@@ -15,7 +15,7 @@ STREAM = "A stream of server-sent events (`stream: true`): `data: <chunk JSON>` 
 
 
 def fan_out(
-    request: Request, body: _Sampling, response_id: str, max_tokens: int | None, **fields: object
+    limits: LimitsConfig, body: _Sampling, response_id: str, max_tokens: int | None, **fields: Any
 ) -> list[GenerateRequest]:
     """One engine request per choice; with a seed, choice i uses seed + i (distinct, reproducible).
 
@@ -24,7 +24,6 @@ def fan_out(
     prompt's length lowers it (`fit_context`). A given max_tokens is kept, and a prompt + max_tokens
     over the context is a 400 there, never a silently shorter answer.
     """
-    limits = request.app.state.config.limits
     if body.n > limits.max_n:
         raise APIError(400, f"n must be at most {limits.max_n}", "invalid_value", "n")
     if max_tokens is not None and max_tokens > limits.max_completion_tokens:
@@ -55,16 +54,23 @@ def include_usage(body: _Sampling) -> bool:
 
 def generation_responses(answer: type[BaseModel], chunk: type[BaseModel]) -> dict[int | str, dict[str, Any]]:
     """What a generation route answers: `answer` as JSON, or (`stream: true`) events of `chunk`s; its errors."""
-    ok = {"model": answer, "description": f"The {answer.__name__}; with `stream: true`, {chunk.__name__} events",
-          "content": {"text/event-stream": {"schema": sse_event(chunk.__name__)}}}  # fmt: skip
+    ok = {
+        "model": answer,
+        "description": f"The {answer.__name__}; with `stream: true`, {chunk.__name__} events",
+        "content": {"text/event-stream": {"schema": sse_event(chunk.__name__)}},
+    }
     return {
         200: ok,
         **documented(
-            404, 429, 502, 503, 504,
+            404,
+            429,
+            502,
+            503,
+            504,
             s404="No served model or route of that name",
             s502="An upstream model server failed or could not be reached",
         ),
-    }  # fmt: skip
+    }
 
 
 def sse_event(chunk: str) -> dict[str, Any]:
@@ -73,6 +79,9 @@ def sse_event(chunk: str) -> dict[str, Any]:
     payload = {
         "anyOf": [{"$ref": f"#/components/schemas/{chunk}"}, {"$ref": "#/components/schemas/ErrorResponse"}]
     }
-    data = {"type": "string", "if": {"const": "[DONE]"},
-            "else": {"contentMediaType": "application/json", "contentSchema": payload}}  # fmt: skip
+    data = {
+        "type": "string",
+        "if": {"const": "[DONE]"},
+        "else": {"contentMediaType": "application/json", "contentSchema": payload},
+    }
     return {"type": "object", "required": ["data"], "properties": {"data": data}, "description": STREAM}

@@ -14,20 +14,22 @@ import asyncio
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.errors import TuneloopError
 from tuneloop.models.resolve import ResolvedModel, resolve_model
-from tuneloop.serve.adapters import base_name, check_adapter
+from tuneloop.serve.adapters import check_adapter
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.backends import version_label
 from tuneloop.serve.config import ModelConfig
 from tuneloop.serve.errors import APIError, documented
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.limits import ConcurrencyGate
 from tuneloop.serve.local import LocalClient, SharedEngine
 from tuneloop.serve.reload import retire_later
+from tuneloop.serve.routing import Route
 from tuneloop.serve.serving import Served
 
 router = APIRouter(tags=["admin"], route_class=AuthFirst)
@@ -61,18 +63,17 @@ class UnloadLoRA(BaseModel):
     responses=documented(404, s404="base_model is not a served model, or no local model is served"),
 )
 async def load_lora_adapter(
-    body: LoadLoRA, request: Request, key: ApiKey = Depends(require("admin"))
+    body: LoadLoRA, key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)
 ) -> dict:
     """Load a LoRA adapter on a served base model, without a restart (as vLLM's route)."""
-    state = request.app.state
-    async with state.reload_lock:  # one change of the served models at a time
-        shared = _base(state, body.base_model).shared
+    async with gw.reload_lock:  # one change of the served models at a time
+        shared = _base(gw, body.base_model).shared
         adapter = await asyncio.to_thread(_checked_adapter, body.lora_path, shared)
         folder = adapter.path
-        existing = state.models.get(body.lora_name) or state.routes.get(body.lora_name)
+        existing = gw.models.get(body.lora_name) or gw.routes.get(body.lora_name)
         if existing is not None:
             if _same(existing, shared, folder):  # loading the same again changes nothing
-                return _card(state, body.lora_name, existing.client, "already loaded")
+                return _card(gw, body.lora_name, existing.client, "already loaded")
             raise APIError(
                 400,
                 f"the name '{body.lora_name}' is already served; unload it first or pick another lora_name",
@@ -80,33 +81,34 @@ async def load_lora_adapter(
                 "lora_name",
             )
         engine_name = shared.adapters.register(body.lora_name, folder)
-        client = LocalClient(shared, engine_name, state.config.limits.max_prompt_tokens)
+        client = LocalClient(shared, engine_name, gw.config.limits.max_prompt_tokens)
         client.source, client.version = (shared.folder, folder), version_label(adapter)
         try:
             await shared.adapters.preload(client.lora)  # now if a slot is free or idle, else on first use
         except BaseException:
             await shared.adapters.unregister(client.lora)
             raise
-        gate = ConcurrencyGate(client.max_num_seqs or 64, MAX_QUEUE, state.config.limits.retry_after_s)
-        state.models = {**state.models, body.lora_name: Served(body.lora_name, client, gate)}
-    return _card(state, body.lora_name, client, "added")
+        gate = ConcurrencyGate(client.max_num_seqs or 64, MAX_QUEUE, gw.config.limits.retry_after_s)
+        gw.models = {**gw.models, body.lora_name: Served(body.lora_name, client, gate)}
+    return _card(gw, body.lora_name, client, "added")
 
 
 @router.post(
     "/v1/unload_lora_adapter",
     responses=documented(
-        404, 409,
+        404,
+        409,
         s404="No LoRA adapter of that name is served",
         s409="A route uses it, or it is the last served name of its base model",
     ),
-)  # fmt: skip
+)
 async def unload_lora_adapter(
-    body: UnloadLoRA, request: Request, key: ApiKey = Depends(require("admin"))
+    body: UnloadLoRA, key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)
 ) -> dict:
     """Stop serving an adapter: new requests get 404 at once, requests in flight finish first."""
-    state, name = request.app.state, body.lora_name
-    async with state.reload_lock:
-        served = state.models.get(name)
+    name = body.lora_name
+    async with gw.reload_lock:
+        served = gw.models.get(name)
         if served is None:
             raise APIError(404, f"no LoRA adapter '{name}' is served", "model_not_found", "lora_name")
         client = served.client
@@ -114,15 +116,15 @@ async def unload_lora_adapter(
             raise APIError(
                 400, f"'{name}' is a base model, not a LoRA adapter", "not_an_adapter", "lora_name"
             )
-        using = [r.name for r in state.routes.values() if name in (*(v for v, _ in r.variants), r.shadow)]
+        using = [r.name for r in gw.routes.values() if name in (*(v for v, _ in r.variants), r.shadow)]
         if using:
             raise APIError(
                 409, f"route '{using[0]}' sends requests to '{name}'; change the route first", "in_use"
             )
         others = [
             n
-            for n, s in state.models.items()
-            if n != name and getattr(s.client, "shared", None) is client.shared
+            for n, s in gw.models.items()
+            if n != name and isinstance(s.client, LocalClient) and s.client.shared is client.shared
         ]
         if not others:
             raise APIError(
@@ -131,26 +133,32 @@ async def unload_lora_adapter(
                 "unreachable); serve the base model too, as a `model:` entry without `lora:`",
                 "last_model",
             )
-        state.models = {n: s for n, s in state.models.items() if n != name}
-        retire_later(state, [client])  # its slot is freed when its requests in flight are done
-    return {"id": name, "object": "model", "deleted": True,
-            "message": f"Success: LoRA adapter '{name}' removed successfully."}  # fmt: skip
+        gw.models = {n: s for n, s in gw.models.items() if n != name}
+        retire_later(gw, [client])  # its slot is freed when its requests in flight are done
+    return {
+        "id": name,
+        "object": "model",
+        "deleted": True,
+        "message": f"Success: LoRA adapter '{name}' removed successfully.",
+    }
 
 
-def _base(state, name: str | None) -> LocalClient:
+def _base(gw: Gateway, name: str | None) -> LocalClient:
     """A client of the base model that gets the adapter: `name`'s engine, or the only local one."""
     if name is not None:
-        served = state.models.get(name)
+        served = gw.models.get(name)
         if served is None:
             raise APIError(404, f"base_model '{name}' is not a served model", "model_not_found", "base_model")
         if not isinstance(served.client, LocalClient) or served.client.shared.closed:
             raise APIError(
-                400, f"base_model '{name}' is not a local model; adapters load into local engines", "invalid_value",
+                400,
+                f"base_model '{name}' is not a local model; adapters load into local engines",
+                "invalid_value",
                 "base_model",
-            )  # fmt: skip
+            )
         return served.client
     engines: dict[int, LocalClient] = {}
-    for s in state.models.values():
+    for s in gw.models.values():
         if isinstance(s.client, LocalClient) and not s.client.shared.closed:
             engines.setdefault(id(s.client.shared), s.client)
     if not engines:
@@ -158,11 +166,13 @@ def _base(state, name: str | None) -> LocalClient:
             404, "no local model is served to load an adapter into", "model_not_found", "base_model"
         )
     if len(engines) > 1:
-        names = sorted(base_name(state.models, c.shared) for c in engines.values())
+        names = sorted(gw.base_name(c.shared) for c in engines.values())
         raise APIError(
-            400, f"several base models are served ({', '.join(names)}); give base_model", "invalid_value",
+            400,
+            f"several base models are served ({', '.join(names)}); give base_model",
+            "invalid_value",
             "base_model",
-        )  # fmt: skip
+        )
     return next(iter(engines.values()))
 
 
@@ -180,8 +190,8 @@ def _checked_adapter(ref: str, shared: SharedEngine) -> ResolvedModel:
     return adapter
 
 
-def _same(existing: object, shared: SharedEngine, folder: Path) -> bool:
-    c = getattr(existing, "client", None)
+def _same(existing: Served | Route, shared: SharedEngine, folder: Path) -> bool:
+    c = existing.client if isinstance(existing, Served) else None
     return (
         isinstance(c, LocalClient)
         and c.shared is shared
@@ -190,12 +200,12 @@ def _same(existing: object, shared: SharedEngine, folder: Path) -> bool:
     )
 
 
-def _card(state, name: str, client: LocalClient, what: str) -> dict:
+def _card(gw: Gateway, name: str, client: LocalClient, what: str) -> dict:
     cache = client.shared.adapters
     return {
         "id": name,
         "object": "model",
-        "parent": base_name(state.models, client.shared),
+        "parent": gw.base_name(client.shared),
         "root": client.version,
         "resident": client.lora in cache.resident,
         "message": f"Success: LoRA adapter '{name}' {what} successfully."

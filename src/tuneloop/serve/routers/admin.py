@@ -9,13 +9,14 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tuneloop.errors import TuneloopError
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.config import RouteConfig
 from tuneloop.serve.errors import APIError, documented
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.keys import MAX_EXPIRES_DAYS, MAX_QUOTA, SCOPES, ApiKey
 from tuneloop.serve.protocol import integer
 from tuneloop.serve.reload import reload_models
@@ -28,14 +29,14 @@ ModelName = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^,]+$
 
 
 @router.post("/reload")
-async def reload(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+async def reload(key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)) -> dict:
     """Re-resolve model references (a moved registry alias) and swap what changed, live."""
-    return {"reloaded": await reload_models(request.app.state)}
+    return {"reloaded": await reload_models(gw)}
 
 
 @router.get("/keys")
-def list_keys(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
-    return {"object": "list", "data": [asdict(k) for k in request.app.state.keys.list()]}
+def list_keys(key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)) -> dict:
+    return {"object": "list", "data": [asdict(k) for k in gw.keys.list()]}
 
 
 class NewKey(BaseModel):
@@ -50,10 +51,12 @@ class NewKey(BaseModel):
 
 
 @router.post("/keys")
-def create_key(body: NewKey, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+def create_key(
+    body: NewKey, key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)
+) -> dict:
     """Create a key; the secret is in this response only."""
     try:
-        secret, record = request.app.state.keys.create(
+        secret, record = gw.keys.create(
             body.name, body.scopes, body.models, body.rpm, body.tpm, body.expires_days
         )
     except TuneloopError as e:
@@ -62,9 +65,11 @@ def create_key(body: NewKey, request: Request, key: ApiKey = Depends(require("ad
 
 
 @router.delete("/keys/{key_id}", responses=documented(404, s404="No API key with that id"))
-def revoke_key(key_id: str, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+def revoke_key(
+    key_id: str, key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)
+) -> dict:
     try:
-        return asdict(request.app.state.keys.revoke(key_id))
+        return asdict(gw.keys.revoke(key_id))
     except TuneloopError as e:
         raise APIError(404, e.message, "key_not_found") from None
 
@@ -78,8 +83,8 @@ def _route_json(r: Route) -> dict:
 
 
 @router.get("/routes")
-def list_routes(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
-    return {"object": "list", "data": [_route_json(r) for r in request.app.state.routes.values()]}
+def list_routes(key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)) -> dict:
+    return {"object": "list", "data": [_route_json(r) for r in gw.routes.values()]}
 
 
 class Variant(BaseModel):
@@ -90,7 +95,11 @@ class Variant(BaseModel):
 
 
 # RouteConfig's rule, for the OpenAPI document: some variant weighs more than 0 (1 when not given)
-SOME_WEIGHT = {"contains": {"anyOf": [{"not": {"required": ["weight"]}}, {"properties": {"weight": {"exclusiveMinimum": 0}}}]}}  # fmt: skip
+SOME_WEIGHT = {
+    "contains": {
+        "anyOf": [{"not": {"required": ["weight"]}}, {"properties": {"weight": {"exclusiveMinimum": 0}}}]
+    }
+}
 
 
 class RouteBody(BaseModel):
@@ -106,20 +115,21 @@ class RouteBody(BaseModel):
         404, 409, s404="A variant or the shadow is not a served model", s409="The name is a served model's"
     ),
 )
-def put_route(name: str, body: RouteBody, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+def put_route(
+    name: str, body: RouteBody, key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)
+) -> dict:
     """Create or replace a route; the next request uses it, requests in flight finish where they are."""
-    state = request.app.state
-    if name in state.models:
+    if name in gw.models:
         raise APIError(409, f"'{name}' is a served model, not a route", "name_taken", "name")
     try:
         config = RouteConfig.model_validate({**body.model_dump(), "name": name})
     except ValidationError as e:
         raise APIError(400, str(e.errors()[0]["msg"]), "invalid_value") from None
-    unknown = [v.model for v in config.variants if v.model not in state.models]
-    if config.shadow and config.shadow not in state.models:
+    unknown = [v.model for v in config.variants if v.model not in gw.models]
+    if config.shadow and config.shadow not in gw.models:
         unknown.append(config.shadow)
     if unknown:
         raise APIError(404, f"'{unknown[0]}' is not a served model", "model_not_found", "variants")
     route = Route.from_config(config)
-    state.routes = {**state.routes, name: route}  # replaced whole: readers never see half an update
+    gw.routes = {**gw.routes, name: route}  # replaced whole: readers never see half an update
     return _route_json(route)

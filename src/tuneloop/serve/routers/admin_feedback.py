@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.interactions.feedback import as_json
@@ -27,6 +27,7 @@ from tuneloop.interactions.records import answer_text, interaction
 from tuneloop.interactions.requestlog import read_log
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.errors import APIError, documented
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import Text
@@ -45,8 +46,8 @@ class Vote(BaseModel):
     comment: Text | None = Field(default=None, max_length=2000)
 
 
-def _logged(request: Request, ids: set[str]) -> dict[str, dict[str, Any]]:
-    log = request.app.state.request_log
+def _logged(gw: Gateway, ids: set[str]) -> dict[str, dict[str, Any]]:
+    log = gw.request_log
     if log is None:
         raise APIError(
             409, "the request log is off (log.enabled: false); votes need it", "request_log_disabled"
@@ -54,11 +55,11 @@ def _logged(request: Request, ids: set[str]) -> dict[str, dict[str, Any]]:
     return read_log(log.path, ids)
 
 
-async def _records(request: Request, ids: set[str]) -> dict[str, dict[str, Any]]:
+async def _records(gw: Gateway, ids: set[str]) -> dict[str, dict[str, Any]]:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + LOG_WAIT_S
     while True:
-        found = await asyncio.to_thread(_logged, request, ids)
+        found = await asyncio.to_thread(_logged, gw, ids)
         if len(found) == len(ids) or loop.time() > deadline:
             return found
         await asyncio.sleep(0.1)
@@ -73,11 +74,13 @@ async def _records(request: Request, ids: set[str]) -> dict[str, dict[str, Any]]
         s409="The request log is off (log.enabled: false)",
     ),
 )
-async def vote(body: Vote, request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
+async def vote(
+    body: Vote, key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)
+) -> dict:
     check_characters(body.comment)
     if body.chosen == body.rejected:
         raise APIError(400, "chosen and rejected are the same answer", "same_response", "rejected")
-    found = await _records(request, {body.chosen, body.rejected})
+    found = await _records(gw, {body.chosen, body.rejected})
     missing = sorted({body.chosen, body.rejected} - set(found))
     if missing:
         raise APIError(404, f"response '{missing[0]}' is not in the request log", "response_not_found")
@@ -87,14 +90,33 @@ async def vote(body: Vote, request: Request, key: ApiKey = Depends(require("admi
     text = answer_text(better.get("response"))
     if text is None or better.get("status") != 200 or worse.get("status") != 200:
         raise APIError(400, "both answers must have succeeded", "invalid_value")
-    store, note = request.app.state.feedback, body.comment or ""
-    won = await asyncio.to_thread(store.add, body.chosen, 5, key.id, None,
-                                  _comment(f"preferred over {body.rejected} ({worse.get('model')})", note))  # fmt: skip
-    lost = await asyncio.to_thread(store.add, body.rejected, 1, key.id, text,
-                                   _comment(f"{body.chosen} ({better.get('model')}) preferred", note))  # fmt: skip
-    return {"object": "preference", "chosen": as_json(won), "rejected": as_json(lost),
-            "pair": {"prompt": interaction(better, []).prompt, "chosen": text,
-                     "rejected": answer_text(worse.get("response"))}}  # fmt: skip
+    store, note = gw.feedback, body.comment or ""
+    won = await asyncio.to_thread(
+        store.add,
+        body.chosen,
+        5,
+        key.id,
+        None,
+        _comment(f"preferred over {body.rejected} ({worse.get('model')})", note),
+    )
+    lost = await asyncio.to_thread(
+        store.add,
+        body.rejected,
+        1,
+        key.id,
+        text,
+        _comment(f"{body.chosen} ({better.get('model')}) preferred", note),
+    )
+    return {
+        "object": "preference",
+        "chosen": as_json(won),
+        "rejected": as_json(lost),
+        "pair": {
+            "prompt": interaction(better, []).prompt,
+            "chosen": text,
+            "rejected": answer_text(worse.get("response")),
+        },
+    }
 
 
 def _comment(what: str, note: str) -> str:
@@ -102,7 +124,10 @@ def _comment(what: str, note: str) -> str:
 
 
 @router.get("/feedback")
-def recent_feedback(request: Request, limit: int = Query(50, ge=1, le=1000),
-                    key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
-    rows = request.app.state.feedback.list()[-limit:]
+def recent_feedback(
+    limit: int = Query(50, ge=1, le=1000),
+    key: ApiKey = Depends(require("admin")),
+    gw: Gateway = Depends(get_gateway),
+) -> dict:
+    rows = gw.feedback.list()[-limit:]
     return {"object": "list", "data": [as_json(f) for f in reversed(rows)]}

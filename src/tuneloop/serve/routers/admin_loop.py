@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 
 from tuneloop.errors import TuneloopError
 from tuneloop.interactions.loopstore import LoopStore, loop_dir, models, status
@@ -42,14 +42,22 @@ def list_loops(key: ApiKey = Depends(require("admin"))) -> dict:
         except APIError:
             continue  # a folder without state yet
         st, decisions = s["state"], s["decisions"]
-        rows.append({"model": name, "cycle": st.get("cycle"), "stage": st.get("stage"),
-                     "outcome": st.get("outcome"), "last_decision": decisions[-1] if decisions else None})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "cycle": st.get("cycle"),
+                "stage": st.get("stage"),
+                "outcome": st.get("outcome"),
+                "last_decision": decisions[-1] if decisions else None,
+            }
+        )
     return {"object": "list", "data": rows}
 
 
 @router.get("/{name}", responses=documented(404, s404="No loop has run for that model"))
-def loop_status(name: str = NAME, last: int = Query(50, ge=1, le=1000),
-                key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
+def loop_status(
+    name: str = NAME, last: int = Query(50, ge=1, le=1000), key: ApiKey = Depends(require("admin"))
+) -> dict:
     s = _status(name)
     return {**s, "decisions": s["decisions"][-last:], "decisions_total": len(s["decisions"])}
 
@@ -58,8 +66,11 @@ def loop_status(name: str = NAME, last: int = Query(50, ge=1, le=1000),
     "/{name}/cycles/{cycle}/checks",
     responses=documented(404, s404="No such loop, or the cycle has no curation yet"),
 )
-def cycle_checks(request: Request, name: str = NAME, cycle: int = Path(ge=1, le=10**6),
-                 key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
+def cycle_checks(
+    name: str = NAME,
+    cycle: int = Path(ge=1, le=10**6),
+    key: ApiKey = Depends(require("admin")),
+) -> dict:
     if not loop_dir(name, create=False).is_dir():
         raise APIError(404, f"no loop has run for '{name}'", "loop_not_found")
     path = LoopStore(name).root / "cycles" / f"{cycle:04d}" / "curated.json"
@@ -71,7 +82,22 @@ def cycle_checks(request: Request, name: str = NAME, cycle: int = Path(ge=1, le=
     reasons: dict[str, int] = {}
     for r in saved.get("rejected", []):
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    return {"model": name, "cycle": cycle, "proposals": proposals, "rejections": reasons,
-            "rejected": saved.get("rejected", [])[:200], "pii_redacted": saved.get("pii", {}),
-            "passed": ["failed_request", "agreement", "prompt_injection", "abuse", "too_long", "pii",
-                       "duplicate_exact", "duplicate_near", "conflicts_with_training_data"]}  # fmt: skip
+    return {
+        "model": name,
+        "cycle": cycle,
+        "proposals": proposals,
+        "rejections": reasons,
+        "rejected": saved.get("rejected", [])[:200],
+        "pii_redacted": saved.get("pii", {}),
+        "passed": [
+            "failed_request",
+            "agreement",
+            "prompt_injection",
+            "abuse",
+            "too_long",
+            "pii",
+            "duplicate_exact",
+            "duplicate_near",
+            "conflicts_with_training_data",
+        ],
+    }

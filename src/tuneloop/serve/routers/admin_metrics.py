@@ -18,17 +18,19 @@ import time
 from collections import deque
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
+from prometheus_client import CollectorRegistry
 
 from tuneloop.serve.auth import AuthFirst, require
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.metrics import Sample
 
 router = APIRouter(prefix="/admin", tags=["admin"], route_class=AuthFirst)
-Sample = tuple[str, tuple[tuple[str, str], ...]]  # (sample name, sorted labels)
 KEEP_S = 900.0  # snapshots older than this are dropped
 
 
-def snapshot(registry: Any) -> dict[Sample, float]:
+def snapshot(registry: CollectorRegistry) -> dict[Sample, float]:
     """Every sample of the registry by (name, labels)."""
     out: dict[Sample, float] = {}
     for family in registry.collect():
@@ -37,14 +39,9 @@ def snapshot(registry: Any) -> dict[Sample, float]:
     return out
 
 
-def _history(request: Request) -> deque:
-    state = request.app.state
-    if getattr(state, "console_snapshots", None) is None:
-        state.console_snapshots = deque()
-    return state.console_snapshots
-
-
-def _baseline(history: deque, now: float, window_s: float) -> tuple[float, dict[Sample, float]] | None:
+def _baseline(
+    history: deque[tuple[float, dict[Sample, float]]], now: float, window_s: float
+) -> tuple[float, dict[Sample, float]] | None:
     """The newest snapshot at least `window_s` old, else the oldest one (None when there is none)."""
     while history and now - history[0][0] > KEEP_S:
         history.popleft()
@@ -118,30 +115,47 @@ def summarize(now: dict[Sample, float], then: dict[Sample, float] | None, second
         errors = sum(v for k, v in d.items() if int(dict(k)["status"]) >= 500)
         limited = sum(v for k, v in d.items() if int(dict(k)["status"]) == 429)
         r = row(group)
-        r.update(requests=int(total), errors=int(errors), rate_limited=int(limited),
-                 error_rate=errors / total if total else 0.0, rate_limited_rate=limited / total if total else 0.0,
-                 qps=total / seconds if seconds else None)  # fmt: skip
+        r.update(
+            requests=int(total),
+            errors=int(errors),
+            rate_limited=int(limited),
+            error_rate=errors / total if total else 0.0,
+            rate_limited_rate=limited / total if total else 0.0,
+            qps=total / seconds if seconds else None,
+        )
     old_tokens = _series(then, "vllm:generation_tokens_total") if then else {}
     for group, v in _series(now, "vllm:generation_tokens_total").items():
         tokens = sum(_delta(v, old_tokens.get(group)).values())
         row(group).update(generated_tokens=int(tokens), tokens_per_s=tokens / seconds if seconds else None)
-    for key, name in (("latency_s", "vllm:e2e_request_latency_seconds"), ("ttft_s", "vllm:time_to_first_token_seconds"),
-                      ("queue_s", "vllm:request_queue_time_seconds")):  # fmt: skip
+    for key, name in (
+        ("latency_s", "vllm:e2e_request_latency_seconds"),
+        ("ttft_s", "vllm:time_to_first_token_seconds"),
+        ("queue_s", "vllm:request_queue_time_seconds"),
+    ):
         for group, p in _percentiles(now, then, name).items():
             row(group)[key] = p
     return {"window_s": seconds, "variants": sorted(rows.values(), key=lambda r: (r["model"], r["variant"]))}
 
 
-def _engines(request: Request, now: dict[Sample, float]) -> list[dict[str, Any]]:
+def _engines(gw: Gateway, now: dict[Sample, float]) -> list[dict[str, Any]]:
     """Per served model: the engine's running/waiting/KV usage (the gauges) and the gateway's gate."""
-    gauges = {"running": "vllm:num_requests_running", "waiting": "vllm:num_requests_waiting",
-              "kv_cache_usage": "vllm:gpu_cache_usage_perc", "prefix_cache_hit_rate": "vllm:gpu_prefix_cache_hit_rate"}  # fmt: skip
+    gauges = {
+        "running": "vllm:num_requests_running",
+        "waiting": "vllm:num_requests_waiting",
+        "kv_cache_usage": "vllm:gpu_cache_usage_perc",
+        "prefix_cache_hit_rate": "vllm:gpu_prefix_cache_hit_rate",
+    }
     values = {k: _series(now, n, ("model_name",)) for k, n in gauges.items()}
     out = []
-    for name, served in sorted(request.app.state.models.items()):
-        item: dict[str, Any] = {"model": name, "version": served.version,
-                                "gate_running": served.gate.running, "gate_waiting": served.gate.waiting,
-                                "max_concurrency": served.gate.max_concurrency, "max_queue": served.gate.max_queue}  # fmt: skip
+    for name, served in sorted(gw.models.items()):
+        item: dict[str, Any] = {
+            "model": name,
+            "version": served.version,
+            "gate_running": served.gate.running,
+            "gate_waiting": served.gate.waiting,
+            "max_concurrency": served.gate.max_concurrency,
+            "max_queue": served.gate.max_queue,
+        }
         for k, series in values.items():
             v = series.get((name,))
             item[k] = next(iter(v.values())) if v else None
@@ -150,10 +164,13 @@ def _engines(request: Request, now: dict[Sample, float]) -> list[dict[str, Any]]
 
 
 @router.get("/metrics/summary")
-def metrics_summary(request: Request, window_s: float = Query(60.0, ge=1, le=KEEP_S),
-                    key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
-    history = _history(request)
-    now_t, now = time.monotonic(), snapshot(request.app.state.metrics.registry)
+def metrics_summary(
+    window_s: float = Query(60.0, ge=1, le=KEEP_S),
+    key: ApiKey = Depends(require("admin")),
+    gw: Gateway = Depends(get_gateway),
+) -> dict:
+    history = gw.console_snapshots
+    now_t, now = time.monotonic(), snapshot(gw.metrics.registry)
     base = _baseline(history, now_t, window_s)
     history.append((now_t, now))
     if base is None or now_t - base[0] <= 0:
@@ -165,23 +182,27 @@ def metrics_summary(request: Request, window_s: float = Query(60.0, ge=1, le=KEE
         if n == "tuneloop_rejected_requests_total":
             reason = dict(k).get("reason", "")
             rejected[reason] = rejected.get(reason, 0) + int(v)
-    return {"object": "metrics.summary", "time": time.time(), **summary, "engines": _engines(request, now),
-            "rejected_total": rejected}  # fmt: skip
+    return {
+        "object": "metrics.summary",
+        "time": time.time(),
+        **summary,
+        "engines": _engines(gw, now),
+        "rejected_total": rejected,
+    }
 
 
 @router.get("/gateway")
-def gateway(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
-    state = request.app.state
+def gateway(key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)) -> dict:
     return {
         "key": {"id": key.id, "name": key.name, "scopes": list(key.scopes)},
-        "models": [{"name": n, "version": s.version} for n, s in sorted(state.models.items())],
+        "models": [{"name": n, "version": s.version} for n, s in sorted(gw.models.items())],
         "routes": [
             {
                 "name": r.name,
                 "variants": [{"model": m, "weight": w} for m, w in r.variants],
                 "shadow": r.shadow,
             }
-            for r in state.routes.values()
+            for r in gw.routes.values()
         ],
-        "auth": state.config.auth.enabled,
+        "auth": gw.config.auth.enabled,
     }

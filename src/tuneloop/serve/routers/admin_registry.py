@@ -19,18 +19,26 @@ import asyncio
 import hashlib
 import hmac
 import json
-import secrets
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Depends, Path
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.errors import ModelNotFoundError, TuneloopError
+from tuneloop.registry import Registry, aliases, views
+from tuneloop.registry.lineage import METRIC_PREFIX
+from tuneloop.registry.refs import check_alias
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.errors import APIError, documented, error_body
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import integer
+from tuneloop.serve.reload import reload_models
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
 router = APIRouter(prefix="/admin/registry", tags=["admin"], route_class=AuthFirst)
 # registry.refs' rules: a model name, and an alias (MLflow reserves `latest` and `v1`-style names:
@@ -39,21 +47,16 @@ NAME = Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$
 ALIAS_RULE = r"^(?![Ll][Aa][Tt][Ee][Ss][Tt]$)(?![vV][0-9]+$)[A-Za-z_][A-Za-z0-9_-]*$"
 ALIAS = Field(default="production", min_length=1, max_length=100, json_schema_extra={"pattern": ALIAS_RULE})
 NOT_FOUND = documented(404, s404="No registered model (or version) of that name")
-MOVE = documented(404, 409, s404=NOT_FOUND[404]["description"],
-                  s409="Confirmation required: the answer says what would change and the confirm_token to send")  # fmt: skip
+T = TypeVar("T")
+MOVE = documented(
+    404,
+    409,
+    s404=NOT_FOUND[404]["description"],
+    s409="Confirmation required: the answer says what would change and the confirm_token to send",
+)
 
 
-def _registry(request: Request) -> Any:
-    state = request.app.state
-    if getattr(state, "console_registry", None) is None:
-        from tuneloop.registry import Registry
-
-        state.console_registry = Registry()  # MLFLOW_TRACKING_URI, else the SQLite in TUNELOOP_HOME
-        state.console_secret = secrets.token_bytes(32)
-    return state.console_registry
-
-
-def _call(fn, *args: Any) -> Any:
+def _call(fn: Callable[..., T], *args: Any) -> T:
     try:
         return fn(*args)
     except ModelNotFoundError as e:
@@ -63,9 +66,7 @@ def _call(fn, *args: Any) -> Any:
         raise APIError(status, e.message + (f" ({e.hint})" if e.hint else ""), "registry_error") from None
 
 
-def _version_json(mv: Any) -> dict[str, Any]:
-    from tuneloop.registry.lineage import METRIC_PREFIX
-
+def _version_json(mv: ModelVersion) -> dict[str, Any]:
     tags = dict(mv.tags)
     return {
         "version": int(mv.version),
@@ -84,15 +85,15 @@ def _version_json(mv: Any) -> dict[str, Any]:
 
 
 @router.get("/models")
-def list_models(request: Request, key: ApiKey = Depends(require("admin"))) -> dict:
-    from tuneloop.registry.views import list_models as rows
-
-    return {"object": "list", "data": _call(rows, _registry(request))}
+def list_models(key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)) -> dict:
+    return {"object": "list", "data": _call(views.list_models, gw.registry())}
 
 
 @router.get("/models/{name}", responses=NOT_FOUND)
-def show_model(request: Request, name: str = NAME, key: ApiKey = Depends(require("admin"))) -> dict:
-    reg = _registry(request)
+def show_model(
+    name: str = NAME, key: ApiKey = Depends(require("admin")), gw: Gateway = Depends(get_gateway)
+) -> dict:
+    reg = gw.registry()
     model = _call(reg.model, name)
     versions = _call(reg.versions, name)
     return {
@@ -105,11 +106,13 @@ def show_model(request: Request, name: str = NAME, key: ApiKey = Depends(require
 
 
 @router.get("/models/{name}/versions/{version}", responses=NOT_FOUND)
-def show_version(request: Request, name: str = NAME, version: int = Path(ge=1, le=2**31),
-                 key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
-    from tuneloop.registry.views import describe
-
-    return _call(describe, _registry(request), f"{name}/{version}")
+def show_version(
+    name: str = NAME,
+    version: int = Path(ge=1, le=2**31),
+    key: ApiKey = Depends(require("admin")),
+    gw: Gateway = Depends(get_gateway),
+) -> dict:
+    return _call(views.describe, gw.registry(), f"{name}/{version}")
 
 
 class AliasMove(BaseModel):
@@ -125,9 +128,9 @@ class Promotion(AliasMove):
     version: integer(ge=1, le=2**31)
 
 
-def _token(request: Request, move: dict[str, Any]) -> str:
+def _token(gw: Gateway, move: dict[str, Any]) -> str:
     message = json.dumps(move, sort_keys=True).encode()
-    return hmac.new(request.app.state.console_secret, message, hashlib.sha256).hexdigest()
+    return hmac.new(gw.console_secret, message, hashlib.sha256).hexdigest()
 
 
 def _preview(move: dict[str, Any], token: str, stale: bool) -> JSONResponse:
@@ -142,54 +145,59 @@ def _preview(move: dict[str, Any], token: str, stale: bool) -> JSONResponse:
     return JSONResponse({**body, "confirm": {**move, "confirm_token": token}}, 409)
 
 
-async def _move(request: Request, body: AliasMove, plan, apply) -> dict | JSONResponse:
+async def _move(
+    gw: Gateway, body: AliasMove, plan: Callable[[], dict[str, Any]], apply: Callable[[], object]
+) -> dict | JSONResponse:
     """plan() -> the move; unless the body confirms exactly it, a 409 preview; else apply() (and reload)."""
     move = await asyncio.to_thread(_call, plan)
-    token = _token(request, move)
+    token = _token(gw, move)
     given = body.confirm_token
     if not (body.confirm or (given and hmac.compare_digest(given, token))):
         return _preview(move, token, stale=bool(given))
     await asyncio.to_thread(_call, apply)
     result: dict[str, Any] = {**move, "done": True}
     if body.reload:
-        from tuneloop.serve.reload import reload_models
-
-        result["reloaded"] = await reload_models(request.app.state)
+        result["reloaded"] = await reload_models(gw)
     return result
 
 
-def _check_alias(alias: str) -> None:
-    from tuneloop.registry.refs import check_alias
-
-    check_alias(alias)
-
-
-def _current(reg: Any, name: str, alias: str) -> int | None:
+def _current(reg: Registry, name: str, alias: str) -> int | None:
     found = dict(reg.model(name).aliases or {}).get(alias)
     return int(found) if found is not None else None
 
 
 @router.post("/models/{name}/promote", response_model=None, responses=MOVE)
-async def promote(body: Promotion, request: Request, name: str = NAME,
-                  key: ApiKey = Depends(require("admin"))) -> dict | JSONResponse:  # fmt: skip
-    reg = _registry(request)
+async def promote(
+    body: Promotion,
+    name: str = NAME,
+    key: ApiKey = Depends(require("admin")),
+    gw: Gateway = Depends(get_gateway),
+) -> dict | JSONResponse:
+    reg = gw.registry()
 
     def plan() -> dict[str, Any]:
-        _check_alias(body.alias)
+        check_alias(body.alias)
         reg.version(f"{name}/{body.version}")  # 404 for an unknown version, before any confirmation
-        return {"action": "promote", "name": name, "alias": body.alias,
-                "from": _current(reg, name, body.alias), "to": body.version}  # fmt: skip
+        return {
+            "action": "promote",
+            "name": name,
+            "alias": body.alias,
+            "from": _current(reg, name, body.alias),
+            "to": body.version,
+        }
 
-    return await _move(request, body, plan, lambda: reg.promote(name, body.version, body.alias))
+    return await _move(gw, body, plan, lambda: reg.promote(name, body.version, body.alias))
 
 
 @router.post("/models/{name}/rollback", response_model=None, responses=MOVE)
-async def rollback(body: AliasMove, request: Request, name: str = NAME,
-                   key: ApiKey = Depends(require("admin"))) -> dict | JSONResponse:  # fmt: skip
-    from tuneloop.registry import aliases
-
-    _call(_check_alias, body.alias)
-    reg = _registry(request)
+async def rollback(
+    body: AliasMove,
+    name: str = NAME,
+    key: ApiKey = Depends(require("admin")),
+    gw: Gateway = Depends(get_gateway),
+) -> dict | JSONResponse:
+    _call(check_alias, body.alias)
+    reg = gw.registry()
 
     def plan() -> dict[str, Any]:
         current = _current(reg, name, body.alias)
@@ -197,4 +205,4 @@ async def rollback(body: AliasMove, request: Request, name: str = NAME,
         target = aliases.rollback_target(reg.history(name), body.alias, current, existing)
         return {"action": "rollback", "name": name, "alias": body.alias, "from": current, "to": target}
 
-    return await _move(request, body, plan, lambda: reg.rollback(name, body.alias))
+    return await _move(gw, body, plan, lambda: reg.rollback(name, body.alias))

@@ -1,15 +1,36 @@
-"""POST /v1/chat/completions."""
+"""POST /v1/chat/completions.
+
+The path of a chat request, in the order it runs (completions take the same one):
+1. `middleware.RequestContext`: a request id, the arrival time, the body size limit.
+2. `auth.AuthFirst` + `auth.require`: the API key and its scope, before the body is read (`keys`,
+   `jwt`); then FastAPI parses the body (`protocol.ChatCompletionRequest`; errors in `errors`).
+3. this route: the key may use the model; `Gateway.served` picks the model or the route's variant
+   (`routing`); `guard` checks the text; `_common.fan_out` makes one `GenerateRequest` per choice
+   (`client`); a `serving.Generation` carries them.
+4. `Generation.admitted()` (`async with`): the key's quota (`ratelimit`, with the prompt sized by the
+   client's `prepare`), a slot of the model's gate (`limits`), the shadow copy (`routing.Shadows`).
+5. the engine: `EngineClient.generate` per choice — `local.LocalClient` (tokenizer, chat template,
+   `batch_encoder`, `detokenizer`, the `engine`), `upstream.UpstreamClient`, or `fake.FakeClient`;
+   `Generation.stream` merges the choices and times the tokens (`metrics`).
+6. the answer, built here: `_response` from `responses.collect`, or `_chunks` sent as events by
+   `responses.event_stream`; the client leaving is watched there.
+7. `Generation.finish`: metrics, the request-log line (`interactions.requestlog`), the answered-
+   response record (`interactions.feedback.RecentResponses`); leaving `admitted()` frees the slot and
+   settles the quota.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 
 from tuneloop.serve.auth import AuthFirst, check_model, require
 from tuneloop.serve.client import TokenLogprob
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import (
     AssistantMessage,
@@ -25,9 +46,8 @@ from tuneloop.serve.protocol import (
     Usage,
     new_id,
 )
-from tuneloop.serve.responses import ChoiceResult, Event, json_response, sse_response
+from tuneloop.serve.responses import ChoiceResult, Event, collect, event_stream, headers
 from tuneloop.serve.routers._common import fan_out, generation_responses, include_usage
-from tuneloop.serve.routing import mirror, served_model
 from tuneloop.serve.serving import Generation
 
 router = APIRouter(tags=["chat"], route_class=AuthFirst)
@@ -39,28 +59,26 @@ router = APIRouter(tags=["chat"], route_class=AuthFirst)
     responses=generation_responses(ChatCompletion, ChatCompletionChunk),
 )
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, key: ApiKey = Depends(require("inference"))
-):
+    body: ChatCompletionRequest,
+    request: Request,
+    key: ApiKey = Depends(require("inference")),
+    gw: Gateway = Depends(get_gateway),
+) -> Response:
     check_model(key, body.model)
-    served = served_model(request, body.model, body.user)
+    served = gw.served(body.model, body.user or request.headers.get("x-tuneloop-user"))
     response_id = new_id("chatcmpl")
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    request.app.state.guard.check(m["content"] for m in messages)
+    gw.guard.check(m["content"] for m in messages)
     top = (body.top_logprobs or 0) if body.logprobs else None
-    choices = fan_out(
-        request,
-        body,
-        response_id,
-        body.max_completion_tokens or body.max_tokens,
-        messages=messages,
-        logprobs=top,
-    )
-    gen = Generation(request, key, served, response_id, choices, body.model_dump(exclude_none=True))
-    gen.on_admit = lambda: mirror(request, body.model, choices)
-    limits = request.app.state.config.limits
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    choices = fan_out(gw.config.limits, body, response_id, max_tokens, messages=messages, logprobs=top)
+    gen = Generation(gw, request, key, served, response_id, choices, body.model_dump(exclude_none=True))
     if body.stream:
-        return await sse_response(gen, lambda g: _chunks(g, body), limits.request_timeout_s)
-    return await json_response(gen, lambda results: _response(gen, body, results), limits.request_timeout_s)
+        return await event_stream(gen, _chunks(gen, body))
+    async with gen.admitted():
+        answer = _response(gen, body, await collect(gen))
+        await gen.finish(200, answer)
+    return JSONResponse(answer, headers=headers(gen))
 
 
 def _logprobs(entries: list[TokenLogprob]) -> ChatLogprobs:
@@ -103,7 +121,7 @@ def _response(gen: Generation, body: ChatCompletionRequest, results: list[Choice
     ).model_dump()
 
 
-async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncIterator[dict | Event]:
+async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncGenerator[dict | Event, None]:
     created = int(time.time())  # as OpenAI: one `created` for every chunk of a stream
 
     def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> dict:

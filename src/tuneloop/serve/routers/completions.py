@@ -1,19 +1,22 @@
 """POST /v1/completions (text in, text out; `echo` + `logprobs` score a prompt's likelihood).
 
 With `echo`, the prompt comes first: in the answer's text, or in the first chunk of a stream.
+A request takes the path written down in `routers/chat.py`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 
 from tuneloop.serve.auth import AuthFirst, check_model, require
 from tuneloop.serve.client import TokenLogprob
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import (
     Completion,
@@ -23,26 +26,30 @@ from tuneloop.serve.protocol import (
     Usage,
     new_id,
 )
-from tuneloop.serve.responses import ChoiceResult, Event, json_response, sse_response
+from tuneloop.serve.responses import ChoiceResult, Event, collect, event_stream, headers
 from tuneloop.serve.routers._common import fan_out, generation_responses, include_usage
-from tuneloop.serve.routing import mirror, served_model
 from tuneloop.serve.serving import Generation
 
 router = APIRouter(tags=["completions"], route_class=AuthFirst)
 
 
 @router.post("/v1/completions", response_model=None, responses=generation_responses(Completion, Completion))
-async def completions(body: CompletionRequest, request: Request, key: ApiKey = Depends(require("inference"))):
+async def completions(
+    body: CompletionRequest,
+    request: Request,
+    key: ApiKey = Depends(require("inference")),
+    gw: Gateway = Depends(get_gateway),
+) -> Response:
     check_model(key, body.model)
-    served = served_model(request, body.model, body.user)
+    served = gw.served(body.model, body.user or request.headers.get("x-tuneloop-user"))
     prompt = body.one_prompt
     if isinstance(prompt, str):
-        request.app.state.guard.check([prompt])
+        gw.guard.check([prompt])
     else:  # the same deny patterns on the text the ids stand for (the served model's tokenizer)
-        await request.app.state.guard.check_ids(served.client, prompt)
+        await gw.guard.check_ids(served.client, prompt)
     response_id = new_id("cmpl")
     choices = fan_out(
-        request,
+        gw.config.limits,
         body,
         response_id,
         body.max_tokens,
@@ -51,12 +58,13 @@ async def completions(body: CompletionRequest, request: Request, key: ApiKey = D
         logprobs=body.logprobs,
         echo=body.echo,
     )
-    gen = Generation(request, key, served, response_id, choices, body.model_dump(exclude_none=True))
-    gen.on_admit = lambda: mirror(request, body.model, choices)
-    limits = request.app.state.config.limits
+    gen = Generation(gw, request, key, served, response_id, choices, body.model_dump(exclude_none=True))
     if body.stream:
-        return await sse_response(gen, lambda g: _chunks(g, body), limits.request_timeout_s)
-    return await json_response(gen, lambda results: _response(gen, body, results), limits.request_timeout_s)
+        return await event_stream(gen, _chunks(gen, body))
+    async with gen.admitted():
+        answer = _response(gen, body, await collect(gen))
+        await gen.finish(200, answer)
+    return JSONResponse(answer, headers=headers(gen))
 
 
 def _logprobs(entries: list[TokenLogprob], start: int = 0) -> CompletionLogprobs:
@@ -93,7 +101,7 @@ def _response(gen: Generation, body: CompletionRequest, results: list[ChoiceResu
     return Completion(id=gen.response_id, model=body.model, choices=choices, usage=_usage(gen)).model_dump()
 
 
-async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncIterator[dict | Event]:
+async def _chunks(gen: Generation, body: CompletionRequest) -> AsyncGenerator[dict | Event, None]:
     created = int(time.time())  # as OpenAI: one `created` for every chunk of a stream
     head = _head(gen.response_id, body.model, created)
     async with aclosing(gen.stream()) as stream:  # closing stops the engine requests of a client gone early

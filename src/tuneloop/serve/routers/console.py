@@ -15,11 +15,16 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, RedirectResponse
 
 from tuneloop.serve.errors import APIError
+from tuneloop.serve.routers import admin_feedback, admin_loop, admin_metrics, admin_registry
 
 router = APIRouter(tags=["console"], include_in_schema=False)
 STATIC = Path(str(files("tuneloop.serve") / "console" / "static"))
-TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-         ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
+TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
@@ -31,8 +36,6 @@ HEADERS = {
 
 def console_routers() -> list[APIRouter]:
     """The console's pages and the admin routes it calls (each its own module), for `create_app`."""
-    from tuneloop.serve.routers import admin_feedback, admin_loop, admin_metrics, admin_registry
-
     return [m.router for m in (admin_registry, admin_metrics, admin_loop, admin_feedback)] + [router]
 
 

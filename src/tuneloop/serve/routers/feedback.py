@@ -15,14 +15,14 @@ variant that gave the answer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
 from tuneloop.interactions.feedback import Answered, as_json, log_tail, score
 from tuneloop.interactions.privacy import Privacy, is_pseudonym
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.errors import APIError, documented
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import FeedbackRequest
@@ -32,12 +32,11 @@ router = APIRouter(tags=["feedback"], route_class=AuthFirst)
 
 @router.post("/v1/feedback", responses=documented(404, s404="No answer of that id was given to this key"))
 def post_feedback(
-    body: FeedbackRequest, request: Request, key: ApiKey = Depends(require("feedback"))
+    body: FeedbackRequest, key: ApiKey = Depends(require("feedback")), gw: Gateway = Depends(get_gateway)
 ) -> dict:
     for text in (body.response_id, body.correction, body.comment, body.user):
         check_characters(text)
-    state = request.app.state
-    answered = _answered_by(state, body.response_id)
+    answered = _answered_by(gw, body.response_id)
     if answered is None or not may_rate(key, answered):
         raise APIError(
             404,
@@ -47,10 +46,10 @@ def post_feedback(
             "response_id",
         )
     own = answered.key_id == key.id
-    user = state.privacy.user(body.user) or (answered.user if own else None) or key.id
-    record = state.feedback.add(body.response_id, body.rating, key.id, body.correction, body.comment, user)
-    state.metrics.feedback.labels(answered.model, answered.variant, str(body.rating)).inc()
-    state.metrics.feedback_score.labels(answered.model, answered.variant).observe(score(body.rating))
+    user = gw.privacy.user(body.user) or (answered.user if own else None) or key.id
+    record = gw.feedback.add(body.response_id, body.rating, key.id, body.correction, body.comment, user)
+    gw.metrics.feedback.labels(answered.model, answered.variant, str(body.rating)).inc()
+    gw.metrics.feedback_score.labels(answered.model, answered.variant).observe(score(body.rating))
     return {"object": "feedback", **as_json(record)}
 
 
@@ -58,19 +57,19 @@ def may_rate(key: ApiKey, answered: Answered) -> bool:
     return answered.key_id == key.id or "admin" in key.scopes
 
 
-def _answered_by(state: Any, response_id: str) -> Answered | None:
+def _answered_by(gw: Gateway, response_id: str) -> Answered | None:
     """Who was given a response, and by which model; None when it was never answered (or purged)."""
-    found = state.recent_responses.get(response_id)
+    found = gw.recent_responses.get(response_id)
     if found is not None:
         return found
-    if state.request_log is not None:  # answered before the responses table existed: the log's tail
-        record = log_tail(Path(state.request_log.path), response_id)
+    if gw.request_log is not None:  # answered before the responses table existed: the log's tail
+        record = log_tail(Path(gw.request_log.path), response_id)
         if record is not None and record.get("status") == 200:
             user, key_id = record.get("user"), record.get("key_id")
             return Answered(
                 str(record.get("model")),
                 str(record.get("variant")),
-                _as_stored(state.privacy, user) if isinstance(user, str) else None,
+                _as_stored(gw.privacy, user) if isinstance(user, str) else None,
                 key_id if isinstance(key_id, str) else None,
             )
     return None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel
+
+from tuneloop.serve.gateway import Gateway, get_gateway
 
 router = APIRouter(tags=["health"])
 
@@ -25,19 +27,17 @@ def health() -> dict:
 
 
 @router.get("/ready", response_model=None, responses=READY)
-async def ready(request: Request) -> JSONResponse:
+async def ready(gw: Gateway = Depends(get_gateway)) -> JSONResponse:
     """Ready once the models are warm and the rate-limit store answers (unless told to do without)."""
-    state = request.app.state
-    body: dict = {"ready": state.ready, "models": sorted(state.models)}
-    limiter = getattr(state, "limiter", None)
-    problem = await limiter.status() if limiter is not None else None
+    body: dict = {"ready": gw.ready, "models": sorted(gw.models)}
+    problem = await gw.limiter.status()
     if problem is not None:
         body["rate_limits"] = problem
-        if state.config.limits.redis_unavailable == "reject":
+        if gw.config.limits.redis_unavailable == "reject":
             body["ready"] = False
     return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
 
 @router.get("/metrics", response_class=PlainTextResponse)  # Prometheus' text format
-def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+def metrics(gw: Gateway = Depends(get_gateway)) -> Response:
+    return Response(gw.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 
-from tuneloop.serve.adapters import base_name
 from tuneloop.serve.auth import AuthFirst, require
+from tuneloop.serve.client import EngineClient
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.keys import ApiKey
+from tuneloop.serve.local import LocalClient
 from tuneloop.serve.protocol import ModelCard, ModelList
 
 router = APIRouter(tags=["models"], route_class=AuthFirst)
 
 
 @router.get("/v1/models")
-def list_models(request: Request, key: ApiKey = Depends(require("inference"))) -> dict:
-    state = request.app.state
-    cards = [_card(state.models, n, s.client) for n, s in state.models.items() if key.allows_model(n)]
-    cards += [ModelCard(id=n) for n in state.routes if key.allows_model(n)]
+def list_models(key: ApiKey = Depends(require("inference")), gw: Gateway = Depends(get_gateway)) -> dict:
+    cards = [_card(gw, n, s.client) for n, s in gw.models.items() if key.allows_model(n)]
+    cards += [ModelCard(id=n) for n in gw.routes if key.allows_model(n)]
     return ModelList(data=cards).model_dump()
 
 
-def _card(models: dict, name: str, client: object) -> ModelCard:
+def _card(gw: Gateway, name: str, client: EngineClient) -> ModelCard:
     """vLLM's card: `root` what answers, `parent` an adapter's base (loaded adapters are listed at once)."""
-    shared = getattr(client, "shared", None)
-    parent = base_name(models, shared) if getattr(client, "lora", None) is not None else None
-    return ModelCard(id=name, root=getattr(client, "version", None), parent=parent)
+    adapter = isinstance(client, LocalClient) and client.lora is not None
+    parent = gw.base_name(client.shared) if adapter else None
+    return ModelCard(id=name, root=client.version, parent=parent)

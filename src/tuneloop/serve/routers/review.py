@@ -6,13 +6,13 @@ in a terminal and these routes on any replica see the same items.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneloop.errors import TuneloopError
-from tuneloop.interactions.review import ReviewQueue
 from tuneloop.serve.auth import AuthFirst, require
 from tuneloop.serve.errors import APIError, documented
+from tuneloop.serve.gateway import Gateway, get_gateway
 from tuneloop.serve.guard import check_characters
 from tuneloop.serve.keys import ApiKey
 from tuneloop.serve.protocol import NON_BLANK, Text
@@ -22,21 +22,14 @@ DECIDE = documented(404, 409, s404="No review item with that id", s409="The item
 ITEM_ID = Path(ge=1, le=2**63 - 1)  # a 64-bit INTEGER row id: larger ids are a 400, not a database error
 
 
-def _queue(request: Request):
-    state = request.app.state
-    if getattr(state, "review_queue", None) is None:
-        state.review_queue = ReviewQueue(state.config.auth.database_url)
-    return state.review_queue
-
-
 @router.get("")
 def list_items(
-    request: Request,
     model: str | None = Query(None, max_length=200),
     status: str = Query("pending", pattern="^(pending|approved|rejected)$"),
     key: ApiKey = Depends(require("admin")),
+    gw: Gateway = Depends(get_gateway),
 ) -> dict:
-    items = _queue(request).list(model, status)
+    items = gw.review_queue().list(model, status)
     return {"object": "list", "data": [i.to_json() for i in items]}
 
 
@@ -53,10 +46,10 @@ class Rejection(BaseModel):
     reason: Text | None = Field(default=None, max_length=2000)
 
 
-def _decide(request: Request, item_id: int, key: ApiKey, approve: bool, text: str | None) -> dict:
+def _decide(gw: Gateway, item_id: int, key: ApiKey, approve: bool, text: str | None) -> dict:
     check_characters(text)
     try:
-        queue = _queue(request)
+        queue = gw.review_queue()
         item = queue.approve(item_id, key.id, text) if approve else queue.reject(item_id, key.id, text)
     except TuneloopError as e:
         if e.message.startswith("no review item"):
@@ -66,12 +59,20 @@ def _decide(request: Request, item_id: int, key: ApiKey, approve: bool, text: st
 
 
 @router.post("/{item_id}/approve", responses=DECIDE)
-def approve(request: Request, item_id: int = ITEM_ID, body: Approval | None = None,
-            key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
-    return _decide(request, item_id, key, True, body.answer if body else None)
+def approve(
+    item_id: int = ITEM_ID,
+    body: Approval | None = None,
+    key: ApiKey = Depends(require("admin")),
+    gw: Gateway = Depends(get_gateway),
+) -> dict:
+    return _decide(gw, item_id, key, True, body.answer if body else None)
 
 
 @router.post("/{item_id}/reject", responses=DECIDE)
-def reject(request: Request, item_id: int = ITEM_ID, body: Rejection | None = None,
-           key: ApiKey = Depends(require("admin"))) -> dict:  # fmt: skip
-    return _decide(request, item_id, key, False, body.reason if body else None)
+def reject(
+    item_id: int = ITEM_ID,
+    body: Rejection | None = None,
+    key: ApiKey = Depends(require("admin")),
+    gw: Gateway = Depends(get_gateway),
+) -> dict:
+    return _decide(gw, item_id, key, False, body.reason if body else None)
