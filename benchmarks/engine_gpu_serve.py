@@ -147,7 +147,7 @@ class SimulatedEngine:
         for request_id, (params, ids, prompt) in list(self.running.items()):
             ids.append(self.rng.randrange(self.vocab))
             done = len(ids) >= params.max_tokens
-            outputs.append(RequestOutput(request_id, ids[-1:], list(ids), done, "length" if done else None,
+            outputs.append(RequestOutput(request_id, ids[-1:], done, "length" if done else None,
                                          num_prompt_tokens=prompt))  # fmt: skip
             if done:
                 del self.running[request_id]
@@ -206,7 +206,7 @@ async def _engine_one(client: LocalClient, ids: list[int], new: int) -> Sample:
     start, times, tokens = time.perf_counter(), [], 0
     async for out in await client.shared.engine.submit(ids, params):
         times.append(time.perf_counter())  # one output per step: one token
-        tokens = len(out.token_ids)
+        tokens += len(out.new_token_ids)
     return _sample(start, times, tokens)
 
 

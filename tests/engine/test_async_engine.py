@@ -27,12 +27,10 @@ def test_concurrent_streams_equal_offline_generate(aengine, tiny_llama):
     ]
 
     async def one(p):
-        pieces = []
-        async for out in await aengine.submit(p, GREEDY):
-            pieces.extend(out.new_token_ids)
-            last = out
-        assert last.finished and last.token_ids == pieces
-        return pieces
+        outs = [out async for out in await aengine.submit(p, GREEDY)]
+        assert outs[-1].finished and not any(o.finished for o in outs[:-1])
+        assert all(len(o.new_token_ids) == 1 for o in outs)  # each step's new token, never the list again
+        return [t for o in outs for t in o.new_token_ids]
 
     async def main():
         return await asyncio.gather(*(one(p) for p in ps))

@@ -29,25 +29,26 @@ def engine(folder, async_scheduling: bool, **kw) -> LLMEngine:
 def drive(eng: LLMEngine, script: dict[int, list[tuple]], max_steps: int = 500) -> dict[str, dict]:
     """Step the engine; at step k run script[k]: ("add", name, prompt, params[, kwargs]) or ("abort", name).
 
-    Returns, per request name, the stream of new tokens, the final ids, the finish reason and how
-    many outputs it got (exactly one of them finished).
+    Returns, per request name, the stream of new tokens, the sequence's own output ids when it
+    last gave an output, the finish reason and how many outputs it got (exactly one of them finished).
     """
-    ids: dict[str, str] = {}
+    seqs: dict[str, Sequence] = {}
     got: dict[str, dict] = {}
     for step in range(max_steps):
         for action in script.get(step, []):
             if action[0] == "add":
                 _, name, prompt, params, *extra = action
-                ids[name] = eng.add_request(prompt, params, **(extra[0] if extra else {})).request_id
+                seqs[name] = eng.add_request(prompt, params, **(extra[0] if extra else {}))
                 got[name] = {"stream": [], "final": None, "reason": None, "finished": 0}
             else:
-                eng.abort(ids[action[1]])
-        names = {rid: name for name, rid in ids.items()}
+                eng.abort(seqs[action[1]].request_id)
+        names = {seq.request_id: name for name, seq in seqs.items()}
         for out in eng.step():
-            g = got[names[out.request_id]]
+            name = names[out.request_id]
+            g = got[name]
             assert not g["finished"], "an output after the finished one"
             g["stream"].extend(out.new_token_ids)
-            g["final"], g["reason"] = out.token_ids, out.finish_reason
+            g["final"], g["reason"] = list(seqs[name].output_ids), out.finish_reason
             g["finished"] += out.finished
         if step > max(script) and not eng.has_unfinished():
             break

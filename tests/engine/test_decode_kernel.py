@@ -83,14 +83,15 @@ def test_engine_decode_path_gives_the_same_tokens(tiny_model_factory, family, tm
                 real = eng.runner._decode
                 eng.runner._decode = lambda batch, *a: calls.append(len(batch)) or real(batch, *a)
             ids = [eng.add_request(prompts[0], p).request_id]
-            done = {{}}
+            done, so_far = {{}}, {{}}
             step = 0
             while len(done) < len(prompts):
                 if step in (2, 5, 7):  # arrivals mid-decode: mixed steps, then decode-only again
                     ids.append(eng.add_request(prompts[len(ids)], p).request_id)
                 for o in eng.step():
+                    so_far.setdefault(o.request_id, []).extend(o.new_token_ids)
                     if o.finished:
-                        done[o.request_id] = o.token_ids
+                        done[o.request_id] = so_far[o.request_id]
                 step += 1
             return [done[i] for i in ids], calls
 
@@ -152,15 +153,16 @@ def test_lora_decode_graph_path_gives_the_same_tokens(tiny_llama, tmp_path):
                 r.graphs = EagerReplay(r.model, r.kv_cache, 4, 8, r.max_blocks_per_seq,
                                        r.num_blocks * 4, "cpu")
             ids = []
-            done = {{}}
+            done, so_far = {{}}, {{}}
             step = 0
             while len(done) < len(prompts):
                 if step in (0, 2, 4) and len(ids) < len(prompts):  # arrivals: mixed steps, then decode-only
                     for _ in range(2 if step < 4 else 1):
                         ids.append(eng.add_request(prompts[len(ids)], p, lora=which[len(ids)]).request_id)
                 for o in eng.step():
+                    so_far.setdefault(o.request_id, []).extend(o.new_token_ids)
                     if o.finished:
-                        done[o.request_id] = o.token_ids
+                        done[o.request_id] = so_far[o.request_id]
                 step += 1
             return [done[i] for i in ids], r.graphs
 

@@ -50,13 +50,15 @@ def test_requests_arriving_at_different_steps_match_generate(tiny_llama):
     eng = engine(tiny_llama)
     ps = prompts(5, seed=1)
     done: dict[str, list[int]] = {}
+    so_far: dict[str, list[int]] = {}
     ids = []
     for step in range(200):
         if step < len(ps) * 3 and step % 3 == 0:  # a new request every third step
             ids.append(eng.add_request(ps[step // 3], GREEDY).request_id)
         for out in eng.step():
+            so_far.setdefault(out.request_id, []).extend(out.new_token_ids)
             if out.finished:
-                done[out.request_id] = out.token_ids
+                done[out.request_id] = so_far[out.request_id]
         if len(done) == len(ps):
             break
     assert [done[i] for i in ids] == [hf_greedy(tiny_llama, p, 12) for p in ps]

@@ -46,13 +46,11 @@ def test_concurrent_streams_equal_the_in_process_engine(proc, tiny_llama):
     before = proc.stats().generated_tokens
 
     async def one(p):
-        pieces, last = [], None
-        async for out in await proc.submit(p, GREEDY):
-            pieces.extend(out.new_token_ids)
-            last = out
-        assert last.finished and last.finish_reason == "length" and last.token_ids == pieces
-        assert last.num_prompt_tokens == len(p)
-        return pieces
+        outs = [out async for out in await proc.submit(p, GREEDY)]
+        last = outs[-1]
+        assert last.finished and last.finish_reason == "length" and last.num_prompt_tokens == len(p)
+        assert all(len(o.new_token_ids) == 1 for o in outs)  # each step's new token, never the list again
+        return [t for o in outs for t in o.new_token_ids]
 
     async def main():
         return await asyncio.gather(*(one(p) for p in ps))

@@ -18,7 +18,7 @@ import pytest
 
 from tuneloop.engine import LLMEngine, SamplingParams
 from tuneloop.engine.async_engine import AsyncEngine
-from tuneloop.engine.outputs import RequestFailedError, RequestOutput
+from tuneloop.engine.outputs import Generation, RequestFailedError
 from tuneloop.engine.process import EngineProcess
 from tuneloop.engine.sampler import Sampler
 from tuneloop.engine.sequence import Sequence
@@ -46,17 +46,18 @@ def requests(n: int = 32) -> dict[str, tuple[list[int], SamplingParams]]:
 
 def drive(
     eng: LLMEngine, reqs: dict[str, tuple[list[int], SamplingParams]], add: bool = True
-) -> dict[str, RequestOutput]:
-    """Every request added at once (unless the caller did), stepped to the end; the final output of
+) -> dict[str, Generation]:
+    """Every request added at once (unless the caller did), stepped to the end; the whole output of
     each, by name."""
     for name, (prompt, params) in reqs.items() if add else ():
         eng.add_request(prompt, params, request_id=name)
-    final: dict[str, RequestOutput] = {}
+    so_far = {name: Generation(name) for name in reqs}
+    final: dict[str, Generation] = {}
     for _ in range(2000):
         for out in eng.step():
             assert out.request_id not in final, "an output after the finished one"
-            if out.finished:
-                final[out.request_id] = out
+            if so_far[out.request_id].add(out).finished:
+                final[out.request_id] = so_far[out.request_id]
         if not eng.has_unfinished():
             break
     assert set(final) == set(reqs)
@@ -97,8 +98,8 @@ def expected(tiny_llama) -> dict[str, list[int]]:
 
 
 def check(
-    final: dict[str, RequestOutput], expected: dict[str, list[int]], reason: str = "injected"
-) -> RequestOutput:
+    final: dict[str, Generation], expected: dict[str, list[int]], reason: str = "injected"
+) -> Generation:
     """The poisoned request failed with `reason`, every other one has exactly its expected tokens."""
     bad = final.pop(POISON)
     assert bad.finished and bad.finish_reason == "error" and reason in bad.error

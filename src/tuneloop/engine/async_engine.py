@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from tuneloop.engine.engine import EngineStats, LLMEngine
-from tuneloop.engine.outputs import RequestFailedError, RequestOutput
+from tuneloop.engine.outputs import Generation, RequestFailedError, RequestOutput
 from tuneloop.engine.sampling import SamplingParams
 
 log = logging.getLogger("tuneloop.engine")
@@ -95,13 +95,14 @@ class StreamingEngine:
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams | None = None, **kw: Any
-    ) -> RequestOutput:
-        """The final output of one request (convenience for non-streaming callers)."""
-        last = None
-        async for out in await self.submit(prompt_ids, params, **kw):
-            last = out
-        assert last is not None
-        return last
+    ) -> Generation:
+        """The whole output of one request (convenience for non-streaming callers)."""
+        stream = await self.submit(prompt_ids, params, **kw)
+        whole = Generation(kw.get("request_id") or "")
+        async for out in stream:
+            whole.request_id = out.request_id
+            whole.add(out)
+        return whole
 
     def _stream(self, request_id: str, queue: asyncio.Queue) -> RequestStream:
         return RequestStream(self, request_id, queue)
@@ -247,7 +248,7 @@ class AsyncEngine(StreamingEngine):
             request_id = self._aborts.popleft()
             target = self._queues.pop(request_id, None)
             if self.engine.abort(request_id) and target is not None:
-                out = RequestOutput(request_id, [], [], finished=True, finish_reason="abort")
+                out = RequestOutput(request_id, [], finished=True, finish_reason="abort")
                 batches.setdefault(target[0], []).append((target[1].put_nowait, out))
 
     @staticmethod

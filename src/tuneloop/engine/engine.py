@@ -42,7 +42,7 @@ import torch
 from tuneloop.engine.block_manager import BlockManager
 from tuneloop.engine.config import EngineConfig
 from tuneloop.engine.model_runner import ModelRunner
-from tuneloop.engine.outputs import RequestOutput
+from tuneloop.engine.outputs import Generation, RequestOutput
 from tuneloop.engine.sampler import Sampler
 from tuneloop.engine.sampling import SamplingParams
 from tuneloop.engine.scheduler import Scheduled, Scheduler
@@ -133,11 +133,7 @@ class LLMEngine:
         priority: int = 0,
         lora: str | None = None,
     ) -> Sequence:
-        params = params or SamplingParams()
-        if not isinstance(params, SamplingParams):
-            raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
-        params.validate(self.runner.vocab_size)  # again: it may have been changed since it was made
-        prompt_ids = _token_ids(prompt_ids, self.runner.vocab_size)
+        prompt_ids, params = check_request(prompt_ids, params, self.runner.vocab_size)
         if len(prompt_ids) >= self.runner.max_model_len:
             raise ValueError(
                 f"prompt of {len(prompt_ids)} tokens exceeds max_model_len {self.runner.max_model_len}"
@@ -363,8 +359,8 @@ class LLMEngine:
         self.scheduler.finish(seq, "error")
         self._forget(seq)
         return RequestOutput(
-            seq.request_id, [], list(seq.output_ids), True, "error", [], None, len(seq.prompt_ids),
-            seq.num_cached_prompt, error=f"the engine failed this request: {why}",
+            seq.request_id, [], True, "error", [], None, len(seq.prompt_ids), seq.num_cached_prompt,
+            error=f"the engine failed this request: {why}",
         )  # fmt: skip
 
     def _append(
@@ -380,8 +376,8 @@ class LLMEngine:
             self.scheduler.finish(seq, reason)
             self._forget(seq)
         return RequestOutput(
-            seq.request_id, [token], list(seq.output_ids), reason is not None, reason, [logprob],
-            prompt_lp, len(seq.prompt_ids), seq.num_cached_prompt,
+            seq.request_id, [token], reason is not None, reason, [logprob], prompt_lp, len(seq.prompt_ids),
+            seq.num_cached_prompt,
         )  # fmt: skip
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
@@ -443,22 +439,18 @@ class LLMEngine:
     # ------------------------------------------------------------ offline
 
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
-                 lora: list[str | None] | None = None) -> list[RequestOutput]:  # fmt: skip
-        """Run every prompt to completion; outputs in prompt order."""
+                 lora: list[str | None] | None = None) -> list[Generation]:  # fmt: skip
+        """Run every prompt to completion; each request's whole output, in prompt order."""
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
         ids = [self.add_request(p, sp, lora=(lora[i] if lora else None)).request_id
                for i, (p, sp) in enumerate(zip(prompts, plist, strict=True))]  # fmt: skip
-        final: dict[str, RequestOutput] = {}
-        prompt_lps: dict[str, Any] = {}
-        while len(final) < len(ids):
+        done = {rid: Generation(rid) for rid in ids}
+        left = len(ids)
+        while left:
             for out in self.step():
-                if out.prompt_logprobs is not None:
-                    prompt_lps[out.request_id] = out.prompt_logprobs
-                if out.finished:
-                    final[out.request_id] = out
-        for rid, lp in prompt_lps.items():
-            final[rid].prompt_logprobs = lp
-        return [final[r] for r in ids]
+                if (g := done.get(out.request_id)) is not None:
+                    left -= g.add(out).finished
+        return list(done.values())
 
     def stats(self) -> EngineStats:
         recent = self._recent
@@ -481,10 +473,18 @@ def _halves(batch: list[Scheduled]) -> list[list[Scheduled]]:
     return [batch[:mid], batch[mid:]]
 
 
-def _token_ids(prompt_ids: Any, vocab_size: int) -> list[int]:
-    """The prompt as a list of ints in [0, vocab_size): checked here, because an id outside the
-    vocabulary indexes past the embedding table, which on CUDA is a device-side assert that ends
-    the whole process (every request on it), not an exception of this one."""
+def check_request(
+    prompt_ids: Any, params: SamplingParams | None, vocab_size: int | None = None
+) -> tuple[list[int], SamplingParams]:
+    """The prompt as a list of ints (in [0, vocab_size) when it is given) and valid sampling parameters,
+    or ValueError naming what is wrong. An id outside the vocabulary indexes past the embedding table,
+    which on CUDA is a device-side assert that ends the whole process (every request on it), not an
+    exception of this one; the parameters are checked again because a dataclass can be changed after
+    it was made."""
+    params = params or SamplingParams()
+    if not isinstance(params, SamplingParams):
+        raise ValueError(f"params must be SamplingParams, got {type(params).__name__}")
+    params.validate(vocab_size)
     if isinstance(prompt_ids, (str, bytes)) or not hasattr(prompt_ids, "__iter__"):
         raise ValueError(f"prompt_ids must be a list of token ids, got {type(prompt_ids).__name__}")
     ids = list(prompt_ids)
@@ -493,10 +493,11 @@ def _token_ids(prompt_ids: Any, vocab_size: int) -> list[int]:
     if not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
         bad = next(t for t in ids if not isinstance(t, int) or isinstance(t, bool))
         raise ValueError(f"prompt_ids must be integers (token ids), got {bad!r}")
-    if max(ids) >= vocab_size or min(ids) < 0:
-        bad = next(t for t in ids if not 0 <= t < vocab_size)
-        raise ValueError(f"prompt has token ids outside the vocabulary (0..{vocab_size - 1}): {bad}")
-    return ids
+    if min(ids) < 0 or (vocab_size is not None and max(ids) >= vocab_size):
+        bad = next(t for t in ids if t < 0 or (vocab_size is not None and t >= vocab_size))
+        top = "" if vocab_size is None else f" (0..{vocab_size - 1})"
+        raise ValueError(f"prompt has token ids outside the vocabulary{top}: {bad}")
+    return ids, params
 
 
 def _pinned(n: int) -> torch.Tensor:

@@ -7,23 +7,17 @@ per-token Python work cut the engine's throughput by 73% and pushed the P99 time
 V1's EngineCore design) the step loop's host work and the server's run in parallel, and they
 exchange one message per step over a pipe.
 
-The protocol: each pipe message is a list of these tuples (pickled by `multiprocessing.connection`):
-  server -> engine  ("add", request_id, prompt_ids, params, priority, lora) | ("abort", request_id)
-                    | ("call", call_id, method, args) | ("stop",)
-  engine -> server  ("ready", stats) | ("fatal", kind, message, hint)      (once, at start)
-                    | ("added", request_id, error) | ("step", outputs, stats | None)
-                    | ("failed", message, request_ids) | ("reply", call_id, result, error)
-                    | ("stats", stats)                                     (on going idle)
-An output travels as (request_id, new_token_ids, finished, finish_reason, logprobs,
-prompt_logprobs, num_prompt_tokens, num_cached_tokens, error); the server side keeps each request's
-token list, so a step's message does not grow with the output length. A request the engine failed
-alone (error set) ends its stream with `RequestFailedError`, as in-process; "failed" is for a step
-that failed as a whole.
+The protocol is messages.py: typed msgspec Structs tagged by a `Kind`, a batch of them per pipe
+message (msgpack, no pickle). A step's outputs carry new tokens only, so a step's message does not
+grow with the output length. A request the engine failed alone (`error` set) ends its stream with
+`RequestFailedError`, as in-process; `Failed` is for a step that failed as a whole.
 
 The server side never waits on the engine from an event loop: messages leave through a writer
 thread (a full pipe blocks that thread, not the event loop), and a reader thread hands each step's
 outputs to every event loop in one wake-up, as `AsyncEngine` does. If the engine process dies, every
 request in flight ends with an error at once and later submits raise `EngineClosedError` (503).
+A request is encoded where it is submitted: one the engine could not take (ids that are not token
+ids, parameters out of range) raises there, as `LLMEngine.add_request` would, and never reaches the pipe.
 """
 
 from __future__ import annotations
@@ -45,7 +39,27 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.engine.async_engine import EngineClosedError, StreamingEngine, call_soon, run_all
-from tuneloop.engine.engine import EngineStats
+from tuneloop.engine.engine import EngineStats, LLMEngine, check_request
+from tuneloop.engine.messages import (
+    Abort,
+    Add,
+    Added,
+    Call,
+    Codec,
+    ErrorInfo,
+    Failed,
+    Fatal,
+    FromEngine,
+    LoadLora,
+    LoraNames,
+    Ready,
+    Reply,
+    Stats,
+    Step,
+    Stop,
+    ToEngine,
+    UnloadLora,
+)
 from tuneloop.engine.outputs import RequestOutput
 from tuneloop.engine.sampling import SamplingParams
 from tuneloop.errors import TuneloopError
@@ -69,6 +83,7 @@ class EngineProcess(StreamingEngine):
         callable returning an engine-like object (benchmarks pass a stand-in engine this way)."""
         ctx = mp.get_context("spawn")  # a forked child cannot use CUDA when the parent has touched it
         self._conn, child = ctx.Pipe(duplex=True)
+        self._codec = Codec(FromEngine)
         build = build or functools.partial(_from_pretrained, str(folder), engine_kwargs)
         self._proc = ctx.Process(
             target=_engine_main, args=(child, build), name="tuneloop-engine", daemon=True
@@ -77,11 +92,11 @@ class EngineProcess(StreamingEngine):
         child.close()
         self._stats = self._wait_ready(str(folder), start_timeout_s)
         self._closed = False
-        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue, list[int]]] = {}
+        self._queues: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
         self._pending: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Queue, asyncio.Future]] = {}
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._call_ids = itertools.count()
-        self._outbox: queue_mod.SimpleQueue = queue_mod.SimpleQueue()
+        self._outbox: queue_mod.SimpleQueue[bytes | None] = queue_mod.SimpleQueue()
         self._writer = threading.Thread(target=self._write, name="tuneloop-engine-writer", daemon=True)
         self._reader = threading.Thread(target=self._read, name="tuneloop-engine-reader", daemon=True)
         self._writer.start()
@@ -96,22 +111,22 @@ class EngineProcess(StreamingEngine):
             self._proc.kill()
             raise EngineProcessError(f"the engine process did not load {folder} within {timeout_s:.0f} s")
         try:
-            msg = self._conn.recv()
+            (msg,) = self._codec.decode(self._conn.recv_bytes())
         except (EOFError, OSError):
             self._proc.join(5)
             raise EngineProcessError(
                 f"the engine process exited with code {self._proc.exitcode} while loading {folder} "
                 "(its log above says why)"
             ) from None
-        if msg[0] == "fatal":
-            _, kind, message, hint = msg
+        if isinstance(msg, Fatal):
             self._proc.join(10)
-            if (
-                kind == "TuneloopError"
-            ):  # a user mistake (bad folder, impossible cache size): same as in-process
-                raise TuneloopError(message, hint=hint)
-            raise EngineProcessError(f"the engine process failed to load {folder}: {kind}: {message}")
-        return msg[1]
+            if msg.error.kind == "TuneloopError":  # a user mistake (bad folder, impossible cache size)
+                raise TuneloopError(msg.error.message, hint=msg.error.hint)
+            raise EngineProcessError(
+                f"the engine process failed to load {folder}: {msg.error.kind}: {msg.error.message}"
+            )
+        assert isinstance(msg, Ready), f"the engine process began with {type(msg).__name__}"
+        return msg.stats
 
     # ------------------------------------------------------------ AsyncEngine's interface
 
@@ -128,17 +143,23 @@ class EngineProcess(StreamingEngine):
         request_id = request_id if request_id is not None else uuid.uuid4().hex
         if request_id in self._queues or request_id in self._pending:
             raise ValueError(f"request id {request_id!r} is already in use")
+        # what add_request refuses without knowing the model (the engine checks the vocabulary): here,
+        # so that every message sent encodes (and a bad request is the caller's ValueError, a 400)
+        prompt_ids, params = check_request(prompt_ids, params)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ValueError(f"priority must be an integer, got {priority!r}")
+        message = self._codec.encode(Add(request_id, prompt_ids, params, priority, lora))
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         added: asyncio.Future = loop.create_future()
         self._pending[request_id] = (loop, queue, added)
-        self._outbox.put(("add", request_id, list(prompt_ids), params, priority, lora))
+        self._outbox.put(message)
         return self._stream(await added, queue)
 
     def abort(self, request_id: str) -> bool:
         known = request_id in self._queues
         if known and not self._closed:
-            self._outbox.put(("abort", request_id))
+            self._outbox.put(self._codec.encode(Abort(request_id)))
         return known
 
     def stats(self) -> EngineStats:
@@ -146,20 +167,20 @@ class EngineProcess(StreamingEngine):
         return self._stats
 
     def load_lora(self, name: str, folder: str | Path) -> None:
-        self._call("load_lora", name, str(folder))
+        self._call(lambda call_id: LoadLora(call_id, name, str(folder)))
 
     def unload_lora(self, name: str) -> None:
-        self._call("unload_lora", name)
+        self._call(lambda call_id: UnloadLora(call_id, name))
 
     def lora_names(self) -> set[str]:
-        return set(self._call("lora_names"))
+        return set(self._call(LoraNames) or ())
 
     def shutdown(self) -> None:
         """Stop the engine process; requests still in flight end with EngineClosedError."""
         if self._closed:
             return
         self._closed = True
-        self._outbox.put(("stop",))
+        self._outbox.put(self._codec.encode(Stop()))
         self._proc.join(timeout=10)
         if self._proc.is_alive():
             self._proc.kill()
@@ -171,27 +192,28 @@ class EngineProcess(StreamingEngine):
 
     # ------------------------------------------------------------ the two threads
 
-    def _call(self, method: str, *args: Any) -> Any:
+    def _call(self, make: Any) -> list[str] | None:
+        """Send the call `make(call_id)` and wait for its reply (from a worker thread, never the event loop)."""
         if self._closed:
             raise EngineClosedError("the engine is shut down")
         call_id = next(self._call_ids)
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._calls[call_id] = future
-        self._outbox.put(("call", call_id, method, args))
+        self._outbox.put(self._codec.encode(make(call_id)))
         return future.result(timeout=CALL_TIMEOUT_S)
 
     def _write(self) -> None:
-        """Everything queued goes as one message: a burst of requests costs one pickle and one write."""
+        """Everything queued goes as one message: a burst of requests costs one write."""
         while True:
             batch = [self._outbox.get()]
             with contextlib.suppress(queue_mod.Empty):
                 while batch[-1] is not None:
                     batch.append(self._outbox.get_nowait())
             stop = batch[-1] is None
-            batch = [m for m in batch if m is not None]
+            encoded = [m for m in batch if m is not None]
             try:
-                if batch:
-                    self._conn.send(batch)
+                if encoded:
+                    self._conn.send_bytes(self._codec.join(encoded))
             except (OSError, ValueError):  # the engine process is gone: the reader reports it
                 return
             if stop:
@@ -200,7 +222,7 @@ class EngineProcess(StreamingEngine):
     def _read(self) -> None:
         while True:
             try:
-                batch = self._conn.recv()
+                batch = self._codec.decode(self._conn.recv_bytes())
             except (EOFError, OSError):
                 break
             for msg in batch:
@@ -212,54 +234,52 @@ class EngineProcess(StreamingEngine):
             log.error("the engine process exited with code %s; failing the requests in flight", code)
             self._fail_all(EngineProcessError(f"the engine process exited with code {code}"))
 
-    def _dispatch(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "step":
-            self._deliver(msg[1])
-            if msg[2] is not None:
-                self._stats = msg[2]
-        elif kind == "added":
-            self._added(msg[1], msg[2])
-        elif kind == "stats":
-            self._stats = msg[1]
-        elif kind == "failed":
-            error = RuntimeError(msg[1])
-            for request_id in msg[2]:
-                target = self._queues.pop(request_id, None)
-                if target is not None:
-                    call_soon(target[0], target[1].put_nowait, error)
-        elif kind == "reply":
-            future = self._calls.pop(msg[1], None)
-            if future is not None:
-                if msg[3] is None:
-                    future.set_result(msg[2])
-                else:
-                    future.set_exception(_rebuild(msg[3]))
+    def _dispatch(self, msg: FromEngine) -> None:
+        match msg:
+            case Step(outputs, stats):
+                self._deliver(outputs)
+                if stats is not None:
+                    self._stats = stats
+            case Added(request_id, error):
+                self._added(request_id, error)
+            case Stats(stats):
+                self._stats = stats
+            case Failed(message, request_ids):
+                failure = RuntimeError(message)
+                for request_id in request_ids:
+                    target = self._queues.pop(request_id, None)
+                    if target is not None:
+                        call_soon(target[0], target[1].put_nowait, failure)
+            case Reply(call_id, result, error):
+                future = self._calls.pop(call_id, None)
+                if future is not None:
+                    if error is None:
+                        future.set_result(result)
+                    else:
+                        future.set_exception(_rebuild(error))
+            case _:
+                log.error("unexpected message from the engine process: %r", msg)
 
-    def _added(self, request_id: str, error: tuple | None) -> None:
+    def _added(self, request_id: str, error: ErrorInfo | None) -> None:
         loop, queue, future = self._pending.pop(request_id)
         if error is None:
-            self._queues[request_id] = (loop, queue, [])
+            self._queues[request_id] = (loop, queue)
         call_soon(loop, self._settle, future, request_id, None if error is None else _rebuild(error))
 
-    def _deliver(self, packed: list[tuple]) -> None:
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
         batches: dict[asyncio.AbstractEventLoop, list] = {}
-        for request_id, new, finished, reason, logprobs, prompt_logprobs, n_prompt, n_cached, error in packed:
-            target = self._queues.get(request_id)
+        for out in outputs:
+            target = self._queues.get(out.request_id)
             if target is None:
                 continue
-            loop, queue, tokens = target
-            tokens.extend(new)
-            if finished:
-                self._queues.pop(request_id, None)  # pop: shutdown() may have cleared it meanwhile
-            out = RequestOutput(request_id, new, list(tokens), finished, reason, logprobs, prompt_logprobs,
-                                n_prompt, n_cached, error)  # fmt: skip
-            batches.setdefault(loop, []).append((queue.put_nowait, out))
+            if out.finished:
+                self._queues.pop(out.request_id, None)  # pop: shutdown() may have cleared it meanwhile
+            batches.setdefault(target[0], []).append((target[1].put_nowait, out))
         for loop, calls in batches.items():  # one wake-up per event loop per step, not one per token
             call_soon(loop, run_all, calls)
 
     def _fail_all(self, error: BaseException) -> None:
-        for _, (loop, queue, _) in list(self._queues.items()):
+        for loop, queue in list(self._queues.values()):
             call_soon(loop, queue.put_nowait, error)
         self._queues.clear()
         closed = EngineClosedError("the engine is shut down")
@@ -272,26 +292,23 @@ class EngineProcess(StreamingEngine):
         self._calls.clear()
 
 
-def _describe(e: BaseException) -> tuple[str, str, str | None]:
+def _describe(e: BaseException) -> ErrorInfo:
     kind = "TuneloopError" if isinstance(e, TuneloopError) else type(e).__name__
-    return kind, getattr(e, "message", None) or str(e), getattr(e, "hint", None)
+    return ErrorInfo(kind, getattr(e, "message", None) or str(e), getattr(e, "hint", None))
 
 
-def _rebuild(error: tuple) -> BaseException:
-    kind, message, hint = error
-    if kind == "TuneloopError":
-        return TuneloopError(message, hint=hint)
-    if kind == "ValueError":  # a refused request: the server answers 400, as in-process
-        return ValueError(message)
-    return RuntimeError(f"{kind}: {message}")
+def _rebuild(error: ErrorInfo) -> BaseException:
+    if error.kind == "TuneloopError":
+        return TuneloopError(error.message, hint=error.hint)
+    if error.kind == "ValueError":  # a refused request: the server answers 400, as in-process
+        return ValueError(error.message)
+    return RuntimeError(f"{error.kind}: {error.message}")
 
 
 # ---------------------------------------------------------------- the engine process
 
 
-def _from_pretrained(folder: str, kwargs: dict[str, Any]) -> Any:
-    from tuneloop.engine.engine import LLMEngine
-
+def _from_pretrained(folder: str, kwargs: dict[str, Any]) -> LLMEngine:
     return LLMEngine.from_pretrained(folder, **kwargs)
 
 
@@ -300,25 +317,26 @@ def _engine_main(conn: Any, build: Any) -> None:
     # after its requests in flight (a KeyboardInterrupt here would fail them mid-step)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s engine %(levelname)s %(message)s")
+    codec = Codec(ToEngine)
     try:
         engine = build()
     except BaseException as e:  # the parent raises it: a bad folder is the user's to fix, not a hang
         with contextlib.suppress(OSError):
-            conn.send(("fatal", *_describe(e)))
+            conn.send_bytes(codec.encode_batch([Fatal(_describe(e))]))
         if not isinstance(e, Exception):
             raise
         return
-    conn.send(("ready", engine.stats()))
-    _Core(engine, conn).run()
+    conn.send_bytes(codec.encode_batch([Ready(engine.stats())]))
+    _Core(engine, conn, codec).run()
 
 
 class _Core:
     """The loop in the engine process: drain the pipe, answer, step, send the step's outputs in one message."""
 
-    def __init__(self, engine: Any, conn: Any):
-        self.engine, self.conn = engine, conn
-        self.outputs: list[tuple] = []  # for the next "step" message (aborts, then the step's outputs)
-        self.replies: list[tuple] = []  # acknowledgements and answers, sent before the next step
+    def __init__(self, engine: Any, conn: Any, codec: Codec):
+        self.engine, self.conn, self.codec = engine, conn, codec
+        self.outputs: list[RequestOutput] = []  # for the next Step message (aborts, then the step's outputs)
+        self.replies: list[Added | Reply | Failed | Stats] = []  # answers, sent before the next step
         self.stats_at = 0.0
         self.stop = False
 
@@ -327,12 +345,10 @@ class _Core:
         while not self.stop:
             busy = self.engine.has_unfinished()
             if not busy and not idle_sent:
-                self.replies.append(("stats", self.engine.stats()))
+                self.replies.append(Stats(self.engine.stats()))
                 idle_sent = True
             try:
-                if self.replies:
-                    self.conn.send(self.replies)
-                    self.replies = []
+                self.send_replies()
                 if busy or self.conn.poll(None):
                     self.drain()
                     # woken from idle: a burst (clients that all finished in the last step and ask
@@ -340,9 +356,7 @@ class _Core:
                     deadline = time.monotonic() + BURST_MAX_S
                     while not busy and time.monotonic() < deadline and self.conn.poll(BURST_GAP_S):
                         self.drain()
-                if self.replies:  # a new request learns it was accepted (or why not) before the step runs
-                    self.conn.send(self.replies)
-                    self.replies = []
+                self.send_replies()  # a new request learns it was accepted (or why not) before the step runs
             except (EOFError, OSError):  # the server process went away: nobody to serve
                 return
             if self.stop:
@@ -356,37 +370,45 @@ class _Core:
                 except OSError:  # the server process went away mid-step
                     return
 
+    def send_replies(self) -> None:
+        if self.replies:
+            self.conn.send_bytes(self.codec.encode_batch(self.replies))
+            self.replies = []
+
     def drain(self) -> None:
         while self.conn.poll(0):
-            for msg in self.conn.recv():
+            for msg in self.codec.decode(self.conn.recv_bytes()):
                 self.handle(msg)
 
-    def handle(self, msg: tuple) -> None:
-        kind = msg[0]
-        if kind == "add":
-            _, request_id, prompt_ids, params, priority, lora = msg
-            try:
-                self.engine.add_request(prompt_ids, params, request_id, priority, lora)
-                self.replies.append(("added", request_id, None))
-            except Exception as e:
-                self.replies.append(("added", request_id, _describe(e)))
-        elif kind == "abort":
-            if self.engine.abort(msg[1]):
-                self.outputs.append((msg[1], [], True, "abort", [], None, 0, 0, None))
-        elif kind == "call":
-            _, call_id, method, args = msg
-            try:
-                if method == "lora_names":
-                    result: Any = sorted(self.engine.lora.adapters) if self.engine.lora else []
-                elif method in ("load_lora", "unload_lora"):
-                    result = getattr(self.engine, method)(*args)
-                else:
-                    raise ValueError(f"unknown engine call {method!r}")
-                self.replies.append(("reply", call_id, result, None))
-            except Exception as e:
-                self.replies.append(("reply", call_id, None, _describe(e)))
-        elif kind == "stop":
-            self.stop = True
+    def handle(self, msg: ToEngine) -> None:
+        match msg:
+            case Add(request_id, prompt_ids, params, priority, lora):
+                try:
+                    self.engine.add_request(prompt_ids, params, request_id, priority, lora)
+                    self.replies.append(Added(request_id))
+                except Exception as e:
+                    self.replies.append(Added(request_id, _describe(e)))
+            case Abort(request_id):
+                if self.engine.abort(request_id):
+                    self.outputs.append(RequestOutput(request_id, [], True, "abort"))
+            case LoadLora() | UnloadLora() | LoraNames():
+                self.replies.append(self.call(msg))
+            case Stop():
+                self.stop = True
+
+    def call(self, msg: Call) -> Reply:
+        try:
+            match msg:
+                case LoadLora(call_id, name, folder):
+                    self.engine.load_lora(name, folder)
+                case UnloadLora(call_id, name):
+                    self.engine.unload_lora(name)
+                case LoraNames(call_id):
+                    lora = self.engine.lora
+                    return Reply(call_id, sorted(lora.adapters) if lora else [])
+            return Reply(msg.call_id)
+        except Exception as e:
+            return Reply(msg.call_id, error=_describe(e))
 
     def step(self) -> None:
         try:
@@ -396,18 +418,17 @@ class _Core:
             ids = list(getattr(self.engine, "sequences", ()))
             for request_id in ids:
                 self.engine.abort(request_id)
-            self.replies.append(("failed", f"engine step failed: {e}", ids))
+            self.replies.append(Failed(f"engine step failed: {e}", ids))
             return
-        self.outputs.extend((o.request_id, o.new_token_ids, o.finished, o.finish_reason, o.logprobs,
-                             o.prompt_logprobs, o.num_prompt_tokens, o.num_cached_tokens, o.error)
-                            for o in outputs)  # fmt: skip
+        self.outputs.extend(outputs)
 
     def flush(self) -> None:
-        batch, self.replies = self.replies, []
+        batch: list[Added | Reply | Failed | Stats | Step] = list(self.replies)
+        self.replies = []
         if self.outputs:
             now, stats = time.monotonic(), None
             if now - self.stats_at > STATS_EVERY_S:
                 stats, self.stats_at = self.engine.stats(), now
-            batch.append(("step", self.outputs, stats))
+            batch.append(Step(self.outputs, stats))
             self.outputs = []
-        self.conn.send(batch)
+        self.conn.send_bytes(self.codec.encode_batch(batch))

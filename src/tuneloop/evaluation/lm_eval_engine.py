@@ -30,7 +30,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
 
-from tuneloop.engine import LLMEngine, SamplingParams
+from tuneloop.engine import Generation, LLMEngine, SamplingParams
 from tuneloop.errors import TuneloopError
 from tuneloop.models.formats import folder_format, require_complete
 from tuneloop.models.loading import load_tokenizer, pick_device
@@ -268,7 +268,7 @@ class EngineLM(TemplateLM):
         ]
         index = {rid: i for i, rid in enumerate(ids)}
         results: list[Any] = [None] * len(ids)
-        prompt_lps: dict[str, Any] = {}
+        so_far = {rid: Generation(rid) for rid in ids}  # outputs carry each step's new tokens only
         errors: list[str] = []
         bar = tqdm(total=len(ids), desc=f"tuneloop engine: {what}", disable=disable_tqdm)
         try:
@@ -277,17 +277,15 @@ class EngineLM(TemplateLM):
                     i = index.get(out.request_id)
                     if i is None or results[i] is not None:
                         continue
-                    if out.prompt_logprobs is not None:
-                        prompt_lps[out.request_id] = out.prompt_logprobs
+                    whole = so_far[out.request_id].add(out)
                     if out.finish_reason == "error":  # the engine failed this request alone
                         errors.append(out.error or "unknown error")
                     if stops is None:
                         if out.finished:
-                            out.prompt_logprobs = prompt_lps.pop(out.request_id, out.prompt_logprobs)
-                            results[i] = out
+                            results[i] = whole
                             bar.update(1)
                         continue
-                    text = self.tok_decode(out.token_ids)
+                    text = self.tok_decode(whole.token_ids)
                     cut = _cut_at_stop(text, stops[i])
                     if cut is not None or out.finished:
                         if not out.finished:
