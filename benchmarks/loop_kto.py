@@ -88,7 +88,7 @@ def production(work: Path, base: str, steps: int, train: list[dict[str, Any]]) -
     if (out / "config.json").is_file():
         return out
     from tuneloop.config import load_config
-    from tuneloop.optimize.merge import merge_adapter
+    from tuneloop.export.merge import merge_adapter
     from tuneloop.train.config import TrainConfig
     from tuneloop.train.recipe import run
 
@@ -195,7 +195,8 @@ def arm(name: str, key_id: str, objectives: Any, work: Path, overrides: list[str
         return json.loads(done.read_text())
     from tuneloop.config import load_config
     from tuneloop.interactions.loopstore import LoopStore
-    from tuneloop.loop import Loop, LoopConfig
+    from tuneloop.flows.cycle import Loop
+    from tuneloop.loop import LoopConfig
     from tuneloop.registry import Registry
 
     frozen = write_jsonl(work / "general.jsonl", [
@@ -236,7 +237,7 @@ def arm(name: str, key_id: str, objectives: Any, work: Path, overrides: list[str
 def scores(ref: str, sets: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
     """Per set: contains_answer per row (greedy) and the reference answers' perplexity."""
     from tuneloop.evaluation.harness import evaluate
-    from tuneloop.quickstart import load_for_answers
+    from tuneloop.loop.answers import load_for_answers
 
     model, tokenizer, _ = load_for_answers(ref, "cpu")
     out = {}

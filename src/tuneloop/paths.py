@@ -56,6 +56,14 @@ def mlflow_tracking_uri() -> str:
     return f"sqlite:///{mlflow_db()}"
 
 
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: a crash leaves the old file or
+    the new one, never half of one (state files that a rerun resumes from)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
 @contextmanager
 def exclusive(folder: Path, busy: str, hint: str) -> Iterator[None]:
     """Hold `folder/.lock` while the block runs; a second holder fails at once with `busy` (no waiting)."""

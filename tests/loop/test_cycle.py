@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from tuneloop.cli import app
 from tuneloop.config import load_config
 from tuneloop.interactions.loopstore import LoopStore
-from tuneloop.loop import Loop, LoopConfig
+from tuneloop.flows.cycle import Loop
+from tuneloop.loop import LoopConfig
 from tuneloop.loop.collect import collect
 
 FIXES = [("How many devices does the Arc R7 support?", "It supports 8.", "The Arc R7 supports up to 176 devices."),
@@ -27,7 +28,7 @@ def test_a_crashed_cycle_resumes_where_it_stopped_and_the_cursor_moves_only_when
     cfg = load_config(LoopConfig, tiny_loop)
     store = LoopStore("bot")
 
-    import tuneloop.loop.retrain as retrain_module
+    import tuneloop.flows.cycle as retrain_module  # where the cycle looks `retrain` up
 
     real = retrain_module.retrain
     monkeypatch.setattr(

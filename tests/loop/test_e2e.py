@@ -22,7 +22,8 @@ from serve.conftest import run_server
 from tuneloop.config import load_config
 from tuneloop.evaluation.metrics import contains_answer
 from tuneloop.interactions.loopstore import LoopStore
-from tuneloop.loop import Loop, LoopConfig
+from tuneloop.flows.cycle import Loop
+from tuneloop.loop import LoopConfig
 from tuneloop.serve import ServeConfig
 
 from .conftest import KB, qa_rows, write_jsonl
@@ -166,7 +167,7 @@ def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
     assert gate["improvement_ci"][0] > MARGIN and gate["frozen_ci"][0] >= -0.5  # bounds, not estimates
 
     from tuneloop.evaluation.harness import evaluate
-    from tuneloop.quickstart import load_for_answers
+    from tuneloop.loop.answers import load_for_answers
 
     held_out = paraphrases()
     scores = {}

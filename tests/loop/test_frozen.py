@@ -10,7 +10,8 @@ import pytest
 
 from tuneloop.config import load_config
 from tuneloop.interactions.loopstore import LoopStore
-from tuneloop.loop import Loop, LoopConfig
+from tuneloop.flows.cycle import Loop
+from tuneloop.loop import LoopConfig
 from tuneloop.loop.frozen import FrozenGuard, Protected
 
 from .conftest import qa_rows, write_jsonl

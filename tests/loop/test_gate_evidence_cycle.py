@@ -11,7 +11,8 @@ from tuneloop.cli import app
 from tuneloop.cli.loop import _numbers
 from tuneloop.config import load_config
 from tuneloop.interactions.loopstore import LoopStore
-from tuneloop.loop import Loop, LoopConfig
+from tuneloop.flows.cycle import Loop
+from tuneloop.loop import LoopConfig
 
 from .conftest import write_jsonl
 

@@ -19,7 +19,8 @@ import openai
 from serve.conftest import run_server
 from tuneloop.config import load_config
 from tuneloop.interactions.loopstore import LoopStore
-from tuneloop.loop import Loop, LoopConfig
+from tuneloop.flows.cycle import Loop
+from tuneloop.loop import LoopConfig
 from tuneloop.serve import ServeConfig
 from tuneloop.serve.client import Delta, GenerateRequest
 from tuneloop.serve.fake import FakeClient

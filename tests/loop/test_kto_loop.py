@@ -12,7 +12,8 @@ from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
 from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.interactions.review import ReviewQueue
-from tuneloop.loop import Loop, LoopConfig
+from tuneloop.flows.cycle import Loop
+from tuneloop.loop import LoopConfig
 from tuneloop.loop.config import CurateSettings, RetrainSettings
 from tuneloop.loop.curate import Known, apply_reviews, build_dataset, curate
 from tuneloop.loop.filters import TextFilters

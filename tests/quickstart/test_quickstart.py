@@ -50,14 +50,13 @@ def test_rerun_reuses_every_stage_without_retraining(qs_args, monkeypatch):
     weights = next((wd / "run" / "model").glob("*.safetensors"))
     mtime = weights.stat().st_mtime_ns
 
-    import tuneloop.evaluation.harness as harness
-    import tuneloop.train.recipe as recipe
+    import tuneloop.flows.quickstart.stages as stages
 
     def forbidden(*_a, **_k):
         raise AssertionError("a finished stage ran again")
 
-    monkeypatch.setattr(recipe, "run", forbidden)
-    monkeypatch.setattr(harness, "evaluate", forbidden)
+    monkeypatch.setattr(stages, "run", forbidden)  # the training recipe, as the quickstart calls it
+    monkeypatch.setattr(stages, "evaluate", forbidden)  # the evaluation harness, likewise
     result = invoke(qs_args)
     assert result.exit_code == 0, result.output
     assert "already registered acme-support/1" in result.output
@@ -83,11 +82,11 @@ def test_half_finished_run_folder_is_trained_again(qs_args, monkeypatch):
     for f in (wd / "run" / "model").glob("*.safetensors"):
         f.unlink()  # as if training had been stopped before it saved
     (wd / "run" / "checkpoints").mkdir(exist_ok=True)
-    import tuneloop.train.recipe as recipe
+    import tuneloop.flows.quickstart.stages as stages
 
     calls = []
-    real = recipe.run
-    monkeypatch.setattr(recipe, "run", lambda cfg: calls.append(cfg) or real(cfg))
+    real = stages.run  # the training recipe, as the quickstart calls it
+    monkeypatch.setattr(stages, "run", lambda cfg: calls.append(cfg) or real(cfg))
     result = invoke(qs_args)
     assert result.exit_code == 0, result.output
     assert len(calls) == 1
@@ -154,7 +153,7 @@ def test_served_quickstart_answers_through_the_openai_client(tiny_llama, tiny_co
     from openai import OpenAI
 
     from tuneloop.cli import quickstart as qs_cli
-    from tuneloop.quickstart import Settings
+    from tuneloop.flows.quickstart.settings import Settings
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -195,11 +194,12 @@ def test_busy_port_is_a_clear_error(tiny_llama, tiny_corpus, tiny_config, tmp_pa
 
 
 def test_training_progress_reaches_the_last_step(tiny_llama, tiny_corpus, tiny_config, tmp_path):
-    from tuneloop import quickstart as qs
+    from tuneloop.flows.quickstart import stages as qs
+    from tuneloop.flows.quickstart.settings import Settings, Workdir
 
-    settings = qs.Settings(workdir=tmp_path / "qs", model=str(tiny_llama), corpus=tiny_corpus,
-                           train_config=tiny_config)  # fmt: skip
-    wd = qs.Workdir(settings)
+    settings = Settings(workdir=tmp_path / "qs", model=str(tiny_llama), corpus=tiny_corpus,
+                        train_config=tiny_config)  # fmt: skip
+    wd = Workdir(settings)
     steps = []
     trained = qs.finetune(
         settings, wd, qs.pull_model(settings), progress=lambda d, t, loss: steps.append((d, t))
@@ -210,7 +210,7 @@ def test_training_progress_reaches_the_last_step(tiny_llama, tiny_corpus, tiny_c
 
 def test_default_settings_find_the_bundled_corpus_and_config():
     from tuneloop.config import load_config
-    from tuneloop.quickstart import Settings
+    from tuneloop.flows.quickstart.settings import Settings
     from tuneloop.train.config import TrainConfig
 
     s = Settings()
@@ -224,7 +224,9 @@ def test_default_settings_find_the_bundled_corpus_and_config():
 def test_merged_eval_report_equals_one_pass(tiny_llama, tiny_corpus, tmp_path):
     """Chunked evaluation (for the progress bar) gives the same metrics as the harness in one pass."""
     from tuneloop.evaluation.harness import evaluate
-    from tuneloop.quickstart import Settings, evaluate_in_chunks, load_for_answers
+    from tuneloop.flows.quickstart.settings import Settings
+    from tuneloop.flows.quickstart.stages import evaluate_in_chunks
+    from tuneloop.loop.answers import load_for_answers
 
     s = Settings(workdir=tmp_path, model=str(tiny_llama), corpus=tiny_corpus, train_config=tmp_path / "x",
                  eval_max_new_tokens=3, eval_batch_size=3)  # fmt: skip

@@ -8,6 +8,7 @@ tuneloop feedback review --model acme-support --approve-all
 
 from __future__ import annotations
 
+import getpass
 import json
 import time
 from pathlib import Path
@@ -18,9 +19,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
 from tuneloop.interactions.loopstore import models
 from tuneloop.interactions.loopstore import status as loop_status
+from tuneloop.loop.config import LoopConfig, parse_duration
 
 app = typer.Typer(
     help="The feedback loop: collect rated answers, curate, retrain, gate, canary, promote or roll back.",
@@ -30,9 +33,6 @@ console = Console()
 
 
 def _config(path: Path | None, overrides: list[str]) -> Any:
-    from tuneloop.config import load_config
-    from tuneloop.loop import LoopConfig
-
     if path is None and not any(o.startswith("gate.frozen_eval=") for o in overrides):
         raise TuneloopError(
             "the loop needs a config (at least gate.frozen_eval)",
@@ -55,8 +55,7 @@ def run(
     ),
 ) -> None:
     """Run one cycle (or one every DURATION); a stopped cycle resumes where it was."""
-    from tuneloop.loop import Loop
-    from tuneloop.loop.config import parse_duration
+    from tuneloop.flows.cycle import Loop  # the stages: torch, transformers, peft, MLflow; loaded when run
 
     cfg = _config(config, list(overrides or []))
     interval = parse_duration(every, "--every") if every else None
@@ -151,9 +150,7 @@ def review(
     ),
 ) -> None:
     """Approve, edit or reject curated feedback before it is trained on (the loop waits for it)."""
-    import getpass
-
-    from tuneloop.interactions.review import ReviewQueue
+    from tuneloop.interactions.review import ReviewQueue  # the serve extra (sqlalchemy): loaded when run
 
     if approve_all and reject_all:
         raise TuneloopError("--approve-all and --reject-all exclude each other", hint="pick one")

@@ -24,8 +24,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.syntax import Syntax
 from rich.table import Table
 
+from tuneloop.evaluation.compare import metric_rows
+from tuneloop.evaluation.report import fmt
+from tuneloop.flows.quickstart.settings import DEFAULT_NAME, DEFAULT_QUESTION, Settings, Workdir
 from tuneloop.models.catalog import DEFAULT_MODEL
-from tuneloop.quickstart import DEFAULT_NAME, DEFAULT_QUESTION
 
 console = Console(soft_wrap=True)  # long paths stay whole (copyable)
 STAGES = ("Base model", "Example corpus", "Evaluate the base model", "LoRA fine-tune",
@@ -70,9 +72,8 @@ def quickstart(
 
     Re-running reuses every finished stage whose inputs are unchanged (state in WORKDIR/state.json).
     """
-    from tuneloop import quickstart as qs
 
-    settings = qs.Settings(
+    settings = Settings(
         **({"workdir": workdir} if workdir else {}), model=model, corpus=corpus, train_config=config,
         overrides=list(overrides or []), name=name, eval_samples=eval_samples,
         eval_max_new_tokens=eval_max_new_tokens, question=question, device=device, force=force,
@@ -89,8 +90,8 @@ def quickstart(
 def run(settings: Any, *, serve: bool, host: str = "127.0.0.1", port: int = 8000,
         until: Callable[[Any, str], None] | None = None) -> dict[str, Any]:  # fmt: skip
     """All stages in order; `until(running, key)` replaces waiting for Ctrl-C (tests)."""
-    from tuneloop import quickstart as qs
-    from tuneloop import quickstart_serve as qsv
+    from tuneloop.flows.quickstart import serve as qsv  # the serve extra (fastapi, uvicorn): loaded when run
+    from tuneloop.flows.quickstart import stages as qs  # torch, transformers, peft, MLflow: loaded when run
 
     settings.check()
     # "creating database tables", "started monitoring system metrics", bitsandbytes' optional CPU
@@ -98,7 +99,7 @@ def run(settings: Any, *, serve: bool, host: str = "127.0.0.1", port: int = 8000
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     for noisy in ("mlflow", "bitsandbytes"):
         logging.getLogger(noisy).setLevel(logging.ERROR if noisy == "bitsandbytes" else logging.WARNING)
-    wd = qs.Workdir(settings)
+    wd = Workdir(settings)
     qs.train_config(settings, wd)  # a bad key or value fails now, not after the evaluation
     if serve:
         qsv.check_port(host, port)
@@ -158,7 +159,7 @@ def _bar(description: str) -> Progress:
 
 
 def _evaluate(settings: Any, wd: Any, which: str, ref: Path, key: list[Any], note: Callable) -> Any:
-    from tuneloop import quickstart as qs
+    from tuneloop.flows.quickstart import stages as qs  # torch, transformers, peft, MLflow: loaded when run
 
     lines = [x for x in settings.heldout.read_text(encoding="utf-8").splitlines() if x.strip()]
     n = min(settings.eval_samples or len(lines), len(lines))
@@ -181,7 +182,7 @@ def _evaluate(settings: Any, wd: Any, which: str, ref: Path, key: list[Any], not
 
 
 def _train(settings: Any, wd: Any, model: Any, note: Callable) -> Any:
-    from tuneloop import quickstart as qs
+    from tuneloop.flows.quickstart import stages as qs  # torch, transformers, peft, MLflow: loaded when run
 
     cfg = qs.train_config(settings, wd)
     console.print(f"    {escape(str(settings.train_config))}: LoRA r={cfg.lora.rank}, lr {cfg.optim.lr:g}, "
@@ -227,9 +228,6 @@ def _print_data(settings: Any, data: Any) -> None:
 
 
 def _print_before_after(base: Any, tuned: Any) -> None:
-    from tuneloop.evaluation.compare import metric_rows
-    from tuneloop.evaluation.report import fmt
-
     table = Table(title=f"held-out questions ({tuned.report.n})", title_justify="left")
     for col, justify in (("metric", "left"), ("base", "right"), ("fine-tuned", "right"), ("change", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
@@ -272,7 +270,7 @@ def _print_register(reg: Any) -> None:
 
 
 def _answer(settings: Any, reg: Any) -> None:
-    from tuneloop import quickstart as qs
+    from tuneloop.flows.quickstart import stages as qs  # torch, transformers, peft, MLflow: loaded when run
 
     console.print(f"    loading {reg.ref} without a server (plain transformers)")
     console.print(f"[bold]Q:[/] {escape(settings.question)}\n[bold]A:[/] ", end="")
@@ -283,7 +281,7 @@ def _answer(settings: Any, reg: Any) -> None:
 
 
 def _serve(settings: Any, wd: Any, reg: Any, host: str, port: int) -> tuple[Any, str]:
-    from tuneloop import quickstart_serve as qsv
+    from tuneloop.flows.quickstart import serve as qsv  # the serve extra (fastapi, uvicorn): loaded when run
 
     console.print(f"    starting the gateway on http://{host}:{port}/v1 with {reg.ref} (loading the engine)")
     running = qsv.start_server(reg, host, port)
@@ -317,7 +315,7 @@ def _print_summary(timings: list[tuple[str, float, str]], total: float, reg: Any
 
 
 def _print_serving(running: Any, key: str, question: str) -> None:
-    from tuneloop import quickstart_serve as qsv
+    from tuneloop.flows.quickstart import serve as qsv  # the serve extra (fastapi, uvicorn): loaded when run
 
     console.print(Panel(f"[bold]{key}[/]", title="API key (shown once; stored hashed)", title_align="left"))
     console.print("curl:")

@@ -31,10 +31,7 @@ def loop_dir(name: str, create: bool = True) -> Path:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic: a crash leaves the old file or the new one, never half of one."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
-    os.replace(tmp, path)
+    paths.write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def _read_json(path: Path, default: Any) -> Any:

@@ -271,7 +271,7 @@ def scores_of(model_ref: str, frozen: list[dict[str, Any]], feedback: list[dict[
     """One model's answers: frozen and held-out rows scored against their references; held-out
     questions without a trusted reference answered only (for the judge)."""
     from tuneloop.evaluation.generate import generate_replies
-    from tuneloop.quickstart import load_for_answers
+    from tuneloop.loop.answers import load_for_answers
 
     model, tokenizer, _ = load_for_answers(model_ref, s.device)
     out = {"frozen": _score(model_ref, model, tokenizer, frozen, s.metric, s)}

@@ -151,7 +151,7 @@ def _merged(run_dir: Path, out: Path) -> Path:
         return model
     if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
         return out
-    from tuneloop.optimize.merge import merge_adapter
+    from tuneloop.export.merge import merge_adapter
 
     merged, tokenizer, _ = merge_adapter(model)
     merged.save_pretrained(out)

@@ -19,8 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop.flows.resume import run_stages
 from tuneloop.interactions.loopstore import LoopStore
-from tuneloop.loop.config import LoopConfig
+from tuneloop.interactions.review import ReviewQueue
+from tuneloop.loop.canary import GatewayAdmin, judge, window_stats
+from tuneloop.loop.collect import Batch, collect, log_path
+from tuneloop.loop.config import LoopConfig, check_files
+from tuneloop.loop.curate import Curated, Known, apply_reviews, build_dataset, curate, read_jsonl
+from tuneloop.loop.filters import TextFilters
+from tuneloop.loop.gate import check_frozen, evaluate_pair
+from tuneloop.loop.guards import build_checks, write_gate_feed, write_validation
+from tuneloop.loop.retrain import objectives_for, retrain
+from tuneloop.loop.tracking import log_decision
+from tuneloop.loop.trust import Trust
+from tuneloop.registry import Registry
+from tuneloop.registry.refs import check_name
 
 Say = Callable[[str], None]
 CYCLE_TAG = "tuneloop.loop_cycle"
@@ -36,10 +49,6 @@ class CycleResult:
 class Loop:
     def __init__(self, name: str, config: LoopConfig, *, say: Say = lambda _: None,
                  sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time):  # fmt: skip
-        from tuneloop.loop.config import check_files
-        from tuneloop.loop.gate import check_frozen
-        from tuneloop.registry.refs import check_name
-
         check_name(name)
         check_files(config)
         check_frozen(config.gate)
@@ -50,8 +59,6 @@ class Loop:
     @property
     def registry(self) -> Any:
         if self._registry is None:
-            from tuneloop.registry import Registry
-
             self._registry = Registry(self.cfg.tracking_uri)
         return self._registry
 
@@ -69,13 +76,7 @@ class Loop:
                 }
             else:
                 self.say(f"resuming cycle {state['cycle']} at '{state['stage']}'")
-            while True:
-                stage = state["stage"]
-                result = getattr(self, f"_{stage}")(state)
-                if isinstance(result, CycleResult):
-                    return result
-                state["stage"] = result
-                self.store.save_state(state)
+            return run_stages(state, lambda stage, st: getattr(self, f"_{stage}")(st), self.store.save_state)
 
     def _dir(self, state: dict[str, Any]) -> Path:
         return self.store.cycle_dir(state["cycle"])
@@ -100,8 +101,6 @@ class Loop:
     # ------------------------------------------------------------------------------ stages
 
     def _collect(self, state: dict[str, Any]) -> str | CycleResult:
-        from tuneloop.loop.collect import collect
-
         batch = collect(self.cfg.collect, self.name, self.store.cursor())
         if not batch.interactions and not batch.unmatched:
             return CycleResult(state["cycle"] - 1, "nothing_new", "no new feedback since the last cycle")
@@ -115,22 +114,15 @@ class Loop:
         return "curate"
 
     def _known(self) -> Any:
-        from tuneloop.loop.curate import Known, read_jsonl
-
         c, r = self.cfg.curate, self.cfg.retrain
         rows = read_jsonl([*c.existing_data, *r.old_data]) + self._pool("sft")
         return Known.from_rows(rows, c.dedup_threshold)
 
     def _pool(self, kind: str) -> list[dict[str, Any]]:
-        from tuneloop.loop.curate import read_jsonl
-
         path = self.store.root / f"accepted-{kind}.jsonl"
         return read_jsonl([path]) if path.is_file() else []
 
     def _curate(self, state: dict[str, Any]) -> str:
-        from tuneloop.loop.collect import Batch
-        from tuneloop.loop.curate import curate
-
         batch = Batch.from_json(json.loads((self._dir(state) / "batch.json").read_text()))
         with ExitStack() as stack:  # the judge, if any, is closed after curation
             curated = curate(batch, self.cfg.curate, self._known(), self._checks(state, stack))
@@ -138,8 +130,6 @@ class Loop:
             {"proposals": curated.proposals, "rejected": curated.rejected, "pii": curated.pii},
             ensure_ascii=False, default=str))  # fmt: skip
         if self.cfg.curate.approval.required and curated.proposals:
-            from tuneloop.interactions.review import ReviewQueue
-
             added = ReviewQueue(self._review_url()).enqueue(self.name, state["cycle"], curated.proposals)
             self._decide(state, "curate", "queued_for_review", f"{added} proposals wait for a reviewer",
                          proposals=len(curated.proposals), rejected=len(curated.rejected))  # fmt: skip
@@ -149,9 +139,6 @@ class Loop:
     def _checks(self, state: dict[str, Any], stack: ExitStack) -> Any:
         """Known facts, frozen questions, injection seeds and key weights for curation (guards.py);
         writes the retrain's validation rows first, since their questions are protected too."""
-        from tuneloop.loop.curate import read_jsonl
-        from tuneloop.loop.guards import build_checks, write_validation
-        from tuneloop.loop.trust import Trust
 
         c, r = self.cfg.curate, self.cfg.retrain
         validation = write_validation(self.cfg, read_jsonl(r.old_data) + self._pool("sft"),
@@ -163,8 +150,6 @@ class Loop:
 
     def _record_raters(self, state: dict[str, Any]) -> None:
         """Each voting key's side against what curation (and review) made of it (trust.py)."""
-        from tuneloop.loop.trust import Trust
-
         data = self._dir(state) / "data" / "manifest.json"
         if not data.is_file() or state["results"].get("raters_recorded"):
             return
@@ -181,8 +166,6 @@ class Loop:
         return self.cfg.curate.approval.database_url or self.cfg.collect.database_url
 
     def _approve(self, state: dict[str, Any]) -> str | CycleResult:
-        from tuneloop.interactions.review import ReviewQueue
-
         items = ReviewQueue(self._review_url()).list(self.name, cycle=state["cycle"])
         pending = [i for i in items if i.status == "pending"]
         if pending:
@@ -191,17 +174,11 @@ class Loop:
         return "build"
 
     def _build(self, state: dict[str, Any]) -> str | CycleResult:
-        from tuneloop.loop.curate import Curated, apply_reviews, build_dataset, read_jsonl
-        from tuneloop.loop.filters import TextFilters
-        from tuneloop.loop.guards import write_gate_feed
-
         c = self.cfg.curate
         saved = json.loads((self._dir(state) / "curated.json").read_text())
         curated = Curated(saved["proposals"], saved["rejected"], saved["pii"])
         proposals = curated.proposals
         if c.approval.required and proposals:
-            from tuneloop.interactions.review import ReviewQueue
-
             reviews = ReviewQueue(self._review_url()).list(self.name, cycle=state["cycle"])
             proposals = apply_reviews(
                 curated, reviews, TextFilters(c.injection_patterns, c.abuse_words, c.max_chars)
@@ -242,8 +219,6 @@ class Loop:
         return "retrain"
 
     def _retrain(self, state: dict[str, Any]) -> str:
-        from tuneloop.loop.retrain import objectives_for, retrain
-
         prod = self.registry.version(f"{self.name}@production")
         state["results"]["production_version"] = int(prod.version)
         manifest = json.loads((self._dir(state) / "data" / "manifest.json").read_text())
@@ -260,8 +235,6 @@ class Loop:
         return "gate"
 
     def _gate(self, state: dict[str, Any]) -> str | CycleResult:
-        from tuneloop.loop.gate import evaluate_pair
-
         res = state["results"]
         prod_ref = f"{self.name}/{res['production_version']}"
         run_dir = Path(res["run_dir"])
@@ -276,8 +249,6 @@ class Loop:
         return "register"
 
     def _track(self, state: dict[str, Any], stage: str, decision: str, numbers: dict[str, Any]) -> None:
-        from tuneloop.loop.tracking import log_decision
-
         log_decision(state["results"].get("run_dir"), stage, decision, numbers, self.say)
 
     def _register(self, state: dict[str, Any]) -> str:
@@ -296,9 +267,6 @@ class Loop:
         return "canary" if self.cfg.canary is not None and self.cfg.canary.enabled else "promote"
 
     def _canary(self, state: dict[str, Any]) -> str:
-        from tuneloop.loop.canary import GatewayAdmin, judge, window_stats
-        from tuneloop.loop.collect import log_path
-
         s, res = self.cfg.canary, state["results"]
         assert s is not None
         route = s.route or self.cfg.collect.served_name or self.name
@@ -352,8 +320,6 @@ class Loop:
                             f"production stays {self.name}/{res['production_version']}")  # fmt: skip
 
     def _route_all_to_production(self, reload: bool) -> None:
-        from tuneloop.loop.canary import GatewayAdmin
-
         s = self.cfg.canary
         assert s is not None
         admin = GatewayAdmin(s)
@@ -379,4 +345,3 @@ class Loop:
             if rows:
                 with (self.store.root / f"accepted-{kind}.jsonl").open("a", encoding="utf-8") as f:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-

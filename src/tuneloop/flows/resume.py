@@ -1,20 +1,28 @@
-"""The quickstart's memory: WORKDIR/state.json, one record per finished stage, and input fingerprints.
+"""Resumable stages, shared by the flows: a JSON state file rewritten atomically after every finished stage.
 
-A stage is recorded only once it has finished, together with a key made from everything it read
-(files by content, folders by name/size/mtime, settings). A rerun skips a stage only when its key
-is unchanged *and* its outputs still check out; an unreadable state file is reported and ignored,
-so a bad state costs a redo, never a wrong result.
+Two shapes of the same idea:
+- `State` (the quickstart): one record per finished stage, with a key made from everything it read
+  (files by content, folders by name/size/mtime, settings). A rerun skips a stage only when its key
+  is unchanged *and* its outputs still check out; an unreadable state file is reported and
+  ignored, so a bad state costs a redo, never a wrong result.
+- `run_stages` (the loop's cycle): the state names the next stage; each stage returns the name of
+  the one after it (the state is saved before it runs) or the flow's result, so a stopped flow
+  continues at the stage it was in.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from tuneloop.models.store import sha256_file
+from tuneloop.paths import write_atomic
 
 STATE_VERSION = 1
+R = TypeVar("R")
 
 
 class State:
@@ -55,11 +63,23 @@ class State:
         self._write()
 
     def _write(self) -> None:
-        # atomic: a crash mid-write leaves the previous state, never half a file
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(self.data, indent=2, default=str) + "\n")
+
+
+def run_stages(
+    state: dict[str, Any],
+    run: Callable[[str, dict[str, Any]], str | R],
+    save: Callable[[dict[str, Any]], None],
+) -> R:
+    """Run `state["stage"]` and the stages after it until one returns a result instead of a stage name;
+    `save` persists the state each time a stage has finished (the resume point)."""
+    while True:
+        result = run(state["stage"], state)
+        if not isinstance(result, str):
+            return result
+        state["stage"] = result
+        save(state)
 
 
 def key_of(*parts: Any) -> str:
@@ -69,8 +89,6 @@ def key_of(*parts: Any) -> str:
 
 
 def file_digest(path: Path) -> str:
-    from tuneloop.models.store import sha256_file
-
     return sha256_file(path)
 
 

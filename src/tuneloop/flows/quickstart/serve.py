@@ -17,10 +17,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import yaml
+
+from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError, missing_extra
-from tuneloop.quickstart import RegisterResult, Workdir
+from tuneloop.flows.quickstart.settings import Workdir
+
+if TYPE_CHECKING:
+    from tuneloop.flows.quickstart.stages import RegisterResult
 
 START_TIMEOUT_S = 600.0  # loading and warming the engine on a busy 2-core CPU
 
@@ -64,8 +70,7 @@ def serve_settings(reg: RegisterResult, host: str, port: int) -> dict[str, Any]:
 
 
 def serve_config(reg: RegisterResult, host: str, port: int) -> Any:
-    from tuneloop.config import load_config
-    from tuneloop.serve import ServeConfig
+    from tuneloop.serve import ServeConfig  # the serve extra (fastapi): lazy, like start_server's
 
     return load_config(ServeConfig, serve_settings(reg, host, port))
 
@@ -112,7 +117,7 @@ def check_port(host: str, port: int) -> None:
 
 def create_key(wd: Workdir, served: str) -> str:
     """A fresh inference key for the served name; the quickstart's previous key is revoked."""
-    from tuneloop.serve.keys import KeyStore
+    from tuneloop.serve.keys import KeyStore  # the serve extra (sqlalchemy): lazy
 
     store = KeyStore()
     previous = (wd.state.data["stages"].get("serve") or {}).get("key_id")
@@ -167,8 +172,6 @@ def write_serve_config(wd: Workdir, reg: RegisterResult, host: str, port: int) -
     """WORKDIR/serve.yaml: the same server later, with `tuneloop serve --config`."""
     path = wd.root / "serve.yaml"
     header = "# written by `tuneloop quickstart`; serve with: tuneloop serve --config " + str(path) + "\n"
-    import yaml
-
     path.write_text(
         header + yaml.safe_dump(serve_settings(reg, host, port), sort_keys=False), encoding="utf-8"
     )

@@ -5,7 +5,7 @@ One function per stage; `tuneloop quickstart` (cli/quickstart.py) runs them in o
     pull_model -> prepare_docs -> evaluate_stage("base") -> finetune -> evaluate_stage("tuned")
     -> register -> start_server + ask_server (or answer_directly with --no-serve)
 
-Every stage that makes something records it in WORKDIR/state.json (see quickstart_state) with a key
+Every stage that makes something records it in WORKDIR/state.json (flows/resume.py) with a key
 of its inputs, and on a rerun is skipped only when that key is unchanged and its outputs still check
 out: dataset checksums, the adapter's digest, eval.json readable, the registry version still there
 with the same weights. Anything else (a half-finished run folder, a deleted output) is redone.
@@ -17,134 +17,32 @@ import json
 import logging
 import math
 import shutil
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop import paths
+from tuneloop.config import load_config
+from tuneloop.data.config import DataConfig
+from tuneloop.data.run import prepare
 from tuneloop.errors import TuneloopError
-from tuneloop.models.catalog import BUILTIN, DEFAULT_MODEL
-from tuneloop.quickstart_state import State, file_digest, key_of, tree_digest
+from tuneloop.evaluation.harness import EvalReport, Sample, evaluate
+from tuneloop.evaluation.metrics import mean_scores
+from tuneloop.evaluation.report import write_reports
+from tuneloop.evaluation.rows import read_rows
+from tuneloop.flows.quickstart.settings import Settings, Workdir
+from tuneloop.flows.resume import file_digest, key_of, tree_digest
+from tuneloop.loop.answers import load_for_answers, quiet
+from tuneloop.models.catalog import BUILTIN
+from tuneloop.models.loading import stream_chat
+from tuneloop.models.pull import pull
+from tuneloop.models.resolve import resolve_model
+from tuneloop.registry import Registry
+from tuneloop.train.config import TrainConfig
+from tuneloop.train.recipe import run
 
 Progress = Callable[[int, int], None]  # (done, total)
-DEFAULT_NAME = "acme-support"
-DEFAULT_QUESTION = "What is the default admin address of a Nimbus Arc router?"
-# keys the quickstart sets itself; a user override of one would be silently lost
-FORCED_KEYS = ("model", "data.path", "data.val_path", "output_dir", "resume", "eval.final")
-
-
-def examples_dir() -> Path | None:
-    """examples/ of a source checkout (next to src/), else of the current directory."""
-    for candidate in (Path(__file__).resolve().parents[2] / "examples", Path.cwd() / "examples"):
-        if (candidate / "acme-kb").is_dir():
-            return candidate
-    return None
-
-
-@dataclass
-class Settings:
-    """What the quickstart works on; every path is injectable (tests use a tiny model and corpus)."""
-
-    workdir: Path = field(default_factory=lambda: paths.home() / "quickstart")
-    model: str = DEFAULT_MODEL
-    corpus: Path | None = None  # default: examples/acme-kb (docs/, qa/train.jsonl, qa/heldout.jsonl)
-    train_config: Path | None = None  # default: examples/configs/quickstart-sft-lora.yaml
-    overrides: list[str] = field(default_factory=list)
-    name: str = DEFAULT_NAME
-    eval_samples: int | None = None  # None: every held-out question
-    eval_max_new_tokens: int = 32
-    eval_batch_size: int = 20
-    question: str = DEFAULT_QUESTION
-    device: str = "auto"
-    force: bool = False
-
-    def __post_init__(self) -> None:
-        self.workdir = Path(self.workdir).expanduser().resolve()
-        found = examples_dir()
-        if self.corpus is None or self.train_config is None:
-            if found is None:
-                raise TuneloopError(
-                    "the example corpus (examples/acme-kb) was not found",
-                    hint="run from a source checkout (git clone …), or pass --corpus DIR and --config FILE",
-                )
-            self.corpus = self.corpus or found / "acme-kb"
-            self.train_config = self.train_config or found / "configs" / "quickstart-sft-lora.yaml"
-        self.corpus, self.train_config = Path(self.corpus).resolve(), Path(self.train_config).resolve()
-        for key in (o.split("=", 1)[0] for o in self.overrides):
-            if key in FORCED_KEYS:
-                raise TuneloopError(
-                    f"override '{key}' is set by the quickstart itself",
-                    hint="use --model, --corpus or --workdir; other keys (epochs=, optim.lr=, …) are free",
-                )
-
-    def check(self) -> None:
-        """Fail in a second, not after minutes: the corpus files exist, the training config loads."""
-        from tuneloop.registry.refs import check_name
-
-        _ = self.docs, self.train_file, self.heldout
-        check_name(self.name)
-        if not self.train_config.is_file():
-            raise TuneloopError(
-                f"training config '{self.train_config}' does not exist", hint="check --config"
-            )
-
-    @property
-    def docs(self) -> Path:
-        return _need(self.corpus / "docs", "folder")
-
-    @property
-    def train_file(self) -> Path:
-        return _need(self.corpus / "qa" / "train.jsonl", "file")
-
-    @property
-    def heldout(self) -> Path:
-        return _need(self.corpus / "qa" / "heldout.jsonl", "file")
-
-
-def _need(path: Path, what: str) -> Path:
-    ok = path.is_dir() if what == "folder" else path.is_file()
-    if not ok:
-        raise TuneloopError(
-            f"the corpus has no {path.name} {what} ({path})",
-            hint="a corpus folder holds docs/, qa/train.jsonl and qa/heldout.jsonl (see examples/acme-kb)",
-        )
-    return path
-
-
-class Workdir:
-    """The work folder, its state and a lock: two quickstarts on one folder would overwrite each other."""
-
-    def __init__(self, settings: Settings):
-        self.root = settings.workdir
-        if self.root.exists() and not self.root.is_dir():
-            raise TuneloopError(
-                f"--workdir '{self.root}' is a file", hint="pass a folder (created if absent)"
-            )
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.state = State(self.root)
-
-    @contextmanager
-    def locked(self) -> Iterator[Workdir]:
-        with paths.exclusive(
-            self.root,
-            f"another quickstart is running in {self.root}",
-            "wait for it to finish, or pass a different --workdir",
-        ):
-            yield self
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data" / "docs"
-
-    @property
-    def run(self) -> Path:
-        return self.root / "run"
-
-    def eval(self, which: str) -> Path:
-        return self.root / "eval" / which
 
 
 # ---------------------------------------------------------------------------------------------- model
@@ -161,11 +59,8 @@ def pull_model(
     s: Settings, step: Callable[[str], None] = lambda _: None, progress: bool = True
 ) -> ModelResult:
     """The base model: a built-in one is pulled (idempotent, checksum-verified); else resolved."""
-    from tuneloop.models.resolve import resolve_model
 
     if s.model in BUILTIN:
-        from tuneloop.models.pull import pull
-
         result = pull(s.model, step=step, progress=progress)
         path, action = result.path, result.action
     else:
@@ -188,9 +83,6 @@ class DataResult:
 
 def prepare_docs(s: Settings, wd: Workdir, model: ModelResult, progress: bool = True) -> DataResult:
     """`tuneloop data prepare` of the corpus' docs/ into a pretraining dataset (with its manifest)."""
-    from tuneloop.config import load_config
-    from tuneloop.data.config import DataConfig
-    from tuneloop.data.run import prepare
 
     cfg = load_config(DataConfig, {"kind": "pretrain", "tokenizer": str(model.path)})
     key = key_of(tree_digest(s.docs, contents=True), model.key, cfg.model_dump(mode="json"))
@@ -247,34 +139,14 @@ def evaluate_stage(
         return EvalResult(report, out, record.get("precision", ""), True)
     wd.state.forget(f"eval_{which}")
     report, precision = evaluate_in_chunks(s, ref, progress)
-    from tuneloop.evaluation.report import write_reports
 
     write_reports(out, report)
     wd.state.done(f"eval_{which}", key, precision=precision)
     return EvalResult(report, out, precision, False)
 
 
-def load_for_answers(ref: str | Path, device: str = "auto") -> tuple[Any, Any, str]:
-    """(model, tokenizer, precision) of a model or adapter reference for generation: an adapter is
-    merged into its base (no per-layer LoRA detour), and weights are bf16 where the hardware computes
-    it natively (about 4x faster than fp32 on CPUs with AVX512-BF16/AMX), else fp32."""
-    from tuneloop.evaluation.loader import load_for_eval
-    from tuneloop.models.loading import pick_device
-    from tuneloop.train.model_setup import pick_precision
-
-    with _quiet():
-        loaded = load_for_eval(str(ref), device)
-    model = loaded.model.merge_and_unload() if loaded.base is not None else loaded.model
-    precision = pick_precision("auto", pick_device(device))
-    if precision.autocast is not None:
-        model.to(precision.autocast)
-    return model, loaded.tokenizer, precision.name
-
-
 def evaluate_in_chunks(s: Settings, ref: str | Path, progress: Progress | None) -> tuple[Any, str]:
     """The harness' `evaluate`, one batch at a time (so a progress bar moves), merged into one report."""
-    from tuneloop.evaluation.harness import evaluate
-    from tuneloop.evaluation.rows import read_rows
 
     _, kind = read_rows(s.heldout)  # a bad line is an error naming file and line
     if kind != "sft":
@@ -294,8 +166,6 @@ def evaluate_in_chunks(s: Settings, ref: str | Path, progress: Progress | None) 
 
 def merge_reports(parts: list[Any], model: str, data: str) -> Any:
     """One report from reports on consecutive slices: token-weighted perplexity, per-sample means."""
-    from tuneloop.evaluation.harness import EvalReport
-    from tuneloop.evaluation.metrics import mean_scores
 
     tokens = sum(p.metrics["scored_tokens"] for p in parts)
     nll = sum(p.metrics["nll"] * p.metrics["scored_tokens"] for p in parts) / tokens
@@ -308,7 +178,6 @@ def merge_reports(parts: list[Any], model: str, data: str) -> Any:
 
 
 def _read_report(path: Path) -> Any:
-    from tuneloop.evaluation.harness import EvalReport, Sample
 
     try:
         d = json.loads(path.read_text(encoding="utf-8"))["model"]
@@ -332,8 +201,6 @@ class TrainResult:
 
 def train_config(s: Settings, wd: Workdir) -> Any:
     """The quickstart's TrainConfig: its YAML, the user's overrides, then the keys it sets itself."""
-    from tuneloop.config import load_config
-    from tuneloop.train.config import TrainConfig
 
     if not s.train_config.is_file():
         raise TuneloopError(f"training config '{s.train_config}' does not exist", hint="check --config")
@@ -354,9 +221,8 @@ def finetune(
         return TrainResult(wd.run, wd.run / "model", weights, metrics, cfg, True)
     wd.state.forget("train", "eval_tuned", "register")
     shutil.rmtree(wd.run, ignore_errors=True)  # whatever a stopped run left behind
-    from tuneloop.train.recipe import run
 
-    with _train_progress(progress), _quiet():
+    with _train_progress(progress), quiet():
         result = run(cfg)
     weights = _run_weights(wd.run)
     if weights is None:
@@ -408,18 +274,6 @@ def _train_progress(progress: Callable[[int, int, float], None] | None) -> Itera
         logger.propagate = propagate
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """No per-tensor loading bars or deprecation chatter from transformers/peft in the quickstart."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        yield
-
-
 # ------------------------------------------------------------------------------------------ register
 
 
@@ -438,7 +292,6 @@ class RegisterResult:
 
 def register(s: Settings, wd: Workdir, trained: TrainResult) -> RegisterResult:
     """The run as a registry version (an adapter also pins its base), aliased `production`."""
-    from tuneloop.registry import Registry
 
     reg = Registry()
     key = key_of(trained.weights_key, s.name, reg.tracking_uri)
@@ -479,7 +332,6 @@ def _promote(reg: Any, name: str, version: int) -> int:
 
 def answer_directly(ref: str, question: str, device: str = "auto", max_new_tokens: int = 64) -> Iterator[str]:
     """Stream the answer of `ref` (a registry reference works, adapters included) without a server."""
-    from tuneloop.models.loading import stream_chat
 
     model, tokenizer, _ = load_for_answers(ref, device)
     messages = [{"role": "user", "content": question}]
