@@ -22,8 +22,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 quickstart: setup
 	$(VENV)/bin/tuneloop quickstart $(QUICKSTART_ARGS)
 
+# The import contracts (pyproject.toml, [tool.importlinter]: layers, no cycles, what each stage may
+# import) are checked first; a broken one fails the target before any test runs.
 # pytest exits 5 when it collects nothing: that is a failure here, never a silent pass.
 test: setup
+	$(VENV)/bin/lint-imports
 	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests"; exit 1; fi; exit $$rc
 
@@ -32,4 +35,4 @@ lint: setup
 	$(VENV)/bin/ruff format --check src tests benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache
