@@ -2,6 +2,10 @@
 
 Commands are thin: parse, call the library, print. A `TuneloopError` (a user mistake) is printed
 as a short message with a hint and exit code 2, never a traceback.
+
+Every command module is imported here, at start; a command imports the stage it runs inside its
+function only where that stage needs torch or an optional extra, so `tuneloop --help` and the light
+commands start without them.
 """
 
 from __future__ import annotations
@@ -16,6 +20,17 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from tuneloop import __version__
+from tuneloop.cli import bench as bench_cli
+from tuneloop.cli import chat as chat_cli
+from tuneloop.cli import data, doctor, models, plan
+from tuneloop.cli import eval as eval_cli
+from tuneloop.cli import export as export_cli
+from tuneloop.cli import logs as logs_cli
+from tuneloop.cli import loop as loop_cli
+from tuneloop.cli import quickstart as quickstart_cli
+from tuneloop.cli import registry as registry_cli
+from tuneloop.cli import serve as serve_cli
+from tuneloop.cli import train as train_cli
 from tuneloop.errors import TuneloopError
 
 err_console = Console(stderr=True)
@@ -71,43 +86,22 @@ def _root(
 
 def _register() -> None:
     # Stages register here only when they work end to end (no stubs).
-    from tuneloop.cli import data, doctor, models, plan
-
     app.add_typer(models.app, name="models")
     app.add_typer(data.app, name="data")
     app.command("ask")(models.ask)
     app.command("doctor")(doctor.doctor)
     app.command("plan")(plan.plan)
-    from tuneloop.cli import train as train_cli
-
     app.command("train")(train_cli.train)
-    from tuneloop.cli import bench as bench_cli
-
     app.add_typer(bench_cli.app, name="bench")
-    from tuneloop.cli import eval as eval_cli
-
     app.command("eval")(eval_cli.eval_command)
-    from tuneloop.cli import export as export_cli
-
     app.command("export")(export_cli.export)
-    from tuneloop.cli import registry as registry_cli
-
     app.add_typer(registry_cli.app, name="registry")
-    from tuneloop.cli import serve as serve_cli
-
     app.command("serve")(serve_cli.serve)
     app.add_typer(serve_cli.keys_app, name="keys")
     app.add_typer(serve_cli.feedback_app, name="feedback")
-    from tuneloop.cli import logs as logs_cli
-
     app.add_typer(logs_cli.app, name="logs")
-    from tuneloop.cli import loop as loop_cli
-
     app.add_typer(loop_cli.app, name="loop")
     serve_cli.feedback_app.command("review")(loop_cli.review)
-    from tuneloop.cli import chat as chat_cli
-    from tuneloop.cli import quickstart as quickstart_cli
-
     app.command("quickstart")(quickstart_cli.quickstart)
     app.command("chat")(chat_cli.chat)
 

@@ -9,6 +9,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneloop.errors import TuneloopError
+from tuneloop.models.resolve import resolve_model
+
 app = typer.Typer(
     help="Benchmarks measured on this machine, each against its baseline in the same run.",
     no_args_is_help=True,
@@ -26,9 +29,7 @@ def engine(
     out: Path = typer.Option(None, "--out", help="Write the JSON report here."),
 ) -> None:
     """Output tokens/s at several concurrencies vs `generate` one at a time and in static batches."""
-    from tuneloop.bench.engine import run
-    from tuneloop.errors import TuneloopError
-    from tuneloop.models.resolve import resolve_model
+    from tuneloop.bench.engine import run  # torch: seconds that other commands do not pay
 
     try:
         levels = tuple(int(c) for c in concurrency.split(","))
@@ -67,7 +68,7 @@ def serve_load(
     as_json: bool = typer.Option(False, "--json", help="Print the JSON report only."),
 ) -> None:
     """Load a served model: QPS, latency P50/P90/P99, TTFT, TPOT, error and 429 rates."""
-    from tuneloop.bench.serve import run
+    from tuneloop.bench.serve import run  # aiohttp: the serve extra
 
     report = run(url, model, requests, concurrency, prompt_len, max_tokens, stream, api_key)
     if as_json:

@@ -18,30 +18,36 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from tuneloop.cli.models import check_sampling
 from tuneloop.errors import TuneloopError
+from tuneloop.models import loading
 from tuneloop.models.catalog import DEFAULT_MODEL
+from tuneloop.models.load import load_reference
 
 HELP = "/reset clears the conversation, /exit (or Ctrl-D, Ctrl-C) leaves, /help shows this"
 
 
 def chat(
-    ref: str = typer.Argument(DEFAULT_MODEL, help="Model reference: store name, folder, NAME@alias, NAME/VERSION."),
+    ref: str = typer.Argument(
+        DEFAULT_MODEL, help="Model reference: store name, folder, NAME@alias, NAME/VERSION."
+    ),
     system: str = typer.Option(None, "--system", "-s", help="System prompt (kept across /reset)."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens", min=1, help="Longest reply."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", min=0.0, help="0 = greedy (deterministic)."),
-    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0)."),
+    temperature: float = typer.Option(
+        0.0, "--temperature", "-t", min=0.0, help="0 = greedy (deterministic)."
+    ),
+    top_p: float = typer.Option(
+        1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling (with --temperature > 0)."
+    ),
     seed: int = typer.Option(None, "--seed", help="Seed for sampling (reproducible replies)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 …"),
-) -> None:  # fmt: skip
+) -> None:
     """Talk to a model in the terminal: multi-turn, streamed replies, /reset and /exit."""
-    from tuneloop.cli.models import check_sampling
-    from tuneloop.evaluation.loader import load_for_eval
-
     check_sampling(ref, temperature, "--temperature")
     err = Console(stderr=True)
     with err.status(f"loading {ref}"), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # deprecation chatter of transformers/peft
-        loaded = load_for_eval(ref, device, pull=True)
+        loaded = load_reference(ref, device, pull=True)
     if not loaded.tokenizer.chat_template:
         raise TuneloopError(f"'{ref}' has no chat template", hint="chat needs an instruct/chat model")
     if seed is not None:
@@ -58,8 +64,15 @@ def chat(
 
 
 class Session:
-    def __init__(self, model: Any, tokenizer: Any, system: str | None, max_new_tokens: int,
-                 temperature: float, top_p: float):  # fmt: skip
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        system: str | None,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.system = [{"role": "system", "content": system}] if system else []
         self.history: list[dict[str, str]] = []
@@ -96,15 +109,15 @@ class Session:
         return True
 
     def reply(self, text: str) -> None:
-        from tuneloop.models.loading import stream_chat
-
         self.history.append({"role": "user", "content": text})
         if not self._fit():
             typer.echo("(that message does not fit the model's context; send a shorter one)")
             return
         typer.echo("bot> ", nl=False)
         pieces = []
-        for piece in stream_chat(self.model, self.tokenizer, self.system + self.history, **self.sampling):
+        for piece in loading.stream_chat(
+            self.model, self.tokenizer, self.system + self.history, **self.sampling
+        ):
             pieces.append(piece)
             typer.echo(piece, nl=False)
             sys.stdout.flush()

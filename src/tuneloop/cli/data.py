@@ -15,6 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneloop.config import load_config
+from tuneloop.data.config import DataConfig
+from tuneloop.data.manifest import summary_rows
 from tuneloop.errors import TuneloopError
 from tuneloop.paths import check_writable_dir
 
@@ -57,9 +60,7 @@ def prepare(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON instead of a table."),
 ) -> None:
     """Read, clean, filter, redact PII, deduplicate, chunk and split INPUT... into a dataset folder."""
-    from tuneloop.config import load_config
-    from tuneloop.data.config import DataConfig
-    from tuneloop.data.run import prepare as run
+    from tuneloop.data.run import prepare as run  # the pipeline needs the data extra (numpy, pyarrow)
 
     paths, overrides = _split_args(inputs)
     if kind is not None:
@@ -112,8 +113,6 @@ def _pii_examples(manifest: dict) -> None:
 
 
 def _report(manifest: dict, out: Path) -> None:
-    from tuneloop.data.manifest import summary_rows
-
     for skip in manifest["skipped"]["items"][:20]:
         line = f":{skip['line']}" if skip["line"] else ""
         console.print(

@@ -52,9 +52,17 @@ def eval_command(
         if data is not None:
             raise TuneloopError("--data and --tasks are two evaluations", hint="run them one at a time")
         return eval_tasks.run_tasks_command(
-            model, tasks, baseline=baseline, max_samples=max_samples, batch_size=batch_size,
-            device=device, out=out, json_output=json_output, api_base=api_base, tokenizer=tokenizer,
-        )  # fmt: skip
+            model,
+            tasks,
+            baseline=baseline,
+            max_samples=max_samples,
+            batch_size=batch_size,
+            device=device,
+            out=out,
+            json_output=json_output,
+            api_base=api_base,
+            tokenizer=tokenizer,
+        )
     if data is None:
         raise TuneloopError("nothing to evaluate on", hint="give --data FILE, or --tasks tuneloop_general")
     if api_base is not None or tokenizer is not None:

@@ -13,6 +13,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from tuneloop import paths
+from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
 
 app = typer.Typer(help="The gateway's request log: purge old lines (retention).", no_args_is_help=True)
@@ -34,7 +36,7 @@ def purge(
     ),
 ) -> None:
     """Remove request-log lines (current and rotated files) and answered-response records older than DAYS."""
-    from tuneloop.config import load_config
+    # the serve extra (phonenumbers; the gateway's config brings fastapi and torch): only this command
     from tuneloop.interactions.requestlog import default_path
     from tuneloop.interactions.retention import cutoff, purge_log
     from tuneloop.serve.config import ServeConfig
@@ -64,8 +66,7 @@ def purge(
 
 
 def _responses(url: str | None, before: datetime, dry_run: bool) -> int:
-    from tuneloop import paths
-    from tuneloop.interactions.db import connect
+    from tuneloop.interactions.db import connect  # sqlalchemy: the serve extra
     from tuneloop.interactions.feedback import purge_responses
 
     if url is None and not (paths.serve_dir(create=False) / "serve.db").is_file():

@@ -10,6 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from tuneloop.errors import TuneloopError
+from tuneloop.models import loading
+from tuneloop.models.catalog import BUILTIN
+from tuneloop.models.formats import folder_format
+from tuneloop.models.info import describe
+from tuneloop.models.load import load_reference
+from tuneloop.models.pull import pull as do_pull
+from tuneloop.models.resolve import resolve_model
+from tuneloop.models.store import ModelStore
 
 app = typer.Typer(
     help="Model store: pull the embedded default model, list, show, verify, remove.", no_args_is_help=True
@@ -33,7 +41,6 @@ def pull(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress output."),
 ) -> None:
     """Obtain a built-in model (no model hub needed) and save it as an HF folder in the store."""
-    from tuneloop.models.pull import pull as do_pull
 
     def step(text: str) -> None:
         if not quiet:
@@ -49,9 +56,6 @@ def pull(
 @app.command("list")
 def list_(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Models in the store, and built-in models that can be pulled."""
-    from tuneloop.models.catalog import BUILTIN
-    from tuneloop.models.store import ModelStore
-
     store = ModelStore()
     rows = [
         {
@@ -88,8 +92,6 @@ def show(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Architecture, size, tokenizer and provenance of a model."""
-    from tuneloop.models.info import describe
-
     info = describe(ref)
     if as_json:
         typer.echo(json.dumps(info, indent=2, default=str))
@@ -106,8 +108,6 @@ def show(
 @app.command()
 def verify(name: str = typer.Argument(..., help="Store name.")) -> None:
     """Recompute every file's sha256 against the manifest."""
-    from tuneloop.models.store import ModelStore
-
     problems = ModelStore().verify(name)
     if problems:
         raise TuneloopError(
@@ -122,8 +122,6 @@ def remove(
     name: str = typer.Argument(..., help="Store name."), yes: bool = typer.Option(False, "--yes", "-y")
 ) -> None:
     """Delete a model from the store."""
-    from tuneloop.models.store import ModelStore
-
     store = ModelStore()
     store.get(name)  # a clear error if absent
     if not yes and not typer.confirm(f"delete {name}?"):
@@ -145,17 +143,14 @@ def ask(
     Any model reference in any format works: HF folders, LoRA adapters (on their base), and what
     `tuneloop export` writes (int8, packed int4, ONNX - greedy only).
     """
-    from tuneloop.evaluation.loader import load_for_eval
-    from tuneloop.models.loading import stream_chat
-
     check_sampling(model, temperature, "--temperature")
-    loaded = load_for_eval(model, device, pull=True)
+    loaded = load_reference(model, device, pull=True)
     if not loaded.tokenizer.chat_template:
         raise TuneloopError(f"'{model}' has no chat template", hint="ask an instruct/chat model")
     messages = ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": question}
     ]
-    for piece in stream_chat(
+    for piece in loading.stream_chat(
         loaded.model, loaded.tokenizer, messages, max_new_tokens=max_new_tokens, temperature=temperature
     ):
         typer.echo(piece, nl=False)
@@ -164,9 +159,6 @@ def ask(
 
 def check_sampling(ref: str, temperature: float, option: str) -> None:
     """ONNX exports decode greedily (the ONNX Runtime loop has no sampler): refuse sampling by name."""
-    from tuneloop.models.formats import folder_format
-    from tuneloop.models.resolve import resolve_model
-
     if temperature > 0 and folder_format(resolve_model(ref, pull=True).path) == "onnx":
         raise TuneloopError(
             f"'{ref}' is an ONNX export, which decodes greedily only; {option} {temperature:g} cannot apply",

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneloop.config import load_config
+from tuneloop.errors import TuneloopError
+from tuneloop.models.formats import require_format
+from tuneloop.models.resolve import resolve_model
 from tuneloop.resources.plan import GiB, Plan, PlanRequest, make_plan, parse_memory
 from tuneloop.resources.shapes import known_shape, resolve_shape
 
@@ -46,8 +51,6 @@ def plan(
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
     """Estimate per-GPU training memory and say whether (and how) it fits."""
-    from tuneloop.config import load_config
-
     fields = dict(
         model=model,
         method=method,
@@ -77,11 +80,6 @@ def plan(
 
 def _check_format(model: str) -> None:
     """A local or registry folder must hold a trainable model: plan refuses exports and adapters by name."""
-    from pathlib import Path
-
-    from tuneloop.models.formats import require_format
-    from tuneloop.models.resolve import resolve_model
-
     if known_shape(model) is not None:
         return
     folder = Path(model).expanduser()
@@ -126,7 +124,5 @@ def render(p: Plan, console: Console) -> None:
 
 def _tuneloop_trainer(name: str) -> bool:
     if name not in ("tuneloop", "hf"):
-        from tuneloop.errors import TuneloopError
-
         raise TuneloopError(f"--trainer '{name}' is not known", hint="use --trainer tuneloop or --trainer hf")
     return name == "tuneloop"

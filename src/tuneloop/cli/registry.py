@@ -17,6 +17,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from tuneloop.errors import TuneloopError
+from tuneloop.models.formats import DESCRIPTION, folder_format
+from tuneloop.registry import Registry
+from tuneloop.registry.views import describe, list_models
+from tuneloop.registry.views import diff as do_diff
+
 app = typer.Typer(
     help="Model registry (MLflow): versions with lineage, aliases (production, candidate, staging), "
     "rollback. References NAME@alias and NAME/VERSION work wherever a model is taken.",
@@ -24,15 +30,14 @@ app = typer.Typer(
 )
 console = Console()
 TRACKING = typer.Option(
-    None, "--tracking-uri", help="MLflow tracking server or database (default: MLFLOW_TRACKING_URI, "
-    "else SQLite in TUNELOOP_HOME).",
-)  # fmt: skip
+    None,
+    "--tracking-uri",
+    help="MLflow tracking server or database (default: MLFLOW_TRACKING_URI, else SQLite in TUNELOOP_HOME).",
+)
 JSON = typer.Option(False, "--json", help="Machine-readable output.")
 
 
 def _registry(uri: str | None) -> Any:
-    from tuneloop.registry import Registry
-
     return Registry(uri)
 
 
@@ -67,9 +72,6 @@ def register(
 
 def _check_run_folder(run_dir: Path) -> None:
     """A failed run, or a model/export folder given where a run folder belongs, is named as such."""
-    from tuneloop.errors import TuneloopError
-    from tuneloop.models.formats import DESCRIPTION, folder_format
-
     run_json = run_dir / "run.json"
     if run_json.is_file():
         try:
@@ -92,8 +94,6 @@ def _check_run_folder(run_dir: Path) -> None:
 @app.command("list")
 def list_(tracking_uri: str = TRACKING, as_json: bool = JSON) -> None:
     """Registered models with their latest version and aliases."""
-    from tuneloop.registry.views import list_models
-
     rows = list_models(_registry(tracking_uri))
     if as_json:
         return _echo_json(rows)
@@ -103,8 +103,15 @@ def list_(tracking_uri: str = TRACKING, as_json: bool = JSON) -> None:
     table = Table("name", "latest", "versions", "kind", "aliases", "updated", "description")
     for r in rows:
         aliases = ", ".join(f"{a} -> {v}" for a, v in r["aliases"].items())
-        table.add_row(r["name"], str(r["latest"] or "-"), str(r["versions"]), r["kind"] or "", aliases,
-                      _when(r["updated"]), escape(r["description"]))  # fmt: skip
+        table.add_row(
+            r["name"],
+            str(r["latest"] or "-"),
+            str(r["versions"]),
+            r["kind"] or "",
+            aliases,
+            _when(r["updated"]),
+            escape(r["description"]),
+        )
     console.print(table)
 
 
@@ -115,8 +122,6 @@ def show(
     as_json: bool = JSON,
 ) -> None:
     """One version: lineage tags, metrics, aliases, stored files, alias history."""
-    from tuneloop.registry.views import describe
-
     d = describe(_registry(tracking_uri), ref)
     if as_json:
         return _echo_json(d)
@@ -126,8 +131,10 @@ def show(
     if d["description"]:
         console.print(f"  {escape(d['description'])}")
     console.print(f"  source: {escape(d['source'])}")
-    _pairs("lineage", {k.removeprefix("tuneloop."): v for k, v in d["tags"].items()
-                       if k != "tuneloop.alias_history"})  # fmt: skip
+    _pairs(
+        "lineage",
+        {k.removeprefix("tuneloop."): v for k, v in d["tags"].items() if k != "tuneloop.alias_history"},
+    )
     _pairs("metrics", d["metrics"])
     _pairs("files", {k: f"{v:,} bytes" for k, v in d["files"].items()})
     _history_table(d["alias_history"])
@@ -150,9 +157,14 @@ def _history_table(entries: list[dict[str, Any]]) -> None:
         "time", "alias", "action", "version", "previous", "user", title="alias history", title_justify="left"
     )
     for e in entries:
-        table.add_row(e.get("time", ""), e.get("alias", ""), e.get("action", ""),
-                      str(e.get("version") if e.get("version") is not None else "-"),
-                      str(e.get("previous") if e.get("previous") is not None else "-"), str(e.get("user") or ""))  # fmt: skip
+        table.add_row(
+            e.get("time", ""),
+            e.get("alias", ""),
+            e.get("action", ""),
+            str(e.get("version") if e.get("version") is not None else "-"),
+            str(e.get("previous") if e.get("previous") is not None else "-"),
+            str(e.get("user") or ""),
+        )
     console.print(table)
 
 
@@ -164,8 +176,6 @@ def diff(
     as_json: bool = JSON,
 ) -> None:
     """Config keys, metrics (with deltas) and lineage that differ between two versions."""
-    from tuneloop.registry.views import diff as do_diff
-
     d = do_diff(_registry(tracking_uri), a, b)
     if as_json:
         return _echo_json(d.to_json())

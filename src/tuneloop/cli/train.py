@@ -9,6 +9,10 @@ import sys
 import typer
 from rich.console import Console
 
+from tuneloop.config import load_config
+from tuneloop.train.config import TrainConfig
+from tuneloop.train.logs import setup_logging
+
 console = Console()
 
 
@@ -23,18 +27,14 @@ def train(
     ),
 ) -> None:
     """Fine-tune a model (SFT, continued pretraining, DPO; full, LoRA, QLoRA), tracked in MLflow, resumable."""
-    from tuneloop.config import load_config
-    from tuneloop.train.config import TrainConfig
-
     args = [config] if config and "=" not in config else []
     overrides = ([config] if config and "=" in config else []) + list(overrides or [])
-    from tuneloop.train.recipe import read_data, run
+    from tuneloop.train.recipe import read_data, run  # torch and transformers: seconds to import
 
     cfg = load_config(TrainConfig, args[0] if args else None, overrides)  # validate before spawning anything
     if (nproc > 1 or nnodes > 1) and "WORLD_SIZE" not in os.environ:
         read_data(cfg)  # a bad row is named here, once, not by every worker after torchrun started them
         raise typer.Exit(_torchrun(args[0] if args else "-", overrides, nproc, nnodes))
-    from tuneloop.train.logs import setup_logging
 
     setup_logging()
     result = run(cfg)
@@ -52,9 +52,11 @@ def _torchrun(config: str, overrides: list[str], nproc: int, nnodes: int) -> int
     if nnodes == 1:
         cmd.append("--standalone")
     else:
-        cmd += [f"--node-rank={os.environ.get('NODE_RANK', '0')}",
-                f"--master-addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
-                f"--master-port={os.environ.get('MASTER_PORT', '29500')}"]  # fmt: skip
+        cmd += [
+            f"--node-rank={os.environ.get('NODE_RANK', '0')}",
+            f"--master-addr={os.environ.get('MASTER_ADDR', '127.0.0.1')}",
+            f"--master-port={os.environ.get('MASTER_PORT', '29500')}",
+        ]
     cmd += ["-m", "tuneloop.train.launch", config, *overrides]
     console.print(f"[bold cyan]==>[/] {' '.join(cmd)}")
     return subprocess.call(cmd)
