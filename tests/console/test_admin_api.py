@@ -130,8 +130,8 @@ def test_metrics_summary_gives_rates_percentiles_and_429s_per_model_and_variant(
             assert (
                 httpx.post(f"{s.url}/v1/chat/completions", json=body, headers=keys["user"]).status_code == 200
             )
-        s.state.models["a"].gate.max_concurrency = 0  # full: the next request is refused with 429
-        s.state.models["a"].gate.max_queue = 0
+        s.gateway.models["a"].gate.max_concurrency = 0  # full: the next request is refused with 429
+        s.gateway.models["a"].gate.max_queue = 0
         assert httpx.post(f"{s.url}/v1/chat/completions", json=body, headers=keys["user"]).status_code == 429
         second = httpx.get(
             f"{s.url}/admin/metrics/summary", params={"window_s": 1}, headers=keys["admin"]

@@ -146,7 +146,7 @@ def test_console_chat_streams_votes_reach_the_loop_review_approves_and_rollback_
         page.click("#confirm-ok")
         page.wait_for_selector("#md-status:has-text('now points at version 1')")
         assert int(registry.version("bot@production").version) == 1
-        assert s.state.models["prod"].version == "bot/1"  # reloaded: prod follows the alias
+        assert s.gateway.models["prod"].version == "bot/1"  # reloaded: prod follows the alias
         shots(page, "models")
 
         # -- live: traffic per variant and the loop's decisions

@@ -60,7 +60,7 @@ def test_two_users_of_one_key_are_one_voter():
             assert r.status_code == 200, r.text
     batch = collect(CollectSettings(), "bot", {})
     [item] = batch.interactions
-    pseudonym = s.state.privacy.user  # end users are stored as pseudonyms (log.pseudonymize_users)
+    pseudonym = s.gateway.privacy.user  # end users are stored as pseudonyms (log.pseudonymize_users)
     assert [(r.key_id, r.user) for r in item.ratings] == [(record.id, pseudonym("alice")),
                                                           (record.id, pseudonym("bob"))]  # fmt: skip
     # one key is one voter whatever `user` it sends (a sybil's many users add nothing)

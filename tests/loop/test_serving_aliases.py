@@ -25,7 +25,7 @@ def test_an_alias_moving_from_a_full_version_to_an_adapter_is_served_after_reloa
         registry.promote("bot", 2, "production")
         assert httpx.post(f"{s.url}/admin/reload", timeout=60).json() == {"reloaded": ["bot"]}
         after = httpx.post(f"{s.url}/v1/completions", json=body, timeout=60)
-        shared = s.state.models["bot"].client.shared
+        shared = s.gateway.models["bot"].client.shared
     assert before.headers["x-tuneloop-model-version"] == "bot/1"
     assert after.status_code == 200 and after.headers["x-tuneloop-model-version"] == "bot/2"
     assert after.json()["choices"][0]["text"] != before.json()["choices"][0]["text"]  # the adapter answers

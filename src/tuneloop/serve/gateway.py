@@ -97,12 +97,11 @@ class Gateway:
         )
         if clients is None:
             clients = await asyncio.to_thread(build_clients, config)
-            # self.models owns the clients from now on: a reload replaces them there, and a reference
-            # kept here would keep the first engine (weights and KV cache) alive for the server's life
+        # self.models owns the clients from now on (a reload replaces them there): nothing else may
+        # keep a reference, or the first engine (weights, KV cache) stays alive for the server's life
         self.models = {name: Served(name, c, self.gate(name, c)) for name, c in clients.items()}
         if config.warmup:
             await asyncio.gather(*(c.start() for c in clients.values()))
-        del clients
         self.ready = True
         if config.reload_interval_s:
             self._tasks.append(asyncio.create_task(watch(self, config.reload_interval_s)))

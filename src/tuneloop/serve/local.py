@@ -14,8 +14,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tuneloop.engine import SamplingParams
+from tuneloop.engine import LLMEngine, SamplingParams
+from tuneloop.engine.async_engine import AsyncEngine
 from tuneloop.engine.outputs import RequestFailedError
+from tuneloop.engine.process import EngineProcess
+from tuneloop.models.loading import load_tokenizer
 from tuneloop.serve.adapters import AdapterCache
 from tuneloop.serve.batch_encoder import BatchEncoder
 from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest, TokenLogprob
@@ -52,17 +55,10 @@ class SharedEngine:
 
     @classmethod
     def load(cls, folder: Path, process: bool = False, **engine_kwargs: Any) -> SharedEngine:
-        from tuneloop.models.loading import load_tokenizer
-
         kwargs = {k: v for k, v in engine_kwargs.items() if v is not None}
         if process:  # the engine steps in its own process: no GIL shared with the HTTP server
-            from tuneloop.engine.process import EngineProcess
-
-            engine: Any = EngineProcess(folder, **kwargs)
+            engine: AsyncEngine | EngineProcess = EngineProcess(folder, **kwargs)
         else:
-            from tuneloop.engine import LLMEngine
-            from tuneloop.engine.async_engine import AsyncEngine
-
             engine = AsyncEngine(LLMEngine.from_pretrained(folder, **kwargs))
         return cls(engine, load_tokenizer(folder), folder)
 
