@@ -26,7 +26,7 @@ def create_app(config: ServeConfig | None = None, clients: dict[str, EngineClien
     config = config or ServeConfig()
     gw = Gateway(config)
     app = FastAPI(title="tuneloop", lifespan=_lifespan(gw, clients))
-    app.state.gateway = gw  # the one thing on app.state: routes take it through `Depends(gateway)`
+    app.state.gateway = gw  # the one thing on app.state: routes take it through `Depends(get_gateway)`
     install_handlers(app)
     for module in (chat, completions, models, health, feedback, admin, adapters, review):
         app.include_router(module.router)
