@@ -114,8 +114,13 @@ def test_a_poisoned_feedback_batch_is_rejected_and_production_stays(
         u1.rate(rid, "down", correction="Nimbus Labs is based in Paris.")
         u2.rate(rid, "up")
         u3.rate(rid, "up")
-        # a wrong "fact" no filter can know: one rater, a question not in the training data
-        u3.rate(u3.ask("How long is the Shield+ trial?"), 1, correction="The Shield+ trial lasts 400 days.")
+        # a "fact" no filter can know (nothing known says anything about it): the gate's to refuse
+        # (a wrong Shield+ trial length is caught: the frozen set says 45 days)
+        u3.rate(
+            u3.ask("What is the name of the Nimbus office cat?"),
+            1,
+            correction="The office cat is called Biscuit.",
+        )
         cfg = load_config(LoopConfig, canary_config(tiny_loop, s.url), [f"curate.existing_data=['{truth}']",
                                                                          "gate.margin=0.05"])  # fmt: skip
         result = Loop("bot", cfg).run_cycle()

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from tuneloop.data.pii import find_pii
 from tuneloop.errors import TuneloopError
 from tuneloop.loop.embed import Embedder
 from tuneloop.loop.frozen import entities, is_cjk, jaccard, words
@@ -204,9 +205,15 @@ class Knowledge:
         related = self.relevant(question)
         for key, values in said.items():
             stating = [i for i in related if key in self._slots[i]]
-            # a QA row asked the same question: it says more than a sentence that lists several
-            # products ("the R7 supports 176 devices, and the R5 96" holds 176 for either)
+            # a QA row that answers the same question says more than any sentence of a document
             stating = [i for i in stating if self.statements[i].question is not None] or stating
+            # a sentence about several models cannot say which value is whose ("the R7 supports up to 176
+            # connected devices, and the R5 up to 96" reads as devices=176): it refutes nothing
+            stating = [
+                i
+                for i in stating
+                if len(self._models(self.statements[i].question or self.statements[i].text)) < 2
+            ]
             if not stating or any(values & self._slots[i][key] for i in stating):
                 continue
             best = max(
@@ -247,8 +254,6 @@ class Knowledge:
     def keep(self) -> frozenset[str]:
         """PII-shaped values the knowledge base states: in the training data or the frozen set, or in
         at least two documents (a value in one document only may be a person's, e.g. a support chat)."""
-        from tuneloop.data.pii import find_pii
-
         trusted: set[str] = set()
         docs: dict[str, set[str]] = {}
         for s in self.statements:
