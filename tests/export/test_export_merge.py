@@ -8,22 +8,21 @@ import pytest
 import torch
 
 from tuneloop.errors import TuneloopError
-from tuneloop.export.loader import folder_format, load_any
 from tuneloop.export.merge import merge_adapter
 from tuneloop.export.pipeline import ExportOptions, run_export
 from tuneloop.export.runners import greedy, runner_for
+from tuneloop.models.formats import folder_format
+from tuneloop.models.load import load_folder, load_reference
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 256, 3]])
 
 
 def test_merged_logits_equal_base_plus_adapter(tiny_adapter: Path) -> None:
-    from tuneloop.evaluation.loader import load_for_eval
-
     with torch.no_grad():
-        oracle = load_for_eval(str(tiny_adapter), "cpu").model(IDS).logits
+        oracle = load_reference(str(tiny_adapter), "cpu").model(IDS).logits
         merged, _, details = merge_adapter(tiny_adapter)
         got = merged(IDS).logits
-    base = load_any(Path(details["base"]), "cpu")[0]
+    base = load_folder(Path(details["base"]), "cpu").model
     with torch.no_grad():
         assert not torch.allclose(base(IDS).logits, oracle, atol=1e-3)  # the adapter does something
     assert torch.allclose(got, oracle, atol=1e-5, rtol=1e-4)
@@ -37,7 +36,8 @@ def test_merge_export_is_a_plain_folder_that_generates(tiny_adapter: Path, tmp_p
     assert folder_format(out) == "hf"
     assert not (out / "adapter_config.json").exists()
     assert (out / "export_report.json").is_file() and (out / "export_report.md").is_file()
-    model, tokenizer = load_any(out, "cpu")
+    loaded = load_folder(out, "cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
     assert len(greedy(runner_for(model), tokenizer("hello")["input_ids"], 5).tokens) == 5
     # before = base + adapter (what must be shipped); merged = base-sized
     assert report.before.size_bytes > report.after.size_bytes > 0

@@ -11,9 +11,10 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
-from tuneloop.export.onnx import OnnxCausalLM
 from tuneloop.export.runners import OnnxRunner, TorchRunner, greedy
+from tuneloop.models.load import load_reference
 from tuneloop.models.loading import load_model
+from tuneloop.models.onnx import OnnxCausalLM
 
 ATOL = 1e-4
 
@@ -82,9 +83,8 @@ def test_onnx_with_quantize_is_refused(tiny_llama: Path, tmp_path: Path) -> None
 
 def test_eval_loads_the_onnx_export_and_the_engine_refuses_it(pipeline_export) -> None:
     from tuneloop.engine import LLMEngine
-    from tuneloop.evaluation.loader import load_for_eval
 
-    loaded = load_for_eval(pipeline_export.output, "cpu")
+    loaded = load_reference(pipeline_export.output, "cpu")
     assert isinstance(loaded.model, OnnxCausalLM)
     with pytest.raises(ValueError, match="ONNX export"):
         LLMEngine.from_pretrained(pipeline_export.output, kv_cache_gib=0.01)

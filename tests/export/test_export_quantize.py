@@ -9,9 +9,11 @@ import torch
 
 pytest.importorskip("torchao")
 
-from tuneloop.export.loader import folder_format, load_any
+from tuneloop.engine import LLMEngine
 from tuneloop.export.pipeline import ExportOptions, run_export
 from tuneloop.export.runners import greedy, runner_for
+from tuneloop.models.formats import folder_format
+from tuneloop.models.load import load_folder, load_reference
 from tuneloop.models.loading import load_model
 
 IDS = torch.tensor([[1, 17, 42, 99, 7, 256, 3, 11]])
@@ -25,7 +27,9 @@ def test_quantized_export_reloads_and_generates(
     out = Path(report.output)
     assert folder_format(out) == fmt
     assert report.after.size_bytes < max_ratio * report.before.size_bytes
-    model, tokenizer = load_any(out, "cpu")  # a fresh load from disk, not the object that was saved
+    loaded = load_folder(out, "cpu")  # a fresh load from disk, not the object that was saved
+    model, tokenizer = loaded.model, loaded.tokenizer
+    assert loaded.format == fmt
     linear = model.model.layers[0].mlp.down_proj.weight
     assert type(linear).__name__ in ("Int8Tensor", "Int4OpaqueTensor")
     gen = greedy(runner_for(model), tokenizer("hello world")["input_ids"], 6)
@@ -49,13 +53,10 @@ def test_unknown_quantize_method_is_refused(tiny_llama: Path, tmp_path: Path) ->
 def test_eval_loads_an_int4_export_and_the_engine_refuses_it_by_name(
     tiny_llama: Path, tmp_path: Path, fast
 ) -> None:
-    from tuneloop.engine import LLMEngine
-    from tuneloop.evaluation.loader import load_for_eval
-
     out = Path(
         run_export(str(tiny_llama), ExportOptions(quantize="int4", out=tmp_path / "q", workload=fast)).output
     )
-    loaded = load_for_eval(out, "cpu")  # `tuneloop eval` takes the folder as written by export
+    loaded = load_reference(out, "cpu")  # `tuneloop eval` takes the folder as written by export
     assert type(loaded.model.model.layers[0].mlp.down_proj.weight).__name__ == "Int4OpaqueTensor"
     assert len(greedy(runner_for(loaded.model), loaded.tokenizer("hello")["input_ids"], 3).tokens) == 3
     with pytest.raises(ValueError, match="packed int4 export, which the engine does not serve"):

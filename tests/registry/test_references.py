@@ -13,6 +13,7 @@ import torch
 
 from tuneloop import paths
 from tuneloop.errors import ModelNotFoundError
+from tuneloop.models.load import load_reference
 from tuneloop.models.resolve import resolve_model
 from tuneloop.models.tiny import build_tiny_model
 
@@ -73,8 +74,6 @@ def test_adapter_loads_from_the_registry_after_its_base_and_run_are_gone(registr
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuneloop.evaluation.loader import load_for_eval
-
     base = build_tiny_model(tmp_path / "base", family="llama")
     run = train_run(base, tmp_path / "run")
     ids = torch.tensor([[1, 5, 9, 42, 7, 3]])
@@ -89,7 +88,7 @@ def test_adapter_loads_from_the_registry_after_its_base_and_run_are_gone(registr
     shutil.rmtree(base)
     shutil.rmtree(run)
     shutil.rmtree(paths.home() / "registry")  # fetch everything again from the artifact store
-    loaded = load_for_eval("acme@production", device="cpu")
+    loaded = load_reference("acme@production", device="cpu")
     assert Path(loaded.base) == resolve_model("base/1").path
     torch.testing.assert_close(logits(loaded.model, ids), expected, rtol=0, atol=0)
 

@@ -14,9 +14,9 @@ from typing import Any
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation import metrics
 from tuneloop.evaluation.generate import generate_replies, prompt_and_reference
-from tuneloop.evaluation.loader import load_for_eval
 from tuneloop.evaluation.perplexity import perplexity, sft_token_labels, text_labels
 from tuneloop.evaluation.rows import Kind, Row, read_rows, rows_from_dicts
+from tuneloop.models.load import load_reference
 
 MAX_LENGTH_CAP = 2048  # longer rows are truncated (and counted): CPU memory, not model limits
 
@@ -64,7 +64,7 @@ def evaluate(
     rows, kind = rows_from_dicts(data) if isinstance(data, list) else read_rows(data)
     rows = rows[:max_samples] if max_samples else rows
     if model is None or tokenizer is None:
-        loaded = load_for_eval(model_ref, device)
+        loaded = load_reference(model_ref, device)
         model, tokenizer = loaded.model, loaded.tokenizer
     timing = {"load_s": time.perf_counter() - started}
     max_length = max_length or _max_length(model, tokenizer)

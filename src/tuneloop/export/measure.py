@@ -19,14 +19,20 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.evaluation import metrics
 from tuneloop.evaluation.generate import prompt_and_reference
 from tuneloop.evaluation.perplexity import perplexity, render_chat, sft_token_labels, text_labels
 from tuneloop.evaluation.rows import Row, read_rows
-from tuneloop.export.loader import folder_format, load_any
+from tuneloop.export import prune as pruning
 from tuneloop.export.runners import greedy, runner_for
+from tuneloop.models.formats import folder_format
+from tuneloop.models.load import CausalLM, load_folder
+from tuneloop.models.resolve import resolve_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx.data", ".data", ".pt")
 MAX_LENGTH = 1024
@@ -90,7 +96,7 @@ class Workload:
     load_tries: int = 2
 
     @classmethod
-    def from_file(cls, data: Path | None, **kwargs: Any) -> Workload:
+    def from_file(cls, data: Path | None, **kwargs: int) -> Workload:
         if data is None:
             return cls(**kwargs)
         rows, kind = read_rows(data)
@@ -102,8 +108,6 @@ def weights_size(path: Path) -> int:
     path = Path(path)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
     if folder_format(path) == "adapter":
-        from tuneloop.models.resolve import resolve_model
-
         base = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
         size += weights_size(resolve_model(base).path)
     return size
@@ -127,16 +131,14 @@ def measure(path: Path, device: str, work: Workload, *, with_sparsity: bool = Fa
     )  # fmt: skip
 
 
-def _sparsity(model: Any) -> float | None:
-    from tuneloop.export.prune import linear_sparsity
-
+def _sparsity(model: CausalLM) -> float | None:
     try:
-        return linear_sparsity(model)
+        return pruning.linear_sparsity(model)
     except Exception:  # ONNX sessions and packed/quantized weights have no countable zeros
         return None
 
 
-def timed_load(path: Path, device: str, tries: int = 2) -> tuple[Any, Any, float]:
+def timed_load(path: Path, device: str, tries: int = 2) -> tuple[CausalLM, PreTrainedTokenizerBase, float]:
     """Load `tries` times and keep the fastest: the first load in a process also pays for
     importing model code and kernels, which a serving process pays once, not per model."""
     best, loaded = float("inf"), None
@@ -144,19 +146,21 @@ def timed_load(path: Path, device: str, tries: int = 2) -> tuple[Any, Any, float
         loaded = None  # free the previous copy before loading the next
         gc.collect()
         t = time.perf_counter()
-        loaded = load_any(path, device)
+        loaded = load_folder(path, device)
+        if loaded.format == "hf" and device.startswith("cuda") and pruning.pattern_of(path) == "2:4":
+            pruning.to_semi_structured(loaded.model)  # sparse tensor cores; the file holds dense 2:4 weights
         best = min(best, time.perf_counter() - t)
     assert loaded is not None
-    return loaded[0], loaded[1], best
+    return loaded.model, loaded.tokenizer, best
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]) -> list[int]:
     if getattr(tokenizer, "chat_template", None):
         return tokenizer(render_chat(tokenizer, messages, True), add_special_tokens=False)["input_ids"]
     return tokenizer(messages[-1]["content"])["input_ids"]
 
 
-def latency(model: Any, tokenizer: Any, work: Workload) -> tuple[float, float]:
+def latency(model: CausalLM, tokenizer: PreTrainedTokenizerBase, work: Workload) -> tuple[float, float]:
     """(median time to first token, median per-token time) over prompts x repeats, batch 1."""
     runner = runner_for(model)
     prompts = [_chat_ids(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
@@ -170,7 +174,7 @@ def latency(model: Any, tokenizer: Any, work: Workload) -> tuple[float, float]:
     return statistics.median(ttfts), statistics.median(steps)
 
 
-def _ppl_examples(tokenizer: Any, work: Workload) -> list[tuple[list[int], list[int]]]:
+def _ppl_examples(tokenizer: PreTrainedTokenizerBase, work: Workload) -> list[tuple[list[int], list[int]]]:
     if work.rows is None:
         return [text_labels(tokenizer, text, MAX_LENGTH) for text in BUILTIN_TEXT]
     if work.kind == "text":
@@ -182,7 +186,7 @@ def _ppl_examples(tokenizer: Any, work: Workload) -> list[tuple[list[int], list[
     return out
 
 
-def task_scores(model: Any, tokenizer: Any, work: Workload) -> dict[str, float]:
+def task_scores(model: CausalLM, tokenizer: PreTrainedTokenizerBase, work: Workload) -> dict[str, float]:
     """Mean answer scores of greedy replies to the SFT rows (stopping at end of turn)."""
     runner = runner_for(model)
     eos = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}

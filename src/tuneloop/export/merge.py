@@ -8,18 +8,24 @@ stored in the base's own dtype: merging a bf16 base must not double the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.models.load import load_reference
+from tuneloop.models.resolve import read_config
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
-def merge_adapter(adapter_path: Path, device: str = "cpu") -> tuple[Any, Any, dict[str, Any]]:
+def merge_adapter(
+    adapter_path: Path, device: str = "cpu"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, dict[str, Any]]:
     """Load base + adapter and merge; returns (model, tokenizer, details for the report)."""
     import torch
 
-    from tuneloop.evaluation.loader import load_for_eval
-
-    loaded = load_for_eval(str(adapter_path), device)
+    loaded = load_reference(str(adapter_path), device)
     if not hasattr(loaded.model, "merge_and_unload"):
         raise TuneloopError(f"'{adapter_path}' is not a LoRA adapter", hint="--merge needs an adapter folder")
     peft_config = loaded.model.peft_config["default"]
@@ -38,11 +44,9 @@ def merge_adapter(adapter_path: Path, device: str = "cpu") -> tuple[Any, Any, di
     return model.eval(), loaded.tokenizer, details
 
 
-def stored_dtype(base: Path) -> Any:
+def stored_dtype(base: Path) -> torch.dtype | None:
     """The dtype the base model's weights are stored in (config.json `dtype`/`torch_dtype`)."""
     import torch
-
-    from tuneloop.models.resolve import read_config
 
     name = read_config(base).get("dtype") or read_config(base).get("torch_dtype")
     value = getattr(torch, str(name), None) if name else None

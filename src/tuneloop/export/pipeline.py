@@ -7,21 +7,29 @@ refused (bad sparsity, 2:4 on a CPU, an adapter without --merge) is refused befo
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata as md
+import json
+import os
 import platform
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import TuneloopError
 from tuneloop.export import prune as pruning
 from tuneloop.export.measure import Measurement, Workload, measure
+from tuneloop.export.merge import merge_adapter, stored_dtype
+from tuneloop.export.onnx import export_onnx
 from tuneloop.export.quantize import quantize_folder
 from tuneloop.export.report import ExportReport, QualityCheck
 from tuneloop.models.loading import load_model, load_tokenizer, pick_device
 from tuneloop.models.resolve import ResolvedModel, resolve_model
+from tuneloop.paths import home
+from tuneloop.registry import Registry
 
-PRUNE_FILE = "prune.json"
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 
 @dataclass
@@ -130,8 +138,6 @@ def run_export(ref: str, opts: ExportOptions) -> ExportReport:
 
 
 def output_dir(opts: ExportOptions, resolved: ResolvedModel) -> Path:
-    from tuneloop.paths import home
-
     slug = "-".join(s.replace(" ", "").replace(":", "_") for s in opts.steps())
     out = opts.out or home() / "exports" / f"{opts.name or resolved.path.name}-{slug}"
     out = Path(out).expanduser().resolve()
@@ -147,8 +153,6 @@ def build(resolved: ResolvedModel, opts: ExportOptions, device: str, out: Path) 
     steps: list[dict[str, Any]] = []
     model, tokenizer = _materialize(resolved, opts, device, steps)
     if opts.onnx:
-        from tuneloop.export.onnx import export_onnx
-
         export_onnx(model, out)
         steps.append({"step": "onnx", "opset": 18, "exporter": "torch.onnx.export(dynamo=True)"})
     elif opts.quantize:
@@ -165,13 +169,13 @@ def build(resolved: ResolvedModel, opts: ExportOptions, device: str, out: Path) 
     return steps
 
 
-def _materialize(resolved: ResolvedModel, opts: ExportOptions, device: str, steps: list) -> tuple[Any, Any]:
+def _materialize(
+    resolved: ResolvedModel, opts: ExportOptions, device: str, steps: list[dict[str, Any]]
+) -> tuple[PreTrainedModel | None, PreTrainedTokenizerBase]:
     """The in-memory model the later steps need (None when quantization can read the folder)."""
     import torch
 
     if opts.merge:
-        from tuneloop.export.merge import merge_adapter
-
         model, tokenizer, details = merge_adapter(resolved.path, "cpu" if opts.onnx else device)
         steps.append({"step": "merge", **details})
     elif opts.pruning or opts.onnx:
@@ -188,14 +192,12 @@ def _materialize(resolved: ResolvedModel, opts: ExportOptions, device: str, step
 
 
 def _write_prune_file(out: Path, steps: list[dict[str, Any]]) -> None:
-    import json
-
     step = next((s for s in steps if s["step"].startswith("prune")), None)
     if step:
-        (out / PRUNE_FILE).write_text(json.dumps(step, indent=2))
+        (out / pruning.PRUNE_FILE).write_text(json.dumps(step, indent=2))
 
 
-def _prune(model: Any, opts: ExportOptions) -> dict[str, Any]:
+def _prune(model: PreTrainedModel, opts: ExportOptions) -> dict[str, Any]:
     if opts.prune_pattern == "2:4":
         return {"step": "prune 2:4", "pattern": "2:4", "sparsity": pruning.prune_2_4(model)}
     reached = pruning.prune_unstructured(model, opts.prune or 0.0)
@@ -207,16 +209,14 @@ def _prune(model: Any, opts: ExportOptions) -> dict[str, Any]:
     }
 
 
-def _as_stored(model: Any, resolved: ResolvedModel, opts: ExportOptions) -> Any:
+def _as_stored(model: PreTrainedModel, resolved: ResolvedModel, opts: ExportOptions) -> PreTrainedModel:
     """A pruned model goes back to its source's stored dtype (it was loaded as fp32 on a CPU):
     pruning a bf16 model must not double its file. A merged model already has its base's dtype."""
-    from tuneloop.export.merge import stored_dtype
-
     dtype = None if opts.merge else stored_dtype(resolved.path)
     return model if dtype is None else model.to(dtype)
 
 
-def save_hf(model: Any, tokenizer: Any, out: Path) -> Path:
+def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out))
     tokenizer.save_pretrained(str(out))
@@ -224,8 +224,6 @@ def save_hf(model: Any, tokenizer: Any, out: Path) -> Path:
 
 
 def environment(device: str) -> dict[str, str]:
-    import importlib.metadata as md
-
     env = {"python": platform.python_version(), "machine": platform.machine(), "cpu_count": str(_cpus())}
     for package in ("torch", "transformers", "peft", "torchao", "onnxruntime", "bitsandbytes"):
         with contextlib.suppress(md.PackageNotFoundError):
@@ -238,19 +236,11 @@ def environment(device: str) -> dict[str, str]:
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
 
 
 def register(out: Path, name: str, resolved: ResolvedModel, report: ExportReport) -> dict[str, Any]:
     """A new registry version of the export; its parent is the source when that is a registry version."""
-    try:
-        from tuneloop.registry import Registry
-    except ImportError:
-        raise TuneloopError(
-            "the model registry is not available in this install", hint="pip install 'tuneloop[train]'"
-        ) from None
     parent = _registry_parent(resolved)
     ratios = report.ratios()
     tags = {

@@ -11,11 +11,17 @@ tensors that the hardware multiplies at up to 2x. There is no such kernel on a C
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneloop.errors import TuneloopError
 
+if TYPE_CHECKING:
+    import torch
+
 PATTERNS = ("unstructured", "2:4")
+PRUNE_FILE = "prune.json"  # written next to a pruned export: the step's settings and the sparsity reached
 
 
 def check_prune_args(sparsity: float | None, pattern: str, device: str) -> None:
@@ -51,7 +57,7 @@ def _check_semi_structured_hardware(device: str) -> None:
         )
 
 
-def prunable(model: Any) -> dict[str, Any]:
+def prunable(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
     """Linear layers by name, lm_head excluded (tied to the embeddings in small models)."""
     import torch
 
@@ -62,7 +68,7 @@ def prunable(model: Any) -> dict[str, Any]:
     }
 
 
-def prune_unstructured(model: Any, sparsity: float) -> float:
+def prune_unstructured(model: torch.nn.Module, sparsity: float) -> float:
     """Zero the smallest |w| of each linear layer in place; returns the sparsity reached."""
     import torch
 
@@ -77,7 +83,7 @@ def prune_unstructured(model: Any, sparsity: float) -> float:
     return linear_sparsity(model)
 
 
-def prune_2_4(model: Any) -> float:
+def prune_2_4(model: torch.nn.Module) -> float:
     """Keep the 2 largest of every 4 input weights; returns the sparsity reached (0.5)."""
     import torch
 
@@ -90,7 +96,7 @@ def prune_2_4(model: Any) -> float:
     return linear_sparsity(model)
 
 
-def to_semi_structured(model: Any) -> int:
+def to_semi_structured(model: torch.nn.Module) -> int:
     """Swap 2:4-pruned weights for sparse tensor-core tensors (CUDA, fp16/bf16); returns how many."""
     import torch
     from torch.sparse import to_sparse_semi_structured
@@ -104,7 +110,7 @@ def to_semi_structured(model: Any) -> int:
     return count
 
 
-def linear_sparsity(model: Any) -> float:
+def linear_sparsity(model: torch.nn.Module) -> float:
     """Fraction of exact zeros over all prunable linear weights."""
     zeros = total = 0
     for module in prunable(model).values():
@@ -112,3 +118,9 @@ def linear_sparsity(model: Any) -> float:
         zeros += int((w == 0).sum())
         total += w.numel()
     return zeros / total if total else 0.0
+
+
+def pattern_of(folder: Path) -> str | None:
+    """The pruning pattern recorded in an export folder's prune.json (None: not pruned)."""
+    file = Path(folder) / PRUNE_FILE
+    return json.loads(file.read_text()).get("pattern") if file.is_file() else None

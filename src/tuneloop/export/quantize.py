@@ -5,7 +5,7 @@
 - int4 (CPU): torchao's CPU int4 kernel (`_weight_int4pack_mm_for_cpu`, bf16 activations) via
   `PrototypeInt4WeightOnlyConfig`. Its tensor type has no safetensors serializer in transformers,
   so the packed nibbles and the scales/zeros are written as plain tensors next to `int4.json`, and
-  `load_int4` rebuilds the model from them.
+  `tuneloop.models.int4.load_int4` rebuilds the model from them.
 - CUDA: bitsandbytes LLM.int8 / NF4 (double quantization), reloaded by `from_pretrained`.
 
 The lm_head is left in full precision (it is tied to the embeddings in small models, and it is
@@ -17,13 +17,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from tuneloop.errors import TuneloopError, missing_extra
+from tuneloop.errors import missing_extra
+from tuneloop.models.formats import INT4_MANIFEST, INT4_WEIGHTS
+from tuneloop.models.loading import load_model
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 Method = Literal["int8", "int4"]
-INT4_MANIFEST = "int4.json"
-INT4_WEIGHTS = "model.int4.safetensors"
 GROUP_SIZES = (128, 64, 32)  # what the CPU int4 kernel accepts; the largest that divides K wins
 
 
@@ -59,7 +62,7 @@ def _torchao_int8(src: Path, out: Path) -> dict[str, Any]:
     return {"backend": "torchao", "config": "Int8WeightOnlyConfig", "dtype": "bfloat16"}
 
 
-def _linear_targets(model: Any) -> dict[str, int]:
+def _linear_targets(model: PreTrainedModel) -> dict[str, int]:
     """Linear layers to quantize (name -> group size); lm_head and odd shapes stay as they are."""
     import torch
 
@@ -76,8 +79,6 @@ def _torchao_int4(src: Path, out: Path) -> dict[str, Any]:
     import torch
     from safetensors.torch import save_file
     from torchao.quantization import quantize_
-
-    from tuneloop.models.loading import load_model
 
     config_cls = _torchao_config("int4")
     model = load_model(src, "cpu", dtype=torch.bfloat16)
@@ -102,62 +103,6 @@ def _torchao_int4(src: Path, out: Path) -> dict[str, Any]:
         "config": "PrototypeInt4WeightOnlyConfig",
         "group_sizes": sorted(set(targets.values())),
     }
-
-
-def is_int4_folder(path: Path) -> bool:
-    return (Path(path) / INT4_MANIFEST).is_file()
-
-
-def load_int4(path: Path) -> Any:
-    """Rebuild a model written by `_torchao_int4`: bf16 skeleton, packed int4 linears."""
-    import torch
-    from safetensors.torch import load_file
-    from torchao.prototype.quantization.int4 import Int4OpaqueTensor
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    manifest = json.loads((Path(path) / INT4_MANIFEST).read_text())
-    tensors = load_file(str(Path(path) / INT4_WEIGHTS))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16)
-    for name, group in manifest["groups"].items():
-        key = f"{name}.weight"
-        weight = Int4OpaqueTensor(
-            tensors.pop(f"{key}.qdata"), tensors.pop(f"{key}.scale_and_zero"),
-            [1, group], torch.Size(manifest["shapes"][name]),
-        )  # fmt: skip
-        model.get_submodule(name).weight = torch.nn.Parameter(weight, requires_grad=False)
-    missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
-    _check_keys(path, missing, unexpected, model, manifest["groups"])
-    _rebuild_buffers(model)
-    return model.eval()
-
-
-def _check_keys(path: Path, missing: list[str], unexpected: list[str], model: Any, groups: dict) -> None:
-    tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
-    left = set(missing) - tied - {f"{name}.weight" for name in groups}
-    if left or unexpected:
-        raise TuneloopError(
-            f"int4 export '{path}' does not match its config (missing {sorted(left)[:3]}, "
-            f"unexpected {sorted(unexpected)[:3]})",
-            hint="re-run `tuneloop export --quantize int4`",
-        )
-    if tied:
-        model.tie_weights()
-
-
-def _rebuild_buffers(model: Any) -> None:
-    """Non-persistent buffers (rotary inv_freq) are not in the file: rebuild their modules off meta."""
-    for name, module in list(model.named_modules()):
-        if any(b.is_meta for b in module.buffers(recurse=False)) and hasattr(module, "config"):
-            parent, _, child = name.rpartition(".")
-            setattr(
-                model.get_submodule(parent) if parent else model, child, type(module)(config=module.config)
-            )
-    left = [n for n, b in model.named_buffers() if b.is_meta]
-    if left:
-        raise TuneloopError(
-            f"cannot rebuild buffers {left[:3]} of this architecture for int4", hint="use --quantize int8"
-        )
 
 
 def _bitsandbytes(src: Path, out: Path, method: Method) -> dict[str, Any]:

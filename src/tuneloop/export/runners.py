@@ -9,19 +9,27 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
-from tuneloop.export.onnx import OnnxCausalLM
+from tuneloop.models.loading import CausalLM
+from tuneloop.models.onnx import OnnxCausalLM
+
+if TYPE_CHECKING:
+    import numpy as np
+    from peft import PeftModel
+    from transformers import Cache, PreTrainedModel
+
+OnnxState: TypeAlias = "tuple[list[np.ndarray], int]"  # the presents, and how many positions they hold
 
 
 class TorchRunner:
     """Greedy steps on an HF model (plain, PEFT-wrapped or quantized) with its KV cache."""
 
-    def __init__(self, model: Any):
+    def __init__(self, model: PreTrainedModel | PeftModel):
         self.model = model
         self.cache_arg = cache_argument(model)
 
-    def prefill(self, ids: list[int]) -> tuple[int, Any]:
+    def prefill(self, ids: list[int]) -> tuple[int, Cache]:
         import torch
 
         with torch.inference_mode():
@@ -29,7 +37,7 @@ class TorchRunner:
             out = self.model(input_ids=x, use_cache=True)
         return int(out.logits[0, -1].argmax()), getattr(out, self.cache_arg)
 
-    def step(self, token: int, state: Any) -> tuple[int, Any]:
+    def step(self, token: int, state: Cache) -> tuple[int, Cache]:
         import torch
 
         with torch.inference_mode():
@@ -50,14 +58,14 @@ class OnnxRunner:
     def __init__(self, model: OnnxCausalLM):
         self.model = model
 
-    def prefill(self, ids: list[int]) -> tuple[int, Any]:
+    def prefill(self, ids: list[int]) -> tuple[int, OnnxState]:
         import numpy as np
 
         x = np.array([ids], dtype=np.int64)
         logits, past = self.model.run(x, np.ones_like(x), self.model.empty_past(1))
         return int(logits[0, -1].argmax()), (past, len(ids))
 
-    def step(self, token: int, state: Any) -> tuple[int, Any]:
+    def step(self, token: int, state: OnnxState) -> tuple[int, OnnxState]:
         import numpy as np
 
         past, length = state
@@ -69,13 +77,13 @@ class OnnxRunner:
         pass
 
 
-def cache_argument(model: Any) -> str:
+def cache_argument(model: PreTrainedModel | PeftModel) -> str:
     """`cache` (transformers >= 5.2x) or `past_key_values` (before): the name this model's forward takes."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
-def runner_for(model: Any) -> TorchRunner | OnnxRunner:
+def runner_for(model: CausalLM) -> TorchRunner | OnnxRunner:
     return OnnxRunner(model) if isinstance(model, OnnxCausalLM) else TorchRunner(model)
 
 

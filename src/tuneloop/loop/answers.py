@@ -14,7 +14,7 @@ from typing import Any
 
 import transformers
 
-from tuneloop.evaluation.loader import load_for_eval
+from tuneloop.models.load import load_reference
 from tuneloop.models.loading import pick_device
 from tuneloop.train.model_setup import pick_precision
 
@@ -32,7 +32,7 @@ def quiet() -> Iterator[None]:
 def load_for_answers(ref: str | Path, device: str = "auto") -> tuple[Any, Any, str]:
     """(model, tokenizer, precision) of a model or adapter reference, ready for generation."""
     with quiet():
-        loaded = load_for_eval(str(ref), device)
+        loaded = load_reference(str(ref), device)
     model = loaded.model.merge_and_unload() if loaded.base is not None else loaded.model
     precision = pick_precision("auto", pick_device(device))
     if precision.autocast is not None:

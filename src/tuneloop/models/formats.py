@@ -24,9 +24,12 @@ from tuneloop.errors import TuneloopError
 
 Format = Literal["hf", "quantized", "int4", "onnx", "adapter"]
 
-# The marker files `tuneloop export` writes (tuneloop.export.onnx / .quantize use the same names).
+# The files `tuneloop export` writes (tuneloop.export.onnx / .quantize write these names, and
+# tuneloop.models.onnx / .int4 read them).
 ONNX_FILE = "model.onnx"
+ONNX_META = "onnx_config.json"
 INT4_MANIFEST = "int4.json"
+INT4_WEIGHTS = "model.int4.safetensors"
 
 DESCRIPTION: dict[Format, str] = {
     "hf": "a Hugging Face model folder",
@@ -101,8 +104,8 @@ _TOKENIZER = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "*
 _NEEDS: dict[Format, list[tuple[str, tuple[str, ...]]]] = {
     "hf": [("weight files", _WEIGHTS), ("tokenizer files", _TOKENIZER)],
     "quantized": [("weight files", _WEIGHTS), ("tokenizer files", _TOKENIZER)],
-    "int4": [("weight files", ("model.int4.safetensors",)), ("tokenizer files", _TOKENIZER)],
-    "onnx": [("graph settings", ("onnx_config.json",)), ("tokenizer files", _TOKENIZER)],
+    "int4": [("weight files", (INT4_WEIGHTS,)), ("tokenizer files", _TOKENIZER)],
+    "onnx": [("graph settings", (ONNX_META,)), ("tokenizer files", _TOKENIZER)],
     "adapter": [("adapter weights", ("adapter_model.safetensors", "adapter_model.bin"))],
 }
 

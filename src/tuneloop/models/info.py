@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+
 from tuneloop.models.resolve import resolve_model
 
 
 def count_parameters(folder: Path) -> int | None:
     """Parameters from safetensors headers (no tensor is read)."""
-    from safetensors import safe_open
-
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None

@@ -8,9 +8,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 from threading import Thread
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from tuneloop.errors import TuneloopError
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tuneloop.models.onnx import OnnxCausalLM
+
+# What the loaders return: an HF model, an HF model with a PEFT adapter, or an ONNX Runtime session
+# called like one (tuneloop.models.load loads each format).
+CausalLM: TypeAlias = "PreTrainedModel | PeftModel | OnnxCausalLM"
 
 
 def pick_device(device: str = "auto") -> str:
@@ -29,7 +40,7 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def pick_dtype(device: str) -> Any:
+def pick_dtype(device: str) -> torch.dtype:
     """bf16 where the hardware does it well, float32 on CPU (bf16 matmuls are slow on many CPUs)."""
     import torch
 
@@ -38,13 +49,15 @@ def pick_dtype(device: str) -> Any:
     return torch.float32
 
 
-def load_tokenizer(path: str | Path) -> Any:
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(path))
 
 
-def load_model(path: str | Path, device: str = "auto", dtype: Any = None, quiet: bool = True) -> Any:
+def load_model(
+    path: str | Path, device: str = "auto", dtype: torch.dtype | None = None, quiet: bool = True
+) -> PreTrainedModel:
     import transformers
     from transformers import AutoModelForCausalLM
 
@@ -55,7 +68,9 @@ def load_model(path: str | Path, device: str = "auto", dtype: Any = None, quiet:
     return model.to(device).eval()
 
 
-def chat_inputs(tokenizer: Any, messages: list[dict[str, str]], device: str) -> dict[str, Any]:
+def chat_inputs(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], device: str
+) -> dict[str, torch.Tensor]:
     if not tokenizer.chat_template:
         raise TuneloopError("this model's tokenizer has no chat template", hint="use an instruct/chat model")
     enc = tokenizer.apply_chat_template(
@@ -65,8 +80,8 @@ def chat_inputs(tokenizer: Any, messages: list[dict[str, str]], device: str) -> 
 
 
 def stream_chat(
-    model: Any,
-    tokenizer: Any,
+    model: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
     messages: list[dict[str, str]],
     max_new_tokens: int = 128,
     temperature: float = 0.0,
@@ -103,5 +118,10 @@ def stream_chat(
         raise failed[0]
 
 
-def chat(model: Any, tokenizer: Any, messages: list[dict[str, str]], **kwargs: Any) -> str:
+def chat(
+    model: CausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, str]],
+    **kwargs: float,
+) -> str:
     return "".join(stream_chat(model, tokenizer, messages, **kwargs)).strip()

@@ -7,7 +7,10 @@ the default model (ChatML), and are small enough for a forward pass in milliseco
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -30,7 +33,7 @@ _CORPUS = [
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
 
-def build_tokenizer(vocab_size: int = 512) -> Any:
+def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained in-process, with ChatML special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -56,7 +59,7 @@ def build_tokenizer(vocab_size: int = 512) -> Any:
     return fast
 
 
-def build_config(family: str = "llama", vocab_size: int = 512, **overrides: Any) -> Any:
+def build_config(family: str = "llama", vocab_size: int = 512, **overrides: Any) -> PretrainedConfig:
     """A small config of the given family; `overrides` set any config field."""
     import transformers
 
