@@ -8,10 +8,14 @@ and a batch must give what a plain one-prompt `model.generate` gives (the test's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation.perplexity import render_chat
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 
 def prompt_and_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
@@ -42,8 +46,8 @@ def greedy_kwargs(tokenizer: Any, max_new_tokens: int) -> dict[str, Any]:
 
 
 def generate_replies(
-    model: Any,
-    tokenizer: Any,
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[list[dict[str, str]]],
     *,
     max_new_tokens: int = 64,
@@ -57,9 +61,12 @@ def generate_replies(
 
 
 def _generate_batch(
-    model: Any, tokenizer: Any, prompts: Sequence[list[dict[str, str]]], max_new: int
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[list[dict[str, str]]],
+    max_new: int,
 ) -> list[str]:
-    import torch
+    import torch  # here, not at the top: the CLI imports this package at start, and torch takes seconds
 
     texts = [render_chat(tokenizer, p, True) for p in prompts]
     side = tokenizer.padding_side

@@ -140,8 +140,14 @@ class Judgment:
         return any(o.invalid for o in self.orders)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "winner": self.winner, "value": self.value, "consistent": self.consistent,
-                "invalid": self.invalid, "orders": [asdict(o) for o in self.orders]}  # fmt: skip
+        return {
+            "id": self.id,
+            "winner": self.winner,
+            "value": self.value,
+            "consistent": self.consistent,
+            "invalid": self.invalid,
+            "orders": [asdict(o) for o in self.orders],
+        }
 
 
 @dataclass
@@ -209,11 +215,6 @@ class Judge:
         except BaseException:
             self._close_files()
             raise
-
-    @classmethod
-    def from_ref(cls, ref: str, **settings: Any) -> Judge:
-        """A judge run by our engine from a model reference: `Judge.from_ref("smollm2-135m-instruct")`."""
-        return cls(JudgeConfig(model=ref, **settings))
 
     @property
     def identity(self) -> str:
@@ -339,10 +340,22 @@ class Judge:
             text = begun + reply.text if begun else reply.text
             label = parse_label(text, labels) if reply.error is None else None
             results.append((reply, cached, label, text))
-            records.append({"judge": self.identity, "key": key, **meta[i], "attempt": attempt, "messages": prompt,
-                            "reply": reply.text, "parsed": label, "cached": cached, "max_tokens": budget,
-                            "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-                            "error": reply.error})  # fmt: skip
+            records.append(
+                {
+                    "judge": self.identity,
+                    "key": key,
+                    **meta[i],
+                    "attempt": attempt,
+                    "messages": prompt,
+                    "reply": reply.text,
+                    "parsed": label,
+                    "cached": cached,
+                    "max_tokens": budget,
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                    "error": reply.error,
+                }
+            )
         self.log.write(records)
         self._count([(r, cached) for r, cached, _, _ in results])
         fatal = next((r.error for r, _, _, _ in results if r.fatal), None)

@@ -100,7 +100,7 @@ class EngineBackend:
     def complete(
         self, conversations: list[Messages], max_tokens: int, temperature: float
     ) -> list[Completion]:
-        from tuneloop.engine import SamplingParams
+        from tuneloop.engine import SamplingParams  # as in __init__: torch only for a local judge
 
         out: list[Completion | None] = [None] * len(conversations)
         runnable: list[tuple[int, list[int], SamplingParams]] = []
@@ -230,14 +230,21 @@ class OpenAIBackend:
                 f"the upstream judge at {c.base_url} refused the key ({_message(e)})", "judge.api_key_env"
             )
         except errors.NotFoundError as e:
-            return _fatal(f"the upstream judge at {c.base_url} has no model '{c.model_name}' ({_message(e)})",
-                          "judge.model_name")  # fmt: skip
+            return _fatal(
+                f"the upstream judge at {c.base_url} has no model '{c.model_name}' ({_message(e)})",
+                "judge.model_name",
+            )
         except errors.APIStatusError as e:
-            return _fatal(f"the upstream judge at {c.base_url} answered {e.status_code} after {c.max_retries} "
-                          f"retries: {_message(e)}", "judge.max_retries, or try later")  # fmt: skip
+            return _fatal(
+                f"the upstream judge at {c.base_url} answered {e.status_code} after {c.max_retries} "
+                f"retries: {_message(e)}",
+                "judge.max_retries, or try later",
+            )
         except errors.APIError as e:  # connection refused, timeouts: after the retries
-            return _fatal(f"the upstream judge at {c.base_url} did not answer after {c.max_retries} retries: {e}",
-                          "judge.base_url, judge.timeout_s")  # fmt: skip
+            return _fatal(
+                f"the upstream judge at {c.base_url} did not answer after {c.max_retries} retries: {e}",
+                "judge.base_url, judge.timeout_s",
+            )
         choice = r.choices[0] if r.choices else None
         text = (choice.message.content or "") if choice else ""
         usage = r.usage

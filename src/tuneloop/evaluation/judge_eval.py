@@ -96,10 +96,14 @@ def summary_lines(s: JudgeSummary) -> list[tuple[str, str]]:
     """(what, value) rows shared by eval.md and the console."""
     p, u = s.position, s.usage
     level = f"{100 * s.confidence:g} %"
-    bias = "-" if p.first_rate is None else (
-        f"first shown won {p.first_won} of {p.decided} single-order verdicts ({_pct(p.first_rate)}, "
-        f"p = {p.p_value:.3g})" + (": position-biased" if p.biased else "")
-    )  # fmt: skip
+    bias = (
+        "-"
+        if p.first_rate is None
+        else (
+            f"first shown won {p.first_won} of {p.decided} single-order verdicts ({_pct(p.first_rate)}, "
+            f"p = {p.p_value:.3g})" + (": position-biased" if p.biased else "")
+        )
+    )
     rows = [
         ("wins / ties / losses", f"{s.wins} / {s.ties} / {s.losses} of {s.n}"),
         (f"win rate (ties half), {level} CI", f"{s.win_rate:.3f} [{s.ci_low:.3f}, {s.ci_high:.3f}]"),
@@ -108,16 +112,22 @@ def summary_lines(s: JudgeSummary) -> list[tuple[str, str]]:
         ("no readable verdict", f"{p.invalid} of {2 * s.n} single-order verdicts ({p.retried} asked again)"),
     ]
     for a in s.agreement:
-        rows.append((
-            f"agrees with {a.metric}",
-            f"{a.agree} of {a.differ} items where it differs ({_pct(a.rate)}; judge tie {a.judge_tie}, "
-            f"opposite {a.disagree})" if a.differ else "the metric does not tell the answers apart",
-        ))  # fmt: skip
-    rows.append((
-        "judge cost",
-        f"{u['prompts']:.0f} prompts ({u['cached']:.0f} cached), {u['prompt_tokens']:.0f} prompt + "
-        f"{u['completion_tokens']:.0f} completion tokens, {u['seconds']:.1f} s",
-    ))  # fmt: skip
+        rows.append(
+            (
+                f"agrees with {a.metric}",
+                f"{a.agree} of {a.differ} items where it differs ({_pct(a.rate)}; judge tie {a.judge_tie}, "
+                f"opposite {a.disagree})"
+                if a.differ
+                else "the metric does not tell the answers apart",
+            )
+        )
+    rows.append(
+        (
+            "judge cost",
+            f"{u['prompts']:.0f} prompts ({u['cached']:.0f} cached), {u['prompt_tokens']:.0f} prompt + "
+            f"{u['completion_tokens']:.0f} completion tokens, {u['seconds']:.1f} s",
+        )
+    )
     return rows
 
 

@@ -220,7 +220,7 @@ def make_lm(
     """The harness model for `model` on `backend` (see the module docstring)."""
     _lm_eval()
     if backend == "engine":
-        from tuneloop.evaluation.lm_eval_engine import EngineLM
+        from tuneloop.evaluation.lm_eval_engine import EngineLM  # imports lm_eval (the eval extra) and torch
 
         return EngineLM(model, device=device)
     if backend == "hf":
@@ -238,7 +238,7 @@ def _hf_lm(model: str, device: str, batch_size: int) -> Any:
     # float32 on the CPU, as the engine (the folder's own dtype, often bf16, would differ in the 3rd digit)
     kwargs["dtype"] = "float32" if kwargs["device"] == "cpu" else "auto"
     if folder_format(resolved.path) == "adapter":
-        from tuneloop.evaluation.lm_eval_engine import adapter_base
+        from tuneloop.evaluation.lm_eval_engine import adapter_base  # lm_eval (the eval extra)
 
         kwargs.update(pretrained=str(adapter_base(resolved.path)[0]), peft=str(resolved.path))
     else:
@@ -265,9 +265,14 @@ def _api_lm(
     url = url if url.endswith("/completions") else url + "/completions"
     header = {"Authorization": f"Bearer {api_key}"} if api_key else None
     return LocalCompletionsAPI(
-        model=model, base_url=url, tokenizer=str(tok_path), tokenizer_backend="huggingface",
-        num_concurrent=concurrent, max_retries=1, header=header,
-    )  # fmt: skip
+        model=model,
+        base_url=url,
+        tokenizer=str(tok_path),
+        tokenizer_backend="huggingface",
+        num_concurrent=concurrent,
+        max_retries=1,
+        header=header,
+    )
 
 
 # ------------------------------------------------------------------ running
@@ -302,21 +307,30 @@ def run_tasks(
     try:
         with _quiet():
             out = lm_eval.simple_evaluate(
-                model=lm, tasks=names, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                log_samples=True, apply_chat_template=apply_chat_template, bootstrap_iters=1000,
-            )  # fmt: skip
+                model=lm,
+                tasks=names,
+                task_manager=manager,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                log_samples=True,
+                apply_chat_template=apply_chat_template,
+                bootstrap_iters=1000,
+            )
     finally:
         if own:
             del lm
             gc.collect()  # an engine holds its KV cache until collected: free it before the next model
     results = {name: _task_result(name, out, confidence) for name in out["samples"]}
     return TasksReport(
-        model=str(model), backend=backend, tasks=results,
+        model=str(model),
+        backend=backend,
+        tasks=results,
         groups={g: list(children) for g, children in out.get("group_subtasks", {}).items() if children},
-        confidence=confidence, limit=limit,
+        confidence=confidence,
+        limit=limit,
         timing={"load_s": loaded - started, "run_s": time.perf_counter() - loaded},
         lm_eval_version=lm_eval.__version__,
-    )  # fmt: skip
+    )
 
 
 def _task_result(name: str, out: dict[str, Any], confidence: float) -> TaskResult:
@@ -339,10 +353,13 @@ def _task_result(name: str, out: dict[str, Any], confidence: float) -> TaskResul
         metrics[label] = _score(float(value), _number(stderr), values, confidence)
     primary = _first_listed(out.get("configs", {}).get(name, {}), metrics) or next(iter(metrics), "")
     return TaskResult(
-        task=name, n=len(docs), primary=primary, metrics=metrics,
+        task=name,
+        n=len(docs),
+        primary=primary,
+        metrics=metrics,
         higher_is_better={m: bool(higher.get(m.split(" ", 1)[0], True)) for m in metrics},
         docs=[docs[i] for i in sorted(docs)],
-    )  # fmt: skip
+    )
 
 
 def _first_listed(config: dict[str, Any], metrics: dict[str, MetricScore]) -> str | None:
@@ -417,10 +434,14 @@ def paired_results(
         cand = {d.doc_id: d for d in c.docs}
         common = [d for d in b.docs if d.doc_id in cand]
         paired[name] = PairedTask(
-            task=name, metric=m, higher_is_better=b.higher_is_better.get(m, True),
-            doc_ids=[d.doc_id for d in common], ids=[d.id for d in common],
-            base=[float(d.scores[m]) for d in common], candidate=[float(cand[d.doc_id].scores[m]) for d in common],
-        )  # fmt: skip
+            task=name,
+            metric=m,
+            higher_is_better=b.higher_is_better.get(m, True),
+            doc_ids=[d.doc_id for d in common],
+            ids=[d.id for d in common],
+            base=[float(d.scores[m]) for d in common],
+            candidate=[float(cand[d.doc_id].scores[m]) for d in common],
+        )
     return paired
 
 

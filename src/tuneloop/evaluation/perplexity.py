@@ -12,14 +12,20 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tuneloop.errors import TuneloopError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
 
 
-def render_chat(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+def render_chat(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool
+) -> str:
     """The conversation as the model's chat template writes it; a template's refusal is a user error."""
     try:
         return tokenizer.apply_chat_template(
@@ -32,7 +38,9 @@ def render_chat(tokenizer: Any, messages: list[dict[str, str]], generation_promp
         ) from None
 
 
-def assistant_char_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span each assistant turn adds to it.
 
     Rendered prefix by prefix: turn i spans from the end of `messages[:i]` + generation prompt
@@ -60,7 +68,7 @@ def assistant_char_spans(tokenizer: Any, messages: list[dict[str, str]]) -> tupl
 
 
 def sft_token_labels(
-    tokenizer: Any, messages: list[dict[str, str]], *, last_turn_only: bool = False
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], *, last_turn_only: bool = False
 ) -> tuple[list[int], list[int]]:
     """Untruncated (input_ids, labels) of a conversation; labels are -100 outside assistant turns.
 
@@ -91,14 +99,16 @@ def _through_end_of_turn(inside: list[int], ids: list[int], special: set[int]) -
 
 
 def sft_labels(
-    tokenizer: Any, messages: list[dict[str, str]], max_length: int
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], max_length: int
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) truncated to `max_length`; labels are -100 except assistant content + end-of-turn."""
     ids, labels = sft_token_labels(tokenizer, messages)
     return ids[:max_length], labels[:max_length]
 
 
-def text_labels(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], list[int]]:
+def text_labels(
+    tokenizer: PreTrainedTokenizerBase, text: str, max_length: int
+) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of a pretraining row: every token is a label."""
     ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
     return ids, list(ids)
@@ -116,7 +126,11 @@ class Perplexity:
 
 
 def perplexity(
-    model: Any, examples: Sequence[tuple[list[int], list[int]]], *, batch_size: int = 8, truncated: int = 0
+    model: torch.nn.Module,
+    examples: Sequence[tuple[list[int], list[int]]],
+    *,
+    batch_size: int = 8,
+    truncated: int = 0,
 ) -> Perplexity:
     """Token-weighted perplexity of (input_ids, labels) examples, in right-padded batches."""
     total_nll, total_tokens = 0.0, 0
@@ -131,9 +145,9 @@ def perplexity(
     return Perplexity(math.exp(mean), mean, total_tokens, truncated)
 
 
-def batch_nll(model: Any, batch: Sequence[tuple[list[int], list[int]]]) -> tuple[float, int]:
+def batch_nll(model: torch.nn.Module, batch: Sequence[tuple[list[int], list[int]]]) -> tuple[float, int]:
     """Summed NLL and count of labelled tokens for one batch."""
-    import torch
+    import torch  # here, not at the top: the CLI imports this module at start, and torch takes seconds
 
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.zeros(len(batch), width, dtype=torch.long)

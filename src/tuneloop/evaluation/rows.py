@@ -188,8 +188,9 @@ def _unpaired(row: Row, record: dict[str, Any]) -> None:
         if key not in record:
             raise row.error(f"unpaired row without '{key}'", _UNPAIRED_HINT)
     if type(record["label"]) is not bool:  # 1/0 or "yes" would silently mean something
-        raise row.error(f"'label' must be true or false, not {_type(record['label'])} {record['label']!r}",
-                        _UNPAIRED_HINT)  # fmt: skip
+        raise row.error(
+            f"'label' must be true or false, not {_type(record['label'])} {record['label']!r}", _UNPAIRED_HINT
+        )
     row.prompt = _messages(row, as_messages(record["prompt"], "user"), "prompt")
     row.completion = _messages(row, as_messages(record["completion"], "assistant"), "completion")
     if not any(m["role"] == "assistant" for m in row.completion):

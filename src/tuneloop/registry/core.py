@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from tuneloop.errors import TuneloopError
 from tuneloop.models.resolve import resolve_model
 from tuneloop.registry import aliases, backend, cache, lineage, lookup
@@ -80,9 +82,14 @@ class Registry:
 
     @backend.user_errors
     def register_folder(
-        self, folder: str | Path, name: str, *, tags: dict[str, str] | None = None,
-        parent: str | None = None, description: str = "",
-    ) -> ModelVersionInfo:  # fmt: skip
+        self,
+        folder: str | Path,
+        name: str,
+        *,
+        tags: dict[str, str] | None = None,
+        parent: str | None = None,
+        description: str = "",
+    ) -> ModelVersionInfo:
         """Any HF model folder or adapter folder; `parent` is the "NAME/VERSION" it was derived from."""
         path = _model_folder(folder)
         check_name(name)
@@ -118,9 +125,13 @@ class Registry:
                 self.client.log_artifacts(run.info.run_id, str(stage))
                 self._ensure_model(name, description)
                 mv = self.client.create_model_version(
-                    name, f"{run.info.artifact_uri}/model", run_id=run.info.run_id, tags=tags,
-                    run_link=link, description=description or None,
-                )  # fmt: skip
+                    name,
+                    f"{run.info.artifact_uri}/model",
+                    run_id=run.info.run_id,
+                    tags=tags,
+                    run_link=link,
+                    description=description or None,
+                )
             except BaseException:
                 self.client.set_terminated(run.info.run_id, "FAILED")
                 raise
@@ -139,23 +150,26 @@ class Registry:
 
     def _pin_base(self, base_path: Path, sha: str, reference: str, base_name: str | None) -> str:
         """The registry reference of the base: an existing version with the same weights, else a new one."""
-        from filelock import FileLock
-
         # two adapters on a new base registered at once must not both add it (a remote server has no lock)
         with FileLock(str(cache.root() / f".{self._key}-base-{sha[:16]}.lock"), timeout=3600):
             return self._find_or_add_base(base_path, sha, reference, base_name)
 
     def _find_or_add_base(self, base_path: Path, sha: str, reference: str, base_name: str | None) -> str:
-        same = [v for v in lookup.by_tag(self.client, "tuneloop.weights_sha256", sha)
-                if v.tags.get("tuneloop.kind") == "model"]  # fmt: skip
+        same = [
+            v
+            for v in lookup.by_tag(self.client, "tuneloop.weights_sha256", sha)
+            if v.tags.get("tuneloop.kind") == "model"
+        ]
         if same:
             first = min(same, key=lambda v: (v.name != base_name, int(v.version)))
             return f"{first.name}/{first.version}"
         name = base_name or _default_base_name(reference)
         info = self.register_folder(
-            base_path, name, tags={"tuneloop.base_model.reference": reference},
+            base_path,
+            name,
+            tags={"tuneloop.base_model.reference": reference},
             description=f"base model ({reference}), registered for the adapters trained on it",
-        )  # fmt: skip
+        )
         return info.ref
 
     def _adapter_base(self, adapter: Path) -> str:
@@ -188,9 +202,11 @@ class Registry:
                 hint="register it with `tuneloop registry register` so it can be verified on load",
             )
         target = cache.fetch(
-            cache.folder(self._key, mv.name, int(mv.version)), tags["tuneloop.manifest_sha256"],
-            f"{mv.name}/{mv.version}", lambda dst: self._download(mv.run_id, dst),
-        )  # fmt: skip
+            cache.folder(self._key, mv.name, int(mv.version)),
+            tags["tuneloop.manifest_sha256"],
+            f"{mv.name}/{mv.version}",
+            lambda dst: self._download(mv.run_id, dst),
+        )
         return ModelVersionInfo(mv.name, int(mv.version), target / "model", tags, list(mv.aliases or []))
 
     def _download(self, run_id: str, dst: Path) -> None:
@@ -267,8 +283,6 @@ class Registry:
         return int(found) if found is not None else None
 
     def _record(self, name: str, item: dict[str, Any]) -> None:
-        from filelock import FileLock
-
         # read-modify-write of one tag: serialize writers on this machine (a remote server has no lock)
         with FileLock(str(cache.root() / f".{self._key}-{name}.history.lock"), timeout=60):
             entries = self.history(name)

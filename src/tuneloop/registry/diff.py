@@ -10,8 +10,14 @@ import yaml
 from tuneloop.registry.lineage import METRIC_PREFIX
 
 # tags that differ between any two versions and say nothing about how they differ
-NOISE = ("tuneloop.manifest_sha256", "tuneloop.run_dir", "tuneloop.mlflow_run", "tuneloop.train_run_id",
-         "tuneloop.source", "tuneloop.base_model.path")  # fmt: skip
+NOISE = (
+    "tuneloop.manifest_sha256",
+    "tuneloop.run_dir",
+    "tuneloop.mlflow_run",
+    "tuneloop.train_run_id",
+    "tuneloop.source",
+    "tuneloop.base_model.path",
+)
 
 
 @dataclass
@@ -24,11 +30,12 @@ class VersionDiff:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "a": self.a, "b": self.b,
+            "a": self.a,
+            "b": self.b,
             "config": [{"key": k, "a": x, "b": y} for k, x, y in self.config],
             "metrics": [{"metric": k, "a": x, "b": y, "delta": d} for k, x, y, d in self.metrics],
             "lineage": [{"tag": k, "a": x, "b": y} for k, x, y in self.lineage],
-        }  # fmt: skip
+        }
 
 
 def diff_versions(

@@ -118,12 +118,17 @@ def run_tags(run: RunFolder, base_sha256: str | None) -> dict[str, str]:
     tags["tuneloop.dataset.manifest_sha256"] = _dataset_manifest_sha(data.get("train"))
     if run.config_text is not None:
         tags["tuneloop.config.sha256"] = hashlib.sha256(run.config_text.encode()).hexdigest()
-    tags.update({
-        "tuneloop.objective": info.get("objective"), "tuneloop.method": info.get("method"),
-        "tuneloop.git_commit": info.get("git_commit"), "tuneloop.trained_with": info.get("tuneloop_version"),
-        "tuneloop.train_run_id": info.get("mlflow_run_id"), "tuneloop.train_tracking_uri": info.get("tracking_uri"),
-        "tuneloop.run_dir": str(run.path),
-    })  # fmt: skip
+    tags.update(
+        {
+            "tuneloop.objective": info.get("objective"),
+            "tuneloop.method": info.get("method"),
+            "tuneloop.git_commit": info.get("git_commit"),
+            "tuneloop.trained_with": info.get("tuneloop_version"),
+            "tuneloop.train_run_id": info.get("mlflow_run_id"),
+            "tuneloop.train_tracking_uri": info.get("tracking_uri"),
+            "tuneloop.run_dir": str(run.path),
+        }
+    )
     tags.update(metric_tags(run.metrics))
     return {k: str(v) for k, v in tags.items() if v is not None}
 

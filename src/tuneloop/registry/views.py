@@ -19,15 +19,17 @@ def list_models(reg: Registry) -> list[dict[str, Any]]:
         model = reg.model(name)
         versions = reg.versions(name)
         latest = versions[-1] if versions else None
-        rows.append({
-            "name": name,
-            "latest": int(latest.version) if latest else None,
-            "versions": len(versions),
-            "kind": latest.tags.get("tuneloop.kind") if latest else None,
-            "aliases": {a: int(v) for a, v in sorted(dict(model.aliases or {}).items())},
-            "description": model.description or "",
-            "updated": model.last_updated_timestamp,
-        })  # fmt: skip
+        rows.append(
+            {
+                "name": name,
+                "latest": int(latest.version) if latest else None,
+                "versions": len(versions),
+                "kind": latest.tags.get("tuneloop.kind") if latest else None,
+                "aliases": {a: int(v) for a, v in sorted(dict(model.aliases or {}).items())},
+                "description": model.description or "",
+                "updated": model.last_updated_timestamp,
+            }
+        )
     return rows
 
 
@@ -58,6 +60,10 @@ def describe(reg: Registry, ref: str) -> dict[str, Any]:
 def diff(reg: Registry, a: str, b: str) -> VersionDiff:
     va, vb = reg.version(a), reg.version(b)
     return diff_versions(
-        f"{va.name}/{va.version}", f"{vb.name}/{vb.version}", dict(va.tags), dict(vb.tags),
-        reg.artifact_text(va.run_id, "run/config.yaml"), reg.artifact_text(vb.run_id, "run/config.yaml"),
-    )  # fmt: skip
+        f"{va.name}/{va.version}",
+        f"{vb.name}/{vb.version}",
+        dict(va.tags),
+        dict(vb.tags),
+        reg.artifact_text(va.run_id, "run/config.yaml"),
+        reg.artifact_text(vb.run_id, "run/config.yaml"),
+    )
