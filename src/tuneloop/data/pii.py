@@ -45,10 +45,6 @@ class Detector:
     find: Callable[[str], Iterator[tuple[int, int]]]
     needs_digit: bool = True  # cheap pre-check: most text has no digit-bearing token at all
 
-    @property
-    def placeholder(self) -> str:
-        return f"<{self.type.upper()}>"
-
 
 _FINDERS = {
     "secret": Detector("secret", find_secrets, needs_digit=False),
