@@ -75,7 +75,7 @@ def test_no_training_or_validation_row_overlaps_the_gate_sets(
         seen["cfg"] = train_cfg
         raise RuntimeError("stop before training")
 
-    monkeypatch.setattr("tuneloop.train.recipe.run", run)
+    monkeypatch.setattr("tuneloop.loop.retrain.run", run)  # the training recipe, where the loop looks it up
     with pytest.raises(RuntimeError, match="stop before training"):
         Loop("bot", cfg).run_cycle()
 

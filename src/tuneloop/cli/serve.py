@@ -16,7 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError, missing_extra
+from tuneloop.models.formats import require_complete, require_format
 
 console = Console()
 keys_app = typer.Typer(
@@ -89,6 +91,7 @@ def serve(
             hint="with --config, set them in the model's `engine:` block or as models.N.engine.KEY=VALUE",
         )
     cfg = _config(config, entry, list(overrides or []), host, port, no_auth)
+    # the serve extra (fastapi, uvicorn): loaded when serving, so the CLI starts without it
     import uvicorn
 
     from tuneloop.serve import create_app
@@ -101,7 +104,7 @@ def serve(
         console.print(
             "[yellow]no API keys yet:[/] create one with `tuneloop keys create --name NAME` (or use --no-auth)"
         )
-    from tuneloop.serve.logs import log_config
+    from tuneloop.serve.logs import log_config  # the serve extra, as above
 
     uvicorn.run(
         create_app(cfg),
@@ -115,8 +118,7 @@ def serve(
 def _check_formats(cfg: Any) -> None:
     """Every local model is resolved and its format checked before the server starts: an export the
     engine cannot run (ONNX, packed int4, pre-quantized) fails by name here, not as a startup traceback."""
-    from tuneloop.models.formats import require_complete, require_format
-    from tuneloop.serve.backends import resolve_entry
+    from tuneloop.serve.backends import resolve_entry  # the serve extra: loaded when serving
 
     for m in cfg.models:
         if m.model is None:  # an upstream: nothing local to check
@@ -136,8 +138,7 @@ def _config(
     port: int | None,
     no_auth: bool,
 ) -> Any:
-    from tuneloop.config import load_config
-    from tuneloop.serve import ServeConfig
+    from tuneloop.serve import ServeConfig  # the serve extra (tuneloop.serve loads fastapi)
 
     def add_model(data: dict[str, Any]) -> None:  # before the overrides: models.N.engine.KEY=... reaches it
         if model:
@@ -155,7 +156,7 @@ def _config(
 
 
 def _store(url: str | None) -> Any:
-    from tuneloop.serve.keys import KeyStore
+    from tuneloop.serve.keys import KeyStore  # the serve extra (sqlalchemy)
 
     return KeyStore(url)
 
@@ -234,6 +235,7 @@ def feedback_export(
     database_url: str = DB,
 ) -> None:
     """Write every rating with its logged request and answer, one JSON line each (for the loop)."""
+    # the serve extra (sqlalchemy): loaded when run
     from tuneloop.interactions.feedback import FeedbackStore, export
     from tuneloop.interactions.requestlog import default_path
 

@@ -8,7 +8,7 @@ answer to train on) or rejects (with a reason) each proposal; the loop waits whi
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy import DateTime, Integer, String, Text, UniqueConstraint, create
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from tuneloop.errors import TuneloopError
+from tuneloop.interactions.db import default_url
 
 STATUSES = ("pending", "approved", "rejected")
 
@@ -65,8 +66,6 @@ class ReviewItem:
         return self.edited if self.edited is not None else self.answer
 
     def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return asdict(self)
 
 
@@ -81,8 +80,6 @@ def _item(r: ReviewRow) -> ReviewItem:
 
 class ReviewQueue:
     def __init__(self, url: str | None = None):
-        from tuneloop.interactions.db import default_url
-
         url = url or default_url()
         args = {"check_same_thread": False} if url.startswith("sqlite") else {}
         self.engine = create_engine(url, connect_args=args)

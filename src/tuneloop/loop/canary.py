@@ -226,7 +226,7 @@ class GatewayAdmin:
     """The gateway's admin API: reload (re-resolve aliases) and route weights."""
 
     def __init__(self, s: CanarySettings):
-        import httpx
+        import httpx  # the serve extra: only a canary talks to the gateway
 
         key = os.environ.get(s.admin_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -235,7 +235,7 @@ class GatewayAdmin:
         self.key_env = s.admin_key_env
 
     def _call(self, method: str, path: str, **kw: Any) -> Any:
-        import httpx
+        import httpx  # as in __init__
 
         try:
             r = self.http.request(method, path, **kw)

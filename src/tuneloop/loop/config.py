@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -203,7 +204,9 @@ class RetrainSettings(Config):
         if isinstance(v, str):
             return v
         if not v:
-            raise ValueError("retrain.objectives is empty: list at least one of sft, dpo, kto (or write auto)")
+            raise ValueError(
+                "retrain.objectives is empty: list at least one of sft, dpo, kto (or write auto)"
+            )
         if len(set(v)) != len(v):
             raise ValueError("retrain.objectives lists an objective twice")
         return sorted(v, key=OBJECTIVES.index)
@@ -355,7 +358,6 @@ def check_files(cfg: LoopConfig, where: str = "the loop config") -> None:
     named += [(f"curate.existing_data[{i}]", p) for i, p in enumerate(cfg.curate.existing_data)]
     named += [(f"retrain.old_data[{i}]", p) for i, p in enumerate(cfg.retrain.old_data)]
     named += [(f"retrain.old_preferences[{i}]", p) for i, p in enumerate(cfg.retrain.old_preferences)]
-    from pathlib import Path
 
     for key, path in named:
         if path is not None and not Path(path).expanduser().is_file():

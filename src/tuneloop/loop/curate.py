@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from tuneloop.data.config import DedupConfig
+from tuneloop.data.dedup import MinHasher, normalize
+from tuneloop.data.manifest import fingerprint
+from tuneloop.data.pii import find_spans
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.judge import FactItem
+from tuneloop.evaluation.metrics import token_f1, tokenize
 from tuneloop.interactions.privacy import placeholders
 from tuneloop.interactions.records import Interaction, Rating
 from tuneloop.loop.collect import Batch
@@ -82,9 +88,6 @@ class Known:
 
     @classmethod
     def from_rows(cls, rows: list[dict[str, Any]], threshold: float) -> Known:
-        from tuneloop.data.config import DedupConfig
-        from tuneloop.data.dedup import MinHasher
-
         hasher = MinHasher(DedupConfig(threshold=threshold))
         pairs = [p for p in (_qa(r) for r in rows) if p is not None]
         texts = [f"{q}\n{a}" for q, a in pairs]
@@ -134,8 +137,6 @@ def _qa(row: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def _key(text: str) -> str:
-    from tuneloop.data.dedup import normalize
-
     return normalize(text).replace(" ", "")
 
 
@@ -159,8 +160,6 @@ def read_jsonl(paths: list[str | Path]) -> list[dict[str, Any]]:
 
 def consistent(known: str, proposed: str) -> bool:
     """Does `proposed` say what `known` says? The same numbers and most of the words."""
-    from tuneloop.evaluation.metrics import token_f1, tokenize
-
     numbers = lambda t: {w for w in tokenize(t) if any(c.isdigit() for c in w)}  # noqa: E731
     if numbers(known) != numbers(proposed):
         return False
@@ -264,7 +263,6 @@ def _second_opinion(out: Curated, checks: Checks) -> None:
     """The judge on every proposal with relevant facts, in one batch: a contradiction rejects it."""
     if checks.judge is None or checks.knowledge is None:
         return
-    from tuneloop.evaluation.judge import FactItem
 
     asked = [(p, checks.knowledge.texts_for(_last_user(p["prompt"]))) for p in out.proposals]
     asked = [(p, facts) for p, facts in asked if facts]
@@ -372,8 +370,6 @@ def _redacted(item: Interaction, verdict: Verdict, s: CurateSettings, counts: di
 
 def _redact(text: str, keep: frozenset[str], found: list[tuple[str, str]]) -> str:
     """tuneloop.data.pii's spans, less those whose value the knowledge base states."""
-    from tuneloop.data.pii import find_spans
-
     spans = [s for s in find_spans(text) if text[s.start : s.end] not in keep]
     if not spans:
         return text
@@ -507,7 +503,6 @@ def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, 
     reasons: dict[str, int] = {}
     for r in curated.rejected:
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
-    from tuneloop.data.manifest import fingerprint
 
     manifest = {
         **info, "created": time.time(), "config": settings.model_dump(mode="json"),

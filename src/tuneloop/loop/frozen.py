@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tuneloop.data.config import DedupConfig
+from tuneloop.data.dedup import MinHasher, normalize
 from tuneloop.loop.embed import Embedder
 from tuneloop.loop.filters import Reject
 
@@ -120,9 +122,6 @@ class Protected:
 class FrozenGuard:
     def __init__(self, items: list[Protected], embedder: Embedder | None, *, minhash: float = 0.7,
                  words_jaccard: float = 0.6, similarity: float = 0.7, cjk_bigrams: float = 0.25):  # fmt: skip
-        from tuneloop.data.config import DedupConfig
-        from tuneloop.data.dedup import MinHasher
-
         self.items, self.embedder = items, embedder
         self.minhash, self.words, self.similarity, self.cjk = minhash, words_jaccard, similarity, cjk_bigrams
         self.bigram_sets = [bigrams(p.question) if is_cjk(p.question) else set() for p in items]
@@ -181,6 +180,4 @@ class FrozenGuard:
 
 
 def _key(text: str) -> str:
-    from tuneloop.data.dedup import normalize
-
     return normalize(text).replace(" ", "")

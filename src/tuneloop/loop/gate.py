@@ -28,6 +28,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.generate import generate_replies
+from tuneloop.evaluation.harness import evaluate
+from tuneloop.evaluation.judge import Judge, PairItem
+from tuneloop.evaluation.judge_stats import position_bias
+from tuneloop.loop.answers import load_for_answers
 from tuneloop.loop.config import GateSettings
 from tuneloop.loop.stats import Interval, paired_interval, z_value
 
@@ -255,8 +260,6 @@ class Scored:
 
 def _score(model_ref: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], metric: str,
            s: GateSettings) -> Scored:  # fmt: skip
-    from tuneloop.evaluation.harness import evaluate
-
     report = evaluate(model_ref, rows, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                       model=model, tokenizer=tokenizer)  # fmt: skip
     if metric not in report.metrics:  # contains_answer needs an `answer` on the rows
@@ -270,9 +273,6 @@ def scores_of(model_ref: str, frozen: list[dict[str, Any]], feedback: list[dict[
               s: GateSettings, unverified: list[dict[str, Any]] | None = None) -> dict[str, Scored]:  # fmt: skip
     """One model's answers: frozen and held-out rows scored against their references; held-out
     questions without a trusted reference answered only (for the judge)."""
-    from tuneloop.evaluation.generate import generate_replies
-    from tuneloop.loop.answers import load_for_answers
-
     model, tokenizer, _ = load_for_answers(model_ref, s.device)
     out = {"frozen": _score(model_ref, model, tokenizer, frozen, s.metric, s)}
     if feedback:
@@ -332,8 +332,6 @@ def judge_criteria(production_ref: str, candidate_ref: str, prod: dict[str, Scor
     paired difference is wins minus losses and its interval is exact-score with McNemar's p."""
     if s.judge is None:
         return []
-    from tuneloop.evaluation.judge import Judge, PairItem
-    from tuneloop.evaluation.judge_stats import position_bias
 
     sets = [k for k in ("feedback", "unverified") if k in prod] or ["frozen"]
     where = "+".join(sets)

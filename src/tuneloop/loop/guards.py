@@ -20,8 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop.evaluation.judge import Judge
 from tuneloop.loop.config import LoopConfig
 from tuneloop.loop.curate import Checks, read_jsonl
+from tuneloop.loop.embed import embedder
+from tuneloop.loop.facts import Knowledge, document_statements, qa_statements
+from tuneloop.loop.frozen import FrozenGuard, Protected
+from tuneloop.loop.injection import SemanticFilter
 
 
 @dataclass
@@ -59,10 +64,6 @@ def _question(row: dict[str, Any]) -> str | None:
 
 def build_checks(cfg: LoopConfig, training_rows: list[dict[str, Any]], validation: Validation,
                  trust: Any, stack: ExitStack) -> Checks:  # fmt: skip
-    from tuneloop.loop.embed import embedder
-    from tuneloop.loop.facts import Knowledge, document_statements, qa_statements
-    from tuneloop.loop.frozen import FrozenGuard, Protected
-
     c = cfg.curate
     emb = embedder(c.embedder)
     frozen_rows = read_jsonl([cfg.gate.frozen_eval])
@@ -78,14 +79,10 @@ def build_checks(cfg: LoopConfig, training_rows: list[dict[str, Any]], validatio
                         similarity=c.frozen.similarity, cjk_bigrams=c.frozen.cjk_bigrams)  # fmt: skip
     semantic = None
     if emb is not None:
-        from tuneloop.loop.injection import SemanticFilter
-
         known_good = [s.text for s in statements if s.source != "documents"]
         semantic = SemanticFilter(emb, c.injection_threshold, c.injection_margin, known_good)
     judge = None
     if c.judge is not None:
-        from tuneloop.evaluation.judge import Judge
-
         judge = stack.enter_context(Judge(c.judge))
     keep = knowledge.keep() if c.keep_known_values else frozenset()
     return Checks(knowledge, guard, semantic, trust.weight, judge, keep)

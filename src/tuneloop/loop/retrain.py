@@ -16,8 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
+from tuneloop.export.merge import merge_adapter
 from tuneloop.loop.config import OBJECTIVES, RetrainSettings
+from tuneloop.train.config import TrainConfig
+from tuneloop.train.recipe import run
 
 FORCED = ("model", "objective", "data.path", "data.val_path", "output_dir", "resume", "name")
 
@@ -54,9 +58,6 @@ def _finished(run_dir: Path) -> bool:
 
 def _train(settings: RetrainSettings, objective: str, model: str, data: Path, out: Path,
            val: Path | None = None) -> Path:  # fmt: skip
-    from tuneloop.config import load_config
-    from tuneloop.train.config import TrainConfig
-
     own = settings.objective_overrides.get(objective, [])  # type: ignore[call-overload]
     for where, o in [("retrain.overrides", o) for o in settings.overrides] + [
         (f"retrain.objective_overrides.{objective}", o) for o in own
@@ -75,7 +76,6 @@ def _train(settings: RetrainSettings, objective: str, model: str, data: Path, ou
         _balance(cfg, data / "train.jsonl")
     if objective == "dpo" and cfg.eval.final:
         cfg.eval.final = False  # the final eval scores SFT answers; the gate evaluates the candidate
-    from tuneloop.train.recipe import run
 
     return run(cfg).run_dir
 
@@ -151,7 +151,6 @@ def _merged(run_dir: Path, out: Path) -> Path:
         return model
     if (out / "config.json").is_file() and any(out.glob("*.safetensors")):
         return out
-    from tuneloop.export.merge import merge_adapter
 
     merged, tokenizer, _ = merge_adapter(model)
     merged.save_pretrained(out)
