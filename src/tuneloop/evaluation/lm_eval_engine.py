@@ -318,6 +318,9 @@ def _sampling(kwargs: dict[str, Any], max_tokens: int) -> SamplingParams:
     if temperature and not math.isfinite(temperature):
         raise TuneloopError(f"the task's temperature {temperature} is not a number")
     return SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
         seed=int(seed) if seed is not None else None,
-    )  # fmt: skip
+    )
