@@ -7,13 +7,20 @@ name, with what to use instead, exit code 2, no traceback and nothing written.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
+from peft import LoraConfig, get_peft_model
 from typer.testing import CliRunner
 
 from tuneloop.cli import app
+from tuneloop.export import onnx, quantize
+from tuneloop.export.onnx import export_onnx
+from tuneloop.export.quantize import quantize_folder
 from tuneloop.models.formats import INT4_MANIFEST, ONNX_FILE, folder_format
+from tuneloop.models.loading import load_model, load_tokenizer, stream_chat
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -26,13 +33,6 @@ ROW = {"messages": [{"role": "user", "content": "Where is it?"}, {"role": "assis
 @pytest.fixture(scope="module")
 def exports(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny model as each format: hf, int8 (torchao, quantized), int4 (packed), onnx, adapter."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
-    from tuneloop.export.onnx import export_onnx
-    from tuneloop.export.quantize import quantize_folder
-    from tuneloop.models.loading import load_model, load_tokenizer
-
     root = tmp_path_factory.mktemp("formats")
     tokenizer = load_tokenizer(tiny_llama)
     folders = {"hf": tiny_llama, "onnx": root / "onnx", "int4": root / "int4", "int8": root / "int8"}
@@ -58,8 +58,6 @@ def _refused(result, *words: str) -> str:
 
 
 def test_folder_format_names_each_export(exports) -> None:
-    from tuneloop.export import onnx, quantize
-
     assert {name: folder_format(path) for name, path in exports.items()} == {
         "hf": "hf", "onnx": "onnx", "int4": "int4", "int8": "quantized", "adapter": "adapter",
     }  # fmt: skip
@@ -194,8 +192,6 @@ def test_registry_register_names_an_export_given_for_a_run_folder(exports) -> No
 @pytest.fixture(scope="module")
 def broken(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Model folders missing what loading needs: weights, tokenizer files, a readable config.json."""
-    import shutil
-
     root = tmp_path_factory.mktemp("broken")
     folders = {}
     for name, drop in (("no_weights", "model.safetensors"), ("no_tokenizer", "tokenizer.json")):
@@ -242,7 +238,6 @@ def test_export_refuses_an_unwritable_out_before_measuring(exports, tmp_path) ->
 @pytest.mark.timeout(60)
 def test_a_generate_that_fails_in_its_thread_raises_instead_of_hanging(tiny_llama) -> None:
     """stream_chat generates in a thread; its error must reach the caller (the streamer would wait forever)."""
-    from tuneloop.models.loading import load_tokenizer, stream_chat
 
     class FailingModel:  # stands in for a runner whose kernel is missing on this machine
         device = "cpu"
