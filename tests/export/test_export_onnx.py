@@ -11,9 +11,13 @@ import torch
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
+from tuneloop.engine import LLMEngine
+from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.generate import greedy_kwargs
+from tuneloop.export.pipeline import ExportOptions, run_export
 from tuneloop.export.runners import OnnxRunner, TorchRunner, greedy
 from tuneloop.models.load import load_reference
-from tuneloop.models.loading import load_model
+from tuneloop.models.loading import load_model, load_tokenizer
 from tuneloop.models.onnx import OnnxCausalLM
 
 ATOL = 1e-4
@@ -22,8 +26,6 @@ ATOL = 1e-4
 @pytest.fixture(scope="module")
 def pipeline_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory):
     """One export through the whole pipeline (exporting takes seconds); the tests share it."""
-    from tuneloop.export.pipeline import ExportOptions, run_export
-
     fast = {"repeats": 1, "latency_tokens": 4, "max_new_tokens": 6, "load_tries": 1}
     out = tmp_path_factory.mktemp("onnx") / "model"
     return run_export(str(tiny_llama), ExportOptions(onnx=True, out=out, device="cpu", workload=fast))
@@ -74,16 +76,11 @@ def test_onnx_export_through_the_pipeline(pipeline_export) -> None:
 
 
 def test_onnx_with_quantize_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
-    from tuneloop.errors import TuneloopError
-    from tuneloop.export.pipeline import ExportOptions, run_export
-
     with pytest.raises(TuneloopError, match="cannot be combined"):
         run_export(str(tiny_llama), ExportOptions(onnx=True, quantize="int8", out=tmp_path / "o"))
 
 
 def test_eval_loads_the_onnx_export_and_the_engine_refuses_it(pipeline_export) -> None:
-    from tuneloop.engine import LLMEngine
-
     loaded = load_reference(pipeline_export.output, "cpu")
     assert isinstance(loaded.model, OnnxCausalLM)
     with pytest.raises(ValueError, match="ONNX export"):
@@ -92,9 +89,6 @@ def test_eval_loads_the_onnx_export_and_the_engine_refuses_it(pipeline_export) -
 
 def test_onnx_generate_equals_hf_generate_on_a_left_padded_batch(exported, tiny_llama: Path) -> None:
     """What `tuneloop eval` calls for task scores: HF's output shape, HF's tokens, pads after EOS."""
-    from tuneloop.evaluation.generate import greedy_kwargs
-    from tuneloop.models.loading import load_tokenizer
-
     onnx, reference = exported
     tok = load_tokenizer(tiny_llama)
     tok.padding_side = "left"

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from tuneloop.errors import TuneloopError
 from tuneloop.export import prune
-from tuneloop.export.pipeline import ExportOptions, run_export
-from tuneloop.models.loading import load_model
+from tuneloop.export.pipeline import ExportOptions, QualityDropError, run_export
+from tuneloop.models.loading import load_model, load_tokenizer
 
 
 def test_unstructured_pruning_reaches_sparsity_in_every_layer(tiny_llama: Path) -> None:
@@ -69,8 +70,6 @@ def test_unknown_reference_is_refused(tmp_path: Path) -> None:
 def test_quality_gate_refuses_with_numbers(
     trained_tiny: Path, tmp_path: Path, fast, tuneloop_home: Path
 ) -> None:
-    from tuneloop.export.pipeline import QualityDropError
-
     opts = ExportOptions(prune=0.9, max_quality_drop=0.05, name="bad", out=tmp_path / "p", workload=fast)
     with pytest.raises(QualityDropError) as e:
         run_export(str(trained_tiny), opts)
@@ -85,10 +84,6 @@ def test_quality_gate_refuses_with_numbers(
 
 
 def test_pruning_a_bf16_model_keeps_it_bf16_on_disk(tiny_llama: Path, tmp_path: Path, fast) -> None:
-    from safetensors import safe_open
-
-    from tuneloop.models.loading import load_tokenizer
-
     source = tmp_path / "bf16"
     load_model(tiny_llama, "cpu", dtype=torch.bfloat16).save_pretrained(str(source))
     load_tokenizer(tiny_llama).save_pretrained(str(source))

@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("torchao")
 
 from tuneloop.engine import LLMEngine
+from tuneloop.errors import TuneloopError
 from tuneloop.export.pipeline import ExportOptions, run_export
 from tuneloop.export.runners import greedy, runner_for
 from tuneloop.models.formats import folder_format
@@ -44,8 +45,6 @@ def test_quantized_export_reloads_and_generates(
 
 
 def test_unknown_quantize_method_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
-    from tuneloop.errors import TuneloopError
-
     with pytest.raises(TuneloopError, match="unknown --quantize 'int3'"):
         run_export(str(tiny_llama), ExportOptions(quantize="int3", out=tmp_path / "x"))
 
