@@ -18,8 +18,8 @@ import openai
 
 from serve.conftest import run_server
 from tuneloop.config import load_config
-from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.flows.cycle import Loop
+from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.loop import LoopConfig
 from tuneloop.serve import ServeConfig
 from tuneloop.serve.client import Delta, GenerateRequest
@@ -124,7 +124,7 @@ def test_a_poisoned_feedback_batch_is_rejected_and_production_stays(
         cfg = load_config(LoopConfig, canary_config(tiny_loop, s.url), [f"curate.existing_data=['{truth}']",
                                                                          "gate.margin=0.05"])  # fmt: skip
         result = Loop("bot", cfg).run_cycle()
-        routes = s.state.routes["bot"].variants
+        routes = s.gateway.routes["bot"].variants
 
     assert result.outcome == "rejected_by_gate", result
     store = LoopStore("bot")
@@ -173,7 +173,7 @@ def test_a_canary_with_injected_errors_is_rolled_back_automatically(tiny_loop, r
             stop.set()
             started.set()
             thread.join(timeout=10)
-        routes = dict(s.state.routes["bot"].variants)
+        routes = dict(s.gateway.routes["bot"].variants)
 
     assert result.outcome == "rolled_back", result
     canary = [d for d in LoopStore("bot").decisions() if d["stage"] == "canary"]

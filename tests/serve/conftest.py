@@ -25,11 +25,6 @@ class Server:
         self.gateway: Gateway = app.state.gateway
         self.url = f"http://127.0.0.1:{port}"
 
-    @property
-    def state(self) -> Gateway:
-        """The gateway, by the name tests/console and tests/loop still use (rename them to `gateway`)."""
-        return self.gateway
-
 
 def _free_port() -> int:
     with socket.socket() as s:
