@@ -26,6 +26,8 @@ from pydantic import field_validator
 
 from tuneloop.config import Config
 from tuneloop.errors import TuneloopError
+from tuneloop.resources.doctor import detect_gpus
+from tuneloop.resources.head_chunk import chunk_tokens
 from tuneloop.resources.shapes import LINEAR_TARGETS, ModelShape
 
 GiB = 1024**3
@@ -286,8 +288,6 @@ def activation_bytes(shape: ModelShape, req: PlanRequest, micro_batch: int) -> t
         layer_bytes += 2 * shape.largest_linear  # one weight dequantized to 16-bit at a time
     logits = tokens * logits_peak_bytes(shape, req)
     if req.fused:  # one chunk of the head's logits at a time (train/linear_ce.py)
-        from tuneloop.train.head_chunk import chunk_tokens
-
         logits += FUSED_HEAD_BYTES * shape.vocab_size * min(tokens, chunk_tokens(shape.vocab_size))
     if req.fused and req.method == "full":  # linear_ce's fp32 gradient of the (trainable) head
         logits += 4 * shape.vocab_size * shape.hidden_size
@@ -419,10 +419,6 @@ def largest_micro_batch(shape: ModelShape, req: PlanRequest, available: int, lim
 
 def detected_memory(gpus: int) -> tuple[int | None, str | None]:
     """The smallest total memory among the first `gpus` GPUs doctor sees (None without a GPU)."""
-    try:
-        from tuneloop.resources.doctor import detect_gpus
-    except ImportError:
-        return None, None
     found = list(detect_gpus() or [])[:gpus]
     if not found:
         return None, None

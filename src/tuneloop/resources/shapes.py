@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.models.resolve import resolve_model
 
 LINEAR_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -174,13 +175,4 @@ def resolve_shape(ref: str) -> ModelShape:
     folder = Path(ref).expanduser()
     if (folder / "config.json").is_file():
         return shape_from_folder(folder)
-    try:
-        from tuneloop.models.resolve import resolve_model
-    except ImportError:
-        resolve_model = None
-    if resolve_model is not None:
-        return shape_from_folder(Path(resolve_model(ref).path))  # raises ModelNotFoundError itself
-    raise TuneloopError(
-        f"unknown model '{ref}'",
-        hint=f"use a local HF folder with config.json or one of: {', '.join(KNOWN_SHAPES)}",
-    )
+    return shape_from_folder(Path(resolve_model(ref).path))  # raises ModelNotFoundError itself

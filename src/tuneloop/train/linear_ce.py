@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tuneloop.train.head_chunk import chunk_tokens
+from tuneloop.resources.head_chunk import chunk_tokens
 
 IGNORE = -100
 # model types whose forward hands the head's output back untouched (no softcap, no logit scaling)

@@ -1,4 +1,5 @@
-"""How many tokens the fused LM-head loss handles per chunk (torch-free: `plan` imports it too)."""
+"""How many tokens the fused LM-head loss (`train/linear_ce.py`) handles per chunk; `plan` budgets the
+same chunk. Here, not in train/, so that the plan needs nothing from train (train asks the plan)."""
 
 from __future__ import annotations
 
