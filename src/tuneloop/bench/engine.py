@@ -13,6 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from tuneloop.engine import LLMEngine, SamplingParams
 
 
 @dataclass
@@ -30,7 +33,7 @@ class Result:
         return {**asdict(self), "tokens_per_s": round(self.tokens_per_s, 1)}
 
 
-def make_prompts(tokenizer: Any, n: int, questions: list[str]) -> list[list[int]]:
+def make_prompts(tokenizer: PreTrainedTokenizerBase, n: int, questions: list[str]) -> list[list[int]]:
     out = []
     for i in range(n):
         q = questions[i % len(questions)]
@@ -41,7 +44,7 @@ def make_prompts(tokenizer: Any, n: int, questions: list[str]) -> list[list[int]
     return out
 
 
-def hf_one_by_one(model: Any, prompts: list[list[int]], new: int) -> Result:
+def hf_one_by_one(model: PreTrainedModel, prompts: list[list[int]], new: int) -> Result:
     t = time.perf_counter()
     with torch.inference_mode():
         for p in prompts:
@@ -57,7 +60,9 @@ def hf_one_by_one(model: Any, prompts: list[list[int]], new: int) -> Result:
     )
 
 
-def hf_static_batch(model: Any, prompts: list[list[int]], new: int, batch: int, pad_id: int) -> Result:
+def hf_static_batch(
+    model: PreTrainedModel, prompts: list[list[int]], new: int, batch: int, pad_id: int
+) -> Result:
     t = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, len(prompts), batch):
@@ -81,9 +86,7 @@ def hf_static_batch(model: Any, prompts: list[list[int]], new: int, batch: int, 
     )
 
 
-def engine_closed_loop(engine: Any, prompts: list[list[int]], new: int, concurrency: int) -> Result:
-    from tuneloop.engine import SamplingParams
-
+def engine_closed_loop(engine: LLMEngine, prompts: list[list[int]], new: int, concurrency: int) -> Result:
     params = SamplingParams(max_tokens=new, temperature=0, ignore_eos=True)
     pending = list(prompts)
     in_flight = 0
@@ -100,18 +103,25 @@ def engine_closed_loop(engine: Any, prompts: list[list[int]], new: int, concurre
     return Result(f"tuneloop engine, {concurrency} concurrent", len(prompts), tokens, time.perf_counter() - t)
 
 
-def run(model_folder: str, *, new: int = 64, concurrency: tuple[int, ...] = (1, 8, 32), hf_requests: int = 8,
-        dtype: str = "float32", device: str = "cpu") -> dict[str, Any]:  # fmt: skip
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tuneloop.engine import LLMEngine
-
+def run(
+    model_folder: str,
+    *,
+    new: int = 64,
+    concurrency: tuple[int, ...] = (1, 8, 32),
+    hf_requests: int = 8,
+    dtype: str = "float32",
+    device: str = "cpu",
+) -> dict[str, Any]:
     questions = [
-        "What is the capital of France?", "Explain what a router does in one sentence.",
-        "Give me three tips for a strong Wi-Fi signal.", "What is 17 times 23?",
-        "Write a haiku about the sea.", "How do I reset a forgotten password?",
-        "What does LoRA stand for in machine learning?", "Name two planets with rings.",
-    ]  # fmt: skip
+        "What is the capital of France?",
+        "Explain what a router does in one sentence.",
+        "Give me three tips for a strong Wi-Fi signal.",
+        "What is 17 times 23?",
+        "Write a haiku about the sea.",
+        "How do I reset a forgotten password?",
+        "What does LoRA stand for in machine learning?",
+        "Name two planets with rings.",
+    ]
     tok = AutoTokenizer.from_pretrained(model_folder)
     results: list[Result] = []
     # both sides on the same device: the comparison is the engine against transformers, not CPU against GPU
@@ -128,7 +138,13 @@ def run(model_folder: str, *, new: int = 64, concurrency: tuple[int, ...] = (1, 
         results.append(engine_closed_loop(engine, make_prompts(tok, n, questions), new, c))
     base = results[0].tokens_per_s
     return {
-        "model": model_folder, "new_tokens": new, "dtype": dtype, "device": device, "torch": torch.__version__,
+        "model": model_folder,
+        "new_tokens": new,
+        "dtype": dtype,
+        "device": device,
+        "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "results": [{**r.to_dict(), "ratio_vs_one_at_a_time": round(r.tokens_per_s / base, 2)} for r in results],
-    }  # fmt: skip
+        "results": [
+            {**r.to_dict(), "ratio_vs_one_at_a_time": round(r.tokens_per_s / base, 2)} for r in results
+        ],
+    }

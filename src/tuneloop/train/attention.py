@@ -101,8 +101,15 @@ def packed_attention_forward(
             f"padding-free attention needs as many keys as queries (got {key.shape[2]} and {T}): it is "
             "for training and scoring, not cached decoding; use attn_implementation='sdpa' to generate"
         )
-    seg = segments(kwargs.get("position_ids"), attention_mask, kwargs.get("cu_seq_lens_q"),
-                   kwargs.get("max_length_q"), B, T, query.device)  # fmt: skip
+    seg = segments(
+        kwargs.get("position_ids"),
+        attention_mask,
+        kwargs.get("cu_seq_lens_q"),
+        kwargs.get("max_length_q"),
+        B,
+        T,
+        query.device,
+    )
     # (B, H, T, D) -> (B*T, H, D): a view, since the projections were (B, T, H, D) before the transpose
     q, k, v = (x.transpose(1, 2).reshape(B * T, x.shape[1], D) for x in (query, key, value))
     scale = scaling if scaling is not None else D**-0.5

@@ -19,24 +19,28 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from tuneloop.errors import TuneloopError
+from tuneloop.train.fsdp import (
+    full_state,
+    is_sharded,
+    load_full_state,
+    load_optimizer_full_state,
+    optimizer_full_state,
+)
 
 PREFIX = "step-"
 
 
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """CPU copies of the parameters that train. With FSDP this is a collective: call it on every process."""
-    from tuneloop.train.fsdp import full_state, is_sharded
-
     if is_sharded(model):
         return full_state(model, trainable_only=True)
     return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def load_trainable(model: Any, weights: dict[str, torch.Tensor]) -> None:
-    from tuneloop.train.fsdp import is_sharded, load_full_state
-
+def load_trainable(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     if is_sharded(model):
         load_full_state(model, weights)
         return
@@ -48,19 +52,15 @@ def load_trainable(model: Any, weights: dict[str, torch.Tensor]) -> None:
 
 def save(
     folder: Path,
-    model: Any,
-    optimizer: Any,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     rank: int,
     world: int,
     keep: int,
-    scaler: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> Path:
     """Write checkpoint `folder` (rank 0 writes weights; every rank writes its RNG state)."""
-    from safetensors.torch import save_file
-
-    from tuneloop.train.fsdp import is_sharded, optimizer_full_state
-
     sharded = is_sharded(model)
     weights = trainable_state(model) if sharded or rank == 0 else {}  # collectives when sharded
     opt_state = (
@@ -98,14 +98,10 @@ def latest(root: Path) -> Path | None:
 
 def load(folder: Path, model: Any, optimizer: Any, rank: int, scaler: Any = None) -> dict[str, Any]:
     """Restore weights, optimizer and this rank's RNG; returns the trainer state."""
-    from safetensors.torch import load_file
-
     if not (folder / "state.json").is_file():
         raise TuneloopError(
             f"'{folder}' is not a complete checkpoint (no state.json)", hint="use resume=auto or never"
         )
-    from tuneloop.train.fsdp import is_sharded, load_optimizer_full_state
-
     weights = load_file(str(folder / "trainable.safetensors"))
     params = dict(model.named_parameters())
     missing = [n for n in weights if n not in params]

@@ -9,12 +9,15 @@ evaluator uses (`tuneloop.evaluation.perplexity.sft_token_labels`), so train and
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.perplexity import sft_token_labels
 from tuneloop.evaluation.rows import (
     KIND_NAMES,
     RowKind,
@@ -24,6 +27,10 @@ from tuneloop.evaluation.rows import (
     parse_json_line,
     row_kind,
 )
+from tuneloop.models.loading import load_tokenizer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 IGNORE = -100
 ROW_KINDS: dict[str, RowKind] = {
@@ -128,7 +135,11 @@ def read_rows(path: Path, objective: str, limit: int | None = None) -> list[dict
 
 
 def tokenize(
-    rows: list[dict[str, Any]], tokenizer: Any, objective: str, max_length: int, overlong: str
+    rows: list[dict[str, Any]],
+    tokenizer: PreTrainedTokenizerBase,
+    objective: str,
+    max_length: int,
+    overlong: str,
 ) -> Prepared:
     """Token ids + labels for every row; overlong rows are truncated or dropped, and counted."""
     out = Prepared([])
@@ -152,13 +163,11 @@ def tokenize(
     return out
 
 
-def _sft(tokenizer: Any, row: dict[str, Any]) -> tuple[list[int], list[int]]:
-    from tuneloop.evaluation.perplexity import sft_token_labels
-
+def _sft(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> tuple[list[int], list[int]]:
     return sft_token_labels(tokenizer, row["messages"])
 
 
-def _text(tokenizer: Any, row: dict[str, Any]) -> tuple[list[int], list[int]]:
+def _text(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> tuple[list[int], list[int]]:
     ids = tokenizer(row["text"], add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         ids = [*ids, tokenizer.eos_token_id]  # the model learns where a document ends
@@ -176,10 +185,8 @@ def _fit(ex: Example, max_length: int, overlong: str, counts: Counter) -> Exampl
 
 
 def _pair(
-    tokenizer: Any, row: dict[str, Any], max_length: int, overlong: str, counts: Counter
+    tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], max_length: int, overlong: str, counts: Counter
 ) -> PairExample | None:
-    from tuneloop.evaluation.perplexity import sft_token_labels
-
     prompt = as_messages(row.get("prompt", []), "user")
     sides = []
     for key in ("chosen", "rejected"):
@@ -195,13 +202,11 @@ def _pair(
 
 
 def _unpaired(
-    tokenizer: Any, row: dict[str, Any], max_length: int, overlong: str, counts: Counter
+    tokenizer: PreTrainedTokenizerBase, row: dict[str, Any], max_length: int, overlong: str, counts: Counter
 ) -> KtoExample | None:
     """Prompt and completion ids as TRL's KTOTrainer splits them (where the prompt rendered with the
     generation prompt stops being a prefix of the whole conversation); labels as for SFT: the
     completion's assistant turns through their end-of-turn token."""
-    from tuneloop.evaluation.perplexity import sft_token_labels
-
     prompt = as_messages(row["prompt"], "user")
     ids, labels = sft_token_labels(tokenizer, prompt + as_messages(row["completion"], "assistant"))
     text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -257,8 +262,6 @@ def _join(parts: list[Example]) -> Example:
 
 
 def _tokenize_shard(args: tuple[list[dict[str, Any]], str, str, int, str]) -> Prepared:
-    from tuneloop.models.loading import load_tokenizer
-
     rows, tokenizer_path, objective, max_length, overlong = args
     return tokenize(rows, load_tokenizer(tokenizer_path), objective, max_length, overlong)
 
@@ -272,9 +275,6 @@ def tokenize_parallel(
     workers: int,
 ) -> Prepared:
     """`tokenize` over `workers` processes (contiguous shards, so the order and the result are the same)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
     size = -(-len(rows) // workers)
     shards = [
         (rows[i : i + size], tokenizer_path, objective, max_length, overlong)

@@ -80,14 +80,6 @@ def sum_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
             offset += n
 
 
-def broadcast_object(obj: Any, d: Dist) -> Any:
-    if d.world == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def shutdown(d: Dist) -> None:
     if d.world > 1 and dist.is_initialized():
         # process 0 writes the outputs while the others are done: leaving together keeps one process's exit

@@ -95,8 +95,11 @@ class KtoStep:
         sums = self._losses(t, examples, t.state.micro_batch, kl, n_total, backward=True)
         distributed.sum_gradients(t.params, t.dist)
         loss, tokens, r_d, n_d, r_u, n_u = distributed.sum_scalars(sums, t.dist, t.device)
-        self.metrics = {"train/kl": float(kl), "train/rewards_desirable": r_d / max(1.0, n_d),
-                        "train/rewards_undesirable": r_u / max(1.0, n_u)}  # fmt: skip
+        self.metrics = {
+            "train/kl": float(kl),
+            "train/rewards_desirable": r_d / max(1.0, n_d),
+            "train/rewards_undesirable": r_u / max(1.0, n_u),
+        }
         return loss / max(1, n_total), int(tokens)
 
     def validation_loss(self, t: Trainer) -> float:
@@ -126,8 +129,15 @@ class KtoStep:
             diff, n = distributed.sum_scalars([diff, float(n)], t.dist, t.device)
         return torch.tensor(max(0.0, diff / max(1.0, n)), device=t.device)
 
-    def _losses(self, t: Trainer, examples: list[KtoExample], micro: int, kl: torch.Tensor, n_total: int,
-                backward: bool) -> list[float]:  # fmt: skip
+    def _losses(
+        self,
+        t: Trainer,
+        examples: list[KtoExample],
+        micro: int,
+        kl: torch.Tensor,
+        n_total: int,
+        backward: bool,
+    ) -> list[float]:
         """[loss sum, tokens, desirable reward sum, desirables, undesirable reward sum, undesirables]."""
         sums = [0.0] * 6
         for chunk in micro_batches(examples, micro):
@@ -168,6 +178,11 @@ def warn_if_unbalanced(examples: list[KtoExample], s: KtoSettings) -> None:
         log.warning(
             "KTO: %d desirable and %d undesirable examples with weights %g/%g give a ratio of %.2f; the KTO "
             "paper recommends 1 to 4/3: set kto.desirable_weight=%.2f or kto.undesirable_weight=%.2f",
-            n_d, n_u, s.desirable_weight, s.undesirable_weight, ratio,
-            s.undesirable_weight * n_u / n_d, s.desirable_weight * n_d / n_u,
-        )  # fmt: skip
+            n_d,
+            n_u,
+            s.desirable_weight,
+            s.undesirable_weight,
+            ratio,
+            s.undesirable_weight * n_u / n_d,
+            s.desirable_weight * n_d / n_u,
+        )

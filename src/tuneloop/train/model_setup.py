@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
 from tuneloop.errors import TuneloopError, missing_extra
+from tuneloop.resources import plan as planner
+from tuneloop.resources.shapes import ModelShape, shape_from_folder
+from tuneloop.train import attention
 from tuneloop.train.config import TrainConfig
 
 log = logging.getLogger("tuneloop.train")
@@ -16,7 +22,7 @@ log = logging.getLogger("tuneloop.train")
 @dataclass
 class Precision:
     name: str  # "bf16" | "fp16" | "fp32"
-    autocast: Any  # torch dtype for autocast, or None
+    autocast: torch.dtype | None  # for autocast
 
     @property
     def needs_scaler(self) -> bool:
@@ -37,8 +43,6 @@ def cpu_has_native_bf16() -> bool:
 
 def pick_precision(requested: str, device: str) -> Precision:
     """bf16 where the hardware does it natively, fp16 on older GPUs, else fp32."""
-    import torch
-
     cuda = device.startswith("cuda")
     if requested == "auto":
         if cuda:
@@ -53,15 +57,12 @@ def pick_precision(requested: str, device: str) -> Precision:
 
 def load_for_training(
     cfg: TrainConfig, path: str, device: str, precision: Precision, checkpoint_layers: int | None = None
-) -> Any:
+) -> torch.nn.Module:
     """The model ready for training on `device` (a PeftModel for lora/qlora).
 
     `checkpoint_layers`: how many decoder layers recompute their activations in backward (from
     `checkpointing_layers`; None: all when gradient_checkpointing is true, else none).
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
     kwargs: dict[str, Any] = {}
     if cfg.method == "qlora":
         kwargs["quantization_config"] = _bnb_config(cfg, precision)
@@ -80,15 +81,17 @@ def load_for_training(
 
 
 def prepare_for_training(
-    model: Any, cfg: TrainConfig, device: str, precision: Precision, checkpoint_layers: int | None = None
-) -> Any:
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    device: str,
+    precision: Precision,
+    checkpoint_layers: int | None = None,
+) -> torch.nn.Module:
     """A loaded model made trainable: kernels, checkpointing, adapters, compilation (in that order:
     Liger patches modules that compile then traces; PEFT wraps the linears that checkpointing reruns)."""
     if checkpoint_layers is None:
         checkpoint_layers = len(decoder_layers(model)) if cfg.gradient_checkpointing is True else 0
     if use_padding_free(cfg, device):
-        from tuneloop.train import attention
-
         attention.use_padding_free(model)
     if cfg.liger:
         apply_liger(model, device)
@@ -106,12 +109,12 @@ def prepare_for_training(
     return model
 
 
-def decoder_layers(model: Any) -> list[Any]:
+def decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The repeated blocks (HF names them *DecoderLayer): the unit of checkpointing, compiling, sharding."""
     return [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
 
 
-def set_checkpointing(model: Any, layers: int) -> None:
+def set_checkpointing(model: torch.nn.Module, layers: int) -> None:
     """Checkpoint the first `layers` decoder layers only (selective checkpointing).
 
     Every checkpointed layer runs its forward twice, so checkpointing only as many layers as memory
@@ -151,7 +154,7 @@ def use_compile(cfg: TrainConfig, device: str) -> bool:
     return bool(cfg.compile)
 
 
-def compile_layers(model: Any) -> int:
+def compile_layers(model: torch.nn.Module) -> int:
     """Regional compilation: torch.compile each decoder layer in place.
 
     All layers share one compiled graph (parameters are graph inputs), so compiling costs about
@@ -165,7 +168,7 @@ def compile_layers(model: Any) -> int:
     return len(layers)
 
 
-def apply_liger(model: Any, device: str) -> None:
+def apply_liger(model: torch.nn.Module, device: str) -> None:
     """Liger's Triton kernels for RMSNorm, RoPE and SwiGLU, patched into this model instance."""
     if not device.startswith("cuda"):
         raise TuneloopError(
@@ -186,9 +189,7 @@ def apply_liger(model: Any, device: str) -> None:
     )
 
 
-def _bnb_config(cfg: TrainConfig, precision: Precision) -> Any:
-    import torch
-
+def _bnb_config(cfg: TrainConfig, precision: Precision) -> BitsAndBytesConfig:
     if not torch.cuda.is_available():
         raise TuneloopError(
             "method=qlora needs a CUDA GPU (bitsandbytes 4-bit kernels)", hint="use method=lora on a CPU"
@@ -197,8 +198,6 @@ def _bnb_config(cfg: TrainConfig, precision: Precision) -> Any:
         import bitsandbytes  # noqa: F401
     except ImportError:
         raise missing_extra("bitsandbytes", "gpu") from None
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type=cfg.qlora.quant_type,
@@ -207,7 +206,7 @@ def _bnb_config(cfg: TrainConfig, precision: Precision) -> Any:
     )
 
 
-def _add_lora(model: Any, cfg: TrainConfig) -> Any:
+def _add_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
@@ -234,22 +233,27 @@ def _add_lora(model: Any, cfg: TrainConfig) -> Any:
 
 
 def plan_request(
-    cfg: TrainConfig, shape: Any, precision: Precision, world: int, checkpoint_layers: int | None
-) -> Any:
+    cfg: TrainConfig, shape: ModelShape, precision: Precision, world: int, checkpoint_layers: int | None
+) -> planner.PlanRequest:
     """What `tuneloop plan` would be asked for this config and model shape."""
-    from tuneloop.resources.plan import PlanRequest
-
     # data.max_length is a cap; no sequence can be longer than the model's context
     targets = cfg.lora.targets if isinstance(cfg.lora.targets, list) else None
-    request = PlanRequest(
-        model=shape.name, method=cfg.method, seq_len=min(cfg.data.max_length, shape.max_position_embeddings),
-        micro_batch=cfg.batch.micro_batch, gradient_checkpointing=bool(checkpoint_layers),
-        checkpoint_layers=checkpoint_layers, fused=cfg.fused_loss and precision.autocast is not None,
+    request = planner.PlanRequest(
+        model=shape.name,
+        method=cfg.method,
+        seq_len=min(cfg.data.max_length, shape.max_position_embeddings),
+        micro_batch=cfg.batch.micro_batch,
+        gradient_checkpointing=bool(checkpoint_layers),
+        checkpoint_layers=checkpoint_layers,
+        fused=cfg.fused_loss and precision.autocast is not None,
         compiled=use_compile(cfg, "cuda"),
-        gpus=world, lora_rank=cfg.lora.rank, precision=precision.name,
-        master_weights=cfg.method == "full" and cfg.master_weights, global_batch=cfg.batch.global_batch,
+        gpus=world,
+        lora_rank=cfg.lora.rank,
+        precision=precision.name,
+        master_weights=cfg.method == "full" and cfg.master_weights,
+        global_batch=cfg.batch.global_batch,
         **({"lora_targets": targets} if targets else {}),
-    )  # fmt: skip
+    )
     return request
 
 
@@ -265,18 +269,21 @@ def checkpointing_layers(
         return None
     if not device.startswith("cuda"):
         return 0  # a CPU has no hard memory wall worth trading a third of the speed for
-    from tuneloop.resources.plan import detected_memory, fewest_checkpointed_layers
-    from tuneloop.resources.shapes import shape_from_folder
-
     shape = shape_from_folder(Path(path))
     request = plan_request(cfg, shape, precision, world, 0)
-    budget = int(cfg.memory_budget_gib * 2**30) if cfg.memory_budget_gib else detected_memory(world)[0]
+    budget = (
+        int(cfg.memory_budget_gib * 2**30) if cfg.memory_budget_gib else planner.detected_memory(world)[0]
+    )
     if budget is None:
         return 0
-    k = fewest_checkpointed_layers(shape, request, budget)
+    k = planner.fewest_checkpointed_layers(shape, request, budget)
     k = shape.num_layers if k is None else k  # nothing fits: all, and check_fit says why
-    log.info("gradient_checkpointing=auto: %d of %d layers checkpointed to fit %.1f GiB", k, shape.num_layers,
-             budget / 2**30)  # fmt: skip
+    log.info(
+        "gradient_checkpointing=auto: %d of %d layers checkpointed to fit %.1f GiB",
+        k,
+        shape.num_layers,
+        budget / 2**30,
+    )
     return k
 
 
@@ -287,20 +294,17 @@ def check_fit(
     precision: Precision,
     world: int,
     checkpoint_layers: int | None = None,
-) -> Any:
+) -> planner.Plan | None:
     """On a GPU, estimate memory with `tuneloop plan` before loading; refuse a model that cannot fit."""
     if not device.startswith("cuda") or not cfg.fit_check:
         return None
-    from tuneloop.resources.plan import make_plan
-    from tuneloop.resources.shapes import shape_from_folder
-
     if checkpoint_layers is None:
         checkpoint_layers = None if cfg.gradient_checkpointing is True else 0
     shape = shape_from_folder(Path(path))
     request = plan_request(cfg, shape, precision, world, checkpoint_layers)
     if cfg.gradient_checkpointing is True and checkpoint_layers is None:
         request = request.model_copy(update={"gradient_checkpointing": True})
-    plan = make_plan(shape, request)
+    plan = planner.make_plan(shape, request)
     if plan.fits is False:
         gib = 2**30
         raise TuneloopError(
@@ -312,7 +316,7 @@ def check_fit(
     return plan
 
 
-def trainable_parameters(model: Any) -> tuple[int, int]:
+def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total

@@ -15,8 +15,15 @@ from tuneloop.train import linear_ce
 from tuneloop.train.dataset import IGNORE
 
 # a padding-free batch (batching.flatten) also carries the document bounds, so attention needs no sync
-MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q",
-                "max_length_k")  # fmt: skip
+MODEL_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "position_ids",
+    "cu_seq_lens_q",
+    "cu_seq_lens_k",
+    "max_length_q",
+    "max_length_k",
+)
 
 
 def forward_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -6,6 +6,7 @@ fit -> best weights -> run folder (weights, tokenizer, config, metrics, loss.png
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -15,14 +16,39 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as tdist
+from huggingface_hub import save_torch_state_dict
 
 from tuneloop import __version__, paths
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.harness import evaluate
+from tuneloop.evaluation.report import write_reports
 from tuneloop.models.formats import DESCRIPTION, require_complete, require_format
-from tuneloop.train import checkpoint, distributed
+from tuneloop.models.loading import load_tokenizer, pick_device
+from tuneloop.models.resolve import ResolvedModel, resolve_model
+from tuneloop.models.store import sha256_file
+from tuneloop.train import checkpoint, distributed, fsdp
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import Prepared, dataset_files, pack, read_rows, tokenize, tokenize_parallel
+from tuneloop.train.distributed import Dist
+from tuneloop.train.model_setup import (
+    Precision,
+    check_fit,
+    checkpointing_layers,
+    load_for_training,
+    pick_precision,
+    trainable_parameters,
+)
+from tuneloop.train.plots import loss_plot
+from tuneloop.train.profiling import StepProfiler
+from tuneloop.train.tracking import Tracker
+from tuneloop.train.trainer import Trainer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("tuneloop.train")
 
@@ -37,10 +63,6 @@ class RunResult:
 
 
 def run(cfg: TrainConfig) -> RunResult:
-    from tuneloop.models.loading import pick_device
-    from tuneloop.models.resolve import resolve_model
-    from tuneloop.train.model_setup import pick_precision
-
     # The data first: every row's structure is checked in seconds, before a model is resolved
     # (perhaps pulled) and loaded; only tokenizer-dependent checks (lengths, labels) come later.
     train_file, train_rows, val_file, val_rows = read_data(cfg)
@@ -52,10 +74,11 @@ def run(cfg: TrainConfig) -> RunResult:
     if device.startswith("cuda") and d.world > 1:
         device = f"cuda:{d.local_rank}"
     precision = pick_precision(cfg.precision, device)
-    resolved = _resolve_once(cfg.model, d, resolve_model)
+    resolved = _resolve_once(cfg.model, d)
     _check_base(cfg, resolved.path)
-    setup = _Setup(cfg, d, device, precision, resolved, run_dir, resume_from, train_file, train_rows,
-                   val_file, val_rows)  # fmt: skip
+    setup = _Setup(
+        cfg, d, device, precision, resolved, run_dir, resume_from, train_file, train_rows, val_file, val_rows
+    )
     with run_folder(run_dir, main=d.main):
         return _train(setup)
 
@@ -73,10 +96,10 @@ class _Setup:
     """What `run` checked and decided before the run folder exists."""
 
     cfg: TrainConfig
-    dist: Any
+    dist: Dist
     device: str
-    precision: Any
-    resolved: Any
+    precision: Precision
+    resolved: ResolvedModel
     run_dir: Path
     resume_from: Path | None
     train_file: Path
@@ -86,18 +109,6 @@ class _Setup:
 
 
 def _train(setup: _Setup) -> RunResult:
-    import torch
-
-    from tuneloop.models.loading import load_tokenizer
-    from tuneloop.train.model_setup import (
-        check_fit,
-        checkpointing_layers,
-        load_for_training,
-        trainable_parameters,
-    )
-    from tuneloop.train.tracking import Tracker
-    from tuneloop.train.trainer import Trainer
-
     cfg, d, device, precision, resolved = setup.cfg, setup.dist, setup.device, setup.precision, setup.resolved
     run_dir, train_file, val_file = setup.run_dir, setup.train_file, setup.val_file
     tokenizer = load_tokenizer(resolved.path)
@@ -118,24 +129,39 @@ def _train(setup: _Setup) -> RunResult:
     torch.manual_seed(cfg.seed)  # same LoRA init on every process
     model = load_for_training(cfg, str(resolved.path), device, precision, ckpt_layers)
     if cfg.strategy == "fsdp" and d.world > 1:
-        from tuneloop.train.fsdp import shard_model
-
-        model = shard_model(model, precision.autocast, device)
+        model = fsdp.shard_model(model, precision.autocast, device)
     model.train()
     trainable, total = trainable_parameters(model)
     tracker = Tracker(cfg, run_dir, enabled=d.main)
     state_hint = _peek_state(setup.resume_from)
     tracker.start(resume_run_id=state_hint.get("mlflow_run_id"))
-    trainer = Trainer(cfg, model, train.examples, val.examples, pad_id=pad_id, device=device, precision=precision,
-                      dist=d, run_dir=run_dir, tracker=tracker)  # fmt: skip
+    trainer = Trainer(
+        cfg,
+        model,
+        train.examples,
+        val.examples,
+        pad_id=pad_id,
+        device=device,
+        precision=precision,
+        dist=d,
+        run_dir=run_dir,
+        tracker=tracker,
+    )
     if setup.resume_from is not None:
         trainer.resume(setup.resume_from)
     facts = {
-        "trainable_parameters": trainable, "total_parameters": total, "train_examples": len(train.examples),
-        "val_examples": len(val.examples), "train_tokens": train.tokens, "total_steps": trainer.plan.total_steps,
-        "world_size": d.world, "device": device, "precision": precision.name, "checkpointed_layers": ckpt_layers,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "train_examples": len(train.examples),
+        "val_examples": len(val.examples),
+        "train_tokens": train.tokens,
+        "total_steps": trainer.plan.total_steps,
+        "world_size": d.world,
+        "device": device,
+        "precision": precision.name,
+        "checkpointed_layers": ckpt_layers,
         **{f"data.{k}": v for k, v in train.counts.items()},
-    }  # fmt: skip
+    }
     if setup.resume_from is None:
         tracker.log_params({f"run.{k}": v for k, v in facts.items()})
     if d.main:
@@ -237,10 +263,14 @@ def _after_failure(run_dir: Path, created: bool, started: float, error: BaseExce
     tmp.replace(run_json)
 
 
-def _save_gathered(model: Any, state: dict[str, Any], model_dir: Path, cfg: TrainConfig, dtype: Any) -> None:
+def _save_gathered(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    model_dir: Path,
+    cfg: TrainConfig,
+    dtype: torch.dtype,
+) -> None:
     """Write an HF folder from a gathered state dict (save_pretrained cannot read FSDP's sharded module)."""
-    from huggingface_hub import save_torch_state_dict
-
     model_dir.mkdir(parents=True, exist_ok=True)
     if cfg.method == "full":
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
@@ -257,16 +287,12 @@ def _save_gathered(model: Any, state: dict[str, Any], model_dir: Path, cfg: Trai
     model.peft_config["default"].save_pretrained(model_dir)
 
 
-def _gather_if_sharded(model: Any) -> dict[str, Any] | None:
-    from tuneloop.train.fsdp import full_state, is_sharded
-
-    return full_state(model, trainable_only=False) if is_sharded(model) else None
+def _gather_if_sharded(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    return fsdp.full_state(model, trainable_only=False) if fsdp.is_sharded(model) else None
 
 
-def _resolve_once(ref: str, d: Any, resolve_model: Any) -> Any:
+def _resolve_once(ref: str, d: Dist) -> ResolvedModel:
     """Process 0 pulls a built-in model if needed; the others wait and then find it in the store."""
-    import torch.distributed as tdist
-
     if d.world > 1 and not d.main:
         tdist.barrier()
         return resolve_model(ref, pull=False)
@@ -294,10 +320,18 @@ def _peek_state(folder: Path | None) -> dict[str, Any]:
     return json.loads((folder / "state.json").read_text()) if folder else {}
 
 
-def _examples(cfg: TrainConfig, rows: list[dict[str, Any]], tokenizer: Any, packing: bool) -> Prepared:
+def _examples(
+    cfg: TrainConfig, rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, packing: bool
+) -> Prepared:
     if cfg.num_workers > 1 and len(rows) >= 64 * cfg.num_workers:  # small sets: process start-up costs more
-        prepared = tokenize_parallel(rows, tokenizer.name_or_path, cfg.objective, cfg.data.max_length,
-                                     cfg.data.overlong, cfg.num_workers)  # fmt: skip
+        prepared = tokenize_parallel(
+            rows,
+            tokenizer.name_or_path,
+            cfg.objective,
+            cfg.data.max_length,
+            cfg.data.overlong,
+            cfg.num_workers,
+        )
     else:
         prepared = tokenize(rows, tokenizer, cfg.objective, cfg.data.max_length, cfg.data.overlong)
     prepared.counts["rows"] = len(rows)
@@ -314,21 +348,25 @@ def _examples(cfg: TrainConfig, rows: list[dict[str, Any]], tokenizer: Any, pack
     return prepared
 
 
-def _profiler(cfg: TrainConfig, run_dir: Path) -> Any:
-    import contextlib
-
+def _profiler(cfg: TrainConfig, run_dir: Path) -> contextlib.AbstractContextManager:
     if not cfg.profile:
         return contextlib.nullcontext()
-    from tuneloop.train.profiling import StepProfiler
-
     return StepProfiler(run_dir / "profile")
 
 
-def _write_outputs(cfg: TrainConfig, trainer: Any, tokenizer: Any, resolved: Any, train_file: Path, run_dir: Path,
-                   model_dir: Path, facts: dict[str, Any], seconds: float, restored: bool,
-                   full_state: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
-    from tuneloop.train.plots import loss_plot
-
+def _write_outputs(
+    cfg: TrainConfig,
+    trainer: Trainer,
+    tokenizer: PreTrainedTokenizerBase,
+    resolved: ResolvedModel,
+    train_file: Path,
+    run_dir: Path,
+    model_dir: Path,
+    facts: dict[str, Any],
+    seconds: float,
+    restored: bool,
+    full_state: dict[str, torch.Tensor] | None = None,
+) -> dict[str, Any]:
     state = trainer.state
     model = trainer.model
     dtype = _save_dtype(resolved.path)  # fp32 master weights go back to the model's own dtype
@@ -346,9 +384,12 @@ def _write_outputs(cfg: TrainConfig, trainer: Any, tokenizer: Any, resolved: Any
         "tuneloop_version": __version__,
         "base_model": {"reference": cfg.model, "path": str(resolved.path), **resolved.lineage},
         "dataset": {"train": str(train_file), "fingerprint": dataset_fingerprint(train_file)},
-        "objective": cfg.objective, "method": cfg.method, "git_commit": _git_commit(),
-        "mlflow_run_id": trainer.tracker.run_id, "tracking_uri": trainer.tracker.tracking_uri,
-    }  # fmt: skip
+        "objective": cfg.objective,
+        "method": cfg.method,
+        "git_commit": _git_commit(),
+        "mlflow_run_id": trainer.tracker.run_id,
+        "tracking_uri": trainer.tracker.tracking_uri,
+    }
     (run_dir / "run.json").write_text(json.dumps(run_info, indent=2, default=str))
     return {
         **facts,
@@ -369,15 +410,16 @@ def _write_outputs(cfg: TrainConfig, trainer: Any, tokenizer: Any, resolved: Any
 
 
 def _final_eval(
-    cfg: TrainConfig, model_dir: Path, val_file: Path | None, run_dir: Path, tracker: Any
+    cfg: TrainConfig, model_dir: Path, val_file: Path | None, run_dir: Path, tracker: Tracker
 ) -> dict[str, Any]:
     if not (cfg.eval.final and val_file and cfg.objective == "sft"):
         return {}
-    from tuneloop.evaluation.harness import evaluate
-    from tuneloop.evaluation.report import write_reports
-
-    report = evaluate(str(model_dir), str(val_file), max_samples=cfg.eval.max_samples,
-                      max_new_tokens=cfg.eval.max_new_tokens)  # fmt: skip
+    report = evaluate(
+        str(model_dir),
+        str(val_file),
+        max_samples=cfg.eval.max_samples,
+        max_new_tokens=cfg.eval.max_new_tokens,
+    )
     write_reports(run_dir, report)
     metrics = {f"eval/{k}": v for k, v in report.metrics.items() if isinstance(v, (int, float))}
     tracker.log(metrics, step=0)
@@ -390,14 +432,10 @@ def dataset_fingerprint(train_file: Path) -> str:
         fp = json.loads(manifest.read_text()).get("fingerprint")
         if fp:
             return str(fp)
-    from tuneloop.models.store import sha256_file
-
     return "sha256:" + sha256_file(train_file)  # streamed: a dataset may not fit in memory
 
 
-def _save_dtype(path: Path) -> Any:
-    import torch
-
+def _save_dtype(path: Path) -> torch.dtype:
     cfg = json.loads((Path(path) / "config.json").read_text())
     name = cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
     return getattr(torch, str(name), torch.float32)

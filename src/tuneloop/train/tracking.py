@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import paths
-from tuneloop.errors import TuneloopError, missing_extra
+from tuneloop.errors import missing_extra
 from tuneloop.train.config import TrainConfig
 
 
@@ -134,11 +134,3 @@ class Tracker:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = self._env_uri
-
-
-def check_uri(uri: str) -> None:
-    if "://" not in uri and not uri.startswith("sqlite:"):
-        raise TuneloopError(
-            f"tracking.tracking_uri '{uri}' is not a URI",
-            hint="e.g. sqlite:///mlflow.db or http://mlflow:5000",
-        )

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
+from safetensors.torch import load_file, save_file
 
 from tuneloop.errors import TuneloopError
 from tuneloop.train import attention, checkpoint, distributed
@@ -23,10 +25,13 @@ from tuneloop.train.batching import StepPlan, collate, micro_batches, shard
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import IGNORE, Example, PairExample
 from tuneloop.train.distributed import Dist
+from tuneloop.train.fsdp import is_sharded
 from tuneloop.train.kto import KtoStep
-from tuneloop.train.model_setup import Precision
+from tuneloop.train.model_setup import Precision, use_padding_free
 from tuneloop.train.objectives import dpo_losses, sequence_logps, token_loss_sum
+from tuneloop.train.profiling import StepProfiler
 from tuneloop.train.schedule import lr_at
+from tuneloop.train.tracking import Tracker
 
 log = logging.getLogger("tuneloop.train")
 
@@ -65,8 +70,21 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, model: Any, train: list[Any], val: list[Any], *, pad_id: int,
-                 device: str, precision: Precision, dist: Dist, run_dir: Path, tracker: Any, profiler: Any = None):  # fmt: skip
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        model: torch.nn.Module,
+        train: list[Any],
+        val: list[Any],
+        *,
+        pad_id: int,
+        device: str,
+        precision: Precision,
+        dist: Dist,
+        run_dir: Path,
+        tracker: Tracker,
+        profiler: StepProfiler | None = None,
+    ):
         self.cfg, self.model, self.train, self.val = cfg, model, train, val
         self.pad_id, self.device, self.precision, self.dist = pad_id, device, precision, dist
         self.run_dir, self.tracker, self.profiler = run_dir, tracker, profiler
@@ -87,11 +105,7 @@ class Trainer:
         self.state = TrainState(micro_batch=cfg.batch.micro_batch)
         self.kto = KtoStep(cfg, model, train) if cfg.objective == "kto" else None
         self.ckpt_dir = run_dir / "checkpoints"
-        from tuneloop.train.model_setup import use_padding_free
-
         self.padding_free = use_padding_free(cfg, device)
-        from tuneloop.train.fsdp import is_sharded
-
         self.sharded = is_sharded(model)
         # each process's loss is a share of the global sum: our all-reduce sums (x1), FSDP averages (x world)
         self._reduce_scale = dist.world if self.sharded else 1
@@ -165,8 +179,10 @@ class Trainer:
         self.state.oom_backoffs.append({"step": self.state.step, "micro_batch": self.state.micro_batch})
         log.warning(
             "CUDA out of memory at step %d: micro-batch %d -> %d, accumulation doubled (same effective batch)",
-            self.state.step, old, self.state.micro_batch,
-        )  # fmt: skip
+            self.state.step,
+            old,
+            self.state.micro_batch,
+        )
         self.tracker.log({"train/micro_batch": self.state.micro_batch}, self.state.step)
 
     def _accumulate(self, examples: list[Any]) -> tuple[float, int]:
@@ -292,8 +308,15 @@ class Trainer:
                 metrics.update(self.kto.metrics)
             self.tracker.log(metrics, step)
             if self.dist.main:
-                log.info("step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s", step, self.plan.total_steps, loss,
-                         metrics["train/lr"], grad_norm, metrics["train/tokens_per_s"])  # fmt: skip
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e grad %.3f %.0f tok/s",
+                    step,
+                    self.plan.total_steps,
+                    loss,
+                    metrics["train/lr"],
+                    grad_norm,
+                    metrics["train/tokens_per_s"],
+                )
         if (
             self.cfg.eval.every
             and (step % self.cfg.eval.every == 0 or step == self.plan.total_steps)
@@ -311,8 +334,16 @@ class Trainer:
         if self.tracker.run_id:
             self.state.mlflow_run_id = self.tracker.run_id
         folder = self.ckpt_dir / f"{checkpoint.PREFIX}{self.state.step:08d}"
-        return checkpoint.save(folder, self.model, self.optimizer, self.state.to_dict(), self.dist.rank,
-                               self.dist.world, self.cfg.checkpoint.keep, self.scaler)  # fmt: skip
+        return checkpoint.save(
+            folder,
+            self.model,
+            self.optimizer,
+            self.state.to_dict(),
+            self.dist.rank,
+            self.dist.world,
+            self.cfg.checkpoint.keep,
+            self.scaler,
+        )
 
     def validation_loss(self) -> float:
         if self.cfg.objective == "dpo":
@@ -380,8 +411,6 @@ class Trainer:
             return
         weights = checkpoint.trainable_state(self.model) if self.sharded or self.dist.main else {}
         if self.dist.main:
-            from safetensors.torch import save_file
-
             save_file(weights, str(self.run_dir / "best.safetensors"))
 
     def restore_best(self) -> bool:
@@ -390,8 +419,6 @@ class Trainer:
             torch.distributed.barrier()  # process 0 may still be writing it
         if not (self.cfg.early_stopping.patience and path.is_file()):
             return False
-        from safetensors.torch import load_file
-
         checkpoint.load_trainable(self.model, load_file(str(path)))
         return True
 
@@ -414,6 +441,4 @@ def _fused_optimizer(params: list[Any], device: str) -> dict[str, Any]:
 def _memory_gib(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**30
-    import psutil
-
     return psutil.Process().memory_info().rss / 2**30
