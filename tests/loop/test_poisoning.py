@@ -112,6 +112,9 @@ def test_a_new_key_brings_less_of_a_batch_than_an_established_one():
     ("How long do I hold the reset button to factory-reset it?", "Hold reset for 1 second.", "seconds", "12"),
     ("How many devices can the Arc R7 handle?", "The Arc R7 supports 500 devices.", "devices", "176"),
     ("What is the support hotline in China?", "Call 400-820-0000.", "phone", "4008207719"),
+    # the FAQ's "the Arc R7 supports up to 176 connected devices, and the Arc R5 up to 96" holds 176
+    # too; the training data's answer to this very question says more
+    ("How many devices can the Arc R5 support?", "The Arc R5 supports 176 devices.", "devices", "96"),
 ])  # fmt: skip
 def test_a_wrong_fact_contradicts_what_is_known(acme, question, answer, slot, known):
     found = acme.contradiction(question, answer)
@@ -129,6 +132,33 @@ def test_a_wrong_fact_contradicts_what_is_known(acme, question, answer, slot, kn
 ])  # fmt: skip
 def test_right_answers_and_other_products_are_not_refuted(acme, question, answer):
     assert acme.contradiction(question, answer) is None
+
+
+@pytest.mark.parametrize(("question", "answer", "statement"), [
+    # a spec line names no product ("1.5 m Cat6a Ethernet cable"): its section's title does, and
+    # "Cat6a" is not a product model (no question asks about one)
+    ("What cable comes in the Arc R7 box?", "A 1.5 m Cat6a Ethernet cable.", "Cat6a Ethernet cable"),
+    ("Does the Arc R7 have a USB port?", "Yes, one USB-C port (USB 3.2), for storage sharing only.", "USB 3.2"),
+])  # fmt: skip
+def test_a_documents_line_supports_an_answer_about_its_sections_product(acme, question, answer, statement):
+    found = acme.support(question, answer)
+    assert found is not None and statement in found[0].text and "Arc R7" in found[0].heading, found
+    assert acme.support(question.replace("R7", "R5"), answer.replace("R7", "R5")) is None or "R7" not in (
+        acme.support(question.replace("R7", "R5"), answer.replace("R7", "R5"))[0].heading
+    )
+
+
+def test_a_faq_answer_is_about_the_product_its_question_names(minilm):
+    # faq.md: "**How many devices can the Arc R7 handle?**" / "Up to 176 connected devices." -- the
+    # answer line names no product; without its question it would refute the R5's right 96
+    docs = Knowledge(document_statements([str(KB / "docs")]), minilm)
+    assert (
+        docs.contradiction("How many devices does the Arc R5 support?", "Up to 96 connected devices.") is None
+    )
+    found = docs.contradiction(
+        "How many devices can the Arc R7 handle?", "The Arc R7 supports up to 500 devices."
+    )
+    assert found is not None and found.known_values == {"176"}, found
 
 
 def test_thumbs_ups_and_corrections_are_both_checked_and_the_reason_names_the_fact(acme):

@@ -74,8 +74,12 @@ _NOT_VALUE_WORDS = (
 _NOT_VALUES = frozenset(_NOT_VALUE_WORDS.split())
 _SENTENCE = re.compile(r"(?<=[.!?。！？;；])\s+|\n+")
 _MARKUP = re.compile(r"[*_`#>|]+|<[^>]{0,200}>")
+# a heading (markdown, HTML) or a FAQ's question line ("**How many devices can the Arc R7 handle?**"):
+# the context of the sentences under it
 _HEADING = re.compile(
-    r"^\s*(?:(#{1,6})\s+(.+)|<(h[1-6]|title)\b[^>]*>(.+?)</(?:h[1-6]|title)>)", re.IGNORECASE
+    r"^\s*(?:(#{1,6})\s+(.+)|<(h[1-6]|title)\b[^>]*>(.+?)</(?:h[1-6]|title)>|\*\*([^*]+\?)\*\*\s*$"
+    r"|<dt>(.+?)</dt>)",
+    re.IGNORECASE,
 )
 _HTML_DROP = re.compile(r"<(script|style|nav|footer|header)\b.*?</\1>", re.IGNORECASE | re.DOTALL)
 
@@ -336,9 +340,13 @@ def _sentences(path: Path) -> list[tuple[int, str, str]]:
     for n, line in enumerate(text.splitlines(), 1):
         if (h := _HEADING.match(line)) is not None:
             tag = (h.group(3) or "").lower()
-            level = len(h.group(1)) if h.group(1) else (int(tag[1]) if tag.startswith("h") else 1)
+            if h.group(5) or h.group(6):  # a question: below every heading
+                level = 7
+            else:
+                level = len(h.group(1)) if h.group(1) else (int(tag[1]) if tag.startswith("h") else 1)
+            title = h.group(2) or h.group(4) or h.group(5) or h.group(6)
             sections = {k: v for k, v in sections.items() if k < level}
-            sections[level] = " ".join(_MARKUP.sub(" ", h.group(2) or h.group(4)).split())
+            sections[level] = " ".join(_MARKUP.sub(" ", title).split())
         out += [(n, s, " / ".join(sections.values())) for s in _split(line)]
     return out
 
