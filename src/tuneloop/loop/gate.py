@@ -262,6 +262,8 @@ def _score(model_ref: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]
            s: GateSettings) -> Scored:  # fmt: skip
     report = evaluate(model_ref, rows, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
                       model=model, tokenizer=tokenizer)  # fmt: skip
+    if metric == "auto":  # the fact's value when every reference has one: "176" is in the answer or not
+        metric = "contains_answer" if all(r.get("answer") for r in rows) else "token_f1"
     if metric not in report.metrics:  # contains_answer needs an `answer` on the rows
         metric = "token_f1"
     samples = [{"id": x.id, "question": x.question, "reference": x.reference, "prediction": x.prediction,
