@@ -16,7 +16,6 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeVar
 from urllib.parse import quote
@@ -87,8 +86,8 @@ async def event_stream(gen: Generation, chunks: AsyncGenerator[dict | Event, Non
     """A route's chunks as server-sent events. Admission and the first chunk come before any byte is
     sent, so a refusal (429) or a bad request (a prompt too long) keeps its status."""
     events = _events(gen, chunks)
-    first = await anext(events)
-    return StreamingResponse(_resume(first, events), media_type="text/event-stream", headers=headers(gen))
+    await anext(events)  # admitted, and the first chunk is there (or the error is raised here)
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers(gen))
 
 
 async def _events(gen: Generation, chunks: AsyncGenerator[dict | Event, None]) -> AsyncGenerator[str, None]:
@@ -103,6 +102,7 @@ async def _events(gen: Generation, chunks: AsyncGenerator[dict | Event, None]) -
         # closed, unfinished, while a chunk was being sent); closing the chunks aborts the engine requests
         status, error, texts = CLIENT_CLOSED, "client disconnected", {}
         try:
+            yield ""  # to `event_stream`, which starts the response (nothing is sent for it)
             while chunk is not None:
                 yield _encode(chunk, texts)
                 chunk = await _next_before(chunks, deadline)
@@ -121,14 +121,6 @@ async def _events(gen: Generation, chunks: AsyncGenerator[dict | Event, None]) -
                 await chunks.aclose()
                 logged = [{"index": i, "text": "".join(t)} for i, t in sorted(texts.items())]
                 await gen.finish(status, {"choices": logged}, error)
-
-
-async def _resume(first: str, events: AsyncGenerator[str, None]) -> AsyncIterator[str]:
-    """The stream's events from the first one (already taken to check the request)."""
-    async with aclosing(events):
-        yield first
-        async for event in events:
-            yield event
 
 
 async def _unless_gone(request: Request, work: Awaitable[T], timeout_s: float | None = None) -> T:
