@@ -10,7 +10,10 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 SPLITS = ("train", "val")
 _BATCH = 8192
@@ -20,7 +23,7 @@ def dump_row(row: dict[str, Any]) -> str:
     return json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 
 
-def schema(kind: str) -> Any:
+def schema(kind: str) -> pa.Schema:
     import pyarrow as pa
 
     messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
@@ -52,7 +55,7 @@ def write_parquet(jsonl: Path, kind: str) -> Path:
     return out
 
 
-def _write_parquet_arrow(jsonl: Path, out: Path, sch: Any) -> bool:
+def _write_parquet_arrow(jsonl: Path, out: Path, sch: pa.Schema) -> bool:
     """`write_parquet` for {"text"} rows through Arrow's JSON reader: the same file, byte for byte
     (row groups of `_BATCH` rows, each one contiguous array), without a Python dict per row."""
     import pyarrow as pa

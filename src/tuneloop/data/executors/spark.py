@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,10 +28,13 @@ from tuneloop.data.readers import InputFile, list_inputs
 from tuneloop.data.stats import Stats
 from tuneloop.errors import missing_extra
 
-_SESSIONS: dict[str, Any] = {}
+if TYPE_CHECKING:
+    from pyspark import RDD, SparkContext
+
+_SESSIONS: dict[str, SparkContext] = {}
 
 
-def spark_context(master: str, progress: bool = False) -> Any:
+def spark_context(master: str, progress: bool = False) -> SparkContext:
     """One SparkContext per master for the life of the process (tests reuse it)."""
     try:
         from pyspark import SparkConf, SparkContext
@@ -102,7 +105,7 @@ def _phase1(idx: int, file: InputFile, cfg: DataConfig) -> Iterator[tuple[str, A
     yield "stats", stats.to_json()
 
 
-def _decide(sc: Any, docs: Any, cfg: DataConfig, stats: Stats) -> Decision:
+def _decide(sc: SparkContext, docs: RDD, cfg: DataConfig, stats: Stats) -> Decision:
     """Only duplicates, LSH edges and the k validation orders come back to the driver: O(dups + k), not O(docs)."""
 
     def exact_fn() -> dict[Order, tuple[Order, str, str]]:
@@ -130,7 +133,7 @@ def _exact_pairs(members: Any) -> list[tuple[Order, tuple[Order, str, str]]]:
     return [(order, (kept, doc_id, kept_id)) for order, doc_id in rest]
 
 
-def _lsh_edges(docs: Any, cfg: DataConfig) -> list[tuple[Order, Order, float]]:
+def _lsh_edges(docs: RDD, cfg: DataConfig) -> list[tuple[Order, Order, float]]:
     dcfg, threshold = cfg.dedup, cfg.dedup.threshold
 
     def bands(d: tuple) -> list[tuple[tuple[int, int], tuple[Order, bytes]]]:
@@ -147,7 +150,7 @@ def _lsh_edges(docs: Any, cfg: DataConfig) -> list[tuple[Order, Order, float]]:
 
 
 def _write_rows(
-    sc: Any, docs: Any, decision: Decision, cfg: DataConfig, tok_dir: str, out: Path
+    sc: SparkContext, docs: RDD, decision: Decision, cfg: DataConfig, tok_dir: str, out: Path
 ) -> dict[str, np.ndarray]:
     removed, val = sc.broadcast(set(decision.removed)), sc.broadcast(decision.val)
     chunk_cfg, kind = cfg.chunk, cfg.kind
