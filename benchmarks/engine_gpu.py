@@ -130,13 +130,13 @@ def breakdown(engine: LLMEngine, vocab: int, n: int = 256) -> dict:
     acc = {"mixed": [0, 0.0, 0.0], "decode": [0, 0.0, 0.0]}  # steps, model s, total s
     state = {}
 
-    def timed(batch, *args):
+    def timed(inputs):  # the runner's run phase (the model); prepare and sample count as host time
         sync()
         t = time.perf_counter()
-        out = real(batch, *args)
+        out = real(inputs)
         sync()
         state["model"] = time.perf_counter() - t
-        state["kind"] = "decode" if all(i.num_tokens == 1 and i.samples for i in batch) else "mixed"
+        state["kind"] = "decode" if all(i.num_tokens == 1 and i.samples for i in inputs.batch) else "mixed"
         return out
 
     runner.run = timed

@@ -68,7 +68,7 @@ def both(folder, script, **kw) -> tuple[dict, LLMEngine]:
     for eng in (sync_eng, async_eng):
         assert eng.blocks.num_free == len(eng.blocks.blocks), "a KV block leaked"
         assert all(b.ref_count == 0 for b in eng.blocks.blocks)
-        assert not eng.sequences and not eng._host_bound
+        assert not eng.sequences and (eng.overlap is None or not eng.overlap.host_bound)
     return got, async_eng
 
 
@@ -89,9 +89,9 @@ def test_the_next_step_reads_its_input_ids_on_the_device(tiny_llama):
     eng = engine(tiny_llama, True)
     real, seen = eng.runner.run, []
 
-    def spy(batch, prev_tokens=None):
-        seen.append(sum(item.token_from >= 0 for item in batch))
-        return real(batch, prev_tokens)
+    def spy(inputs):
+        seen.append(inputs.device_ids)
+        return real(inputs)
 
     eng.runner.run = spy
     outs = eng.generate(prompts(3, seed=2), GREEDY)
@@ -210,7 +210,7 @@ def test_host_bound_requests_fall_back_to_sync_steps_then_async_resumes(tiny_lla
     sync_eng, async_eng = engine(tiny_llama, False), engine(tiny_llama, True)
     launched = []
     real = async_eng._launch
-    async_eng._launch = lambda batch, prev: launched.append(len(batch)) or real(batch, prev)
+    async_eng._launch = lambda batch: launched.append(len(batch)) or real(batch)
     expected, got = drive(sync_eng, script), drive(async_eng, script)
     assert got == expected
     assert launched  # async steps ran before and after the host-bound requests
@@ -226,14 +226,14 @@ def test_steps_with_prefill_run_synchronously_and_pure_decode_steps_overlap(tiny
     ahead = [False]
     real_run, real_launch = eng.runner.run, eng._launch
 
-    def run(batch, prev_tokens=None):
-        steps.append((ahead[0], any(i.seq.num_computed < len(i.seq.prompt_ids) for i in batch)))
-        return real_run(batch, prev_tokens)
+    def run(inputs):
+        steps.append((ahead[0], any(i.seq.num_computed < len(i.seq.prompt_ids) for i in inputs.batch)))
+        return real_run(inputs)
 
-    def launch(batch, prev):
+    def launch(batch):
         ahead[0] = True
         try:
-            return real_launch(batch, prev)
+            return real_launch(batch)
         finally:
             ahead[0] = False
 
@@ -310,7 +310,7 @@ def test_abort_of_the_only_request_leaves_nothing_to_step(tiny_llama):
     seq = eng.add_request(prompts(1, lengths=(30,))[0], GREEDY)
     assert len(eng.step()) == 1  # the prefill runs synchronously
     assert eng.step() == []  # the first decode is in flight: its token is not read yet
-    assert eng.has_unfinished() and seq.num_pending == 1
+    assert eng.has_unfinished() and seq.num_output_placeholders == 1
     used = eng.blocks.num_free
     assert eng.abort(seq.request_id) is True
     assert eng.blocks.num_free > used and not eng.has_unfinished()
@@ -385,11 +385,11 @@ def test_gpu_decode_steps_launch_without_a_host_sync(tiny_llama):
     eng.step()  # the first decode step; the prefill's tokens are read
     real, launched = eng._launch, []
 
-    def strict(batch, prev):
+    def strict(batch):
         launched.append(len(batch))
         torch.cuda.set_sync_debug_mode("error")  # a copy or read that waits for the GPU raises
         try:
-            return real(batch, prev)
+            return real(batch)
         finally:
             torch.cuda.set_sync_debug_mode("default")
 
@@ -408,9 +408,9 @@ def test_decode_batches_above_async_max_batch_run_synchronously(tiny_llama):
     sizes: list[int] = []
     real_launch = small._launch
 
-    def launch(batch, prev):
+    def launch(batch):
         sizes.append(len(small.scheduler.running))
-        return real_launch(batch, prev)
+        return real_launch(batch)
 
     small._launch = launch
     assert drive(small, script) == drive(engine(tiny_llama, False), script)  # same tokens either way

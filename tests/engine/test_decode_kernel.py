@@ -80,8 +80,8 @@ def test_engine_decode_path_gives_the_same_tokens(tiny_model_factory, family, tm
             eng.runner.decode_kernel = kernel
             calls = []
             if kernel:
-                real = eng.runner._decode
-                eng.runner._decode = lambda batch, *a: calls.append(len(batch)) or real(batch, *a)
+                real = eng.runner._run_decode
+                eng.runner._run_decode = lambda x: calls.append(len(x.batch)) or real(x)
             ids = [eng.add_request(prompts[0], p).request_id]
             done, so_far = {{}}, {{}}
             step = 0

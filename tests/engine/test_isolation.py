@@ -18,6 +18,7 @@ import pytest
 
 from tuneloop.engine import LLMEngine, SamplingParams
 from tuneloop.engine.async_engine import AsyncEngine
+from tuneloop.engine.hf_runner import HFRunner
 from tuneloop.engine.outputs import Generation, RequestFailedError
 from tuneloop.engine.process import EngineProcess
 from tuneloop.engine.sampler import Sampler
@@ -75,16 +76,17 @@ def poisoned(after: int = 0) -> Callable[[Sequence], bool]:
 
 
 def poison_runner(eng: LLMEngine, bad: Callable[[Sequence], bool]) -> list[int]:
-    """The model runner raises for every batch that holds a bad sequence; returns the batch sizes run."""
-    run, sizes = eng.runner.run, []
+    """The model runner raises for every batch that holds a bad sequence (in its prepare phase: nothing
+    of the step has run); returns the batch sizes prepared."""
+    prepare, sizes = eng.runner.prepare, []
 
-    def faulty(batch, *args):
+    def faulty(batch):
         sizes.append(len(batch))
         if any(bad(item.seq) for item in batch):
             raise RuntimeError("injected fault in the model runner")
-        return run(batch, *args)
+        return prepare(batch)
 
-    eng.runner.run = faulty
+    eng.runner.prepare = faulty
     return sizes
 
 
@@ -159,7 +161,7 @@ def test_a_seed_torch_cannot_take_fails_only_its_request(tiny_llama, expected, a
     params.seed = 2**64  # past add_request's check: what a caller with a bad seed used to get into a step
     final = drive(eng, {**reqs, POISON: (prompt, params)}, add=False)
     check(final, expected, reason="Overflow")
-    assert POISON not in eng.sampler.generators
+    assert POISON not in eng.runner.sampler.generators
 
 
 def test_a_model_that_fails_for_everyone_fails_every_request_in_bounded_retries(tiny_llama):
@@ -169,7 +171,7 @@ def test_a_model_that_fails_for_everyone_fails_every_request_in_bounded_retries(
     assert all(out.finish_reason == "error" and "injected" in out.error for out in final.values())
     # one step of the 8: the whole batch, then halves down to each one alone: 2 * 8 - 1 runs in all
     assert sizes == [8, 4, 4, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1, 1]
-    del eng.runner.run  # the model works again: the engine was not left broken
+    del eng.runner.prepare  # the model works again: the engine was not left broken
     assert drive(eng, {"after": requests(1)["r0"]})["after"].finish_reason == "length"
 
 
@@ -178,8 +180,8 @@ def test_the_transformers_fallback_isolates_a_failing_request(tiny_gpt2):
     reqs = requests(6)
     want = {n: o.token_ids for n, o in drive(LLMEngine.from_pretrained(folder, **KW), reqs).items()}
     eng = LLMEngine.from_pretrained(folder, **KW)
-    assert eng.runner.fallback is not None
-    one = eng.runner.fallback.last_hidden_logits
+    assert isinstance(eng.runner, HFRunner)
+    one = eng.runner.last_hidden_logits
     bad = poisoned(2)
 
     def faulty(seq, n):  # fails after the rows before it in the step were computed (their caches moved)
@@ -187,13 +189,13 @@ def test_the_transformers_fallback_isolates_a_failing_request(tiny_gpt2):
             raise RuntimeError("injected fault in transformers")
         return one(seq, n)
 
-    eng.runner.fallback.last_hidden_logits = faulty
+    eng.runner.last_hidden_logits = faulty
     reqs[POISON] = reqs.pop("r2")
     final = drive(eng, reqs)
     bad = final.pop(POISON)
     assert bad.finish_reason == "error" and "injected" in bad.error
     assert {n: o.token_ids for n, o in final.items()} == {n: want[n] for n in final}
-    assert eng.runner.fallback.caches == {}
+    assert eng.runner.caches == {}
 
 
 # ------------------------------------------------------------------ refused at add_request

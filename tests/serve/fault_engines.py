@@ -31,18 +31,18 @@ def build(
     for every step that holds a request of that seed once it has `poison_after` tokens; `no_eos`:
     only max_tokens ends a request (a random model's greedy text may hit EOS at any point)."""
     eng = LLMEngine.from_pretrained(folder, **ENGINE)
-    run = eng.runner.run
+    prepare = eng.runner.prepare  # the first phase of a step: a raise there leaves nothing half done
 
-    def faulty(batch: list, *args: Any) -> Any:
+    def faulty(batch: list) -> Any:
         if step_s:
             time.sleep(step_s)
         if poison_seed is not None and any(
             item.seq.params.seed == poison_seed and len(item.seq.output_ids) >= poison_after for item in batch
         ):
             raise RuntimeError("injected fault for the poisoned request")
-        return run(batch, *args)
+        return prepare(batch)
 
-    eng.runner.run = faulty
+    eng.runner.prepare = faulty
     if no_eos:
         eng.eos_ids = set()
     return eng

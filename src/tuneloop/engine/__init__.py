@@ -1,6 +1,13 @@
 """The inference engine: token ids in, tokens out (continuous batching, paged KV cache, prefix cache).
 
-Imports no server stack; `tuneloop.serve` talks to it through `AsyncEngine`.
+Imports no server stack; `tuneloop.serve` talks to it through `AsyncEngine` (a stepping thread) or
+`EngineProcess` (a process of its own, typed messages: messages.py). One noun per module:
+  engine.py           the loop: add_request -> step() -> outputs (new tokens only), failure isolation
+  scheduler.py        who runs and how many tokens; async_scheduler.py: placeholders for tokens in flight
+  block_manager.py    KV blocks, reference counts, prefix cache
+  runner.py           the runner protocol: prepare -> run -> sample; model_runner.py (native models,
+                      paged cache, CUDA graphs), hf_runner.py (any other causal LM through transformers)
+  sampler.py          next tokens from logits, per-request parameters
 """
 
 from tuneloop.engine.config import EngineConfig

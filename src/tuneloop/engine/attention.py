@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tuneloop.train.attention import VARLEN_PARAMS, causal_varlen_attn
+
 
 @dataclass
 class AttentionMetadata:
@@ -132,7 +134,7 @@ def paged_attention(
     scale: float,
 ) -> torch.Tensor:
     if isinstance(meta, DecodeMetadata):
-        from tuneloop.engine.kernels.paged_decode import paged_decode_attention
+        from tuneloop.engine.kernels.paged_decode import paged_decode_attention  # needs triton (GPU extra)
 
         k_cache.index_copy_(0, meta.slot_mapping, k)
         v_cache.index_copy_(0, meta.slot_mapping, v)
@@ -166,8 +168,6 @@ def paged_attention(
 
 def varlen_fits(device: str, dtype: torch.dtype, head_dim: int) -> bool:
     """Whether FlashAttention varlen can run this model: CUDA, half precision, torch >= 2.10."""
-    from tuneloop.train.attention import VARLEN_PARAMS
-
     return (
         device.startswith("cuda")
         and VARLEN_PARAMS is not None
@@ -184,8 +184,6 @@ def flash_varlen(
 
     The version adapter is training's (tuneloop.train.attention, torch-only imports).
     """
-    from tuneloop.train.attention import causal_varlen_attn
-
     return causal_varlen_attn(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_q, meta.max_k, scale)
 
 

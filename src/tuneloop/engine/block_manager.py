@@ -128,16 +128,13 @@ class BlockManager:
         if len(seq.block_table) < self.blocks_for(len(seq)):
             seq.block_table.append(self._take())
 
-    def on_computed(self, seq: Sequence) -> None:
-        """Register blocks that became full, so later requests can reuse them (multi-turn chats)."""
-        self._register_full_blocks(seq)
-
-    def _register_full_blocks(self, seq: Sequence) -> None:
-        """Enter the sequence's newly computed full blocks into the prefix cache."""
+    def cache_blocks(self, seq: Sequence, num_tokens: int) -> None:
+        """Enter the full blocks among the first `num_tokens` tokens of `seq` (computed, and known on the
+        host: they are hashed) into the prefix cache, so later requests can reuse them (multi-turn chats)."""
         if not self.prefix_caching:
             return
         bs = self.block_size
-        full = min(seq.num_computed, len(seq.prompt_ids) + len(seq.output_ids)) // bs  # known tokens only
+        full = num_tokens // bs
         if full <= seq.num_registered and full <= len(seq.block_hashes):
             return  # no block filled since the last call: skip building token_ids (every step, every sequence)
         ids = seq.token_ids

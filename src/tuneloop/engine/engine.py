@@ -3,18 +3,9 @@
 One step = schedule (who, how many tokens) -> run the model over the paged cache -> sample ->
 append tokens, check stop conditions, free finished sequences. Speaks token ids only.
 
-Async scheduling (on by default on CUDA, as vLLM's and SGLang's overlap schedulers): the sampled
-ids stay on the device and feed the next step's input ids there; the host reads them one step
-late, from a pinned copy behind a CUDA event. So step() schedules and launches step N+1 first, then
-waits for step N's tokens and appends them, checks stops and builds outputs while N+1 runs: the
-GPU never waits for Python. A sequence that stopped at step N was also computed at N+1 (its stop
-token was not known yet): that token is dropped, and its blocks freed as usual. Steps that need
-host data to sample (penalties, logprobs, prompt logprobs) run synchronously.
-
-Only pure decode steps overlap. A step with prefill work (a prompt chunk, or a request waiting to be
-admitted) runs synchronously: it is long and GPU-bound, so there is little host time to hide, while
-a step of lag would delay the new requests' first tokens by a whole step (on an H100, TTFT 2.5x and
--30% throughput on 256 requests of 128 + 128 tokens with every step async).
+Async scheduling (on by default on CUDA; async_scheduler.py holds its bookkeeping and policy): a
+pure decode step N+1 is launched before step N's tokens are read, then N's tokens are appended
+while N+1 runs, so `step()` returns the previous step's outputs.
 
 One request never fails its neighbours. `add_request` refuses what could fail later (ValueError:
 token ids outside the vocabulary, which on CUDA would be a device-side assert that ends the process;
@@ -33,20 +24,23 @@ import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from tuneloop.engine.async_scheduler import AsyncScheduler
 from tuneloop.engine.block_manager import BlockManager
 from tuneloop.engine.config import EngineConfig
+from tuneloop.engine.hf_runner import HFRunner
+from tuneloop.engine.lora import LoRAManager
 from tuneloop.engine.model_runner import ModelRunner
+from tuneloop.engine.models.llama import is_native
 from tuneloop.engine.outputs import Generation, RequestOutput
-from tuneloop.engine.sampler import Sampler
+from tuneloop.engine.runner import OnDevice, Runner, check_servable
+from tuneloop.engine.sampler import Sampled
 from tuneloop.engine.sampling import SamplingParams
 from tuneloop.engine.scheduler import Scheduled, Scheduler
-from tuneloop.engine.sequence import Sequence, Status
+from tuneloop.engine.sequence import Sequence
 
 log = logging.getLogger("tuneloop.engine")
 
@@ -55,21 +49,8 @@ log = logging.getLogger("tuneloop.engine")
 class _InFlight:
     """A step launched on the device whose sampled tokens the host has not read yet."""
 
-    items: list[Scheduled]  # the rows that sampled, in the order of `tokens`
-    tokens: torch.Tensor  # (S,) int64 on the device: the next step's input ids are read from here
-    host: torch.Tensor  # (S,) its copy in pinned host memory, valid once `ready` has fired
-    ready: torch.cuda.Event | None  # None on the CPU, where `host` is `tokens`
-
-
-@dataclass
-class _Computed:
-    """A synchronous step's results, computed but not yet applied to any sequence (see `_commit`)."""
-
-    sampling: list[Scheduled]
-    tokens: list[int]
-    logprobs: list[dict[int, float] | None]
-    failed: dict[int, str]  # row of `sampling` -> why its sampling raised
-    prompt_lp: dict[str, tuple[bool, list]] = field(default_factory=dict)  # see _prompt_logprobs
+    items: list[Scheduled]  # the rows that sampled, in the order of the tokens
+    sampled: OnDevice
 
 
 @dataclass
@@ -93,31 +74,26 @@ class EngineStats:
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, model: Any = None):
-        self.runner = ModelRunner(config, model)
+        self.runner = make_runner(config, model)
         # the runner decided what the config left open (sizing.py): the engine runs with that
         self.config = config = self.runner.cfg
-        prefix = config.prefix_caching and self.runner.fallback is None  # the fallback cannot share blocks
-        self.blocks = BlockManager(self.runner.num_blocks, config.block_size, prefix)
-        self.scheduler = Scheduler(
-            self.blocks, config.max_num_seqs, config.max_num_batched_tokens, self.runner.max_model_len
+        self.blocks = BlockManager(
+            self.runner.num_blocks, config.block_size, config.prefix_caching and self.runner.shares_blocks
         )
-        self.sampler = Sampler(self.runner.device)
         on = config.async_scheduling
-        # the transformers fallback reads every input id on the host: it cannot run a step ahead
-        self.async_scheduling = self.runner.fallback is None and (
+        self.async_scheduling = self.runner.reads_device_ids and (
             self.runner.device.startswith("cuda") if on is None else on
         )
+        sizes = (self.blocks, config.max_num_seqs, config.max_num_batched_tokens, self.runner.max_model_len)
+        self.overlap = AsyncScheduler(*sizes, config.async_max_batch) if self.async_scheduling else None
+        self.scheduler: Scheduler = self.overlap or Scheduler(*sizes)
         self._inflight: _InFlight | None = None
         self._failed_rows: list[tuple[Sequence, str]] = []  # launched rows whose sampling raised
-        self._host_bound: set[str] = set()  # live requests whose sampling needs host data
-        self._pinned: list[torch.Tensor] = []  # two host buffers for the readback: one per step in flight
-        if self.async_scheduling and self.runner.device.startswith("cuda"):
-            self._pinned = [_pinned(config.max_num_seqs), _pinned(config.max_num_seqs)]
         self.eos_ids = _eos_ids(Path(config.model))
         self.sequences: dict[str, Sequence] = {}
         self._steps = self._async_steps = self._prompt_tokens = self._generated = 0
         self._recent: list[tuple[float, int]] = []  # (time, tokens generated) of recent steps
-        self.lora: Any = None
+        self.lora: LoRAManager | None = None
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, **kwargs: Any) -> LLMEngine:
@@ -138,7 +114,7 @@ class LLMEngine:
             raise ValueError(
                 f"prompt of {len(prompt_ids)} tokens exceeds max_model_len {self.runner.max_model_len}"
             )
-        if lora is not None and self.runner.fallback is not None:
+        if lora is not None and not self.runner.serves_lora:
             raise ValueError("LoRA adapters are served on native (Llama-family) models only")
         if lora is not None and (self.lora is None or lora not in self.lora.adapters):
             raise ValueError(f"unknown LoRA adapter {lora!r}; load it first")
@@ -153,8 +129,6 @@ class LLMEngine:
             seq.request_id = request_id
         self.scheduler.add(seq)
         self.sequences[seq.request_id] = seq
-        if Sampler.needs_host(params) or params.prompt_logprobs is not None:
-            self._host_bound.add(seq.request_id)
         self._prompt_tokens += len(prompt_ids)
         return seq
 
@@ -162,8 +136,6 @@ class LLMEngine:
 
     def load_lora(self, name: str, folder: str | Path) -> None:
         """Load a PEFT LoRA adapter (trained on this base) under `name`; no restart needed."""
-        from tuneloop.engine.lora import LoRAManager
-
         if self.lora is None:
             c = self.config
             self.lora = self.runner.lora = LoRAManager(
@@ -190,9 +162,7 @@ class LLMEngine:
 
     def _forget(self, seq: Sequence) -> None:
         self.sequences.pop(seq.request_id, None)
-        self._host_bound.discard(seq.request_id)
-        self.sampler.forget(seq.request_id)
-        self.runner.release(seq.request_id)
+        self.runner.forget(seq.request_id)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work() or self._inflight is not None
@@ -201,24 +171,14 @@ class LLMEngine:
 
     def step(self) -> list[RequestOutput]:
         """Outputs of one step: the previous one's under async scheduling (launched by the last call)."""
-        if not self.async_scheduling:
+        if self.overlap is None:
             return self._step_sync()
         prev, self._inflight = self._inflight, None
-        if (
-            self._host_bound
-            or self.scheduler.has_prefill_work()
-            or (
-                self.config.async_max_batch is not None
-                and len(self.scheduler.running) > self.config.async_max_batch
-            )
-        ):
-            # penalties read the outputs so far, (prompt) logprobs are built on the host, prefill is not
-            # worth a step of lag, a large batch's host work outlasts its GPU step (config): learn the
-            # tokens in flight, then run this step synchronously
+        if not self.overlap.overlaps():  # learn the tokens in flight, then run this step synchronously
             return (self._resolve(prev) if prev else []) + self._step_sync()
         batch = self.scheduler.schedule()
         try:
-            self._inflight = self._launch(batch, prev) if batch else None
+            self._inflight = self._launch(batch) if batch else None
         except Exception as e:  # nothing of `batch` was applied: learn the tokens in flight, then isolate
             outputs = self._resolve(prev) if prev else []
             return outputs + self._isolate([item for item in batch if not item.seq.finished], e)
@@ -234,52 +194,29 @@ class LLMEngine:
         if self._inflight is not None and all(item.seq.finished for item in self._inflight.items):
             self._inflight = None
 
-    def _launch(self, batch: list[Scheduled], prev: _InFlight | None) -> _InFlight:
+    def _launch(self, batch: list[Scheduled]) -> _InFlight:
         """Queue the model and the sampling of `batch` on the device; nothing here waits for it."""
-        if prev is not None:
-            row_of = {id(item.seq): k for k, item in enumerate(prev.items)}
-            for item in batch:
-                if item.seq.num_pending:  # sampled by `prev`: the runner reads the id on the device
-                    item.token_from = row_of[id(item.seq)]
-        sampling = [item for item in batch if item.samples]  # before after_step moves num_computed
-        logits, _ = self.runner.run(batch, prev.tokens if prev else None)
-        if sampling:
-            tokens, failed = self.sampler.on_device(logits, [item.seq for item in sampling])
-        else:
-            tokens, failed = torch.zeros(0, dtype=torch.long, device=logits.device), {}
+        assert self.overlap is not None
+        inputs = self.runner.prepare(batch)
+        sampled = self.runner.sample_on_device(self.runner.run(inputs), inputs)
         # nothing above changed a sequence: a raise there leaves the batch to be re-run (`_isolate`)
-        self.scheduler.after_step(batch)
-        for item in sampling:
-            item.seq.num_pending += 1
+        sampling = [item for item in batch if item.samples]  # before `launched` moves num_computed
+        self.overlap.launched(batch)
         # finished once the step before is read (its token is theirs); this step's token is dropped
-        self._failed_rows = [(sampling[k].seq, why) for k, why in failed.items()]
+        self._failed_rows = [(sampling[k].seq, why) for k, why in sampled.failed.items()]
         self._steps += 1
         self._async_steps += 1
-        if not tokens.is_cuda:
-            return _InFlight(sampling, tokens, tokens, None)
-        # step N's buffer is read (by _resolve) before step N+2 is launched and writes it again
-        self._pinned.reverse()
-        n = len(sampling)  # <= max_num_seqs (the scheduler's limit); a fresh buffer if ever not
-        host = self._pinned[0][:n] if n <= len(self._pinned[0]) else _pinned(n)
-        host.copy_(tokens, non_blocking=True)
-        ready = torch.cuda.Event()
-        ready.record()
-        return _InFlight(sampling, tokens, host, ready)
+        return _InFlight(sampling, sampled)
 
     def _resolve(self, step: _InFlight) -> list[RequestOutput]:
         """Read a launched step's tokens (the one wait of the loop) and append them to their sequences."""
-        if step.ready is not None:
-            step.ready.synchronize()
+        assert self.overlap is not None
         outputs = []
-        for item, token in zip(step.items, step.host.tolist(), strict=True):
-            seq = item.seq
-            seq.num_pending -= 1
-            if seq.finished:
+        for item, token in zip(step.items, step.sampled.wait(), strict=True):
+            if not self.overlap.fill_placeholder(item.seq):
                 continue  # stopped at the step before, or aborted: computed past its end, dropped
             outputs.append(self._append(item, token, None, None))
-            if not seq.finished and seq.status == Status.RUNNING:
-                # its block may have filled at the step after (whose after_step could not hash it yet)
-                self.blocks.on_computed(seq)
+            self.overlap.token_appended(item.seq)
         self._generated += len(outputs)
         self._recent = [*self._recent[-63:], (time.monotonic(), len(outputs))]
         return outputs
@@ -294,25 +231,21 @@ class LLMEngine:
             return self._isolate(batch, e)
         return self._commit(batch, computed)
 
-    def _compute(self, batch: list[Scheduled]) -> _Computed:
-        """Run the model and sample, changing no sequence and no block (the K/V written are at positions
+    def _compute(self, batch: list[Scheduled]) -> Sampled:
+        """Prepare, run and sample, changing no sequence and no block (the K/V written are at positions
         not yet counted as computed): a batch that raises here can be run again, whole or in parts."""
-        logits, all_logits = self.runner.run(batch)
-        sampling = [item for item in batch if item.samples]
-        prompt_lp = self._prompt_logprobs(batch, all_logits) if all_logits is not None else {}
-        if not sampling:
-            return _Computed(sampling, [], [], {}, prompt_lp)
-        tokens, logprobs, failed = self.sampler(logits, [item.seq for item in sampling])
-        return _Computed(sampling, tokens, logprobs, failed, prompt_lp)
+        inputs = self.runner.prepare(batch)
+        return self.runner.sample(self.runner.run(inputs), inputs)
 
-    def _commit(self, batch: list[Scheduled], c: _Computed) -> list[RequestOutput]:
+    def _commit(self, batch: list[Scheduled], c: Sampled) -> list[RequestOutput]:
         """Apply a computed step: K/V counted, blocks registered, tokens appended, stops checked."""
-        prompt_lp = self._commit_prompt_logprobs(batch, c.prompt_lp)  # before num_computed moves
+        sampling = [item for item in batch if item.samples]  # before after_step moves num_computed
+        prompt_lp = self._commit_prompt_logprobs(batch, c.prompt_logprobs or {})
         self.scheduler.after_step(batch)
         outputs = [self._fail(item.seq, c.failed[k]) if k in c.failed
                    else self._append(item, c.tokens[k], c.logprobs[k], prompt_lp.get(item.seq.request_id))
-                   for k, item in enumerate(c.sampling)]  # fmt: skip
-        made = len(c.sampling) - len(c.failed)
+                   for k, item in enumerate(sampling)]  # fmt: skip
+        made = len(sampling) - len(c.failed)
         self._steps += 1
         self._generated += made
         self._recent = [*self._recent[-63:], (time.monotonic(), made)]
@@ -327,8 +260,7 @@ class LLMEngine:
         log.warning("a step of %d requests failed (%s: %s); re-running it in parts to find the request "
                     "that fails", len(batch), type(error).__name__, error, exc_info=error)  # fmt: skip
         for item in batch:
-            item.token_from = -1  # async scheduling: the tokens it would have read are on the host now
-            self.runner.release(item.seq.request_id)  # transformers' cache may hold half a step
+            self.runner.discard_step(item.seq.request_id)  # transformers' cache may hold half a step
         outputs: list[RequestOutput] = []
         culprits: list[tuple[Scheduled, Exception]] = [(batch[0], error)] if len(batch) == 1 else []
         groups = deque(_halves(batch) if len(batch) > 1 else [])
@@ -384,41 +316,9 @@ class LLMEngine:
         p = seq.params
         if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_ids):
             return "stop"
-        if len(seq.output_ids) >= p.max_tokens or len(seq) - seq.num_pending >= self.runner.max_model_len:
+        if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.runner.max_model_len:
             return "length"
         return None
-
-    def _prompt_logprobs(
-        self, batch: list[Scheduled], all_logits: torch.Tensor
-    ) -> dict[str, tuple[bool, list]]:
-        """Logprob of each prompt token given the ones before it (the first has none), for echo scoring.
-
-        Collected chunk by chunk (a long prompt is prefilled over several steps) on the sequence;
-        returned with its first output token. Such requests bypass the prefix cache (block_manager),
-        so every prompt position is computed here. Returns, per request of this step, (starts over,
-        new entries); `_commit_prompt_logprobs` adds them to the sequence.
-        """
-        out: dict[str, tuple[bool, list]] = {}
-        offset = 0
-        for item in batch:
-            seq, n, k = item.seq, item.num_tokens, item.seq.params.prompt_logprobs
-            start, prompt = seq.num_computed, seq.prompt_ids
-            if k is not None and start < len(prompt):
-                entries: list = []
-                count = min(start + n, len(prompt) - 1) - start  # rows whose next token is a prompt token
-                if count > 0:
-                    lp = torch.log_softmax(all_logits[offset : offset + count], dim=-1)
-                    for r, target in enumerate(prompt[start + 1 : start + 1 + count]):
-                        entry = {target: float(lp[r, target])}
-                        if k > 0:
-                            top = torch.topk(lp[r], k)
-                            entry.update(
-                                {int(i): float(v) for i, v in zip(top.indices, top.values, strict=True)}
-                            )
-                        entries.append(entry)
-                out[seq.request_id] = (start == 0, entries)  # from 0: (again, after a preemption)
-            offset += n
-        return out
 
     @staticmethod
     def _commit_prompt_logprobs(batch: list[Scheduled], new: dict[str, tuple[bool, list]]) -> dict[str, list]:
@@ -468,6 +368,14 @@ class LLMEngine:
         )  # fmt: skip
 
 
+def make_runner(config: EngineConfig, model: Any = None) -> Runner:
+    """The native runner for Llama-family folders (or a model already built), transformers' for the rest."""
+    if model is not None:
+        return ModelRunner(config, model)
+    check_servable(config.model)
+    return ModelRunner(config) if is_native(config.model) else HFRunner(config)
+
+
 def _halves(batch: list[Scheduled]) -> list[list[Scheduled]]:
     mid = len(batch) // 2
     return [batch[:mid], batch[mid:]]
@@ -498,11 +406,6 @@ def check_request(
         top = "" if vocab_size is None else f" (0..{vocab_size - 1})"
         raise ValueError(f"prompt has token ids outside the vocabulary{top}: {bad}")
     return ids, params
-
-
-def _pinned(n: int) -> torch.Tensor:
-    # page-locked: a non_blocking device-to-host copy into it returns at once (pageable memory would wait)
-    return torch.empty(n, dtype=torch.long, pin_memory=True)
 
 
 def _eos_ids(folder: Path) -> set[int]:

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
 # fused module in the engine -> the PEFT module names it is made of, in output order
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj"),
@@ -75,8 +76,6 @@ class LoRAManager:
         self.slot_math = "auto"  # the formula over the slot buffers: auto | gather | masked
 
     def load(self, name: str, folder: str | Path) -> Adapter:
-        from safetensors.torch import load_file
-
         folder = Path(folder)
         if name in self.adapters:
             raise ValueError(f"adapter {name!r} is already loaded; unload it first")

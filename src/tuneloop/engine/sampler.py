@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from tuneloop.engine.sampling import SamplingParams
+from tuneloop.engine.scheduler import Scheduled
 from tuneloop.engine.sequence import Sequence
 
 
@@ -28,6 +29,8 @@ class Sampled(NamedTuple):
     tokens: list[int]  # one per row (a failed row's entry is a placeholder, never appended)
     logprobs: list[dict[int, float] | None]
     failed: dict[int, str]  # row -> why its sampling raised
+    # request id -> (starts over, new entries) for the rows computing prompt positions (`prompt_logprobs`)
+    prompt_logprobs: dict[str, tuple[bool, list]] | None = None
 
 
 class Sampler:
@@ -150,3 +153,32 @@ def apply_penalties(
         ids, counts = torch.tensor(output, device=row.device).unique(return_counts=True)
         row[ids] -= p.frequency_penalty * counts.to(row.dtype) + p.presence_penalty
     return row
+
+
+def prompt_logprobs(batch: list[Scheduled], all_logits: torch.Tensor) -> dict[str, tuple[bool, list]]:
+    """Logprob of each prompt token given the ones before it (the first has none), for echo scoring.
+
+    Collected chunk by chunk (a long prompt is prefilled over several steps) on the sequence;
+    returned with its first output token. Such requests bypass the prefix cache (block_manager),
+    so every prompt position is computed here. Returns, per request of this step, (starts over,
+    new entries); the engine adds them to the sequence when it commits the step.
+    """
+    out: dict[str, tuple[bool, list]] = {}
+    offset = 0
+    for item in batch:
+        seq, n, k = item.seq, item.num_tokens, item.seq.params.prompt_logprobs
+        start, prompt = seq.num_computed, seq.prompt_ids
+        if k is not None and start < len(prompt):
+            entries: list = []
+            count = min(start + n, len(prompt) - 1) - start  # rows whose next token is a prompt token
+            if count > 0:
+                lp = torch.log_softmax(all_logits[offset : offset + count], dim=-1)
+                for r, target in enumerate(prompt[start + 1 : start + 1 + count]):
+                    entry = {target: float(lp[r, target])}
+                    if k > 0:
+                        top = torch.topk(lp[r], k)
+                        entry.update({int(i): float(v) for i, v in zip(top.indices, top.values, strict=True)})
+                    entries.append(entry)
+            out[seq.request_id] = (start == 0, entries)  # from 0: (again, after a preemption)
+        offset += n
+    return out

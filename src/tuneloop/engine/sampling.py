@@ -94,6 +94,12 @@ class SamplingParams:
     def needs_penalties(self) -> bool:
         return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
 
+    @property
+    def host_bound(self) -> bool:
+        """Its steps need host data: penalties read the output so far, (prompt) logprobs are built on
+        the host. Async scheduling runs such steps synchronously (async_scheduler.py)."""
+        return self.needs_penalties or self.logprobs is not None or self.prompt_logprobs is not None
+
 
 def _int(value: object) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)

@@ -7,10 +7,8 @@ sequence limit and free KV blocks allow. When a decode needs a block and none is
 lowest-priority, latest-arrived running sequence is preempted: its blocks are freed and it goes
 back to the front of the queue, to be recomputed later. Never touches tensors.
 
-With async scheduling (engine.py) a step is scheduled while the one before still runs: a sequence
-sampled there has one pending token, counted in len(seq) but not yet known on the host. It decodes
-that token now (the model runner reads its id on the device), unless the token is surely its last
-(max_tokens, max_model_len): then it sits out until the engine reads the token and finishes it.
+Async scheduling (async_scheduler.py) subclasses this: its hooks are `_sits_out`, `_can_admit` and
+`_cacheable`; with none of them overridden the scheduler is the synchronous one.
 """
 
 from __future__ import annotations
@@ -26,14 +24,15 @@ from tuneloop.engine.sequence import Sequence, Status
 class Scheduled:
     seq: Sequence
     num_tokens: int  # tokens to compute this step, starting at seq.num_computed
-    # async scheduling: row of the previous step's sampled-token tensor (on the device) that holds
-    # this sequence's newest token, which the host does not know yet; -1 when it does
-    token_from: int = -1
 
     @property
     def samples(self) -> bool:
         """The step reaches the end of the sequence, so its last logits give the next token."""
         return self.seq.num_computed + self.num_tokens == len(self.seq)
+
+
+def by_priority(seq: Sequence) -> tuple[int, float]:
+    return seq.priority, seq.arrival
 
 
 class Scheduler:
@@ -58,31 +57,11 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def has_prefill_work(self) -> bool:
-        """The next step would compute a prompt chunk: a running sequence is still in prefill, or the
-        first waiting one would be admitted (or waits for a token in flight before it can be)."""
-        if any(s.status == Status.RUNNING and (s.in_prefill or s.num_computed < len(s.prompt_ids))
-               for s in self.running):  # fmt: skip
-            return True  # (a prompt's last token is a one-token step, but its first output is waited for)
-        if not self.waiting:
-            return False
-        head = min(self.waiting, key=lambda s: (s.priority, s.arrival))
-        if head.num_pending:
-            return True
-        ending = sum(s.status == Status.RUNNING and s.num_pending > 0 and self._last_token_pending(s)
-                     for s in self.running)  # fmt: skip
-        active = len(self.running) - ending  # as schedule() counts them
-        return active < self.max_num_seqs and active < self.budget and self.blocks.can_allocate(head)
-
     def schedule(self) -> list[Scheduled]:
         budget = self.budget
         batch: list[Scheduled] = []
-        ending: list[Sequence] = []
-        for seq in sorted(self.running, key=lambda s: (s.priority, s.arrival)):
-            if seq.status != Status.RUNNING:
-                continue
-            if seq.num_pending and self._last_token_pending(seq):
-                ending.append(seq)  # no slot, no compute: the engine finishes it when it reads the token
+        for seq in sorted(self.running, key=by_priority):
+            if seq.status != Status.RUNNING or self._sits_out(seq):
                 continue
             if budget == 0:
                 continue
@@ -91,23 +70,32 @@ class Scheduler:
             n = min(seq.num_uncomputed, budget)
             batch.append(Scheduled(seq, n))
             budget -= n
-        # an ending sequence no longer counts against max_num_seqs: admit as the synchronous path would
-        active = len(self.running) - sum(s.status == Status.RUNNING for s in ending)
-        self._admit(batch, budget, active)
+        self._admit(batch, budget, self._active())
         return batch
 
-    def _last_token_pending(self, seq: Sequence) -> bool:
-        """The pending token reaches max_tokens or max_model_len (the engine's length checks)."""
-        if len(seq.output_ids) + seq.num_pending >= seq.params.max_tokens:
-            return True
-        return self.max_model_len is not None and len(seq) >= self.max_model_len
+    # ------------------------------------------------------------ hooks (async_scheduler.py)
+
+    def _sits_out(self, seq: Sequence) -> bool:
+        """A running sequence that takes no slot and no compute this step."""
+        return False
+
+    def _active(self) -> int:
+        """Running sequences that count against max_num_seqs."""
+        return len(self.running)
+
+    def _can_admit(self, seq: Sequence, budget: int, active: int) -> bool:
+        """`seq`, the head of the queue, starts now (with `budget` tokens left and `active` running)."""
+        return budget > 0 and active < self.max_num_seqs and self.blocks.can_allocate(seq)
+
+    def _cacheable(self, seq: Sequence) -> int:
+        """Tokens of `seq` whose K/V can enter the prefix cache: computed, and known on the host."""
+        return seq.num_computed
+
+    # ------------------------------------------------------------ admission, preemption
 
     def _admit(self, batch: list[Scheduled], budget: int, active: int) -> None:
-        queue = sorted(self.waiting, key=lambda s: (s.priority, s.arrival))
-        for seq in queue:
-            if seq.num_pending:
-                break  # preempted while its step ran: re-admitted once the engine knows its token
-            if budget == 0 or active >= self.max_num_seqs or not self.blocks.can_allocate(seq):
+        for seq in sorted(self.waiting, key=by_priority):
+            if not self._can_admit(seq, budget, active):
                 break  # strict order: a later request never jumps a blocked earlier one
             self.waiting.remove(seq)
             self.blocks.allocate(seq)
@@ -121,10 +109,7 @@ class Scheduler:
     def _make_room(self, seq: Sequence) -> bool:
         """A block for seq's next token, preempting others (or seq itself) if the cache is full."""
         while not self.blocks.can_append(seq):
-            victim = max(
-                (s for s in self.running if s.status == Status.RUNNING),
-                key=lambda s: (s.priority, s.arrival),
-            )
+            victim = max((s for s in self.running if s.status == Status.RUNNING), key=by_priority)
             self._preempt(victim)
             if victim is seq:
                 return False
@@ -139,10 +124,12 @@ class Scheduler:
         self.running.remove(seq)
         self.waiting.appendleft(seq)
 
+    # ------------------------------------------------------------ after a step
+
     def after_step(self, batch: list[Scheduled]) -> None:
         for item in batch:
             item.seq.num_computed += item.num_tokens
-            self.blocks.on_computed(item.seq)
+            self.blocks.cache_blocks(item.seq, self._cacheable(item.seq))
 
     def finish(self, seq: Sequence, reason: str) -> None:
         seq.status, seq.finish_reason = Status.FINISHED, reason

@@ -33,9 +33,9 @@ class Sequence:
     num_registered: int = 0  # leading blocks of block_table already entered in the prefix cache
     num_computed: int = 0  # tokens whose K/V are in the cache
     num_cached_prompt: int = 0  # prompt tokens found in the prefix cache at the last allocation
-    # async scheduling: tokens already sampled on the device whose values the host reads one step
-    # late (0 or 1 when a step is scheduled, briefly 2 while the step after is launched)
-    num_pending: int = 0
+    # async scheduling (async_scheduler.py): output slots of tokens already sampled on the device,
+    # whose values the host reads one step late (0 or 1 when a step is scheduled, 2 for a moment)
+    num_output_placeholders: int = 0
     finish_reason: str | None = None
     preemptions: int = 0
     logprobs: list[dict[int, float]] = field(default_factory=list)
@@ -44,12 +44,17 @@ class Sequence:
 
     @property
     def token_ids(self) -> list[int]:
-        """The tokens the host knows (pending ones are not in it yet)."""
+        """The tokens the host knows (placeholders are not in it yet)."""
         return self.prompt_ids + self.output_ids
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens the host knows: len(token_ids)."""
+        return len(self.prompt_ids) + len(self.output_ids)
+
     def __len__(self) -> int:
-        """Tokens the sequence has, pending ones included: what the scheduler and KV blocks must cover."""
-        return len(self.prompt_ids) + len(self.output_ids) + self.num_pending
+        """Tokens the sequence has, placeholders included: what the scheduler and KV blocks must cover."""
+        return len(self.prompt_ids) + len(self.output_ids) + self.num_output_placeholders
 
     @property
     def num_uncomputed(self) -> int:
