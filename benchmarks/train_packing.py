@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from tuneloop.models import varlen
 from tuneloop.train import attention
 from tuneloop.train.batching import collate
 from tuneloop.train.dataset import Example, pack
@@ -135,7 +136,7 @@ def main(out: Path, tiny: bool) -> dict:
     report = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."),
-        "varlen_attn": sorted(attention.VARLEN_PARAMS) if attention.VARLEN_PARAMS else None,
+        "varlen_attn": sorted(varlen.VARLEN_PARAMS) if varlen.VARLEN_PARAMS else None,
         "model": {k: shape[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
                                         "num_key_value_heads")},
         "documents": {"count": len(docs), "tokens": sum(len(d.input_ids) for d in docs),

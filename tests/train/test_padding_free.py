@@ -8,6 +8,7 @@ from itertools import pairwise
 import pytest
 import torch
 
+from tuneloop.models import varlen as varlen_kernel
 from tuneloop.train import attention, objectives
 from tuneloop.train.batching import collate
 from tuneloop.train.dataset import IGNORE, Example, pack
@@ -271,7 +272,7 @@ def test_varlen_call_adapts_to_each_torch_signature(style, monkeypatch):
 
     fake = _fake_varlen(style)
     monkeypatch.setattr(varlen, "varlen_attn", fake)
-    monkeypatch.setattr(attention, "VARLEN_PARAMS", frozenset(inspect.signature(fake).parameters))
+    monkeypatch.setattr(varlen_kernel, "VARLEN_PARAMS", frozenset(inspect.signature(fake).parameters))
     torch.manual_seed(0)
     lengths = [1, 6, 3]
     q, k, v = torch.randn(10, 4, 8), torch.randn(10, 2, 8), torch.randn(10, 2, 8)
@@ -284,7 +285,7 @@ def test_varlen_call_adapts_to_each_torch_signature(style, monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="varlen_attn needs CUDA")
 def test_varlen_kernel_matches_per_document_sdpa_on_cuda():
-    if attention.VARLEN_PARAMS is None:
+    if varlen_kernel.VARLEN_PARAMS is None:
         pytest.skip("this torch has no torch.nn.attention.varlen")
     torch.manual_seed(0)
     lengths = [1, 37, 200, 5, 64]

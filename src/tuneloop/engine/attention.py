@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tuneloop.train.attention import VARLEN_PARAMS, causal_varlen_attn
+from tuneloop.models.varlen import VARLEN_PARAMS, causal_varlen_attn
 
 
 @dataclass
@@ -182,7 +182,7 @@ def flash_varlen(
 ) -> torch.Tensor:
     """One FlashAttention varlen call: q (N, H, D), k/v (K, KVH, D) -> (N, H, D).
 
-    The version adapter is training's (tuneloop.train.attention, torch-only imports).
+    The version adapter is shared with training (tuneloop.models.varlen, torch-only imports).
     """
     return causal_varlen_attn(q, k, v, meta.cu_seqlens_q, meta.cu_seqlens_k, meta.max_q, meta.max_k, scale)
 

@@ -18,8 +18,6 @@ honoured through transformers' SDPA path, so batches collated the old way keep w
 
 from __future__ import annotations
 
-import inspect
-import math
 import weakref
 from dataclasses import dataclass
 from itertools import pairwise
@@ -27,6 +25,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from tuneloop.models import varlen
 
 NAME = "tuneloop_packed"
 
@@ -238,28 +238,11 @@ def _right_padded(mask: torch.Tensor, B: int, T: int) -> torch.Tensor:
 # ---------------------------------------------------------------- the two kernels
 
 
-def _varlen_params() -> frozenset[str] | None:
-    """Parameter names of torch's varlen_attn, or None where this torch has none (< 2.10).
-
-    Its signature moved between releases: 2.10 takes `is_causal`; later ones `window_size=(-1, 0)`
-    and `scale`; `enable_gqa` arrived after 2.11.
-    """
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return frozenset(inspect.signature(varlen_attn).parameters)
-
-
-# read once at import, so the hot path (maybe under torch.compile) only reads a constant
-VARLEN_PARAMS = _varlen_params()
-
-
 def _varlen_fits(q: torch.Tensor, dropout: float) -> bool:
     dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else q.dtype
     return (
         q.is_cuda
-        and VARLEN_PARAMS is not None
+        and varlen.VARLEN_PARAMS is not None
         and dtype in (torch.float16, torch.bfloat16)
         and dropout == 0.0  # varlen_attn has no dropout
         and q.shape[-1] <= 256
@@ -273,42 +256,7 @@ def _varlen(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, sc
         dtype = torch.get_autocast_dtype("cuda")
         q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     n = seg.max_seqlen
-    return causal_varlen_attn(q, k, v, seg.cu_seqlens, seg.cu_seqlens, n, n, scale)
-
-
-def causal_varlen_attn(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    cu_q: torch.Tensor,
-    cu_k: torch.Tensor,
-    max_q: int,
-    max_k: int,
-    scale: float,
-) -> torch.Tensor:
-    """torch's varlen_attn, causal (aligned to the end of each key range), whatever its release.
-
-    q (N, Hq, D), k/v (K, Hkv, D). The signature moved: 2.10 takes `is_causal`, later ones
-    `window_size=(-1, 0)` and `scale`, `enable_gqa` arrived after 2.11. The engine's prefill uses it too.
-    """
-    from torch.nn.attention.varlen import varlen_attn
-
-    params = VARLEN_PARAMS or frozenset()
-    kwargs: dict[str, Any] = {}
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1 and "enable_gqa" in params:
-        kwargs["enable_gqa"] = True
-    elif groups > 1:  # older wrappers promise nothing for Hkv < Hq: give every query head its kv head
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-    if "is_causal" in params:
-        kwargs["is_causal"] = True
-    else:
-        kwargs["window_size"] = (-1, 0)
-    if "scale" in params:
-        kwargs["scale"] = scale
-    elif not math.isclose(scale, q.shape[-1] ** -0.5):
-        q = q * (scale * q.shape[-1] ** 0.5)  # the kernel's default is 1/sqrt(D)
-    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kwargs)
+    return varlen.causal_varlen_attn(q, k, v, seg.cu_seqlens, seg.cu_seqlens, n, n, scale)
 
 
 def _per_document(
