@@ -18,28 +18,60 @@ from tuneloop.paths import check_writable_dir
 
 
 def export(
-    model: str = typer.Argument(..., help="Model to export: NAME@alias, NAME/VERSION, folder, adapter folder, store name."),
+    model: str = typer.Argument(
+        ..., help="Model to export: NAME@alias, NAME/VERSION, folder, adapter folder, store name."
+    ),
     merge: bool = typer.Option(False, "--merge", help="Merge a LoRA adapter into its base (first step)."),
-    quantize: str | None = typer.Option(None, "--quantize", help="Weight-only int8 or int4 (torchao on CPU, bitsandbytes on CUDA)."),
-    prune: float | None = typer.Option(None, "--prune", help="Unstructured magnitude pruning to this sparsity (0-1) per linear layer."),
-    prune_pattern: str = typer.Option("unstructured", "--prune-pattern", help="unstructured, or 2:4 (semi-structured; NVIDIA GPU only)."),
-    onnx: bool = typer.Option(False, "--onnx", help="Export to ONNX with KV cache inputs/outputs, measured on ONNX Runtime."),
+    quantize: str | None = typer.Option(
+        None, "--quantize", help="Weight-only int8 or int4 (torchao on CPU, bitsandbytes on CUDA)."
+    ),
+    prune: float | None = typer.Option(
+        None, "--prune", help="Unstructured magnitude pruning to this sparsity (0-1) per linear layer."
+    ),
+    prune_pattern: str = typer.Option(
+        "unstructured", "--prune-pattern", help="unstructured, or 2:4 (semi-structured; NVIDIA GPU only)."
+    ),
+    onnx: bool = typer.Option(
+        False, "--onnx", help="Export to ONNX with KV cache inputs/outputs, measured on ONNX Runtime."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default TUNELOOP_HOME/exports/...)."),
-    name: str | None = typer.Option(None, "--name", help="Register the export as a new version of this registry model."),
-    max_quality_drop: float | None = typer.Option(None, "--max-quality-drop", help="Refuse if perplexity rises or the task score falls by more than this fraction (0.05 = 5%)."),
-    eval_data: Path | None = typer.Option(None, "--eval-data", help="JSONL (SFT or text rows) for perplexity and task score; default: a built-in text."),
-    max_samples: int = typer.Option(32, "--max-samples", min=1, help="Evaluate the first N rows of --eval-data."),
+    name: str | None = typer.Option(
+        None, "--name", help="Register the export as a new version of this registry model."
+    ),
+    max_quality_drop: float | None = typer.Option(
+        None,
+        "--max-quality-drop",
+        help="Refuse if perplexity rises or the task score falls by more than this fraction (0.05 = 5%).",
+    ),
+    eval_data: Path | None = typer.Option(
+        None,
+        "--eval-data",
+        help="JSONL (SFT or text rows) for perplexity and task score; default: a built-in text.",
+    ),
+    max_samples: int = typer.Option(
+        32, "--max-samples", min=1, help="Evaluate the first N rows of --eval-data."
+    ),
     latency_tokens: int = typer.Option(32, "--latency-tokens", min=2, help="New tokens per latency run."),
-    repeats: int = typer.Option(3, "--repeats", min=1, help="Latency runs per prompt (the median is reported)."),
+    repeats: int = typer.Option(
+        3, "--repeats", min=1, help="Latency runs per prompt (the median is reported)."
+    ),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-) -> None:  # fmt: skip
+) -> None:
     """Merge, prune, quantize or export a model to ONNX; measure it before and after; optionally register it."""
     opts = ExportOptions(
-        merge=merge, quantize=quantize, prune=prune, prune_pattern=prune_pattern, onnx=onnx, out=out,
-        name=name, max_quality_drop=max_quality_drop, eval_data=eval_data, device=device,
+        merge=merge,
+        quantize=quantize,
+        prune=prune,
+        prune_pattern=prune_pattern,
+        onnx=onnx,
+        out=out,
+        name=name,
+        max_quality_drop=max_quality_drop,
+        eval_data=eval_data,
+        device=device,
         workload={"max_samples": max_samples, "latency_tokens": latency_tokens, "repeats": repeats},
-    )  # fmt: skip
+    )
     # an export (ONNX, int4, int8) is an end product: refused by name before anything is measured or written
     source = resolve_model(model).path
     require_format(source, model, "export")

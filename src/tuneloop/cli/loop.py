@@ -87,12 +87,20 @@ def status(
         return
     for r in reports:
         st = r["state"]
-        console.print(f"[bold]{r['model']}[/]: cycle {st['cycle']}, stage {st['stage']}"
-                      + (f", outcome {st['outcome']}" if st.get("outcome") else ""))  # fmt: skip
+        console.print(
+            f"[bold]{r['model']}[/]: cycle {st['cycle']}, stage {st['stage']}"
+            + (f", outcome {st['outcome']}" if st.get("outcome") else "")
+        )
         table = Table("time", "cycle", "stage", "decision", "reason", "numbers")
         for d in r["decisions"][-last:]:
-            table.add_row(time.strftime("%m-%d %H:%M:%S", time.localtime(d["time"])), str(d["cycle"]), d["stage"],
-                          d["decision"], escape(d["reason"]), escape(_numbers(d["numbers"])))  # fmt: skip
+            table.add_row(
+                time.strftime("%m-%d %H:%M:%S", time.localtime(d["time"])),
+                str(d["cycle"]),
+                d["stage"],
+                d["decision"],
+                escape(d["reason"]),
+                escape(_numbers(d["numbers"])),
+            )
         console.print(table)
 
 

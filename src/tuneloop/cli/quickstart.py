@@ -30,8 +30,15 @@ from tuneloop.flows.quickstart.settings import DEFAULT_NAME, DEFAULT_QUESTION, S
 from tuneloop.models.catalog import DEFAULT_MODEL
 
 console = Console(soft_wrap=True)  # long paths stay whole (copyable)
-STAGES = ("Base model", "Example corpus", "Evaluate the base model", "LoRA fine-tune",
-          "Evaluate the fine-tuned model", "Register", "Serve")  # fmt: skip
+STAGES = (
+    "Base model",
+    "Example corpus",
+    "Evaluate the base model",
+    "LoRA fine-tune",
+    "Evaluate the fine-tuned model",
+    "Register",
+    "Serve",
+)
 
 
 def quickstart(
@@ -39,22 +46,29 @@ def quickstart(
         None, help="Training config overrides (key=value), e.g. epochs=6 optim.lr=1e-3."
     ),
     serve: bool = typer.Option(
-        None, "--serve/--no-serve",
+        None,
+        "--serve/--no-serve",
         help="Keep a server running at the end (default: only when run in a terminal). "
         "--no-serve answers the sample question directly and leaves nothing running.",
     ),
     workdir: Path = typer.Option(
-        None, "--workdir", "-w", help="Folder for the dataset, run, evaluations and state "
-        "(default: TUNELOOP_HOME/quickstart).",
+        None,
+        "--workdir",
+        "-w",
+        help="Folder for the dataset, run, evaluations and state (default: TUNELOOP_HOME/quickstart).",
     ),
     force: bool = typer.Option(False, "--force", help="Redo every stage instead of reusing finished ones."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model reference."),
     corpus: Path = typer.Option(
-        None, "--corpus", help="Corpus folder with docs/, qa/train.jsonl, qa/heldout.jsonl "
-        "(default: examples/acme-kb).",
+        None,
+        "--corpus",
+        help="Corpus folder with docs/, qa/train.jsonl, qa/heldout.jsonl (default: examples/acme-kb).",
     ),
     config: Path = typer.Option(
-        None, "--config", "-c", help="Training config (default: examples/configs/quickstart-sft-lora.yaml).",
+        None,
+        "--config",
+        "-c",
+        help="Training config (default: examples/configs/quickstart-sft-lora.yaml).",
     ),
     name: str = typer.Option(DEFAULT_NAME, "--name", "-n", help="Registered and served model name."),
     question: str = typer.Option(DEFAULT_QUESTION, "--question", "-q", help="The sample question."),
@@ -67,17 +81,25 @@ def quickstart(
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address of the server."),
     port: int = typer.Option(8000, "--port", "-p", min=0, max=65535, help="Port of the server."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1 …"),
-) -> None:  # fmt: skip
+) -> None:
     """From the bundled docs to a fine-tuned, evaluated, registered and served model, in one command.
 
     Re-running reuses every finished stage whose inputs are unchanged (state in WORKDIR/state.json).
     """
 
     settings = Settings(
-        **({"workdir": workdir} if workdir else {}), model=model, corpus=corpus, train_config=config,
-        overrides=list(overrides or []), name=name, eval_samples=eval_samples,
-        eval_max_new_tokens=eval_max_new_tokens, question=question, device=device, force=force,
-    )  # fmt: skip
+        **({"workdir": workdir} if workdir else {}),
+        model=model,
+        corpus=corpus,
+        train_config=config,
+        overrides=list(overrides or []),
+        name=name,
+        eval_samples=eval_samples,
+        eval_max_new_tokens=eval_max_new_tokens,
+        question=question,
+        device=device,
+        force=force,
+    )
     if serve is None:
         serve = sys.stdin.isatty() and sys.stdout.isatty()
         if not serve:
@@ -87,8 +109,14 @@ def quickstart(
     run(settings, serve=serve, host=host, port=port)
 
 
-def run(settings: Any, *, serve: bool, host: str = "127.0.0.1", port: int = 8000,
-        until: Callable[[Any, str], None] | None = None) -> dict[str, Any]:  # fmt: skip
+def run(
+    settings: Any,
+    *,
+    serve: bool,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    until: Callable[[Any, str], None] | None = None,
+) -> dict[str, Any]:
     """All stages in order; `until(running, key)` replaces waiting for Ctrl-C (tests)."""
     from tuneloop.flows.quickstart import serve as qsv  # the serve extra (fastapi, uvicorn): loaded when run
     from tuneloop.flows.quickstart import stages as qs  # torch, transformers, peft, MLflow: loaded when run
@@ -154,8 +182,14 @@ def _stage(n: int, title: str, timings: list[tuple[str, float, str]]) -> Iterato
 
 
 def _bar(description: str) -> Progress:
-    return Progress(TextColumn("    {task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), console=console)  # fmt: skip
+    return Progress(
+        TextColumn("    {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[extra]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
 
 
 def _evaluate(settings: Any, wd: Any, which: str, ref: Path, key: list[Any], note: Callable) -> Any:
@@ -163,21 +197,31 @@ def _evaluate(settings: Any, wd: Any, which: str, ref: Path, key: list[Any], not
 
     lines = [x for x in settings.heldout.read_text(encoding="utf-8").splitlines() if x.strip()]
     n = min(settings.eval_samples or len(lines), len(lines))
-    console.print(f"    {n} questions of {escape(str(settings.heldout))}, greedy answers of at most "
-                  f"{settings.eval_max_new_tokens} new tokens (--eval-samples, --eval-max-new-tokens)")  # fmt: skip
+    console.print(
+        f"    {n} questions of {escape(str(settings.heldout))}, greedy answers of at most "
+        f"{settings.eval_max_new_tokens} new tokens (--eval-samples, --eval-max-new-tokens)"
+    )
     with _bar("answering") as bar:
         task = bar.add_task("answering", total=None, extra="")
         t = time.perf_counter()
-        result = qs.evaluate_stage(settings, wd, which, ref, key,
-                                   progress=lambda done, total: bar.update(task, completed=done, total=total))  # fmt: skip
+        result = qs.evaluate_stage(
+            settings,
+            wd,
+            which,
+            ref,
+            key,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
         if result.reused:
             bar.update(task, total=result.report.n, completed=result.report.n, extra="reused")
     note("reused" if result.reused else "done")
     m = result.report.metrics
     how = f"reused {result.out / 'eval.json'}" if result.reused else f"{time.perf_counter() - t:.0f} s"
-    console.print(f"[green]✓[/] contains the key fact {m.get('contains_answer', 0):.1%}, token F1 "
-                  f"{m.get('token_f1', 0):.3f}, perplexity {m['perplexity']:.2f}  [dim]({escape(how)}, "
-                  f"{result.precision})[/]")  # fmt: skip
+    console.print(
+        f"[green]✓[/] contains the key fact {m.get('contains_answer', 0):.1%}, token F1 "
+        f"{m.get('token_f1', 0):.3f}, perplexity {m['perplexity']:.2f}  [dim]({escape(how)}, "
+        f"{result.precision})[/]"
+    )
     return result
 
 
@@ -185,8 +229,10 @@ def _train(settings: Any, wd: Any, model: Any, note: Callable) -> Any:
     from tuneloop.flows.quickstart import stages as qs  # torch, transformers, peft, MLflow: loaded when run
 
     cfg = qs.train_config(settings, wd)
-    console.print(f"    {escape(str(settings.train_config))}: LoRA r={cfg.lora.rank}, lr {cfg.optim.lr:g}, "
-                  f"{cfg.epochs:g} epochs, micro-batch {cfg.batch.micro_batch}, max_length {cfg.data.max_length}")  # fmt: skip
+    console.print(
+        f"    {escape(str(settings.train_config))}: LoRA r={cfg.lora.rank}, lr {cfg.optim.lr:g}, "
+        f"{cfg.epochs:g} epochs, micro-batch {cfg.batch.micro_batch}, max_length {cfg.data.max_length}"
+    )
     with _bar("training") as bar:
         task = bar.add_task("training", total=None, extra="")
 
@@ -199,9 +245,11 @@ def _train(settings: Any, wd: Any, model: Any, note: Callable) -> Any:
             bar.update(task, total=steps, completed=steps, extra="reused")
     note("reused" if trained.reused else "done")
     seconds = trained.metrics.get("train_seconds", 0.0)
-    console.print(f"[green]✓[/] {trained.metrics.get('steps')} steps in {seconds:.0f} s, final loss "
-                  f"{trained.metrics.get('final_train_loss') or float('nan'):.3f}: {escape(str(trained.model_dir))}"
-                  + (" [dim](reused)[/]" if trained.reused else ""))  # fmt: skip
+    console.print(
+        f"[green]✓[/] {trained.metrics.get('steps')} steps in {seconds:.0f} s, final loss "
+        f"{trained.metrics.get('final_train_loss') or float('nan'):.3f}: {escape(str(trained.model_dir))}"
+        + (" [dim](reused)[/]" if trained.reused else "")
+    )
     return trained
 
 
@@ -211,15 +259,22 @@ def _print_data(settings: Any, data: Any) -> None:
     removed = ", ".join(f"{k} {v}" for k, v in m["removed"].items()) or "none"
     pii = ", ".join(f"{k} {v}" for k, v in m["pii"].items() if k != "mode" and v) or "none"
     table = Table(show_header=False, box=None, padding=(0, 2))
-    for row in (("input files", str(len(m["inputs"]))), ("records read", str(c.get("read", 0))),
-                ("removed", removed), ("PII masked", pii),
-                ("rows train / val", f"{c['train_rows']} / {c['val_rows']}"), ("tokens", str(t["total"])),
-                ("fingerprint", m["fingerprint"][:23] + "…")):  # fmt: skip
+    for row in (
+        ("input files", str(len(m["inputs"]))),
+        ("records read", str(c.get("read", 0))),
+        ("removed", removed),
+        ("PII masked", pii),
+        ("rows train / val", f"{c['train_rows']} / {c['val_rows']}"),
+        ("tokens", str(t["total"])),
+        ("fingerprint", m["fingerprint"][:23] + "…"),
+    ):
         table.add_row(*(escape(x) for x in row))
     console.print(table)
     if m["removed"].get("format.missing_text"):
-        console.print("    [dim]format.missing_text: chat and CSV rows carry no `text` field, so a pretraining "
-                      "set skips them (`data prepare --kind sft` takes the chats)[/]")  # fmt: skip
+        console.print(
+            "    [dim]format.missing_text: chat and CSV rows carry no `text` field, so a pretraining "
+            "set skips them (`data prepare --kind sft` takes the chats)[/]"
+        )
     how = "reused" if data.reused else "written"
     console.print(f"[green]✓[/] pretraining dataset {how}: {escape(str(data.out))}")
     console.print(
@@ -231,13 +286,22 @@ def _print_before_after(base: Any, tuned: Any) -> None:
     table = Table(title=f"held-out questions ({tuned.report.n})", title_justify="left")
     for col, justify in (("metric", "left"), ("base", "right"), ("fine-tuned", "right"), ("change", "right")):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
-    names = {"contains_answer": "contains the key fact", "token_f1": "token F1", "rouge_l": "ROUGE-L",
-             "exact_match": "exact match", "perplexity": "perplexity (answers)"}  # fmt: skip
+    names = {
+        "contains_answer": "contains the key fact",
+        "token_f1": "token F1",
+        "rouge_l": "ROUGE-L",
+        "exact_match": "exact match",
+        "perplexity": "perplexity (answers)",
+    }
     rows = {r.name: r for r in metric_rows(tuned.report.metrics, base.report.metrics)}
     for row in (rows[n] for n in names if n in rows):
         color = {True: "green", False: "red", None: "dim"}[row.better]
-        table.add_row(names[row.name], fmt(row.baseline, row.name), fmt(row.model, row.name),
-                      f"[{color}]{fmt(row.delta, 'delta')}[/]")  # fmt: skip
+        table.add_row(
+            names[row.name],
+            fmt(row.baseline, row.name),
+            fmt(row.model, row.name),
+            f"[{color}]{fmt(row.delta, 'delta')}[/]",
+        )
     console.print(table)
     pairs = list(zip(base.report.samples, tuned.report.samples, strict=False))
     learned = [
@@ -265,8 +329,10 @@ def _print_register(reg: Any) -> None:
     if reg.production == reg.version:
         console.print(f"[green]✓[/] {reg.name}@production -> {reg.name}/{reg.version}")
     else:
-        console.print(f"[yellow]note:[/] {reg.name}@production points at {reg.name}/{reg.production} "
-                      f"(moved since); serving that")  # fmt: skip
+        console.print(
+            f"[yellow]note:[/] {reg.name}@production points at {reg.name}/{reg.production} "
+            f"(moved since); serving that"
+        )
 
 
 def _answer(settings: Any, reg: Any) -> None:

@@ -75,11 +75,18 @@ def serve(
     _require_serve_extra()
     entry = None
     engine = {
-        "max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens,
-        "max_model_len": max_model_len, "device": device, "dtype": dtype, "max_loras": max_loras,
-        "max_lora_rank": max_lora_rank, "enforce_eager": enforce_eager, "quantization": quantization,
-        "prefill_attention": prefill_attention, "kv_cache_gib": kv_cache_gib,
-    }  # fmt: skip
+        "max_num_seqs": max_num_seqs,
+        "max_num_batched_tokens": max_num_batched_tokens,
+        "max_model_len": max_model_len,
+        "device": device,
+        "dtype": dtype,
+        "max_loras": max_loras,
+        "max_lora_rank": max_lora_rank,
+        "enforce_eager": enforce_eager,
+        "quantization": quantization,
+        "prefill_attention": prefill_attention,
+        "kv_cache_gib": kv_cache_gib,
+    }
     engine = {k: v for k, v in engine.items() if v is not None}
     if model:
         entry = {"name": name or model, "model": model, "engine": engine}

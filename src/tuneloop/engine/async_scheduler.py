@@ -33,8 +33,14 @@ from tuneloop.engine.sequence import Sequence, Status
 
 
 class AsyncScheduler(Scheduler):
-    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int | None = None, max_overlap_batch: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        blocks: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int | None = None,
+        max_overlap_batch: int | None = None,
+    ):
         super().__init__(blocks, max_num_seqs, max_num_batched_tokens, max_model_len)
         self.max_overlap_batch = max_overlap_batch  # EngineConfig.async_max_batch
         self.host_bound: set[str] = set()  # live requests whose steps need host data

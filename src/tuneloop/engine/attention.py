@@ -88,9 +88,12 @@ def build_metadata(
     mask = pos[None, None, :] <= query_pos[:, :, None]  # causal over the whole context
     mask |= ~query_valid[:, :, None] & (pos[None, None, :] == 0)  # padded rows see one key: no NaN
     return AttentionMetadata(
-        slot_mapping.to(device), query_index.to(device), valid_rows.to(device),
-        context_slots.to(device), mask[:, None].to(device),
-    )  # fmt: skip
+        slot_mapping.to(device),
+        query_index.to(device),
+        valid_rows.to(device),
+        context_slots.to(device),
+        mask[:, None].to(device),
+    )
 
 
 def build_varlen_metadata(
@@ -120,8 +123,12 @@ def build_varlen_metadata(
         torch.from_numpy(bounds_q.astype(np.int32)).to(device),
         torch.from_numpy(bounds_k.astype(np.int32)).to(device),
         None if not starts_a.any() else torch.from_numpy(key_slots).to(device),
-        int(counts_a.max()), int(lens_k.max()), tuple(bounds_q.tolist()), tuple(bounds_k.tolist()), use_kernel,
-    )  # fmt: skip
+        int(counts_a.max()),
+        int(lens_k.max()),
+        tuple(bounds_q.tolist()),
+        tuple(bounds_k.tolist()),
+        use_kernel,
+    )
 
 
 def paged_attention(

@@ -32,8 +32,16 @@ def batch_sizes(max_batch: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, model: Any, kv_cache: list, block_size: int, max_batch: int, max_blocks: int,
-                 spare_slot: int, device: str):  # fmt: skip
+    def __init__(
+        self,
+        model: Any,
+        kv_cache: list,
+        block_size: int,
+        max_batch: int,
+        max_blocks: int,
+        spare_slot: int,
+        device: str,
+    ):
         self.model, self.kv_cache, self.block_size = model, kv_cache, block_size
         self.sizes = batch_sizes(max_batch)
         self.max_batch = self.sizes[-1]
@@ -76,8 +84,16 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         log.info("captured decode CUDA graphs%s for batch sizes %s", " with LoRA" if lora else "", self.sizes)
 
-    def run(self, ids: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, tables: torch.Tensor,
-            lens: torch.Tensor, lora: Any = None, lora_slots: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    def run(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        tables: torch.Tensor,
+        lens: torch.Tensor,
+        lora: Any = None,
+        lora_slots: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Inputs of B rows, on the host (ids may be on the device: async scheduling fills them there);
         returns the (B, V) logits (a view, valid until the next run: sample from it before that).
 

@@ -242,9 +242,12 @@ class LLMEngine:
         sampling = [item for item in batch if item.samples]  # before after_step moves num_computed
         prompt_lp = self._commit_prompt_logprobs(batch, c.prompt_logprobs or {})
         self.scheduler.after_step(batch)
-        outputs = [self._fail(item.seq, c.failed[k]) if k in c.failed
-                   else self._append(item, c.tokens[k], c.logprobs[k], prompt_lp.get(item.seq.request_id))
-                   for k, item in enumerate(sampling)]  # fmt: skip
+        outputs = [
+            self._fail(item.seq, c.failed[k])
+            if k in c.failed
+            else self._append(item, c.tokens[k], c.logprobs[k], prompt_lp.get(item.seq.request_id))
+            for k, item in enumerate(sampling)
+        ]
         made = len(sampling) - len(c.failed)
         self._steps += 1
         self._generated += made
@@ -257,8 +260,13 @@ class LLMEngine:
         The batch is re-run in halves through `_compute`; a half that computes is committed as a step
         of its own (its rows get exactly the token the whole step would have given them), one that
         raises is halved again. At most 2N-1 runs for N rows; no row's step is applied twice."""
-        log.warning("a step of %d requests failed (%s: %s); re-running it in parts to find the request "
-                    "that fails", len(batch), type(error).__name__, error, exc_info=error)  # fmt: skip
+        log.warning(
+            "a step of %d requests failed (%s: %s); re-running it in parts to find the request that fails",
+            len(batch),
+            type(error).__name__,
+            error,
+            exc_info=error,
+        )
         for item in batch:
             self.runner.discard_step(item.seq.request_id)  # transformers' cache may hold half a step
         outputs: list[RequestOutput] = []
@@ -278,11 +286,19 @@ class LLMEngine:
                 continue
             outputs += self._commit(group, computed)
         if len(batch) > 1 and len(culprits) == len(batch):
-            log.error("every request of the step failed on its own: the model or the engine is broken "
-                      "(%s: %s); failing them all", type(error).__name__, error)  # fmt: skip
+            log.error(
+                "every request of the step failed on its own: the model or the engine is broken "
+                "(%s: %s); failing them all",
+                type(error).__name__,
+                error,
+            )
         for item, e in culprits:
-            log.error("request %s failed inside the engine and was finished (%s: %s)",
-                      item.seq.request_id, type(e).__name__, e)  # fmt: skip
+            log.error(
+                "request %s failed inside the engine and was finished (%s: %s)",
+                item.seq.request_id,
+                type(e).__name__,
+                e,
+            )
             outputs.append(self._fail(item.seq, f"{type(e).__name__}: {e}"))
         return outputs
 
@@ -291,9 +307,16 @@ class LLMEngine:
         self.scheduler.finish(seq, "error")
         self._forget(seq)
         return RequestOutput(
-            seq.request_id, [], True, "error", [], None, len(seq.prompt_ids), seq.num_cached_prompt,
+            seq.request_id,
+            [],
+            True,
+            "error",
+            [],
+            None,
+            len(seq.prompt_ids),
+            seq.num_cached_prompt,
             error=f"the engine failed this request: {why}",
-        )  # fmt: skip
+        )
 
     def _append(
         self, item: Scheduled, token: int, logprob: dict[int, float] | None, prompt_lp: Any
@@ -308,9 +331,15 @@ class LLMEngine:
             self.scheduler.finish(seq, reason)
             self._forget(seq)
         return RequestOutput(
-            seq.request_id, [token], reason is not None, reason, [logprob], prompt_lp, len(seq.prompt_ids),
+            seq.request_id,
+            [token],
+            reason is not None,
+            reason,
+            [logprob],
+            prompt_lp,
+            len(seq.prompt_ids),
             seq.num_cached_prompt,
-        )  # fmt: skip
+        )
 
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
@@ -338,12 +367,18 @@ class LLMEngine:
 
     # ------------------------------------------------------------ offline
 
-    def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None,
-                 lora: list[str | None] | None = None) -> list[Generation]:  # fmt: skip
+    def generate(
+        self,
+        prompts: list[list[int]],
+        params: SamplingParams | list[SamplingParams] | None = None,
+        lora: list[str | None] | None = None,
+    ) -> list[Generation]:
         """Run every prompt to completion; each request's whole output, in prompt order."""
         plist = params if isinstance(params, list) else [params or SamplingParams()] * len(prompts)
-        ids = [self.add_request(p, sp, lora=(lora[i] if lora else None)).request_id
-               for i, (p, sp) in enumerate(zip(prompts, plist, strict=True))]  # fmt: skip
+        ids = [
+            self.add_request(p, sp, lora=(lora[i] if lora else None)).request_id
+            for i, (p, sp) in enumerate(zip(prompts, plist, strict=True))
+        ]
         done = {rid: Generation(rid) for rid in ids}
         left = len(ids)
         while left:
@@ -358,14 +393,22 @@ class LLMEngine:
         rate = sum(n for _, n in recent[1:]) / span if span > 0 else 0.0
         b = self.blocks
         return EngineStats(
-            running=len(self.scheduler.running), waiting=len(self.scheduler.waiting), kv_usage=b.usage,
-            kv_blocks=len(b.blocks), prefix_cache_hit_rate=b.hits / b.queries if b.queries else 0.0,
-            preemptions=self.scheduler.preemptions, steps=self._steps, prompt_tokens=self._prompt_tokens,
-            generated_tokens=self._generated, generation_tokens_per_s=rate, async_steps=self._async_steps,
-            max_model_len=self.runner.max_model_len, max_num_seqs=self.config.max_num_seqs,
+            running=len(self.scheduler.running),
+            waiting=len(self.scheduler.waiting),
+            kv_usage=b.usage,
+            kv_blocks=len(b.blocks),
+            prefix_cache_hit_rate=b.hits / b.queries if b.queries else 0.0,
+            preemptions=self.scheduler.preemptions,
+            steps=self._steps,
+            prompt_tokens=self._prompt_tokens,
+            generated_tokens=self._generated,
+            generation_tokens_per_s=rate,
+            async_steps=self._async_steps,
+            max_model_len=self.runner.max_model_len,
+            max_num_seqs=self.config.max_num_seqs,
             max_loras=self.config.max_loras,
             max_lora_rank=self.config.max_lora_rank if self.config.lora_in_graph else 0,
-        )  # fmt: skip
+        )
 
 
 def make_runner(config: EngineConfig, model: Any = None) -> Runner:

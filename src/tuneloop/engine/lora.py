@@ -44,8 +44,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 # fused module in the engine -> the PEFT module names it is made of, in output order
-FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj"),
-         "o_proj": ("o_proj",), "down_proj": ("down_proj",)}  # fmt: skip
+FUSED = {
+    "qkv_proj": ("q_proj", "k_proj", "v_proj"),
+    "gate_up_proj": ("gate_proj", "up_proj"),
+    "o_proj": ("o_proj",),
+    "down_proj": ("down_proj",),
+}
 KEY = re.compile(r"layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
 
 
@@ -220,8 +224,14 @@ class LoRAManager:
 
 
 class BatchLoRA:
-    def __init__(self, manager: LoRAManager, stacks: dict | None = None, token_slots: torch.Tensor | None = None,
-                 groups: dict[str, torch.Tensor] | None = None, row_slots: torch.Tensor | None = None):  # fmt: skip
+    def __init__(
+        self,
+        manager: LoRAManager,
+        stacks: dict | None = None,
+        token_slots: torch.Tensor | None = None,
+        groups: dict[str, torch.Tensor] | None = None,
+        row_slots: torch.Tensor | None = None,
+    ):
         self.manager, self.stacks, self.token_slots, self.groups = manager, stacks, token_slots, groups
         self.row_slots = row_slots  # (N,) slot per token: the fixed-shape slot path
         self._onehot: dict[torch.dtype, torch.Tensor] = {}

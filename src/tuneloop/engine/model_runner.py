@@ -125,9 +125,14 @@ class ModelRunner(RunnerBase):
             compile_fused_ops()
         if self.decode_kernel and not cfg.enforce_eager:
             self.graphs = DecodeGraphs(
-                self.model, self.kv_cache, cfg.block_size, min(cfg.max_num_seqs, cfg.max_graph_batch),
-                self.max_blocks_per_seq, self.num_blocks * cfg.block_size, self.device,
-            )  # fmt: skip
+                self.model,
+                self.kv_cache,
+                cfg.block_size,
+                min(cfg.max_num_seqs, cfg.max_graph_batch),
+                self.max_blocks_per_seq,
+                self.num_blocks * cfg.block_size,
+                self.device,
+            )
         # the tokens of the last step sampled on the device, and the row of each request in them
         self._prev: torch.Tensor | None = None
         self._prev_rows: dict[str, int] = {}
@@ -147,8 +152,10 @@ class ModelRunner(RunnerBase):
     @torch.inference_mode()
     def prepare(self, batch: list[Scheduled]) -> NativeInput:
         """The step's inputs, queued to the device without waiting for it."""
-        want_prompt = any(item.seq.params.prompt_logprobs is not None and item.seq.num_computed < len(item.seq.prompt_ids)
-                          for item in batch)  # fmt: skip
+        want_prompt = any(
+            item.seq.params.prompt_logprobs is not None and item.seq.num_computed < len(item.seq.prompt_ids)
+            for item in batch
+        )
         if self.decode_kernel and not want_prompt:
             decodes = [i for i in batch if i.num_tokens == 1 and i.samples]
             if len(decodes) == len(batch):
@@ -178,8 +185,9 @@ class ModelRunner(RunnerBase):
             counts.append(n)
             tables.append(item.seq.block_table)
         if self.varlen:
-            cpu: Any = build_varlen_metadata(tables, starts, counts, self.cfg.block_size, torch.device("cpu"),
-                                             self.varlen_kernel)  # fmt: skip
+            cpu: Any = build_varlen_metadata(
+                tables, starts, counts, self.cfg.block_size, torch.device("cpu"), self.varlen_kernel
+            )
         else:
             cpu = build_metadata(tables, starts, counts, self.cfg.block_size, torch.device("cpu"))
         meta = type(cpu)(*(self._to_device(getattr(cpu, f.name)) for f in fields(cpu)))
@@ -188,8 +196,16 @@ class ModelRunner(RunnerBase):
         ends = torch.tensor(counts).cumsum(0) - 1
         rows = [int(e) for e, item in zip(ends, batch, strict=True) if item.samples]
         sampling_rows = self._to_device(torch.tensor(rows)) if rows else None
-        return FlatInput(batch, input_ids, self._to_device(torch.tensor(positions)), meta, lora, sampling_rows,
-                         want_prompt, len(pending))  # fmt: skip
+        return FlatInput(
+            batch,
+            input_ids,
+            self._to_device(torch.tensor(positions)),
+            meta,
+            lora,
+            sampling_rows,
+            want_prompt,
+            len(pending),
+        )
 
     def _prepare_decode(self, batch: list[Scheduled]) -> DecodeInput:
         bs = self.cfg.block_size

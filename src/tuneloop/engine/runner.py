@@ -132,8 +132,12 @@ class RunnerBase:
         blocks = budget // (self.bytes_per_token * cfg.block_size)
         if blocks < 2:
             raise ValueError(f"no room for a KV cache ({budget / 2**20:.0f} MiB available)")
-        log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", blocks, cfg.block_size,
-                 blocks * cfg.block_size * self.bytes_per_token / 2**30)  # fmt: skip
+        log.info(
+            "KV cache: %d blocks of %d tokens (%.2f GiB)",
+            blocks,
+            cfg.block_size,
+            blocks * cfg.block_size * self.bytes_per_token / 2**30,
+        )
         return blocks
 
     def _reserved_bytes(self) -> int:

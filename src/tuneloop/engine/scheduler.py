@@ -36,8 +36,13 @@ def by_priority(seq: Sequence) -> tuple[int, float]:
 
 
 class Scheduler:
-    def __init__(self, blocks: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 max_model_len: int | None = None):  # fmt: skip
+    def __init__(
+        self,
+        blocks: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int | None = None,
+    ):
         self.blocks = blocks
         self.max_model_len = max_model_len
         self.max_num_seqs = max_num_seqs

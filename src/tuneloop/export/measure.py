@@ -126,9 +126,18 @@ def measure(path: Path, device: str, work: Workload, *, with_sparsity: bool = Fa
         gc.collect()
     score = task.get("contains_answer", task.get("token_f1")) if task else None
     return Measurement(
-        folder_format(path), weights_size(path), load_s, ttft, per_token, ppl.perplexity, ppl.tokens,
-        task, score, sparsity, device,
-    )  # fmt: skip
+        folder_format(path),
+        weights_size(path),
+        load_s,
+        ttft,
+        per_token,
+        ppl.perplexity,
+        ppl.tokens,
+        task,
+        score,
+        sparsity,
+        device,
+    )
 
 
 def _sparsity(model: CausalLM) -> float | None:

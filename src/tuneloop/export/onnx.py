@@ -91,10 +91,17 @@ def export_onnx(model: PreTrainedModel, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(
-            _wrapper(model), (ids, mask, *past), str(out / ONNX_FILE), input_names=inputs,
-            output_names=outputs, dynamo=True, dynamic_shapes=shapes, opset_version=OPSET,
-            external_data=True, verbose=False,
-        )  # fmt: skip
+            _wrapper(model),
+            (ids, mask, *past),
+            str(out / ONNX_FILE),
+            input_names=inputs,
+            output_names=outputs,
+            dynamo=True,
+            dynamic_shapes=shapes,
+            opset_version=OPSET,
+            external_data=True,
+            verbose=False,
+        )
     meta = {"layers": layers, "kv_heads": heads, "head_dim": dim, "opset": OPSET, "inputs": inputs}
     (out / ONNX_META).write_text(json.dumps(meta, indent=2))
     model.config.save_pretrained(out)

@@ -125,9 +125,14 @@ def run_export(ref: str, opts: ExportOptions) -> ExportReport:
     steps = build(resolved, opts, device, out)
     after = measure(out, device, work, with_sparsity=opts.pruning)
     report = ExportReport(
-        ref, str(out), steps, before, after, QualityCheck.of(before, after, opts.max_quality_drop),
+        ref,
+        str(out),
+        steps,
+        before,
+        after,
+        QualityCheck.of(before, after, opts.max_quality_drop),
         environment(device),
-    )  # fmt: skip
+    )
     report.write(out)
     if not report.quality.passed:
         raise QualityDropError(report)

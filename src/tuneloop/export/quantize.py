@@ -117,9 +117,12 @@ def _bitsandbytes(src: Path, out: Path, method: Method) -> dict[str, Any]:
         config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["lm_head"])
     else:
         config = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.bfloat16, llm_int8_skip_modules=["lm_head"],
-        )  # fmt: skip
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            llm_int8_skip_modules=["lm_head"],
+        )
     t = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(str(src), quantization_config=config, device_map="cuda")
     model.save_pretrained(str(out))

@@ -47,8 +47,15 @@ class CycleResult:
 
 
 class Loop:
-    def __init__(self, name: str, config: LoopConfig, *, say: Say = lambda _: None,
-                 sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.time):  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        config: LoopConfig,
+        *,
+        say: Say = lambda _: None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.time,
+    ):
         check_name(name)
         check_files(config)
         check_frozen(config.gate)
@@ -108,9 +115,17 @@ class Loop:
             json.dumps(batch.to_json(), ensure_ascii=False, default=str)
         )
         ratings = sum(len(i.ratings) for i in batch.interactions)
-        self._decide(state, "collect", "collected", f"{len(batch.interactions)} rated answers",
-                     answers=len(batch.interactions), ratings=ratings, unmatched=len(batch.unmatched),
-                     filtered=batch.filtered, cursor=batch.cursor)  # fmt: skip
+        self._decide(
+            state,
+            "collect",
+            "collected",
+            f"{len(batch.interactions)} rated answers",
+            answers=len(batch.interactions),
+            ratings=ratings,
+            unmatched=len(batch.unmatched),
+            filtered=batch.filtered,
+            cursor=batch.cursor,
+        )
         return "curate"
 
     def _known(self) -> Any:
@@ -126,13 +141,23 @@ class Loop:
         batch = Batch.from_json(json.loads((self._dir(state) / "batch.json").read_text()))
         with ExitStack() as stack:  # the judge, if any, is closed after curation
             curated = curate(batch, self.cfg.curate, self._known(), self._checks(state, stack))
-        (self._dir(state) / "curated.json").write_text(json.dumps(
-            {"proposals": curated.proposals, "rejected": curated.rejected, "pii": curated.pii},
-            ensure_ascii=False, default=str))  # fmt: skip
+        (self._dir(state) / "curated.json").write_text(
+            json.dumps(
+                {"proposals": curated.proposals, "rejected": curated.rejected, "pii": curated.pii},
+                ensure_ascii=False,
+                default=str,
+            )
+        )
         if self.cfg.curate.approval.required and curated.proposals:
             added = ReviewQueue(self._review_url()).enqueue(self.name, state["cycle"], curated.proposals)
-            self._decide(state, "curate", "queued_for_review", f"{added} proposals wait for a reviewer",
-                         proposals=len(curated.proposals), rejected=len(curated.rejected))  # fmt: skip
+            self._decide(
+                state,
+                "curate",
+                "queued_for_review",
+                f"{added} proposals wait for a reviewer",
+                proposals=len(curated.proposals),
+                rejected=len(curated.rejected),
+            )
             return "approve"
         return "build"
 
@@ -141,9 +166,12 @@ class Loop:
         writes the retrain's validation rows first, since their questions are protected too."""
 
         c, r = self.cfg.curate, self.cfg.retrain
-        validation = write_validation(self.cfg, read_jsonl(r.old_data) + self._pool("sft"),
-                                      read_jsonl(r.old_preferences) + self._pool("dpo"),
-                                      self._dir(state) / "data" / "validation")  # fmt: skip
+        validation = write_validation(
+            self.cfg,
+            read_jsonl(r.old_data) + self._pool("sft"),
+            read_jsonl(r.old_preferences) + self._pool("dpo"),
+            self._dir(state) / "data" / "validation",
+        )
         training = read_jsonl([*c.existing_data, *r.old_data]) + self._pool("sft")
         trust = Trust(self.store.root / "raters.json", c.trust, self.clock())
         return build_checks(self.cfg, training, validation, trust, stack)
@@ -169,8 +197,11 @@ class Loop:
         items = ReviewQueue(self._review_url()).list(self.name, cycle=state["cycle"])
         pending = [i for i in items if i.status == "pending"]
         if pending:
-            return CycleResult(state["cycle"], "waiting_for_review",
-                               f"{len(pending)} of {len(items)} proposals wait: `tuneloop feedback review --model {self.name}`")  # fmt: skip
+            return CycleResult(
+                state["cycle"],
+                "waiting_for_review",
+                f"{len(pending)} of {len(items)} proposals wait: `tuneloop feedback review --model {self.name}`",
+            )
         return "build"
 
     def _build(self, state: dict[str, Any]) -> str | CycleResult:
@@ -187,14 +218,29 @@ class Loop:
         old_sft = read_jsonl(r.old_data) + self._pool("sft")
         old_pref = read_jsonl(r.old_preferences) + self._pool("dpo")
         info = {"model": self.name, "cycle": state["cycle"]}
-        manifest = build_dataset(proposals, curated, self._dir(state) / "data", c, old_sft, old_pref, info,
-                                 old_kto=self._pool("kto"))  # fmt: skip
+        manifest = build_dataset(
+            proposals,
+            curated,
+            self._dir(state) / "data",
+            c,
+            old_sft,
+            old_pref,
+            info,
+            old_kto=self._pool("kto"),
+        )
         counts = manifest["counts"]
         counts.update(write_gate_feed(self._dir(state) / "data", proposals))  # references: known facts
         new = counts["new_sft_train"] + counts["new_dpo_train"] + counts.get("new_kto_train", 0)
-        self._decide(state, "curate", "curated", f"{len(proposals)} kept, {counts['rejected']} rejected",
-                     counts=counts, rejections=manifest["rejections"], pii_redacted=manifest["pii_redacted"],
-                     fingerprint=manifest["fingerprint"])  # fmt: skip
+        self._decide(
+            state,
+            "curate",
+            "curated",
+            f"{len(proposals)} kept, {counts['rejected']} rejected",
+            counts=counts,
+            rejections=manifest["rejections"],
+            pii_redacted=manifest["pii_redacted"],
+            fingerprint=manifest["fingerprint"],
+        )
         g = self.cfg.gate
         # no training of a candidate the gate could not judge yet: held-out rows with a trusted
         # reference (gate_feedback, when curation wrote the gate's set), and without one for a judge
@@ -205,10 +251,13 @@ class Loop:
             hint = ""
             if other and g.judge is None:
                 hint = f" ({other} more have no trusted reference: gate.judge compares those)"
-            reason = (f"{heldout} held-out new examples, the gate needs {g.min_examples} (gate.min_examples){hint}: "
-                      f"no retraining; the feedback stays for the next cycle")  # fmt: skip
-            self._decide(state, "gate", "not_enough_evidence", reason, heldout=heldout,
-                         min_examples=g.min_examples)  # fmt: skip
+            reason = (
+                f"{heldout} held-out new examples, the gate needs {g.min_examples} (gate.min_examples){hint}: "
+                f"no retraining; the feedback stays for the next cycle"
+            )
+            self._decide(
+                state, "gate", "not_enough_evidence", reason, heldout=heldout, min_examples=g.min_examples
+            )
             return self._finish(state, "not_enough_evidence", reason, consume=False)
         if new < r.min_new_examples:
             return self._finish(
@@ -229,17 +278,31 @@ class Loop:
         )
         metrics = json.loads((cand.run_dir / "metrics.json").read_text())
         state["results"]["run_dir"] = str(cand.run_dir)
-        self._decide(state, "retrain", "trained", f"{cand.start} -> {cand.run_dir.name}", start=cand.start,
-                     runs=cand.runs, steps=metrics.get("steps"), final_train_loss=metrics.get("final_train_loss"),
-                     best_val_loss=metrics.get("best_val_loss"), train_examples=metrics.get("train_examples"))  # fmt: skip
+        self._decide(
+            state,
+            "retrain",
+            "trained",
+            f"{cand.start} -> {cand.run_dir.name}",
+            start=cand.start,
+            runs=cand.runs,
+            steps=metrics.get("steps"),
+            final_train_loss=metrics.get("final_train_loss"),
+            best_val_loss=metrics.get("best_val_loss"),
+            train_examples=metrics.get("train_examples"),
+        )
         return "gate"
 
     def _gate(self, state: dict[str, Any]) -> str | CycleResult:
         res = state["results"]
         prod_ref = f"{self.name}/{res['production_version']}"
         run_dir = Path(res["run_dir"])
-        d = evaluate_pair(prod_ref, str(run_dir / "model"), self._dir(state) / "data" / "gate" / "feedback.jsonl",
-                          self.cfg.gate, self._dir(state) / "gate.json")  # fmt: skip
+        d = evaluate_pair(
+            prod_ref,
+            str(run_dir / "model"),
+            self._dir(state) / "data" / "gate" / "feedback.jsonl",
+            self.cfg.gate,
+            self._dir(state) / "gate.json",
+        )
         self._decide(state, "gate", d.outcome, d.reason, **d.numbers())
         self._track(state, "gate", d.outcome, d.numbers())
         if d.outcome == "not_enough_evidence":  # nothing registered; this feedback and more next time
@@ -277,22 +340,37 @@ class Loop:
                 admin.set_route(route, {s.production_model: 1 - s.share, s.candidate_model: s.share})
                 res["canary_started"] = self.clock()
                 self.store.save_state(state)
-                self._decide(state, "canary", "started", f"{s.share:.0%} of '{route}' to {s.candidate_model}",
-                             share=s.share, version=res["candidate_version"])  # fmt: skip
+                self._decide(
+                    state,
+                    "canary",
+                    "started",
+                    f"{s.share:.0%} of '{route}' to {s.candidate_model}",
+                    share=s.share,
+                    version=res["candidate_version"],
+                )
             while True:
                 elapsed = self.clock() - res["canary_started"]
-                stats = window_stats(log_path(self.cfg.collect), self.cfg.collect.database_url, route,
-                                     res["canary_started"], (s.production_model, s.candidate_model),
-                                     self.cfg.curate.positive_min)  # fmt: skip
+                stats = window_stats(
+                    log_path(self.cfg.collect),
+                    self.cfg.collect.database_url,
+                    route,
+                    res["canary_started"],
+                    (s.production_model, s.candidate_model),
+                    self.cfg.curate.positive_min,
+                )
                 verdict = judge(stats[s.production_model], stats[s.candidate_model], s, elapsed)
                 if verdict.action != "wait":
                     break
                 self.sleep(s.seconds("poll"))
         finally:
             admin.close()
-        numbers = {"elapsed_s": round(elapsed, 1), "confidence": s.confidence,
-                   "production": stats[s.production_model].to_json(),
-                   "candidate": stats[s.candidate_model].to_json(), **verdict.numbers()}  # fmt: skip
+        numbers = {
+            "elapsed_s": round(elapsed, 1),
+            "confidence": s.confidence,
+            "production": stats[s.production_model].to_json(),
+            "candidate": stats[s.candidate_model].to_json(),
+            **verdict.numbers(),
+        }
         self._decide(state, "canary", verdict.action, verdict.reason, **numbers)
         self._track(state, "canary", verdict.action, numbers)
         return verdict.action
@@ -307,8 +385,11 @@ class Loop:
             self._add_to_pool(state)
             res["pool_added"] = True
             self.store.save_state(state)
-        return self._finish(state, "promoted", f"{self.name}/{version} is production "
-                            f"(was {self.name}/{res['production_version']})")  # fmt: skip
+        return self._finish(
+            state,
+            "promoted",
+            f"{self.name}/{version} is production (was {self.name}/{res['production_version']})",
+        )
 
     def _rollback(self, state: dict[str, Any]) -> CycleResult:
         res = state["results"]
@@ -316,8 +397,12 @@ class Loop:
         # the candidate name follows production again, so the served candidate entry stays valid
         self.registry.promote(self.name, res["production_version"], "candidate")
         self._route_all_to_production(reload=True)
-        return self._finish(state, "rolled_back", f"{self.name}/{res['candidate_version']} rolled back; "
-                            f"production stays {self.name}/{res['production_version']}")  # fmt: skip
+        return self._finish(
+            state,
+            "rolled_back",
+            f"{self.name}/{res['candidate_version']} rolled back; "
+            f"production stays {self.name}/{res['production_version']}",
+        )
 
     def _route_all_to_production(self, reload: bool) -> None:
         s = self.cfg.canary
@@ -326,8 +411,10 @@ class Loop:
         try:
             if reload:
                 admin.reload()
-            admin.set_route(s.route or self.cfg.collect.served_name or self.name,
-                            {s.production_model: 1.0, s.candidate_model: 0.0})  # fmt: skip
+            admin.set_route(
+                s.route or self.cfg.collect.served_name or self.name,
+                {s.production_model: 1.0, s.candidate_model: 0.0},
+            )
         finally:
             admin.close()
 
@@ -340,8 +427,11 @@ class Loop:
             rows = []
             for split in ("train", "val"):
                 path = data / kind / f"{split}.jsonl"
-                rows += [x for x in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-                         if x.get("id") in new_ids]  # fmt: skip
+                rows += [
+                    x
+                    for x in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+                    if x.get("id") in new_ids
+                ]
             if rows:
                 with (self.store.root / f"accepted-{kind}.jsonl").open("a", encoding="utf-8") as f:
                     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)

@@ -82,8 +82,15 @@ class LoopStore:
         return self.root / "decisions.jsonl"
 
     def decide(self, cycle: int, stage: str, decision: str, reason: str, **numbers: Any) -> dict[str, Any]:
-        entry = {"time": round(time.time(), 3), "model": self.name, "cycle": cycle, "stage": stage,
-                 "decision": decision, "reason": reason, "numbers": numbers}  # fmt: skip
+        entry = {
+            "time": round(time.time(), 3),
+            "model": self.name,
+            "cycle": cycle,
+            "stage": stage,
+            "decision": decision,
+            "reason": reason,
+            "numbers": numbers,
+        }
         with self.decisions_path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry, ensure_ascii=False, default=str) + "\n")
             f.flush()
@@ -122,6 +129,10 @@ def status(name: str) -> dict[str, Any]:
     store = LoopStore(name)
     if not (store.state_path.is_file() or store.decisions_path.is_file()):
         known = models()
-        raise TuneloopError(f"no loop has run for '{name}'",
-                            hint=f"loops so far: {', '.join(known)}" if known else "start one with `tuneloop loop run --model NAME`")  # fmt: skip
+        raise TuneloopError(
+            f"no loop has run for '{name}'",
+            hint=f"loops so far: {', '.join(known)}"
+            if known
+            else "start one with `tuneloop loop run --model NAME`",
+        )
     return {"model": name, "state": store.state(), "cursor": store.cursor(), "decisions": store.decisions()}

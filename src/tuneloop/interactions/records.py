@@ -50,12 +50,19 @@ def interaction(record: dict[str, Any], ratings: list[Rating]) -> Interaction:
     # OpenAI's `metadata` tags, logged with the record (and inside the request as it was received)
     metadata = next((m for m in (record.get("metadata"), request.get("metadata")) if isinstance(m, dict)), {})
     return Interaction(
-        response_id=record["response_id"], request_id=record.get("request_id"), key_id=record.get("key_id"),
-        model=record.get("model"), variant=record.get("variant"), model_version=record.get("model_version"),
-        time=float(record.get("time", 0.0)), status=record.get("status"), prompt=_prompt(request),
-        answer=answer_text(record.get("response")), ratings=ratings,
+        response_id=record["response_id"],
+        request_id=record.get("request_id"),
+        key_id=record.get("key_id"),
+        model=record.get("model"),
+        variant=record.get("variant"),
+        model_version=record.get("model_version"),
+        time=float(record.get("time", 0.0)),
+        status=record.get("status"),
+        prompt=_prompt(request),
+        answer=answer_text(record.get("response")),
+        ratings=ratings,
         workload=record.get("workload") or metadata.get("workload"),
-    )  # fmt: skip
+    )
 
 
 def _prompt(request: dict[str, Any]) -> list[dict[str, str]] | None:

@@ -136,9 +136,13 @@ def purge(state: Any, days: float) -> PurgeReport:
     before = datetime.fromtimestamp(cut, timezone.utc).replace(tzinfo=None)
     report.responses_removed = state.recent_responses.purge(before)
     if report.lines_removed or report.unreadable_removed or report.responses_removed:
-        log.info("retention (%g days): removed %d log lines (%d files deleted), %d response records",
-                 days, report.lines_removed + report.unreadable_removed, len(report.files_deleted),
-                 report.responses_removed)  # fmt: skip
+        log.info(
+            "retention (%g days): removed %d log lines (%d files deleted), %d response records",
+            days,
+            report.lines_removed + report.unreadable_removed,
+            len(report.files_deleted),
+            report.responses_removed,
+        )
     return report
 
 

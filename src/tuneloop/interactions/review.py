@@ -74,8 +74,21 @@ def _now() -> datetime:
 
 
 def _item(r: ReviewRow) -> ReviewItem:
-    return ReviewItem(r.id, r.model, r.cycle, r.response_id, r.request_id, r.source, json.loads(r.prompt),
-                      r.answer, r.rejected_answer, r.status, r.edited, r.reason, r.reviewer)  # fmt: skip
+    return ReviewItem(
+        r.id,
+        r.model,
+        r.cycle,
+        r.response_id,
+        r.request_id,
+        r.source,
+        json.loads(r.prompt),
+        r.answer,
+        r.rejected_answer,
+        r.status,
+        r.edited,
+        r.reason,
+        r.reviewer,
+    )
 
 
 class ReviewQueue:
@@ -89,15 +102,28 @@ class ReviewQueue:
         """Add proposals not queued yet for this cycle (a resumed cycle adds nothing twice)."""
         added = 0
         with Session(self.engine) as s, s.begin():
-            have = set(s.scalars(select(ReviewRow.response_id).where(ReviewRow.model == model,
-                                                                     ReviewRow.cycle == cycle)))  # fmt: skip
+            have = set(
+                s.scalars(
+                    select(ReviewRow.response_id).where(ReviewRow.model == model, ReviewRow.cycle == cycle)
+                )
+            )
             for p in proposals:
                 if p["response_id"] in have:
                     continue
-                s.add(ReviewRow(model=model, cycle=cycle, response_id=p["response_id"],
-                                request_id=p.get("request_id"), source=p["source"],
-                                prompt=json.dumps(p["prompt"], ensure_ascii=False), answer=p["chosen"] or "",
-                                rejected_answer=p.get("rejected"), status="pending", created_at=_now()))  # fmt: skip
+                s.add(
+                    ReviewRow(
+                        model=model,
+                        cycle=cycle,
+                        response_id=p["response_id"],
+                        request_id=p.get("request_id"),
+                        source=p["source"],
+                        prompt=json.dumps(p["prompt"], ensure_ascii=False),
+                        answer=p["chosen"] or "",
+                        rejected_answer=p.get("rejected"),
+                        status="pending",
+                        created_at=_now(),
+                    )
+                )
                 added += 1
         return added
 

@@ -58,13 +58,26 @@ class VariantStats:
 
     def to_json(self) -> dict[str, Any]:
         r = lambda v: None if v is None else round(v, 4)  # noqa: E731
-        return {"requests": self.requests, "errors": self.errors, "error_rate": round(self.error_rate, 4),
-                "p95_latency_s": r(self.p95_latency_s), "ratings": self.ratings, "ups": self.ups,
-                "up_rate": r(self.up_rate), "mean_rating": r(self.mean_rating)}  # fmt: skip
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "error_rate": round(self.error_rate, 4),
+            "p95_latency_s": r(self.p95_latency_s),
+            "ratings": self.ratings,
+            "ups": self.ups,
+            "up_rate": r(self.up_rate),
+            "mean_rating": r(self.mean_rating),
+        }
 
 
-def window_stats(log_path: Path, database_url: str | None, route: str, since: float,
-                 variants: tuple[str, str], positive_min: int = 4) -> dict[str, VariantStats]:  # fmt: skip
+def window_stats(
+    log_path: Path,
+    database_url: str | None,
+    route: str,
+    since: float,
+    variants: tuple[str, str],
+    positive_min: int = 4,
+) -> dict[str, VariantStats]:
     """Per variant, the requests to `route` since `since`: count, errors, latencies, rated answers."""
     records = [r for r in read_log(log_path, since=since).values() if r.get("model") == route]
     ratings: dict[str, list[int]] = {}
@@ -77,11 +90,13 @@ def window_stats(log_path: Path, database_url: str | None, route: str, since: fl
         # one vote per answer (its raters' mean): ten ratings of one answer are not ten answers
         means = [sum(x) / len(x) for r in mine if (x := ratings.get(r["response_id"]))]
         out[variant] = VariantStats(
-            requests=len(mine), errors=sum(1 for r in mine if (r.get("status") or 500) >= 500),
+            requests=len(mine),
+            errors=sum(1 for r in mine if (r.get("status") or 500) >= 500),
             latencies=[float(r["latency_s"]) for r in ok if r.get("latency_s") is not None],
-            ratings=len(means), ups=sum(1 for m in means if m >= positive_min),
+            ratings=len(means),
+            ups=sum(1 for m in means if m >= positive_min),
             mean_rating=(sum(means) / len(means)) if means else None,
-        )  # fmt: skip
+        )
     return out
 
 
@@ -101,9 +116,17 @@ class CanaryCheck:
 
     def to_json(self) -> dict[str, Any]:
         r = lambda v: None if v is None else round(v, 4)  # noqa: E731
-        return {"name": self.name, "status": self.status, "production": r(self.production),
-                "candidate": r(self.candidate), "n": list(self.n), "low": r(self.low), "high": r(self.high),
-                "rule": self.rule, **self.extra}  # fmt: skip
+        return {
+            "name": self.name,
+            "status": self.status,
+            "production": r(self.production),
+            "candidate": r(self.candidate),
+            "n": list(self.n),
+            "low": r(self.low),
+            "high": r(self.high),
+            "rule": self.rule,
+            **self.extra,
+        }
 
 
 @dataclass
@@ -128,21 +151,45 @@ def thumbs_check(prod: VariantStats, cand: VariantStats, s: CanarySettings) -> C
         status = "fail"
     else:
         status = "undecided"
-    return CanaryCheck("thumbs_up", status, prod.up_rate, cand.up_rate, (cand.ratings, prod.ratings), i.low,
-                       i.high, rule, {"diff": _r(i.estimate), "need": need})  # fmt: skip
+    return CanaryCheck(
+        "thumbs_up",
+        status,
+        prod.up_rate,
+        cand.up_rate,
+        (cand.ratings, prod.ratings),
+        i.low,
+        i.high,
+        rule,
+        {"diff": _r(i.estimate), "need": need},
+    )
 
 
 def error_checks(prod: VariantStats, cand: VariantStats, s: CanarySettings) -> list[CanaryCheck]:
     shown, evidence = rate_above(cand.errors, cand.requests, s.max_error_rate, s.confidence)
-    limit = CanaryCheck("error_rate", "fail" if shown else "pass", prod.error_rate, cand.error_rate,
-                        (cand.requests, prod.requests), None, None,
-                        f"roll back when shown above {s.max_error_rate:.3f}",
-                        {"e_value": _r(min(evidence, 1e12)), "limit": s.max_error_rate})  # fmt: skip
+    limit = CanaryCheck(
+        "error_rate",
+        "fail" if shown else "pass",
+        prod.error_rate,
+        cand.error_rate,
+        (cand.requests, prod.requests),
+        None,
+        None,
+        f"roll back when shown above {s.max_error_rate:.3f}",
+        {"e_value": _r(min(evidence, 1e12)), "limit": s.max_error_rate},
+    )
     i: Interval = rate_difference(cand.errors, cand.requests, prod.errors, prod.requests, s.confidence)
     worse = i.low is not None and cand.requests > 0 and prod.requests > 0 and i.low > s.max_error_increase
-    increase = CanaryCheck("error_increase", "fail" if worse else "pass", prod.error_rate, cand.error_rate,
-                           (cand.requests, prod.requests), i.low, i.high,
-                           f"roll back when low > {s.max_error_increase:+.3f}", {"diff": _r(i.estimate)})  # fmt: skip
+    increase = CanaryCheck(
+        "error_increase",
+        "fail" if worse else "pass",
+        prod.error_rate,
+        cand.error_rate,
+        (cand.requests, prod.requests),
+        i.low,
+        i.high,
+        f"roll back when low > {s.max_error_increase:+.3f}",
+        {"diff": _r(i.estimate)},
+    )
     return [limit, increase]
 
 
@@ -152,10 +199,17 @@ def latency_check(prod: VariantStats, cand: VariantStats, s: CanarySettings) -> 
     c_low, c_high = quantile_bounds(cand.latencies, LATENCY_Q, half)
     p_low, p_high = quantile_bounds(prod.latencies, LATENCY_Q, half)
     slow = c_low is not None and p_high is not None and c_low > s.max_latency_ratio * p_high
-    return CanaryCheck("latency_p95", "fail" if slow else "pass", prod.p95_latency_s, cand.p95_latency_s,
-                       (len(cand.latencies), len(prod.latencies)), c_low, c_high,
-                       f"roll back when the candidate's low > {s.max_latency_ratio:g} x production's high",
-                       {"production_low": _r(p_low), "production_high": _r(p_high)})  # fmt: skip
+    return CanaryCheck(
+        "latency_p95",
+        "fail" if slow else "pass",
+        prod.p95_latency_s,
+        cand.p95_latency_s,
+        (len(cand.latencies), len(prod.latencies)),
+        c_low,
+        c_high,
+        f"roll back when the candidate's low > {s.max_latency_ratio:g} x production's high",
+        {"production_low": _r(p_low), "production_high": _r(p_high)},
+    )
 
 
 def _r(v: float | None) -> float | None:
@@ -177,14 +231,26 @@ def judge(prod: VariantStats, cand: VariantStats, s: CanarySettings, elapsed_s: 
             )
     watched = elapsed_s >= s.seconds("window") and cand.requests >= s.min_requests
     if watched and thumbs.status == "pass":
-        return Verdict("promote", f"thumbs-up rate shown above production's{_margin(s)}: {_thumbs(thumbs)}; "
-                       f"healthy: {_health(cand, prod)}", checks)  # fmt: skip
+        return Verdict(
+            "promote",
+            f"thumbs-up rate shown above production's{_margin(s)}: {_thumbs(thumbs)}; "
+            f"healthy: {_health(cand, prod)}",
+            checks,
+        )
     if watched and s.min_feedback == 0 and thumbs.status != "fail":
-        return Verdict("promote", f"healthy: {_health(cand, prod)} (canary.min_feedback=0: ratings not "
-                       f"required; {_thumbs(thumbs)})", checks)  # fmt: skip
+        return Verdict(
+            "promote",
+            f"healthy: {_health(cand, prod)} (canary.min_feedback=0: ratings not "
+            f"required; {_thumbs(thumbs)})",
+            checks,
+        )
     if elapsed_s >= s.seconds("max_wait"):
-        return Verdict("rollback", f"no decision after {elapsed_s:.0f}s (canary.max_wait): {cand.requests} "
-                       f"candidate requests (need {s.min_requests}); {_thumbs(thumbs)}", checks)  # fmt: skip
+        return Verdict(
+            "rollback",
+            f"no decision after {elapsed_s:.0f}s (canary.max_wait): {cand.requests} "
+            f"candidate requests (need {s.min_requests}); {_thumbs(thumbs)}",
+            checks,
+        )
     return Verdict("wait", f"watching: {_thumbs(thumbs)}", checks)
 
 
@@ -205,21 +271,29 @@ def _thumbs(c: CanaryCheck) -> str:
 
 def _health(cand: VariantStats, prod: VariantStats) -> str:
     p95 = lambda v: "-" if v is None else f"{v:.3f}s"  # noqa: E731
-    return (f"error rate {cand.error_rate:.1%} vs {prod.error_rate:.1%}, "
-            f"p95 {p95(cand.p95_latency_s)} vs {p95(prod.p95_latency_s)}")  # fmt: skip
+    return (
+        f"error rate {cand.error_rate:.1%} vs {prod.error_rate:.1%}, "
+        f"p95 {p95(cand.p95_latency_s)} vs {p95(prod.p95_latency_s)}"
+    )
 
 
 def _health_reason(c: CanaryCheck, s: CanarySettings) -> str:
     n_c, n_p = c.n
     if c.name == "error_rate":
-        return (f"candidate error rate {c.candidate:.1%} of {n_c} requests is shown above "
-                f"{s.max_error_rate:.1%} (e-value {c.extra['e_value']:g})")  # fmt: skip
+        return (
+            f"candidate error rate {c.candidate:.1%} of {n_c} requests is shown above "
+            f"{s.max_error_rate:.1%} (e-value {c.extra['e_value']:g})"
+        )
     if c.name == "error_increase":
-        return (f"candidate error rate {c.candidate:.1%} ({n_c} requests) vs production {c.production:.1%} "
-                f"({n_p}): increase in [{c.low:+.3f}, {c.high:+.3f}], above {s.max_error_increase:+.3f}")  # fmt: skip
-    return (f"candidate p95 latency {c.candidate:.3f}s (at least {c.low:.3f}s, {n_c} requests) is shown above "
-            f"{s.max_latency_ratio:g}x production's p95 {c.production:.3f}s (at most "
-            f"{c.extra['production_high']:.3f}s, {n_p} requests)")  # fmt: skip
+        return (
+            f"candidate error rate {c.candidate:.1%} ({n_c} requests) vs production {c.production:.1%} "
+            f"({n_p}): increase in [{c.low:+.3f}, {c.high:+.3f}], above {s.max_error_increase:+.3f}"
+        )
+    return (
+        f"candidate p95 latency {c.candidate:.3f}s (at least {c.low:.3f}s, {n_c} requests) is shown above "
+        f"{s.max_latency_ratio:g}x production's p95 {c.production:.3f}s (at most "
+        f"{c.extra['production_high']:.3f}s, {n_p} requests)"
+    )
 
 
 class GatewayAdmin:
@@ -240,11 +314,15 @@ class GatewayAdmin:
         try:
             r = self.http.request(method, path, **kw)
         except httpx.HTTPError as e:
-            raise TuneloopError(f"the gateway at {self.url} did not answer {method} {path}: {e}",
-                                hint="is `tuneloop serve` running? check canary.gateway_url") from None  # fmt: skip
+            raise TuneloopError(
+                f"the gateway at {self.url} did not answer {method} {path}: {e}",
+                hint="is `tuneloop serve` running? check canary.gateway_url",
+            ) from None
         if r.status_code in (401, 403):
-            raise TuneloopError(f"the gateway refused {method} {path} ({r.status_code})",
-                                hint=f"put a key with the admin scope in ${self.key_env}")  # fmt: skip
+            raise TuneloopError(
+                f"the gateway refused {method} {path} ({r.status_code})",
+                hint=f"put a key with the admin scope in ${self.key_env}",
+            )
         if r.status_code >= 400:
             raise TuneloopError(f"the gateway answered {r.status_code} to {method} {path}: {r.text[:300]}")
         return r.json()

@@ -25,8 +25,12 @@ class Batch:
     cursor: dict[str, Any]  # what a finished cycle stores as the new cursor
 
     def to_json(self) -> dict[str, Any]:
-        return {"interactions": [i.to_json() for i in self.interactions], "unmatched": self.unmatched,
-                "filtered": self.filtered, "cursor": self.cursor}  # fmt: skip
+        return {
+            "interactions": [i.to_json() for i in self.interactions],
+            "unmatched": self.unmatched,
+            "filtered": self.filtered,
+            "cursor": self.cursor,
+        }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Batch:

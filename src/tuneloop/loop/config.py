@@ -364,5 +364,7 @@ def check_files(cfg: LoopConfig, where: str = "the loop config") -> None:
             raise ConfigError(f"{where}: {key} '{path}' does not exist", hint=f"fix the path of {key}")
     for i, path in enumerate(cfg.curate.knowledge):
         if not Path(path).expanduser().exists():
-            raise ConfigError(f"{where}: curate.knowledge[{i}] '{path}' does not exist",
-                              hint="list documents, or folders of documents, that the answers must agree with")  # fmt: skip
+            raise ConfigError(
+                f"{where}: curate.knowledge[{i}] '{path}' does not exist",
+                hint="list documents, or folders of documents, that the answers must agree with",
+            )

@@ -145,8 +145,10 @@ def read_jsonl(paths: list[str | Path]) -> list[dict[str, Any]]:
     for p in paths:
         path = Path(p).expanduser()
         if not path.is_file():
-            raise TuneloopError(f"training data '{p}' does not exist",
-                                hint="fix curate.existing_data / retrain.old_data in the loop config")  # fmt: skip
+            raise TuneloopError(
+                f"training data '{p}' does not exist",
+                hint="fix curate.existing_data / retrain.old_data in the loop config",
+            )
         for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if line.strip():
                 try:
@@ -176,8 +178,15 @@ def curate(batch: Batch, settings: CurateSettings, known: Known, checks: Checks 
     _prepare(batch, checks)
     out = Curated([])
     for u in batch.unmatched:
-        out.rejected.append({"response_id": u["response_id"], "request_id": None,
-                             "feedback_ids": [u["feedback_id"]], "reason": u["reason"], "detail": ""})  # fmt: skip
+        out.rejected.append(
+            {
+                "response_id": u["response_id"],
+                "request_id": None,
+                "feedback_ids": [u["feedback_id"]],
+                "reason": u["reason"],
+                "detail": "",
+            }
+        )
     # downvoted answers without a correction: (item, prompt, answer, verdict), texts redacted
     downs: list[tuple[Interaction, list, str, Verdict]] = []
     for item in batch.interactions:
@@ -205,8 +214,14 @@ def curate(batch: Batch, settings: CurateSettings, known: Known, checks: Checks 
             out.rejected.append(_rejection(item, problem, verdict))
             continue
         known.add(_last_user(prompt), chosen)  # so a second copy in this batch is a duplicate
-        proposal = _proposal(item, prompt, chosen, answer if correction is not None else None,
-                             "correction" if correction is not None else "upvoted", verdict)  # fmt: skip
+        proposal = _proposal(
+            item,
+            prompt,
+            chosen,
+            answer if correction is not None else None,
+            "correction" if correction is not None else "upvoted",
+            verdict,
+        )
         if checks.knowledge is not None:
             proposal["reference"] = _reference(checks.knowledge, _last_user(prompt), chosen)
         out.proposals.append(proposal)
@@ -227,8 +242,9 @@ def curate(batch: Batch, settings: CurateSettings, known: Known, checks: Checks 
             continue
         up = ups.get(_key(_last_user(item.prompt or [])))
         if up is not None and up["chosen"] == answer:
-            out.rejected.append(_rejection(item, Reject("disagreement", "the same answer is upvoted elsewhere"),
-                                           verdict))  # fmt: skip
+            out.rejected.append(
+                _rejection(item, Reject("disagreement", "the same answer is upvoted elsewhere"), verdict)
+            )
         elif up is not None and up.get("rejected") is None:
             up["rejected"], up["rejected_response_id"] = answer, item.response_id
             up["feedback_ids"] = up["feedback_ids"] + [r.id for r in item.ratings]
@@ -277,8 +293,15 @@ def _second_opinion(out: Curated, checks: Checks) -> None:
         if v.label == "contradicts":
             refuted.add(p["response_id"])
             detail = f"the judge found {p['chosen'][:120]!r} contradicts the known facts: {'; '.join(facts)[:240]!r}"
-            out.rejected.append({**_ids(p), "reason": "judge_contradiction", "detail": detail,
-                                 "votes": p.get("votes", {}), "polarity": p.get("polarity")})  # fmt: skip
+            out.rejected.append(
+                {
+                    **_ids(p),
+                    "reason": "judge_contradiction",
+                    "detail": detail,
+                    "votes": p.get("votes", {}),
+                    "polarity": p.get("polarity"),
+                }
+            )
     out.proposals = [p for p in out.proposals if p["response_id"] not in refuted]
 
 
@@ -310,9 +333,12 @@ def _cap_per_key(out: Curated, limit: float | None, weight: Callable[[str], floa
         if seen[p["key_id"]] <= caps[p["key_id"]]:
             kept.append(p)
             continue
-        detail = (f"key {p['key_id']} brought {by_key[p['key_id']]} of {len(out.proposals)} proposals; "
-                  f"at most {caps[p['key_id']]} per key (curate.max_per_key={limit:g}"
-                  + (f", weight {w[p['key_id']]:.2f} of {top:.2f}" if w[p["key_id"]] < top else "") + ")")  # fmt: skip
+        detail = (
+            f"key {p['key_id']} brought {by_key[p['key_id']]} of {len(out.proposals)} proposals; "
+            f"at most {caps[p['key_id']]} per key (curate.max_per_key={limit:g}"
+            + (f", weight {w[p['key_id']]:.2f} of {top:.2f}" if w[p["key_id"]] < top else "")
+            + ")"
+        )
         out.rejected.append({**_ids(p), "reason": "per_key_cap", "detail": detail})
     out.proposals = kept
 
@@ -347,8 +373,13 @@ def _screen(item: Interaction, verdict: Verdict, filters: TextFilters, checks: C
     return None
 
 
-def _redacted(item: Interaction, verdict: Verdict, s: CurateSettings, counts: dict[str, int],
-              keep: frozenset[str] = frozenset()):  # fmt: skip
+def _redacted(
+    item: Interaction,
+    verdict: Verdict,
+    s: CurateSettings,
+    counts: dict[str, int],
+    keep: frozenset[str] = frozenset(),
+):
     """(prompt, answer, correction) with PII replaced, or a Reject when PII means drop. Values in
     `keep` (stated by the knowledge base: a product's IP, a hotline) are facts and stay."""
     if s.pii == "off":
@@ -381,8 +412,14 @@ def _redact(text: str, keep: frozenset[str], found: list[tuple[str, str]]) -> st
     return "".join([*parts, text[pos:]])
 
 
-def _against_known(prompt: list[dict[str, str]], chosen: str, is_correction: bool, s: CurateSettings,
-                   known: Known, checks: Checks | None = None) -> Reject | None:  # fmt: skip
+def _against_known(
+    prompt: list[dict[str, str]],
+    chosen: str,
+    is_correction: bool,
+    s: CurateSettings,
+    known: Known,
+    checks: Checks | None = None,
+) -> Reject | None:
     """Duplicates of the training data, and answers that contradict what is known: a correction against
     the training data's answers to the same question, and any chosen answer (upvoted or corrected)
     against the facts of the training data, the frozen set and the documents (facts.py)."""
@@ -407,19 +444,42 @@ def _last_user(prompt: list[dict[str, str]]) -> str:
     return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
 
 
-def _proposal(item: Interaction, prompt: list[dict[str, str]], chosen: str, rejected: str | None, source: str,
-              verdict: Verdict) -> dict[str, Any]:  # fmt: skip
-    return {"response_id": item.response_id, "request_id": item.request_id, "variant": item.variant,
-            "model_version": item.model_version, "source": source, "prompt": prompt, "chosen": chosen,
-            "rejected": rejected, "feedback_ids": [r.id for r in item.ratings], "raters": verdict.raters,
-            "key_id": rater_key(item.ratings), "agreement": round(verdict.agreement, 3),
-            "mean_rating": round(verdict.mean_rating, 3), "polarity": verdict.polarity,
-            "votes": verdict.votes, "weights": verdict.weights}  # fmt: skip
+def _proposal(
+    item: Interaction,
+    prompt: list[dict[str, str]],
+    chosen: str,
+    rejected: str | None,
+    source: str,
+    verdict: Verdict,
+) -> dict[str, Any]:
+    return {
+        "response_id": item.response_id,
+        "request_id": item.request_id,
+        "variant": item.variant,
+        "model_version": item.model_version,
+        "source": source,
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "feedback_ids": [r.id for r in item.ratings],
+        "raters": verdict.raters,
+        "key_id": rater_key(item.ratings),
+        "agreement": round(verdict.agreement, 3),
+        "mean_rating": round(verdict.mean_rating, 3),
+        "polarity": verdict.polarity,
+        "votes": verdict.votes,
+        "weights": verdict.weights,
+    }
 
 
 def _rejection(item: Interaction, r: Reject, verdict: Verdict | None = None) -> dict[str, Any]:
-    out = {"response_id": item.response_id, "request_id": item.request_id,
-           "feedback_ids": [x.id for x in item.ratings], "reason": r.reason, "detail": r.detail}  # fmt: skip
+    out = {
+        "response_id": item.response_id,
+        "request_id": item.request_id,
+        "feedback_ids": [x.id for x in item.ratings],
+        "reason": r.reason,
+        "detail": r.detail,
+    }
     if verdict is not None:  # who voted for what was rejected (the keys' records, trust.py)
         out.update(polarity=verdict.polarity, votes=verdict.votes)
     return out
@@ -435,8 +495,10 @@ def apply_reviews(curated: Curated, reviews: list[Any], filters: TextFilters) ->
     for p in curated.proposals:
         r = by_id.get(p["response_id"])
         if r is None or r.status == "pending":
-            raise TuneloopError(f"proposal {p['response_id']} has not been reviewed",
-                                hint="review it with `tuneloop feedback review`")  # fmt: skip
+            raise TuneloopError(
+                f"proposal {p['response_id']} has not been reviewed",
+                hint="review it with `tuneloop feedback review`",
+            )
         if r.status == "rejected":
             curated.rejected.append({**_ids(p), "reason": "rejected_by_reviewer", "detail": r.reason or ""})
             continue
@@ -466,9 +528,16 @@ def _heldout(prompt: list[dict[str, str]], fraction: float, seed: int) -> bool:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64 < fraction
 
 
-def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, settings: CurateSettings,
-                  old_sft: list[dict[str, Any]], old_pref: list[dict[str, Any]], info: dict[str, Any],
-                  old_kto: list[dict[str, Any]] = ()) -> dict[str, Any]:  # fmt: skip
+def build_dataset(
+    proposals: list[dict[str, Any]],
+    curated: Curated,
+    out: Path,
+    settings: CurateSettings,
+    old_sft: list[dict[str, Any]],
+    old_pref: list[dict[str, Any]],
+    info: dict[str, Any],
+    old_kto: list[dict[str, Any]] = (),
+) -> dict[str, Any]:
     """{sft,dpo,kto}/{train,val}.jsonl (old + new train; new held-out as val) and manifest.json."""
     sft = {"train": [], "val": []}
     dpo = {"train": [], "val": []}
@@ -479,21 +548,54 @@ def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, 
         link = {"request_id": p["request_id"], "response_id": p["response_id"], "source": p["source"]}
         for row in kto_rows(p):
             kto[split].append({**row, **link})
-            examples.append({"id": row["id"], "kind": "kto", "split": split, **link, "feedback_ids": p["feedback_ids"],
-                             "key_id": p.get("key_id")})  # fmt: skip
+            examples.append(
+                {
+                    "id": row["id"],
+                    "kind": "kto",
+                    "split": split,
+                    **link,
+                    "feedback_ids": p["feedback_ids"],
+                    "key_id": p.get("key_id"),
+                }
+            )
         if p["chosen"] is None:  # a thumb down alone: nothing to imitate or to prefer
             continue
         sid = f"fb-{p['response_id']}"
-        sft[split].append({"id": sid, "messages": [*p["prompt"], {"role": "assistant", "content": p["chosen"]}],
-                           **link})  # fmt: skip
-        examples.append({"id": sid, "kind": "sft", "split": split, **link, "feedback_ids": p["feedback_ids"],
-                         "key_id": p.get("key_id")})  # fmt: skip
+        sft[split].append(
+            {"id": sid, "messages": [*p["prompt"], {"role": "assistant", "content": p["chosen"]}], **link}
+        )
+        examples.append(
+            {
+                "id": sid,
+                "kind": "sft",
+                "split": split,
+                **link,
+                "feedback_ids": p["feedback_ids"],
+                "key_id": p.get("key_id"),
+            }
+        )
         if p.get("rejected"):
             did = f"pref-{p['response_id']}"
-            dpo[split].append({"id": did, "prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"],
-                               **link, "rejected_response_id": p.get("rejected_response_id", p["response_id"])})  # fmt: skip
-            examples.append({"id": did, "kind": "dpo", "split": split, **link, "feedback_ids": p["feedback_ids"],
-                             "key_id": p.get("key_id")})  # fmt: skip
+            dpo[split].append(
+                {
+                    "id": did,
+                    "prompt": p["prompt"],
+                    "chosen": p["chosen"],
+                    "rejected": p["rejected"],
+                    **link,
+                    "rejected_response_id": p.get("rejected_response_id", p["response_id"]),
+                }
+            )
+            examples.append(
+                {
+                    "id": did,
+                    "kind": "dpo",
+                    "split": split,
+                    **link,
+                    "feedback_ids": p["feedback_ids"],
+                    "key_id": p.get("key_id"),
+                }
+            )
     outputs = {}
     for kind, rows, old in (("sft", sft, old_sft), ("dpo", dpo, old_pref), ("kto", kto, list(old_kto))):
         folder = out / kind
@@ -505,15 +607,29 @@ def build_dataset(proposals: list[dict[str, Any]], curated: Curated, out: Path, 
         reasons[r["reason"]] = reasons.get(r["reason"], 0) + 1
 
     manifest = {
-        **info, "created": time.time(), "config": settings.model_dump(mode="json"),
-        "counts": {"proposals": len(curated.proposals), "approved": len(proposals),
-                   "rejected": len(curated.rejected), "old_sft": len(old_sft), "old_preferences": len(old_pref),
-                   "new_sft_train": len(sft["train"]), "new_sft_heldout": len(sft["val"]),
-                   "new_dpo_train": len(dpo["train"]), "new_dpo_heldout": len(dpo["val"]),
-                   "old_kto": len(old_kto), **kto_counts(kto)},
-        "rejections": reasons, "pii_redacted": curated.pii, "rejected": curated.rejected,
-        "examples": examples, "outputs": outputs, "fingerprint": fingerprint(outputs),
-    }  # fmt: skip
+        **info,
+        "created": time.time(),
+        "config": settings.model_dump(mode="json"),
+        "counts": {
+            "proposals": len(curated.proposals),
+            "approved": len(proposals),
+            "rejected": len(curated.rejected),
+            "old_sft": len(old_sft),
+            "old_preferences": len(old_pref),
+            "new_sft_train": len(sft["train"]),
+            "new_sft_heldout": len(sft["val"]),
+            "new_dpo_train": len(dpo["train"]),
+            "new_dpo_heldout": len(dpo["val"]),
+            "old_kto": len(old_kto),
+            **kto_counts(kto),
+        },
+        "rejections": reasons,
+        "pii_redacted": curated.pii,
+        "rejected": curated.rejected,
+        "examples": examples,
+        "outputs": outputs,
+        "fingerprint": fingerprint(outputs),
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
     return manifest
 

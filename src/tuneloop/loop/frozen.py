@@ -120,8 +120,16 @@ class Protected:
 
 
 class FrozenGuard:
-    def __init__(self, items: list[Protected], embedder: Embedder | None, *, minhash: float = 0.7,
-                 words_jaccard: float = 0.6, similarity: float = 0.7, cjk_bigrams: float = 0.25):  # fmt: skip
+    def __init__(
+        self,
+        items: list[Protected],
+        embedder: Embedder | None,
+        *,
+        minhash: float = 0.7,
+        words_jaccard: float = 0.6,
+        similarity: float = 0.7,
+        cjk_bigrams: float = 0.25,
+    ):
         self.items, self.embedder = items, embedder
         self.minhash, self.words, self.similarity, self.cjk = minhash, words_jaccard, similarity, cjk_bigrams
         self.bigram_sets = [bigrams(p.question) if is_cjk(p.question) else set() for p in items]
@@ -155,12 +163,17 @@ class FrozenGuard:
         ]
         if is_cjk(question):
             mine_bigrams = bigrams(question)
-            candidates += [(j, i, "bigrams") for i, b in enumerate(self.bigram_sets)
-                           if b and (j := jaccard(mine_bigrams, b)) >= self.cjk]  # fmt: skip
+            candidates += [
+                (j, i, "bigrams")
+                for i, b in enumerate(self.bigram_sets)
+                if b and (j := jaccard(mine_bigrams, b)) >= self.cjk
+            ]
         if self.vectors is not None and not is_cjk(question):
             cos = self.vectors @ self.embedder.encode([question])[0]  # type: ignore[union-attr]
-            candidates += [(float(cos[k]), int(self.english[k]), "paraphrase")
-                           for k in np.flatnonzero(cos >= self.similarity)]  # fmt: skip
+            candidates += [
+                (float(cos[k]), int(self.english[k]), "paraphrase")
+                for k in np.flatnonzero(cos >= self.similarity)
+            ]
         for score, i, how in sorted(candidates, reverse=True):
             other = self.entity_sets[i]
             if ents and other and not ents & other:

@@ -79,11 +79,24 @@ class Check:
 
     def to_json(self) -> dict[str, Any]:
         i = self.interval
-        return {"name": self.name, "metric": self.metric, "role": self.role, "n": self.n,
-                "production": _round(self.production), "candidate": _round(self.candidate),
-                "diff": _round(i.estimate), "low": _round(i.low), "high": _round(i.high), "method": i.method,
-                "p_value": _round(i.p_value), "threshold": self.threshold, "rule": self.rule,
-                "status": self.status, "note": self.note, **self.info}  # fmt: skip
+        return {
+            "name": self.name,
+            "metric": self.metric,
+            "role": self.role,
+            "n": self.n,
+            "production": _round(self.production),
+            "candidate": _round(self.candidate),
+            "diff": _round(i.estimate),
+            "low": _round(i.low),
+            "high": _round(i.high),
+            "method": i.method,
+            "p_value": _round(i.p_value),
+            "threshold": self.threshold,
+            "rule": self.rule,
+            "status": self.status,
+            "note": self.note,
+            **self.info,
+        }
 
 
 def _round(v: float | None) -> float | None:
@@ -99,15 +112,40 @@ def check(c: Criterion, confidence: float, resamples: int = 4000, seed: int = 0)
     prod = sum(c.production) / n if n else None
     cand = sum(c.candidate) / n if n else None
     bound = c.threshold if c.role == "improve" else -c.threshold
-    rule = {"improve": f"lower bound > {bound:+.4f}", "not_worse": f"lower bound >= {bound:+.4f}",
-            "no_drop": f"upper bound >= {bound:+.4f}"}[c.role]  # fmt: skip
+    rule = {
+        "improve": f"lower bound > {bound:+.4f}",
+        "not_worse": f"lower bound >= {bound:+.4f}",
+        "no_drop": f"upper bound >= {bound:+.4f}",
+    }[c.role]
     if n < max(c.min_examples, 1):
         note = f"{n} examples, the gate needs {c.min_examples} (gate.min_examples)"
         if c.fixed:  # a frozen or task set does not grow by waiting
-            return Check(c.name, c.metric, c.role, n, prod, cand, Interval(None, None, None, "none"), c.threshold,
-                         "fail", rule, note + "; this set does not grow")  # fmt: skip
-        return Check(c.name, c.metric, c.role, n, prod, cand, Interval(None, None, None, "none"), c.threshold,
-                     "too_few", rule, note)  # fmt: skip
+            return Check(
+                c.name,
+                c.metric,
+                c.role,
+                n,
+                prod,
+                cand,
+                Interval(None, None, None, "none"),
+                c.threshold,
+                "fail",
+                rule,
+                note + "; this set does not grow",
+            )
+        return Check(
+            c.name,
+            c.metric,
+            c.role,
+            n,
+            prod,
+            cand,
+            Interval(None, None, None, "none"),
+            c.threshold,
+            "too_few",
+            rule,
+            note,
+        )
     interval = paired_interval(c.production, c.candidate, confidence, c.kind, resamples, seed)
     low, high = float(interval.low), float(interval.high)  # type: ignore[arg-type]
     eps = 1e-12
@@ -164,17 +202,31 @@ class GateDecision:
         improve = next((c for c in self.checks if c.role == "improve"), None)
         frozen = self._find("frozen")
         return {
-            "confidence": self.confidence, "margin": self.margin, "tolerance": self.tolerance,
+            "confidence": self.confidence,
+            "margin": self.margin,
+            "tolerance": self.tolerance,
             "improvement": _round(self.improvement),
-            "improvement_ci": None if improve is None else [_round(improve.interval.low), _round(improve.interval.high)],
+            "improvement_ci": None
+            if improve is None
+            else [_round(improve.interval.low), _round(improve.interval.high)],
             "frozen_delta": _round(self.frozen_delta),
-            "frozen_ci": None if frozen is None else [_round(frozen.interval.low), _round(frozen.interval.high)],
-            "checks": [c.to_json() for c in self.checks], **self.extra,
-        }  # fmt: skip
+            "frozen_ci": None
+            if frozen is None
+            else [_round(frozen.interval.low), _round(frozen.interval.high)],
+            "checks": [c.to_json() for c in self.checks],
+            **self.extra,
+        }
 
 
-def decide(criteria: Sequence[Criterion], confidence: float = 0.95, *, margin: float = 0.0,
-           tolerance: float = 0.0, resamples: int = 4000, seed: int = 0) -> GateDecision:  # fmt: skip
+def decide(
+    criteria: Sequence[Criterion],
+    confidence: float = 0.95,
+    *,
+    margin: float = 0.0,
+    tolerance: float = 0.0,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> GateDecision:
     """passed / failed / not_enough_evidence from the criteria (margin and tolerance are for the report)."""
     if not criteria:
         raise ValueError("the gate needs at least one criterion")
@@ -216,8 +268,10 @@ def _say(c: Check) -> str:
 def read_rows(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise TuneloopError(f"gate.frozen_eval '{path}' does not exist",
-                            hint="point it at an SFT .jsonl (messages, optional answer) never used for training")  # fmt: skip
+        raise TuneloopError(
+            f"gate.frozen_eval '{path}' does not exist",
+            hint="point it at an SFT .jsonl (messages, optional answer) never used for training",
+        )
     rows = []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -235,10 +289,12 @@ def check_frozen(s: GateSettings) -> int:
     """The frozen set is big enough for the gate to decide at all (it cannot grow): fail before training."""
     n = len(read_rows(s.frozen_eval)[: s.max_samples])
     if n < s.min_examples:
-        raise TuneloopError(f"gate.frozen_eval '{s.frozen_eval}' has {n} questions; the gate needs at least "
-                            f"gate.min_examples={s.min_examples} to bound a regression",
-                            hint="add questions to the frozen set (a few hundred bound a drop of a few points), "
-                            "or lower gate.min_examples")  # fmt: skip
+        raise TuneloopError(
+            f"gate.frozen_eval '{s.frozen_eval}' has {n} questions; the gate needs at least "
+            f"gate.min_examples={s.min_examples} to bound a regression",
+            hint="add questions to the frozen set (a few hundred bound a drop of a few points), "
+            "or lower gate.min_examples",
+        )
     return n
 
 
@@ -258,21 +314,41 @@ class Scored:
         return sum(v) / len(v) if v else None
 
 
-def _score(model_ref: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], metric: str,
-           s: GateSettings) -> Scored:  # fmt: skip
-    report = evaluate(model_ref, rows, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size,
-                      model=model, tokenizer=tokenizer)  # fmt: skip
+def _score(
+    model_ref: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]], metric: str, s: GateSettings
+) -> Scored:
+    report = evaluate(
+        model_ref,
+        rows,
+        max_new_tokens=s.max_new_tokens,
+        batch_size=s.batch_size,
+        model=model,
+        tokenizer=tokenizer,
+    )
     if metric == "auto":  # the fact's value when every reference has one: "176" is in the answer or not
         metric = "contains_answer" if all(r.get("answer") for r in rows) else "token_f1"
     if metric not in report.metrics:  # contains_answer needs an `answer` on the rows
         metric = "token_f1"
-    samples = [{"id": x.id, "question": x.question, "reference": x.reference, "prediction": x.prediction,
-                "score": x.scores.get(metric)} for x in report.samples]  # fmt: skip
+    samples = [
+        {
+            "id": x.id,
+            "question": x.question,
+            "reference": x.reference,
+            "prediction": x.prediction,
+            "score": x.scores.get(metric),
+        }
+        for x in report.samples
+    ]
     return Scored(metric, samples)
 
 
-def scores_of(model_ref: str, frozen: list[dict[str, Any]], feedback: list[dict[str, Any]],
-              s: GateSettings, unverified: list[dict[str, Any]] | None = None) -> dict[str, Scored]:  # fmt: skip
+def scores_of(
+    model_ref: str,
+    frozen: list[dict[str, Any]],
+    feedback: list[dict[str, Any]],
+    s: GateSettings,
+    unverified: list[dict[str, Any]] | None = None,
+) -> dict[str, Scored]:
     """One model's answers: frozen and held-out rows scored against their references; held-out
     questions without a trusted reference answered only (for the judge)."""
     model, tokenizer, _ = load_for_answers(model_ref, s.device)
@@ -284,17 +360,30 @@ def scores_of(model_ref: str, frozen: list[dict[str, Any]], feedback: list[dict[
         replies = generate_replies(
             model, tokenizer, prompts, max_new_tokens=s.max_new_tokens, batch_size=s.batch_size
         )
-        out["unverified"] = Scored("none", [{"id": r.get("id"), "question": r["messages"][-1]["content"],
-                                             "reference": None, "prediction": a, "score": None}
-                                            for r, a in zip(unverified, replies, strict=True)])  # fmt: skip
+        out["unverified"] = Scored(
+            "none",
+            [
+                {
+                    "id": r.get("id"),
+                    "question": r["messages"][-1]["content"],
+                    "reference": None,
+                    "prediction": a,
+                    "score": None,
+                }
+                for r, a in zip(unverified, replies, strict=True)
+            ],
+        )
     del model
     return out
 
 
 def _paired(prod: Scored, cand: Scored) -> tuple[list[float], list[float]]:
     """Per-example values of both, example by example (both answered the same rows in order)."""
-    pairs = [(p["score"], c["score"]) for p, c in zip(prod.samples, cand.samples, strict=True)
-             if p["score"] is not None and c["score"] is not None]  # fmt: skip
+    pairs = [
+        (p["score"], c["score"])
+        for p, c in zip(prod.samples, cand.samples, strict=True)
+        if p["score"] is not None and c["score"] is not None
+    ]
     return [float(p) for p, _ in pairs], [float(c) for _, c in pairs]
 
 
@@ -305,20 +394,23 @@ def criteria_of(prod: dict[str, Scored], cand: dict[str, Scored], s: GateSetting
     the reference-scored ones count only when there are gate.min_examples of them."""
     f_prod, f_cand = _paired(prod["frozen"], cand["frozen"])
     metric = prod["frozen"].metric
-    frozen = Criterion("frozen", metric, f_prod, f_cand, "not_worse", s.tolerance, min_examples=s.min_examples,
-                       fixed=True)  # fmt: skip
+    frozen = Criterion(
+        "frozen", metric, f_prod, f_cand, "not_worse", s.tolerance, min_examples=s.min_examples, fixed=True
+    )
     scored = "feedback" in prod and (
         s.judge is None or len(_paired(prod["feedback"], cand["feedback"])[0]) >= s.min_examples
     )
     if not scored and s.judge is not None and ("feedback" in prod or "unverified" in prod):
         return [frozen]  # the judge's criterion (a hook) is the improvement where the feedback is
     if not scored:
-        improve = Criterion("frozen", metric, f_prod, f_cand, "improve", s.margin, min_examples=s.min_examples,
-                            fixed=True)  # fmt: skip
+        improve = Criterion(
+            "frozen", metric, f_prod, f_cand, "improve", s.margin, min_examples=s.min_examples, fixed=True
+        )
         return [improve] if s.margin >= -s.tolerance else [improve, frozen]
     b_prod, b_cand = _paired(prod["feedback"], cand["feedback"])
-    improve = Criterion("feedback", prod["feedback"].metric, b_prod, b_cand, "improve", s.margin,
-                        min_examples=s.min_examples)  # fmt: skip
+    improve = Criterion(
+        "feedback", prod["feedback"].metric, b_prod, b_cand, "improve", s.margin, min_examples=s.min_examples
+    )
     return [improve, frozen]
 
 
@@ -327,8 +419,9 @@ def criteria_of(prod: dict[str, Scored], cand: dict[str, Scored], s: GateSetting
 CriterionHook = Callable[[str, str, dict[str, Scored], dict[str, Scored], GateSettings], list[Criterion]]
 
 
-def judge_criteria(production_ref: str, candidate_ref: str, prod: dict[str, Scored], cand: dict[str, Scored],
-                   s: GateSettings) -> list[Criterion]:  # fmt: skip
+def judge_criteria(
+    production_ref: str, candidate_ref: str, prod: dict[str, Scored], cand: dict[str, Scored], s: GateSettings
+) -> list[Criterion]:
     """gate.judge: the judge compares both answers to each held-out question (the frozen set's when
     none were held out), in both orders; a win is 1 for the winner's side, a tie 0 for both, so the
     paired difference is wins minus losses and its interval is exact-score with McNemar's p."""
@@ -337,21 +430,43 @@ def judge_criteria(production_ref: str, candidate_ref: str, prod: dict[str, Scor
 
     sets = [k for k in ("feedback", "unverified") if k in prod] or ["frozen"]
     where = "+".join(sets)
-    items = [PairItem(p["question"], c["prediction"], p["prediction"], reference=p.get("reference"), id=p["id"])
-             for k in sets for p, c in zip(prod[k].samples, cand[k].samples, strict=True)]  # fmt: skip
+    items = [
+        PairItem(p["question"], c["prediction"], p["prediction"], reference=p.get("reference"), id=p["id"])
+        for k in sets
+        for p, c in zip(prod[k].samples, cand[k].samples, strict=True)
+    ]
     with Judge(s.judge) as judge:
         judgments = judge.compare(items)
         identity = judge.identity
     values = [j.value for j in judgments]
     bias = position_bias(judgments, s.confidence)
-    info = {"judge": identity, "wins": values.count(1), "ties": values.count(0), "losses": values.count(-1),
-            "position_first_rate": bias.first_rate, "position_biased": bias.biased}  # fmt: skip
-    return [Criterion("judge", f"wins on {where}", [float(v < 0) for v in values], [float(v > 0) for v in values],
-                      "improve", s.judge_margin, "binary", s.min_examples, fixed=sets == ["frozen"], info=info)]  # fmt: skip
+    info = {
+        "judge": identity,
+        "wins": values.count(1),
+        "ties": values.count(0),
+        "losses": values.count(-1),
+        "position_first_rate": bias.first_rate,
+        "position_biased": bias.biased,
+    }
+    return [
+        Criterion(
+            "judge",
+            f"wins on {where}",
+            [float(v < 0) for v in values],
+            [float(v > 0) for v in values],
+            "improve",
+            s.judge_margin,
+            "binary",
+            s.min_examples,
+            fixed=sets == ["frozen"],
+            info=info,
+        )
+    ]
 
 
-def task_criteria(production_ref: str, candidate_ref: str, prod: dict[str, Scored], cand: dict[str, Scored],
-                  s: GateSettings) -> list[Criterion]:  # fmt: skip
+def task_criteria(
+    production_ref: str, candidate_ref: str, prod: dict[str, Scored], cand: dict[str, Scored], s: GateSettings
+) -> list[Criterion]:
     """gate.tasks: general-ability tasks through lm-evaluation-harness on both models; each fails when
     a drop larger than gate.tasks_tolerance is shown (no significant drop)."""
     if not s.tasks:
@@ -359,17 +474,30 @@ def task_criteria(production_ref: str, candidate_ref: str, prod: dict[str, Score
     try:
         from tuneloop.evaluation.lm_eval_harness import compare_on_tasks
     except ImportError as e:
-        raise TuneloopError(f"gate.tasks needs the general-task evaluation ({e})",
-                            hint="install lm-evaluation-harness (pip install lm-eval), or remove gate.tasks") from None  # fmt: skip
-    _, _, paired = compare_on_tasks(production_ref, candidate_ref, s.tasks, limit=s.tasks_limit,
-                                    confidence=s.confidence, device=s.device)  # fmt: skip
+        raise TuneloopError(
+            f"gate.tasks needs the general-task evaluation ({e})",
+            hint="install lm-evaluation-harness (pip install lm-eval), or remove gate.tasks",
+        ) from None
+    _, _, paired = compare_on_tasks(
+        production_ref, candidate_ref, s.tasks, limit=s.tasks_limit, confidence=s.confidence, device=s.device
+    )
     out = []
     for name, t in paired.items():
         base, new = (
             (t.base, t.candidate) if t.higher_is_better else ([-x for x in t.base], [-x for x in t.candidate])
         )
-        out.append(Criterion(f"general:{name}", t.metric, base, new, "no_drop", s.tasks_tolerance, min_examples=1,
-                             fixed=True))  # fmt: skip
+        out.append(
+            Criterion(
+                f"general:{name}",
+                t.metric,
+                base,
+                new,
+                "no_drop",
+                s.tasks_tolerance,
+                min_examples=1,
+                fixed=True,
+            )
+        )
     return out
 
 
@@ -382,8 +510,9 @@ def _jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-def evaluate_pair(production_ref: str, candidate_ref: str, heldout: Path, s: GateSettings,
-                  out: Path) -> GateDecision:  # fmt: skip
+def evaluate_pair(
+    production_ref: str, candidate_ref: str, heldout: Path, s: GateSettings, out: Path
+) -> GateDecision:
     frozen = read_rows(s.frozen_eval)[: s.max_samples]
     feedback = _jsonl(heldout)
     # held-out questions curation found no trusted reference for (loop/guards.py): the judge's, if any
@@ -393,14 +522,32 @@ def evaluate_pair(production_ref: str, candidate_ref: str, heldout: Path, s: Gat
     criteria = criteria_of(prod, cand, s)
     for hook in HOOKS:
         criteria += hook(production_ref, candidate_ref, prod, cand, s)
-    decision = decide(criteria, s.confidence, margin=s.margin, tolerance=s.tolerance,
-                      resamples=s.bootstrap_resamples, seed=s.seed)  # fmt: skip
-    means = {side: {k: {"metric": v.metric, "mean": _round(v.mean), "n": len(v.samples)} for k, v in scored.items()}
-             for side, scored in (("production", prod), ("candidate", cand))}  # fmt: skip
+    decision = decide(
+        criteria,
+        s.confidence,
+        margin=s.margin,
+        tolerance=s.tolerance,
+        resamples=s.bootstrap_resamples,
+        seed=s.seed,
+    )
+    means = {
+        side: {
+            k: {"metric": v.metric, "mean": _round(v.mean), "n": len(v.samples)} for k, v in scored.items()
+        }
+        for side, scored in (("production", prod), ("candidate", cand))
+    }
     decision.extra.update(means)
-    report = {"production": production_ref, "candidate": candidate_ref, "outcome": decision.outcome,
-              "passed": decision.passed, "reason": decision.reason, **decision.numbers(),
-              "samples": {"production": {k: v.samples for k, v in prod.items()},
-                          "candidate": {k: v.samples for k, v in cand.items()}}}  # fmt: skip
+    report = {
+        "production": production_ref,
+        "candidate": candidate_ref,
+        "outcome": decision.outcome,
+        "passed": decision.passed,
+        "reason": decision.reason,
+        **decision.numbers(),
+        "samples": {
+            "production": {k: v.samples for k, v in prod.items()},
+            "candidate": {k: v.samples for k, v in cand.items()},
+        },
+    }
     out.write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str))
     return decision

@@ -35,8 +35,9 @@ class Validation:
     questions: list[str]
 
 
-def write_validation(cfg: LoopConfig, old_sft: list[dict[str, Any]], old_pref: list[dict[str, Any]],
-                     folder: Path) -> Validation:  # fmt: skip
+def write_validation(
+    cfg: LoopConfig, old_sft: list[dict[str, Any]], old_pref: list[dict[str, Any]], folder: Path
+) -> Validation:
     r = cfg.retrain
     folder.mkdir(parents=True, exist_ok=True)
     paths, questions = {}, []
@@ -62,8 +63,9 @@ def _question(row: dict[str, Any]) -> str | None:
     return None
 
 
-def build_checks(cfg: LoopConfig, training_rows: list[dict[str, Any]], validation: Validation,
-                 trust: Any, stack: ExitStack) -> Checks:  # fmt: skip
+def build_checks(
+    cfg: LoopConfig, training_rows: list[dict[str, Any]], validation: Validation, trust: Any, stack: ExitStack
+) -> Checks:
     c = cfg.curate
     emb = embedder(c.embedder)
     frozen_rows = read_jsonl([cfg.gate.frozen_eval])
@@ -75,8 +77,14 @@ def build_checks(cfg: LoopConfig, training_rows: list[dict[str, Any]], validatio
         Protected(f"frozen set ({cfg.gate.frozen_eval})", q) for q in map(_question, frozen_rows) if q
     ]
     protected += [Protected("retrain's validation set", q) for q in validation.questions]
-    guard = FrozenGuard(protected, emb, minhash=c.frozen.minhash, words_jaccard=c.frozen.words,
-                        similarity=c.frozen.similarity, cjk_bigrams=c.frozen.cjk_bigrams)  # fmt: skip
+    guard = FrozenGuard(
+        protected,
+        emb,
+        minhash=c.frozen.minhash,
+        words_jaccard=c.frozen.words,
+        similarity=c.frozen.similarity,
+        cjk_bigrams=c.frozen.cjk_bigrams,
+    )
     semantic = None
     if emb is not None:
         known_good = [s.text for s in statements if s.source != "documents"]
@@ -103,8 +111,12 @@ def write_gate_feed(data: Path, proposals: list[dict[str, Any]]) -> dict[str, in
                 {"id": row["id"], "messages": prompt, "rater_answer": row["messages"][-1]["content"]}
             )
             continue
-        out = {"id": row["id"], "messages": [*prompt, {"role": "assistant", "content": ref["text"]}],
-               "reference_source": f"{ref['source']} ({ref['ref']})", "request_id": row.get("request_id")}  # fmt: skip
+        out = {
+            "id": row["id"],
+            "messages": [*prompt, {"role": "assistant", "content": ref["text"]}],
+            "reference_source": f"{ref['source']} ({ref['ref']})",
+            "request_id": row.get("request_id"),
+        }
         if ref.get("answer"):
             out["answer"] = ref["answer"]
         verified.append(out)

@@ -44,8 +44,9 @@ class Score:
 
 
 class SemanticFilter:
-    def __init__(self, embedder: Embedder, threshold: float = 0.35, margin: float = 0.05,
-                 benign: Iterable[str] = ()):  # fmt: skip
+    def __init__(
+        self, embedder: Embedder, threshold: float = 0.35, margin: float = 0.05, benign: Iterable[str] = ()
+    ):
         self.embedder, self.threshold, self.min_margin = embedder, threshold, margin
         self.seeds = {"injection": list(INJECTION), "abuse": list(ABUSE)}
         self.vectors = {k: embedder.encode(v) for k, v in self.seeds.items()}
@@ -82,8 +83,11 @@ class SemanticFilter:
         if not self.flagged(s):
             return None
         assert s is not None
-        return Reject(_REASONS[s.kind], f"{role}: {s.sentence[:120]!r} is like {s.seed!r} "
-                      f"(similarity {s.similarity:.2f}, {s.margin:+.2f} over the nearest benign text)")  # fmt: skip
+        return Reject(
+            _REASONS[s.kind],
+            f"{role}: {s.sentence[:120]!r} is like {s.seed!r} "
+            f"(similarity {s.similarity:.2f}, {s.margin:+.2f} over the nearest benign text)",
+        )
 
 
 def _rank(s: Score) -> tuple[bool, float]:

@@ -29,8 +29,14 @@ if TYPE_CHECKING:
 THUMBS = ("upvoted", "downvoted")  # proposal sources that are thumbs alone
 
 
-def downvote_problem(question: str, answer: str, known: Known, knowledge: Knowledge | None, threshold: float,
-                     seen: set[tuple[str, str]]) -> Reject | None:  # fmt: skip
+def downvote_problem(
+    question: str,
+    answer: str,
+    known: Known,
+    knowledge: Knowledge | None,
+    threshold: float,
+    seen: set[tuple[str, str]],
+) -> Reject | None:
     """Why a downvoted answer without a correction must not become an undesirable KTO row (None: use it)."""
     key = (" ".join(question.lower().split()), " ".join(answer.lower().split()))
     if key in seen:
@@ -54,13 +60,24 @@ def kto_rows(p: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append((p["response_id"], p["chosen"], True))
     if p["source"] in THUMBS and p.get("rejected"):  # a downvote: its own proposal or an upvote's loser
         rows.append((p.get("rejected_response_id", p["response_id"]), p["rejected"], False))
-    return [{"id": f"kto-{rid}", "prompt": p["prompt"], "completion": [{"role": "assistant", "content": text}],
-             "label": label, "completion_response_id": rid} for rid, text, label in rows]  # fmt: skip
+    return [
+        {
+            "id": f"kto-{rid}",
+            "prompt": p["prompt"],
+            "completion": [{"role": "assistant", "content": text}],
+            "label": label,
+            "completion_response_id": rid,
+        }
+        for rid, text, label in rows
+    ]
 
 
 def counts(rows: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
     """new_kto_* counts for the curation manifest."""
     train = rows["train"]
-    return {"new_kto_train": len(train), "new_kto_heldout": len(rows["val"]),
-            "new_kto_desirable": sum(1 for r in train if r["label"]),
-            "new_kto_undesirable": sum(1 for r in train if not r["label"])}  # fmt: skip
+    return {
+        "new_kto_train": len(train),
+        "new_kto_heldout": len(rows["val"]),
+        "new_kto_desirable": sum(1 for r in train if r["label"]),
+        "new_kto_undesirable": sum(1 for r in train if not r["label"]),
+    }

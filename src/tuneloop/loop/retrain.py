@@ -41,8 +41,10 @@ def start_reference(registry: Any, name: str) -> tuple[str, Any]:
     if tags.get("tuneloop.kind") == "adapter":
         base = tags.get("tuneloop.base")
         if not base:
-            raise TuneloopError(f"{name}/{prod.version} is an adapter without a tuneloop.base tag",
-                                hint="register it with `tuneloop registry register` so its base is pinned")  # fmt: skip
+            raise TuneloopError(
+                f"{name}/{prod.version} is an adapter without a tuneloop.base tag",
+                hint="register it with `tuneloop registry register` so its base is pinned",
+            )
         return base, prod
     return f"{name}/{prod.version}", prod
 
@@ -56,19 +58,28 @@ def _finished(run_dir: Path) -> bool:
     return any(model.glob("*.safetensors"))
 
 
-def _train(settings: RetrainSettings, objective: str, model: str, data: Path, out: Path,
-           val: Path | None = None) -> Path:  # fmt: skip
+def _train(
+    settings: RetrainSettings, objective: str, model: str, data: Path, out: Path, val: Path | None = None
+) -> Path:
     own = settings.objective_overrides.get(objective, [])  # type: ignore[call-overload]
     for where, o in [("retrain.overrides", o) for o in settings.overrides] + [
         (f"retrain.objective_overrides.{objective}", o) for o in own
     ]:
         if o.split("=", 1)[0].strip() in FORCED:
-            raise TuneloopError(f"{where}: '{o}' is set by the loop itself",
-                                hint=f"the loop sets {', '.join(FORCED)}; remove it")  # fmt: skip
+            raise TuneloopError(
+                f"{where}: '{o}' is set by the loop itself",
+                hint=f"the loop sets {', '.join(FORCED)}; remove it",
+            )
     if _finished(out):
         return out
-    forced = [f"model={model}", f"objective={objective}", f"data.path={data}", f"output_dir={out}",
-              "resume=auto", f"name={out.name}"]  # fmt: skip
+    forced = [
+        f"model={model}",
+        f"objective={objective}",
+        f"data.path={data}",
+        f"output_dir={out}",
+        "resume=auto",
+        f"name={out.name}",
+    ]
     if val is not None:  # the loop's validation rows (absolute), never the train config's val_path
         forced.append(f"data.val_path={val}")
     cfg = load_config(TrainConfig, settings.train_config, [*settings.overrides, *own, *forced])
@@ -80,8 +91,9 @@ def _train(settings: RetrainSettings, objective: str, model: str, data: Path, ou
     return run(cfg).run_dir
 
 
-def retrain(settings: RetrainSettings, registry: Any, name: str, data: Path, cycle_dir: Path,
-            manifest: dict[str, Any]) -> Candidate:  # fmt: skip
+def retrain(
+    settings: RetrainSettings, registry: Any, name: str, data: Path, cycle_dir: Path, manifest: dict[str, Any]
+) -> Candidate:
     start, _ = start_reference(registry, name)
     runs: list[str] = []
     model = start
@@ -89,8 +101,10 @@ def retrain(settings: RetrainSettings, registry: Any, name: str, data: Path, cyc
     for objective in objectives:
         train_file = data / objective / "train.jsonl"
         if not train_file.read_text(encoding="utf-8").strip():
-            raise TuneloopError(f"no {objective} training rows in {train_file}",
-                                hint=f"drop '{objective}' from retrain.objectives, or add retrain.old_data")  # fmt: skip
+            raise TuneloopError(
+                f"no {objective} training rows in {train_file}",
+                hint=f"drop '{objective}' from retrain.objectives, or add retrain.old_data",
+            )
         out = cycle_dir / f"run-{objective}"
         run_dir = _train(settings, objective, model, data / objective, out, _validation(data, objective))
         runs.append(str(run_dir))
@@ -111,8 +125,10 @@ def objectives_for(settings: RetrainSettings, data: Path, manifest: dict[str, An
     if "kto" in chosen and not counts.get("new_kto_undesirable"):
         chosen.remove("kto")  # upvotes alone: SFT already learns from them
     if not chosen:
-        raise TuneloopError(f"no training rows in {data}/sft or {data}/kto",
-                            hint="add retrain.old_data, or wait for feedback (corrections, thumbs)")  # fmt: skip
+        raise TuneloopError(
+            f"no training rows in {data}/sft or {data}/kto",
+            hint="add retrain.old_data, or wait for feedback (corrections, thumbs)",
+        )
     return sorted(chosen, key=OBJECTIVES.index)
 
 

@@ -32,8 +32,14 @@ class CanaryRun:
     reason: str
 
 
-def simulate_canary(s: CanarySettings, production_up: float, candidate_up: float, rated_per_hour: float,
-                    rng: np.random.Generator, poll_s: float | None = None) -> CanaryRun:  # fmt: skip
+def simulate_canary(
+    s: CanarySettings,
+    production_up: float,
+    candidate_up: float,
+    rated_per_hour: float,
+    rng: np.random.Generator,
+    poll_s: float | None = None,
+) -> CanaryRun:
     """One canary, looked at every `poll_s` (default: canary.poll) until it promotes or rolls back."""
     poll = poll_s if poll_s is not None else s.seconds("poll")
     window, max_wait = s.seconds("window"), s.seconds("max_wait")
@@ -63,8 +69,9 @@ def _scored(metric: str, values: np.ndarray) -> Scored:
     return Scored(metric, [{"id": str(i), "score": float(v)} for i, v in enumerate(values)])
 
 
-def paired_binary_scores(n: int, production: float, candidate: float, discordant: float,
-                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def paired_binary_scores(
+    n: int, production: float, candidate: float, discordant: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """0/1 scores of n examples with these accuracies and this share of examples where the two differ."""
     gain = candidate - production
     only_c, only_p = (discordant + gain) / 2, (discordant - gain) / 2
@@ -87,11 +94,18 @@ def paired_f1_scores(
     return prod, cand
 
 
-def simulate_gate(s: GateSettings, heldout: tuple[np.ndarray, np.ndarray],
-                  frozen: tuple[np.ndarray, np.ndarray]) -> str:  # fmt: skip
+def simulate_gate(
+    s: GateSettings, heldout: tuple[np.ndarray, np.ndarray], frozen: tuple[np.ndarray, np.ndarray]
+) -> str:
     """The gate's outcome on these scores (production, candidate per set), through criteria_of + decide."""
     prod = {"frozen": _scored(s.metric, frozen[0]), "feedback": _scored(s.feedback_metric, heldout[0])}
     cand = {"frozen": _scored(s.metric, frozen[1]), "feedback": _scored(s.feedback_metric, heldout[1])}
-    d = decide(criteria_of(prod, cand, s), s.confidence, margin=s.margin, tolerance=s.tolerance,
-               resamples=s.bootstrap_resamples, seed=s.seed)  # fmt: skip
+    d = decide(
+        criteria_of(prod, cand, s),
+        s.confidence,
+        margin=s.margin,
+        tolerance=s.tolerance,
+        resamples=s.bootstrap_resamples,
+        seed=s.seed,
+    )
     return d.outcome

@@ -82,8 +82,10 @@ def mcnemar_exact(b: int, c: int) -> float:
     if m == 0:
         return 1.0
     k = min(b, c)
-    logs = [math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) - m * math.log(2)
-            for i in range(k + 1)]  # fmt: skip
+    logs = [
+        math.lgamma(m + 1) - math.lgamma(i + 1) - math.lgamma(m - i + 1) - m * math.log(2)
+        for i in range(k + 1)
+    ]
     top = max(logs)
     tail = math.exp(top) * sum(math.exp(x - top) for x in logs)
     return min(1.0, 2 * tail)
@@ -109,8 +111,9 @@ def paired_binary(production: Sequence[float], candidate: Sequence[float], confi
     below = math.sqrt(max(0.0, (p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2))
     above = math.sqrt(max(0.0, (u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2))
     diff = p1 - p2
-    return Interval(diff, max(-1.0, diff - below), min(1.0, diff + above), "newcombe",
-                    mcnemar_exact(only_c, only_p))  # fmt: skip
+    return Interval(
+        diff, max(-1.0, diff - below), min(1.0, diff + above), "newcombe", mcnemar_exact(only_c, only_p)
+    )
 
 
 def _phi(both: int, only_c: int, only_p: int, neither: int) -> float:
@@ -127,8 +130,13 @@ def _phi(both: int, only_c: int, only_p: int, neither: int) -> float:
     return cross / math.sqrt(denom)
 
 
-def paired_bootstrap(production: Sequence[float], candidate: Sequence[float], confidence: float,
-                     resamples: int = 4000, seed: int = 0) -> Interval:  # fmt: skip
+def paired_bootstrap(
+    production: Sequence[float],
+    candidate: Sequence[float],
+    confidence: float,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> Interval:
     """candidate - production on the same examples: BCa bootstrap interval of the mean difference.
 
     Seeded, so the same scores always give the same decision. All-equal differences (identical
@@ -164,8 +172,14 @@ def paired_bootstrap(production: Sequence[float], candidate: Sequence[float], co
     return Interval(est, float(low), float(high), "bootstrap-bca")
 
 
-def paired_interval(production: Sequence[float], candidate: Sequence[float], confidence: float,
-                    kind: str | None = None, resamples: int = 4000, seed: int = 0) -> Interval:  # fmt: skip
+def paired_interval(
+    production: Sequence[float],
+    candidate: Sequence[float],
+    confidence: float,
+    kind: str | None = None,
+    resamples: int = 4000,
+    seed: int = 0,
+) -> Interval:
     """The gate's interval for a paired difference: exact-score for 0/1 values, BCa bootstrap otherwise."""
     if kind is None:
         kind = "binary" if is_binary(production) and is_binary(candidate) else "continuous"

@@ -47,8 +47,13 @@ def metrics_of(stage: str, numbers: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def log_decision(run_dir: str | Path | None, stage: str, decision: str, numbers: dict[str, Any],
-                 warn: Callable[[str], None]) -> str | None:  # fmt: skip
+def log_decision(
+    run_dir: str | Path | None,
+    stage: str,
+    decision: str,
+    numbers: dict[str, Any],
+    warn: Callable[[str], None],
+) -> str | None:
     """Log one decision to the cycle's run; returns the run id, or None (not tracked, or it failed)."""
     found = cycle_run(run_dir) if run_dir else None
     if found is None:

@@ -25,8 +25,17 @@ from typing import Any
 from tuneloop.loop.config import TrustSettings, parse_duration
 
 # rejection reasons that show the voters were wrong (not merely outvoted or duplicated)
-REFUTING = frozenset({"prompt_injection", "abuse", "conflicts_with_training_data", "conflicts_with_frozen_set",
-                      "conflicts_with_documents", "judge_contradiction", "rejected_by_reviewer"})  # fmt: skip
+REFUTING = frozenset(
+    {
+        "prompt_injection",
+        "abuse",
+        "conflicts_with_training_data",
+        "conflicts_with_frozen_set",
+        "conflicts_with_documents",
+        "judge_contradiction",
+        "rejected_by_reviewer",
+    }
+)
 
 
 @dataclass

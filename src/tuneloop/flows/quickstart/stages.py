@@ -157,8 +157,16 @@ def evaluate_in_chunks(s: Settings, ref: str | Path, progress: Progress | None) 
     parts, size = [], s.eval_batch_size
     for start in range(0, len(records), size):
         chunk = records[start : start + size]
-        parts.append(evaluate(str(ref), chunk, max_new_tokens=s.eval_max_new_tokens, batch_size=size,
-                              model=model, tokenizer=tokenizer))  # fmt: skip
+        parts.append(
+            evaluate(
+                str(ref),
+                chunk,
+                max_new_tokens=s.eval_max_new_tokens,
+                batch_size=size,
+                model=model,
+                tokenizer=tokenizer,
+            )
+        )
         if progress:
             progress(start + len(chunk), len(records))
     return merge_reports(parts, str(ref), str(s.heldout)), precision
@@ -173,8 +181,17 @@ def merge_reports(parts: list[Any], model: str, data: str) -> Any:
     metrics = {"perplexity": math.exp(nll), "nll": nll, "scored_tokens": tokens}
     metrics.update(mean_scores(x.scores for x in samples))
     timing = {k: sum(p.timing.get(k, 0.0) for p in parts) for k in parts[0].timing}
-    return EvalReport(model, data, parts[0].kind, sum(p.n for p in parts), metrics, samples, timing,
-                      sum(p.truncated for p in parts), parts[0].max_length)  # fmt: skip
+    return EvalReport(
+        model,
+        data,
+        parts[0].kind,
+        sum(p.n for p in parts),
+        metrics,
+        samples,
+        timing,
+        sum(p.truncated for p in parts),
+        parts[0].max_length,
+    )
 
 
 def _read_report(path: Path) -> Any:
@@ -204,8 +221,14 @@ def train_config(s: Settings, wd: Workdir) -> Any:
 
     if not s.train_config.is_file():
         raise TuneloopError(f"training config '{s.train_config}' does not exist", hint="check --config")
-    forced = [f"model={s.model}", f"data.path={s.train_file}", f"data.val_path={s.heldout}",
-              f"output_dir={wd.run}", "resume=never", "eval.final=false"]  # fmt: skip
+    forced = [
+        f"model={s.model}",
+        f"data.path={s.train_file}",
+        f"data.val_path={s.heldout}",
+        f"output_dir={wd.run}",
+        "resume=never",
+        "eval.final=false",
+    ]
     return load_config(TrainConfig, s.train_config, [*s.overrides, *forced])
 
 
