@@ -119,20 +119,7 @@ def check(c: Criterion, confidence: float, resamples: int = 4000, seed: int = 0)
     }[c.role]
     if n < max(c.min_examples, 1):
         note = f"{n} examples, the gate needs {c.min_examples} (gate.min_examples)"
-        if c.fixed:  # a frozen or task set does not grow by waiting
-            return Check(
-                c.name,
-                c.metric,
-                c.role,
-                n,
-                prod,
-                cand,
-                Interval(None, None, None, "none"),
-                c.threshold,
-                "fail",
-                rule,
-                note + "; this set does not grow",
-            )
+        grows = not c.fixed  # a frozen or task set does not grow by waiting: too few is a failure
         return Check(
             c.name,
             c.metric,
@@ -142,9 +129,9 @@ def check(c: Criterion, confidence: float, resamples: int = 4000, seed: int = 0)
             cand,
             Interval(None, None, None, "none"),
             c.threshold,
-            "too_few",
+            "too_few" if grows else "fail",
             rule,
-            note,
+            note if grows else note + "; this set does not grow",
         )
     interval = paired_interval(c.production, c.candidate, confidence, c.kind, resamples, seed)
     low, high = float(interval.low), float(interval.high)  # type: ignore[arg-type]
