@@ -194,8 +194,8 @@ def arm(name: str, key_id: str, objectives: Any, work: Path, overrides: list[str
     if done.is_file():
         return json.loads(done.read_text())
     from tuneloop.config import load_config
-    from tuneloop.interactions.loopstore import LoopStore
     from tuneloop.flows.cycle import Loop
+    from tuneloop.interactions.loopstore import LoopStore
     from tuneloop.loop import LoopConfig
     from tuneloop.registry import Registry
 

@@ -53,9 +53,9 @@ def _loop_config(tmp_path: Path):
 def test_console_chat_streams_votes_reach_the_loop_review_approves_and_rollback_moves_the_alias(
     registry, tiny_llama, tmp_path, keys, browser, shots
 ):
+    from tuneloop.flows.cycle import Loop
     from tuneloop.interactions.feedback import FeedbackStore
     from tuneloop.interactions.requestlog import default_path, read
-    from tuneloop.flows.cycle import Loop
 
     registry.register_folder(tiny_llama, "bot", description=f"base {HOSTILE}")
     registry.register_folder(make_adapter(tiny_llama, tmp_path / "adapter", seed=3), "bot")

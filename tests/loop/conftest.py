@@ -117,6 +117,12 @@ def tiny_loop(tmp_path: Path, registry, tiny_llama: Path):
         "retrain": {"train_config": str(train)},
         # the tiny random model answers nothing right, so no gate can show it better: these tests are
         # about the cycle, and this gate accepts any candidate not shown to be far worse on 2 questions
-        "gate": {"frozen_eval": str(frozen), "margin": -1.0, "tolerance": 1.0, "min_examples": 1,
-                 "max_new_tokens": 4, "device": "cpu"},  # fmt: skip
+        "gate": {
+            "frozen_eval": str(frozen),
+            "margin": -1.0,
+            "tolerance": 1.0,
+            "min_examples": 1,
+            "max_new_tokens": 4,
+            "device": "cpu",
+        },
     }

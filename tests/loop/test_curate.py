@@ -128,7 +128,12 @@ def test_a_downvote_alone_is_a_downvoted_proposal_for_kto():
     out = curate(batch(down), CurateSettings(), known())
     [p] = out.proposals
     assert not out.rejected
-    assert (p["source"], p["chosen"], p["rejected"], p["response_id"]) == ("downvoted", None, WRONG, down.response_id)
+    assert (p["source"], p["chosen"], p["rejected"], p["response_id"]) == (
+        "downvoted",
+        None,
+        WRONG,
+        down.response_id,
+    )
 
 
 def test_failed_requests_injections_and_unmatched_feedback_are_rejected_with_reasons():

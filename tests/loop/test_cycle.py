@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from tuneloop.cli import app
 from tuneloop.config import load_config
-from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.flows.cycle import Loop
+from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.loop import LoopConfig
 from tuneloop.loop.collect import collect
 
@@ -59,7 +59,9 @@ def test_a_crashed_cycle_resumes_where_it_stopped_and_the_cursor_moves_only_when
                       ("gate", "registered"), ("cycle", "promoted")]  # fmt: skip
     gate = next(d for d in store.decisions() if d["decision"] == "passed")["numbers"]
     assert gate["production"]["frozen"]["n"] == 2 and "frozen_delta" in gate
-    assert [(c["name"], c["role"], c["n"], c["status"]) for c in gate["checks"]] == [("frozen", "improve", 2, "pass")]
+    assert [(c["name"], c["role"], c["n"], c["status"]) for c in gate["checks"]] == [
+        ("frozen", "improve", 2, "pass")
+    ]
     pool = (store.root / "accepted-sft.jsonl").read_text().splitlines()
     assert len(pool) == 3  # promoted examples are old data for the next cycle
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tuneloop.config import load_config
-from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.flows.cycle import Loop
+from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.loop import LoopConfig
 from tuneloop.loop.frozen import FrozenGuard, Protected
 

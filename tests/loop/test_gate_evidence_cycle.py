@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from tuneloop.cli import app
 from tuneloop.cli.loop import _numbers
 from tuneloop.config import load_config
-from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.flows.cycle import Loop
+from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.loop import LoopConfig
 
 from .conftest import write_jsonl

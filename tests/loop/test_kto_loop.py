@@ -10,9 +10,9 @@ import pytest
 
 from tuneloop.config import load_config
 from tuneloop.errors import TuneloopError
+from tuneloop.flows.cycle import Loop
 from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.interactions.review import ReviewQueue
-from tuneloop.flows.cycle import Loop
 from tuneloop.loop import LoopConfig
 from tuneloop.loop.config import CurateSettings, RetrainSettings
 from tuneloop.loop.curate import Known, apply_reviews, build_dataset, curate

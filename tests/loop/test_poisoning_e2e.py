@@ -21,8 +21,8 @@ import pytest
 
 from serve.conftest import run_server
 from tuneloop.config import load_config
-from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.flows.cycle import Loop
+from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.loop import LoopConfig
 from tuneloop.serve import ServeConfig
 

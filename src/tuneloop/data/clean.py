@@ -152,7 +152,11 @@ def _long(text: str) -> bool:
     """Whether numpy beats the plain count: from ~8k characters, ~1k where most are CJK (3 UTF-8 bytes)."""
     if len(text) >= 8_000:
         return True
-    return len(text) >= 1_000 and not text.isascii() and len(text.encode("utf-8", "surrogatepass")) > 2 * len(text)
+    return (
+        len(text) >= 1_000
+        and not text.isascii()
+        and len(text.encode("utf-8", "surrogatepass")) > 2 * len(text)
+    )
 
 
 def _ascii_units(text: str) -> list[str]:
