@@ -73,10 +73,9 @@ class Users:
                    timeout=30).raise_for_status()  # fmt: skip
 
 
-@pytest.mark.slow
-def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
-    default_model, registry, tmp_path, monkeypatch
-):
+def serve_acme(default_model, registry, monkeypatch) -> ServeConfig:
+    """`acme/1` (the default model) as production and candidate behind the route `acme` (all traffic to
+    production), and an admin key for the loop."""
     registry.register_folder(default_model, "acme")
     registry.promote("acme", 1, "production")
     registry.promote("acme", 1, "candidate")
@@ -89,6 +88,14 @@ def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
     from tuneloop.serve.keys import KeyStore
 
     monkeypatch.setenv("TUNELOOP_ADMIN_KEY", KeyStore().create("loop", ["admin"])[0])
+    return cfg
+
+
+@pytest.mark.slow
+def test_one_cycle_makes_production_answer_held_out_paraphrases_better(
+    default_model, registry, tmp_path, monkeypatch
+):
+    cfg = serve_acme(default_model, registry, monkeypatch)
     teach = qa_rows([f"{f}-t" for f in FACTS])
     frozen = write_jsonl(tmp_path / "general.jsonl", [
         {"answer": a, "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a + "."}]}

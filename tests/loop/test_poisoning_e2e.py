@@ -24,10 +24,9 @@ from tuneloop.config import load_config
 from tuneloop.flows.cycle import Loop
 from tuneloop.interactions.loopstore import LoopStore
 from tuneloop.loop import LoopConfig
-from tuneloop.serve import ServeConfig
 
 from .conftest import KB
-from .test_e2e import Users
+from .test_e2e import Users, serve_acme
 
 SYBILS = ["sybil-0", "sybil-1", "sybil-2"]
 WRONG_FACTS = [
@@ -58,18 +57,7 @@ def test_a_sybil_key_with_wrong_facts_and_paraphrased_injections_changes_nothing
     default_model, registry, monkeypatch
 ):
     started = time.monotonic()
-    registry.register_folder(default_model, "acme")
-    registry.promote("acme", 1, "production")
-    registry.promote("acme", 1, "candidate")
-    cfg = ServeConfig.model_validate({
-        "models": [{"name": "acme-prod", "model": "acme@production", "kv_cache_gib": 0.25},
-                   {"name": "acme-cand", "model": "acme@candidate", "kv_cache_gib": 0.25}],
-        "routes": [{"name": "acme", "variants": [{"model": "acme-prod", "weight": 1},
-                                                 {"model": "acme-cand", "weight": 0}]}],
-    })  # fmt: skip
-    from tuneloop.serve.keys import KeyStore
-
-    monkeypatch.setenv("TUNELOOP_ADMIN_KEY", KeyStore().create("loop", ["admin"])[0])
+    cfg = serve_acme(default_model, registry, monkeypatch)
     train = str(KB / "qa" / "train.jsonl")
     loop_cfg = load_config(LoopConfig, {
         "collect": {"served_name": "acme"},
