@@ -179,6 +179,7 @@ class Knowledge:
     _words: list[set[str]] = field(default_factory=list)
     _common: frozenset[str] = frozenset()
     _products: frozenset[str] = frozenset()
+    _named: list[set[str]] = field(default_factory=list)  # the models each statement itself names
     _q_index: np.ndarray | None = None
     _q_vectors: np.ndarray | None = None
 
@@ -190,6 +191,7 @@ class Knowledge:
         self._common = frozenset(w for w, n in df.items() if n > max(3, 0.15 * len(self.statements)))
         # product models are what questions ask about ("Arc R7"); a cable's "Cat6a" in a spec line is not
         self._products = frozenset(e for s in self.statements if s.question for e in entities(s.question))
+        self._named = [self._models(s.question or s.text) for s in self.statements]
         qa = [i for i, s in enumerate(self.statements) if s.question and not is_cjk(s.question)]
         if self.embedder is not None and qa:
             self._q_index = np.array(qa, dtype=np.int64)
@@ -215,7 +217,7 @@ class Knowledge:
         for i in found:
             s = self.statements[i]
             # a sentence that names no model ("It ships in Slate Blue") is about its section's model
-            other = self._models(s.question or s.text) or self._models(s.heading)
+            other = self._named[i] or self._models(s.heading)
             if q_ents and other and not q_ents & other:
                 continue  # about another product model
             keep.append(i)
@@ -239,11 +241,7 @@ class Knowledge:
             stating = [i for i in stating if self.statements[i].question is not None] or stating
             # a sentence about several models cannot say which value is whose ("the R7 supports up to 176
             # connected devices, and the R5 up to 96" reads as devices=176): it refutes nothing
-            stating = [
-                i
-                for i in stating
-                if len(self._models(self.statements[i].question or self.statements[i].text)) < 2
-            ]
+            stating = [i for i in stating if len(self._named[i]) < 2]
             if not stating or any(values & self._slots[i][key] for i in stating):
                 continue
             best = max(
