@@ -84,6 +84,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
 VOCAB = 49152  # the tokenizer's
 NAME = "bench"  # the served model name
 ENGINE = dict(max_num_seqs=256, max_num_batched_tokens=4096)
+DEFAULTS = False  # --defaults
 PROMPT_TOKENS = 128
 GPU = dict(concurrency=[32, 128], per_client=4, new=128)
 SMALL = dict(concurrency=[4, 8], per_client=2, new=16)  # --tiny: CPU, a 2-layer model
@@ -170,6 +171,9 @@ def build_client(shape: dict, device: str, tiny: bool, simulate_step_s: float | 
         )
     else:
         kw = {**ENGINE, **({"kv_cache_gib": 0.05} if tiny else {})}
+        if DEFAULTS:  # EngineConfig's own choices (engine/sizing.py), as `tuneloop serve` builds it
+            kw = {k: v for k, v in kw.items() if k == "kv_cache_gib"}
+            kw["prefill_attention"] = "auto"
         build = functools.partial(build_engine, shape, device, folder=folder, **kw)
     engine = EngineProcess(folder, build=build) if process else AsyncEngine(build())
     return LocalClient(SharedEngine(engine, load_tokenizer(folder), folder))
@@ -409,7 +413,14 @@ def main() -> None:
     parser.add_argument("--engine-process", action="store_true",
                         help="the engine steps in its own process (EngineProcess), not a thread of the server's")  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="cProfile every thread -> OUT/profile_*.txt")
+    parser.add_argument("--defaults", action="store_true",
+                        help="the engine as `tuneloop serve` builds it: EngineConfig defaults (sized to the "
+                        "device) and, on CUDA, the engine in its own process")  # fmt: skip
     args = parser.parse_args()
+    global DEFAULTS
+    DEFAULTS = args.defaults
+    if DEFAULTS and torch.cuda.is_available() and not args.tiny:
+        args.engine_process = True
     out, tiny, tiers = args.out, args.tiny, args.tiers.split(",")
     out.mkdir(parents=True, exist_ok=True)
     profiles = ThreadProfiles() if args.profile else None
@@ -427,7 +438,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
         "torch": torch.__version__,
         "shape": shape,
-        "engine": {**ENGINE, "gate_max_concurrency": 256},
+        "engine": {**({"defaults": True} if args.defaults else ENGINE), "gate_max_concurrency": 256},
         "tokenizer": "SmolLM2 (.devcarry/smollm2-shape), vocab 49152",
         "uvicorn": {
             "loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
@@ -465,6 +476,8 @@ def main() -> None:
     if device == "cuda":
         res["peak_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     name = "engine_gpu_serve_process.json" if args.engine_process else "engine_gpu_serve.json"
+    if args.defaults:
+        name = "engine_gpu_serve_defaults.json"
     (out / name).write_text(json.dumps(res, indent=1))
     log(json.dumps(res["summary"], indent=1))
     log(f"done in {res['total_s']} s -> {out / name}")

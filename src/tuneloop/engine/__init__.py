@@ -8,11 +8,21 @@ Imports no server stack; `tuneloop.serve` talks to it through `AsyncEngine` (a s
   runner.py           the runner protocol: prepare -> run -> sample; model_runner.py (native models,
                       paged cache, CUDA graphs), hf_runner.py (any other causal LM through transformers)
   sampler.py          next tokens from logits, per-request parameters
+  guided.py           what a request's output must match (structured outputs, forced tool calls)
 """
 
 from tuneloop.engine.config import EngineConfig
 from tuneloop.engine.engine import EngineStats, LLMEngine
+from tuneloop.engine.guided import GuidedDecoding
 from tuneloop.engine.outputs import Generation, RequestOutput
 from tuneloop.engine.sampling import SamplingParams
 
-__all__ = ["EngineConfig", "EngineStats", "Generation", "LLMEngine", "RequestOutput", "SamplingParams"]
+__all__ = [
+    "EngineConfig",
+    "EngineStats",
+    "Generation",
+    "GuidedDecoding",
+    "LLMEngine",
+    "RequestOutput",
+    "SamplingParams",
+]

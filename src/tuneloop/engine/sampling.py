@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 
+from tuneloop.engine.guided import GuidedDecoding
+
 SEED_MIN, SEED_MAX = -(2**63), 2**64 - 1  # what torch.Generator.manual_seed accepts
 MAX_LOGPROBS = 20  # as OpenAI's top_logprobs
 
@@ -31,6 +33,9 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # top-k logprobs of each sampled token (0 = only the sampled one)
     prompt_logprobs: int | None = None
+    # token id -> added to its logit before sampling (OpenAI's logit_bias; -100 bans, 100 forces)
+    logit_bias: dict[int, float] | None = None
+    guided: GuidedDecoding | None = None  # the output must match this (structured outputs, tool calls)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -75,15 +80,39 @@ class SamplingParams:
                 "stop_token_ids must be a list of token ids (integers >= 0)",
             ),
         ]
+        checks += [
+            (
+                self.logit_bias is None
+                or (
+                    isinstance(self.logit_bias, dict)
+                    and all(
+                        _int(t) and t >= 0 and _real(b) and -100 <= b <= 100
+                        for t, b in self.logit_bias.items()
+                    )
+                ),
+                "logit_bias must map token ids (integers >= 0) to numbers in [-100, 100]",
+            ),
+            (
+                self.guided is None or isinstance(self.guided, GuidedDecoding),
+                "guided must be a GuidedDecoding (tuneloop.engine.guided)",
+            ),
+        ]
         for ok, message in checks:
             if not ok:
                 name = message.split(" ", 1)[0]
                 raise ValueError(f"{message}, got {_short(getattr(self, name))}")
+        if self.guided is not None:
+            self.guided.validate()
         if vocab_size is not None:
             bad = [t for t in self.stop_token_ids if t >= vocab_size]
             if bad:
                 raise ValueError(
                     f"stop_token_ids must be token ids of this model (0..{vocab_size - 1}), got {_short(bad)}"
+                )
+            bad = [t for t in self.logit_bias or {} if t >= vocab_size]
+            if bad:
+                raise ValueError(
+                    f"logit_bias keys must be token ids of this model (0..{vocab_size - 1}), got {_short(bad)}"
                 )
 
     @property
