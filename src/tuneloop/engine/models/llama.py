@@ -88,7 +88,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, kv: tuple[torch.Tensor, torch.Tensor], meta: AttentionMetadata, lora=None):
         qkv = self.qkv_proj(x)  # (N, (H + 2 KVH) D)
         if lora is not None:
-            qkv = qkv + lora("qkv_proj", x)
+            qkv = lora.add("qkv_proj", x, qkv)
         q, k, v = qkv.split([self.h * self.d, self.kvh * self.d, self.kvh * self.d], dim=-1)
         q, k, v = q.view(-1, self.h, self.d), k.view(-1, self.kvh, self.d), v.view(-1, self.kvh, self.d)
         if self.qk_norm:
@@ -96,7 +96,7 @@ class Attention(nn.Module):
         q, k = _op(apply_rotary, q)(q, k, cos, sin)
         out = paged_attention(q, k, v, kv[0], kv[1], meta, self.scale).reshape(-1, self.h * self.d)
         y = self.o_proj(out)
-        return y + lora("o_proj", out) if lora is not None else y
+        return lora.add("o_proj", out, y) if lora is not None else y
 
 
 class MLP(nn.Module):
@@ -109,10 +109,10 @@ class MLP(nn.Module):
     def forward(self, x, lora=None):
         gate_up = self.gate_up_proj(x)
         if lora is not None:
-            gate_up = gate_up + lora("gate_up_proj", x)
+            gate_up = lora.add("gate_up_proj", x, gate_up)
         h = _op(silu_and_mul, gate_up)(gate_up)
         y = self.down_proj(h)
-        return y + lora("down_proj", h) if lora is not None else y
+        return lora.add("down_proj", h, y) if lora is not None else y
 
 
 class DecoderLayer(nn.Module):
