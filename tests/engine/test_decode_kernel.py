@@ -63,6 +63,44 @@ def test_kernel_matches_sdpa_over_scattered_blocks(tmp_path):
     assert "OK" in out
 
 
+def test_split_kv_matches_sdpa_and_the_unsplit_kernel(tmp_path):
+    """Flash-decoding: each context cut into `splits` ranges (empty ones included: contexts shorter
+    than the splits), partials combined by log-sum-exp; the same output as SDPA and as one program."""
+    out = run_interpreted(
+        """
+        import torch, torch.nn.functional as F
+        from tuneloop.engine.kernels.paged_decode import paged_decode_attention, decode_splits
+        torch.manual_seed(1)
+        H, KVH, D, bs = 8, 2, 32, 16
+        lens = [1, 5, 64, 65, 300]
+        nblocks = 64
+        kc = torch.randn(nblocks * bs, KVH, D); vc = torch.randn(nblocks * bs, KVH, D)
+        perm = torch.randperm(nblocks).tolist()
+        width = max(-(-L // bs) for L in lens) + 1
+        tables = torch.zeros(len(lens), width, dtype=torch.int32)
+        i = 0
+        for b, L in enumerate(lens):
+            nb = -(-L // bs); tables[b, :nb] = torch.tensor(perm[i:i + nb]); i += nb
+        q = torch.randn(len(lens), H, D)
+        ctx = torch.tensor(lens, dtype=torch.int32)
+        one = paged_decode_attention(q, kc, vc, tables, ctx, bs, D**-0.5, splits=1)
+        for splits in (2, 4, 16):
+            got = paged_decode_attention(q, kc, vc, tables, ctx, bs, D**-0.5, splits=splits)
+            assert (got - one).abs().max().item() < 1e-4, splits
+            for b, L in enumerate(lens):
+                slots = torch.tensor([int(tables[b, p // bs]) * bs + p % bs for p in range(L)])
+                k = kc[slots].transpose(0, 1).repeat_interleave(H // KVH, 0)
+                v = vc[slots].transpose(0, 1).repeat_interleave(H // KVH, 0)
+                ref = F.scaled_dot_product_attention(q[b][:, None], k, v, scale=D**-0.5)[:, 0]
+                assert (got[b] - ref).abs().max().item() < 1e-4, (splits, L)
+        assert decode_splits(1, 8, torch.device("cpu")) == 1  # CPU: never split
+        print("OK")
+        """,
+        tmp_path,
+    )
+    assert "OK" in out
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
 def test_engine_decode_path_gives_the_same_tokens(tiny_model_factory, family, tmp_path):
     folder = tiny_model_factory(family)
