@@ -4,6 +4,8 @@ Tools and response formats are checked at the door: bad schemas, unknown tool na
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import openai
 import pytest
@@ -222,7 +224,7 @@ def test_a_bad_schema_on_completions_is_a_400_too(gateway):
 def test_the_openai_client_sees_a_bad_tool_schema_as_bad_request(gateway):
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
     tool = {**TOOL, "function": {**TOOL["function"], "parameters": {"type": "object", "required": "city"}}}
-    with pytest.raises(openai.BadRequestError, match="tools\\[0\\].function.parameters"):
+    with pytest.raises(openai.BadRequestError, match=r"tools\[0\]\.function\.parameters"):
         client.chat.completions.create(model="fake", messages=CHAT["messages"], tools=[tool])
 
 
@@ -257,7 +259,7 @@ def test_the_request_log_records_tools_tool_choice_and_response_format(gateway):
 
     path = gateway.gateway.config.log.path
     for _ in range(100):
-        lines = [json.loads(x) for x in open(path)]
+        lines = [json.loads(x) for x in Path(path).read_text().splitlines()]
         cases = {(r.get("metadata") or {}).get("case"): r for r in lines}
         if "log-tools" in cases and "log-format" in cases:
             break

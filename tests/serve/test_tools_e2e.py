@@ -5,6 +5,7 @@ not. Needs guided decoding in the engine (tuneloop.engine.guided)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 import jsonschema
@@ -298,7 +299,7 @@ def test_tool_calls_stream_with_usage_and_are_logged(server, client):
     import time
 
     for _ in range(100):
-        lines = [json.loads(x) for x in open(server.gateway.config.log.path)]
+        lines = [json.loads(x) for x in Path(server.gateway.config.log.path).read_text().splitlines()]
         logged = [r for r in lines if (r.get("metadata") or {}).get("case") == "stream-log"]
         if logged:
             break
