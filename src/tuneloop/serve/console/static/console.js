@@ -164,7 +164,22 @@ function sampling() {
     max_tokens: Math.max(1, Math.round(Number($("pg-max-tokens").value) || 128)),
   };
   if ($("pg-seed").value !== "") body.seed = Math.round(Number($("pg-seed").value));
-  return body;
+  return { ...body, ...structured() };
+}
+
+// tools, tool_choice and response_format from the playground's fields; bad JSON throws, naming the field
+function structured() {
+  const out = {};
+  const parse = (id, what) => {
+    const text = $(id).value.trim();
+    if (!text) return null;
+    try { return JSON.parse(text); } catch (e) { throw new Error(`${what} is not valid JSON: ${e.message}`); }
+  };
+  const tools = parse("pg-tools", "Tools");
+  if (tools) { out.tools = tools; out.tool_choice = $("pg-tool-choice").value; }
+  const schema = parse("pg-schema", "JSON schema");
+  if (schema) out.response_format = { type: "json_schema", json_schema: { name: "playground", schema } };
+  return out;
 }
 
 function bubble(role, text) {
@@ -176,11 +191,14 @@ function bubble(role, text) {
 
 // POST /v1/chat/completions with stream: true; calls onText for every delta; returns {id, text, variant, version}.
 async function streamChat(model, messages, onText, signal) {
+  let options;
+  try { options = sampling(); } catch (e) { return { id: null, text: "", error: e.message }; }
   const res = await fetch("/v1/chat/completions", {
     method: "POST", signal, cache: "no-store", credentials: "omit", referrerPolicy: "no-referrer",
     headers: { Authorization: `Bearer ${key()}`, "Content-Type": "application/json" },
-    body: JSON.stringify({ model, messages, stream: true, ...sampling() }),
+    body: JSON.stringify({ model, messages, stream: true, ...options }),
   });
+  const calls = [];  // tool calls assembled from delta.tool_calls, shown after the text
   const info = { id: null, text: "", variant: res.headers.get("X-Tuneloop-Variant"),
                  version: res.headers.get("X-Tuneloop-Model-Version"), error: null };
   if (!res.ok) {
@@ -210,6 +228,13 @@ async function streamChat(model, messages, onText, signal) {
         for (const c of chunk.choices || []) {
           const piece = (c.delta && c.delta.content) || "";
           if (piece) { info.text += piece; onText(info.text); }
+          for (const t of (c.delta && c.delta.tool_calls) || []) {
+            const call = calls[t.index] || (calls[t.index] = { name: "", arguments: "" });
+            if (t.function && t.function.name) call.name = t.function.name;
+            if (t.function && t.function.arguments) call.arguments += t.function.arguments;
+            const shown = calls.map((k) => `[tool call] ${k.name}(${k.arguments})`).join("\n");
+            onText(info.text ? `${info.text}\n${shown}` : shown);
+          }
         }
       }
     }
