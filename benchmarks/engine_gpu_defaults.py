@@ -138,6 +138,22 @@ def phase_lora(model, shape: dict, out: Path) -> None:
     RESULT["lora_graphs_captured"] = bool(graphs is not None and graphs.lora_graphs)
     print("lora", RESULT["lora_base_64"], RESULT["lora_8_adapters_64"], RESULT["lora_vs_base"], flush=True)
     save(out)
+    if "--profile" in sys.argv and torch.cuda.is_available():
+        # where the adapters' time goes: every kernel (inside graph replays too) of one run each
+        for name, kw in (("base", {}), ("lora", {"lora": names})):
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                timed(engine, ps, 128, **kw)
+            events = prof.key_averages()
+            kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+            RESULT[f"lora_profile_{name}"] = {
+                "kernels": sum(e.count for e in kernels),
+                "cuda_ms": round(sum(e.self_device_time_total for e in kernels) / 1000, 1),
+            }
+            (out / f"lora_profile_{name}.txt").write_text(
+                events.table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=90)
+            )
+        print("profile", RESULT["lora_profile_base"], RESULT["lora_profile_lora"], flush=True)
+        save(out)
     free(engine)
 
 
