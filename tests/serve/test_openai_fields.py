@@ -84,6 +84,11 @@ ACCEPTED = [
     ("completions", "response_format", SCHEMA_FORMAT),
     ("completions", "user", "u"),
     ("completions", "stream_options", {"include_usage": True}),
+    # vLLM's sampling extensions (extra_body), which the engine implements
+    ("chat", "top_k", 5),
+    ("chat", "top_k", -1),
+    ("completions", "min_p", 0.1),
+    ("chat", "repetition_penalty", 1.2),
 ]
 
 
@@ -108,11 +113,12 @@ REJECTED = [
     ("chat", "functions", [{"name": "f"}], "functions"),
     ("chat", "function_call", "auto", "function_call"),
     ("chat", "modalities", ["text", "audio"], "modalities[1]"),
-    ("chat", "top_k", 5, "top_k"),  # another server's extension: not silently dropped
-    ("chat", "guided_json", {}, "guided_json"),
+    ("chat", "guided_json", {}, "guided_json"),  # another server's extension: not silently dropped
+    ("chat", "top_k", -2, "top_k"),
     ("completions", "suffix", "x", "suffix"),
     ("completions", "best_of", 3, "best_of"),
-    ("completions", "min_p", 0.1, "min_p"),
+    ("completions", "min_p", 1.5, "min_p"),
+    ("completions", "repetition_penalty", 0, "repetition_penalty"),
 ]
 
 

@@ -268,6 +268,31 @@ def test_logit_bias_bans_and_forces_tokens(client, tiny_llama):
     assert out.choices[0].text == tok.decode([forced] * 3)
 
 
+def test_vllm_sampling_extensions_reach_the_engine(client):
+    """top_k / min_p / repetition_penalty as vLLM users send them (extra_body) change the sampling."""
+    greedy = client.completions.create(
+        model="tiny", prompt="The capital of France", max_tokens=6, temperature=0
+    )
+    for extra in ({"top_k": 1}, {"min_p": 1.0}):  # both keep only the most likely token
+        hot = client.completions.create(
+            model="tiny",
+            prompt="The capital of France",
+            max_tokens=6,
+            temperature=1.5,
+            seed=3,
+            extra_body=extra,
+        )
+        assert hot.choices[0].text == greedy.choices[0].text, extra
+    penalised = client.completions.create(
+        model="tiny",
+        prompt="The capital of France",
+        max_tokens=6,
+        temperature=0,
+        extra_body={"repetition_penalty": 5.0},
+    )
+    assert penalised.choices[0].text != greedy.choices[0].text
+
+
 def test_logit_bias_outside_the_vocabulary_is_a_400(client):
     with pytest.raises(
         openai.BadRequestError, match="logit_bias: token id 99999999 is not in this model's vocabulary"

@@ -35,6 +35,9 @@ class GenerateRequest:
     echo: bool = False  # completions: return the prompt (and its logprobs) before the answer
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    top_k: int = 0  # vLLM's extensions: 0 = off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
     # OpenAI's own fields, checked by the gateway (serve.structured) and passed on as they came: an
     # upstream gets them unchanged; a local client renders the tools, guides and parses the output
     tools: list[dict[str, Any]] | None = None

@@ -286,6 +286,9 @@ class LocalClient:
                 prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None else None,
                 presence_penalty=request.presence_penalty,
                 frequency_penalty=request.frequency_penalty,
+                top_k=request.top_k,
+                min_p=request.min_p,
+                repetition_penalty=request.repetition_penalty,
                 logit_bias=self._logit_bias(request.logit_bias),
                 guided=guided,
             )

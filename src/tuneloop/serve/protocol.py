@@ -10,9 +10,10 @@ shape is what the official `openai` client parses.
 
 No field is silently ignored. Every request field of OpenAI's chat-completions and completions APIs
 is either implemented, or declared here as `rejected` (a 400 naming the field and saying it is not
-supported), or in the short list of `IGNORED` fields that change nothing a client relies on. A field
-that is in neither API (a typo, another server's extension such as `top_k`) is a 400 naming it: a
-client must not believe an option took effect when it did not.
+supported), or in the short list of `IGNORED` fields that change nothing a client relies on. vLLM's
+sampling extensions that the engine implements (`top_k`, `min_p`, `repetition_penalty`, sent as the
+`openai` client's `extra_body`) are taken as vLLM takes them. Any other field (a typo, another
+server's extension) is a 400 naming it: a client must not believe an option took effect when it did not.
 """
 
 from __future__ import annotations
@@ -209,6 +210,16 @@ class _Sampling(_Request):
     stream_options: StreamOptions | None = None
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
+    # vLLM's extensions (extra_body), with vLLM's meaning: top_k -1 or 0 = off
+    top_k: integer(ge=-1, le=2**31 - 1) = Field(
+        default=0, description="vLLM extension: sample from the k most likely tokens (0 or -1: all)."
+    )
+    min_p: float = Field(
+        default=0.0, ge=0, le=1, description="vLLM extension: drop tokens below min_p x the top probability."
+    )
+    repetition_penalty: float = Field(
+        default=1.0, gt=0, le=10, description="vLLM extension: HF/CTRL repetition penalty (1: off)."
+    )
     user: str | None = Field(default=None, max_length=USER_MAX)
     # OpenAI's successor of `user` (an end-user id): recorded in the request log as `user` is
     safety_identifier: str | None = Field(default=None, max_length=USER_MAX)
