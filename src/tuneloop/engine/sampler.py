@@ -89,9 +89,10 @@ class Sampler:
         failed: dict[int, str] = {}
         if bitmask is not None:
             apply_masks(out, guided, bitmask)
+            empty = (~bitmask.any(dim=1)).tolist()  # no token may follow: the grammar cannot go on
             for k, i in enumerate(guided):
                 guide = seqs[i].guide
-                if guide is not None and (guide.matcher.is_error() or not bool(bitmask[k].any())):
+                if guide is not None and (empty[k] or guide.matcher.is_error()):
                     failed[i] = f"guided decoding failed: {guide.error}"
         return out, failed
 
