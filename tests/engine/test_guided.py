@@ -306,3 +306,20 @@ def test_logit_bias_cannot_push_a_token_past_the_grammar(smollm2_vocab_llama, to
         [[5, 6]], SamplingParams(max_tokens=8, temperature=0, logit_bias=bias, guided=spec)
     )[0]
     assert out.finish_reason == "stop" and tokenizer.decode(out.token_ids) in ("red", "green")
+
+
+def test_guided_rows_with_and_without_a_lora_adapter_in_one_batch(smollm2_vocab_llama, tokenizer, tmp_path):
+    from .test_lora import make_adapter
+
+    make_adapter(smollm2_vocab_llama, tmp_path / "a", 1, ["q_proj", "v_proj"])
+    eng = engine(smollm2_vocab_llama)
+    eng.load_lora("a", tmp_path / "a")
+    params = SamplingParams(
+        max_tokens=32, temperature=0, guided=GuidedDecoding(choice=("alpha", "beta", "gamma"))
+    )
+    free = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    p = prompts(1, seed=4)[0]
+    outs = eng.generate([p, p, p, p], [params, params, free, free], lora=["a", None, "a", None])
+    assert [o.finish_reason for o in outs[:2]] == ["stop", "stop"]
+    assert all(tokenizer.decode(o.token_ids) in ("alpha", "beta", "gamma") for o in outs[:2])
+    assert outs[2].token_ids != outs[3].token_ids  # the adapter was applied to its rows

@@ -7,8 +7,9 @@ Imports no server stack; `tuneloop.serve` talks to it through `AsyncEngine` (a s
   block_manager.py    KV blocks, reference counts, prefix cache
   runner.py           the runner protocol: prepare -> run -> sample; model_runner.py (native models,
                       paged cache, CUDA graphs), hf_runner.py (any other causal LM through transformers)
-  sampler.py          next tokens from logits, per-request parameters
+  sampler.py          next tokens from logits, per-request parameters (logit_bias, grammar masks)
   guided.py           what a request's output must match (structured outputs, forced tool calls)
+  grammar.py          that spec compiled (llguidance, cached) and followed token by token
 """
 
 from tuneloop.engine.config import EngineConfig

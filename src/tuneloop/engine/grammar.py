@@ -141,7 +141,7 @@ def apply_masks(logits: torch.Tensor, rows: list[int], bitmask: torch.Tensor) ->
     words = bitmask.to(logits.device, non_blocking=True)  # (R, W)
     shifts = torch.arange(32, dtype=torch.int32, device=logits.device)
     allowed = ((words.unsqueeze(-1) >> shifts) & 1).bool().flatten(1)[:, :vocab]  # (R, 32 W) -> (R, V)
-    index = torch.tensor(rows, device=logits.device)
+    index = torch.tensor(rows).to(logits.device, non_blocking=True)
     logits[index] = logits.index_select(0, index).masked_fill(~allowed, float("-inf"))
 
 

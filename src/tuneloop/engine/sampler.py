@@ -89,9 +89,10 @@ class Sampler:
         failed: dict[int, str] = {}
         if bitmask is not None:
             apply_masks(out, guided, bitmask)
+            empty = (~bitmask.any(dim=1)).tolist()  # no token may follow: the grammar cannot go on
             for k, i in enumerate(guided):
                 guide = seqs[i].guide
-                if guide is not None and (guide.matcher.is_error() or not bool(bitmask[k].any())):
+                if guide is not None and (empty[k] or guide.matcher.is_error()):
                     failed[i] = f"guided decoding failed: {guide.error}"
         return out, failed
 
@@ -177,12 +178,13 @@ def add_bias(logits: torch.Tensor, rows: list[tuple[int, dict[int, float]]]) -> 
     """logits (S, V) += each listed row's {token id: bias}, in place, without reading anything back."""
     index = [(i, t, b) for i, bias in rows for t, b in bias.items()]
     r, t, b = zip(*index, strict=True)
-    device = logits.device
-    logits.index_put_(
-        (torch.tensor(r, device=device), torch.tensor(t, device=device)),
-        torch.tensor(b, dtype=logits.dtype, device=device),
-        accumulate=True,
-    )
+
+    def to(values: tuple, dtype: torch.dtype) -> torch.Tensor:
+        # built on the host, then copied non_blocking: torch.tensor(..., device="cuda") would wait
+        # for every kernel queued before it (async scheduling launches this step without waiting)
+        return torch.tensor(values, dtype=dtype).to(logits.device, non_blocking=True)
+
+    logits.index_put_((to(r, torch.long), to(t, torch.long)), to(b, logits.dtype), accumulate=True)
 
 
 def apply_penalties(
