@@ -94,8 +94,16 @@ class LocalClient:
         return self.shared.max_num_seqs
 
     async def start(self) -> None:
-        """Warm-up: one short generation, so the first user does not pay for lazy initialisation."""
-        request = GenerateRequest(request_id=f"warmup-{uuid.uuid4().hex}", prompt="Hello", max_tokens=1)
+        """Warm-up: one short generation, so the first user does not pay for lazy initialisation. It asks
+        for JSON, so the grammar compiler's view of the vocabulary (~1 s, once per engine) is built now
+        and not inside the first structured-output request, where it would stall every stream."""
+        guided = (self.shared.folder / "tokenizer.json").is_file()
+        request = GenerateRequest(
+            request_id=f"warmup-{uuid.uuid4().hex}",
+            prompt="Hello",
+            max_tokens=1,
+            response_format={"type": "json_object"} if guided else None,
+        )
         async for _ in self.generate(request):
             pass
 
