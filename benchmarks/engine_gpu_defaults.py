@@ -23,6 +23,7 @@ Phases (each writes $OUT/engine_gpu_defaults.json as it goes, so a cut-off run k
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import sys
@@ -180,23 +181,32 @@ def long_run(engine: LLMEngine, ps: list[list[int]], new: int) -> dict:
             "preemptions": engine.stats().preemptions}  # fmt: skip
 
 
-def phase_long(model, shape: dict, out: Path) -> None:
+def phase_long(model, shape: dict, out: Path, split: bool = False) -> None:
+    """8 x 8k and 1 x 32k prompts; `split` (phase longsplit): the same with split_kv_decode, then batch 1
+    at a short context, where split-KV only adds its combine kernel."""
     vocab = shape["vocab_size"]
     # a 32k-context model (as Llama 3.1's config says); the random weights' rotary works at any position
     long_shape = {**shape, "max_position_embeddings": 32768}
     scale = 64 if TINY_RUN else 1
-    engine = build(model, long_shape, max_model_len=32768 // scale)
-    RESULT["long_settings"] = settings(engine)
+    engine = build(
+        model, long_shape, max_model_len=32768 // scale, **({"split_kv_decode": True} if split else {})
+    )
+    tag = "_split" if split else ""
+    RESULT[f"long{tag}_settings"] = settings(engine)
     g = torch.Generator().manual_seed(11)
     engine.generate([torch.randint(100, vocab - 1, (1024 // scale,), generator=g).tolist()],
                     SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))  # fmt: skip
     eight = [torch.randint(100, vocab - 1, (8192 // scale,), generator=g).tolist() for _ in range(8)]
-    RESULT["long_8x8k"] = long_run(engine, eight, 128 // scale)
-    print("8 x 8k", RESULT["long_8x8k"], flush=True)
+    RESULT[f"long{tag}_8x8k"] = long_run(engine, eight, 128 // scale)
+    print("8 x 8k", RESULT[f"long{tag}_8x8k"], flush=True)
     save(out)
     one = [torch.randint(100, vocab - 1, (32000 // scale,), generator=g).tolist()]
-    RESULT["long_1x32k"] = long_run(engine, one, 128 // scale)
-    print("1 x 32k", RESULT["long_1x32k"], flush=True)
+    RESULT[f"long{tag}_1x32k"] = long_run(engine, one, 128 // scale)
+    print("1 x 32k", RESULT[f"long{tag}_1x32k"], flush=True)
+    save(out)
+    short = [torch.randint(100, vocab - 1, (128 // scale,), generator=g).tolist()]
+    RESULT[f"long{tag}_1x128"] = long_run(engine, short, 128 // scale)
+    print("1 x 128", RESULT[f"long{tag}_1x128"], flush=True)
     save(out)
     free(engine)
 
@@ -222,9 +232,13 @@ def main() -> None:
         torch.cuda.empty_cache()
     model = random_llama(shape, torch.float32 if TINY_RUN else torch.bfloat16, DEVICE)
     for name in phases:
-        fn = {"offline": phase_offline, "lora": phase_lora, "long": phase_long, "tiers": phase_tiers}.get(
-            name
-        )
+        fn = {
+            "offline": phase_offline,
+            "lora": phase_lora,
+            "long": phase_long,
+            "tiers": phase_tiers,
+            "longsplit": functools.partial(phase_long, split=True),
+        }.get(name)
         if fn is not None:
             t = time.perf_counter()
             fn(model, shape, out)

@@ -60,6 +60,7 @@ class DecodeMetadata:
     block_tables: torch.Tensor  # (B, max_blocks) int32
     context_lens: torch.Tensor  # (B,) int32, the new token included
     block_size: int
+    splits: int = 1  # KV ranges per sequence (split-KV decode); fixed per batch size, as a graph needs
 
 
 def build_metadata(
@@ -146,7 +147,7 @@ def paged_attention(
         k_cache.index_copy_(0, meta.slot_mapping, k)
         v_cache.index_copy_(0, meta.slot_mapping, v)
         return paged_decode_attention(
-            q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.block_size, scale
+            q, k_cache, v_cache, meta.block_tables, meta.context_lens, meta.block_size, scale, meta.splits
         )
     # index_copy_/index_select, not tensor[idx]: a 2-D advanced index is ~100x slower on the CPU
     k_cache.index_copy_(0, meta.slot_mapping, k)

@@ -17,6 +17,7 @@ without adapter rows keep replaying the base graphs, which skip the LoRA work.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -41,11 +42,13 @@ class DecodeGraphs:
         max_blocks: int,
         spare_slot: int,
         device: str,
+        splits: Callable[[int], int] = lambda batch: 1,  # split-KV ranges for a batch size
     ):
         self.model, self.kv_cache, self.block_size = model, kv_cache, block_size
         self.sizes = batch_sizes(max_batch)
         self.max_batch = self.sizes[-1]
         self.spare_slot = spare_slot
+        self.splits = splits
         n = self.max_batch
         self.input_ids = torch.zeros(n, dtype=torch.long, device=device)
         self.positions = torch.zeros(n, dtype=torch.long, device=device)
@@ -61,7 +64,9 @@ class DecodeGraphs:
         self._capture(self.graphs, self.outputs, None)
 
     def _forward(self, bs: int, lora: Any) -> torch.Tensor:
-        meta = DecodeMetadata(self.slots[:bs], self.tables[:bs], self.lens[:bs], self.block_size)
+        meta = DecodeMetadata(
+            self.slots[:bs], self.tables[:bs], self.lens[:bs], self.block_size, self.splits(bs)
+        )
         batch_lora = lora.slotted(self.lora_slots[:bs]) if lora is not None else None
         hidden = self.model(self.input_ids[:bs], self.positions[:bs], self.kv_cache, meta, batch_lora)
         return self.model.logits(hidden)

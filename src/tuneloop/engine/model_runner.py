@@ -132,6 +132,7 @@ class ModelRunner(RunnerBase):
                 self.max_blocks_per_seq,
                 self.num_blocks * cfg.block_size,
                 self.device,
+                self.decode_splits,
             )
         # the tokens of the last step sampled on the device, and the row of each request in them
         self._prev: torch.Tensor | None = None
@@ -247,6 +248,14 @@ class ModelRunner(RunnerBase):
             )
         return ids
 
+    def decode_splits(self, batch: int) -> int:
+        """KV ranges per sequence for a decode step of `batch` rows (EngineConfig.split_kv_decode)."""
+        if not (self.cfg.split_kv_decode and self.decode_kernel):
+            return 1
+        from tuneloop.engine.kernels.paged_decode import decode_splits  # needs triton (GPU extra)
+
+        return decode_splits(batch, self.kv_heads, torch.device(self.device))
+
     # ------------------------------------------------------------ run
 
     @torch.inference_mode()
@@ -281,7 +290,9 @@ class ModelRunner(RunnerBase):
                 )
         lora = self.lora.for_batch(x.batch) if x.has_lora else None
         to = self._to_device
-        meta = DecodeMetadata(to(x.slots), to(x.tables), to(x.lens), self.cfg.block_size)
+        meta = DecodeMetadata(
+            to(x.slots), to(x.tables), to(x.lens), self.cfg.block_size, self.decode_splits(len(x.batch))
+        )
         hidden = self.model(x.ids, to(x.positions), self.kv_cache, meta, lora)
         return self.model.logits(hidden)
 

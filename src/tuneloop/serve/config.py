@@ -33,6 +33,7 @@ class EngineSettings(Config):
     compile_ops: bool | None = None
     enforce_eager: bool | None = None
     max_graph_batch: int | None = Field(default=None, ge=1)
+    split_kv_decode: bool | None = None
     async_scheduling: bool | None = None
     async_max_batch: int | None = Field(default=None, ge=1)
     quantization: Literal["none", "int8", "fp8"] | None = None

@@ -190,14 +190,13 @@ def paged_decode_attention(
     context_lens: torch.Tensor,  # (B,) int32: tokens in the cache, this step's included
     block_size: int,
     scale: float,
-    splits: int | None = None,  # None: decode_splits(); 1: one program per (sequence, KV head)
+    splits: int = 1,  # > 1: split-KV (decode_splits() picks it); 1: one program per (sequence, KV head)
 ) -> torch.Tensor:
     B, H, D = q.shape
     kvh = k_cache.shape[1]
     group = H // kvh
     out = torch.empty_like(q)
     assert k_cache.stride(2) == 1 and q.stride(2) == 1, "head dim must be contiguous"
-    splits = decode_splits(B, kvh, q.device) if splits is None else splits
     if splits > 1:
         return _split(q, k_cache, v_cache, block_tables, context_lens, block_size, scale, splits, out)
     _paged_decode_kernel[(B, kvh)](
