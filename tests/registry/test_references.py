@@ -58,6 +58,21 @@ def test_models_find_the_registry_resolver_through_its_entry_point_not_an_import
     assert proc.returncode == 0, proc.stderr  # a stale install lacks the entry point: `pip install -e .`
 
 
+def test_a_registry_reference_without_the_registry_resolver_says_so(monkeypatch):
+    """A stale install (or a stale src/*.egg-info on PYTHONPATH) hides the entry point: the error names
+    that, not "unknown model"."""
+    from tuneloop.errors import ModelNotFoundError
+    from tuneloop.models import resolve as r
+
+    monkeypatch.setattr(r, "plugin_resolvers", lambda: ())
+    for ref in ("acme@production", "acme/3"):
+        with pytest.raises(ModelNotFoundError, match="no model resolver is installed") as err:
+            r.resolve_model(ref)
+        assert "egg-info" in err.value.hint
+    with pytest.raises(ModelNotFoundError, match="unknown model"):
+        r.resolve_model("no-such-model")
+
+
 @pytest.mark.parametrize("ref", ["./acme/1", "acme", "Qwen/Qwen2.5-0.5B", "/models/acme", "acme@"])
 def test_the_registry_resolver_declines_other_references(ref):
     from tuneloop.registry.resolver import resolve_reference

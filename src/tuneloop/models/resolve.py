@@ -41,6 +41,7 @@ class ResolvedModel:
 Resolver = Callable[[str, bool], "ResolvedModel | None"]  # None: the reference is not its kind
 RESOLVER_GROUP = "tuneloop.model_resolvers"
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+REGISTRY_LIKE = re.compile(r"^[\w.-]+(@[\w.-]+|/\d+)$")  # NAME@alias, NAME/VERSION (registry/refs.py)
 
 
 @functools.cache
@@ -63,10 +64,19 @@ def resolve_model(ref: str, *, pull: bool = False) -> ResolvedModel:
     """Resolve `ref`; with `pull=True` a built-in model that is not yet in the store is pulled."""
     if not ref or not ref.strip():
         raise ModelNotFoundError("empty model reference", hint="give a folder, a store name or a hub id")
-    for resolver in [*plugin_resolvers(), _folder, _store, _builtin, _hub]:
+    plugins = plugin_resolvers()
+    for resolver in [*plugins, _folder, _store, _builtin, _hub]:
         found = resolver(ref, pull)
         if found is not None:
             return found
+    if not plugins and REGISTRY_LIKE.match(ref):
+        # never "unknown model" for a registry reference that no registry was asked about
+        raise ModelNotFoundError(
+            f"'{ref}' looks like a registry reference, but no model resolver is installed "
+            f"(entry point group {RESOLVER_GROUP})",
+            hint="reinstall tuneloop (`pip install -e .` in a checkout); a stale src/tuneloop.egg-info "
+            "on PYTHONPATH hides the installed one: delete it",
+        )
     raise unknown_model_error(ref)
 
 
