@@ -167,7 +167,7 @@ def check_row(record: Any, file: str, number: int, kinds: tuple[RowKind, ...]) -
     if kind == "sft":
         row.messages = _messages(row, record["messages"], "messages")
         _require_assistant(row, row.messages, "messages")
-        _tool_use(row, record)
+        _tool_use(row, record, {"messages": row.messages})
     elif kind == "text":
         if not isinstance(record["text"], str):
             raise row.error(f"'text' must be a string, not {_type(record['text'])}", _SHAPE_HINT)
@@ -182,6 +182,7 @@ def check_row(record: Any, file: str, number: int, kinds: tuple[RowKind, ...]) -
             msgs = _messages(row, as_messages(record[side], "assistant"), side)
             _require_assistant(row, msgs, side)
             setattr(row, side, msgs)
+        _tool_use(row, record, {side: row.prompt + getattr(row, side) for side in ("chosen", "rejected")})
     return row
 
 
@@ -198,7 +199,10 @@ def _unpaired(row: Row, record: dict[str, Any]) -> None:
     row.completion = _messages(row, as_messages(record["completion"], "assistant"), "completion")
     if not any(m["role"] == "assistant" for m in row.completion):
         raise row.error("no assistant turn in 'completion' to train on", _UNPAIRED_HINT)
-    if not any(m["content"].strip() for m in row.completion if m["role"] == "assistant"):
+    _tool_use(row, record, {"completion": row.prompt + row.completion})
+    if not any(
+        m["content"].strip() or m.get("tool_calls") for m in row.completion if m["role"] == "assistant"
+    ):
         raise row.error("'completion' is empty: there is no answer to learn from", _UNPAIRED_HINT)
     row.label = record["label"]
 
@@ -221,11 +225,13 @@ def _messages(row: Row, messages: Any, name: str, empty_ok: bool = False) -> lis
     return [keep_message(m) for m in messages]
 
 
-def _tool_use(row: Row, record: dict[str, Any]) -> None:
-    """`tools` and the messages' tool calls agree (data/tool_rows.py names the field that does not)."""
+def _tool_use(row: Row, record: dict[str, Any], conversations: dict[str, list[dict[str, Any]]]) -> None:
+    """`tools` and the tool calls of each conversation (a preference row's prompt + answer) agree;
+    data/tool_rows.py names the field that does not."""
     try:
         names = set(check_tools(record["tools"])) if record.get("tools") is not None else None
-        check_tool_use(record["messages"], names)
+        for name, messages in conversations.items():
+            check_tool_use(messages, names, field=name)
     except ToolRowError as e:
         raise row.error(f"{e.field}: {e.problem}", e.hint) from None
     row.tools = record.get("tools")
