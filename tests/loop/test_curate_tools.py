@@ -59,7 +59,7 @@ def test_an_upvoted_tool_call_trains_as_the_same_call_with_its_tools(tmp_path):
         {"role": "tool", "tool_call_id": "call_7", "content": "12 C"},
     ]
     second = {**CALL, "id": "call_8", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
-    out, m = build(tmp_path, tool_item([(5, "u1", None)], prompt=prompt, calls=[second]))
+    out, _m = build(tmp_path, tool_item([(5, "u1", None)], prompt=prompt, calls=[second]))
     assert not out.rejected, out.rejected
     [sft] = rows(tmp_path, "sft")
     assert sft["tools"] == TOOLS and sft["messages"][:3] == prompt  # the earlier call and its result intact
@@ -73,7 +73,7 @@ def test_an_upvoted_tool_call_trains_as_the_same_call_with_its_tools(tmp_path):
 
 
 def test_a_json_correction_of_a_call_gives_the_corrected_call_and_a_pair_of_calls(tmp_path):
-    out, m = build(tmp_path, tool_item([(1, "u1", FIXED)]))
+    out, _m = build(tmp_path, tool_item([(1, "u1", FIXED)]))
     assert not out.rejected, out.rejected
     [sft] = rows(tmp_path, "sft")
     assert json.loads(sft["messages"][-1]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
@@ -99,7 +99,7 @@ def test_a_correction_calling_an_unknown_function_is_rejected(tmp_path):
 
 
 def test_a_text_answer_to_a_request_with_tools_may_be_corrected_with_text(tmp_path):
-    out, m = build(tmp_path, tool_item([(1, "u1", "Sunny, 21 C.")], calls=(), answer="I do not know."))
+    out, _m = build(tmp_path, tool_item([(1, "u1", "Sunny, 21 C.")], calls=(), answer="I do not know."))
     assert not out.rejected
     [sft] = rows(tmp_path, "sft")
     assert sft["tools"] == TOOLS and sft["messages"][-1] == {"role": "assistant", "content": "Sunny, 21 C."}
@@ -115,7 +115,7 @@ def test_pii_in_earlier_call_arguments_is_redacted_and_the_row_stays_valid(tmp_p
         {"role": "assistant", "content": "", "tool_calls": [leaky]},
         {"role": "tool", "tool_call_id": "call_7", "content": "12 C"},
     ]
-    out, m = build(tmp_path, tool_item([(5, "u1", None)], prompt=prompt, calls=[CALL]))
+    _out, _m = build(tmp_path, tool_item([(5, "u1", None)], prompt=prompt, calls=[CALL]))
     [sft] = rows(tmp_path, "sft")
     args = json.loads(sft["messages"][1]["tool_calls"][0]["function"]["arguments"])
     assert "jane@example.com" not in json.dumps(sft) and args["city"] == "Lyon"
