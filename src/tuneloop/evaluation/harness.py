@@ -98,7 +98,7 @@ def _label_rows(rows: list[Row], kind: Kind, tokenizer: Any, max_length: int) ->
     for row in rows:
         try:
             if kind == "sft":
-                ids, labels = sft_token_labels(tokenizer, row.messages or [])
+                ids, labels = sft_token_labels(tokenizer, row.messages or [], tools=row.tools)
             else:
                 ids, labels = text_labels(tokenizer, row.text or "", 10**9)
         except TuneloopError as e:  # the message gains the file and line it is about
