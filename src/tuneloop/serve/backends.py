@@ -49,7 +49,7 @@ def build_clients(
             cache = engines[folder].adapters
             cache.label, cache.owner = where.base_version, m.name  # m's engine: settings are its
         adapter = _register_adapter(engines[folder], m, adapter_folder) if adapter_folder else None
-        client = LocalClient(engines[folder], adapter, config.limits.max_prompt_tokens)
+        client = LocalClient(engines[folder], adapter, config.limits.max_prompt_tokens, m.tool_parser)
         client.source, client.version = (folder, adapter_folder), where.version
         clients[m.name] = client
     return clients

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+from tuneloop.models.tool_calls import ToolCallDelta
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -20,7 +22,7 @@ class GenerateRequest:
     request_id: str
     prompt: str | None = None  # completions
     prompt_ids: list[int] | None = None  # completions given as token ids (local engines only)
-    messages: list[dict[str, str]] | None = None  # chat (rendered by the model's chat template)
+    messages: list[dict[str, Any]] | None = None  # chat (rendered by the model's chat template)
     max_tokens: int = 16
     # max_tokens was not given: the client lowers it to what the model's context has left after the
     # prompt (vLLM's default); a given max_tokens is kept, and too long a prompt for it is a 400
@@ -33,6 +35,13 @@ class GenerateRequest:
     echo: bool = False  # completions: return the prompt (and its logprobs) before the answer
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # OpenAI's own fields, checked by the gateway (serve.structured) and passed on as they came: an
+    # upstream gets them unchanged; a local client renders the tools, guides and parses the output
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    logit_bias: dict[str, float] | None = None  # token id (a string, as OpenAI's) -> bias
 
 
 @dataclass
@@ -55,6 +64,7 @@ class Delta:
     cached_tokens: int = 0
     echo_text: str | None = None  # first delta of an echo request: the prompt itself
     echo_logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)  # pieces of `delta.tool_calls`
 
 
 @dataclass

@@ -71,6 +71,9 @@ class ModelConfig(Config):
     # max_num_seqs for a local model (the engine batches them all), 64 for an upstream
     max_concurrency: int | None = Field(default=None, ge=1)
     max_queue: int = Field(default=256, ge=0)  # requests waiting beyond that; then 429
+    # the format the model writes tool calls in (models.tool_calls: hermes, llama3_json); default:
+    # detected from its chat template (hermes for a template without tools: tuneloop's fallback)
+    tool_parser: Literal["hermes", "llama3_json"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelConfig:

@@ -7,6 +7,7 @@ holds a `SharedEngine` and an optional adapter name.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -18,13 +19,21 @@ from tuneloop.engine import LLMEngine, SamplingParams
 from tuneloop.engine.async_engine import AsyncEngine
 from tuneloop.engine.outputs import RequestFailedError
 from tuneloop.engine.process import EngineProcess
+from tuneloop.models.chat import render_chat
 from tuneloop.models.loading import load_tokenizer
+from tuneloop.models.tool_calls import (
+    NamedCallParser,
+    StreamingToolParser,
+    detect_tool_parser,
+    streaming_parser,
+)
 from tuneloop.serve.adapters import AdapterCache
 from tuneloop.serve.batch_encoder import BatchEncoder
 from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest, TokenLogprob
 from tuneloop.serve.detokenizer import Detokenizer
 from tuneloop.serve.errors import APIError
 from tuneloop.serve.memory import release_freed_memory
+from tuneloop.serve.structured import guided_decoding, tool_mode
 
 log = logging.getLogger("tuneloop.serve")
 
@@ -64,9 +73,17 @@ class SharedEngine:
 
 
 class LocalClient:
-    def __init__(self, shared: SharedEngine, lora: str | None = None, max_prompt_tokens: int = 32768):
+    def __init__(
+        self,
+        shared: SharedEngine,
+        lora: str | None = None,
+        max_prompt_tokens: int = 32768,
+        tool_parser: str | None = None,
+    ):
         self.shared, self.lora, self.max_prompt_tokens = shared, lora, max_prompt_tokens
         self.tokenizer = shared.tokenizer
+        # serve.yaml's `tool_parser`, else the format the chat template shows (None: not recognised)
+        self.tool_parser = tool_parser or detect_tool_parser(shared.tokenizer, _model_type(shared.folder))
         self.source: tuple[Path, Path | None] | None = None  # (base, adapter) folders it serves
         self.version: str | None = None  # what answers: "NAME/VERSION" for a registry reference
         self.active = 0  # requests admitted or generating, so a replaced client closes only once drained
@@ -88,6 +105,7 @@ class LocalClient:
         prompt_ids = await self._encode_prompt(request)
         max_tokens = self._max_tokens(len(prompt_ids), request)
         detok = Detokenizer(self.tokenizer, request.stop)
+        calls = self._tool_parser(request)
         if self.lora is not None:  # in a slot of the engine until the request ends (adapters.py)
             await self.shared.adapters.acquire(self.lora)
         try:
@@ -119,8 +137,12 @@ class LocalClient:
                     delta.finish_reason = "stop" if detok.stopped else (out.finish_reason or "stop")
                     delta.prompt_tokens, delta.completion_tokens = len(prompt_ids), completion_tokens
                     delta.cached_tokens = out.num_cached_tokens
+                    if calls is not None:
+                        _read_calls(calls, delta, last=True)
                     yield delta
                     return
+                if calls is not None:
+                    _read_calls(calls, delta)
                 yield delta
         except RequestFailedError as e:  # the engine failed this request alone; the others go on
             raise APIError(500, str(e), "engine_error") from None
@@ -130,6 +152,26 @@ class LocalClient:
                 await stream.aclose()  # early exit (stop string, client gone) aborts the engine request
             finally:
                 self._release_adapter()
+
+    def _tool_parser(self, request: GenerateRequest) -> StreamingToolParser | None:
+        """The parser of this request's output (None: plain text); a 400 when the model's format is unknown."""
+        mode = tool_mode(request.tools, request.tool_choice)
+        if mode.named is not None:
+            return NamedCallParser(mode.named)
+        if mode.parser is None:
+            return None
+        if mode.parser == "auto":
+            if self.tool_parser is None:
+                raise APIError(
+                    400,
+                    "this model's chat template writes tool calls in a format tuneloop does not recognise; "
+                    "set `tool_parser` (hermes or llama3_json) for it in serve.yaml, or send tool_choice "
+                    '"required" or a named function (guided, any model)',
+                    "tool_parser_unknown",
+                    "tools",
+                )
+            return streaming_parser(self.tool_parser)
+        return streaming_parser(mode.parser)
 
     def _release_adapter(self) -> None:
         if self.lora is not None:
@@ -167,9 +209,12 @@ class LocalClient:
                 raise APIError(
                     400, "this model has no chat template; use /v1/completions", "no_chat_template"
                 )
-            return tok.apply_chat_template(
-                request.messages, add_generation_prompt=True, tokenize=False
-            ), False
+            # tools are rendered unless tool_choice is "none" (the model is then not told of them)
+            tools = request.tools if request.tool_choice != "none" else None
+            try:
+                return render_chat(tok, request.messages, tools), False
+            except ValueError as e:  # a malformed call in the conversation, named
+                raise APIError(400, str(e), "invalid_value", "messages") from None
         return request.prompt or "", True
 
     def _checked(self, ids: list[int]) -> list[int]:
@@ -228,6 +273,9 @@ class LocalClient:
     async def _submit(
         self, prompt_ids: list[int], request: GenerateRequest, max_tokens: int
     ) -> AsyncIterator[Any]:
+        guided = guided_decoding(
+            request.tools, request.tool_choice, request.parallel_tool_calls, request.response_format
+        )
         try:
             params = SamplingParams(
                 max_tokens=max_tokens,
@@ -238,10 +286,37 @@ class LocalClient:
                 prompt_logprobs=request.logprobs if request.echo and request.logprobs is not None else None,
                 presence_penalty=request.presence_penalty,
                 frequency_penalty=request.frequency_penalty,
+                logit_bias=self._logit_bias(request.logit_bias),
+                guided=guided,
             )
-            return await self.shared.engine.submit(prompt_ids, params, request.request_id, lora=self.lora)
-        except ValueError as e:  # the engine refuses the request (too long, bad parameter)
+        except ValueError as e:
             raise APIError(400, str(e), "invalid_request") from None
+        try:
+            return await self.shared.engine.submit(prompt_ids, params, request.request_id, lora=self.lora)
+        except ValueError as e:  # the engine refuses the request (too long, bad parameter, a schema)
+            if guided is not None and guided.name and guided.kind == "json_schema":
+                raise APIError(
+                    400,
+                    f"{guided.name}: the schema cannot be compiled for guided decoding: {e}",
+                    "invalid_schema",
+                    guided.name,
+                ) from None
+            raise APIError(400, str(e), "invalid_request") from None
+
+    def _logit_bias(self, bias: dict[str, float] | None) -> dict[int, float] | None:
+        """OpenAI's string token ids as ids, each one of this model's (a 400 names the first other)."""
+        if not bias:
+            return None
+        vocab = self.shared.vocab_size
+        bad = next((k for k in bias if not 0 <= int(k) < vocab), None)
+        if bad is not None:
+            raise APIError(
+                400,
+                f"logit_bias: token id {bad} is not in this model's vocabulary (0..{vocab - 1})",
+                "invalid_token_id",
+                "logit_bias",
+            )
+        return {int(k): float(v) for k, v in bias.items()}
 
     def _token(self, token_id: int) -> str:
         return self.tokenizer.decode([token_id])
@@ -275,3 +350,19 @@ class LocalClient:
         await asyncio.to_thread(self.shared.engine.shutdown)
         self.shared.encoder.close()
         await asyncio.to_thread(release_freed_memory)  # else each reload keeps a model's size (memory.py)
+
+
+def _read_calls(parser: StreamingToolParser, delta: Delta, last: bool = False) -> None:
+    """The delta's text through the tool-call parser: content and `tool_calls` pieces; a choice that
+    called a tool and stopped finishes with "tool_calls" (a cut-off one keeps "length")."""
+    parsed = parser.feed(delta.text)
+    if last:
+        parsed.extend(parser.finish())
+        if parser.called and delta.finish_reason == "stop":
+            delta.finish_reason = "tool_calls"
+    delta.text, delta.tool_calls = parsed.content, parsed.tool_calls
+
+
+def _model_type(folder: Path) -> str | None:
+    config = Path(folder) / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None

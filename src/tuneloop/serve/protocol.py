@@ -5,9 +5,14 @@ Requests are strict: a JSON value of the wrong type is a 400 naming the field, n
 (`"temperature": 1`), as in OpenAI, and a number without a fraction is still an integer (`"n": 2.0`),
 as JSON Schema counts it. Every number is bounded: OpenAI's bounds where it has them; the
 server's own lower limits (`limits.max_n`, `limits.max_completion_tokens`) are checked in the routes
-and shown in the OpenAPI document (`serve.openapi`). Fields we do not know are ignored (clients send
-newer options). Responses are built from these models, so their shape is what the official `openai`
-client parses.
+and shown in the OpenAPI document (`serve.openapi`). Responses are built from these models, so their
+shape is what the official `openai` client parses.
+
+No field is silently ignored. Every request field of OpenAI's chat-completions and completions APIs
+is either implemented, or declared here as `rejected` (a 400 naming the field and saying it is not
+supported), or in the short list of `IGNORED` fields that change nothing a client relies on. A field
+that is in neither API (a typo, another server's extension such as `top_k`) is a 400 naming it: a
+client must not believe an option took effect when it did not.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -27,6 +33,7 @@ from pydantic import (
     Tag,
     WithJsonSchema,
     field_validator,
+    model_validator,
 )
 
 METADATA_MAX_KEYS, METADATA_KEY_MAX, METADATA_VALUE_MAX = 16, 64, 512
@@ -64,12 +71,36 @@ def new_id(prefix: str) -> str:
 
 
 class _Request(BaseModel):
-    # strict: no coercion between JSON types (strict mode still takes an integer for a float)
-    model_config = ConfigDict(extra="ignore", strict=True)
+    # strict: no coercion between JSON types (strict mode still takes an integer for a float);
+    # forbid: a field we do not know is a 400 naming it, never dropped (module docstring)
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+def rejected(why: str) -> Any:
+    """A field of OpenAI's API that tuneloop does not support: present (even null), it is a 400 naming it.
+    The OpenAPI document says so (`not: {}`: no value is valid)."""
+
+    def refuse(value: Any) -> Any:
+        raise ValueError(f"not supported by tuneloop serve: {why}; remove the field")
+
+    return Annotated[
+        Any, BeforeValidator(refuse), WithJsonSchema({"not": {}, "description": f"Not supported: {why}."})
+    ]
+
+
+# accepted and ignored, as vLLM documents its own: none changes what a client gets back
+IGNORED = {
+    "store": "OpenAI's stored completions; tuneloop's request log records every request anyway",
+    "service_tier": "one tier here",
+    "prompt_cache_key": "prefix caching is automatic",
+    "prompt_cache_retention": "prefix caching is automatic",
+    "stream_options.include_obfuscation": "no obfuscation padding is sent",
+}
 
 
 class StreamOptions(_Request):
     include_usage: bool = False
+    include_obfuscation: bool | None = Field(default=None, description="Accepted and ignored.")
 
 
 Stop = Annotated[str, Field(min_length=1, max_length=STOP_MAX)]
@@ -88,6 +119,75 @@ Metadata = Annotated[
         }
     ),
 ]
+
+
+def _token_ids(bias: dict[str, float]) -> dict[str, float]:
+    for key in bias:
+        if not key.isdigit() or len(key) > 12:
+            raise ValueError(f'keys are token ids written as strings (e.g. "50256"), not {key[:40]!r}')
+    return bias
+
+
+LogitBias = Annotated[
+    dict[str, Annotated[float, Field(ge=-100, le=100)]],
+    Field(max_length=1024, json_schema_extra={"propertyNames": {"pattern": r"^[0-9]{1,12}$"}}),
+    AfterValidator(_token_ids),
+]
+NAME = r"^[a-zA-Z0-9_-]{1,64}$"  # OpenAI's rule for function and schema names
+JsonSchemaObject = Annotated[
+    dict[str, Any], Field(description="A JSON Schema (checked against its metaschema)")
+]
+
+
+class JsonSchemaFormat(_Request):
+    name: str = Field(pattern=NAME)
+    description: str | None = None
+    schema_: JsonSchemaObject | None = Field(
+        default=None, validation_alias=AliasChoices("schema", "schema_"), serialization_alias="schema"
+    )
+    strict: bool | None = None
+
+
+class ResponseFormatText(_Request):
+    type: Literal["text"]
+
+
+class ResponseFormatJsonObject(_Request):
+    type: Literal["json_object"]
+
+
+class ResponseFormatJsonSchema(_Request):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema, Field(discriminator="type")
+]
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=NAME)
+    description: str | None = None
+    parameters: JsonSchemaObject | None = None
+    strict: bool | None = None
+
+
+class Tool(_Request):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Request):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: FunctionName
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 
 
 class _Sampling(_Request):
@@ -110,8 +210,28 @@ class _Sampling(_Request):
     presence_penalty: float = Field(default=0.0, ge=-2, le=2)
     frequency_penalty: float = Field(default=0.0, ge=-2, le=2)
     user: str | None = Field(default=None, max_length=USER_MAX)
+    # OpenAI's successor of `user` (an end-user id): recorded in the request log as `user` is
+    safety_identifier: str | None = Field(default=None, max_length=USER_MAX)
     # OpenAI's request tags (str -> str); `workload` selects requests for a feedback loop
     metadata: Metadata | None = None
+    logit_bias: LogitBias | None = Field(
+        default=None,
+        description="Token id (as a string) -> bias added to its logit, -100 to 100 (-100 bans it). "
+        "Each id must be one of the model's (a 400 names the one that is not).",
+    )
+    response_format: ResponseFormat | None = Field(
+        default=None,
+        description="`json_object` or `json_schema`: the output is constrained to parse (and match the "
+        "schema) by guided decoding. On /v1/completions this is tuneloop's extension, as vLLM's.",
+    )
+    store: bool | None = Field(default=None, description="Accepted and ignored (IGNORED).")
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = Field(
+        default=None, description="Accepted and ignored (one tier)."
+    )
+    prompt_cache_key: str | None = Field(default=None, max_length=1024, description="Accepted and ignored.")
+    prompt_cache_retention: Literal["in-memory", "24h"] | None = Field(
+        default=None, description="Accepted and ignored."
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -119,25 +239,110 @@ class _Sampling(_Request):
         return check_metadata(v)
 
     @property
+    def end_user(self) -> str | None:
+        return self.user or self.safety_identifier
+
+    @property
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 class TextPart(_Request):
-    """A content part: text only (this server serves text models; an image part is a 400)."""
+    """A content part: text only (this server serves text models; image, audio and file parts are 400s)."""
 
-    type: Literal["text"]
+    type: Annotated[str, WithJsonSchema({"const": "text", "type": "string"})]
     text: Text
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_the_type(cls, value: Any) -> Any:
+        # another kind of part: only its type is checked, so the error names `type`, not its keys
+        if isinstance(value, dict) and value.get("type") != "text" and isinstance(value.get("type"), str):
+            return {"type": value["type"], "text": ""}
+        return value
+
+    @field_validator("type")
+    @classmethod
+    def _text_only(cls, kind: str) -> str:
+        if kind != "text":
+            raise ValueError(
+                f"content part type '{kind[:40]}' is not supported: tuneloop serves text models; "
+                "send parts of type 'text'"
+            )
+        return kind
+
+
+class FunctionCall(_Request):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(description="The call's arguments as JSON text, as the model wrote them")
+
+
+class ToolCallIn(_Request):
+    id: str = Field(min_length=1, max_length=200)
+    type: Literal["function"] = "function"
+    function: FunctionCall
 
 
 class ChatMessage(_Request):
+    # what `_roles` checks, in the OpenAPI document too
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {
+                    "if": {"properties": {"role": {"const": "tool"}}, "required": ["role"]},
+                    "then": {
+                        "required": ["tool_call_id"],
+                        "properties": {"tool_call_id": {"type": "string", "minLength": 1}},
+                    },
+                },
+                {
+                    "if": {
+                        "properties": {"tool_calls": {"type": "array", "minItems": 1}},
+                        "required": ["tool_calls"],
+                    },
+                    "then": {"properties": {"role": {"const": "assistant"}}},
+                },
+            ]
+        }
+    )
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Text | list[TextPart] | None = None
+    name: str | None = Field(
+        default=None, max_length=64, description="A participant's name (to the template)"
+    )
+    tool_calls: list[ToolCallIn] | None = Field(default=None, description="An assistant's calls")
+    tool_call_id: str | None = Field(
+        default=None, max_length=200, description="The call a tool message answers"
+    )
+    refusal: str | None = Field(
+        default=None, description="Accepted and ignored (an assistant's replayed refusal)"
+    )
+    function_call: rejected("the deprecated function_call; send tool_calls") = None
+    audio: rejected("audio output (this server serves text models)") = None
+
+    @model_validator(mode="after")
+    def _roles(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("tool_calls are an assistant message's")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
+
+    def template(self) -> dict[str, Any]:
+        """The message as the chat template gets it (models.chat renders calls and tool results)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.name:
+            out["name"] = self.name
+        if self.tool_calls:
+            out["tool_calls"] = [c.model_dump() for c in self.tool_calls]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class ChatCompletionRequest(_Sampling):
@@ -147,6 +352,23 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: TokenCount | None = Field(
         default=None, description="OpenAI's newer name for max_tokens (wins over it)."
     )
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: ToolChoice | None = Field(
+        default=None,
+        description="none | auto (the default with tools) | required | a named function. required and "
+        "a named function are enforced by guided decoding, so the call parses and matches its schema.",
+    )
+    parallel_tool_calls: bool | None = Field(
+        default=None, description="With tool_choice required: false allows one call only. Default true."
+    )
+    modalities: list[Literal["text"]] | None = Field(default=None, description="Text only.")
+    audio: rejected("audio output (this server serves text models)") = None
+    prediction: rejected("predicted outputs") = None
+    reasoning_effort: rejected("reasoning effort (no reasoning models are served)") = None
+    verbosity: rejected("verbosity") = None
+    web_search_options: rejected("web search") = None
+    functions: rejected("the deprecated functions; send tools") = None
+    function_call: rejected("the deprecated function_call; send tool_choice") = None
 
 
 def _one(prompts: list) -> list:
@@ -200,6 +422,10 @@ class CompletionRequest(_Sampling):
     )
     logprobs: integer(ge=0, le=5) | None = None
     echo: bool = False
+    best_of: integer(ge=1, le=1) | None = Field(
+        default=None, description="1 only: server-side best-of-n is not supported (use n)."
+    )
+    suffix: rejected("suffix (insertion)") = None
 
     @property
     def one_prompt(self) -> str | list[int]:
@@ -257,9 +483,21 @@ class ChatLogprobs(BaseModel):
     content: list[ChatTokenLogprob] | None = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -278,9 +516,22 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class FunctionCallDelta(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(BaseModel):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
 class ChatDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(BaseModel):

@@ -24,6 +24,7 @@ import anyio
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
+from tuneloop.models.tool_calls import ToolCallDelta, assemble
 from tuneloop.serve.client import TokenLogprob
 from tuneloop.serve.errors import CLIENT_CLOSED, APIError, ClientGone, error_body
 from tuneloop.serve.serving import Generation
@@ -36,6 +37,7 @@ class ChoiceResult:
     finish_reason: str | None = None
     echo_text: str | None = None
     echo_logprobs: list[TokenLogprob] | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)  # the pieces, in order
 
 
 T = TypeVar("T")
@@ -49,15 +51,40 @@ class Event(NamedTuple):
     text: str = ""
 
 
-def _encode(chunk: dict | Event, texts: dict[int, list[str]]) -> str:
-    """The `data:` line of a chunk; the text of each choice is collected for the request log."""
+def _encode(chunk: dict | Event, texts: dict[int, list[str]], calls: dict[int, list[ToolCallDelta]]) -> str:
+    """The `data:` line of a chunk; the text and tool-call pieces of each choice are collected for the
+    request log."""
     if isinstance(chunk, Event):
         texts.setdefault(chunk.index, []).append(chunk.text)
         return f"data: {chunk.data}\n\n"
     for c in chunk.get("choices", []):
-        piece = c.get("text") or (c.get("delta") or {}).get("content") or ""
+        delta = c.get("delta") or {}
+        piece = c.get("text") or delta.get("content") or ""
         texts.setdefault(c["index"], []).append(piece)
+        for t in delta.get("tool_calls") or []:
+            fn = t.get("function") or {}
+            calls.setdefault(c["index"], []).append(
+                ToolCallDelta(t["index"], t.get("id"), fn.get("name"), fn.get("arguments") or "")
+            )
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
+
+def _logged(texts: dict[int, list[str]], calls: dict[int, list[ToolCallDelta]]) -> list[dict]:
+    """The choices of a stream for the request log: text, and tool calls assembled."""
+    out = []
+    for i in sorted(set(texts) | set(calls)):
+        choice: dict = {"index": i, "text": "".join(texts.get(i, []))}
+        if i in calls:
+            choice["tool_calls"] = [
+                {
+                    "id": c["id"],
+                    "type": "function",
+                    "function": {"name": c["name"], "arguments": c["arguments"]},
+                }
+                for c in assemble(calls[i])
+            ]
+        out.append(choice)
+    return out
 
 
 async def collect(gen: Generation) -> list[ChoiceResult]:
@@ -77,6 +104,7 @@ async def _collect(gen: Generation, results: list[ChoiceResult]) -> None:
         r = results[index]
         r.text += delta.text
         r.logprobs.extend(delta.logprobs)
+        r.tool_calls.extend(delta.tool_calls)
         r.finish_reason = delta.finish_reason or r.finish_reason
         if delta.echo_text is not None:
             r.echo_text, r.echo_logprobs = delta.echo_text, delta.echo_logprobs
@@ -100,11 +128,11 @@ async def _events(gen: Generation, chunks: AsyncGenerator[dict | Event, None]) -
             raise
         # 499 unless it ends below: the client went away, and Starlette cancelled the stream (or it is
         # closed, unfinished, while a chunk was being sent); closing the chunks aborts the engine requests
-        status, error, texts = CLIENT_CLOSED, "client disconnected", {}
+        status, error, texts, calls = CLIENT_CLOSED, "client disconnected", {}, {}
         try:
             yield ""  # to `event_stream`, which starts the response (nothing is sent for it)
             while chunk is not None:
-                yield _encode(chunk, texts)
+                yield _encode(chunk, texts, calls)
                 chunk = await _next_before(chunks, deadline)
             status, error = 200, None
             yield "data: [DONE]\n\n"
@@ -119,8 +147,7 @@ async def _events(gen: Generation, chunks: AsyncGenerator[dict | Event, None]) -
             # and the log line and the token count must not be lost
             with anyio.CancelScope(shield=True):
                 await chunks.aclose()
-                logged = [{"index": i, "text": "".join(t)} for i, t in sorted(texts.items())]
-                await gen.finish(status, {"choices": logged}, error)
+                await gen.finish(status, {"choices": _logged(texts, calls)}, error)
 
 
 async def _unless_gone(request: Request, work: Awaitable[T], timeout_s: float | None = None) -> T:

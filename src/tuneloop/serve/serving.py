@@ -14,6 +14,7 @@ engine gets it prepared, so the prompt is tokenized once.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager
@@ -259,7 +260,7 @@ class Generation:
             m.generation_tokens.labels(*self.labels).inc(self.completion_tokens)
             for reason in self.finish_reasons:
                 m.success.labels(reason or "abort", *self.labels).inc()
-        user = self.body.get("user")
+        user = self.body.get("user") or self.body.get("safety_identifier")
         if status == 200:  # what feedback on this answer is labelled with (bounded; serve.feedback)
             gw.recent_responses.add(
                 self.response_id, self.served.name, self.served.variant, user, self.key.id
@@ -294,7 +295,9 @@ def estimate_prompt_tokens(request: GenerateRequest) -> int:
     bytes (a byte-level BPE token is at least one byte) plus 8 per chat message for the template.
     It over-reserves (English is ~4 bytes a token); the refund at the end gives the rest back."""
     if request.messages is not None:
-        return sum(len(m.get("content", "").encode()) + 8 for m in request.messages)
+        tools = len(json.dumps(request.tools).encode()) if request.tools else 0  # rendered in the prompt
+        calls = sum(len(json.dumps(m.get("tool_calls", "")).encode()) for m in request.messages)
+        return sum(len(m.get("content", "").encode()) + 8 for m in request.messages) + tools + calls
     return len((request.prompt or "").encode())
 
 

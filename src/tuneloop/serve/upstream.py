@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from tuneloop.models.tool_calls import ToolCallDelta
 from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest, TokenLogprob
 from tuneloop.serve.errors import APIError
 
@@ -68,6 +69,16 @@ class UpstreamClient:
             "presence_penalty": request.presence_penalty,
             "frequency_penalty": request.frequency_penalty,
         }
+        # OpenAI's own fields, passed on unchanged (the gateway checked them); unset ones are left out,
+        # so an upstream that lacks a feature is only asked for it when the client asked
+        passed = {
+            "logit_bias": request.logit_bias,
+            "response_format": request.response_format,
+            "tools": request.tools if request.messages is not None else None,
+            "tool_choice": request.tool_choice if request.messages is not None else None,
+            "parallel_tool_calls": request.parallel_tool_calls if request.messages is not None else None,
+        }
+        body.update({k: v for k, v in passed.items() if v is not None})
         k = request.logprobs
         if request.messages is not None:
             extra = {"logprobs": True, "top_logprobs": k} if k is not None else {}
@@ -108,8 +119,9 @@ class UpstreamClient:
                 text = (choice.get("delta") or {}).get("content") or choice.get("text") or ""
                 finish = choice.get("finish_reason") or finish
                 logprobs = _chunk_logprobs(choice.get("logprobs"))
-                if text or logprobs:
-                    yield Delta(text=text, logprobs=logprobs)
+                calls = _tool_call_pieces((choice.get("delta") or {}).get("tool_calls"))
+                if text or logprobs or calls:
+                    yield Delta(text=text, logprobs=logprobs, tool_calls=calls)
             if chunk.get("usage"):
                 u = chunk["usage"]
                 yield Delta(
@@ -125,6 +137,17 @@ class UpstreamClient:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+def _tool_call_pieces(pieces: list[dict[str, Any]] | None) -> list[ToolCallDelta]:
+    """The upstream's `delta.tool_calls`, as they came (index, id, name, a fragment of arguments)."""
+    out = []
+    for p in pieces or []:
+        fn = p.get("function") or {}
+        out.append(
+            ToolCallDelta(int(p.get("index", 0)), p.get("id"), fn.get("name"), fn.get("arguments") or "")
+        )
+    return out
 
 
 def _chunk_logprobs(lp: dict[str, Any] | None) -> list[TokenLogprob]:

@@ -10,6 +10,7 @@ from tuneloop.serve.client import GenerateRequest
 from tuneloop.serve.config import LimitsConfig
 from tuneloop.serve.errors import APIError, documented
 from tuneloop.serve.protocol import _Sampling
+from tuneloop.serve.structured import check_response_format
 
 STREAM = "A stream of server-sent events (`stream: true`): `data: <chunk JSON>` lines, then `data: [DONE]`"
 
@@ -30,6 +31,10 @@ def fan_out(
         raise APIError(
             400, f"max_tokens must be at most {limits.max_completion_tokens}", "invalid_value", "max_tokens"
         )
+    response_format = (
+        body.response_format.model_dump(exclude_none=True, by_alias=True) if body.response_format else None
+    )
+    check_response_format(response_format)
     default = limits.max_tokens_default or limits.max_completion_tokens
     return [
         GenerateRequest(
@@ -42,6 +47,8 @@ def fan_out(
             stop=body.stop_list,
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
+            logit_bias=body.logit_bias,
+            response_format=response_format,
             **fields,
         )
         for i in range(body.n)

@@ -27,7 +27,10 @@ from collections.abc import AsyncGenerator
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 
+from tuneloop.models.tool_calls import ToolCallDelta as CallPiece
+from tuneloop.models.tool_calls import assemble
 from tuneloop.serve.auth import AuthFirst, check_model, require
 from tuneloop.serve.client import TokenLogprob
 from tuneloop.serve.gateway import Gateway, get_gateway
@@ -42,6 +45,10 @@ from tuneloop.serve.protocol import (
     ChatDelta,
     ChatLogprobs,
     ChatTokenLogprob,
+    FunctionCallDelta,
+    FunctionCallOut,
+    ToolCallDelta,
+    ToolCallOut,
     TopLogprob,
     Usage,
     new_id,
@@ -49,6 +56,7 @@ from tuneloop.serve.protocol import (
 from tuneloop.serve.responses import ChoiceResult, Event, collect, event_stream, headers
 from tuneloop.serve.routers._common import fan_out, generation_responses, include_usage
 from tuneloop.serve.serving import Generation
+from tuneloop.serve.structured import check_tools
 
 router = APIRouter(tags=["chat"], route_class=AuthFirst)
 
@@ -65,14 +73,30 @@ async def chat_completions(
     gw: Gateway = Depends(get_gateway),
 ) -> Response:
     check_model(key, body.model)
-    served = gw.served(body.model, body.user or request.headers.get("x-tuneloop-user"))
+    tools = [t.model_dump(exclude_none=True, by_alias=True) for t in body.tools] if body.tools else None
+    tool_choice = (
+        body.tool_choice.model_dump() if isinstance(body.tool_choice, BaseModel) else body.tool_choice
+    )
+    check_tools(tools, tool_choice)
+    served = gw.served(body.model, body.end_user or request.headers.get("x-tuneloop-user"))
     response_id = new_id("chatcmpl")
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    messages = [m.template() for m in body.messages]
     gw.guard.check(m["content"] for m in messages)
     top = (body.top_logprobs or 0) if body.logprobs else None
     max_tokens = body.max_completion_tokens or body.max_tokens
-    choices = fan_out(gw.config.limits, body, response_id, max_tokens, messages=messages, logprobs=top)
-    gen = Generation(gw, request, key, served, response_id, choices, body.model_dump(exclude_none=True))
+    choices = fan_out(
+        gw.config.limits,
+        body,
+        response_id,
+        max_tokens,
+        messages=messages,
+        logprobs=top,
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=body.parallel_tool_calls,
+    )
+    logged = body.model_dump(exclude_none=True, by_alias=True)
+    gen = Generation(gw, request, key, served, response_id, choices, logged)
     if body.stream:
         return await event_stream(gen, _chunks(gen, body))
     async with gen.admitted():
@@ -110,7 +134,7 @@ def _response(gen: Generation, body: ChatCompletionRequest, results: list[Choice
     choices = [
         ChatChoice(
             index=i,
-            message=AssistantMessage(content=r.text),
+            message=_message(r),
             finish_reason=r.finish_reason,
             logprobs=_logprobs(r.logprobs) if body.logprobs else None,
         )
@@ -119,6 +143,32 @@ def _response(gen: Generation, body: ChatCompletionRequest, results: list[Choice
     return ChatCompletion(
         id=gen.response_id, model=body.model, choices=choices, usage=_usage(gen)
     ).model_dump()
+
+
+def _message(r: ChoiceResult) -> AssistantMessage:
+    """The answer of a choice: its text, and its tool calls assembled from their pieces (as a stream's
+    client assembles them, so a stream and a whole answer agree)."""
+    calls = [
+        ToolCallOut(id=c["id"], function=FunctionCallOut(name=c["name"], arguments=c["arguments"]))
+        for c in assemble(r.tool_calls)
+    ]
+    if calls:
+        return AssistantMessage(content=r.text or None, tool_calls=calls)
+    return AssistantMessage(content=r.text)
+
+
+def _call_pieces(pieces: list[CallPiece]) -> list[ToolCallDelta]:
+    return [
+        ToolCallDelta(
+            index=p.index,
+            id=p.id,
+            type="function" if p.id else None,
+            function=FunctionCallDelta(
+                name=p.name, arguments=p.arguments if (p.arguments or p.name is not None) else None
+            ),
+        )
+        for p in pieces
+    ]
 
 
 async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncGenerator[dict | Event, None]:
@@ -138,7 +188,15 @@ async def _chunks(gen: Generation, body: ChatCompletionRequest) -> AsyncGenerato
         item = first
         while item is not None:
             index, delta = item
-            if body.logprobs and (delta.text or delta.finish_reason or delta.logprobs):
+            if delta.tool_calls:  # a call's head or a piece of its arguments (models.tool_calls)
+                choice = ChatChunkChoice(
+                    index=index,
+                    delta=ChatDelta(content=delta.text or None, tool_calls=_call_pieces(delta.tool_calls)),
+                    finish_reason=delta.finish_reason,
+                    logprobs=_logprobs(delta.logprobs) if body.logprobs else None,
+                )
+                yield chunk([choice])
+            elif body.logprobs and (delta.text or delta.finish_reason or delta.logprobs):
                 content = delta.text if delta.text else None
                 choice = ChatChunkChoice(
                     index=index,

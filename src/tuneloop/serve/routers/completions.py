@@ -41,7 +41,7 @@ async def completions(
     gw: Gateway = Depends(get_gateway),
 ) -> Response:
     check_model(key, body.model)
-    served = gw.served(body.model, body.user or request.headers.get("x-tuneloop-user"))
+    served = gw.served(body.model, body.end_user or request.headers.get("x-tuneloop-user"))
     prompt = body.one_prompt
     if isinstance(prompt, str):
         gw.guard.check([prompt])
@@ -58,7 +58,9 @@ async def completions(
         logprobs=body.logprobs,
         echo=body.echo,
     )
-    gen = Generation(gw, request, key, served, response_id, choices, body.model_dump(exclude_none=True))
+    gen = Generation(
+        gw, request, key, served, response_id, choices, body.model_dump(exclude_none=True, by_alias=True)
+    )
     if body.stream:
         return await event_stream(gen, _chunks(gen, body))
     async with gen.admitted():
