@@ -158,3 +158,18 @@ def test_parquet_keeps_tool_fields(tmp_path):
     assert json.loads(table[0]["tools"]) == [WEATHER] and table[1]["tools"] is None
     assert table[0]["messages"][1]["tool_calls"] == [call()]
     assert table[0]["messages"][2]["tool_call_id"] == "call_1"
+
+
+def test_token_counts_include_the_tools_and_calls_as_rendered(tiny_llama):
+    from tuneloop.data.chat_tokens import ChatCounter
+    from tuneloop.models import chat
+    from tuneloop.models.loading import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_llama))
+    counter = ChatCounter(
+        str(tiny_llama), lambda texts: [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    )
+    row = to_row(tool_row(), "sft")
+    rendered = chat.render_chat(tok, row["messages"], row["tools"], add_generation_prompt=False)
+    assert counter.count(row) == len(tok(rendered, add_special_tokens=False)["input_ids"])
+    assert counter.count(row) > counter.count({"messages": row["messages"]})  # the tools are counted

@@ -140,3 +140,14 @@ def test_the_request_log_record_keeps_tools_and_calls():
     assert it.tools == TOOLS and it.tool_calls == [CALL] and it.answer is None
     assert it.prompt[1] == {"role": "assistant", "content": "", "tool_calls": [CALL]}
     assert it.prompt[2]["tool_call_id"] == "call_7"
+
+
+def test_a_streamed_answer_logged_with_its_assembled_calls_keeps_them():
+    record = {
+        "response_id": "r2",
+        "status": 200,
+        "request": {"tools": TOOLS, "messages": [{"role": "user", "content": "Weather?"}], "stream": True},
+        "response": {"choices": [{"index": 0, "text": "", "tool_calls": [CALL]}]},
+    }
+    it = interaction(record, [])
+    assert it.tool_calls == [CALL] and it.answer == ""

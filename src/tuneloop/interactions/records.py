@@ -96,11 +96,13 @@ def _content(content: Any) -> str:
 
 
 def answer_tool_calls(response: Any) -> list[dict[str, Any]] | None:
-    """The first choice's tool calls (None: it called none)."""
+    """The first choice's tool calls (None: it called none): `message.tool_calls`, or a streamed
+    answer's `tool_calls` (the gateway logs a stream's choices with their calls assembled)."""
     if not isinstance(response, dict) or not response.get("choices"):
         return None
-    message = response["choices"][0].get("message")
-    calls = message.get("tool_calls") if isinstance(message, dict) else None
+    first = response["choices"][0]
+    message = first.get("message")
+    calls = message.get("tool_calls") if isinstance(message, dict) else first.get("tool_calls")
     return calls if isinstance(calls, list) and calls else None
 
 
