@@ -31,6 +31,7 @@ from typing import Any
 from tuneloop.engine.async_scheduler import AsyncScheduler
 from tuneloop.engine.block_manager import BlockManager
 from tuneloop.engine.config import EngineConfig
+from tuneloop.engine.grammar import GrammarCompiler
 from tuneloop.engine.hf_runner import HFRunner
 from tuneloop.engine.lora import LoRAManager
 from tuneloop.engine.model_runner import ModelRunner
@@ -90,6 +91,8 @@ class LLMEngine:
         self._inflight: _InFlight | None = None
         self._failed_rows: list[tuple[Sequence, str]] = []  # launched rows whose sampling raised
         self.eos_ids = _eos_ids(Path(config.model))
+        # guided decoding (structured outputs): specs compiled at add_request, cached (grammar.py)
+        self.grammars = GrammarCompiler(Path(config.model), self.runner.vocab_size, self.eos_ids)
         self.sequences: dict[str, Sequence] = {}
         self._steps = self._async_steps = self._prompt_tokens = self._generated = 0
         self._recent: list[tuple[float, int]] = []  # (time, tokens generated) of recent steps
@@ -120,12 +123,15 @@ class LLMEngine:
             raise ValueError(f"unknown LoRA adapter {lora!r}; load it first")
         if not isinstance(priority, int) or isinstance(priority, bool):
             raise ValueError(f"priority must be an integer, got {priority!r}")
-        seq = Sequence(prompt_ids, params, priority=priority, lora=lora)
         if request_id is not None:
             if not isinstance(request_id, str) or not request_id:
                 raise ValueError(f"request_id must be a non-empty string, got {request_id!r}")
             if request_id in self.sequences:
                 raise ValueError(f"request id {request_id!r} is already in use")
+        # compiled here, so a spec the library cannot compile is this caller's ValueError (a 400)
+        guide = self.grammars.start(params.guided) if params.guided is not None else None
+        seq = Sequence(prompt_ids, params, priority=priority, lora=lora, guide=guide)
+        if request_id is not None:
             seq.request_id = request_id
         self.scheduler.add(seq)
         self.sequences[seq.request_id] = seq
@@ -162,6 +168,7 @@ class LLMEngine:
 
     def _forget(self, seq: Sequence) -> None:
         self.sequences.pop(seq.request_id, None)
+        seq.guide = None  # its matcher's memory goes with it
         self.runner.forget(seq.request_id)
 
     def has_unfinished(self) -> bool:
@@ -322,6 +329,8 @@ class LLMEngine:
         self, item: Scheduled, token: int, logprob: dict[int, float] | None, prompt_lp: Any
     ) -> RequestOutput:
         seq = item.seq
+        if seq.guide is not None and not seq.guide.accept(token):  # its mask allowed it: a library fault
+            return self._fail(seq, f"guided decoding refused token {token}: {seq.guide.error}")
         if seq.first_token_time is None:
             seq.first_token_time = time.monotonic()
         seq.output_ids.append(token)
@@ -344,6 +353,8 @@ class LLMEngine:
     def _finish_reason(self, seq: Sequence, token: int) -> str | None:
         p = seq.params
         if token in p.stop_token_ids or (not p.ignore_eos and token in self.eos_ids):
+            return "stop"
+        if seq.guide is not None and seq.guide.done:  # the grammar is complete: nothing else may follow
             return "stop"
         if len(seq.output_ids) >= p.max_tokens or seq.num_tokens >= self.runner.max_model_len:
             return "length"

@@ -1,13 +1,17 @@
 """Next-token choice for a batch whose rows each carry their own sampling parameters.
 
-Greedy rows take the argmax of the raw logits (so they match `generate` exactly). Other rows go
-through penalties -> temperature -> top-k -> top-p -> min-p and draw from a per-request
-generator when the request has a seed (same seed, same tokens, whatever else is in the batch).
-Logprobs are of the model's raw distribution, as OpenAI and vLLM report them.
+Before anything chooses, a row's `logit_bias` is added and, for a guided row (structured outputs),
+every token its grammar does not allow next is set to -inf (grammar.py): on a copy of the logits,
+after the model (and its CUDA graph) produced them. Greedy rows then take the argmax (without bias
+or grammar, exactly `generate`'s). Other rows go through penalties -> temperature -> top-k ->
+top-p -> min-p and draw from a per-request generator when the request has a seed (same seed, same
+tokens, whatever else is in the batch). Logprobs are of the model's raw distribution, as OpenAI
+and vLLM report them.
 
 `on_device` is the async-scheduling variant: the chosen ids stay a device tensor and nothing waits
 for the GPU. It serves rows that need no host data; penalties (they read the output so far, whose
-newest token the host does not know yet) and logprobs (dicts built on the host) take `__call__`.
+newest token the host does not know yet), logprobs (dicts built on the host) and grammars (the mask
+follows the token just sampled) take `__call__`; logit_bias works on the device.
 
 A row whose own work raises (its generator, its penalties, its logprobs) is reported in `failed`
 with the reason, and the other rows are sampled as usual: one request's failure is its own, never
@@ -20,6 +24,7 @@ from typing import NamedTuple
 
 import torch
 
+from tuneloop.engine.grammar import apply_masks, fill_masks
 from tuneloop.engine.sampling import SamplingParams
 from tuneloop.engine.scheduler import Scheduled
 from tuneloop.engine.sequence import Sequence
@@ -45,14 +50,15 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> Sampled:
         """logits: (B, V) float32, one row per sequence that samples this step."""
-        raw = logits
+        raw, failed = self._constrain(logits, seqs)
         want_logprobs = any(s.params.logprobs is not None for s in seqs)
-        logprobs_all = torch.log_softmax(raw, dim=-1) if want_logprobs else None
+        logprobs_all = torch.log_softmax(logits, dim=-1) if want_logprobs else None
         greedy = raw.argmax(dim=-1).tolist()
         tokens, logprobs = list(greedy), [None] * len(seqs)
-        failed: dict[int, str] = {}
         for i, seq in enumerate(seqs):
             p = seq.params
+            if i in failed:
+                continue
             try:
                 if not (p.greedy and not p.needs_penalties):
                     tokens[i] = self._sample_row(raw[i], seq)
@@ -65,15 +71,41 @@ class Sampler:
     @staticmethod
     def needs_host(p: SamplingParams) -> bool:
         """Rows of this request cannot be sampled by `on_device`."""
-        return p.needs_penalties or p.logprobs is not None
+        return p.needs_penalties or p.logprobs is not None or p.guided is not None
+
+    @staticmethod
+    def _constrain(logits: torch.Tensor, seqs: list[Sequence]) -> tuple[torch.Tensor, dict[int, str]]:
+        """The logits tokens are chosen from: each row's logit_bias added, each guided row's grammar
+        mask applied (on a copy, when any row has either), and the guided rows that cannot go on."""
+        biased = [i for i, s in enumerate(seqs) if s.params.logit_bias]
+        guided = [i for i, s in enumerate(seqs) if s.guide is not None]
+        if not biased and not guided:
+            return logits, {}
+        # the masks first, on the host: a GPU may still be computing `logits` meanwhile
+        bitmask = fill_masks([seqs[i].guide for i in guided], logits.shape[-1]) if guided else None  # type: ignore[misc]
+        out = logits.clone()
+        if biased:
+            add_bias(out, [(i, seqs[i].params.logit_bias) for i in biased])  # type: ignore[misc]
+        failed: dict[int, str] = {}
+        if bitmask is not None:
+            apply_masks(out, guided, bitmask)
+            for k, i in enumerate(guided):
+                guide = seqs[i].guide
+                if guide is not None and (guide.matcher.is_error() or not bool(bitmask[k].any())):
+                    failed[i] = f"guided decoding failed: {guide.error}"
+        return out, failed
 
     def on_device(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[torch.Tensor, dict[int, str]]:
         """(S,) int64 next tokens, left on the logits' device (no host synchronization), and the rows
         whose sampling raised (their entry is the argmax, never used)."""
+        biased = [(i, s.params.logit_bias) for i, s in enumerate(seqs) if s.params.logit_bias]
+        if biased:
+            logits = logits.clone()
+            add_bias(logits, biased)  # type: ignore[arg-type]
         tokens = logits.argmax(dim=-1)
         failed: dict[int, str] = {}
         for i, seq in enumerate(seqs):
-            assert not self.needs_host(seq.params), "penalties / logprobs are sampled by __call__"
+            assert not self.needs_host(seq.params), "penalties / logprobs / grammars are sampled by __call__"
             if not seq.params.greedy:
                 try:
                     tokens[i] = self._draw(self._probs(logits[i], seq.params), seq)
@@ -139,6 +171,18 @@ class Sampler:
 
 def _reason(e: Exception) -> str:
     return f"sampling failed: {type(e).__name__}: {e}"
+
+
+def add_bias(logits: torch.Tensor, rows: list[tuple[int, dict[int, float]]]) -> None:
+    """logits (S, V) += each listed row's {token id: bias}, in place, without reading anything back."""
+    index = [(i, t, b) for i, bias in rows for t, b in bias.items()]
+    r, t, b = zip(*index, strict=True)
+    device = logits.device
+    logits.index_put_(
+        (torch.tensor(r, device=device), torch.tensor(t, device=device)),
+        torch.tensor(b, dtype=logits.dtype, device=device),
+        accumulate=True,
+    )
 
 
 def apply_penalties(

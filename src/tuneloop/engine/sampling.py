@@ -126,8 +126,14 @@ class SamplingParams:
     @property
     def host_bound(self) -> bool:
         """Its steps need host data: penalties read the output so far, (prompt) logprobs are built on
-        the host. Async scheduling runs such steps synchronously (async_scheduler.py)."""
-        return self.needs_penalties or self.logprobs is not None or self.prompt_logprobs is not None
+        the host, a grammar's mask follows the token just sampled. Async scheduling runs such steps
+        synchronously (async_scheduler.py)."""
+        return (
+            self.needs_penalties
+            or self.logprobs is not None
+            or self.prompt_logprobs is not None
+            or self.guided is not None
+        )
 
 
 def _int(value: object) -> bool:

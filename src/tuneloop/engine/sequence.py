@@ -6,8 +6,12 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from enum import Enum, auto
+from typing import TYPE_CHECKING
 
 from tuneloop.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    from tuneloop.engine.grammar import Guide
 
 _ids = itertools.count()
 
@@ -41,6 +45,9 @@ class Sequence:
     logprobs: list[dict[int, float]] = field(default_factory=list)
     prompt_logprobs: list[dict[int, float] | None] = field(default_factory=list)
     first_token_time: float | None = None
+    # guided decoding: where its output is in the grammar, advanced as the engine appends each token
+    # (never by a step that is computed but not committed, nor by a recompute after preemption)
+    guide: Guide | None = None
 
     @property
     def token_ids(self) -> list[int]:
