@@ -13,10 +13,12 @@ builds it, on a local port) and the official `openai` client, greedy, with tool_
 `required` is asked only of the 52 requests that expect a call (it forces one).
 
 The fine-tune: `tuneloop train` (the CLI, LoRA) on rows from benchmarks/tool_calling_data.py,
-disjoint from the suite. The base model and the adapter are served side by side on one engine
-(`lora:` in the serve config), so both are measured in the same run.
+disjoint from the suite; by default 48 rows, 12 steps of 4 (one epoch): each row is ~510 tokens
+through the template (the tools block is most of it), and a step takes ~60-90 s on the shared
+2-core CPU. The base model and the adapter are served side by side on one engine (`lora:` in the
+serve config), so both are measured in the same run.
 
-    python benchmarks/tool_calling.py OUT_DIR [--rows 240] [--max-steps 60]
+    python benchmarks/tool_calling.py OUT_DIR [--rows 48] [--max-steps 12]
     python benchmarks/tool_calling.py OUT_DIR --adapter RUN/model      # skip training
 """
 
@@ -165,8 +167,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path)
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--rows", type=int, default=240, help="synthetic training rows")
-    p.add_argument("--max-steps", type=int, default=60, help="LoRA steps of 4 rows")
+    p.add_argument("--rows", type=int, default=48, help="synthetic training rows (one epoch)")
+    p.add_argument("--max-steps", type=int, default=12, help="LoRA steps of 4 rows")
     p.add_argument("--adapter", type=Path, help="an adapter already trained (skips training)")
     p.add_argument("--no-train", action="store_true", help="measure the base model only")
     p.add_argument("--max-tokens", type=int, default=96)
