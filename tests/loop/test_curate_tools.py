@@ -31,6 +31,7 @@ CALL = {
     "type": "function",
     "function": {"name": "get_weather", "arguments": '{"city": "Lyon"}'},
 }
+LYON = [{"role": "user", "content": "Is it cold in Lyon?"}]
 FIXED = '{"tool_calls": [{"name": "get_weather", "arguments": {"city": "Paris"}}]}'
 
 
@@ -151,3 +152,30 @@ def test_a_streamed_answer_logged_with_its_assembled_calls_keeps_them():
     }
     it = interaction(record, [])
     assert it.tool_calls == [CALL] and it.answer == ""
+
+
+def test_a_reviewer_edit_of_a_call_must_be_calls_too(tmp_path):
+    from tuneloop.interactions.review import ReviewQueue
+    from tuneloop.loop.curate import apply_reviews
+    from tuneloop.loop.filters import TextFilters
+
+    out = curate(
+        batch(tool_item([(5, "u1", None)]), tool_item([(5, "u2", None)], prompt=LYON)),
+        CurateSettings(),
+        Known.from_rows([], 0.8),
+    )
+    assert len(out.proposals) == 2 and all(p["chosen_calls"] for p in out.proposals)
+    q = ReviewQueue(f"sqlite:///{tmp_path / 'r.db'}")
+    q.enqueue("bot", 1, out.proposals)
+    a, b = q.list("bot", "pending")
+    q.approve(a.id, "ann", edited=FIXED)
+    q.approve(b.id, "ann", edited="It is sunny.")
+    kept = apply_reviews(out, q.list("bot", cycle=1), TextFilters())
+    assert [r["reason"] for r in out.rejected] == ["correction_not_a_tool_call"]
+    assert len(kept) == 1
+    m = build_dataset(
+        kept, out, tmp_path / "ds", CurateSettings(holdout_fraction=0.0), [], [], {"model": "bot"}
+    )
+    [sft] = rows(tmp_path / "ds", "sft")
+    assert json.loads(sft["messages"][-1]["tool_calls"][0]["function"]["arguments"]) == {"city": "Paris"}
+    assert m["rejections"] == {"correction_not_a_tool_call": 1}
