@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -100,12 +101,15 @@ def serve(model: str, adapter: Path | None) -> tuple[uvicorn.Server, str]:
     return server, f"http://127.0.0.1:{port}/v1"
 
 
-async def ask(client: AsyncOpenAI, model: str, case: dict, tools: list, choice: str, max_tokens: int) -> dict:
+async def ask(
+    client: AsyncOpenAI, model: str, case: dict, tools: list, choice: str, max_tokens: int, parallel: bool
+) -> dict:
     response = await client.chat.completions.create(
         model=model,
         messages=[{"role": "user", "content": case["request"]}],
         tools=tools,
         tool_choice=choice,
+        parallel_tool_calls=parallel,
         temperature=0,
         max_tokens=max_tokens,
     )
@@ -128,17 +132,23 @@ async def ask(client: AsyncOpenAI, model: str, case: dict, tools: list, choice: 
 
 
 async def measure(
-    base_url: str, model: str, suite: dict, max_tokens: int, concurrency: int
+    base_url: str,
+    model: str,
+    suite: dict,
+    max_tokens: int,
+    concurrency: int,
+    choices: list[str],
+    parallel: bool,
 ) -> dict[str, Any]:
     client = AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=600)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(case: dict, choice: str) -> dict:
         async with gate:
-            return await ask(client, model, case, suite["tools"], choice, max_tokens)
+            return await ask(client, model, case, suite["tools"], choice, max_tokens, parallel)
 
     out: dict[str, Any] = {}
-    for choice in ("auto", "required"):
+    for choice in choices:
         cases = [c for c in suite["cases"] if choice == "auto" or c["expected_function"]]
         started = time.perf_counter()
         results = await asyncio.gather(*(one(c, choice) for c in cases))
@@ -146,6 +156,7 @@ async def measure(
             "requests": len(cases),
             "seconds": round(time.perf_counter() - started, 1),
             "metrics": {k: round(v, 4) for k, v in mean_scores(r["scores"] for r in results).items()},
+            "finish_reasons": dict(Counter(r["finish_reason"] for r in results)),
             "results": results,
         }
         print(json.dumps({"model": model, "tool_choice": choice, **out[choice]["metrics"]}), flush=True)
@@ -173,10 +184,24 @@ def main() -> None:
     p.add_argument("--no-train", action="store_true", help="measure the base model only")
     p.add_argument("--max-tokens", type=int, default=96)
     p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--choices", default="auto,required", help="tool_choice values to measure")
+    p.add_argument(
+        "--parallel-tool-calls",
+        choices=["true", "false"],
+        default="true",
+        help="the request's parallel_tool_calls (true, the API default, lets `required` write several calls)",
+    )
     a = p.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     suite = json.loads(SUITE.read_text(encoding="utf-8"))
-    report: dict[str, Any] = {"model": a.model, "suite": str(SUITE.relative_to(HERE.parent)), "models": {}}
+    parallel = a.parallel_tool_calls == "true"
+    report: dict[str, Any] = {
+        "model": a.model,
+        "suite": str(SUITE.relative_to(HERE.parent)),
+        "parallel_tool_calls": parallel,
+        "max_tokens": a.max_tokens,
+        "models": {},
+    }
     adapter = a.adapter
     if adapter is None and not a.no_train:
         adapter, seconds = fine_tune(a.model, a.out, a.rows, a.max_steps)
@@ -185,7 +210,9 @@ def main() -> None:
     try:
         served = ["base"] + (["tuned"] if adapter is not None else [])
         for name in served:
-            report["models"][name] = asyncio.run(measure(base_url, name, suite, a.max_tokens, a.concurrency))
+            report["models"][name] = asyncio.run(
+                measure(base_url, name, suite, a.max_tokens, a.concurrency, a.choices.split(","), parallel)
+            )
     finally:
         server.should_exit = True
     summary = {m: {c: r["metrics"] for c, r in by.items()} for m, by in report["models"].items()}
