@@ -128,7 +128,9 @@ def test_sft_corpus_in_three_formats(tmp_path: Path, make_cfg) -> None:
     ]
     assert m["tokens"]["counted"] == "chat template applied" and m["tokens"]["total"] == sum(expected)
     table = pq.read_table(tmp_path / "out" / "train.parquet")
-    assert table.column_names == ["messages"] and table.num_rows == 3
+    # tools: the JSON of an SFT row's function tools (null for rows without; data/output.py)
+    assert table.column_names == ["messages", "tools"] and table.num_rows == 3
+    assert table.column("tools").null_count == 3
 
 
 def test_preference_corpus(tmp_path: Path, make_cfg) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuneloop.evaluation import metrics
+from tuneloop.evaluation.metrics import mean_scores, score_tool_calls
 
 
 def test_tokenize_splits_cjk_characters_and_keeps_latin_words_whole():
@@ -68,3 +69,74 @@ def test_thousands_separators_do_not_split_numbers():
     assert metrics.tokenize("1,000 devices") == ["1000", "devices"]
     assert metrics.contains_answer("It supports 1,000 clients.", "1000 clients") == 1.0
     assert metrics.tokenize("2,5") == ["2", "5"]  # not a thousands group: the comma is punctuation
+
+
+# ---------------------------------------------------------------------------------- tool calls
+
+TOOLS = ["get_weather", "create_ticket"]
+
+
+def _tc(name: str, arguments: str) -> dict:
+    return {"id": "call_x", "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_tool_call_that_matches_scores_one_on_everything_regardless_of_key_order_and_spacing():
+    ref = [_tc("get_weather", '{"city": "Paris", "unit": "celsius"}')]
+    got = [_tc("get_weather", '{"unit":"celsius","city":"Paris"}')]
+    assert score_tool_calls(got, ref, TOOLS) == {
+        "valid_call": 1.0,
+        "correct_function": 1.0,
+        "arguments_match": 1.0,
+    }
+
+
+def test_right_function_wrong_arguments():
+    ref = [_tc("get_weather", '{"city": "Paris"}')]
+    scores = score_tool_calls([_tc("get_weather", '{"city": "Lyon"}')], ref, TOOLS)
+    assert scores == {"valid_call": 1.0, "correct_function": 1.0, "arguments_match": 0.0}
+
+
+def test_numbers_compare_as_json_values():
+    ref = [_tc("create_ticket", '{"priority": 2}')]
+    assert score_tool_calls([_tc("create_ticket", '{"priority": 2.0}')], ref, TOOLS)["arguments_match"] == 1.0
+    assert score_tool_calls([_tc("create_ticket", '{"priority": "2"}')], ref, TOOLS)["arguments_match"] == 0.0
+
+
+def test_unparsable_arguments_or_unknown_function_is_not_a_valid_call():
+    ref = [_tc("get_weather", '{"city": "Paris"}')]
+    broken = score_tool_calls([_tc("get_weather", '{"city": "Paris"')], ref, TOOLS)
+    assert broken == {"valid_call": 0.0, "correct_function": 1.0, "arguments_match": 0.0}
+    unknown = score_tool_calls([_tc("get_time", '{"city": "Paris"}')], ref, TOOLS)
+    assert unknown["valid_call"] == 0.0 and unknown["correct_function"] == 0.0
+
+
+def test_no_call_when_one_was_expected_scores_zero():
+    ref = [_tc("get_weather", '{"city": "Paris"}')]
+    assert score_tool_calls([], ref, TOOLS) == {
+        "valid_call": 0.0,
+        "correct_function": 0.0,
+        "arguments_match": 0.0,
+    }
+
+
+def test_parallel_calls_match_in_any_order_but_not_a_subset():
+    ref = [_tc("get_weather", '{"city": "Paris"}'), _tc("get_weather", '{"city": "Rome"}')]
+    swapped = list(reversed(ref))
+    assert score_tool_calls(swapped, ref, TOOLS)["arguments_match"] == 1.0
+    assert score_tool_calls(ref[:1], ref, TOOLS)["correct_function"] == 0.0
+
+
+def test_reference_without_calls_scores_whether_the_reply_abstained():
+    assert score_tool_calls([], [], TOOLS) == {"no_call_correct": 1.0}
+    assert score_tool_calls([_tc("get_weather", "{}")], [], TOOLS) == {"no_call_correct": 0.0}
+
+
+def test_mean_scores_average_tool_metrics_over_the_rows_that_have_them():
+    rows = [{"valid_call": 1.0, "correct_function": 1.0, "arguments_match": 0.0}, {"no_call_correct": 0.0}]
+    means = mean_scores(rows)
+    assert means == {
+        "valid_call": 1.0,
+        "correct_function": 1.0,
+        "arguments_match": 0.0,
+        "no_call_correct": 0.0,
+    }

@@ -1,7 +1,9 @@
 """Token counts of chat rows as the trainer sees them: rendered with the tokenizer's chat template.
 
 A preference row counts its longer side (prompt + chosen or prompt + rejected), since both must
-fit. Without a chat template (or if the template refuses a row) the message contents are counted.
+fit. A row's `tools` and tool calls are rendered as training and serving render them
+(`models.chat`). Without a chat template (or if the template refuses a row) the message contents are
+counted.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tuneloop.models.chat import render_chat
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,12 +47,12 @@ class ChatCounter:
             sequences = [row["messages"]]
         else:
             sequences = [row["prompt"] + row["chosen"], row["prompt"] + row["rejected"]]
-        return max(self._count(messages) for messages in sequences)
+        return max(self._count(messages, row.get("tools")) for messages in sequences)
 
-    def _count(self, messages: list[dict[str, str]]) -> int:
+    def _count(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
         if self.hf is not None:
             try:
-                text = self.hf.apply_chat_template(messages, tokenize=False)
+                text = render_chat(self.hf, messages, tools, add_generation_prompt=False)
             except Exception:  # templates raise their own errors (e.g. "roles must alternate")
                 text = None
             if text is not None:

@@ -11,6 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+# Structure, not text: roles, and tool use's names, ids and schemas (data/tool_rows.py). Cleaning or
+# redacting them would break the row (a call to a renamed function, an id no tool message answers).
+# A call's `arguments` string is text (PII in it is redacted); the JSON stays valid.
+STRUCTURE = frozenset({"role", "tools", "tool_call_id", "id", "type", "name"})
+
 
 @dataclass(slots=True)
 class Doc:
@@ -63,7 +68,7 @@ def _strings(value: Any) -> list[str]:
         return [value]
     if isinstance(value, dict):
         # roles are structure, not text: keep them out of the judged view
-        return [s for k, v in value.items() if k != "role" for s in _strings(v)]
+        return [s for k, v in value.items() if k not in STRUCTURE for s in _strings(v)]
     if isinstance(value, list):
         return [s for v in value for s in _strings(v)]
     return []
@@ -73,7 +78,7 @@ def _map(value: Any, fn: Callable[[str], str]) -> Any:
     if isinstance(value, str):
         return fn(value)
     if isinstance(value, dict):
-        return {k: (v if k == "role" else _map(v, fn)) for k, v in value.items()}
+        return {k: (v if k in STRUCTURE else _map(v, fn)) for k, v in value.items()}
     if isinstance(value, list):
         return [_map(v, fn) for v in value]
     return value

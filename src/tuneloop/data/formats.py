@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-Message = dict[str, str]
+from tuneloop.data.tool_rows import TOOL_FIELDS, ToolRowError, check_tool_use, check_tools
+
+Message = dict[str, Any]  # role and content (text), and the tool fields of data/tool_rows.py
 ROLES = {"system", "user", "assistant", "tool"}
 SHAREGPT_ROLES = {
     "human": "user",
@@ -49,8 +51,20 @@ def to_row(record: Any, kind: str, text_field: str = "text", chat_to_text: bool 
             "not_a_row", f"a {kind} record must be a JSON object/table row, got a {type(record).__name__}"
         )
     if kind == "sft":
-        return {"messages": validate_messages(_messages(record))}
+        return _sft(record)
     return _preference(record)
+
+
+def _sft(record: dict[str, Any]) -> dict[str, Any]:
+    """An SFT row; with `tools`, the tools and the messages' tool calls are kept and checked together."""
+    messages = validate_messages(_messages(record))
+    tools = record.get("tools")
+    try:
+        names = set(check_tools(tools)) if tools is not None else None
+        check_tool_use(messages, names)
+    except ToolRowError as e:
+        raise FormatError("bad_tool_call", f"{e.field}: {e.problem}") from None
+    return {"messages": messages, "tools": tools} if tools is not None else {"messages": messages}
 
 
 def _text(record: Any, text_field: str) -> str:
@@ -123,7 +137,9 @@ def _message(m: Any, role_key: str, content_key: str) -> Message:
         content = "".join(
             p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
         )
-    return {"role": str(m[role_key]), "content": _str(content)}
+    out: Message = {"role": str(m[role_key]), "content": _str(content)}
+    out.update({k: m[k] for k in TOOL_FIELDS if m.get(k) is not None})  # tool use survives preparation
+    return out
 
 
 def _with_system(row: dict[str, Any], msgs: list[Message]) -> list[Message]:
@@ -160,7 +176,9 @@ def validate_messages(msgs: list[Message], *, final_assistant: bool = True) -> l
         if role == "user" and not m["content"].strip():
             raise FormatError("empty_turn", f"message {i}: empty user turn")
         prev = role
-    if final_assistant and (prev != "assistant" or not body[-1]["content"].strip()):
+    if final_assistant and (
+        prev != "assistant" or not (body[-1]["content"].strip() or body[-1].get("tool_calls"))
+    ):
         raise FormatError("no_assistant_answer", "the conversation must end with a non-empty assistant turn")
     return msgs
 

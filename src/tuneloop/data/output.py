@@ -1,7 +1,9 @@
 """Dataset files: `train.jsonl` / `val.jsonl` written in canonical order, then the same as Parquet.
 
 Rows are serialized one way only (`dump_row`), so the local and Spark engines write identical bytes;
-Parquet gets an explicit schema per kind so an empty split still has the right columns.
+Parquet gets an explicit schema per kind so an empty split still has the right columns. Tool use
+survives it: messages keep `tool_calls`, `tool_call_id` and `name`; an SFT row's `tools` (JSON schemas
+of any shape, which no fixed Arrow type holds) is a JSON string column.
 """
 
 from __future__ import annotations
@@ -26,11 +28,15 @@ def dump_row(row: dict[str, Any]) -> str:
 def schema(kind: str) -> pa.Schema:
     import pyarrow as pa
 
-    messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+    function = pa.struct([("name", pa.string()), ("arguments", pa.string())])
+    call = pa.struct([("id", pa.string()), ("type", pa.string()), ("function", function)])
+    message = [("role", pa.string()), ("content", pa.string())]
+    messages = pa.list_(pa.struct(message))
     if kind == "pretrain":
         return pa.schema([("text", pa.string())])
     if kind == "sft":
-        return pa.schema([("messages", messages)])
+        tool_fields = [("tool_calls", pa.list_(call)), ("tool_call_id", pa.string()), ("name", pa.string())]
+        return pa.schema([("messages", pa.list_(pa.struct(message + tool_fields))), ("tools", pa.string())])
     return pa.schema([("prompt", messages), ("chosen", messages), ("rejected", messages)])
 
 
@@ -46,13 +52,19 @@ def write_parquet(jsonl: Path, kind: str) -> Path:
     with pq.ParquetWriter(out, sch, compression="zstd") as writer, jsonl.open(encoding="utf-8") as f:
         batch: list[dict[str, Any]] = []
         for line in f:
-            batch.append(json.loads(line))
+            batch.append(_parquet_row(json.loads(line)))
             if len(batch) == _BATCH:
                 writer.write_table(pa.Table.from_pylist(batch, schema=sch))
                 batch = []
         if batch:
             writer.write_table(pa.Table.from_pylist(batch, schema=sch))
     return out
+
+
+def _parquet_row(row: dict[str, Any]) -> dict[str, Any]:
+    if row.get("tools") is not None:
+        return {**row, "tools": dump_row(row["tools"])}
+    return row
 
 
 def _write_parquet_arrow(jsonl: Path, out: Path, sch: pa.Schema) -> bool:

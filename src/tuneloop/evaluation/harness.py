@@ -1,5 +1,10 @@
 """`evaluate(model_ref, data)`: perplexity plus, for SFT data, generated answers scored against references.
 
+Rows with `tools` are scored on tool-call accuracy too: the prompt is the row up to its final
+assistant turn (rendered with the tools as the server renders them), the reply is parsed with the
+model's tool-call parser (`models.tool_calls`, as the server parses it), and its calls are compared
+with that turn's `tool_calls` (metrics.score_tool_calls); a final turn without calls expects none.
+
 The CLI and the trainer (at the end of a run) both call this. The trainer may pass the model and
 tokenizer it already holds, and its validation rows as dicts, to skip loading anything.
 """
@@ -13,9 +18,10 @@ from typing import Any
 
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation import metrics
-from tuneloop.evaluation.generate import generate_replies, prompt_and_reference
+from tuneloop.evaluation.generate import generate_replies, prompt_and_reference, tool_prompt_and_reference
 from tuneloop.evaluation.perplexity import perplexity, sft_token_labels, text_labels
 from tuneloop.evaluation.rows import Kind, Row, read_rows, rows_from_dicts
+from tuneloop.models import tool_calls
 from tuneloop.models.load import load_reference
 
 MAX_LENGTH_CAP = 2048  # longer rows are truncated (and counted): CPU memory, not model limits
@@ -98,7 +104,7 @@ def _label_rows(rows: list[Row], kind: Kind, tokenizer: Any, max_length: int) ->
     for row in rows:
         try:
             if kind == "sft":
-                ids, labels = sft_token_labels(tokenizer, row.messages or [])
+                ids, labels = sft_token_labels(tokenizer, row.messages or [], tools=row.tools)
             else:
                 ids, labels = text_labels(tokenizer, row.text or "", 10**9)
         except TuneloopError as e:  # the message gains the file and line it is about
@@ -111,19 +117,54 @@ def _label_rows(rows: list[Row], kind: Kind, tokenizer: Any, max_length: int) ->
 def _generate_samples(
     rows: list[Row], model: Any, tokenizer: Any, max_new: int, batch_size: int
 ) -> list[Sample]:
-    pairs = []
+    pairs: list[tuple[list[dict[str, Any]], Any]] = []
     for row in rows:
         try:
-            pairs.append(prompt_and_reference(row.messages or []))
+            split = tool_prompt_and_reference if row.tools is not None else prompt_and_reference
+            pairs.append(split(row.messages or []))
         except TuneloopError as e:
             raise row.error(e.message, e.hint or "") from None
+    tools = [row.tools for row in rows]
+    parser = _tool_parser(model, tokenizer) if any(t is not None for t in tools) else None
     replies = generate_replies(
-        model, tokenizer, [p for p, _ in pairs], max_new_tokens=max_new, batch_size=batch_size
+        model, tokenizer, [p for p, _ in pairs], max_new_tokens=max_new, batch_size=batch_size, tools=tools
     )
     samples = []
     for row, (prompt, reference), reply in zip(rows, pairs, replies, strict=True):
         answer = row.meta.get("answer")
         sample_id = None if row.meta.get("id") is None else str(row.meta["id"])
-        scores = metrics.score(reply, reference, answer)
-        samples.append(Sample(prompt[-1]["content"], reference, reply, sample_id, answer, scores))
+        question = next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+        if row.tools is None:
+            scores = metrics.score(reply, reference, answer)
+            samples.append(Sample(question, reference, reply, sample_id, answer, scores))
+            continue
+        assert parser is not None
+        parsed = tool_calls.parse(reply, parser)
+        names = [t["function"]["name"] for t in row.tools]
+        scores = metrics.score_tool_calls(
+            [c.openai() for c in parsed.tool_calls], reference.get("tool_calls") or [], names
+        )
+        if reference["content"].strip():  # a text part is scored as text
+            scores.update(metrics.score(parsed.content or "", reference["content"], answer))
+        samples.append(Sample(question, _reference_text(reference), reply, sample_id, answer, scores))
     return samples
+
+
+def _tool_parser(model: Any, tokenizer: Any) -> str:
+    """The tool-call format of the model, as the server chooses it."""
+    name = tool_calls.detect_tool_parser(tokenizer, getattr(model.config, "model_type", None))
+    if name is None:
+        raise TuneloopError(
+            "this model's chat template renders tools in a format no tool-call parser reads",
+            hint=f"supported formats: {', '.join(sorted(tool_calls.PARSERS))}; evaluate tool rows on a model "
+            "whose template uses one of them (or one without tool support, which gets the hermes format)",
+        )
+    return name
+
+
+def _reference_text(reference: dict[str, Any]) -> str:
+    """A reference turn as the report shows it: its text and its calls (name(arguments))."""
+    calls = [
+        f"{c['function']['name']}({c['function']['arguments']})" for c in reference.get("tool_calls") or []
+    ]
+    return " ".join([reference["content"], *calls]).strip()

@@ -1,4 +1,5 @@
-"""Answer-quality metrics on text pairs: exact match, token F1, ROUGE-L and answer containment.
+"""Answer-quality metrics: on text pairs exact match, token F1, ROUGE-L and answer containment; on tool
+calls (`score_tool_calls`) valid calls, the right function and the right arguments.
 
 Tokenization is Chinese-aware: after NFKC and lowercasing, each CJK character (and kana) is one
 token, runs of letters/digits are one token, punctuation and whitespace are dropped. So "北京" is
@@ -7,10 +8,12 @@ two tokens and "64 devices." is ["64", "devices"], and the metrics mean the same
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 # CJK ideographs (basic, extension A, compatibility, extensions B+) and Japanese kana: no spaces
 # between words in these scripts, so a character is the only segmentation we can do exactly.
@@ -20,7 +23,11 @@ _TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
 # "1,000" and "1000" are the same number; a comma before anything but three digits is punctuation.
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 
-METRIC_NAMES = ("exact_match", "token_f1", "rouge_l", "contains_answer")
+TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "contains_answer")
+# Rows whose reference calls tools score the first three; rows whose reference answers without a
+# call (the model should not call) score the last.
+TOOL_METRICS = ("valid_call", "correct_function", "arguments_match", "no_call_correct")
+METRIC_NAMES = TEXT_METRICS + TOOL_METRICS
 
 
 def normalize(text: str) -> str:
@@ -102,3 +109,49 @@ def mean_scores(per_sample: Iterable[dict[str, float]]) -> dict[str, float]:
             sums[name] = sums.get(name, 0.0) + value
             counts[name] += 1
     return {name: sums[name] / counts[name] for name in METRIC_NAMES if counts[name]}
+
+
+def score_tool_calls(
+    predicted: list[dict[str, Any]], reference: list[dict[str, Any]], tools: Iterable[str]
+) -> dict[str, float]:
+    """Tool-call accuracy of one reply; calls are OpenAI `tool_calls` (function name, arguments string).
+
+    - valid_call: the reply made at least one call, and every call names one of `tools` with
+      arguments that parse to a JSON object (what an application can execute);
+    - correct_function: the called functions are the reference's (as a multiset: parallel calls
+      may come in any order);
+    - arguments_match: the calls equal the reference's, arguments compared as JSON (key order and
+      spacing do not matter, values do);
+    - no_call_correct (reference without calls): the reply made none.
+    """
+    if not reference:
+        return {"no_call_correct": float(not predicted)}
+    names = set(tools)
+    calls = [_call(c) for c in predicted]
+    valid = bool(calls) and all(name in names and isinstance(args, dict) for name, args in calls)
+    expected = [_call(c) for c in reference]
+    return {
+        "valid_call": float(valid),
+        "correct_function": float(sorted(n for n, _ in calls) == sorted(n for n, _ in expected)),
+        "arguments_match": float(valid and _same_calls(calls, expected)),
+    }
+
+
+def _call(call: dict[str, Any]) -> tuple[str, Any]:
+    """(name, parsed arguments; None when they are not a JSON object) of an OpenAI tool call."""
+    fn = call.get("function") or {}
+    try:
+        args = json.loads(fn.get("arguments") or "")
+    except (TypeError, ValueError):
+        args = None
+    return str(fn.get("name")), args if isinstance(args, dict) else None
+
+
+def _same_calls(calls: list[tuple[str, Any]], expected: list[tuple[str, Any]]) -> bool:
+    """The same calls in any order; arguments equal as parsed JSON (20 and 20.0 are one number)."""
+    left = list(calls)
+    for call in expected:
+        if call not in left:
+            return False
+        left.remove(call)
+    return not left

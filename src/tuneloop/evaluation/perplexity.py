@@ -1,9 +1,10 @@
 """Perplexity, and the one implementation of assistant-only loss masking (`sft_labels`).
 
 SFT rows are scored on assistant tokens only, exactly as the trainer computes its loss: the
-conversation is rendered with the model's own chat template, and the tokens of each assistant
-turn's content plus its end-of-turn marker are labels; everything else (system, user, role
-headers, padding) is -100. Text rows are scored on all tokens. The result is the token-weighted
+conversation is rendered with the model's own chat template (through `models.chat`, the renderer
+the server uses, so a row's `tools` and tool calls are written as serving writes them), and the
+tokens of each assistant turn's content, its tool calls and its end-of-turn marker are labels;
+everything else (system, tools, user, tool results, role headers, padding) is -100. Text rows are scored on all tokens. The result is the token-weighted
 mean negative log-likelihood over the whole set, and perplexity = exp(that).
 """
 
@@ -12,9 +13,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.models import chat
 
 if TYPE_CHECKING:
     import torch
@@ -24,13 +26,15 @@ IGNORE = -100
 
 
 def render_chat(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], generation_prompt: bool
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    generation_prompt: bool,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    """The conversation as the model's chat template writes it; a template's refusal is a user error."""
+    """The conversation as the model's chat template writes it (with its tools, as the server renders
+    them: `models.chat`); a template's refusal is a user error."""
     try:
-        return tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
-        )
+        return chat.render_chat(tokenizer, messages, tools, add_generation_prompt=generation_prompt)
     except Exception as e:  # jinja's raise_exception: "roles must alternate", "system role not supported"
         raise TuneloopError(
             f"the chat template refused this conversation: {type(e).__name__}: {str(e)[:200]}",
@@ -39,7 +43,9 @@ def render_chat(
 
 
 def assistant_char_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span each assistant turn adds to it.
 
@@ -49,13 +55,13 @@ def assistant_char_spans(
     """
     if not getattr(tokenizer, "chat_template", None):
         raise TuneloopError("this model's tokenizer has no chat template", hint="use an instruct/chat model")
-    full = render_chat(tokenizer, messages, False)
+    full = render_chat(tokenizer, messages, False, tools)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        head = render_chat(tokenizer, messages[:i], True) if i else ""
-        upto = render_chat(tokenizer, messages[: i + 1], False)
+        head = render_chat(tokenizer, messages[:i], True, tools) if i else ""
+        upto = render_chat(tokenizer, messages[: i + 1], False, tools)
         if not (full.startswith(upto) and upto.startswith(head)):
             raise TuneloopError(
                 f"the chat template does not render conversations prefix by prefix (turn {i})",
@@ -68,7 +74,11 @@ def assistant_char_spans(
 
 
 def sft_token_labels(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], *, last_turn_only: bool = False
+    tokenizer: PreTrainedTokenizerBase,
+    messages: list[dict[str, Any]],
+    *,
+    last_turn_only: bool = False,
+    tools: list[dict[str, Any]] | None = None,
 ) -> tuple[list[int], list[int]]:
     """Untruncated (input_ids, labels) of a conversation; labels are -100 outside assistant turns.
 
@@ -78,7 +88,7 @@ def sft_token_labels(
         raise TuneloopError(
             "assistant-only masking needs a fast tokenizer (offsets)", hint="pip install tokenizers"
         )
-    text, spans = assistant_char_spans(tokenizer, messages)
+    text, spans = assistant_char_spans(tokenizer, messages, tools)
     # The template already holds BOS/special tokens: apply_chat_template tokenizes the same way.
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids, offsets = enc["input_ids"], enc["offset_mapping"]

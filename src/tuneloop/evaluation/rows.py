@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tuneloop.data.tool_rows import ToolRowError, check_tool_use, check_tools, keep_message
 from tuneloop.errors import TuneloopError
 
 Kind = Literal["sft", "text"]  # what `tuneloop eval` scores
@@ -32,9 +33,10 @@ KIND_NAMES: dict[RowKind, str] = {
 class Row:
     file: str
     line: int
-    messages: list[dict[str, str]] | None = None
+    messages: list[dict[str, Any]] | None = None
     text: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # id, answer, lang, ...
+    tools: list[dict[str, Any]] | None = None  # OpenAI function tools of an SFT row (data/tool_rows.py)
     prompt: list[dict[str, str]] | None = None  # preference rows (training only)
     chosen: list[dict[str, str]] | None = None
     rejected: list[dict[str, str]] | None = None
@@ -130,7 +132,7 @@ _UNPAIRED_HINT = (
     'unpaired rows (objective=kto) are {"prompt": [...], "completion": [...], "label": true|false}: '
     "true for a desirable answer (thumbs up), false for an undesirable one"
 )
-_FIELDS = ("messages", "text", "prompt", "chosen", "rejected", "completion", "label")
+_FIELDS = ("messages", "text", "prompt", "chosen", "rejected", "completion", "label", "tools")
 
 
 def row_kind(record: Any) -> RowKind | None:
@@ -165,6 +167,7 @@ def check_row(record: Any, file: str, number: int, kinds: tuple[RowKind, ...]) -
     if kind == "sft":
         row.messages = _messages(row, record["messages"], "messages")
         _require_assistant(row, row.messages, "messages")
+        _tool_use(row, record, {"messages": row.messages})
     elif kind == "text":
         if not isinstance(record["text"], str):
             raise row.error(f"'text' must be a string, not {_type(record['text'])}", _SHAPE_HINT)
@@ -179,6 +182,7 @@ def check_row(record: Any, file: str, number: int, kinds: tuple[RowKind, ...]) -
             msgs = _messages(row, as_messages(record[side], "assistant"), side)
             _require_assistant(row, msgs, side)
             setattr(row, side, msgs)
+        _tool_use(row, record, {side: row.prompt + getattr(row, side) for side in ("chosen", "rejected")})
     return row
 
 
@@ -195,7 +199,10 @@ def _unpaired(row: Row, record: dict[str, Any]) -> None:
     row.completion = _messages(row, as_messages(record["completion"], "assistant"), "completion")
     if not any(m["role"] == "assistant" for m in row.completion):
         raise row.error("no assistant turn in 'completion' to train on", _UNPAIRED_HINT)
-    if not any(m["content"].strip() for m in row.completion if m["role"] == "assistant"):
+    _tool_use(row, record, {"completion": row.prompt + row.completion})
+    if not any(
+        m["content"].strip() or m.get("tool_calls") for m in row.completion if m["role"] == "assistant"
+    ):
         raise row.error("'completion' is empty: there is no answer to learn from", _UNPAIRED_HINT)
     row.label = record["label"]
 
@@ -215,7 +222,19 @@ def _messages(row: Row, messages: Any, name: str, empty_ok: bool = False) -> lis
         problem = _message_problem(m)
         if problem:
             raise row.error(f"{where}message {i} {problem}", _SHAPE_HINT)
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    return [keep_message(m) for m in messages]
+
+
+def _tool_use(row: Row, record: dict[str, Any], conversations: dict[str, list[dict[str, Any]]]) -> None:
+    """`tools` and the tool calls of each conversation (a preference row's prompt + answer) agree;
+    data/tool_rows.py names the field that does not."""
+    try:
+        names = set(check_tools(record["tools"])) if record.get("tools") is not None else None
+        for name, messages in conversations.items():
+            check_tool_use(messages, names, field=name)
+    except ToolRowError as e:
+        raise row.error(f"{e.field}: {e.problem}", e.hint) from None
+    row.tools = record.get("tools")
 
 
 def _message_problem(m: Any) -> str | None:
@@ -226,6 +245,8 @@ def _message_problem(m: Any) -> str | None:
         return f"has no 'role' (one of {roles})"
     if m["role"] not in ROLES:
         return f"has role {m['role']!r}, not one of {roles}"
+    if m.get("content") is None and m["role"] == "assistant" and m.get("tool_calls"):
+        return None  # an assistant turn that only calls tools has no text (null, as in the OpenAI API)
     if "content" not in m:
         return "has no 'content'"
     if not isinstance(m["content"], str):

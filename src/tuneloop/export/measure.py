@@ -190,7 +190,7 @@ def _ppl_examples(tokenizer: PreTrainedTokenizerBase, work: Workload) -> list[tu
         return [text_labels(tokenizer, row.text or "", MAX_LENGTH) for row in work.rows]
     out = []
     for row in work.rows:
-        ids, labels = sft_token_labels(tokenizer, row.messages or [])
+        ids, labels = sft_token_labels(tokenizer, row.messages or [], tools=row.tools)
         out.append((ids[:MAX_LENGTH], labels[:MAX_LENGTH]))
     return out
 

@@ -12,6 +12,11 @@ is already in the training data (exact or near duplicate) or twice in this batch
 - a downvoted answer without a correction is the loser of such a pair, or else a `downvoted` proposal;
 - thumbs alone (upvoted and downvoted answers, not corrections) also give KTO rows (loop/kto.py).
 
+Tool use survives curation (loop/tool_answers.py): the request's tools, the prompt's tool calls and
+tool results, and an answer that calls tools are written back as they were; a correction of a
+tool-call answer must be tool calls to the request's tools (else `correction_not_a_tool_call`), and a
+row that would not pass the training row check is dropped as `invalid_tool_row`.
+
 Every rejection is counted with its reason, and every example is linked to its request id and to
 the API key whose ratings brought it. No key brings more than `curate.max_per_key` of a batch: the
 surplus (its newest proposals) is rejected as `per_key_cap`.
@@ -34,6 +39,7 @@ from tuneloop.data.config import DedupConfig
 from tuneloop.data.dedup import MinHasher, normalize
 from tuneloop.data.manifest import fingerprint
 from tuneloop.data.pii import find_spans
+from tuneloop.data.tool_rows import ToolRowError
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation.judge import FactItem
 from tuneloop.evaluation.metrics import token_f1, tokenize
@@ -44,6 +50,14 @@ from tuneloop.loop.config import CurateSettings
 from tuneloop.loop.filters import Reject, TextFilters, Verdict, agree
 from tuneloop.loop.kto import counts as kto_counts
 from tuneloop.loop.kto import downvote_problem, kto_rows
+from tuneloop.loop.tool_answers import (
+    CORRECTION_HINT,
+    assistant_message,
+    calls_text,
+    check_conversation,
+    parse_calls,
+    with_tools,
+)
 
 if TYPE_CHECKING:
     from tuneloop.loop.facts import Knowledge
@@ -203,11 +217,18 @@ def curate(batch: Batch, settings: CurateSettings, known: Known, checks: Checks 
             out.rejected.append(_rejection(item, texts, verdict))
             continue
         prompt, answer, correction = texts
+        correction_calls = _correction_is_call(item, correction)
+        if isinstance(correction_calls, Reject):
+            out.rejected.append(_rejection(item, correction_calls, verdict))
+            continue
         if verdict.polarity == "down" and correction is None:
             downs.append((item, prompt, answer, verdict))
             continue
         chosen = correction if correction is not None else answer
-        problem = _against_known(prompt, chosen, correction is not None, settings, known, checks)
+        chosen_calls = correction_calls if correction is not None else bool(item.tool_calls)
+        problem = _against_known(
+            prompt, chosen, correction is not None, settings, known, checks, chosen_calls
+        )
         if problem is None and checks.frozen is not None:  # after the facts: a refutation says more
             problem = checks.frozen.check(_last_user(item.prompt or []))
         if problem is not None:
@@ -221,8 +242,9 @@ def curate(batch: Batch, settings: CurateSettings, known: Known, checks: Checks 
             answer if correction is not None else None,
             "correction" if correction is not None else "upvoted",
             verdict,
+            chosen_calls,
         )
-        if checks.knowledge is not None:
+        if checks.knowledge is not None and not chosen_calls:
             proposal["reference"] = _reference(checks.knowledge, _last_user(prompt), chosen)
         out.proposals.append(proposal)
     _second_opinion(out, checks)
@@ -247,6 +269,7 @@ def curate(batch: Batch, settings: CurateSettings, known: Known, checks: Checks 
             )
         elif up is not None and up.get("rejected") is None:
             up["rejected"], up["rejected_response_id"] = answer, item.response_id
+            up["rejected_calls"] = bool(item.tool_calls)
             up["feedback_ids"] = up["feedback_ids"] + [r.id for r in item.ratings]
         else:  # a thumb down alone (or beyond the one pair): an undesirable KTO row
             out.proposals.append(_proposal(item, prompt, None, answer, "downvoted", verdict))
@@ -280,7 +303,9 @@ def _second_opinion(out: Curated, checks: Checks) -> None:
     if checks.judge is None or checks.knowledge is None:
         return
 
-    asked = [(p, checks.knowledge.texts_for(_last_user(p["prompt"]))) for p in out.proposals]
+    # facts are statements in words: a tool call is not checked against them
+    textual = [p for p in out.proposals if not p.get("chosen_calls")]
+    asked = [(p, checks.knowledge.texts_for(_last_user(p["prompt"]))) for p in textual]
     asked = [(p, facts) for p, facts in asked if facts]
     if not asked:
         return
@@ -344,9 +369,10 @@ def _cap_per_key(out: Curated, limit: float | None, weight: Callable[[str], floa
 
 
 def _check(item: Interaction, s: CurateSettings, filters: TextFilters, checks: Checks) -> Verdict | Reject:
-    if item.status != 200 or item.answer is None:
+    if item.status != 200 or (item.answer is None and not item.tool_calls):
         return Reject("failed_request", f"status {item.status}")
-    if not item.prompt or item.prompt[-1]["role"] != "user":
+    # a prompt ends with the user's turn, or with tool results the answer goes on from
+    if not item.prompt or item.prompt[-1]["role"] not in ("user", "tool"):
         return Reject("not_a_chat_prompt", "the request has no text prompt ending with a user turn")
     return agree(item.ratings, s.positive_min, s.negative_max, s.min_raters, s.min_agreement, checks.weight)
 
@@ -357,7 +383,7 @@ def _screen(item: Interaction, verdict: Verdict, filters: TextFilters, checks: C
     texts = [(f"prompt ({m['role']})", m["content"]) for m in item.prompt]
     texts += [("correction", verdict.correction)] + [("comment", r.comment) for r in item.ratings]
     if verdict.polarity == "up":
-        texts.append(("answer", item.answer))
+        texts.append(("answer", _answer(item)))
     for role, text in texts:
         if (r := filters.check(role, text)) is not None:
             return r
@@ -383,11 +409,11 @@ def _redacted(
     """(prompt, answer, correction) with PII replaced, or a Reject when PII means drop. Values in
     `keep` (stated by the knowledge base: a product's IP, a hotline) are facts and stay."""
     if s.pii == "off":
-        return item.prompt, item.answer, verdict.correction
+        return item.prompt, _answer(item), verdict.correction
     keep = keep if s.keep_known_values else frozenset()
     found: list[tuple[str, str]] = []
-    prompt = [{**m, "content": _redact(m["content"], keep, found)} for m in item.prompt or []]
-    answer = _redact(item.answer or "", keep, found)
+    prompt = [_redact_message(m, keep, found) for m in item.prompt or []]
+    answer = _redact(_answer(item), keep, found)
     correction = _redact(verdict.correction, keep, found) if verdict.correction else None
     # the gateway redacts what it stores (log.redact_pii): its placeholders are PII found, too
     texts = [m["content"] for m in item.prompt or []] + [item.answer or "", verdict.correction or ""]
@@ -397,6 +423,42 @@ def _redacted(
     for kind, _ in found:
         counts[kind] = counts.get(kind, 0) + 1
     return prompt, answer, correction
+
+
+def _answer(item: Interaction) -> str:
+    """The answer as curation checks it: its text, or the canonical text of its tool calls."""
+    if item.tool_calls:
+        return calls_text(item.tool_calls, item.answer)
+    return item.answer or ""
+
+
+def _correction_is_call(item: Interaction, correction: str | None) -> bool | Reject:
+    """Whether a correction is tool calls; a correction of a tool-call answer must be (Reject if not)."""
+    if correction is None or not (item.tools or item.tool_calls):
+        return False
+    try:
+        parse_calls(correction, item.tools)
+    except ToolRowError as e:
+        if not item.tool_calls:
+            return False  # a text answer corrected with text
+        return Reject("correction_not_a_tool_call", f"{e}; {CORRECTION_HINT}")
+    return True
+
+
+def _redact_message(m: dict[str, Any], keep: frozenset[str], found: list[tuple[str, str]]) -> dict[str, Any]:
+    """A prompt message with PII replaced in its text and in its tool calls' arguments."""
+    out = {**m, "content": _redact(m["content"], keep, found)}
+    if m.get("tool_calls"):
+        out["tool_calls"] = [
+            {
+                **c,
+                "function": {**c["function"], "arguments": _redact(c["function"]["arguments"], keep, found)},
+            }
+            if isinstance(c.get("function"), dict) and isinstance(c["function"].get("arguments"), str)
+            else c
+            for c in m["tool_calls"]
+        ]
+    return out
 
 
 def _redact(text: str, keep: frozenset[str], found: list[tuple[str, str]]) -> str:
@@ -419,6 +481,7 @@ def _against_known(
     s: CurateSettings,
     known: Known,
     checks: Checks | None = None,
+    is_call: bool = False,
 ) -> Reject | None:
     """Duplicates of the training data, and answers that contradict what is known: a correction against
     the training data's answers to the same question, and any chosen answer (upvoted or corrected)
@@ -427,7 +490,7 @@ def _against_known(
     dup = known.duplicate(question, chosen, s.dedup_threshold)
     if dup is not None:
         return Reject(f"duplicate_{dup[0]}", f"already in the training data (similarity {dup[1]:.2f})")
-    if s.conflicts != "reject":
+    if s.conflicts != "reject" or is_call:  # facts are statements in words, not tool calls
         return None
     if is_correction:
         for answer in known.answers_to(question, s.dedup_threshold):
@@ -451,8 +514,11 @@ def _proposal(
     rejected: str | None,
     source: str,
     verdict: Verdict,
+    chosen_calls: bool = False,
 ) -> dict[str, Any]:
+    calls = {"tools": item.tools, "chosen_calls": chosen_calls, "rejected_calls": bool(item.tool_calls)}
     return {
+        **calls,
         "response_id": item.response_id,
         "request_id": item.request_id,
         "variant": item.variant,
@@ -504,6 +570,11 @@ def apply_reviews(curated: Curated, reviews: list[Any], filters: TextFilters) ->
             continue
         if r.edited is not None:
             problem = filters.check("edited answer", r.edited)
+            if problem is None and p.get("chosen_calls"):
+                try:
+                    parse_calls(r.edited, p.get("tools"))
+                except ToolRowError as e:
+                    problem = Reject("correction_not_a_tool_call", f"edited answer: {e}; {CORRECTION_HINT}")
             if problem is not None:
                 curated.rejected.append({**_ids(p), "reason": problem.reason, "detail": problem.detail})
                 continue
@@ -544,6 +615,10 @@ def build_dataset(
     kto = {"train": [], "val": []}
     examples = []
     for p in proposals:
+        problem = _tool_row_problem(p)
+        if problem is not None:
+            curated.rejected.append({**_ids(p), "reason": "invalid_tool_row", "detail": problem})
+            continue
         split = "val" if _heldout(p["prompt"], settings.holdout_fraction, settings.holdout_seed) else "train"
         link = {"request_id": p["request_id"], "response_id": p["response_id"], "source": p["source"]}
         for row in kto_rows(p):
@@ -561,9 +636,8 @@ def build_dataset(
         if p["chosen"] is None:  # a thumb down alone: nothing to imitate or to prefer
             continue
         sid = f"fb-{p['response_id']}"
-        sft[split].append(
-            {"id": sid, "messages": [*p["prompt"], {"role": "assistant", "content": p["chosen"]}], **link}
-        )
+        answer = assistant_message(p["chosen"], p.get("chosen_calls", False), p.get("tools"))
+        sft[split].append(with_tools({"id": sid, "messages": [*p["prompt"], answer], **link}, p.get("tools")))
         examples.append(
             {
                 "id": sid,
@@ -577,14 +651,17 @@ def build_dataset(
         if p.get("rejected"):
             did = f"pref-{p['response_id']}"
             dpo[split].append(
-                {
-                    "id": did,
-                    "prompt": p["prompt"],
-                    "chosen": p["chosen"],
-                    "rejected": p["rejected"],
-                    **link,
-                    "rejected_response_id": p.get("rejected_response_id", p["response_id"]),
-                }
+                with_tools(
+                    {
+                        "id": did,
+                        "prompt": p["prompt"],
+                        "chosen": _side(p, "chosen"),
+                        "rejected": _side(p, "rejected"),
+                        **link,
+                        "rejected_response_id": p.get("rejected_response_id", p["response_id"]),
+                    },
+                    p.get("tools"),
+                )
             )
             examples.append(
                 {
@@ -632,6 +709,25 @@ def build_dataset(
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
     return manifest
+
+
+def _side(p: dict[str, Any], side: str) -> Any:
+    """A DPO side as it was: a text answer stays a string, tool calls are an assistant message."""
+    if not p.get(f"{side}_calls"):
+        return p[side]
+    return [assistant_message(p[side], True, p.get("tools"))]
+
+
+def _tool_row_problem(p: dict[str, Any]) -> str | None:
+    """Why a proposal's rows would not pass the training row check (data/tool_rows.py), or None."""
+    try:
+        for side in ("chosen", "rejected"):
+            if p.get(side) is not None:
+                answer = assistant_message(p[side], p.get(f"{side}_calls", False), p.get("tools"))
+                check_conversation([*p["prompt"], answer], p.get("tools"))
+    except ToolRowError as e:
+        return str(e)
+    return None
 
 
 def _write(path: Path, rows: list[dict[str, Any]]) -> dict[str, Any]:

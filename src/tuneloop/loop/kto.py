@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.loop.filters import Reject
+from tuneloop.loop.tool_answers import assistant_message, with_tools
 
 if TYPE_CHECKING:
     from tuneloop.loop.curate import Known
@@ -57,18 +58,28 @@ def kto_rows(p: dict[str, Any]) -> list[dict[str, Any]]:
     """The unpaired rows of one approved proposal (ids fb-kto-RESPONSE), none for written answers."""
     rows = []
     if p["source"] == "upvoted" and p.get("chosen"):
-        rows.append((p["response_id"], p["chosen"], True))
+        rows.append((p["response_id"], p["chosen"], p.get("chosen_calls", False), True))
     if p["source"] in THUMBS and p.get("rejected"):  # a downvote: its own proposal or an upvote's loser
-        rows.append((p.get("rejected_response_id", p["response_id"]), p["rejected"], False))
+        rows.append(
+            (
+                p.get("rejected_response_id", p["response_id"]),
+                p["rejected"],
+                p.get("rejected_calls", False),
+                False,
+            )
+        )
     return [
-        {
-            "id": f"kto-{rid}",
-            "prompt": p["prompt"],
-            "completion": [{"role": "assistant", "content": text}],
-            "label": label,
-            "completion_response_id": rid,
-        }
-        for rid, text, label in rows
+        with_tools(
+            {
+                "id": f"kto-{rid}",
+                "prompt": p["prompt"],
+                "completion": [assistant_message(text, is_call, p.get("tools"))],
+                "label": label,
+                "completion_response_id": rid,
+            },
+            p.get("tools"),
+        )
+        for rid, text, is_call, label in rows
     ]
 
 

@@ -3,8 +3,10 @@
 Rows follow the dataset contract of `tuneloop data prepare`: SFT rows are OpenAI `messages`,
 pretraining rows are `{"text": ...}`, preference rows are `{"prompt", "chosen", "rejected"}`, unpaired
 rows (KTO) are `{"prompt", "completion", "label"}` as in TRL.
-SFT labels cover assistant turns only, using the model's own chat template — the same masking the
-evaluator uses (`tuneloop.evaluation.perplexity.sft_token_labels`), so train and eval agree.
+SFT labels cover assistant turns only (their text and tool calls; tool results and user turns are
+masked, as TRL's assistant-only loss), using the model's own chat template with the row's `tools`
+rendered as the server renders them (`models.chat`) — the same masking the evaluator uses
+(`tuneloop.evaluation.perplexity.sft_token_labels`), so train, eval and serving agree.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import TuneloopError
-from tuneloop.evaluation.perplexity import sft_token_labels
+from tuneloop.evaluation.perplexity import render_chat, sft_token_labels
 from tuneloop.evaluation.rows import (
     KIND_NAMES,
     RowKind,
@@ -164,7 +166,7 @@ def tokenize(
 
 
 def _sft(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> tuple[list[int], list[int]]:
-    return sft_token_labels(tokenizer, row["messages"])
+    return sft_token_labels(tokenizer, row["messages"], tools=row.get("tools"))
 
 
 def _text(tokenizer: PreTrainedTokenizerBase, row: dict[str, Any]) -> tuple[list[int], list[int]]:
@@ -194,7 +196,9 @@ def _pair(
             raise TuneloopError(
                 f"preference row without '{key}'", hint="rows need prompt, chosen and rejected"
             )
-        ids, labels = sft_token_labels(tokenizer, prompt + as_messages(row[key], "assistant"))
+        ids, labels = sft_token_labels(
+            tokenizer, prompt + as_messages(row[key], "assistant"), tools=row.get("tools")
+        )
         sides.append(_fit(Example(ids, _last_span_only(labels)), max_length, overlong, counts))
     if sides[0] is None or sides[1] is None:
         return None
@@ -208,8 +212,11 @@ def _unpaired(
     generation prompt stops being a prefix of the whole conversation); labels as for SFT: the
     completion's assistant turns through their end-of-turn token."""
     prompt = as_messages(row["prompt"], "user")
-    ids, labels = sft_token_labels(tokenizer, prompt + as_messages(row["completion"], "assistant"))
-    text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    tools = row.get("tools")
+    ids, labels = sft_token_labels(
+        tokenizer, prompt + as_messages(row["completion"], "assistant"), tools=tools
+    )
+    text = render_chat(tokenizer, prompt, True, tools)
     prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     split = next(
         (i for i, (a, b) in enumerate(zip(prompt_ids, ids, strict=False)) if a != b),
