@@ -23,6 +23,50 @@ import triton.language as tl
 
 
 @triton.jit
+def _attend(
+    q,
+    K,
+    V,
+    BT,
+    b,
+    kvh,
+    lo,
+    hi,
+    scale,
+    stride_kt,
+    stride_kh,
+    stride_btb,
+    BLOCK_SIZE: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """Online softmax of one KV head's group of queries over context positions [lo, hi): the running
+    max, sum and unnormalised output (fp32). An empty range leaves -inf, 0, 0."""
+    d = tl.arange(0, D)
+    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+    l_sum = tl.zeros([GROUP_PAD], tl.float32)
+    acc = tl.zeros([GROUP_PAD, D], tl.float32)
+    for start in range(lo, hi, BLOCK_N):
+        n = start + tl.arange(0, BLOCK_N)
+        nmask = n < hi
+        page = tl.load(BT + b * stride_btb + n // BLOCK_SIZE, mask=nmask, other=0)
+        slot = page.to(tl.int64) * BLOCK_SIZE + n % BLOCK_SIZE
+        kv_off = slot[:, None] * stride_kt + kvh * stride_kh + d[None, :]
+        k = tl.load(K + kv_off, mask=nmask[:, None], other=0.0)
+        v = tl.load(V + kv_off, mask=nmask[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # (GROUP_PAD, BLOCK_N)
+        s = tl.where(nmask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        p = tl.exp(s - m_new[:, None])
+        alpha = tl.exp(m - m_new)
+        l_sum = l_sum * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
+        m = m_new
+    return m, l_sum, acc
+
+
+@triton.jit
 def _paged_decode_kernel(
     Q,
     K,
@@ -52,25 +96,24 @@ def _paged_decode_kernel(
     gmask = g < GROUP
     heads = kvh * GROUP + g
     q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=gmask[:, None], other=0.0)
-    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l_sum = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, D], tl.float32)
-    for start in range(0, ctx, BLOCK_N):
-        n = start + tl.arange(0, BLOCK_N)
-        nmask = n < ctx
-        page = tl.load(BT + b * stride_btb + n // BLOCK_SIZE, mask=nmask, other=0)
-        slot = page.to(tl.int64) * BLOCK_SIZE + n % BLOCK_SIZE
-        kv_off = slot[:, None] * stride_kt + kvh * stride_kh + d[None, :]
-        k = tl.load(K + kv_off, mask=nmask[:, None], other=0.0)
-        v = tl.load(V + kv_off, mask=nmask[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale  # (GROUP_PAD, BLOCK_N)
-        s = tl.where(nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m - m_new)
-        l_sum = l_sum * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
-        m = m_new
+    _, l_sum, acc = _attend(
+        q,
+        K,
+        V,
+        BT,
+        b,
+        kvh,
+        0,
+        ctx,
+        scale,
+        stride_kt,
+        stride_kh,
+        stride_btb,
+        BLOCK_SIZE,
+        GROUP_PAD,
+        D,
+        BLOCK_N,
+    )
     out = acc / l_sum[:, None]
     tl.store(
         Out + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
@@ -116,25 +159,24 @@ def _paged_decode_split_kernel(
     gmask = g < GROUP
     heads = kvh * GROUP + g
     q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=gmask[:, None], other=0.0)
-    m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-    l_sum = tl.zeros([GROUP_PAD], tl.float32)
-    acc = tl.zeros([GROUP_PAD, D], tl.float32)
-    for start in range(lo, hi, BLOCK_N):
-        n = start + tl.arange(0, BLOCK_N)
-        nmask = n < hi
-        page = tl.load(BT + b * stride_btb + n // BLOCK_SIZE, mask=nmask, other=0)
-        slot = page.to(tl.int64) * BLOCK_SIZE + n % BLOCK_SIZE
-        kv_off = slot[:, None] * stride_kt + kvh * stride_kh + d[None, :]
-        k = tl.load(K + kv_off, mask=nmask[:, None], other=0.0)
-        v = tl.load(V + kv_off, mask=nmask[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * scale
-        s = tl.where(nmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m - m_new)
-        l_sum = l_sum * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v).to(tl.float32)
-        m = m_new
+    m, l_sum, acc = _attend(
+        q,
+        K,
+        V,
+        BT,
+        b,
+        kvh,
+        lo,
+        hi,
+        scale,
+        stride_kt,
+        stride_kh,
+        stride_btb,
+        BLOCK_SIZE,
+        GROUP_PAD,
+        D,
+        BLOCK_N,
+    )
     # partials laid out (B, H, SPLITS[, D]); an empty split leaves m = -inf, l = 0, acc = 0
     row = (b * H + heads) * SPLITS + split
     tl.store(PartM + row, m, mask=gmask)
