@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
+from shards import split_rows, split_text
 
 from tuneloop.data import prepare
 
@@ -33,7 +33,7 @@ def bucket(s3_endpoint: str, mixed_corpus: Path, monkeypatch: pytest.MonkeyPatch
 
 
 def _rows(out: Path) -> list[str]:
-    return sorted(line for s in ("train", "val") for line in (out / f"{s}.jsonl").open(encoding="utf-8"))
+    return sorted(line for s in ("train", "val") for line in split_text(out, s).splitlines())
 
 
 def test_s3_folder_gives_the_same_rows_and_checksums_as_local(
@@ -63,5 +63,5 @@ def test_s3_glob_and_endpoint_from_environment(
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     m = prepare([f"{bucket}/docs/*.txt"], tmp_path / "out", make_cfg(), workers=1)
     assert sorted(Path(i["path"]).name for i in m["inputs"]) == ["zh-gbk.txt", "zh.txt"]
-    rows = [json.loads(line)["text"] for line in (tmp_path / "out" / "train.jsonl").open(encoding="utf-8")]
+    rows = [r["text"] for r in split_rows(tmp_path / "out", "train")]
     assert any("北京" in r for r in rows) and m["pii"]["phone"] == 1
