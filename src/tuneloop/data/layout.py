@@ -21,6 +21,7 @@ import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tuneloop.errors import TuneloopError
@@ -65,6 +66,8 @@ class Split:
     files: tuple[str, ...]
     rows: int | None  # from the manifest; None when unknown (single-file layout)
     storage_options: dict[str, Any] | None = None
+    location: str | None = None  # the dataset folder/URL of a sharded dataset
+    fingerprint: str | None = None  # the manifest's
 
     def lines(self) -> Iterator[tuple[str, int, str]]:
         """(file, line number, line) of the non-blank lines, file by file, streamed."""
@@ -72,7 +75,8 @@ class Split:
             yield from _file_lines(url, self.storage_options)
 
     def __str__(self) -> str:
-        return self.files[0] if len(self.files) == 1 else f"{self.files[0]} (+{len(self.files) - 1} shards)"
+        """The dataset location for shards (what `tuneloop eval` and lineage take), else the file."""
+        return self.location or self.files[0]
 
 
 def open_split(location: str, split: str, storage_options: dict[str, Any] | None = None) -> Split | None:
@@ -88,7 +92,8 @@ def open_split(location: str, split: str, storage_options: dict[str, Any] | None
         rows = manifest["counts"].get(f"{split}_rows")
         if not rows and split != "train":
             return None
-        return Split(split, tuple(join(location, n) for n in names), rows, storage_options)
+        files = tuple(join(location, n) for n in names)
+        return Split(split, files, rows, storage_options, location, manifest.get("fingerprint"))
     single = join(location, f"{split}.jsonl")
     if _exists(fs, posixpath.join(root, f"{split}.jsonl"), location):
         return Split(split, (single,), None, storage_options)
@@ -99,6 +104,18 @@ def open_split(location: str, split: str, storage_options: dict[str, Any] | None
             hint="rerun `tuneloop data prepare` into this folder",
         )
     return None
+
+
+def sharded_split(location: str | os.PathLike, split: str) -> Split | None:
+    """`open_split` for a sharded dataset (a URL, or a folder whose manifest lists shards), else None,
+    so callers keep their own handling of plain files and single-file folders."""
+    location = str(location)
+    if not is_url(location):
+        manifest = os.path.join(location, MANIFEST)
+        if not os.path.isfile(manifest) or '"shards"' not in Path(manifest).read_text(encoding="utf-8"):
+            return None
+    found = open_split(location, split)
+    return found if found is not None else Split(split, (), 0, location=location)
 
 
 def _read_manifest(fs: Any, root: str, location: str) -> dict[str, Any] | None:
