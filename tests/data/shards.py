@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -30,3 +31,17 @@ def split_table(out: Path, split: str) -> pa.Table:
 def all_files(out: Path) -> dict[str, bytes]:
     """Every file of the dataset by relative path (nothing else may be left in the folder)."""
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+_SYLLABLES = ("ka", "lo", "mi", "ren", "tos", "vel", "dra", "qu", "shi", "pan", "er", "zu", "bo", "lin", "fa")
+VOCAB = [a + b + c for a in _SYLLABLES for b in _SYLLABLES for c in ("", "n", "s")]
+
+
+def prose(seed: int, sentences: int = 6) -> str:
+    """Distinct, clean English-like text (passes the quality filters; no near-duplicates by chance)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(sentences):
+        words = [rng.choice(VOCAB) for _ in range(rng.randint(8, 16))]
+        out.append(" ".join(words).capitalize() + ".")
+    return " ".join(out)
