@@ -72,7 +72,7 @@ def test_shards_without_a_manifest_are_an_unfinished_dataset(tmp_path: Path, mak
     out = tmp_path / "out"
     prepare([str(write_docs(tmp_path / "c", 6))], out, make_cfg(), workers=1)
     (out / "manifest.json").unlink()  # as a run killed during its commit leaves it
-    with pytest.raises(TuneloopError, match="train/ shards but no manifest.json: an unfinished"):
+    with pytest.raises(TuneloopError, match=r"train/ shards but no manifest.json: an unfinished"):
         dataset_files(str(out), None)
 
 
