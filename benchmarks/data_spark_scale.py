@@ -9,7 +9,7 @@ Python workers (children of the JVM) are not the driver and are not counted. The
 Python driver is what the driver holds of the data: with shards written by the executors it should
 not grow with the corpus (only counts, dedup decisions and token histograms come back).
 
-    python benchmarks/data_spark_scale.py --mb 8 32 --masters 'local[1]' 'local[2]'
+    python benchmarks/data_spark_scale.py --mb 3 12 --mb-per-file 0.5 --shard-rows 1000
 """
 
 from __future__ import annotations
@@ -73,12 +73,12 @@ class PeakRSS:
         self._thread.join()
 
 
-def run_one(corpus: Path, out: Path, master: str, tokenizer: str) -> dict:
+def run_one(corpus: Path, out: Path, master: str, tokenizer: str, shard_rows: int) -> dict:
     """One prepare on Spark in this process (called through `--one`)."""
     from tuneloop.data import DataConfig, prepare
     from tuneloop.data.executors.spark import spark_context
 
-    cfg = DataConfig(tokenizer=tokenizer)
+    cfg = DataConfig(tokenizer=tokenizer, output={"shard_rows": shard_rows})
     with PeakRSS() as rss:
         spark_context(master)  # JVM start-up is not part of the throughput
         idle = dict(rss.peak)
@@ -103,10 +103,10 @@ def run_one(corpus: Path, out: Path, master: str, tokenizer: str) -> dict:
     }
 
 
-def spawn(corpus: Path, out: Path, master: str, tokenizer: str) -> dict:
+def spawn(corpus: Path, out: Path, master: str, tokenizer: str, shard_rows: int) -> dict:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     cmd = [sys.executable, __file__, "--one", master, "--corpus", str(corpus), "--out", str(out)]
-    cmd += ["--tokenizer", tokenizer]
+    cmd += ["--tokenizer", tokenizer, "--shard-rows", str(shard_rows)]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"run failed ({master}, {corpus}):\n{done.stderr[-4000:]}")
@@ -119,13 +119,14 @@ def main() -> None:
     ap.add_argument("--mb-per-file", type=float, default=1.0, help="one input file = one partition")
     ap.add_argument("--masters", nargs="+", default=["local[1]", "local[2]"])
     ap.add_argument("--tokenizer", default="smollm2-135m-instruct")
+    ap.add_argument("--shard-rows", type=int, default=1000, help="rows per output shard")
     ap.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.corpus, args.out, args.one, args.tokenizer)))
+        print(json.dumps(run_one(args.corpus, args.out, args.one, args.tokenizer, args.shard_rows)))
         return
     work = args.dir or Path(tempfile.mkdtemp(prefix="spark-scale-"))
     print(
@@ -138,7 +139,7 @@ def main() -> None:
             info = generate(corpus, mb, files=max(1, round(mb / args.mb_per_file)))
             print(f"corpus {mb:g} MB: {info}")
         for master in args.masters:
-            r = spawn(corpus, work / f"out-{mb:g}-{master}", master, args.tokenizer)
+            r = spawn(corpus, work / f"out-{mb:g}-{master}", master, args.tokenizer, args.shard_rows)
             r["mb"] = mb
             results.append(r)
             print(json.dumps(r), flush=True)

@@ -2,8 +2,9 @@
 
 Phase 1 runs one task per input file and writes its surviving documents plus their dedup keys to a
 shard; phase 2 (in this process) makes the global dedup/split decisions from the keys only; phase 3
-chunks each shard into part files; the parts are joined in input order. Memory holds one document
-per worker plus the keys (~0.5 KB per document), never the corpus.
+chunks each shard into part files; the parts, read in input order, are cut into the output shards
+(`output.shard_rows` rows each, see `layout.py`). Memory holds one document per worker plus the
+keys (~0.5 KB per document), never the corpus.
 """
 
 from __future__ import annotations
