@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from shards import split_text
 from typer.testing import CliRunner
 
 from tuneloop.cli import app, main
@@ -35,13 +36,14 @@ def test_prepare_writes_the_dataset_and_prints_a_summary(
     assert "kept after dedup_near" in result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["pii"]["mode"] == "drop" and manifest["removed"]["pii.contains_pii"] >= 4
-    assert {p.name for p in out.iterdir()} == {
-        "train.jsonl",
-        "val.jsonl",
-        "train.parquet",
-        "val.parquet",
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
         "manifest.json",
-    }
+        "train/part-00000.jsonl",
+        "train/part-00000.parquet",
+        "val/part-00000.jsonl",
+        "val/part-00000.parquet",
+    ]
+    assert f"wrote {out}: train/part-*.jsonl" in " ".join(result.output.split())
 
 
 def test_config_file_kind_flag_and_json_output(tmp_path: Path, tok_dir: str) -> None:
@@ -101,7 +103,7 @@ def test_pii_report_shows_what_would_be_redacted_and_changes_nothing(
     ]
     result = CliRunner().invoke(app, [*args, f"tokenizer={tok_dir}"])
     assert result.exit_code == 0, result.output
-    text = (out / "train.jsonl").read_text() + (out / "val.jsonl").read_text()
+    text = split_text(out, "train") + split_text(out, "val")
     assert "<EMAIL>" not in text and "<IP>" not in text  # nothing changed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["pii"]["mode"] == "report" and manifest["pii"]["ip"] == 3

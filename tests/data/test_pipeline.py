@@ -6,13 +6,12 @@ import json
 import os
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
+from shards import all_files, split_rows, split_table, split_text
 
 from tuneloop.data import prepare
 
 GOLDEN = Path(__file__).parent / "golden"
-FILES = ("train.jsonl", "val.jsonl", "train.parquet", "val.parquet", "manifest.json")
 
 
 def _summary(manifest: dict) -> dict:
@@ -23,7 +22,7 @@ def _summary(manifest: dict) -> dict:
 def test_golden_mixed_corpus(mixed_corpus: Path, make_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(mixed_corpus.parent)  # relative input -> ids and paths independent of tmp dirs
     manifest = prepare(["corpus"], "out", make_cfg(chunk__max_tokens=2048), workers=1)
-    got = {name: (Path("out") / name).read_text(encoding="utf-8") for name in ("train.jsonl", "val.jsonl")}
+    got = {f"{s}.jsonl": split_text(Path("out"), s) for s in ("train", "val")}
     got["summary.json"] = json.dumps(_summary(manifest), ensure_ascii=False, indent=2, sort_keys=True) + "\n"
     if os.environ.get("TUNELOOP_UPDATE_GOLDEN"):
         GOLDEN.mkdir(exist_ok=True)
@@ -37,11 +36,7 @@ def test_mixed_corpus_outcome_is_what_each_step_promises(
     mixed_corpus: Path, make_cfg, tmp_path: Path
 ) -> None:
     m = prepare([str(mixed_corpus)], tmp_path / "out", make_cfg(), workers=1)
-    text = "\n".join(
-        json.loads(line)["text"]
-        for s in ("train", "val")
-        for line in (tmp_path / "out" / f"{s}.jsonl").open()
-    )
+    text = "\n".join(r["text"] for s in ("train", "val") for r in split_rows(tmp_path / "out", s))
     assert m["removed"]["dedup.exact"] == 2  # the copy and the case/punctuation variant
     assert m["removed"]["dedup.near"] == 1  # "the invoices" vs "invoices"
     assert m["removed"]["quality.too_short"] == 1 and m["removed"]["quality.repeated_ngrams"] == 1
@@ -61,9 +56,9 @@ def test_same_input_and_config_give_byte_identical_outputs_for_any_worker_count(
 ) -> None:
     prepare([str(mixed_corpus)], tmp_path / "a", make_cfg(), workers=1)
     prepare([str(mixed_corpus)], tmp_path / "b", make_cfg(), workers=2)
-    for name in FILES:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
-    assert not (tmp_path / "a" / ".tuneloop-work").exists()
+    a, b = all_files(tmp_path / "a"), all_files(tmp_path / "b")
+    assert a == b and "train/part-00000.jsonl" in a and "train/part-00000.parquet" in a
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(".tuneloop")]
 
 
 def test_config_change_changes_the_fingerprint(mixed_corpus: Path, make_cfg, tmp_path: Path) -> None:
@@ -86,8 +81,8 @@ def test_chunks_of_one_document_never_straddle_train_and_val(tmp_path: Path, mak
     )
     sides = {}
     for split in ("train", "val"):
-        for line in (tmp_path / "out" / f"{split}.jsonl").open():
-            doc = json.loads(line)["text"].split("Document ")[1].split(" ")[0]
+        for row in split_rows(tmp_path / "out", split):
+            doc = row["text"].split("Document ")[1].split(" ")[0]
             sides.setdefault(doc, set()).add(split)
     assert all(len(s) == 1 for s in sides.values()) and len(sides) == 12
     assert m["counts"]["val_documents"] == 3 and m["counts"]["train_rows"] > 12
@@ -112,7 +107,7 @@ def test_sft_corpus_in_three_formats(tmp_path: Path, make_cfg) -> None:
         make_cfg(kind="sft", split__val_fraction=0),
         workers=1,
     )
-    out = [json.loads(line) for line in (tmp_path / "out" / "train.jsonl").open()]
+    out = split_rows(tmp_path / "out", "train")
     assert [r["messages"][-1]["content"] for r in out] == ["你好", "4", "Paris"]
     assert m["removed"] == {"format.no_assistant_answer": 1}
     assert m["skipped"]["items"][0]["file"].endswith("chat.jsonl") and m["skipped"]["items"][0]["line"] == 4
@@ -127,7 +122,7 @@ def test_sft_corpus_in_three_formats(tmp_path: Path, make_cfg) -> None:
         for r in out
     ]
     assert m["tokens"]["counted"] == "chat template applied" and m["tokens"]["total"] == sum(expected)
-    table = pq.read_table(tmp_path / "out" / "train.parquet")
+    table = split_table(tmp_path / "out", "train")
     # tools: the JSON of an SFT row's function tools (null for rows without; data/output.py)
     assert table.column_names == ["messages", "tools"] and table.num_rows == 3
     assert table.column("tools").null_count == 3
@@ -146,7 +141,7 @@ def test_preference_corpus(tmp_path: Path, make_cfg) -> None:
         workers=1,
     )
     assert m["counts"]["train_rows"] + m["counts"]["val_rows"] == 4
-    assert pq.read_table(tmp_path / "out" / "val.parquet").column_names == ["prompt", "chosen", "rejected"]
+    assert split_table(tmp_path / "out", "val").column_names == ["prompt", "chosen", "rejected"]
 
 
 def test_bad_input_corpus_never_crashes_and_reports_everything(
@@ -212,7 +207,7 @@ def test_pretrain_rows_without_text_are_listed_or_rendered(tmp_path: Path, make_
         make_cfg(split__val_fraction=0, input__chat_to_text=True, chunk__max_tokens=2048),
         workers=1,
     )
-    texts = [json.loads(line)["text"] for line in (tmp_path / "out2" / "train.jsonl").open()]
+    texts = [r["text"] for r in split_rows(tmp_path / "out2", "train")]
     assert m["removed"].get("format.missing_text") == 2  # the CSV rows: no text, not a conversation
     assert (
         "User: What does the warranty cover?\n\nAssistant: Manufacturing defects for two years from purchase."

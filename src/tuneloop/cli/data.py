@@ -36,8 +36,12 @@ def prepare(
     inputs: list[str] = typer.Argument(
         ..., help="Files, folders, globs or s3:// URLs; trailing key=value items override the config."
     ),
-    out: Path = typer.Option(
-        ..., "--out", "-o", help="Output folder for train/val .jsonl/.parquet and manifest.json."
+    out: str = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="Output folder or URL (s3://bucket/prefix, any fsspec URL) for the train/ and val/ "
+        "shards (.jsonl + .parquet) and manifest.json (written last).",
     ),
     config: Path | None = typer.Option(None, "--config", "-c", help="data.yaml (see DataConfig)."),
     kind: str | None = typer.Option(
@@ -78,7 +82,8 @@ def prepare(
             "no INPUT given", hint="pass files, folders, globs or s3:// URLs before key=value overrides"
         )
     cfg = load_config(DataConfig, config, overrides)
-    check_writable_dir(out, "--out")  # before the inputs are read, not at the first write
+    if "://" not in out:  # a URL is checked by writing a probe object there, also before reading
+        check_writable_dir(Path(out), "--out")  # before the inputs are read, not at the first write
     # the library logs skipped inputs; here the report below prints them once, as warnings
     logging.getLogger("tuneloop.data").addHandler(logging.NullHandler())
     logging.getLogger("tuneloop.data").propagate = False
@@ -112,7 +117,7 @@ def _pii_examples(manifest: dict) -> None:
             typer.echo(f"  {kind:9s} {item['doc']}: {item['context']}")
 
 
-def _report(manifest: dict, out: Path) -> None:
+def _report(manifest: dict, out: str) -> None:
     for skip in manifest["skipped"]["items"][:20]:
         line = f":{skip['line']}" if skip["line"] else ""
         console.print(
@@ -134,6 +139,8 @@ def _report(manifest: dict, out: Path) -> None:
     seconds = manifest.get("run", {}).get("seconds", {})
     if seconds:
         typer.echo("time: " + ", ".join(f"{k} {v:.1f}s" for k, v in seconds.items()))
+    shards = manifest["shards"]
     typer.echo(
-        f"wrote {out}/train.jsonl, val.jsonl, *.parquet, manifest.json  fingerprint {manifest['fingerprint']}"
+        f"wrote {out}: train/part-*.jsonl ({len(shards['train'])} shards), val/part-*.jsonl "
+        f"({len(shards['val'])}), .parquet copies, manifest.json  fingerprint {manifest['fingerprint']}"
     )

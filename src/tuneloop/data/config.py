@@ -40,6 +40,22 @@ class InputConfig(Config):
     )
 
 
+class OutputConfig(Config):
+    """Where and how the dataset is written (`--out`: a folder or any fsspec URL such as s3://)."""
+
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict,
+        exclude=True,  # credentials never land in the manifest
+        description="fsspec options for an --out URL, e.g. {'key': ..., 'secret': ...} for s3://",
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint for --out (MinIO, OSS); env AWS_ENDPOINT_URL works too"
+    )
+    shard_rows: int = Field(
+        100_000, ge=1, description="rows per shard file (train/part-00000.jsonl, ...): ~50-200 MB of text"
+    )
+
+
 class CleanConfig(Config):
     normalization: Literal["NFC", "NFKC", "none"] = Field(
         "NFC", description="NFKC also folds full-width punctuation to ASCII, which changes Chinese text"
@@ -132,5 +148,6 @@ class DataConfig(Config):
     pii: PIIConfig = Field(default_factory=PIIConfig)
     chunk: ChunkConfig = Field(default_factory=ChunkConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
-    parquet: bool = Field(True, description="also write train.parquet / val.parquet")
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    parquet: bool = Field(True, description="also write a .parquet copy of every .jsonl shard")
     max_skips_listed: int = Field(1000, ge=0, description="skipped items listed one by one in the manifest")

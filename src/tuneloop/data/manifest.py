@@ -9,10 +9,9 @@ and config, like the data files.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
-from collections.abc import Sequence
-from pathlib import Path
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,23 +23,46 @@ from tuneloop.data.stats import Stats
 STAGES = ("read", "format", "clean", "quality", "pii", "dedup_exact", "dedup_near")
 
 
-def token_stats(counts: Sequence[int] | np.ndarray) -> dict[str, Any]:
-    """total, mean, p50, p95 (nearest rank: always a real row's count), max."""
-    arr = np.sort(np.asarray(counts, dtype=np.int64))
-    if arr.size == 0:
+def token_stats(counts: Sequence[int] | np.ndarray | Mapping[int, int]) -> dict[str, Any]:
+    """total, mean, p50, p95 (nearest rank: always a real row's count), max.
+
+    `counts` is one count per row, or a histogram {token count: rows}: the engines pass histograms,
+    so the driver holds one entry per distinct length, never one per row.
+    """
+    hist = _histogram(counts)
+    values = np.array(sorted(hist), dtype=np.int64)
+    freq = np.array([hist[v] for v in values.tolist()], dtype=np.int64)
+    rows = int(freq.sum())
+    if rows == 0:
         return {"rows": 0, "total": 0, "mean": 0.0, "p50": 0, "p95": 0, "max": 0}
+    cum = np.cumsum(freq)
 
     def rank(p: float) -> int:
-        return int(arr[max(math.ceil(p * arr.size) - 1, 0)])
+        return int(values[np.searchsorted(cum, max(math.ceil(p * rows), 1))])
 
+    total = int((values * freq).sum())
     return {
-        "rows": int(arr.size),
-        "total": int(arr.sum()),
-        "mean": round(float(arr.mean()), 2),
+        "rows": rows,
+        "total": total,
+        "mean": round(total / rows, 2),
         "p50": rank(0.5),
         "p95": rank(0.95),
-        "max": int(arr[-1]),
+        "max": int(values[-1]),
     }
+
+
+def _histogram(counts: Sequence[int] | np.ndarray | Mapping[int, int]) -> dict[int, int]:
+    if isinstance(counts, Mapping):
+        return {int(k): int(v) for k, v in counts.items() if v}
+    values, freq = np.unique(np.asarray(counts, dtype=np.int64), return_counts=True)
+    return dict(zip(values.tolist(), freq.tolist(), strict=True))
+
+
+def merge_histograms(*hists: Mapping[int, int]) -> dict[int, int]:
+    out: Counter[int] = Counter()
+    for h in hists:
+        out.update({int(k): int(v) for k, v in h.items()})
+    return dict(out)
 
 
 def fingerprint(outputs: dict[str, dict[str, Any]]) -> str:
@@ -57,14 +79,15 @@ def build_manifest(
     inputs: list[dict[str, Any]],
     stats: Stats,
     dedup: dict[str, Any],
-    tokens: dict[str, np.ndarray],
+    tokens: dict[str, dict[int, int]],
     split_docs: dict[str, int],
     outputs: dict[str, dict[str, Any]],
     tokenizer: str,
     counted: str,
 ) -> dict[str, Any]:
     skips = sorted(stats.skips, key=lambda s: (s.file, s.line or 0, s.reason))
-    all_tokens = np.concatenate([tokens["train"], tokens["val"]])
+    all_tokens = merge_histograms(tokens["train"], tokens["val"])
+    shard_rows = {s: token_stats(tokens[s])["rows"] for s in ("train", "val")}
     return {
         "tuneloop_version": __version__,
         "kind": cfg.kind,
@@ -75,8 +98,8 @@ def build_manifest(
             "documents": sum(split_docs.values()),
             "train_documents": split_docs["train"],
             "val_documents": split_docs["val"],
-            "train_rows": int(tokens["train"].size),
-            "val_rows": int(tokens["val"].size),
+            "train_rows": shard_rows["train"],
+            "val_rows": shard_rows["val"],
         },
         "removed": dict(sorted(stats.removed.items())),
         "skipped": {"total": stats.skipped, "items": [s.to_json() for s in skips[: cfg.max_skips_listed]]},
@@ -87,13 +110,23 @@ def build_manifest(
             "tokenizer": tokenizer,
             "counted": counted,
             **token_stats(all_tokens),
-            "over_max_tokens": int((all_tokens > cfg.chunk.max_tokens).sum()),
+            "over_max_tokens": sum(n for t, n in all_tokens.items() if t > cfg.chunk.max_tokens),
             "train": token_stats(tokens["train"]),
             "val": token_stats(tokens["val"]),
         },
         "outputs": outputs,
+        "shards": {
+            s: sorted(
+                (n for n in outputs if n.startswith(f"{s}/") and n.endswith(".jsonl")), key=_shard_number
+            )
+            for s in ("train", "val")
+        },
         "config": cfg.model_dump(mode="json"),
     }
+
+
+def _shard_number(name: str) -> int:
+    return int(name.rsplit("-", 1)[1].split(".", 1)[0])
 
 
 def pii_examples(stats: Stats, k: int) -> dict[str, list[dict[str, str]]]:
@@ -102,12 +135,6 @@ def pii_examples(stats: Stats, k: int) -> dict[str, list[dict[str, str]]]:
         kind: [{"doc": doc_id, "context": context} for _, doc_id, context in items[:k]]
         for kind, items in sorted(stats.pii_examples.items())
     }
-
-
-def write_manifest(manifest: dict[str, Any], out: Path) -> Path:
-    path = out / "manifest.json"
-    path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return path
 
 
 def summary_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:

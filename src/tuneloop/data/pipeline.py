@@ -3,7 +3,7 @@
     read -> format -> clean -> quality -> pii   (per file, in parallel: `process_file`)
     exact dedup -> near dedup -> choose val      (global: `decide`)
     chunk / count tokens -> rows                 (per document, in parallel: `final_rows`)
-    write jsonl + parquet + manifest             (`finish`)
+    write shards (jsonl + parquet), manifest last (`destination.py`, `finish`)
 
 The executors (`executors/local.py`, `executors/spark.py`) only move data between these functions,
 so both engines produce the same dataset by construction (and a test checks it); `run.prepare`
@@ -13,7 +13,7 @@ picks one.
 from __future__ import annotations
 
 import logging
-import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +26,11 @@ from tuneloop.data.chunk import Chunker, tokenizer_path
 from tuneloop.data.clean import Cleaner, QualityFilter
 from tuneloop.data.config import DataConfig
 from tuneloop.data.dedup import MinHasher, exact_hash, normalize, resolve_clusters
+from tuneloop.data.destination import Destination
 from tuneloop.data.document import Doc
 from tuneloop.data.formats import FormatError, to_row
-from tuneloop.data.manifest import build_manifest, write_manifest
-from tuneloop.data.output import SPLITS, describe, dump_row, write_parquet
+from tuneloop.data.manifest import build_manifest
+from tuneloop.data.output import dump_row
 from tuneloop.data.pii import PIIStep
 from tuneloop.data.readers import FileReader, InputFile
 from tuneloop.data.split import split_key, val_count
@@ -212,27 +213,23 @@ def final_rows_batch(docs: list[Doc], chunker: Chunker, kind: str) -> list[list[
 
 
 def finish(
-    out: Path,
+    dest: Destination,
+    outputs: dict[str, dict[str, Any]],
     cfg: DataConfig,
     stats: Stats,
     decision: Decision,
-    tokens: dict[str, np.ndarray],
+    tokens: dict[str, dict[int, int]],
 ) -> dict[str, Any]:
-    """Parquet copies, checksums and the manifest for the `train.jsonl` / `val.jsonl` already in `out`."""
-    outputs = {}
-    for split in SPLITS:
-        jsonl = out / f"{split}.jsonl"
-        outputs[jsonl.name] = describe(jsonl)
-        if cfg.parquet:
-            pq = write_parquet(jsonl, cfg.kind)
-            outputs[pq.name] = describe(pq)
+    """The manifest for the shards already written under `dest`'s temporary prefix, then the commit
+    (shards into place, manifest last). `tokens` is a histogram {token count: rows} per split."""
     inputs = sorted(stats.inputs, key=lambda i: i["path"])
     split_docs = {"train": decision.kept - len(decision.val), "val": len(decision.val)}
     counted = counted_as(cfg.kind, tokenizer_path(cfg.tokenizer))
+    outputs = dict(sorted(outputs.items()))
     manifest = build_manifest(
         cfg, inputs, stats, decision.info, tokens, split_docs, outputs, cfg.tokenizer, counted
     )
-    write_manifest(manifest, out)
+    dest.commit(manifest)
     for skip in sorted(stats.skips, key=lambda s: (s.file, s.line or 0))[:20]:
         log.warning("skipped %s%s: %s", skip.file, f":{skip.line}" if skip.line else "", skip.reason)
     if stats.skipped > 20:
@@ -240,12 +237,11 @@ def finish(
     return manifest
 
 
-def prepare_out(out: Path) -> Path:
-    """The output folder, emptied of a previous run's dataset files (other files are left alone)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("train.jsonl", "val.jsonl", "train.parquet", "val.parquet", "manifest.json"):
-        (out / name).unlink(missing_ok=True)
-    work = out / ".tuneloop-work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
-    return work
+def work_dir(dest: Destination) -> Path:
+    """A local scratch folder for the local engine's intermediate files: inside a local output
+    folder (same disk as the result), else in the system's temporary folder."""
+    if dest.local:
+        work = Path(dest.fs()[1]) / dest.tmp / "work"
+        work.mkdir(parents=True, exist_ok=True)
+        return work
+    return Path(tempfile.mkdtemp(prefix="tuneloop-work-"))

@@ -1,18 +1,20 @@
 """`prepare(inputs, out, config)`: the data pipeline's entry point, which picks an executor.
 
 The executors import the engine-neutral steps from `pipeline.py`; this module sits above both, so
-the pipeline never imports an executor.
+the pipeline never imports an executor. `out` is a local folder or any fsspec URL (s3://...).
 """
 
 from __future__ import annotations
 
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
 from tuneloop.data.config import DataConfig
+from tuneloop.data.destination import Destination
 from tuneloop.data.executors.local import run_local
 from tuneloop.data.executors.spark import run_spark
+from tuneloop.data.layout import is_url
 
 
 def prepare(
@@ -25,21 +27,25 @@ def prepare(
     spark_master: str = "local[*]",
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Run the whole pipeline and return the manifest (also written to `out/manifest.json`)."""
+    """Run the whole pipeline and return the manifest (also written to `out/manifest.json`, last)."""
     cfg = cfg or DataConfig()
-    out = Path(out)
-    created = not out.exists()
+    url = str(out) if is_url(out) else os.path.abspath(os.path.expanduser(out))
+    created = not is_url(url) and not os.path.exists(url)
+    dest = Destination(url, output_options(url, cfg))
+    dest.start()
     try:
         if engine == "spark":
-            return run_spark(inputs, out, cfg, master=spark_master, progress=progress)
-        return run_local(inputs, out, cfg, workers=workers, progress=progress)
+            return run_spark(inputs, dest, cfg, master=spark_master, progress=progress)
+        return run_local(inputs, dest, cfg, workers=workers, progress=progress)
     except BaseException:
-        _discard_work(out, created)
+        dest.abort()  # the shards go; no manifest was written, so nothing looks complete
+        if created and os.path.isdir(url) and not os.listdir(url):
+            os.rmdir(url)  # an output folder this run created and left empty
         raise
 
 
-def _discard_work(out: Path, created: bool) -> None:
-    """After a failed run: the shards go, and so does an output folder this run created and left empty."""
-    shutil.rmtree(out / ".tuneloop-work", ignore_errors=True)
-    if created and out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
+def output_options(url: str, cfg: DataConfig) -> dict[str, Any]:
+    opts = dict(cfg.output.storage_options)
+    if url.split("://", 1)[0] in ("s3", "s3a") and cfg.output.endpoint_url:
+        opts.setdefault("endpoint_url", cfg.output.endpoint_url)
+    return opts

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from tuneloop.data.layout import sharded_split
 from tuneloop.data.tool_rows import ToolRowError, check_tool_use, check_tools, keep_message
 from tuneloop.errors import TuneloopError
 
@@ -70,8 +71,12 @@ def resolve_data_path(data: str | Path) -> Path:
 
 def read_rows(data: str | Path) -> tuple[list[Row], Kind]:
     """All rows of the file and their kind; a bad line is an error naming file and line."""
-    path = resolve_data_path(data)
-    rows = [_parse(line, str(path), number) for number, line in jsonl_lines(path)]
+    shards = sharded_split(data, "val")  # a prepared dataset (folder or URL): its val shards
+    if shards is not None:
+        rows, path = [_parse(line, where, number) for where, number, line in shards.lines()], data
+    else:
+        path = resolve_data_path(data)
+        rows = [_parse(line, str(path), number) for number, line in jsonl_lines(path)]
     if not rows:
         raise TuneloopError(f"evaluation data '{path}' is empty", hint="it needs one JSON object per line")
     return rows, _kind(rows)

@@ -158,7 +158,8 @@ def inherited(parent_tags: dict[str, str]) -> dict[str, str]:
 def _dataset_manifest_sha(train_file: str | None) -> str | None:
     if not train_file:
         return None
-    manifest = Path(train_file).parent / "manifest.json"
+    folder = Path(train_file)  # a sharded dataset is recorded as its folder, a file by its path
+    manifest = (folder if folder.is_dir() else folder.parent) / "manifest.json"
     return sha256_file(manifest) if manifest.is_file() else None
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import multiprocessing
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneloop.data.layout import Split, is_url, open_split
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation.perplexity import render_chat, sft_token_labels
 from tuneloop.evaluation.rows import (
@@ -92,42 +94,67 @@ def _first(e: Any) -> Example:
     return e.chosen if isinstance(e, PairExample) else e
 
 
-def dataset_files(path: str, val_path: str | None) -> tuple[Path, Path | None]:
-    """(train file, val file or None) for a dataset folder or a single .jsonl file."""
+def dataset_files(path: str, val_path: str | None) -> tuple[Path | Split, Path | Split | None]:
+    """(train, val or None) for a dataset folder or URL (the shards its manifest lists, or the
+    folder's train.jsonl / val.jsonl) or a single .jsonl file."""
     p = Path(path).expanduser()
-    if p.is_dir():
-        train = p / "train.jsonl"
-        if not train.is_file():
+    if is_url(path) or p.is_dir():
+        location = path if is_url(path) else str(p)
+        train = open_split(location, "train")
+        if train is None:
             raise TuneloopError(
-                f"dataset folder '{p}' has no train.jsonl", hint="run `tuneloop data prepare` first"
+                f"dataset '{location}' has neither train/ shards with a manifest.json nor a train.jsonl",
+                hint="run `tuneloop data prepare` first",
             )
-        val = Path(val_path).expanduser() if val_path else (p / "val.jsonl")
-        return train, (val if val.is_file() and val.stat().st_size > 0 else None)
+        if val_path:
+            return _single(train), _val_file(val_path)
+        val = open_split(location, "val")
+        return _single(train), _single(val) if val is not None else None
     if not p.is_file():
         raise TuneloopError(
-            f"data.path '{path}' does not exist", hint="give a dataset folder or a .jsonl file"
+            f"data.path '{path}' does not exist", hint="give a dataset folder or URL, or a .jsonl file"
         )
-    val = Path(val_path).expanduser() if val_path else None
-    if val is not None and not val.is_file():
+    return p, _val_file(val_path) if val_path else None
+
+
+def _single(split: Split) -> Path | Split | None:
+    """A local single-file split stays a Path (as before the sharded layout); an empty one is None."""
+    if split.location is not None or is_url(split.files[0]):
+        return split
+    file = Path(split.files[0])
+    return file if split.name == "train" or file.stat().st_size > 0 else None
+
+
+def _val_file(val_path: str) -> Path:
+    val = Path(val_path).expanduser()
+    if not val.is_file():
         raise TuneloopError(f"data.val_path '{val_path}' does not exist")
-    return p, val
+    return val
 
 
-def read_rows(path: Path, objective: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """Rows of a JSONL file, each checked by the row check `tuneloop eval` uses (`check_row`): a
-    broken line, a row of the wrong kind or a bad message is an error naming file and line."""
+def _lines(source: Path | Split) -> Iterator[tuple[str, int, str]]:
+    """(file, line number, line): a sharded split streams its shards in order, naming each."""
+    if isinstance(source, Split):
+        return source.lines()
+    return ((str(source), n, line) for n, line in jsonl_lines(source))
+
+
+def read_rows(path: Path | Split, objective: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Rows of a JSONL file or of a dataset's shards, each checked by the row check `tuneloop eval`
+    uses (`check_row`): a broken line, a row of the wrong kind or a bad message is an error naming
+    file (shard) and line."""
     rows: list[dict[str, Any]] = []
     expected = ROW_KINDS[objective]
-    for lineno, line in jsonl_lines(path):
-        row = parse_json_line(line, str(path), lineno)
+    for where, lineno, line in _lines(path):
+        row = parse_json_line(line, where, lineno)
         found = row_kind(row)
         if found is not None and found != expected:
             raise TuneloopError(
-                f"{path}:{lineno}: objective '{objective}' needs {KIND_NAMES[expected]} rows, but the "
+                f"{where}:{lineno}: objective '{objective}' needs {KIND_NAMES[expected]} rows, but the "
                 f"file holds {KIND_NAMES[found]} rows",
                 hint="prepare the data with the matching --kind, or set objective= to match the data",
             )
-        check_row(row, str(path), lineno, kinds=(expected,))
+        check_row(row, where, lineno, kinds=(expected,))
         rows.append(row)
         if limit and len(rows) >= limit:
             break

@@ -23,6 +23,7 @@ import torch.distributed as tdist
 from huggingface_hub import save_torch_state_dict
 
 from tuneloop import __version__, paths
+from tuneloop.data.layout import Split
 from tuneloop.errors import TuneloopError
 from tuneloop.evaluation.harness import evaluate
 from tuneloop.evaluation.report import write_reports
@@ -426,7 +427,9 @@ def _final_eval(
     return metrics
 
 
-def dataset_fingerprint(train_file: Path) -> str:
+def dataset_fingerprint(train_file: Path | Split) -> str:
+    if isinstance(train_file, Split):  # shards of a prepared dataset: its manifest's fingerprint
+        return train_file.fingerprint or "unknown"
     manifest = train_file.parent / "manifest.json"
     if manifest.is_file():
         fp = json.loads(manifest.read_text()).get("fingerprint")

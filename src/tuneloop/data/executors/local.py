@@ -2,8 +2,9 @@
 
 Phase 1 runs one task per input file and writes its surviving documents plus their dedup keys to a
 shard; phase 2 (in this process) makes the global dedup/split decisions from the keys only; phase 3
-chunks each shard into part files; the parts are joined in input order. Memory holds one document
-per worker plus the keys (~0.5 KB per document), never the corpus.
+chunks each shard into part files; the parts, read in input order, are cut into the output shards
+(`output.shard_rows` rows each, see `layout.py`). Memory holds one document per worker plus the
+keys (~0.5 KB per document), never the corpus.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import shutil
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,16 +37,18 @@ from rich.progress import (
 from tuneloop.data.chunk import Chunker, preload, tokenizer_path
 from tuneloop.data.config import DataConfig
 from tuneloop.data.dedup import MinHasher, bucket_edges, exact_duplicates
+from tuneloop.data.destination import Destination, write_split
 from tuneloop.data.document import Doc
-from tuneloop.data.output import SPLITS, concat
+from tuneloop.data.manifest import merge_histograms
+from tuneloop.data.output import SPLITS
 from tuneloop.data.pipeline import (
     Decision,
     Order,
     decide,
     final_rows_batch,
     finish,
-    prepare_out,
     process_file,
+    work_dir,
 )
 from tuneloop.data.readers import InputFile, list_inputs
 from tuneloop.data.split import smallest
@@ -53,10 +57,15 @@ from tuneloop.errors import TuneloopError
 
 
 def run_local(
-    inputs: list[str], out: Path, cfg: DataConfig, *, workers: int | None = None, progress: bool = False
+    inputs: list[str],
+    dest: Destination,
+    cfg: DataConfig,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     try:
-        return _run(inputs, out, cfg, workers=workers, progress=progress)
+        return _run(inputs, dest, cfg, workers=workers, progress=progress)
     except BrokenProcessPool:
         raise TuneloopError(
             "a worker process died (killed for memory, or it could not start)",
@@ -65,11 +74,16 @@ def run_local(
 
 
 def _run(
-    inputs: list[str], out: Path, cfg: DataConfig, *, workers: int | None = None, progress: bool = False
+    inputs: list[str],
+    dest: Destination,
+    cfg: DataConfig,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    files = list_inputs(inputs, cfg.input, exclude=out)
+    files = list_inputs(inputs, cfg.input, exclude=dest.url if dest.local else None)
     tok_dir = tokenizer_path(cfg.tokenizer)
-    work = prepare_out(out)
+    work = work_dir(dest)
     workers = max(1, min(workers or os.cpu_count() or 1, len(files)))
     timings: dict[str, float] = {}
     if workers > 1:
@@ -93,9 +107,11 @@ def _run(
         parts = list(bar("chunk, tokenize, write", pmap(_phase3, tasks3), [r["kept"] + 1 for r in results]))
         timings["chunk+tokenize"] = time.perf_counter() - t
     t = time.perf_counter()
-    manifest = _write(out, work, parts, cfg, stats, decision, tok_dir)
+    try:
+        manifest = _write(dest, work, parts, cfg, stats, decision)
+    finally:
+        _cleanup(work)
     timings["write"] = time.perf_counter() - t
-    _cleanup(work)
     manifest["run"] = {
         "engine": "local",
         "workers": workers,
@@ -193,7 +209,7 @@ def _subset(orders: dict[Order, Any] | set[Order], file: int) -> set[int]:
 def _phase3(task: tuple[int, set[int], set[int], DataConfig, str, str]) -> dict[str, Any]:
     idx, removed, val, cfg, tok_dir, work = task
     chunker = Chunker(tok_dir, cfg.chunk)
-    tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
+    tokens: dict[str, Counter[int]] = {s: Counter() for s in SPLITS}
     docs = dict.fromkeys(SPLITS, 0)
     paths = {s: Path(work) / f"{idx:06d}.{s}.jsonl" for s in SPLITS}
     source = Path(work) / f"{idx:06d}.docs.jsonl"
@@ -209,7 +225,7 @@ def _phase3(task: tuple[int, set[int], set[int], DataConfig, str, str]) -> dict[
                 out = va if split == "val" else tr
                 for row, n in rows:
                     out.write(row + "\n")
-                    tokens[split].append(n)
+                    tokens[split][n] += 1
     return {"tokens": tokens, "docs": docs}
 
 
@@ -228,19 +244,27 @@ def _batches(lines: Iterator[str], removed: set[int], size: int = 64) -> Iterato
 
 
 def _write(
-    out: Path,
+    dest: Destination,
     work: Path,
     parts: list[dict[str, Any]],
     cfg: DataConfig,
     stats: Stats,
     decision: Decision,
-    tok_dir: str,
 ) -> dict[str, Any]:
-    n = len(parts)
+    """The per-file parts, joined in input order, cut into shards of `output.shard_rows` rows."""
+    outputs: dict[str, Any] = {}
     for split in SPLITS:
-        concat([work / f"{i:06d}.{split}.jsonl" for i in range(n)], out / f"{split}.jsonl")
-    tokens = {s: np.array([t for p in parts for t in p["tokens"][s]], dtype=np.int64) for s in SPLITS}
-    return finish(out, cfg, stats, decision, tokens)
+        lines = _lines([work / f"{i:06d}.{split}.jsonl" for i in range(len(parts))])
+        outputs.update(write_split(dest, split, lines, cfg.output.shard_rows, cfg.kind, cfg.parquet))
+    tokens = {s: merge_histograms(*(p["tokens"][s] for p in parts)) for s in SPLITS}
+    return finish(dest, outputs, cfg, stats, decision, tokens)
+
+
+def _lines(parts: list[Path]) -> Iterator[str]:
+    for part in parts:
+        with part.open(encoding="utf-8") as f:
+            for line in f:
+                yield line.rstrip("\n")
 
 
 def _cleanup(work: Path) -> None:

@@ -2,9 +2,9 @@
 
 Per-file steps run in `flatMap` (one partition per input file); exact duplicates are found by
 grouping on the hash, near-duplicates by grouping on (band, band key) across the whole dataset,
-never per partition. The driver only sees duplicate pairs and (split key, order) pairs, and rows
-come back sorted by canonical order through `toLocalIterator`, so the files are byte-identical to
-the local engine's.
+never per partition. The driver only sees counts, duplicate pairs, the validation choice and token
+histograms; the executors write the shards straight to the output (a folder or any fsspec URL),
+cut at the same row indices as the local engine's, so the files are byte-identical to its.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,9 +21,11 @@ import numpy as np
 from tuneloop.data.chunk import Chunker, tokenizer_path
 from tuneloop.data.config import DataConfig
 from tuneloop.data.dedup import MinHasher, group_edges
+from tuneloop.data.destination import Destination
 from tuneloop.data.document import Doc
+from tuneloop.data.manifest import merge_histograms
 from tuneloop.data.output import SPLITS
-from tuneloop.data.pipeline import Decision, Order, decide, final_rows, finish, prepare_out, process_file
+from tuneloop.data.pipeline import Decision, Order, decide, final_rows, finish, process_file
 from tuneloop.data.readers import InputFile, list_inputs
 from tuneloop.data.stats import Stats
 from tuneloop.errors import missing_extra
@@ -56,11 +58,10 @@ def spark_context(master: str, progress: bool = False) -> SparkContext:
 
 
 def run_spark(
-    inputs: list[str], out: Path, cfg: DataConfig, *, master: str = "local[*]", progress: bool = False
+    inputs: list[str], dest: Destination, cfg: DataConfig, *, master: str = "local[*]", progress: bool = False
 ) -> dict[str, Any]:
-    files = list_inputs(inputs, cfg.input, exclude=out)
+    files = list_inputs(inputs, cfg.input, exclude=dest.url if dest.local else None)
     tok_dir = tokenizer_path(cfg.tokenizer)
-    work = prepare_out(out)
     sc = spark_context(master, progress)
     from pyspark import StorageLevel
 
@@ -80,14 +81,13 @@ def run_spark(
     decision = _decide(sc, docs, cfg, stats)
     timings["dedup+split"] = time.perf_counter() - t
     t = time.perf_counter()
-    tokens = _write_rows(sc, docs, decision, cfg, tok_dir, out)
-    timings["chunk+tokenize"] = time.perf_counter() - t
+    outputs, tokens = _write_rows(sc, docs, decision, cfg, tok_dir, dest)
+    timings["chunk+tokenize+write"] = time.perf_counter() - t
     t = time.perf_counter()
-    manifest = finish(out, cfg, stats, decision, tokens)
-    timings["write"] = time.perf_counter() - t
     tagged.unpersist()
     docs.unpersist()
-    work.rmdir()
+    manifest = finish(dest, outputs, cfg, stats, decision, tokens)
+    timings["commit"] = time.perf_counter() - t
     manifest["run"] = {
         "engine": "spark",
         "master": master,
@@ -150,27 +150,73 @@ def _lsh_edges(docs: RDD, cfg: DataConfig) -> list[tuple[Order, Order, float]]:
 
 
 def _write_rows(
-    sc: SparkContext, docs: RDD, decision: Decision, cfg: DataConfig, tok_dir: str, out: Path
-) -> dict[str, np.ndarray]:
-    removed, val = sc.broadcast(set(decision.removed)), sc.broadcast(decision.val)
-    chunk_cfg, kind = cfg.chunk, cfg.kind
+    sc: SparkContext, docs: RDD, decision: Decision, cfg: DataConfig, tok_dir: str, dest: Destination
+) -> tuple[dict[str, Any], dict[str, dict[int, int]]]:
+    """Chunk, then write every shard from the executors straight to `dest`; returns the shards'
+    `outputs` entries and a token histogram per split (no rows reach the driver).
 
-    def rows(part: Iterator[tuple]) -> Iterator[tuple[tuple[int, int, int], tuple[str, str, int]]]:
+    Partition i of `docs` holds the documents of a contiguous run of input files in canonical
+    order, so the driver only needs each partition's row count per split to give every row its
+    global index; one shuffle then brings shard k's rows (indices [k * shard_rows, ...)) together.
+    """
+    from pyspark import StorageLevel
+
+    removed, val = sc.broadcast(set(decision.removed)), sc.broadcast(decision.val)
+    chunk_cfg, kind, shard_rows = cfg.chunk, cfg.kind, cfg.output.shard_rows
+
+    def rows(part: Iterator[tuple]) -> Iterator[tuple[str, str, int]]:
         chunker = Chunker(tok_dir, chunk_cfg)
         for d in part:
             if d[0] in removed.value:
                 continue
             split = "val" if d[0] in val.value else "train"
-            for j, (line, n) in enumerate(final_rows(Doc(d[0][0], d[0][1], d[1], d[2]), chunker, kind)):
-                yield (d[0][0], d[0][1], j), (split, line, n)
+            for line, n in final_rows(Doc(d[0][0], d[0][1], d[1], d[2]), chunker, kind):
+                yield split, line, n
 
-    ordered = docs.mapPartitions(rows).sortByKey()
-    tokens: dict[str, list[int]] = {s: [] for s in SPLITS}
-    with (
-        (out / "train.jsonl").open("w", encoding="utf-8") as tr,
-        (out / "val.jsonl").open("w", encoding="utf-8") as va,
-    ):
-        for _, (split, line, n) in ordered.toLocalIterator():
-            (va if split == "val" else tr).write(line + "\n")
-            tokens[split].append(n)
-    return {s: np.array(tokens[s], dtype=np.int64) for s in SPLITS}
+    chunked = docs.mapPartitions(rows).persist(StorageLevel.MEMORY_AND_DISK)
+    counts = sorted(chunked.mapPartitionsWithIndex(_count).collect())
+    offsets, totals = _offsets(counts)
+    tokens = {s: merge_histograms(*(c[2][s] for c in counts)) for s in SPLITS}
+    shards = {s: max(1, -(-totals[s] // shard_rows)) for s in SPLITS}
+    base = {"train": 0, "val": shards["train"]}
+    b_offsets = sc.broadcast(offsets)
+
+    def index(i: int, part: Iterator[tuple[str, str, int]]) -> Iterator[tuple[tuple[int, int], str]]:
+        pos = dict(b_offsets.value[i])
+        for split, line, _ in part:
+            g, pos[split] = pos[split], pos[split] + 1
+            yield (base[split] + g // shard_rows, g), line
+
+    def write(pid: int, part: Iterator[tuple[tuple[int, int], str]]) -> Iterator[dict[str, Any]]:
+        split = "train" if pid < base["val"] else "val"
+        yield dest.write_shard(split, pid - base[split], (line for _, line in part), kind, cfg.parquet)
+
+    n_parts = shards["train"] + shards["val"]
+    placed = chunked.mapPartitionsWithIndex(index).repartitionAndSortWithinPartitions(
+        n_parts, partitionFunc=lambda key: key[0]
+    )
+    outputs: dict[str, Any] = {}
+    for written in placed.mapPartitionsWithIndex(write).collect():
+        outputs.update(written)
+    chunked.unpersist()
+    return outputs, tokens
+
+
+def _count(i: int, part: Iterator[tuple[str, str, int]]) -> Iterator[tuple[int, dict, dict]]:
+    rows = dict.fromkeys(SPLITS, 0)
+    hist: dict[str, Counter[int]] = {s: Counter() for s in SPLITS}
+    for split, _, n in part:
+        rows[split] += 1
+        hist[split][n] += 1
+    yield i, rows, {s: dict(h) for s, h in hist.items()}
+
+
+def _offsets(counts: list[tuple[int, dict, dict]]) -> tuple[dict[int, dict[str, int]], dict[str, int]]:
+    """Each partition's first global row index per split, and the split totals."""
+    running = dict.fromkeys(SPLITS, 0)
+    offsets = {}
+    for i, rows, _ in counts:
+        offsets[i] = dict(running)
+        for s in SPLITS:
+            running[s] += rows[s]
+    return offsets, running
