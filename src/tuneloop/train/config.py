@@ -73,6 +73,35 @@ class CheckpointSettings(Config):
     keep: int = Field(2, gt=0, description="keep the last K checkpoints")
 
 
+class ResumeSettings(Config):
+    """Where a run continues from. `resume: auto` (a bare string) is short for `resume.checkpoint: auto`."""
+
+    checkpoint: str = Field(
+        "auto",
+        description="auto: the run folder's last checkpoint (refused if a key that shapes training changed) | "
+        "never: start over | a step-* checkpoint folder",
+    )
+    allow_changes: list[str] = Field(
+        default_factory=list,
+        description="keys that shape training allowed to differ from the checkpoint's "
+        "(with an explicit resume.checkpoint folder); a new lineage segment starts",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: object) -> object:
+        return {"checkpoint": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _explicit(self) -> ResumeSettings:
+        if self.allow_changes and self.checkpoint in ("auto", "never"):
+            raise ValueError(
+                f"resume.allow_changes needs an explicit checkpoint folder, not resume.checkpoint={self.checkpoint}: "
+                "set resume.checkpoint=RUN/checkpoints/step-NNNNNNNN to continue deliberately"
+            )
+        return self
+
+
 class TrackingSettings(Config):
     mlflow: bool = True
     tracking_uri: str | None = Field(None, description="default: sqlite in TUNELOOP_HOME")
@@ -120,7 +149,10 @@ class TrainConfig(Config):
     early_stopping: EarlyStopping = EarlyStopping()
     plateau: Plateau = Plateau()
     checkpoint: CheckpointSettings = CheckpointSettings()
-    resume: str = Field("auto", description="auto | never | path of a checkpoint folder")
+    resume: ResumeSettings = Field(
+        default_factory=ResumeSettings,
+        description="auto | never | a checkpoint folder; resume.allow_changes=[key,...] to continue under changed keys",
+    )
     seed: int = 42
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     gradient_checkpointing: bool | Literal["auto"] = Field(

@@ -31,7 +31,7 @@ from tuneloop.models.formats import DESCRIPTION, require_complete, require_forma
 from tuneloop.models.loading import load_tokenizer, pick_device
 from tuneloop.models.resolve import ResolvedModel, resolve_model
 from tuneloop.models.store import sha256_file
-from tuneloop.train import checkpoint, distributed, fsdp
+from tuneloop.train import checkpoint, distributed, fsdp, segments
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import Prepared, dataset_files, pack, read_rows, tokenize, tokenize_parallel
 from tuneloop.train.distributed import Dist
@@ -70,6 +70,7 @@ def run(cfg: TrainConfig) -> RunResult:
     run_dir = Path(cfg.output_dir).expanduser() if cfg.output_dir else paths.runs_dir() / cfg.run_name()
     paths.check_writable_dir(run_dir, "output_dir" if cfg.output_dir else "the run folder")
     resume_from = _resume_folder(cfg, run_dir)
+    lineage = _lineage(cfg, resume_from)  # a changed setting stops here, in seconds, before any model loads
     device = pick_device(cfg.device)
     d = distributed.init(device)
     if device.startswith("cuda") and d.world > 1:
@@ -78,7 +79,18 @@ def run(cfg: TrainConfig) -> RunResult:
     resolved = _resolve_once(cfg.model, d)
     _check_base(cfg, resolved.path)
     setup = _Setup(
-        cfg, d, device, precision, resolved, run_dir, resume_from, train_file, train_rows, val_file, val_rows
+        cfg,
+        d,
+        device,
+        precision,
+        resolved,
+        run_dir,
+        resume_from,
+        lineage,
+        train_file,
+        train_rows,
+        val_file,
+        val_rows,
     )
     with run_folder(run_dir, main=d.main):
         return _train(setup)
@@ -103,6 +115,7 @@ class _Setup:
     resolved: ResolvedModel
     run_dir: Path
     resume_from: Path | None
+    segments: list[dict[str, Any]]
     train_file: Path
     train_rows: list[dict[str, Any]]
     val_file: Path | None
@@ -135,7 +148,7 @@ def _train(setup: _Setup) -> RunResult:
     trainable, total = trainable_parameters(model)
     tracker = Tracker(cfg, run_dir, enabled=d.main)
     state_hint = _peek_state(setup.resume_from)
-    tracker.start(resume_run_id=state_hint.get("mlflow_run_id"))
+    tracker.start(resume_run_id=state_hint.get("mlflow_run_id"), segments=setup.segments)
     trainer = Trainer(
         cfg,
         model,
@@ -150,6 +163,7 @@ def _train(setup: _Setup) -> RunResult:
     )
     if setup.resume_from is not None:
         trainer.resume(setup.resume_from)
+    trainer.state.segments = setup.segments
     facts = {
         "trainable_parameters": trainable,
         "total_parameters": total,
@@ -167,7 +181,6 @@ def _train(setup: _Setup) -> RunResult:
         tracker.log_params({f"run.{k}": v for k, v in facts.items()})
     if d.main:
         log.info("training %s (%s, %s): %s", cfg.model, cfg.objective, cfg.method, facts)
-    started = time.perf_counter()
     try:
         with _profiler(cfg, run_dir) as prof:
             trainer.profiler = prof
@@ -180,14 +193,13 @@ def _train(setup: _Setup) -> RunResult:
     except BaseException:
         tracker.finish("FAILED")
         raise
-    seconds = time.perf_counter() - started
     restored = trainer.restore_best()
     model_dir = run_dir / "model"
     metrics: dict[str, Any] = {}
     full = _gather_if_sharded(model)  # a collective: every process takes part
     if d.main:
         metrics = _write_outputs(
-            cfg, trainer, tokenizer, resolved, train_file, run_dir, model_dir, facts, seconds, restored, full
+            cfg, trainer, tokenizer, resolved, train_file, run_dir, model_dir, facts, restored, full
         )
         metrics.update(_final_eval(cfg, model_dir, val_file, run_dir, tracker))
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -204,6 +216,7 @@ def _train(setup: _Setup) -> RunResult:
         if cfg.method != "full":
             tracker.artifact(model_dir, "adapter")
         tracker.set_tags({"tuneloop.stopped_early": state.stopped_early})
+        tracker.record_segments(state.segments)
     tracker.finish()
     distributed.shutdown(d)
     return RunResult(run_dir, model_dir, metrics, tracker.run_id, tracker.tracking_uri)
@@ -304,17 +317,31 @@ def _resolve_once(ref: str, d: Dist) -> ResolvedModel:
 
 
 def _resume_folder(cfg: TrainConfig, run_dir: Path) -> Path | None:
-    if cfg.resume == "never":
+    where = cfg.resume.checkpoint
+    if where == "never":
         return None
-    if cfg.resume == "auto":
+    if where == "auto":
         return checkpoint.latest(run_dir / "checkpoints")
-    folder = Path(cfg.resume).expanduser()
-    if not folder.is_dir():
+    folder = Path(where).expanduser()
+    if not (folder / "state.json").is_file():
         raise TuneloopError(
-            f"resume='{cfg.resume}' is not a checkpoint folder",
-            hint="use resume=auto, never, or a step-* folder",
+            f"resume.checkpoint='{where}' is not a complete checkpoint folder (no state.json)",
+            hint=f"use resume=auto, never, or one of {run_dir / 'checkpoints'}/step-*",
         )
     return folder
+
+
+def _lineage(cfg: TrainConfig, resume_from: Path | None) -> list[dict[str, Any]]:
+    """The run's segments: one new one, or the checkpoint's continued (refused when a key that shapes
+    training changed without resume.allow_changes naming it)."""
+    segments.check_allowed_keys(cfg.resume.allow_changes)
+    if resume_from is None:
+        return [segments.new_segment(cfg, 0)]
+    state = _peek_state(resume_from)
+    explicit = cfg.resume.checkpoint not in ("auto", "never")
+    return segments.continue_segments(
+        cfg, state.get("segments") or [], int(state.get("step", 0)), str(resume_from), explicit
+    )
 
 
 def _peek_state(folder: Path | None) -> dict[str, Any]:
@@ -364,7 +391,6 @@ def _write_outputs(
     run_dir: Path,
     model_dir: Path,
     facts: dict[str, Any],
-    seconds: float,
     restored: bool,
     full_state: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, Any]:
@@ -378,7 +404,7 @@ def _write_outputs(
             model.to(dtype=dtype)
         model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    (run_dir / "config.yaml").write_text(_config_header(state.segments) + cfg.to_yaml())
     loss_plot(state.train_loss, state.val_loss, run_dir / "loss.png", title=f"{cfg.run_name()}")
     run_info = {
         "status": "completed",
@@ -390,6 +416,7 @@ def _write_outputs(
         "git_commit": _git_commit(),
         "mlflow_run_id": trainer.tracker.run_id,
         "tracking_uri": trainer.tracker.tracking_uri,
+        "segments": state.segments,
     }
     (run_dir / "run.json").write_text(json.dumps(run_info, indent=2, default=str))
     return {
@@ -405,9 +432,22 @@ def _write_outputs(
         "restored_best": restored,
         "lr_cuts": state.lr_cuts,
         "oom_backoffs": state.oom_backoffs,
-        "train_seconds": seconds,
-        "tokens_per_s": state.tokens_seen / max(seconds, 1e-9),
+        "train_seconds": state.train_seconds,  # every segment's steps, not only this start's
+        "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
+        "segments": segments.summary(state.segments),
     }
+
+
+def _config_header(segs: list[dict[str, Any]]) -> str:
+    """config.yaml is the last segment's config; say so when earlier steps ran under other values."""
+    if len(segs) < 2:
+        return ""
+    lines = [f"# trained in {len(segs)} segments under different settings; this file is the last one's."]
+    for s in segs[1:]:
+        changed = ", ".join(f"{k}: {v['old']} -> {v['new']}" for k, v in s.get("changed", {}).items())
+        lines.append(f"# from step {s['from_step']}: {changed}")
+    lines.append("# run.json `segments` holds each segment's settings.")
+    return "\n".join(lines) + "\n"
 
 
 def _final_eval(

@@ -6,13 +6,23 @@ names the extra, never a silent skip. W&B is used when installed and configured 
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tuneloop import paths
 from tuneloop.errors import missing_extra
+from tuneloop.train import segments as lineage
 from tuneloop.train.config import TrainConfig
+
+log = logging.getLogger("tuneloop.train")
+# MLflow's limit on a tag value; the segments summary is cut to fit (run.json keeps all of it)
+TAG_LIMIT = 5000
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -35,12 +45,13 @@ class Tracker:
         self.run_id: str | None = None
         self.tracking_uri: str | None = None
 
-    def start(self, resume_run_id: str | None = None) -> None:
+    def start(self, resume_run_id: str | None = None, segments: list[dict[str, Any]] | None = None) -> None:
         if not self.enabled:
             return
         t = self.cfg.tracking
         if t.mlflow:
             self._start_mlflow(resume_run_id)
+            self._log_segment(segments or [])
         if t.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -65,13 +76,23 @@ class Tracker:
                 self.cfg.tracking.experiment,
                 artifact_location=(paths.artifacts_dir() / self.cfg.tracking.experiment).as_uri(),
             )
-        mlflow.set_experiment(self.cfg.tracking.experiment)
+        experiment = mlflow.set_experiment(self.cfg.tracking.experiment)
+        _fail_abandoned_runs(mlflow.MlflowClient(), experiment.experiment_id, keep=resume_run_id)
         run = mlflow.start_run(
             run_id=resume_run_id,
             run_name=None if resume_run_id else self.cfg.run_name(),
             log_system_metrics=self.cfg.tracking.system_metrics,
         )
         self.mlflow, self.run_id = mlflow, run.info.run_id
+        me = psutil.Process()
+        # who runs it now: the next start on this host marks the run FAILED if this process is gone
+        mlflow.set_tags(
+            {
+                "tuneloop.host": socket.gethostname(),
+                "tuneloop.pid": me.pid,
+                "tuneloop.pid_started": me.create_time(),
+            }
+        )
         if not resume_run_id:
             params = flatten(self.cfg.model_dump(mode="json"))
             mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
@@ -96,6 +117,31 @@ class Tracker:
             config=self.cfg.model_dump(mode="json"),
             dir=str(self.run_dir),
         )
+
+    def _log_segment(self, segments: list[dict[str, Any]]) -> None:
+        """The settings of a new segment: params of the first; `segment.N.KEY` params for what segment N
+        changed (MLflow params cannot change value), and the summary of all segments as a tag."""
+        if not (self.mlflow and segments):
+            return
+        last = segments[-1]
+        if len(segments) > 1 and last["starts"] == 1:
+            n = len(segments) - 1
+            self.mlflow.log_params(
+                {f"segment.{n}.{k}": str(v["new"])[:500] for k, v in last.get("changed", {}).items()}
+            )
+            self.mlflow.log_param(f"segment.{n}.from_step", last["from_step"])
+        self.record_segments(segments)
+
+    def record_segments(self, segments: list[dict[str, Any]]) -> None:
+        if self.mlflow and segments:
+            text = json.dumps(lineage.summary(segments))
+            self.mlflow.set_tags(
+                {
+                    "tuneloop.segments": text[:TAG_LIMIT],
+                    "tuneloop.segment_count": len(segments),
+                    "tuneloop.config_hash": segments[-1]["config_hash"],
+                }
+            )
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.mlflow:
@@ -134,3 +180,32 @@ class Tracker:
                 os.environ.pop("MLFLOW_TRACKING_URI", None)
             else:
                 os.environ["MLFLOW_TRACKING_URI"] = self._env_uri
+
+
+def _fail_abandoned_runs(client: Any, experiment_id: str, keep: str | None) -> None:
+    """Mark FAILED the RUNNING runs of this host whose process is gone (killed, lost power): MLflow
+    would show them running forever. A run on another host cannot be judged from here."""
+    host = socket.gethostname()
+    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        if run.info.run_id == keep or tags.get("tuneloop.host") != host or "tuneloop.pid" not in tags:
+            continue
+        if _alive(int(tags["tuneloop.pid"]), float(tags.get("tuneloop.pid_started", 0))):
+            continue
+        client.set_tag(
+            run.info.run_id,
+            "tuneloop.failure",
+            "its process ended without finishing the run (killed?); marked failed at the next start",
+        )
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning(
+            "MLflow run %s was left RUNNING by a process that is gone: marked FAILED", run.info.run_id
+        )
+
+
+def _alive(pid: int, started: float) -> bool:
+    """Is `pid` still the process that started the run (not a later one that reuses the number)?"""
+    try:
+        return abs(psutil.Process(pid).create_time() - started) < 1.0
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False

@@ -48,7 +48,9 @@ class TrainState:
     evals_rising: int = 0
     stopped_early: bool = False
     tokens_seen: int = 0
+    train_seconds: float = 0.0  # over every segment (a resumed run counts its earlier starts too)
     mlflow_run_id: str | None = None
+    segments: list[dict[str, Any]] = field(default_factory=list)  # segments.py: lineage of the settings
     oom_backoffs: list[dict[str, int]] = field(default_factory=list)
     train_loss: list[tuple[int, float]] = field(default_factory=list)
     grad_norm: list[tuple[int, float]] = field(default_factory=list)
@@ -121,10 +123,21 @@ class Trainer:
         while self.state.step < self.plan.total_steps and not self.state.stopped_early:
             started = time.perf_counter()
             loss, tokens, grad_norm = self._optimizer_step(self.state.step)
-            self.state.step += 1
-            self.state.tokens_seen += tokens
-            self._after_step(loss, tokens, grad_norm, time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self._count(tokens, seconds)
+            self._after_step(loss, tokens, grad_norm, seconds)
         return self.state
+
+    def _count(self, tokens: int, seconds: float) -> None:
+        s = self.state
+        s.step += 1
+        s.tokens_seen += tokens
+        s.train_seconds += seconds
+        if s.segments:
+            segment = s.segments[-1]
+            segment["to_step"] = s.step
+            segment["train_seconds"] = round(segment["train_seconds"] + seconds, 4)
+            segment["tokens"] += tokens
 
     # ------------------------------------------------------------ one optimizer step
 
