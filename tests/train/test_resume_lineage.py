@@ -194,6 +194,11 @@ def _running(home: Path) -> bool:
         return False
     try:
         client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
-        return any(r.info.status == "RUNNING" for r in client.search_runs(_experiments(client)))
+        # RUNNING and tagged: the run exists before its tags are written (killed in between, it could
+        # not be told apart from the next run's)
+        return any(
+            r.info.status == "RUNNING" and "tuneloop.run_dir" in r.data.tags
+            for r in client.search_runs(_experiments(client))
+        )
     except Exception:  # the database is still being created by the other process
         return False
