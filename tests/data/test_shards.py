@@ -143,3 +143,12 @@ def test_a_shard_of_another_row_kind_names_the_shard_and_line(tmp_path: Path, ma
     missing.unlink()
     with pytest.raises(TuneloopError, match=rf"shard '{missing}' is listed in the manifest but missing"):
         list(open_split(str(out), "train").lines())
+
+
+def test_eval_reads_the_val_shards_of_a_dataset_folder(tmp_path: Path, make_cfg) -> None:
+    from tuneloop.evaluation.rows import read_rows as eval_rows
+
+    out = _sharded_sft(tmp_path, make_cfg, n=40)
+    assert len(shards(out, "val")) > 1
+    rows, kind = eval_rows(out)
+    assert kind == "sft" and [r.messages for r in rows] == [r["messages"] for r in split_rows(out, "val")]

@@ -33,7 +33,7 @@ from tuneloop.data.manifest import build_manifest
 from tuneloop.data.output import dump_row
 from tuneloop.data.pii import PIIStep
 from tuneloop.data.readers import FileReader, InputFile
-from tuneloop.data.split import split_key, val_count
+from tuneloop.data.split import ValCut, split_key, val_count
 from tuneloop.data.stats import Stats
 from tuneloop.errors import TuneloopError
 
@@ -117,7 +117,7 @@ class Decision:
     """The global outcome: which documents go (and why), which go to validation, dedup samples."""
 
     removed: dict[Order, str] = field(default_factory=dict)
-    val: set[Order] = field(default_factory=set)
+    val: set[Order] | ValCut = field(default_factory=set)  # Spark: a bound on (split key, order)
     kept: int = 0  # documents left after dedup
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -125,7 +125,7 @@ class Decision:
 def decide(
     exact_fn: Callable[[], dict[Order, tuple[Order, str, str]]],
     near_edges: Callable[[set[Order]], list[tuple[Order, Order, float]]],
-    val_fn: Callable[[set[Order], int], set[Order]],
+    val_fn: Callable[[set[Order], int], set[Order] | ValCut],
     ids: Callable[[set[Order]], dict[Order, str]],
     cfg: DataConfig,
     stats: Stats,

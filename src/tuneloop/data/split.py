@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 
 
 def split_key(seed: int, doc_id: str) -> int:
@@ -32,3 +33,19 @@ def choose_val(items: Iterable[tuple[int, Hashable]], fraction: float) -> set[Ha
 def smallest(items: Iterable[tuple[int, Hashable]], k: int) -> set[Hashable]:
     """The orders of the `k` smallest (split key, order) pairs (Spark: `takeOrdered(k)`, same result)."""
     return {order for _, order in heapq.nsmallest(k, items)}
+
+
+@dataclass(frozen=True)
+class ValCut:
+    """The validation choice as a bound, not a set: a document is in validation when its
+    (split key, order) is at most `cut`, the k-th smallest pair. Same documents as `smallest`, in
+    O(1) memory, so a Spark driver does not hold 5 % of the corpus' orders."""
+
+    cut: tuple[int, Hashable] | None  # None: no validation documents
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+    def holds(self, key: int, order: Hashable) -> bool:
+        return self.cut is not None and (key, order) <= self.cut

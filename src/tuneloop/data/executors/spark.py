@@ -2,9 +2,9 @@
 
 Per-file steps run in `flatMap` (one partition per input file); exact duplicates are found by
 grouping on the hash, near-duplicates by grouping on (band, band key) across the whole dataset,
-never per partition. The driver only sees counts, duplicate pairs, the validation choice and token
-histograms; the executors write the shards straight to the output (a folder or any fsspec URL),
-cut at the same row indices as the local engine's, so the files are byte-identical to its.
+never per partition. The driver only sees counts, duplicate pairs, the validation cut (one pair)
+and token histograms; the executors write the shards straight to the output (a folder or any fsspec
+URL), cut at the same row indices as the local engine's, so the files are byte-identical to its.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from tuneloop.data.manifest import merge_histograms
 from tuneloop.data.output import SPLITS
 from tuneloop.data.pipeline import Decision, Order, decide, final_rows, finish, process_file
 from tuneloop.data.readers import InputFile, list_inputs
+from tuneloop.data.split import ValCut
 from tuneloop.data.stats import Stats
 from tuneloop.errors import missing_extra
 
@@ -116,10 +117,15 @@ def _decide(sc: SparkContext, docs: RDD, cfg: DataConfig, stats: Stats) -> Decis
         bgone = sc.broadcast(gone)
         return _lsh_edges(docs.filter(lambda d: d[0] not in bgone.value), cfg)
 
-    def val_fn(gone: set[Order], k: int) -> set[Order]:
+    def val_fn(gone: set[Order], k: int) -> ValCut:
+        """The k-th smallest (split key, order) of the survivors: one pair reaches the driver."""
+        if not k:
+            return ValCut(None, 0)
         bgone = sc.broadcast(gone)
         alive = docs.filter(lambda d: d[0] not in bgone.value).map(lambda d: (d[5], d[0]))
-        return {order for _, order in alive.takeOrdered(k)} if k else set()
+        ranked = alive.sortBy(lambda pair: pair).zipWithIndex()
+        ((cut, _),) = ranked.filter(lambda pair_rank: pair_rank[1] == k - 1).collect()
+        return ValCut(cut, k)
 
     def ids(orders: set[Order]) -> dict[Order, str]:
         return dict(docs.filter(lambda d: d[0] in orders).map(lambda d: (d[0], d[1])).collect())
@@ -169,7 +175,7 @@ def _write_rows(
         for d in part:
             if d[0] in removed.value:
                 continue
-            split = "val" if d[0] in val.value else "train"
+            split = "val" if val.value.holds(d[5], d[0]) else "train"
             for line, n in final_rows(Doc(d[0][0], d[0][1], d[1], d[2]), chunker, kind):
                 yield split, line, n
 
