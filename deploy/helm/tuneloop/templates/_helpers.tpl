@@ -42,3 +42,22 @@ tuneloop.dev/track: {{ . | quote }}
 {{- define "tuneloop.hasDatabaseUrl" -}}
 {{- if or .Values.secret.existingSecret (and .Values.secret.create .Values.secret.databaseUrl) -}}true{{- end -}}
 {{- end -}}
+
+{{/* The training job (training.enabled). */}}
+{{- define "tuneloop.trainName" -}}
+{{- printf "%s-train" (include "tuneloop.fullname" .) | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Not the gateway's selector labels: its Service and ServiceMonitor must never pick training pods. */}}
+{{- define "tuneloop.trainSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "tuneloop.name" . }}-train
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: train
+{{- end -}}
+
+{{- define "tuneloop.trainLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "tuneloop.trainSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
