@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneloop.errors import TuneloopError
+from tuneloop.errors import TuneloopError, missing_extra
 
 MANIFEST = "manifest.json"
 SPLITS = ("train", "val")
@@ -40,7 +40,10 @@ def is_url(path: str | os.PathLike) -> bool:
 
 def url_to_fs(url: str, storage_options: dict[str, Any] | None = None) -> tuple[Any, str]:
     """(fsspec filesystem, path inside it); s3:// gets the endpoint from AWS_ENDPOINT_URL if set."""
-    import fsspec
+    try:
+        import fsspec  # also installed by huggingface_hub, so `train` has it without the data extra
+    except ImportError:
+        raise missing_extra("fsspec", "data") from None
 
     opts = dict(storage_options or {})
     if url.split("://", 1)[0] in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):
