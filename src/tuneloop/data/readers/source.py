@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from tuneloop.data.config import InputConfig
+from tuneloop.data.layout import url_to_fs
 from tuneloop.errors import TuneloopError
 
 FORMATS = {
@@ -48,16 +49,10 @@ def storage_options(cfg: InputConfig) -> dict[str, Any]:
 
 
 def filesystem(url: str, cfg: InputConfig):
-    import fsspec
-
+    """(fsspec filesystem, path) of an input location: the dataset writer's opener (data/layout.py),
+    with the input's credentials for s3://."""
     protocol = url.split("://", 1)[0] if "://" in url else "file"
-    opts = storage_options(cfg) if protocol in ("s3", "s3a") else {}
-    try:
-        return fsspec.core.url_to_fs(url, **opts)
-    except ImportError as e:
-        raise TuneloopError(
-            f"reading '{url}' needs an fsspec driver: {e}", hint="pip install 'tuneloop[data]'"
-        ) from None
+    return url_to_fs(url, storage_options(cfg) if protocol in ("s3", "s3a") else {})
 
 
 def list_inputs(
