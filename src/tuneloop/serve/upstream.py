@@ -16,6 +16,8 @@ from tuneloop.models.tool_calls import ToolCallDelta
 from tuneloop.serve.client import Delta, EngineLoad, GenerateRequest, TokenLogprob
 from tuneloop.serve.errors import APIError
 
+EXTENSION_DEFAULTS = {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}  # vLLM sampling extensions, off
+
 
 class UpstreamClient:
     version: str | None = None  # the upstream answers for itself (its own /v1/models)
@@ -79,19 +81,10 @@ class UpstreamClient:
             "parallel_tool_calls": request.parallel_tool_calls if request.messages is not None else None,
         }
         body.update({k: v for k, v in passed.items() if v is not None})
-        # vLLM's sampling extensions, only when set (an OpenAI upstream would refuse them)
-        extensions = {
-            "top_k": request.top_k,
-            "min_p": request.min_p,
-            "repetition_penalty": request.repetition_penalty,
-        }
-        body.update(
-            {
-                k: v
-                for k, v in extensions.items()
-                if v != {"top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}[k]
-            }
-        )
+        # vLLM's sampling extensions, only when set off their neutral value (an OpenAI upstream refuses them)
+        for name, neutral in EXTENSION_DEFAULTS.items():
+            if getattr(request, name) != neutral:
+                body[name] = getattr(request, name)
         k = request.logprobs
         if request.messages is not None:
             extra = {"logprobs": True, "top_logprobs": k} if k is not None else {}
