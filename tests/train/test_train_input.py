@@ -173,3 +173,20 @@ def test_a_tuneloop_error_is_raised_from_run_not_hidden(tmp_path):
     with pytest.raises(TuneloopError, match=r"train.jsonl:1: no assistant turn"):
         run(load_config(TrainConfig, None, base_overrides(Path(NO_MODEL), data, tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_val_path_means_no_validation_and_a_missing_one_is_an_error(tmp_path):
+    """The loop passes an empty file for an objective it holds nothing out for: train must not fall back
+    to the folder's val split then, and must not refuse it as 'no rows'."""
+    from tuneloop.train.dataset import dataset_files
+
+    folder = tmp_path / "data"
+    write_jsonl(folder / "train.jsonl", [GOOD] * 2)
+    write_jsonl(folder / "val.jsonl", [GOOD])
+    empty = tmp_path / "none.jsonl"
+    empty.write_text("")
+    assert dataset_files(str(folder), str(empty))[1] is None
+    assert dataset_files(str(folder / "train.jsonl"), str(empty))[1] is None
+    assert dataset_files(str(folder), None)[1] == folder / "val.jsonl"
+    with pytest.raises(TuneloopError, match="does not exist"):
+        dataset_files(str(folder), str(tmp_path / "missing.jsonl"))

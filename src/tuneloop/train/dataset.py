@@ -125,11 +125,13 @@ def _single(split: Split) -> Path | Split | None:
     return file if split.name == "train" or file.stat().st_size > 0 else None
 
 
-def _val_file(val_path: str) -> Path:
+def _val_file(val_path: str) -> Path | None:
+    """data.val_path as given; an empty file means "no validation" (the loop writes one for an
+    objective it holds out nothing for, so train does not fall back to the dataset's val split)."""
     val = Path(val_path).expanduser()
     if not val.is_file():
         raise TuneloopError(f"data.val_path '{val_path}' does not exist")
-    return val
+    return val if val.stat().st_size > 0 else None
 
 
 def _lines(source: Path | Split) -> Iterator[tuple[str, int, str]]:
