@@ -281,6 +281,10 @@ def test_cli_run_is_tracked_in_mlflow_and_tensorboard(
     assert len(client.get_metric_history(r.info.run_id, "train/loss")) == 4
     assert len(client.get_metric_history(r.info.run_id, "val/loss")) == 2
     assert "eval/perplexity" in r.data.metrics
+    # the steady speed (without the 2 warm-up steps) next to the overall one, in MLflow and the summary
+    assert r.data.metrics["run/tokens_per_s"] > 0 and r.data.metrics["run/tokens_per_s_overall"] > 0
+    printed = " ".join(result.output.split())
+    assert "tokens/s steady" in printed and "first 2 warm-up step(s)" in printed, printed
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert {"loss.png", "config.yaml", "metrics.json", "eval.json", "adapter"} <= artifacts
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))

@@ -70,6 +70,12 @@ def train(
     console.print(f"  model: {result.model_dir}")
     if result.mlflow_run_id:
         console.print(f"  MLflow run {result.mlflow_run_id} at {result.tracking_uri}")
+    m = result.metrics
+    if m.get("steps"):
+        console.print(
+            f"  {m['steps']} steps in {m['train_seconds']:.1f} s: {m['tokens_per_s']:,.0f} tokens/s steady "
+            f"({m['tokens_per_s_overall']:,.0f} counting the first {m['warmup_steps']} warm-up step(s))"
+        )
     evals = {k: v for k, v in result.metrics.items() if k.startswith("eval/")}
     if evals:
         console.print("  eval: " + ", ".join(f"{k[5:]}={v:.4g}" for k, v in evals.items()))

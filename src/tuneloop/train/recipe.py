@@ -215,6 +215,8 @@ def _train(setup: _Setup) -> RunResult:
             tracker.artifact(run_dir / name)
         if cfg.method != "full":
             tracker.artifact(model_dir, "adapter")
+        speed = state.throughput()
+        tracker.log({f"run/{k}": float(speed[k]) for k in ("tokens_per_s", "tokens_per_s_overall")}, state.step)
         tracker.set_tags({"tuneloop.stopped_early": state.stopped_early})
         tracker.record_segments(state.segments)
     tracker.finish()
@@ -433,7 +435,7 @@ def _write_outputs(
         "lr_cuts": state.lr_cuts,
         "oom_backoffs": state.oom_backoffs,
         "train_seconds": state.train_seconds,  # every segment's steps, not only this start's
-        "tokens_per_s": state.tokens_seen / max(state.train_seconds, 1e-9),
+        **state.throughput(),
         "segments": segments.summary(state.segments),
     }
 

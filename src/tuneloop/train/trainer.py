@@ -36,6 +36,11 @@ from tuneloop.train.tracking import Tracker
 log = logging.getLogger("tuneloop.train")
 
 
+# Steps of each start that compile kernels, autotune and grow the allocator: a 2-step warm-up is what
+# benchmarks/train_gpu*.py drop too (on an H100 the first steps of a compiled run take ~3x the rest).
+WARMUP_STEPS = 2
+
+
 @dataclass
 class TrainState:
     """Everything besides weights/optimizer/RNG that an exact resume needs."""
@@ -49,6 +54,11 @@ class TrainState:
     stopped_early: bool = False
     tokens_seen: int = 0
     train_seconds: float = 0.0  # over every segment (a resumed run counts its earlier starts too)
+    # the first WARMUP_STEPS of every start (compilation, autotuning, the allocator), kept apart so the
+    # summary's tokens/s is the steady speed
+    warmup_steps: int = 0
+    warmup_seconds: float = 0.0
+    warmup_tokens: int = 0
     mlflow_run_id: str | None = None
     segments: list[dict[str, Any]] = field(default_factory=list)  # segments.py: lineage of the settings
     oom_backoffs: list[dict[str, int]] = field(default_factory=list)
@@ -60,6 +70,25 @@ class TrainState:
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def throughput(self) -> dict[str, Any]:
+        """tokens_per_s: the steady speed, without each start's warm-up steps (all steps when every
+        step was warm-up, i.e. a run of <= 2 steps per start); tokens_per_s_overall counts every step."""
+        steady_seconds = self.train_seconds - self.warmup_seconds
+        steady_steps = self.step - self.warmup_steps
+        overall = self.tokens_seen / max(self.train_seconds, 1e-9)
+        steady = (
+            (self.tokens_seen - self.warmup_tokens) / steady_seconds
+            if steady_steps > 0 and steady_seconds > 0
+            else overall
+        )
+        return {
+            "tokens_per_s": steady,
+            "tokens_per_s_overall": overall,
+            "warmup_steps": self.warmup_steps,
+            "warmup_seconds": round(self.warmup_seconds, 4),
+            "warmup_tokens": self.warmup_tokens,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainState:
@@ -120,6 +149,7 @@ class Trainer:
         log.info("resumed from %s at step %d", folder, self.state.step)
 
     def fit(self) -> TrainState:
+        self._steps_this_start = 0
         while self.state.step < self.plan.total_steps and not self.state.stopped_early:
             started = time.perf_counter()
             loss, tokens, grad_norm = self._optimizer_step(self.state.step)
@@ -133,6 +163,11 @@ class Trainer:
         s.step += 1
         s.tokens_seen += tokens
         s.train_seconds += seconds
+        self._steps_this_start += 1
+        if self._steps_this_start <= WARMUP_STEPS:
+            s.warmup_steps += 1
+            s.warmup_seconds += seconds
+            s.warmup_tokens += tokens
         if s.segments:
             segment = s.segments[-1]
             segment["to_step"] = s.step
