@@ -216,7 +216,9 @@ def _train(setup: _Setup) -> RunResult:
         if cfg.method != "full":
             tracker.artifact(model_dir, "adapter")
         speed = state.throughput()
-        tracker.log({f"run/{k}": float(speed[k]) for k in ("tokens_per_s", "tokens_per_s_overall")}, state.step)
+        tracker.log(
+            {f"run/{k}": float(speed[k]) for k in ("tokens_per_s", "tokens_per_s_overall")}, state.step
+        )
         tracker.set_tags({"tuneloop.stopped_early": state.stopped_early})
         tracker.record_segments(state.segments)
     tracker.finish()
