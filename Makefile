@@ -5,21 +5,27 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS := -c constraints.txt $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 EXTRAS ?= all
+# The quickstart installs only what it runs (prepare, train, evaluate, register, serve): pyspark,
+# playwright, moto, onnx and lm-eval are `make test`'s (and `pip install 'tuneloop[all]'`'s) to add.
+QUICKSTART_EXTRAS ?= train,data,serve
 
 .PHONY: setup quickstart test lint bench-plan clean
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed-$(EXTRAS)
 
-$(VENV)/.installed: pyproject.toml constraints.txt
-	python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[$(EXTRAS)]'
-	touch $@
+# One stamp per set of extras; a venv that already has everything (`make test` ran first) is reused
+# as it is by the quickstart.
+$(VENV)/.installed-%: pyproject.toml constraints.txt
+	@if [ -f $(VENV)/.installed-all ] && [ $(VENV)/.installed-all -nt pyproject.toml ] \
+	  && [ $(VENV)/.installed-all -nt constraints.txt ]; then touch $@; exit 0; fi; \
+	set -e; test -x $(PY) || { python3 -m venv $(VENV); $(PY) -m pip install -q --upgrade pip; }; \
+	echo "installing tuneloop[$*] into $(VENV)"; \
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[$*]'; touch $@
 
 # In a terminal the quickstart ends by serving the fine-tuned model until Ctrl-C; without one (CI,
 # scripts, `make quickstart < /dev/null`) it runs as --no-serve and leaves nothing running.
 # Pass flags through QUICKSTART_ARGS, e.g. `make quickstart QUICKSTART_ARGS="--no-serve --force"`.
-quickstart: setup
+quickstart: $(VENV)/.installed-$(QUICKSTART_EXTRAS)
 	$(VENV)/bin/tuneloop quickstart $(QUICKSTART_ARGS)
 
 # The import contracts (pyproject.toml, [tool.importlinter]: layers, no cycles, what each stage may
