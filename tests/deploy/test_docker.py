@@ -44,9 +44,10 @@ def pip_install(words: list[str]) -> dict:
     return out
 
 
-def makefile_install() -> dict:
-    """`make setup`'s install of the project, with the Makefile's variables expanded."""
-    text = (ROOT / "Makefile").read_text()
+def makefile_install(extras_variable: str = "EXTRAS") -> dict:
+    """The Makefile's install of the project (`$*`, the stamp's extras, as `make setup` or `make
+    quickstart` names them), with the Makefile's variables expanded."""
+    text = (ROOT / "Makefile").read_text().replace("$*", f"$({extras_variable})")
     variables = dict(re.findall(r"^(\w+)\s*[?:]?=\s*(.*)$", text, flags=re.M))
 
     def expand(s: str) -> str:
@@ -55,7 +56,12 @@ def makefile_install() -> dict:
             s = re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), ""), s)
         return s
 
-    lines = [expand(line) for line in text.splitlines() if "pip install" in line and ".[" in line]
+    lines = [
+        expand(part)
+        for line in text.splitlines()
+        for part in line.split(";")
+        if "pip install" in part and ".[" in part
+    ]
     assert len(lines) == 1, lines
     return pip_install(shlex.split(lines[0]))
 
@@ -136,6 +142,15 @@ def test_dockerfile_installs_like_the_readme_and_makefile(kind: str):
     assert docker["extras"] == make["extras"] == readme["extras"] == {"all"}
     assert make["editable"] and not docker["editable"]  # an image installs the package, not a checkout
     assert (ROOT / "constraints.txt").is_file()
+
+
+def test_the_quickstart_installs_only_the_extras_it_runs():
+    """pyspark, playwright, moto, onnx and lm-eval are for `make test`: the quickstart must not wait for them."""
+    quick = makefile_install("QUICKSTART_EXTRAS")
+    assert quick["extras"] == {"train", "data", "serve"} and quick["constraints"] == ["constraints.txt"]
+    text = (ROOT / "Makefile").read_text()
+    assert re.search(r"^quickstart: \$\(VENV\)/\.installed-\$\(QUICKSTART_EXTRAS\)$", text, flags=re.M)
+    assert re.search(r"^setup: \$\(VENV\)/\.installed-\$\(EXTRAS\)$", text, flags=re.M)
 
 
 def test_cpu_image_takes_its_torch_version_from_constraints():
