@@ -416,3 +416,37 @@ def test_decode_batches_above_async_max_batch_run_synchronously(tiny_llama):
     assert drive(small, script) == drive(engine(tiny_llama, False), script)  # same tokens either way
     assert sizes and max(sizes) <= 2  # 4 running: synchronous; overlapped once 2 or fewer remain
     assert small.stats().async_steps == len(sizes)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_split_kv_decode_gives_the_same_tokens_as_one_program_per_sequence(tiny_llama):
+    """Split-KV is on by default: long contexts in a small batch are read by several programs whose
+    partials are combined; greedy tokens must be those of the unsplit kernel (fp32, eager and graphs)."""
+    ps = prompts(3, seed=42, lengths=(300, 420))
+    script = {0: [("add", f"r{i}", p, MIXED[0]) for i, p in enumerate(ps)]}
+    split = engine(tiny_llama, False, device="cuda", dtype="float32", compile_ops=False, kv_cache_gib=0.05)
+    if split.runner.graphs is None:
+        pytest.skip("needs triton (the decode kernel and its CUDA graphs)")
+    assert split.runner.decode_splits(3) > 1  # 3 sequences x 2 KV heads leave the SMs idle
+    whole = engine(
+        tiny_llama,
+        False,
+        device="cuda",
+        dtype="float32",
+        compile_ops=False,
+        kv_cache_gib=0.05,
+        split_kv_decode=False,
+    )
+    assert whole.runner.decode_splits(3) == 1
+    eager = engine(
+        tiny_llama,
+        False,
+        device="cuda",
+        dtype="float32",
+        compile_ops=False,
+        kv_cache_gib=0.05,
+        enforce_eager=True,
+    )
+    expected = drive(whole, script)
+    assert drive(split, script) == expected and drive(eager, script) == expected
