@@ -71,11 +71,17 @@ class Split:
     storage_options: dict[str, Any] | None = None
     location: str | None = None  # the dataset folder/URL of a sharded dataset
     fingerprint: str | None = None  # the manifest's
+    file_rows: tuple[int | None, ...] | None = None  # rows per file, from the manifest's outputs
+    bytes: int | None = None  # the files' size together, from the manifest's outputs
 
     def lines(self) -> Iterator[tuple[str, int, str]]:
         """(file, line number, line) of the non-blank lines, file by file, streamed."""
         for url in self.files:
             yield from _file_lines(url, self.storage_options)
+
+    def file_lines(self, index: int) -> Iterator[tuple[str, int, str]]:
+        """(file, line number, line) of file `index` alone, streamed (a streaming reader picks files)."""
+        return _file_lines(self.files[index], self.storage_options)
 
     def __str__(self) -> str:
         """The dataset location for shards (what `tuneloop eval` and lineage take), else the file."""
@@ -96,7 +102,13 @@ def open_split(location: str, split: str, storage_options: dict[str, Any] | None
         if not rows and split != "train":
             return None
         files = tuple(join(location, n) for n in names)
-        return Split(split, files, rows, storage_options, location, manifest.get("fingerprint"))
+        outputs = manifest.get("outputs") or {}
+        file_rows = tuple(outputs.get(n, {}).get("rows") for n in names)
+        sizes = [outputs.get(n, {}).get("bytes") for n in names]
+        size = sum(sizes) if all(isinstance(b, int) for b in sizes) else None
+        return Split(
+            split, files, rows, storage_options, location, manifest.get("fingerprint"), file_rows, size
+        )
     single = join(location, f"{split}.jsonl")
     if _exists(fs, posixpath.join(root, f"{split}.jsonl"), location):
         return Split(split, (single,), None, storage_options)

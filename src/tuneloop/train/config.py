@@ -25,10 +25,39 @@ class QLoraSettings(Config):
     double_quant: bool = True
 
 
+class MixSource(Config):
+    """One dataset of `data.mix` and its share of the training tokens."""
+
+    path: str = Field(..., description="a dataset folder, URL or .jsonl file, as data.path")
+    weight: float = Field(..., gt=0, description="share of training tokens (weights are normalized to sum 1)")
+
+
 class DataSettings(Config):
-    path: str = Field(..., description="a dataset folder from `tuneloop data prepare` or a .jsonl file")
+    path: str | None = Field(
+        None,
+        description="a dataset from `tuneloop data prepare`: a folder or a URL (s3://bucket/prefix, any "
+        "fsspec URL) holding train/part-*.jsonl shards and a manifest.json, a folder with train.jsonl, "
+        "or a .jsonl file; needed unless data.mix is set",
+    )
+    mix: list[MixSource] = Field(
+        default_factory=list,
+        description="several datasets sampled by weight, e.g. [{path: a, weight: 0.7}, {path: b, weight: 0.3}]: "
+        "each one's share of training tokens follows its weight (normalized to sum 1); streamed",
+    )
     val_path: str | None = Field(
-        None, description="validation .jsonl (default: val.jsonl in the dataset folder)"
+        None,
+        description="validation .jsonl (default: the val split of data.path, or of each data.mix dataset)",
+    )
+    streaming: bool | Literal["auto"] = Field(
+        "auto",
+        description="read the training rows shard by shard while training instead of all up front; "
+        "auto: for a URL, or a sharded dataset over 200k rows or 1 GB (manifest counts), and for data.mix",
+    )
+    shuffle_buffer: int = Field(
+        10_000,
+        gt=0,
+        description="streaming: rows per shuffled window (each process's rows are shuffled within windows "
+        "of this many, and the shard order per epoch)",
     )
     max_length: int = Field(1024, gt=8, description="tokens per sequence")
     overlong: Literal["truncate", "drop"] = "truncate"
@@ -38,8 +67,22 @@ class DataSettings(Config):
         description="flatten each micro-batch into one row without padding (varlen attention); "
         "auto: on a CUDA GPU for sft and pretrain",
     )
-    max_train_examples: int | None = Field(None, gt=0)
+    max_train_examples: int | None = Field(
+        None,
+        gt=0,
+        description="train on the first N rows of the dataset (in shard order; per dataset with data.mix)",
+    )
     max_val_examples: int | None = Field(256, gt=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataSettings:
+        if self.path is None and not self.mix:
+            raise ValueError("data.path is required (or data.mix: [{path: ..., weight: ...}, ...])")
+        if self.path is not None and self.mix:
+            raise ValueError("set data.path or data.mix, not both (put data.path into data.mix as one entry)")
+        if self.mix and self.streaming is False:
+            raise ValueError("data.mix is read streamed: remove data.streaming=false")
+        return self
 
 
 class OptimSettings(Config):
@@ -200,6 +243,11 @@ class TrainConfig(Config):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.objective == "kto" and (self.data.streaming is True or self.data.mix):
+            raise ValueError(
+                "objective=kto pairs answers across the whole dataset: it cannot stream; "
+                "set data.streaming=false and use data.path"
+            )
         if self.objective in ("dpo", "kto") and self.data.packing:
             raise ValueError(
                 f"data.packing does not apply to {self.objective} (answers are scored whole); "

@@ -88,6 +88,11 @@ class Prepared:
         return sum(len(_first(e).input_ids) for e in self.examples)
 
 
+def input_length(e: Any) -> int:
+    """Input tokens of an example (of its chosen side for a preference pair)."""
+    return len(_first(e).input_ids)
+
+
 def _first(e: Any) -> Example:
     if isinstance(e, KtoExample):
         return e.sequence()
@@ -146,23 +151,28 @@ def read_rows(path: Path | Split, objective: str, limit: int | None = None) -> l
     uses (`check_row`): a broken line, a row of the wrong kind or a bad message is an error naming
     file (shard) and line."""
     rows: list[dict[str, Any]] = []
-    expected = ROW_KINDS[objective]
     for where, lineno, line in _lines(path):
-        row = parse_json_line(line, where, lineno)
-        found = row_kind(row)
-        if found is not None and found != expected:
-            raise TuneloopError(
-                f"{where}:{lineno}: objective '{objective}' needs {KIND_NAMES[expected]} rows, but the "
-                f"file holds {KIND_NAMES[found]} rows",
-                hint="prepare the data with the matching --kind, or set objective= to match the data",
-            )
-        check_row(row, where, lineno, kinds=(expected,))
-        rows.append(row)
+        rows.append(parse_row(where, lineno, line, objective))
         if limit and len(rows) >= limit:
             break
     if not rows:
         raise TuneloopError(f"{path} has no rows", hint="check that `tuneloop data prepare` kept any data")
     return rows
+
+
+def parse_row(where: str, lineno: int, line: str, objective: str) -> dict[str, Any]:
+    """One JSONL line as a checked row of the kind `objective` trains on (errors name file and line)."""
+    expected = ROW_KINDS[objective]
+    row = parse_json_line(line, where, lineno)
+    found = row_kind(row)
+    if found is not None and found != expected:
+        raise TuneloopError(
+            f"{where}:{lineno}: objective '{objective}' needs {KIND_NAMES[expected]} rows, but the "
+            f"file holds {KIND_NAMES[found]} rows",
+            hint="prepare the data with the matching --kind, or set objective= to match the data",
+        )
+    check_row(row, where, lineno, kinds=(expected,))
+    return row
 
 
 def tokenize(

@@ -61,6 +61,15 @@ def any_flag(flag: bool, d: Dist, device: Any) -> bool:
     return sum_scalars([1.0 if flag else 0.0], d, device)[0] > 0
 
 
+def gather_objects(value: Any, d: Dist) -> list[Any]:
+    """Every process's `value` (JSON-like), in rank order, on every process."""
+    if d.world == 1:
+        return [value]
+    out: list[Any] = [None] * d.world
+    dist.all_gather_object(out, value)
+    return out
+
+
 def sum_gradients(params: list[torch.nn.Parameter], d: Dist) -> None:
     """All-reduce (sum) the gradients of `params`, flattened into one buffer per dtype."""
     if d.world == 1:

@@ -31,10 +31,11 @@ from tuneloop.models.formats import DESCRIPTION, require_complete, require_forma
 from tuneloop.models.loading import load_tokenizer, pick_device
 from tuneloop.models.resolve import ResolvedModel, resolve_model
 from tuneloop.models.store import sha256_file
-from tuneloop.train import checkpoint, distributed, fsdp, segments
+from tuneloop.train import checkpoint, distributed, fsdp, segments, sources
 from tuneloop.train.config import TrainConfig
-from tuneloop.train.dataset import Prepared, dataset_files, pack, read_rows, tokenize, tokenize_parallel
+from tuneloop.train.dataset import Prepared, pack, tokenize, tokenize_parallel
 from tuneloop.train.distributed import Dist
+from tuneloop.train.mixture import Mixture
 from tuneloop.train.model_setup import (
     Precision,
     check_fit,
@@ -45,6 +46,7 @@ from tuneloop.train.model_setup import (
 )
 from tuneloop.train.plots import loss_plot
 from tuneloop.train.profiling import StepProfiler
+from tuneloop.train.sources import TrainData
 from tuneloop.train.tracking import Tracker
 from tuneloop.train.trainer import Trainer
 
@@ -66,7 +68,7 @@ class RunResult:
 def run(cfg: TrainConfig) -> RunResult:
     # The data first: every row's structure is checked in seconds, before a model is resolved
     # (perhaps pulled) and loaded; only tokenizer-dependent checks (lengths, labels) come later.
-    train_file, train_rows, val_file, val_rows = read_data(cfg)
+    data = read_data(cfg)
     run_dir = Path(cfg.output_dir).expanduser() if cfg.output_dir else paths.runs_dir() / cfg.run_name()
     paths.check_writable_dir(run_dir, "output_dir" if cfg.output_dir else "the run folder")
     resume_from = _resume_folder(cfg, run_dir)
@@ -87,21 +89,15 @@ def run(cfg: TrainConfig) -> RunResult:
         run_dir,
         resume_from,
         lineage,
-        train_file,
-        train_rows,
-        val_file,
-        val_rows,
+        data,
     )
     with run_folder(run_dir, main=d.main):
         return _train(setup)
 
 
-def read_data(cfg: TrainConfig) -> tuple[Path, list[dict[str, Any]], Path | None, list[dict[str, Any]]]:
-    """(train file, its rows, val file, its rows), every row's structure checked (no tokenizer needed)."""
-    train_file, val_file = dataset_files(cfg.data.path, cfg.data.val_path)
-    train_rows = read_rows(train_file, cfg.objective, cfg.data.max_train_examples)
-    val_rows = read_rows(val_file, cfg.objective, cfg.data.max_val_examples) if val_file else []
-    return train_file, train_rows, val_file, val_rows
+def read_data(cfg: TrainConfig) -> TrainData:
+    """The datasets, every row's structure checked (a streamed dataset's first rows; no tokenizer needed)."""
+    return sources.read(cfg)
 
 
 @dataclass
@@ -116,22 +112,20 @@ class _Setup:
     run_dir: Path
     resume_from: Path | None
     segments: list[dict[str, Any]]
-    train_file: Path
-    train_rows: list[dict[str, Any]]
-    val_file: Path | None
-    val_rows: list[dict[str, Any]]
+    data: TrainData
 
 
 def _train(setup: _Setup) -> RunResult:
     cfg, d, device, precision, resolved = setup.cfg, setup.dist, setup.device, setup.precision, setup.resolved
-    run_dir, train_file, val_file = setup.run_dir, setup.train_file, setup.val_file
+    run_dir, data, val_file = setup.run_dir, setup.data, setup.data.val_file
     tokenizer = load_tokenizer(resolved.path)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    train = _examples(cfg, setup.train_rows, tokenizer, packing=cfg.data.packing)
-    val = _examples(cfg, setup.val_rows, tokenizer, packing=False) if setup.val_rows else Prepared([])
-    if len(train.examples) == 0:
+    stream = sources.open_stream(cfg, data, tokenizer, d, device) if data.streamed else None
+    train = _examples(cfg, data.rows, tokenizer, packing=cfg.data.packing) if stream is None else Prepared([])
+    val = _examples(cfg, data.val_rows, tokenizer, packing=False) if data.val_rows else Prepared([])
+    if stream is None and len(train.examples) == 0:
         raise TuneloopError(
-            f"no training examples left in {train_file}", hint=f"counts: {dict(train.counts)}"
+            f"no training examples left in {data.train_file}", hint=f"counts: {dict(train.counts)}"
         )
     if cfg.eval.every and not val.examples and d.main:
         log.warning("eval.every is set but there is no validation data: no validation loss will be computed")
@@ -152,7 +146,7 @@ def _train(setup: _Setup) -> RunResult:
     trainer = Trainer(
         cfg,
         model,
-        train.examples,
+        stream if stream is not None else train.examples,
         val.examples,
         pad_id=pad_id,
         device=device,
@@ -167,9 +161,11 @@ def _train(setup: _Setup) -> RunResult:
     facts = {
         "trainable_parameters": trainable,
         "total_parameters": total,
-        "train_examples": len(train.examples),
+        "train_examples": stream.estimated_examples if stream else len(train.examples),
         "val_examples": len(val.examples),
-        "train_tokens": train.tokens,
+        "train_tokens": None if stream else train.tokens,  # streamed: not known before training
+        "streaming": stream is not None,
+        **_mix_params(data),
         "total_steps": trainer.plan.total_steps,
         "world_size": d.world,
         "device": device,
@@ -197,10 +193,12 @@ def _train(setup: _Setup) -> RunResult:
     model_dir = run_dir / "model"
     metrics: dict[str, Any] = {}
     full = _gather_if_sharded(model)  # a collective: every process takes part
+    streamed = _stream_metrics(stream, d, device) if stream is not None else {}  # a collective too
     if d.main:
         metrics = _write_outputs(
-            cfg, trainer, tokenizer, resolved, train_file, run_dir, model_dir, facts, restored, full
+            cfg, trainer, tokenizer, resolved, data, run_dir, model_dir, facts, restored, full
         )
+        metrics.update(streamed)
         metrics.update(_final_eval(cfg, model_dir, val_file, run_dir, tracker))
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
         for name in (
@@ -220,6 +218,8 @@ def _train(setup: _Setup) -> RunResult:
             {f"run/{k}": float(speed[k]) for k in ("tokens_per_s", "tokens_per_s_overall")}, state.step
         )
         tracker.set_tags({"tuneloop.stopped_early": state.stopped_early})
+        for n, share in enumerate(streamed.get("data_mix_token_share", {}).values()):
+            tracker.log({f"data/mix_token_share_{n}": share}, step=state.step)
         tracker.record_segments(state.segments)
     tracker.finish()
     distributed.shutdown(d)
@@ -380,6 +380,26 @@ def _examples(
     return prepared
 
 
+def _mix_params(data: TrainData) -> dict[str, Any]:
+    """data.mix's normalized weights, as run facts (MLflow params `run.mix.<n>.path/weight`)."""
+    if not data.mixed:
+        return {}
+    out: dict[str, Any] = {}
+    for n, e in enumerate(data.entries):
+        out[f"mix.{n}.path"] = e.name
+        out[f"mix.{n}.weight"] = round(e.weight, 6)
+    return out
+
+
+def _stream_metrics(stream: Mixture, d: Dist, device: str) -> dict[str, Any]:
+    """What a streamed run knows only at its end: each dataset's share of the input tokens drawn
+    (every process's draws) and tokenize's counts over the windows this process read."""
+    tokens = distributed.sum_scalars([float(t) for t in stream.tokens], d, device)
+    total = max(1.0, sum(tokens))
+    shares = {e.name: round(t / total, 6) for e, t in zip(stream.entries, tokens, strict=True)}
+    return {"data_mix_token_share": shares, **{f"data.{k}": v for k, v in stream.counts().items()}}
+
+
 def _profiler(cfg: TrainConfig, run_dir: Path) -> contextlib.AbstractContextManager:
     if not cfg.profile:
         return contextlib.nullcontext()
@@ -391,7 +411,7 @@ def _write_outputs(
     trainer: Trainer,
     tokenizer: PreTrainedTokenizerBase,
     resolved: ResolvedModel,
-    train_file: Path,
+    data: TrainData,
     run_dir: Path,
     model_dir: Path,
     facts: dict[str, Any],
@@ -414,7 +434,7 @@ def _write_outputs(
         "status": "completed",
         "tuneloop_version": __version__,
         "base_model": {"reference": cfg.model, "path": str(resolved.path), **resolved.lineage},
-        "dataset": {"train": str(train_file), "fingerprint": dataset_fingerprint(train_file)},
+        "dataset": data.lineage(dataset_fingerprint),
         "objective": cfg.objective,
         "method": cfg.method,
         "git_commit": _git_commit(),

@@ -60,6 +60,7 @@ VALIDATION = (
     "plateau.patience",
     "plateau.factor",
 )
+STREAMING = ("data.mix", "data.streaming", "data.shuffle_buffer")
 BY_OBJECTIVE = {
     "dpo": ("dpo.beta",),
     "kto": ("kto.beta", "kto.desirable_weight", "kto.undesirable_weight"),
@@ -70,6 +71,7 @@ EVERY_KEY = (
     *QLORA,
     *VALIDATION,
     "master_weights",
+    *STREAMING,
     *(k for v in BY_OBJECTIVE.values() for k in v),
 )
 
@@ -85,6 +87,10 @@ def shaping_keys(cfg: TrainConfig) -> tuple[str, ...]:
     if cfg.early_stopping.patience or cfg.plateau.patience:
         keys += VALIDATION
     keys += BY_OBJECTIVE.get(cfg.objective, ())
+    # the streamed order: only when set, so checkpoints from before these keys still compare equal
+    # (data.streaming=auto decides from the dataset, which data.path already names)
+    if cfg.data.mix or cfg.data.streaming is True:
+        keys += STREAMING
     return tuple(keys)
 
 

@@ -27,6 +27,7 @@ from tuneloop.train.dataset import IGNORE, Example, PairExample
 from tuneloop.train.distributed import Dist
 from tuneloop.train.fsdp import is_sharded
 from tuneloop.train.kto import KtoStep
+from tuneloop.train.mixture import Mixture
 from tuneloop.train.model_setup import Precision, use_padding_free
 from tuneloop.train.objectives import dpo_losses, sequence_logps, token_loss_sum
 from tuneloop.train.profiling import StepProfiler
@@ -67,6 +68,7 @@ class TrainState:
     step_seconds: list[tuple[int, float]] = field(default_factory=list)
     val_loss: list[tuple[int, float]] = field(default_factory=list)
     lr_cuts: list[int] = field(default_factory=list)
+    data_position: dict[str, Any] | None = None  # streamed data: every process's position (mixture.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -105,7 +107,7 @@ class Trainer:
         self,
         cfg: TrainConfig,
         model: torch.nn.Module,
-        train: list[Any],
+        train: list[Any] | Mixture,
         val: list[Any],
         *,
         pad_id: int,
@@ -128,7 +130,11 @@ class Trainer:
             **_fused_optimizer(self.params, device),
         )
         self.scaler = torch.amp.GradScaler("cuda") if precision.needs_scaler else None
-        self.plan = StepPlan.build(len(train), cfg.batch.global_batch, cfg.seed, cfg.epochs, cfg.max_steps)
+        # streamed data (a Mixture) hands each process its share of a step; a list is indexed by the plan
+        self.stream = train if isinstance(train, Mixture) else None
+        self._data_at: dict[int, dict[str, Any]] = {}  # step -> the stream's position when it starts
+        n = self.stream.estimated_examples if self.stream else len(train)
+        self.plan = StepPlan.build(n, cfg.batch.global_batch, cfg.seed, cfg.epochs, cfg.max_steps)
         if cfg.batch.global_batch % dist.world:
             raise TuneloopError(
                 f"batch.global_batch ({cfg.batch.global_batch}) must be divisible by the number of processes ({dist.world})"
@@ -146,6 +152,8 @@ class Trainer:
     def resume(self, folder: Path) -> None:
         data = checkpoint.load(folder, self.model, self.optimizer, self.dist.rank, self.scaler)
         self.state = TrainState.from_dict(data)
+        if self.stream is not None:
+            self.stream.restore(self.state.data_position, self.dist.rank, self.dist.world)
         log.info("resumed from %s at step %d", folder, self.state.step)
 
     def fit(self) -> TrainState:
@@ -180,7 +188,7 @@ class Trainer:
         lr = lr_at(step, self.cfg.optim, self.plan.total_steps, self.state.lr_scale)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        mine = [self.train[i] for i in shard(self.plan.batch(step), self.dist.rank, self.dist.world)]
+        mine = self._my_examples(step)
         loss, tokens = self._accumulate_with_backoff(mine)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -192,6 +200,17 @@ class Trainer:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss, tokens, grad_norm
+
+    def _my_examples(self, step: int) -> list[Any]:
+        """This process's share of the global batch of `step`."""
+        if self.stream is not None:
+            # the position before and after this step's draw: a checkpoint taken when the step was cut
+            # short (Ctrl-C) keeps the former, so the resumed run redraws the same examples
+            before = self.stream.state()
+            mine = self.stream.take(self.cfg.batch.global_batch // self.dist.world)
+            self._data_at = {step: before, step + 1: self.stream.state()}
+            return mine
+        return [self.train[i] for i in shard(self.plan.batch(step), self.dist.rank, self.dist.world)]
 
     def _accumulate_with_backoff(self, examples: list[Any]) -> tuple[float, int]:
         """Forward/backward over micro-batches; on CUDA OOM halve the micro-batch and redo the step."""
@@ -381,6 +400,10 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         if self.tracker.run_id:
             self.state.mlflow_run_id = self.tracker.run_id
+        if self.stream is not None:  # a collective: every process saves
+            mine = self._data_at.get(self.state.step) or self.stream.state()
+            ranks = distributed.gather_objects(mine, self.dist)
+            self.state.data_position = {"world": self.dist.world, "ranks": ranks}
         folder = self.ckpt_dir / f"{checkpoint.PREFIX}{self.state.step:08d}"
         return checkpoint.save(
             folder,
