@@ -112,10 +112,12 @@ def test_engine_decode_path_gives_the_same_tokens(tiny_model_factory, family, tm
         prompts = [torch.randint(5, 500, (n,), generator=g).tolist() for n in (3, 11, 5, 19)]
         p = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 
-        def run(kernel, async_scheduling=False):
+        def run(kernel, async_scheduling=False, splits=1):
             eng = LLMEngine.from_pretrained({str(folder)!r}, block_size=4, kv_cache_gib=0.01,
                                             async_scheduling=async_scheduling)
             eng.runner.decode_kernel = kernel
+            if splits > 1:  # split-KV (on by default, CUDA only): forced here to run it interpreted
+                eng.runner.decode_splits = lambda batch: splits
             calls = []
             if kernel:
                 real = eng.runner._run_decode
@@ -139,6 +141,9 @@ def test_engine_decode_path_gives_the_same_tokens(tiny_model_factory, family, tm
         assert calls and max(calls) == 4, calls  # the kernel served decode-only steps of 1..4 sequences
         ahead, calls = run(True, async_scheduling=True)  # input ids read from the previous step's tokens
         assert ahead == base, (ahead, base)
+        assert calls and max(calls) == 4, calls
+        split, calls = run(True, splits=4)  # 4 ranges over contexts of 4..30 tokens, some empty
+        assert split == base, (split, base)
         assert calls and max(calls) == 4, calls
         print("OK", len(calls))
         """,
