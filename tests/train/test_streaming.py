@@ -180,6 +180,46 @@ def test_resume_after_a_stop_sees_the_batches_of_an_uninterrupted_run(tiny_llama
     )
 
 
+def test_a_run_streamed_from_s3_resumes_exactly_after_kill_9(tiny_llama, tmp_path, s3_endpoint, monkeypatch):
+    """The issue's test: the data on (moto) S3, read in windows much smaller than the dataset; the
+    process is killed with SIGKILL after a checkpoint; `resume=auto` gives the uninterrupted losses."""
+    pytest.importorskip("s3fs")
+    import signal
+    import time
+
+    import boto3
+
+    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}  # fmt: skip
+    for key, value in aws.items():
+        monkeypatch.setenv(key, value)
+    data = write_sharded(tmp_path / "d", sft_rows(120), shard_rows=15)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3.create_bucket(Bucket="train")
+    for p in sorted(data.rglob("*")):
+        if p.is_file():
+            s3.upload_file(str(p), "train", f"ds/{p.relative_to(data)}")
+    kw = {"max_steps": 30, "data.shuffle_buffer": 20, "checkpoint.every": 3}  # a URL streams (auto)
+    full = train(tiny_llama, "s3://train/ds", tmp_path / "full", **kw)
+    assert full.metrics["steps"] == 30
+    out = tmp_path / "killed"
+    args = base_overrides(tiny_llama, "s3://train/ds", out, **kw)
+    proc = subprocess.Popen([sys.executable, "-m", "tuneloop.train.launch", "-", *args],
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 180
+    while time.time() < deadline and not (out / "checkpoints" / "step-00000006" / "state.json").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "metrics.json").exists(), "the run finished before it could be killed"
+    resumed = run(load_config(TrainConfig, None, args))  # resume=auto is the default
+    assert [x for _, x in resumed.metrics["train_loss"]] == pytest.approx(
+        [x for _, x in full.metrics["train_loss"]], rel=1e-5, abs=1e-6
+    )
+
+
 # ---------------------------------------------------------------- mixes
 
 
