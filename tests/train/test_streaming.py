@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -184,7 +185,6 @@ def test_a_run_streamed_from_s3_resumes_exactly_after_kill_9(tiny_llama, tmp_pat
     """The issue's test: the data on (moto) S3, read in windows much smaller than the dataset; the
     process is killed with SIGKILL after a checkpoint; `resume=auto` gives the uninterrupted losses."""
     pytest.importorskip("s3fs")
-    import signal
     import time
 
     import boto3
@@ -372,8 +372,17 @@ def test_two_gloo_processes_see_disjoint_rows_covering_the_dataset(tiny_llama, t
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), str(out), *args]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
+    # its own process group: on a timeout the ranks go with torchrun instead of outliving the test
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
     found = json.loads(out.read_text())
     a, b = found["ranks"]
     assert len(a) == 25 and len(b) == 25
