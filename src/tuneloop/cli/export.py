@@ -1,4 +1,5 @@
-"""`tuneloop export REF [--merge] [--prune S] [--quantize int8|int4] [--onnx] ...`: thin; work in tuneloop.export."""
+"""`tuneloop export REF [--merge] [--prune S] [--quantize int8|int4] [--onnx] [--gguf TYPE] ...`: thin;
+work in tuneloop.export."""
 
 from __future__ import annotations
 
@@ -34,6 +35,13 @@ def export(
     onnx: bool = typer.Option(
         False, "--onnx", help="Export to ONNX with KV cache inputs/outputs, measured on ONNX Runtime."
     ),
+    gguf: str | None = typer.Option(
+        None,
+        "--gguf",
+        help="Write a GGUF for llama.cpp/Ollama (Llama family): f16, bf16, f32, q8_0, q5_1, q5_0, q4_1 or "
+        "q4_0, with an Ollama Modelfile; an adapter is merged first (no --merge needed). Measured by "
+        "loading the file back with transformers' GGUF loader.",
+    ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default TUNELOOP_HOME/exports/...)."),
     name: str | None = typer.Option(
         None, "--name", help="Register the export as a new version of this registry model."
@@ -58,13 +66,14 @@ def export(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Merge, prune, quantize or export a model to ONNX; measure it before and after; optionally register it."""
+    """Merge, prune, quantize or export a model to ONNX or GGUF; measure it before and after; optionally register it."""
     opts = ExportOptions(
         merge=merge,
         quantize=quantize,
         prune=prune,
         prune_pattern=prune_pattern,
         onnx=onnx,
+        gguf=gguf,
         out=out,
         name=name,
         max_quality_drop=max_quality_drop,
