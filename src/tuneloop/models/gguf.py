@@ -7,6 +7,8 @@ file holds, as llama.cpp or Ollama would read it, but at PyTorch's speed, not ll
 
 from __future__ import annotations
 
+import contextlib
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +34,9 @@ def load_gguf_model(folder: Path, device: str = "auto") -> PreTrainedModel:
 
     name, device = _gguf_file(folder), pick_device(device)
     transformers.utils.logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=pick_dtype(device))
+    # transformers' per-tensor dequantizing bar is a bare tqdm that the switch above does not reach
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=pick_dtype(device))
     return model.to(device).eval()
 
 
