@@ -192,26 +192,29 @@ def test_k_quant_hint_names_llama_quantize() -> None:
 
 def test_a_non_llama_architecture_is_refused_by_name(tiny_model_factory, tmp_path: Path) -> None:
     src = tiny_model_factory("qwen2")
-    with pytest.raises(TuneloopError, match="Qwen2ForCausalLM.*LlamaForCausalLM"):
+    with pytest.raises(TuneloopError, match=r"Qwen2ForCausalLM.*LlamaForCausalLM"):
         _export(src, tmp_path / "q", "f16")
     assert not (tmp_path / "q").exists()
 
 
 def test_the_gguf_folder_cannot_be_served_or_exported_again(f16) -> None:
     out, _ = f16
-    for command in (["serve", "--model", str(out), "--no-auth", "--port", "1"], ["export", str(out), "--gguf", "f16"]):
+    for command in (
+        ["serve", "--model", str(out), "--no-auth", "--port", "1"],
+        ["export", str(out), "--gguf", "f16"],
+    ):
         result = CliRunner().invoke(app, command)
         assert result.exit_code == 2, result.output
         assert "GGUF export" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.slow
-def test_default_model_q8_0_keeps_its_chat_template_and_answers(default_model: Path, tmp_path: Path) -> None:
-    out, report = _export(default_model, tmp_path / "smol", "q8_0")
+def test_default_model_f16_keeps_its_chat_template_and_answers(default_model: Path, tmp_path: Path) -> None:
+    out, report = _export(default_model, tmp_path / "smol", "f16")  # bf16 weights: f16 holds them exactly
     source, exported = load_tokenizer(default_model), load_gguf_tokenizer(out)
     assert exported.chat_template == source.chat_template
     for text in TEXTS:
         assert exported(text)["input_ids"] == source(text)["input_ids"], text
     assert report.quality.greedy_agreement == 1.0, report.before.greedy_tokens
-    assert report.after.perplexity == pytest.approx(report.before.perplexity, rel=0.02)
+    assert report.after.perplexity == pytest.approx(report.before.perplexity, rel=1e-3)
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in (out / MODELFILE).read_text()

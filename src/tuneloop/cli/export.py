@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tuneloop.export.pipeline import ExportOptions, QualityDropError, run_export
-from tuneloop.export.report import REPORT_MD, ExportReport, table_rows, verdict
-from tuneloop.models.formats import require_complete, require_format
+from tuneloop.export.report import GGUF_NOTE, REPORT_MD, ExportReport, table_rows, verdict
+from tuneloop.models.formats import MODELFILE, require_complete, require_format
 from tuneloop.models.resolve import resolve_model
 from tuneloop.paths import check_writable_dir
 
@@ -117,6 +117,9 @@ def _print_human(report: ExportReport) -> None:
     console = Console()
     console.print(_table(report))
     console.print(escape(verdict(report)))
+    if report.after.format == "gguf":
+        console.print(escape(GGUF_NOTE))
+        console.print(f"run it: cd {escape(report.output)} && ollama create NAME -f {MODELFILE}")
     console.print(f"[green]exported[/] to {escape(report.output)} (report: {REPORT_MD})")
     if report.registered:
         reg = report.registered

@@ -14,6 +14,10 @@ from typing import Any
 from tuneloop.export.measure import Measurement
 
 REPORT_JSON, REPORT_MD = "export_report.json", "export_report.md"
+GGUF_NOTE = (
+    "The GGUF was measured by loading it back with transformers' GGUF loader, which dequantizes it to "
+    "float: perplexity and answers are the file's, load time and latency are PyTorch's, not llama.cpp's."
+)
 ROWS = [  # (label, field, unit)
     ("size on disk", "size_bytes", "MB"),
     ("load time", "load_s", "s"),
@@ -116,6 +120,7 @@ def markdown(report: ExportReport) -> str:
         "",
         verdict(report),
         "",
+        *([GGUF_NOTE, ""] if report.after.format == "gguf" else []),
         "Environment: " + ", ".join(f"{k} {v}" for k, v in report.environment.items()),
     ]
     return "\n".join(lines) + "\n"
