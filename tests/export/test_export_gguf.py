@@ -218,3 +218,14 @@ def test_default_model_f16_keeps_its_chat_template_and_answers(default_model: Pa
     assert report.quality.greedy_agreement == 1.0, report.before.greedy_tokens
     assert report.after.perplexity == pytest.approx(report.before.perplexity, rel=1e-3)
     assert 'SYSTEM """You are a helpful AI assistant named SmolLM' in (out / MODELFILE).read_text()
+
+
+def test_ask_answers_from_the_gguf_folder_like_the_source(f16, tiny_llama: Path) -> None:
+    out, _ = f16
+    answers = []
+    for folder in (tiny_llama, out):
+        args = ["ask", "Hello?", "-m", str(folder), "--max-new-tokens", "6", "--device", "cpu"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        answers.append(result.stdout)
+    assert answers[0] == answers[1] and answers[0].strip()
