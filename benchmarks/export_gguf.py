@@ -24,7 +24,7 @@ from tuneloop.models.catalog import DEFAULT_MODEL
 from tuneloop.models.formats import GGUF_FILE
 from tuneloop.models.resolve import resolve_model
 
-TYPES = ["f16", "bf16", "q8_0", "q5_1", "q4_0"]
+TYPES = ["f16", "bf16", "q8_0", "q5_1", "q4_1", "q4_0"]
 
 
 def prefix_agreement(before: list[list[int]], after: list[list[int]]) -> float:

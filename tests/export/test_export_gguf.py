@@ -229,3 +229,14 @@ def test_ask_answers_from_the_gguf_folder_like_the_source(f16, tiny_llama: Path)
         assert result.exit_code == 0, result.output
         answers.append(result.stdout)
     assert answers[0] == answers[1] and answers[0].strip()
+
+
+def test_rows_that_do_not_fill_a_block_stay_f16(tiny_model_factory, tmp_path: Path) -> None:
+    src = tiny_model_factory("llama", hidden_size=48, intermediate_size=96)  # 48 is not a multiple of 32
+    out, _ = _export(src, tmp_path / "odd", "q8_0")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(out / GGUF_FILE).tensors}
+    assert types["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.F16
+    assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0  # 96 = 3 blocks
+    ids = torch.randint(3, 500, (1, 8), generator=torch.Generator().manual_seed(3))
+    want, got = _logits(load_model(src, "cpu"), ids), _logits(load_gguf_model(out, "cpu"), ids)
+    assert (got - want).abs().max() < 0.05 * want.abs().max()
