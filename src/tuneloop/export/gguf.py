@@ -146,6 +146,7 @@ def _write_hparams(writer: Any, cfg: dict[str, Any], kind: GGUFType, name: str) 
 
     heads = int(cfg["num_attention_heads"])
     head_dim = int(cfg.get("head_dim") or cfg["hidden_size"] // heads)
+    writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
     writer.add_context_length(int(cfg["max_position_embeddings"]))
     writer.add_embedding_length(int(cfg["hidden_size"]))
