@@ -1,4 +1,5 @@
-"""`tuneloop export REF [--merge] [--prune S] [--quantize int8|int4] [--onnx] ...`: thin; work in tuneloop.export."""
+"""`tuneloop export REF [--merge] [--prune S] [--quantize int8|int4] [--onnx] [--gguf TYPE] ...`: thin;
+work in tuneloop.export."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from tuneloop.export.pipeline import ExportOptions, QualityDropError, run_export
-from tuneloop.export.report import REPORT_MD, ExportReport, table_rows, verdict
-from tuneloop.models.formats import require_complete, require_format
+from tuneloop.export.report import GGUF_NOTE, REPORT_MD, ExportReport, table_rows, verdict
+from tuneloop.models.formats import MODELFILE, require_complete, require_format
 from tuneloop.models.resolve import resolve_model
 from tuneloop.paths import check_writable_dir
 
@@ -33,6 +34,13 @@ def export(
     ),
     onnx: bool = typer.Option(
         False, "--onnx", help="Export to ONNX with KV cache inputs/outputs, measured on ONNX Runtime."
+    ),
+    gguf: str | None = typer.Option(
+        None,
+        "--gguf",
+        help="Write a GGUF for llama.cpp/Ollama (Llama family): f16, bf16, f32, q8_0, q5_1, q5_0, q4_1 or "
+        "q4_0, with an Ollama Modelfile; an adapter is merged first (no --merge needed). Measured by "
+        "loading the file back with transformers' GGUF loader.",
     ),
     out: Path | None = typer.Option(None, "--out", help="Output folder (default TUNELOOP_HOME/exports/...)."),
     name: str | None = typer.Option(
@@ -58,13 +66,14 @@ def export(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, ..."),
     json_output: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
-    """Merge, prune, quantize or export a model to ONNX; measure it before and after; optionally register it."""
+    """Merge, prune, quantize or export a model to ONNX or GGUF; measure it before and after; optionally register it."""
     opts = ExportOptions(
         merge=merge,
         quantize=quantize,
         prune=prune,
         prune_pattern=prune_pattern,
         onnx=onnx,
+        gguf=gguf,
         out=out,
         name=name,
         max_quality_drop=max_quality_drop,
@@ -108,6 +117,9 @@ def _print_human(report: ExportReport) -> None:
     console = Console()
     console.print(_table(report))
     console.print(escape(verdict(report)))
+    if report.after.format == "gguf":
+        console.print(escape(GGUF_NOTE))
+        console.print(f"run it: cd {escape(report.output)} && ollama create NAME -f {MODELFILE}")
     console.print(f"[green]exported[/] to {escape(report.output)} (report: {REPORT_MD})")
     if report.registered:
         reg = report.registered

@@ -168,10 +168,10 @@ class RunnerBase:
 
 
 def check_servable(folder: str) -> None:
-    """Exports the engine cannot run (ONNX graphs, packed int4) fail here, by name, not deep in a loader."""
+    """Exports the engine cannot run (ONNX graphs, packed int4, GGUF) fail here, by name, not deep in a loader."""
     kind = folder_format(folder)
-    if kind in ("onnx", "int4"):
-        what = "an ONNX export" if kind == "onnx" else "a packed int4 export"
+    if kind in ("onnx", "int4", "gguf"):
+        what = {"onnx": "an ONNX export", "int4": "a packed int4 export", "gguf": "a GGUF export"}[kind]
         raise ValueError(
             f"{folder} is {what}, which the engine does not serve; serve the merged bf16 version it was "
             "exported from (its registry parent), or evaluate this one with `tuneloop eval`"

@@ -5,7 +5,8 @@
   so one-off import costs do not count; warm file cache).
 - latency: batch 1, a fixed prompt set, greedy, a fixed number of new tokens (EOS ignored so
   every model makes the same work); time to first token and mean time per later token, each the
-  median over prompts x repeats after one warm-up.
+  median over prompts x repeats after one warm-up. The greedy tokens of each prompt are kept, so
+  the report can say whether the export answers exactly as the source does.
 - quality: perplexity (assistant tokens of SFT rows, or all tokens of text rows) and, for SFT
   rows, the greedy answers scored against the references (contains_answer when rows carry an
   answer, else token F1) — the same greedy loop as the latency, so ONNX is scored like PyTorch.
@@ -34,7 +35,7 @@ from tuneloop.models.resolve import resolve_model
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx.data", ".data", ".pt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".onnx", ".onnx.data", ".data", ".pt", ".gguf")
 MAX_LENGTH = 1024
 
 # Built-in perplexity text when no --eval-data is given: plain, varied English prose.
@@ -74,6 +75,7 @@ class Measurement:
     task_score: float | None = None
     sparsity: float | None = None
     device: str = "cpu"
+    greedy_tokens: list[list[int]] = field(default_factory=list)  # per PROMPTS entry, EOS ignored
 
     @property
     def tokens_per_s(self) -> float:
@@ -118,7 +120,7 @@ def measure(path: Path, device: str, work: Workload, *, with_sparsity: bool = Fa
     model, tokenizer, load_s = timed_load(path, device, work.load_tries)
     try:
         sparsity = _sparsity(model) if with_sparsity else None
-        ttft, per_token = latency(model, tokenizer, work)
+        ttft, per_token, answers = _latency(model, tokenizer, work)
         ppl = perplexity(model, _ppl_examples(tokenizer, work), batch_size=4)
         task = task_scores(model, tokenizer, work) if work.kind == "sft" and work.rows else {}
     finally:
@@ -137,6 +139,7 @@ def measure(path: Path, device: str, work: Workload, *, with_sparsity: bool = Fa
         score,
         sparsity,
         device,
+        answers,
     )
 
 
@@ -171,16 +174,25 @@ def _chat_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
 
 def latency(model: CausalLM, tokenizer: PreTrainedTokenizerBase, work: Workload) -> tuple[float, float]:
     """(median time to first token, median per-token time) over prompts x repeats, batch 1."""
+    ttft, per_token, _ = _latency(model, tokenizer, work)
+    return ttft, per_token
+
+
+def _latency(
+    model: CausalLM, tokenizer: PreTrainedTokenizerBase, work: Workload
+) -> tuple[float, float, list[list[int]]]:
+    """`latency`, plus the greedy tokens of each prompt (the first repeat's; greedy repeats agree)."""
     runner = runner_for(model)
     prompts = [_chat_ids(tokenizer, [{"role": "user", "content": p}]) for p in PROMPTS]
     greedy(runner, prompts[0], 4)  # warm-up: lazy init, allocator, ORT graph caches
-    ttfts, steps = [], []
+    ttfts, steps, answers = [], [], []
     for ids in prompts:
-        for _ in range(work.repeats):
+        for i in range(work.repeats):
             gen = greedy(runner, ids, work.latency_tokens)
             ttfts.append(gen.ttft_s)
             steps.append(statistics.fmean(gen.step_s) if gen.step_s else 0.0)
-    return statistics.median(ttfts), statistics.median(steps)
+            answers += [gen.tokens] if i == 0 else []
+    return statistics.median(ttfts), statistics.median(steps), answers
 
 
 def _ppl_examples(tokenizer: PreTrainedTokenizerBase, work: Workload) -> list[tuple[list[int], list[int]]]:

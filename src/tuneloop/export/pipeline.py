@@ -1,7 +1,12 @@
 """`run_export`: check the request, measure the source, apply the steps, measure the result, gate, register.
 
-Order is fixed: merge (adapter into base) → prune → quantize or ONNX. Everything that can be
-refused (bad sparsity, 2:4 on a CPU, an adapter without --merge) is refused before loading.
+Order is fixed: merge (adapter into base) → prune → quantize, ONNX or GGUF. Everything that can be
+refused (bad sparsity, 2:4 on a CPU, an adapter without --merge, a GGUF of a non-Llama model) is
+refused before loading. --gguf merges an adapter without being asked: a GGUF is one
+self-contained file, which is what a llama.cpp/Ollama user expects from an adapter.
+
+The export is built, measured and reported in a hidden sibling folder that is renamed to --out
+at the end, so an interrupted export never leaves a folder that looks complete.
 """
 
 from __future__ import annotations
@@ -11,12 +16,14 @@ import importlib.metadata as md
 import json
 import os
 import platform
+import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneloop.errors import TuneloopError
+from tuneloop.export import gguf as gguf_export
 from tuneloop.export import prune as pruning
 from tuneloop.export.measure import Measurement, Workload, measure
 from tuneloop.export.merge import merge_adapter, stored_dtype
@@ -24,7 +31,7 @@ from tuneloop.export.onnx import export_onnx
 from tuneloop.export.quantize import quantize_folder
 from tuneloop.export.report import ExportReport, QualityCheck
 from tuneloop.models.loading import load_model, load_tokenizer, pick_device
-from tuneloop.models.resolve import ResolvedModel, resolve_model
+from tuneloop.models.resolve import ResolvedModel, read_config, resolve_model
 from tuneloop.paths import home
 from tuneloop.registry import Registry
 
@@ -39,6 +46,7 @@ class ExportOptions:
     prune: float | None = None
     prune_pattern: str = "unstructured"
     onnx: bool = False
+    gguf: str | None = None  # f16 | q8_0 | ... (export.gguf.TYPES)
     out: Path | None = None
     name: str | None = None
     max_quality_drop: float | None = None
@@ -55,6 +63,7 @@ class ExportOptions:
         names = ["merge"] if self.merge else []
         names += [f"prune {self.prune_label()}"] if self.pruning else []
         names += [f"quantize {self.quantize}"] if self.quantize else []
+        names += [f"gguf {self.gguf}"] if self.gguf else []
         return names + (["onnx"] if self.onnx else [])
 
     def prune_label(self) -> str:
@@ -84,7 +93,8 @@ def check_options(opts: ExportOptions, resolved: ResolvedModel | None, device: s
     """Refuse what cannot work, naming the flag, before anything is loaded."""
     if not opts.steps():
         raise TuneloopError(
-            "nothing to export: no step asked for", hint="add --merge, --quantize, --prune or --onnx"
+            "nothing to export: no step asked for",
+            hint="add --merge, --quantize, --prune, --onnx or --gguf",
         )
     if opts.quantize and opts.quantize not in ("int8", "int4"):
         raise TuneloopError(f"unknown --quantize '{opts.quantize}'", hint="use int8 or int4")
@@ -93,12 +103,16 @@ def check_options(opts: ExportOptions, resolved: ResolvedModel | None, device: s
             "--quantize and --onnx cannot be combined: torchao/bitsandbytes weights do not export to ONNX",
             hint="export --onnx alone (fp32), or quantize without --onnx",
         )
+    if opts.gguf:
+        _check_gguf(opts)
     if opts.pruning:
         pruning.check_prune_args(opts.prune, opts.prune_pattern, device)
     if opts.max_quality_drop is not None and opts.max_quality_drop < 0:
         raise TuneloopError("--max-quality-drop must be >= 0", hint="e.g. 0.05 allows a 5% drop")
     if resolved is None:
         return
+    if opts.gguf:
+        gguf_export.check_architecture(read_config(_model_folder(resolved)), resolved.ref)
     if resolved.is_adapter and not opts.merge:
         raise TuneloopError(
             f"'{resolved.ref}' is a LoRA adapter: it must be merged into its base before it can be "
@@ -111,29 +125,55 @@ def check_options(opts: ExportOptions, resolved: ResolvedModel | None, device: s
         )
 
 
+def _check_gguf(opts: ExportOptions) -> None:
+    gguf_export.gguf_type(opts.gguf or "")
+    if opts.onnx or opts.quantize:
+        other = "--onnx" if opts.onnx else f"--quantize {opts.quantize}"
+        raise TuneloopError(
+            f"--gguf and {other} cannot be combined: a GGUF is its own format with its own quantization",
+            hint="export --gguf q8_0 (or q4_0, ...) for a smaller GGUF, or drop --gguf",
+        )
+
+
+def _model_folder(resolved: ResolvedModel) -> Path:
+    """The folder whose config.json describes the model: an adapter's base, else the folder itself."""
+    if not resolved.is_adapter:
+        return resolved.path
+    adapter = json.loads((resolved.path / "adapter_config.json").read_text())
+    return resolve_model(str(adapter.get("base_model_name_or_path") or "")).path
+
+
 def run_export(ref: str, opts: ExportOptions) -> ExportReport:
     """Export `ref` as `opts` says and return the report (already written next to the export)."""
 
     device = pick_device(opts.device)
     check_options(opts, None, device)
     resolved = resolve_model(ref)
+    if opts.gguf and resolved.is_adapter:
+        opts = replace(opts, merge=True)  # a GGUF holds the merged weights (see the module docstring)
     check_options(opts, resolved, device)
     out = output_dir(opts, resolved)
     work = Workload.from_file(opts.eval_data, **opts.workload)
     before = opts.before or measure(resolved.path, device, work, with_sparsity=opts.pruning)
-    out.mkdir(parents=True, exist_ok=True)
-    steps = build(resolved, opts, device, out)
-    after = measure(out, device, work, with_sparsity=opts.pruning)
-    report = ExportReport(
-        ref,
-        str(out),
-        steps,
-        before,
-        after,
-        QualityCheck.of(before, after, opts.max_quality_drop),
-        environment(device),
-    )
-    report.write(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".partial-{out.name}-", dir=out.parent))
+    try:
+        steps = build(resolved, opts, device, stage)
+        after = measure(stage, device, work, with_sparsity=opts.pruning)
+        report = ExportReport(
+            ref,
+            str(out),
+            steps,
+            before,
+            after,
+            QualityCheck.of(before, after, opts.max_quality_drop),
+            environment(device),
+        )
+        report.write(stage)
+        os.replace(stage, out)  # onto a missing or empty folder: the export appears whole or not at all
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     if not report.quality.passed:
         raise QualityDropError(report)
     if opts.name:
@@ -157,7 +197,10 @@ def build(resolved: ResolvedModel, opts: ExportOptions, device: str, out: Path) 
     """Apply the steps in order, writing the result to `out`; returns what each step did."""
     steps: list[dict[str, Any]] = []
     model, tokenizer = _materialize(resolved, opts, device, steps)
-    if opts.onnx:
+    if opts.gguf:
+        name = resolved.path.name if resolved.kind == "folder" else resolved.ref
+        steps.append(gguf_export.export_gguf(model, tokenizer, out, gguf_export.gguf_type(opts.gguf), name))
+    elif opts.onnx:
         export_onnx(model, out)
         steps.append({"step": "onnx", "opset": 18, "exporter": "torch.onnx.export(dynamo=True)"})
     elif opts.quantize:
@@ -169,7 +212,8 @@ def build(resolved: ResolvedModel, opts: ExportOptions, device: str, out: Path) 
             )
     else:
         save_hf(_as_stored(model, resolved, opts), tokenizer, out)
-    tokenizer.save_pretrained(str(out))
+    if not opts.gguf:  # a GGUF carries its tokenizer; HF files next to it would be read instead of it
+        tokenizer.save_pretrained(str(out))
     _write_prune_file(out, steps)
     return steps
 
@@ -180,13 +224,17 @@ def _materialize(
     """The in-memory model the later steps need (None when quantization can read the folder)."""
     import torch
 
+    on_cpu = opts.onnx or bool(opts.gguf)  # both writers read the weights on the host
     if opts.merge:
-        model, tokenizer, details = merge_adapter(resolved.path, "cpu" if opts.onnx else device)
+        model, tokenizer, details = merge_adapter(resolved.path, "cpu" if on_cpu else device)
         steps.append({"step": "merge", **details})
-    elif opts.pruning or opts.onnx:
-        dtype = torch.float32 if opts.onnx or device == "cpu" else None
+    elif opts.gguf and not opts.pruning:  # read in the stored dtype; the writer converts tensor by tensor
+        model = load_model(resolved.path, "cpu", stored_dtype(resolved.path) or torch.float32)
+        tokenizer = load_tokenizer(resolved.path)
+    elif opts.pruning or on_cpu:
+        dtype = torch.float32 if on_cpu or device == "cpu" else None
         model, tokenizer = (
-            load_model(resolved.path, "cpu" if opts.onnx else device, dtype),
+            load_model(resolved.path, "cpu" if on_cpu else device, dtype),
             load_tokenizer(resolved.path),
         )
     else:
@@ -230,7 +278,7 @@ def save_hf(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out: Pat
 
 def environment(device: str) -> dict[str, str]:
     env = {"python": platform.python_version(), "machine": platform.machine(), "cpu_count": str(_cpus())}
-    for package in ("torch", "transformers", "peft", "torchao", "onnxruntime", "bitsandbytes"):
+    for package in ("torch", "transformers", "peft", "torchao", "onnxruntime", "bitsandbytes", "gguf"):
         with contextlib.suppress(md.PackageNotFoundError):
             env[package] = md.version(package)
     if device.startswith("cuda"):
@@ -257,6 +305,8 @@ def register(out: Path, name: str, resolved: ResolvedModel, report: ExportReport
         "tuneloop.export.size_ratio": f"{ratios['size_bytes']:.4f}",
         "tuneloop.export.per_token_ratio": f"{ratios['per_token_s']:.4f}",
     }
+    if report.quality.greedy_agreement is not None:
+        tags["tuneloop.export.greedy_agreement"] = f"{report.quality.greedy_agreement:.4g}"
     if report.after.task_score is not None:
         tags["tuneloop.export.task_score_after"] = f"{report.after.task_score:.6g}"
     desc = f"export of {resolved.ref}: {tags['tuneloop.export.steps']}"

@@ -14,6 +14,10 @@ from typing import Any
 from tuneloop.export.measure import Measurement
 
 REPORT_JSON, REPORT_MD = "export_report.json", "export_report.md"
+GGUF_NOTE = (
+    "The GGUF was measured by loading it back with transformers' GGUF loader, which dequantizes it to "
+    "float: perplexity and answers are the file's, load time and latency are PyTorch's, not llama.cpp's."
+)
 ROWS = [  # (label, field, unit)
     ("size on disk", "size_bytes", "MB"),
     ("load time", "load_s", "s"),
@@ -31,6 +35,9 @@ class QualityCheck:
     task_drop: float | None  # relative: (before - after) / before; None without task scores
     max_drop: float | None
     passed: bool
+    # share of the latency prompts whose greedy tokens are identical before and after (not gated:
+    # a lossy export may differ and still be good; a lossless one must not)
+    greedy_agreement: float | None = None
 
     @classmethod
     def of(cls, before: Measurement, after: Measurement, max_drop: float | None) -> QualityCheck:
@@ -39,7 +46,9 @@ class QualityCheck:
         if before.task_score is not None and after.task_score is not None:
             drop = (before.task_score - after.task_score) / before.task_score if before.task_score else 0.0
         worst = max(increase, drop or 0.0)
-        return cls(increase, drop, max_drop, max_drop is None or worst <= max_drop)
+        pairs = list(zip(before.greedy_tokens, after.greedy_tokens, strict=False))
+        agreement = sum(a == b for a, b in pairs) / len(pairs) if pairs else None
+        return cls(increase, drop, max_drop, max_drop is None or worst <= max_drop, agreement)
 
 
 @dataclass
@@ -111,6 +120,7 @@ def markdown(report: ExportReport) -> str:
         "",
         verdict(report),
         "",
+        *([GGUF_NOTE, ""] if report.after.format == "gguf" else []),
         "Environment: " + ", ".join(f"{k} {v}" for k, v in report.environment.items()),
     ]
     return "\n".join(lines) + "\n"
@@ -121,6 +131,8 @@ def verdict(report: ExportReport) -> str:
     text = f"Perplexity change {q.perplexity_increase:+.2%}"
     if q.task_drop is not None:
         text += f", task score drop {q.task_drop:+.2%}"
+    if q.greedy_agreement is not None:
+        text += f", greedy answers identical to the source on {q.greedy_agreement:.0%} of the prompts"
     if q.max_drop is None:
         return text + " (no --max-quality-drop limit)."
     return text + (

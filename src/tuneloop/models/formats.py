@@ -11,7 +11,9 @@ with what to use instead, before anything loads (not deep inside `from_pretraine
     int4         x   x    x       -       -             -       -
     onnx         x*  x*   x       -       -             -       -
     adapter      x   x    x       x       -             x       -
-    (* greedy decoding only)
+    gguf         x+  x+   x+      -       -             -       -
+    (* greedy decoding only; + through transformers' GGUF loader, which dequantizes to float:
+     the file's quality, not llama.cpp's speed)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Literal
 
 from tuneloop.errors import TuneloopError
 
-Format = Literal["hf", "quantized", "int4", "onnx", "adapter"]
+Format = Literal["hf", "quantized", "int4", "onnx", "adapter", "gguf"]
 
 # The files `tuneloop export` writes (tuneloop.export.onnx / .quantize write these names, and
 # tuneloop.models.onnx / .int4 read them).
@@ -30,6 +32,8 @@ ONNX_FILE = "model.onnx"
 ONNX_META = "onnx_config.json"
 INT4_MANIFEST = "int4.json"
 INT4_WEIGHTS = "model.int4.safetensors"
+GGUF_FILE = "model.gguf"
+MODELFILE = "Modelfile"  # Ollama's recipe next to the GGUF
 
 DESCRIPTION: dict[Format, str] = {
     "hf": "a Hugging Face model folder",
@@ -37,14 +41,15 @@ DESCRIPTION: dict[Format, str] = {
     "int4": "a packed int4 export",
     "onnx": "an ONNX export",
     "adapter": "a LoRA adapter",
+    "gguf": "a GGUF export (llama.cpp / Ollama)",
 }
 
 _FROM_SOURCE = "the full-precision folder it was exported from (its registry parent)"
 
 SUPPORTED: dict[str, tuple[Format, ...]] = {
-    "ask": ("hf", "quantized", "int4", "onnx", "adapter"),
-    "chat": ("hf", "quantized", "int4", "onnx", "adapter"),
-    "eval": ("hf", "quantized", "int4", "onnx", "adapter"),
+    "ask": ("hf", "quantized", "int4", "onnx", "adapter", "gguf"),
+    "chat": ("hf", "quantized", "int4", "onnx", "adapter", "gguf"),
+    "eval": ("hf", "quantized", "int4", "onnx", "adapter", "gguf"),
     "serve": ("hf", "adapter"),
     "train": ("hf", "quantized"),
     "export": ("hf", "adapter"),
@@ -67,15 +72,22 @@ INSTEAD: dict[tuple[str, Format], str] = {
     ("export", "quantized"): f"export from {_FROM_SOURCE}",
     ("plan", "onnx"): f"plan {_FROM_SOURCE}",
     ("plan", "int4"): f"plan {_FROM_SOURCE}",
+    ("serve", "gguf"): "run it with Ollama (`ollama create NAME -f Modelfile` in its folder) or llama.cpp's "
+    "llama-server and add that as an OpenAI-compatible upstream; or serve " + _FROM_SOURCE,
+    ("train", "gguf"): f"train from {_FROM_SOURCE}",
+    ("export", "gguf"): f"export from {_FROM_SOURCE}",
+    ("plan", "gguf"): f"plan {_FROM_SOURCE}",
     ("plan", "adapter"): "plan its base model (adapter_config.json's base_model_name_or_path)",
 }
 
 
 def folder_format(path: str | Path) -> Format:
-    """onnx | int4 | adapter | quantized (torchao/bnb through config.json) | hf."""
+    """onnx | int4 | gguf | adapter | quantized (torchao/bnb through config.json) | hf."""
     path = Path(path)
     if (path / ONNX_FILE).is_file():
         return "onnx"
+    if (path / GGUF_FILE).is_file():
+        return "gguf"
     if (path / INT4_MANIFEST).is_file():
         return "int4"
     config = path / "config.json"
@@ -107,6 +119,7 @@ _NEEDS: dict[Format, list[tuple[str, tuple[str, ...]]]] = {
     "int4": [("weight files", (INT4_WEIGHTS,)), ("tokenizer files", _TOKENIZER)],
     "onnx": [("graph settings", (ONNX_META,)), ("tokenizer files", _TOKENIZER)],
     "adapter": [("adapter weights", ("adapter_model.safetensors", "adapter_model.bin"))],
+    "gguf": [("GGUF file", (GGUF_FILE,))],  # config and tokenizer are read from the GGUF itself
 }
 
 

@@ -10,6 +10,7 @@ already resolved. Each format loads the way its users run it:
     quantized  torchao/bitsandbytes weights through `from_pretrained` (their own dtype and placement)
     int4       packed int4 weights on torchao's CPU kernel (`models.int4`)
     onnx       an ONNX Runtime session called like an HF model (`models.onnx`)
+    gguf       transformers' GGUF loader: config, tokenizer and weights from the .gguf alone (`models.gguf`)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from tuneloop.errors import TuneloopError, missing_extra
 from tuneloop.models.formats import Format, folder_format, require_complete
+from tuneloop.models.gguf import load_gguf_model, load_gguf_tokenizer
 from tuneloop.models.int4 import load_int4
 from tuneloop.models.loading import CausalLM, load_model, load_tokenizer, pick_device
 from tuneloop.models.onnx import OnnxCausalLM
@@ -64,6 +66,8 @@ def load_folder(
         model: CausalLM = OnnxCausalLM(path, providers)
     elif fmt == "int4":
         model = load_int4(path)
+    elif fmt == "gguf":
+        return LoadedModel(ref, path, load_gguf_model(path, device), load_gguf_tokenizer(path), format=fmt)
     elif fmt == "quantized":
         from transformers import AutoModelForCausalLM
 
