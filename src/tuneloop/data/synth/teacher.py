@@ -1,0 +1,35 @@
+"""The teacher interface the synthesis needs: a batch of chat prompts in, one reply text (or an
+error) per prompt out. Implementations live above the stages (flows/synth.py): our engine in-process
+(one continuous batch) and an OpenAI-compatible upstream (concurrent requests, retried, paced)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class TeacherRequest:
+    messages: Messages
+    schema: str | None  # the reply's JSON schema (JSON text) for structured output; None: free text
+    max_tokens: int
+    temperature: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class TeacherReply:
+    text: str
+    error: str | None = None  # no reply for this prompt, and why (after the transport's own retries)
+    fatal: bool = False  # the error is the teacher's as a whole (wrong key, no such model): stop
+    tokens: int = 0  # completion tokens
+
+
+class Teacher(Protocol):
+    identity: str
+
+    def ask(self, requests: list[TeacherRequest]) -> list[TeacherReply]: ...
+
+    def close(self) -> None: ...
