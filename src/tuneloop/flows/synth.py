@@ -65,10 +65,14 @@ class EngineTeacher:
         require_complete(folder, ref)
         self.tokenizer = load_tokenizer(folder)
         if not getattr(self.tokenizer, "chat_template", None):
-            raise TuneloopError(f"--teacher '{ref}' has no chat template", hint="use an instruct (chat) model")
+            raise TuneloopError(
+                f"--teacher '{ref}' has no chat template", hint="use an instruct (chat) model"
+            )
         from tuneloop.engine import LLMEngine  # torch: only for a local teacher
 
-        self.engine = LLMEngine.from_pretrained(folder, device=pick_device(cfg.device), kv_cache_gib=cfg.kv_cache_gib)
+        self.engine = LLMEngine.from_pretrained(
+            folder, device=pick_device(cfg.device), kv_cache_gib=cfg.kv_cache_gib
+        )
         self.max_model_len = self.engine.runner.max_model_len
         self.identity = f"engine:{ref}"
 
@@ -86,7 +90,10 @@ class EngineTeacher:
                 continue
             guided = GuidedDecoding(json_schema=req.schema, name="synth") if req.schema else None
             params = SamplingParams(
-                max_tokens=min(req.max_tokens, room), temperature=req.temperature, seed=req.seed, guided=guided
+                max_tokens=min(req.max_tokens, room),
+                temperature=req.temperature,
+                seed=req.seed,
+                guided=guided,
             )
             runnable.append((i, ids, params))
         if runnable:  # one call: the engine batches them all continuously
@@ -151,18 +158,26 @@ class UpstreamTeacher:
             extra["response_format"] = {"type": "json_schema", "json_schema": schema}
         try:
             r = await client.chat.completions.create(
-                model=c.teacher_model, messages=req.messages, max_tokens=req.max_tokens,
-                temperature=req.temperature, seed=req.seed, **extra,
+                model=c.teacher_model,
+                messages=req.messages,
+                max_tokens=req.max_tokens,
+                temperature=req.temperature,
+                seed=req.seed,
+                **extra,
             )
         except (e.AuthenticationError, e.PermissionDeniedError) as err:
-            return _fatal(f"the teacher at {c.teacher} refused the key ({_message(err)}); check --api-key-env")
+            return _fatal(
+                f"the teacher at {c.teacher} refused the key ({_message(err)}); check --api-key-env"
+            )
         except e.NotFoundError as err:
             return _fatal(f"the teacher at {c.teacher} has no model '{c.teacher_model}' ({_message(err)})")
         except e.BadRequestError as err:
             hint = " (an upstream without structured outputs: pass --no-guided)" if req.schema else ""
             return TeacherReply("", error=f"the teacher refused the prompt: {_message(err)}{hint}")
         except e.APIStatusError as err:
-            return TeacherReply("", error=f"the teacher answered {err.status_code} after {c.http_retries} retries")
+            return TeacherReply(
+                "", error=f"the teacher answered {err.status_code} after {c.http_retries} retries"
+            )
         except e.APIError as err:  # connection refused, timeouts: after the client's retries
             return TeacherReply("", error=f"no answer from the teacher after {c.http_retries} retries: {err}")
         choice = r.choices[0] if r.choices else None

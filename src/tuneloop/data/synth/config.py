@@ -20,7 +20,9 @@ class SynthConfig(Config):
         "smollm2-135m-instruct",
         description="a model reference run by our engine, or an OpenAI-compatible base URL (http://host/v1)",
     )
-    teacher_model: str | None = Field(None, description="the model name an upstream teacher serves (URL only)")
+    teacher_model: str | None = Field(
+        None, description="the model name an upstream teacher serves (URL only)"
+    )
     api_key_env: str | None = Field(None, description="environment variable holding the upstream's API key")
     questions_per_chunk: int = Field(3, ge=1, le=20, description="questions asked of each chunk")
     kinds: list[str] = Field(list(KINDS), min_length=1, description=f"question kinds, of {', '.join(KINDS)}")
@@ -40,15 +42,21 @@ class SynthConfig(Config):
     )
     concurrency: int = Field(8, ge=1, le=1024, description="chunks in flight at once")
     requests_per_minute: float | None = Field(None, gt=0, description="upstream: request starts a minute")
-    retries: int = Field(2, ge=0, le=10, description="extra tries of a chunk whose reply failed or was malformed")
-    http_retries: int = Field(2, ge=0, le=20, description="upstream: the client's retries of a 429/5xx/timeout")
+    retries: int = Field(
+        2, ge=0, le=10, description="extra tries of a chunk whose reply failed or was malformed"
+    )
+    http_retries: int = Field(
+        2, ge=0, le=20, description="upstream: the client's retries of a 429/5xx/timeout"
+    )
     timeout_s: float = Field(120.0, gt=0, description="upstream: seconds one request may take")
     device: str = Field("auto", description="engine teacher: auto, cpu, cuda, cuda:1, ...")
     kv_cache_gib: float | None = Field(None, gt=0, description="engine teacher: KV cache size")
     min_support: float = Field(
         0.6, ge=0, le=1, description="grounding: share of the answer's content words found in the chunk"
     )
-    eval: list[str] = Field(default_factory=list, description="evaluation sets (JSONL) no question may leak from")
+    eval: list[str] = Field(
+        default_factory=list, description="evaluation sets (JSONL) no question may leak from"
+    )
     leak_ngram: int = Field(6, ge=2, description="leakage: word n-gram (characters for Chinese) size")
     leak_overlap: float = Field(
         0.5, gt=0, le=1, description="leakage: share of a question's n-grams found in one eval question"

@@ -64,7 +64,12 @@ def read_chunks(paths: list[str], chunk_tokens: int, tokenizer: str) -> Corpus:
             name = file.name if file.format in ("text", "html") else f"{file.name}:{line}"
             docs.append((name, text))
         inputs.append(
-            {"path": file.name, "sha256": reader.sha256, "bytes": reader.nbytes, "documents": len(docs) - before}
+            {
+                "path": file.name,
+                "sha256": reader.sha256,
+                "bytes": reader.nbytes,
+                "documents": len(docs) - before,
+            }
         )
     chunker = Chunker(tokenizer_path(tokenizer), ChunkConfig(max_tokens=chunk_tokens))
     corpus = Corpus([], inputs, stats)
@@ -89,7 +94,9 @@ def _check_folder(raw: str) -> None:
     if "://" in raw or any(c in raw for c in "*?["):
         return
     if not os.path.exists(raw):
-        raise TuneloopError(f"docs '{raw}' does not exist", hint="pass the folder (or files) of your documents")
+        raise TuneloopError(
+            f"docs '{raw}' does not exist", hint="pass the folder (or files) of your documents"
+        )
     if not os.path.isdir(raw):
         if not os.access(raw, os.R_OK):
             raise TuneloopError(f"docs file '{raw}' cannot be read (permission denied)")
@@ -102,7 +109,8 @@ def _check_folder(raw: str) -> None:
         ) from None
     if not entries:
         raise TuneloopError(
-            f"docs folder '{raw}' is empty", hint="put your documents (md, txt, html, jsonl, csv, parquet) in it"
+            f"docs folder '{raw}' is empty",
+            hint="put your documents (md, txt, html, jsonl, csv, parquet) in it",
         )
 
 

@@ -50,7 +50,8 @@ class ChunkIndex:
     def check(self, answer: str, min_support: float) -> Grounding:
         text = nfkc(answer).lower()
         missing = tuple(
-            n for n in dict.fromkeys(_plain_number(x) for x in _NUMBER.findall(text))
+            n
+            for n in dict.fromkeys(_plain_number(x) for x in _NUMBER.findall(text))
             if n not in self.numbers and n not in self.digits
         )
         units = [w for w in _WORD.findall(text) if len(w) >= 3 and w not in STOP]

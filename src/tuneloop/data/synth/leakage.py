@@ -88,6 +88,9 @@ def _row_questions(row: Any) -> list[str]:
         return []
     msgs = row.get("messages") or row.get("prompt")
     if isinstance(msgs, list):
-        return [m["content"] for m in msgs if isinstance(m, dict) and m.get("role") == "user"
-                and isinstance(m.get("content"), str)]
+        return [
+            m["content"]
+            for m in msgs
+            if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str)
+        ]
     return [row[k] for k in _QUESTION_FIELDS if isinstance(row.get(k), str)][:1]

@@ -63,7 +63,9 @@ def _item(item: Any, default_kind: str, kinds: list[str]) -> QA | None:
         return None
     kind = item.get("kind") if item.get("kind") in kinds else default_kind
     raw = item.get("paraphrases") or []
-    paraphrases = [p.strip() for p in raw if isinstance(p, str) and p.strip()] if isinstance(raw, list) else []
+    paraphrases = (
+        [p.strip() for p in raw if isinstance(p, str) and p.strip()] if isinstance(raw, list) else []
+    )
     return QA(kind, q.strip(), str(a).strip(), paraphrases)
 
 

@@ -42,12 +42,12 @@ USER = {
         "Write {n} questions a customer could ask that this passage answers. Kinds, in order:\n{kinds}\n"
         "For each: the question as a customer would ask it, standalone (name the product or topic, "
         'never "the passage"); the answer in one or two sentences, using the passage\'s exact names '
-        "and numbers; {p} rewording(s) of the question in \"paraphrases\".\n"
+        'and numbers; {p} rewording(s) of the question in "paraphrases".\n'
         'Reply as JSON: {{"items": [{{"kind": "{k0}", "question": "...", "answer": "...", '
         '"paraphrases": ["..."]}}]}}'
     ),
     "zh": (
-        "段落（来自「{doc}」）：\n\"\"\"\n{chunk}\n\"\"\"\n\n"
+        '段落（来自「{doc}」）：\n"""\n{chunk}\n"""\n\n'
         "用中文写 {n} 个客户可能会问、且这个段落能回答的问题。按顺序的类型：\n{kinds}\n"
         "每个问题：像客户那样提问，独立成句（写出产品或主题名称，不要说“段落”）；答案一到两句话，"
         '使用段落中的原样名称和数字；在 "paraphrases" 中给出 {p} 个问题的改写。\n'
@@ -94,6 +94,9 @@ def reply_schema(n: int, kinds: list[str], paraphrases: int, max_chars: int = 40
         "required": ["kind", "question", "answer", "paraphrases"],
         "additionalProperties": False,
     }
+    if not paraphrases:  # no rewordings asked: no tokens spent on an empty list
+        del item["properties"]["paraphrases"]  # type: ignore[attr-defined]
+        item["required"] = ["kind", "question", "answer"]
     return {
         "type": "object",
         "properties": {"items": {"type": "array", "items": item, "minItems": 1, "maxItems": n}},
@@ -103,4 +106,5 @@ def reply_schema(n: int, kinds: list[str], paraphrases: int, max_chars: int = 40
 
 
 def schema_text(n: int, kinds: list[str], paraphrases: int, max_chars: int = 400) -> str:
-    return json.dumps(reply_schema(n, kinds, paraphrases, max_chars), sort_keys=True)
+    # key order kept: the teacher writes the question before the answer, the answer before rewordings
+    return json.dumps(reply_schema(n, kinds, paraphrases, max_chars))

@@ -64,7 +64,9 @@ def synthesize(
 ) -> SynthResult:
     """Generate, check and write the dataset; returns its manifest (also `out/manifest.json`)."""
     out = Path(os.path.abspath(os.path.expanduser(out)))
-    eval_index = EvalIndex(load_eval_questions(cfg.eval), cfg.leak_ngram, cfg.leak_overlap) if cfg.eval else None
+    eval_index = (
+        EvalIndex(load_eval_questions(cfg.eval), cfg.leak_ngram, cfg.leak_overlap) if cfg.eval else None
+    )
     corpus = read_chunks(docs, cfg.chunk_tokens, cfg.tokenizer)
     chunks = corpus.chunks[: cfg.max_chunks] if cfg.max_chunks else corpus.chunks
     progress = Progress(out, _settings(cfg), fresh)
@@ -86,8 +88,18 @@ def synthesize(
 
 def _settings(cfg: SynthConfig) -> dict[str, Any]:
     """What shapes a chunk's rows: a change to any of these makes old progress another dataset's."""
-    keys = ("questions_per_chunk", "kinds", "paraphrases", "chunk_tokens", "tokenizer", "max_tokens",
-            "temperature", "guided", "min_support", "answer_chars")
+    keys = (
+        "questions_per_chunk",
+        "kinds",
+        "paraphrases",
+        "chunk_tokens",
+        "tokenizer",
+        "max_tokens",
+        "temperature",
+        "guided",
+        "min_support",
+        "answer_chars",
+    )
     return {"teacher": cfg.teacher_identity(), **{k: getattr(cfg, k) for k in keys}}
 
 
@@ -118,7 +130,9 @@ def _ask_wave(wave: list[Chunk], cfg: SynthConfig, teacher: Teacher) -> list[Chu
 
 class _Fatal(TuneloopError):
     def __init__(self, message: str, finished: list[ChunkRecord]):
-        super().__init__(message, hint="check --teacher, --teacher-model and the API key; the run can be resumed")
+        super().__init__(
+            message, hint="check --teacher, --teacher-model and the API key; the run can be resumed"
+        )
         self.finished = finished
 
 
@@ -151,8 +165,13 @@ def _record(chunk: Chunk, reply: TeacherReply, cfg: SynthConfig) -> ChunkRecord:
         if not g.grounded:
             rejected["ungrounded"] += len(variants)
             continue
-        source = {"doc": chunk.doc, "chunk": chunk.index, "kind": qa.kind, "lang": chunk.lang,
-                  "support": g.support}
+        source = {
+            "doc": chunk.doc,
+            "chunk": chunk.index,
+            "kind": qa.kind,
+            "lang": chunk.lang,
+            "support": g.support,
+        }
         for n, q in enumerate(variants):
             msgs = [{"role": "user", "content": q}, {"role": "assistant", "content": qa.answer}]
             rec.rows.append({"messages": msgs, "source": {**source, "paraphrase": n > 0}})
@@ -194,7 +213,9 @@ def _write(
             why, detail = _row_filter(row, seen, eval_index)
             if why:
                 removed_rows[why] += 1
-                _sample(samples, why, {"chunk": chunk.id, "question": row["messages"][0]["content"], **detail})
+                _sample(
+                    samples, why, {"chunk": chunk.id, "question": row["messages"][0]["content"], **detail}
+                )
                 continue
             lines.append(dump_row(row))
         if lines:
@@ -234,15 +255,25 @@ def _write(
             "fingerprint": fingerprint(outputs),
             "inputs": corpus.inputs,
             "counts": counts,
-            "removed": {"chunks": dict(sorted((corpus.dropped | removed_chunks).items())),
-                        "rows": dict(sorted(removed_rows.items()))},
-            "grounding": {"checked": checked, "grounded": grounded,
-                          "fraction": round(grounded / checked, 4) if checked else 0.0},
+            "removed": {
+                "chunks": dict(sorted((corpus.dropped | removed_chunks).items())),
+                "rows": dict(sorted(removed_rows.items())),
+            },
+            "grounding": {
+                "checked": checked,
+                "grounded": grounded,
+                "fraction": round(grounded / checked, 4) if checked else 0.0,
+            },
             "samples": samples,
-            "skipped": {"total": corpus.stats.skipped, "items": [s.to_json() for s in corpus.stats.skips[:100]]},
+            "skipped": {
+                "total": corpus.stats.skipped,
+                "items": [s.to_json() for s in corpus.stats.skips[:100]],
+            },
             "outputs": outputs,
-            "shards": {s: sorted(n for n in outputs if n.startswith(f"{s}/") and n.endswith(".jsonl"))
-                       for s in ("train", "val")},
+            "shards": {
+                s: sorted(n for n in outputs if n.startswith(f"{s}/") and n.endswith(".jsonl"))
+                for s in ("train", "val")
+            },
             "config": cfg.model_dump(mode="json"),
         }
         dest.commit(manifest)
@@ -273,7 +304,8 @@ def _no_rows(out: Path, chunks: Counter[str], rows: Counter[str], samples: dict)
     reasons = ", ".join(f"{k}: {v}" for k, v in (chunks + rows).most_common()) or "none recorded"
     first = next((s[0].get("error") for s in samples.values() if s and s[0].get("error")), None)
     return TuneloopError(
-        f"no question-answer rows for {out} (removed: {reasons})" + (f"; first error: {first}" if first else ""),
+        f"no question-answer rows for {out} (removed: {reasons})"
+        + (f"; first error: {first}" if first else ""),
         hint="a teacher that is down or replies badly is retried, then skipped: check it and rerun (the "
         "chunks that worked are kept); ungrounded answers: a larger teacher (--teacher URL) or a lower "
         "min_support",
