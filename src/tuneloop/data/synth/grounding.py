@@ -24,7 +24,7 @@ STOP = frozenset(
     into out our one use used using per via than then them they their there what which who whom when
     where why how will would should could may might must does did doing done been being also only
     just more most such each other some very about after before over under both either neither yes
-    please here those these shall upon onto off way get gets got able""".split()
+    please here those these shall upon onto off way get gets got able""".split()  # noqa: SIM905 (a word list reads better as text)
 )
 
 

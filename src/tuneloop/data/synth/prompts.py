@@ -13,7 +13,7 @@ from tuneloop.data.ngrams import CJK
 
 Messages = list[dict[str, str]]
 _CJK = re.compile(f"[{CJK}]")
-_LETTER = re.compile(rf"[^\W\d_]")
+_LETTER = re.compile(r"[^\W\d_]")
 
 KIND_TEXT = {
     "en": {
