@@ -245,7 +245,7 @@ def _write(
     try:
         outputs: dict[str, Any] = {}
         for name, lines in split.items():
-            outputs.update(write_split(dest, name, lines, cfg.shard_rows, "sft", cfg.parquet))
+            outputs.update(write_split(dest, name, lines, cfg.shard_rows, "sft+source", cfg.parquet))
         outputs = dict(sorted(outputs.items()))
         manifest = {
             "tuneloop_version": __version__,
