@@ -18,6 +18,7 @@ from tuneloop.cli import app
 from tuneloop.data.layout import open_split
 from tuneloop.data.synth import SynthConfig, TeacherRequest
 from tuneloop.errors import TuneloopError
+from tuneloop.evaluation.judge_config import JudgeConfig
 from tuneloop.flows.synth import UpstreamTeacher, run_synth
 
 DOCS = {
@@ -235,6 +236,24 @@ def test_answers_not_supported_by_the_chunk_are_counted_ungrounded(docs, tok_dir
         m = run_synth([str(docs)], tmp_path / "out", config(teacher.url, tok_dir)).manifest
     assert m["removed"]["rows"] == {"ungrounded": 1}
     assert m["grounding"]["fraction"] == pytest.approx(4 / 5)
+
+
+def test_the_llm_judge_removes_answers_it_finds_contradicted(docs, tok_dir, tmp_path):
+    async def behave(teacher, body):
+        if body["model"] == "judge":  # the judge of `tuneloop eval`, asked about each pair once
+            said = body["messages"][-1]["content"]
+            return completion("Verdict: contradicts" if "Drift" in said else "Verdict: agrees")
+        return await good(teacher, body)
+
+    with serve(behave) as teacher:
+        judge = JudgeConfig(
+            base_url=teacher.url, model_name="judge", cache=tmp_path / "j.sqlite", log=tmp_path / "j.jsonl"
+        )
+        m = run_synth([str(docs)], tmp_path / "out", config(teacher.url, tok_dir), judge=judge).manifest
+    assert sum(b["model"] == "judge" for b in teacher.calls) == 3  # not once per rewording
+    assert m["removed"]["rows"] == {"judge_contradicts": 2}
+    assert m["grounding"] == {"checked": 6, "grounded": 4, "fraction": round(4 / 6, 4)}
+    assert not any("Drift" in r["messages"][1]["content"] for r in rows(tmp_path / "out"))
 
 
 def test_an_empty_or_unreadable_docs_folder_is_an_error_naming_it(tok_dir, tmp_path):

@@ -129,6 +129,12 @@ def synth(
         "--guided/--no-guided",
         help="Ask for the reply's JSON schema as structured output (default on).",
     ),
+    judge: str | None = typer.Option(
+        None,
+        "--judge",
+        help="Also ask an LLM judge whether each answer agrees with its chunk: a model reference run "
+        "by our engine, or a judge YAML (base_url + model_name for an upstream), as `eval --judge`.",
+    ),
     fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming OUT/.synth/progress."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON instead of a table."),
@@ -136,6 +142,7 @@ def synth(
     """Generate question-answer SFT rows from DOCS... with a teacher model: questions of several
     kinds per chunk, answers checked against the chunk, no evaluation question leaked; resumable."""
     from tuneloop.data.synth import SynthConfig  # the data extra (numpy, tokenizers)
+    from tuneloop.evaluation.judge_eval import load_judge_config
     from tuneloop.flows.synth import run_synth
 
     paths, overrides = _split_args(docs)
@@ -156,6 +163,7 @@ def synth(
     cfg = load_config(SynthConfig, config, overrides)
     if eval_sets:
         cfg.eval = [*cfg.eval, *eval_sets]
+    judge_config = load_judge_config(judge) if judge else None
     check_writable_dir(out, "--out")
     logging.getLogger("tuneloop.data.synth").setLevel(logging.INFO)
 
@@ -163,7 +171,7 @@ def synth(
         if progress:
             console.print(f"asked the teacher about {done}/{total} chunks", highlight=False)
 
-    result = run_synth(paths, out, cfg, fresh=fresh, on_wave=wave)
+    result = run_synth(paths, out, cfg, fresh=fresh, on_wave=wave, judge=judge_config)
     if as_json:
         typer.echo(json.dumps(result.manifest, ensure_ascii=False, indent=2))
         return

@@ -7,6 +7,8 @@ The teachers sit here, above the stages, because the data stage imports no engin
 - `UpstreamTeacher`: any OpenAI-compatible server through the official `openai` client: concurrent
   requests (a semaphore), an even pace (`requests_per_minute`), the client's retries with backoff
   for 429/5xx/timeouts; what still fails is that chunk's error, retried by the synthesis, then skipped.
+- `JudgeVerifier` (optional, `judge=`): `tuneloop eval`'s LLM judge asked whether each answer agrees
+  with its chunk, after the string heuristics; contradicted or unaddressed answers are removed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tuneloop.data.synth import SynthConfig, SynthResult, Teacher, TeacherReply, TeacherRequest, synthesize
+from tuneloop.data.synth.teacher import Claim
 from tuneloop.errors import TuneloopError, missing_extra
+from tuneloop.evaluation.judge import FactItem, Judge
+from tuneloop.evaluation.judge_config import JudgeConfig
 from tuneloop.models.chat import render_chat
 from tuneloop.models.formats import folder_format, require_complete
 from tuneloop.models.loading import load_tokenizer, pick_device
@@ -37,12 +42,18 @@ def run_synth(
     *,
     fresh: bool = False,
     on_wave: Callable[[int, int], None] | None = None,
+    judge: JudgeConfig | None = None,
 ) -> SynthResult:
+    """The dataset from `docs` into `out` (resumed unless `fresh`); with `judge`, the LLM judge
+    confirms each answer against its chunk."""
     teacher = make_teacher(cfg)
+    verifier = JudgeVerifier(judge) if judge is not None else None
     try:
-        return synthesize(docs, out, cfg, teacher, fresh=fresh, on_wave=on_wave)
+        return synthesize(docs, out, cfg, teacher, fresh=fresh, on_wave=on_wave, verifier=verifier)
     finally:
         teacher.close()
+        if verifier is not None:
+            verifier.close()
 
 
 def make_teacher(cfg: SynthConfig) -> Teacher:
@@ -105,6 +116,25 @@ class EngineTeacher:
 
     def close(self) -> None:
         self.engine = None  # type: ignore[assignment]  # weights and KV cache go with it
+
+
+# ------------------------------------------------------------------ the LLM judge as a second check
+
+
+class JudgeVerifier:
+    """An answer is kept when the judge says it agrees with the chunk; `unknown` (no readable
+    verdict) keeps it too, since the string checks already passed it."""
+
+    def __init__(self, config: JudgeConfig):
+        self.judge = Judge(config)
+        self.identity = f"judge:{self.judge.identity}"
+
+    def verify(self, claims: list[Claim]) -> list[str | None]:
+        verdicts = self.judge.check_many([FactItem(c.question, c.answer, c.chunk) for c in claims])
+        return [f"judge_{v.label}" if v.label in ("contradicts", "not_addressed") else None for v in verdicts]
+
+    def close(self) -> None:
+        self.judge.close()
 
 
 # ------------------------------------------------------------------ an OpenAI-compatible upstream

@@ -33,7 +33,7 @@ from tuneloop.data.synth.leakage import EvalIndex, load_eval_questions
 from tuneloop.data.synth.parse import MalformedReply, parse_reply
 from tuneloop.data.synth.progress import ChunkRecord, Progress
 from tuneloop.data.synth.prompts import kinds_for, messages, schema_text
-from tuneloop.data.synth.teacher import Teacher, TeacherReply, TeacherRequest
+from tuneloop.data.synth.teacher import Claim, Teacher, TeacherReply, TeacherRequest, Verifier
 from tuneloop.errors import TuneloopError
 
 log = logging.getLogger("tuneloop.data.synth")
@@ -61,21 +61,27 @@ def synthesize(
     *,
     fresh: bool = False,
     on_wave: Callable[[int, int], None] | None = None,
+    verifier: Verifier | None = None,
 ) -> SynthResult:
-    """Generate, check and write the dataset; returns its manifest (also `out/manifest.json`)."""
+    """Generate, check and write the dataset; returns its manifest (also `out/manifest.json`).
+    With a `verifier`, answers that passed the string checks also need its approval."""
     out = Path(os.path.abspath(os.path.expanduser(out)))
     eval_index = (
         EvalIndex(load_eval_questions(cfg.eval), cfg.leak_ngram, cfg.leak_overlap) if cfg.eval else None
     )
     corpus = read_chunks(docs, cfg.chunk_tokens, cfg.tokenizer)
     chunks = corpus.chunks[: cfg.max_chunks] if cfg.max_chunks else corpus.chunks
-    progress = Progress(out, _settings(cfg), fresh)
+    settings = {**_settings(cfg), "verifier": verifier.identity if verifier else None}
+    progress = Progress(out, settings, fresh)
     todo = [c for c in chunks if not progress.done(c.id, c.sha)]
     start = time.perf_counter()
     for i in range(0, len(todo), cfg.concurrency):
         wave = todo[i : i + cfg.concurrency]
         try:
-            progress.save(_ask_wave(wave, cfg, teacher))
+            records = _ask_wave(wave, cfg, teacher)
+            if verifier is not None:
+                _verify(records, {c.id: c for c in wave}, verifier)
+            progress.save(records)
         except _Fatal as e:  # keep what finished, so the rerun after the fix resumes from there
             progress.save(e.finished)
             raise TuneloopError(e.message, hint=e.hint) from None
@@ -134,6 +140,28 @@ class _Fatal(TuneloopError):
             message, hint="check --teacher, --teacher-model and the API key; the run can be resumed"
         )
         self.finished = finished
+
+
+def _verify(records: list[ChunkRecord], chunks: dict[str, Chunk], verifier: Verifier) -> None:
+    """Ask the verifier about each question-answer pair once (not each rewording); a rejected pair
+    takes its rewordings with it."""
+    groups: list[tuple[ChunkRecord, list[dict[str, Any]]]] = []
+    for rec in records:
+        for row in rec.rows:
+            if not row["source"]["paraphrase"] or not groups or groups[-1][0] is not rec:
+                groups.append((rec, [row]))
+            else:
+                groups[-1][1].append(row)
+    claims = [
+        Claim(rows[0]["messages"][0]["content"], rows[0]["messages"][1]["content"], chunks[rec.chunk].text)
+        for rec, rows in groups
+    ]
+    verdicts = verifier.verify(claims) if claims else []
+    for (rec, rows), why in zip(groups, verdicts, strict=True):
+        if why is None:
+            continue
+        rec.rows = [r for r in rec.rows if not any(r is x for x in rows)]
+        rec.rejected[why] = rec.rejected.get(why, 0) + len(rows)
 
 
 def _request(chunk: Chunk, cfg: SynthConfig, attempt: int) -> TeacherRequest:
@@ -228,7 +256,10 @@ def _write(
         "train": [line for i, (_, lines) in enumerate(kept) if i not in val for line in lines],
         "val": [line for i, (_, lines) in enumerate(kept) if i in val for line in lines],
     }
-    checked = grounded + removed_rows["ungrounded"]
+    # answers the string checks or the verifier (judge_*) found unsupported were checked, not grounded
+    checked = grounded + sum(
+        n for k, n in removed_rows.items() if k == "ungrounded" or k.startswith("judge_")
+    )
     counts = {
         "documents": sum(i["documents"] for i in corpus.inputs),
         "chunks": len(chunks),

@@ -1,6 +1,9 @@
-"""The teacher interface the synthesis needs: a batch of chat prompts in, one reply text (or an
-error) per prompt out. Implementations live above the stages (flows/synth.py): our engine in-process
-(one continuous batch) and an OpenAI-compatible upstream (concurrent requests, retried, paced)."""
+"""The interfaces the synthesis needs, implemented above the stages (flows/synth.py):
+
+- `Teacher`: a batch of chat prompts in, one reply text (or an error) per prompt out; our engine
+  in-process (one continuous batch) or an OpenAI-compatible upstream (concurrent, retried, paced);
+- `Verifier` (optional): a second opinion on grounding after the string heuristics, e.g. the LLM
+  judge of `tuneloop eval` asked whether the answer agrees with the chunk."""
 
 from __future__ import annotations
 
@@ -33,3 +36,18 @@ class Teacher(Protocol):
     def ask(self, requests: list[TeacherRequest]) -> list[TeacherReply]: ...
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Claim:
+    question: str
+    answer: str
+    chunk: str
+
+
+class Verifier(Protocol):
+    identity: str
+
+    def verify(self, claims: list[Claim]) -> list[str | None]:
+        """Per claim: None to keep it, or why it is not supported (a counted reason)."""
+        ...
