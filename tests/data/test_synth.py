@@ -256,6 +256,13 @@ def test_the_llm_judge_removes_answers_it_finds_contradicted(docs, tok_dir, tmp_
     assert not any("Drift" in r["messages"][1]["content"] for r in rows(tmp_path / "out"))
 
 
+def test_an_output_folder_inside_the_docs_is_not_read_back(docs, tok_dir, tmp_path):
+    with serve() as teacher:
+        run_synth([str(docs)], docs / "qa", config(teacher.url, tok_dir))
+        again = run_synth([str(docs)], docs / "qa", config(teacher.url, tok_dir))
+    assert again.asked == 0 and again.manifest["counts"]["chunks"] == 3
+
+
 def test_an_empty_or_unreadable_docs_folder_is_an_error_naming_it(tok_dir, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -9,7 +9,7 @@ import pytest
 from tuneloop.data.synth.grounding import ChunkIndex
 from tuneloop.data.synth.leakage import EvalIndex, load_eval_questions
 from tuneloop.data.synth.parse import MalformedReply, parse_reply
-from tuneloop.data.synth.prompts import language, messages, reply_schema
+from tuneloop.data.synth.prompts import kinds_for, language, messages, reply_schema
 from tuneloop.errors import TuneloopError
 
 CHUNK = "The Arc R5 router allows up to 96 connected devices and costs USD 1,399 in China. Hold Reset for 12 seconds."
@@ -53,10 +53,18 @@ def test_chinese_answers_are_checked_by_character_pairs():
 def test_language_is_chosen_per_chunk_and_prompts_follow_it():
     assert language(ZH) == "zh" and language(CHUNK) == "en"
     assert language("Arc R7 快速入门：按住 Reset 键 12 秒") == "zh"
-    zh = messages(ZH, "zh.md", "zh", 2, ["fact", "number"], 1)
+    zh = messages(ZH, "zh.md", "zh", ["fact", "number"], 1)
     assert "用中文" in zh[1]["content"] and "数字" in zh[1]["content"]
-    en = messages(CHUNK, "en.md", "en", 2, ["fact", "comparison"], 0)
+    en = messages(CHUNK, "en.md", "en", ["fact", "comparison"], 0)
     assert "comparison of two things" in en[1]["content"] and CHUNK in en[1]["content"]
+
+
+def test_chunks_start_at_different_kinds_so_all_kinds_get_asked():
+    assert kinds_for(3, ["fact", "number", "procedure", "comparison"], 2) == [
+        "procedure",
+        "comparison",
+        "fact",
+    ]
 
 
 def test_the_reply_schema_bounds_items_and_rewordings():

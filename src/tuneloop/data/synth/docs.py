@@ -45,11 +45,15 @@ class Corpus:
     dropped: dict[str, int] = field(default_factory=dict)  # chunk-level: too_short, duplicate_chunk
 
 
-def read_chunks(paths: list[str], chunk_tokens: int, tokenizer: str) -> Corpus:
+def read_chunks(
+    paths: list[str], chunk_tokens: int, tokenizer: str, exclude: str | os.PathLike | None = None
+) -> Corpus:
+    """The chunks of every document under `paths` (the output folder `exclude` left out, so
+    `synth docs --out docs/qa` does not read its own rows on a rerun)."""
     for raw in paths:
         _check_folder(raw)
     stats = Stats()
-    files = list_inputs(paths, InputConfig())
+    files = list_inputs(paths, InputConfig(), exclude=exclude)
     docs: list[tuple[str, str]] = []
     inputs = []
     for file in files:

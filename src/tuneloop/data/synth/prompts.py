@@ -63,13 +63,14 @@ def language(text: str) -> str:
     return "zh" if letters and len(_CJK.findall(text)) / letters >= 0.2 else "en"
 
 
-def kinds_for(n: int, kinds: list[str]) -> list[str]:
-    """The kind of each of the n questions: the configured kinds in turn."""
-    return [kinds[i % len(kinds)] for i in range(n)]
+def kinds_for(n: int, kinds: list[str], start: int = 0) -> list[str]:
+    """The kind of each of the n questions: the configured kinds in turn, from `start` (chunks start
+    at different kinds, so 3 questions a chunk still cover all 4 kinds across chunks)."""
+    return [kinds[(start + i) % len(kinds)] for i in range(n)]
 
 
-def messages(chunk: str, doc: str, lang: str, n: int, kinds: list[str], paraphrases: int) -> Messages:
-    asked = kinds_for(n, kinds)
+def messages(chunk: str, doc: str, lang: str, asked: list[str], paraphrases: int) -> Messages:
+    n = len(asked)
     listed = "\n".join(f"{i + 1}. {k}: {KIND_TEXT[lang][k]}" for i, k in enumerate(asked))
     user = USER[lang].format(doc=doc, chunk=chunk.strip(), n=n, kinds=listed, p=paraphrases, k0=asked[0])
     return [{"role": "system", "content": SYSTEM[lang]}, {"role": "user", "content": user}]

@@ -69,7 +69,7 @@ def synthesize(
     eval_index = (
         EvalIndex(load_eval_questions(cfg.eval), cfg.leak_ngram, cfg.leak_overlap) if cfg.eval else None
     )
-    corpus = read_chunks(docs, cfg.chunk_tokens, cfg.tokenizer)
+    corpus = read_chunks(docs, cfg.chunk_tokens, cfg.tokenizer, exclude=out)
     chunks = corpus.chunks[: cfg.max_chunks] if cfg.max_chunks else corpus.chunks
     settings = {**_settings(cfg), "verifier": verifier.identity if verifier else None}
     progress = Progress(out, settings, fresh)
@@ -164,11 +164,15 @@ def _verify(records: list[ChunkRecord], chunks: dict[str, Chunk], verifier: Veri
         rec.rejected[why] = rec.rejected.get(why, 0) + len(rows)
 
 
+def _asked(chunk: Chunk, cfg: SynthConfig) -> list[str]:
+    return kinds_for(cfg.questions_per_chunk, cfg.kinds, int(chunk.sha[:8], 16) % len(cfg.kinds))
+
+
 def _request(chunk: Chunk, cfg: SynthConfig, attempt: int) -> TeacherRequest:
-    n = cfg.questions_per_chunk
+    asked = _asked(chunk, cfg)
     return TeacherRequest(
-        messages(chunk.text, chunk.doc, chunk.lang, n, cfg.kinds, cfg.paraphrases),
-        schema_text(n, kinds_for(n, cfg.kinds), cfg.paraphrases, cfg.answer_chars) if cfg.guided else None,
+        messages(chunk.text, chunk.doc, chunk.lang, asked, cfg.paraphrases),
+        schema_text(len(asked), asked, cfg.paraphrases, cfg.answer_chars) if cfg.guided else None,
         cfg.max_tokens,
         cfg.temperature if attempt == 0 else max(cfg.temperature, RETRY_TEMPERATURE),
         attempt,
@@ -181,7 +185,7 @@ def _record(chunk: Chunk, reply: TeacherReply, cfg: SynthConfig) -> ChunkRecord:
         rec.status, rec.error = "teacher_error", reply.error
         return rec
     try:
-        items, bad = parse_reply(reply.text, kinds_for(cfg.questions_per_chunk, cfg.kinds))
+        items, bad = parse_reply(reply.text, _asked(chunk, cfg))
     except MalformedReply as e:
         rec.status, rec.error = "malformed", str(e)
         return rec
