@@ -26,7 +26,7 @@ DOCS = {
     "It has 3 LAN ports and a 2.5 GbE WAN port for fast internet.\n",
     "en-mesh.md": "# Drift M2\n\nDrift M2 mesh nodes connect to the main router over Wi-Fi 6E backhaul. "
     "A network holds up to 7 Drift nodes, and each node covers 120 square meters.\n",
-    "zh-warranty.md": "# 保修政策\n\n所有 Nimbus 路由器享有 24 个月保修。保修期内，设备故障可免费更换，需提供购买凭证和序列号。\n",
+    "zh-warranty.md": "# 保修政策\n\n所有 Nimbus 路由器享有 24 个月保修，客服邮箱 help@nimbus-labs.cn。保修期内，设备故障可免费更换，需提供购买凭证和序列号。\n",
 }
 
 
@@ -89,6 +89,7 @@ def test_a_chinese_chunk_is_asked_in_chinese_and_gets_chinese_questions(docs, to
     with serve() as teacher:
         run_synth([str(docs)], tmp_path / "out", config(teacher.url, tok_dir))
     zh_call = next(b for b in teacher.calls if "zh-warranty" in passage(b)[0])
+    assert "<EMAIL>" in passage(zh_call)[1] and "help@" not in json.dumps(zh_call)  # redacted first
     assert "只用 JSON 回复" in zh_call["messages"][0]["content"]
     en_call = next(b for b in teacher.calls if "en-router" in passage(b)[0])
     assert "Reply with JSON only" in en_call["messages"][0]["content"]

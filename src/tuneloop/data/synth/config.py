@@ -7,6 +7,8 @@ upstream (`https://api.openai.com/v1`, a vLLM server, `tuneloop serve`) with `te
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from tuneloop.config import Config
@@ -29,6 +31,11 @@ class SynthConfig(Config):
     paraphrases: int = Field(1, ge=0, le=5, description="reworded variants of each question (extra rows)")
     chunk_tokens: int = Field(384, ge=32, description="chunk size in tokens of `tokenizer`")
     tokenizer: str = Field("smollm2-135m-instruct", description="tokenizer that measures chunks")
+    pii: Literal["redact", "off"] = Field(
+        "redact",
+        description="redact PII and secrets in the documents before a teacher sees them (as data prepare "
+        "does): a hosted teacher would otherwise receive them, and the answers would repeat them",
+    )
     max_chunks: int | None = Field(None, ge=1, description="use only the first N chunks (in file order)")
     answer_chars: int = Field(
         400, ge=20, le=4000, description="longest answer in characters (questions: half); bounds the reply"

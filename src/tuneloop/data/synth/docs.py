@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,7 @@ from tuneloop.data.chunk import Chunker, tokenizer_path
 from tuneloop.data.config import ChunkConfig, InputConfig
 from tuneloop.data.dedup import normalize
 from tuneloop.data.formats import FormatError, to_row
+from tuneloop.data.pii import redact
 from tuneloop.data.readers import FileReader, list_inputs
 from tuneloop.data.stats import Stats
 from tuneloop.data.synth.prompts import language
@@ -43,10 +45,15 @@ class Corpus:
     inputs: list[dict[str, Any]]  # per file: path, sha256, bytes, documents
     stats: Stats
     dropped: dict[str, int] = field(default_factory=dict)  # chunk-level: too_short, duplicate_chunk
+    pii: dict[str, int] = field(default_factory=dict)  # type -> items redacted
 
 
 def read_chunks(
-    paths: list[str], chunk_tokens: int, tokenizer: str, exclude: str | os.PathLike | None = None
+    paths: list[str],
+    chunk_tokens: int,
+    tokenizer: str,
+    exclude: str | os.PathLike | None = None,
+    pii: bool = True,
 ) -> Corpus:
     """The chunks of every document under `paths` (the output folder `exclude` left out, so
     `synth docs --out docs/qa` does not read its own rows on a rerun)."""
@@ -56,6 +63,7 @@ def read_chunks(
     files = list_inputs(paths, InputConfig(), exclude=exclude)
     docs: list[tuple[str, str]] = []
     inputs = []
+    found: list[tuple[str, str]] = []
     for file in files:
         reader = FileReader(file, InputConfig(), stats)
         before = len(docs)
@@ -66,7 +74,7 @@ def read_chunks(
                 stats.skip(file.name, line, str(e))
                 continue
             name = file.name if file.format in ("text", "html") else f"{file.name}:{line}"
-            docs.append((name, text))
+            docs.append((name, redact(text, found=found) if pii else text))
         inputs.append(
             {
                 "path": file.name,
@@ -76,7 +84,7 @@ def read_chunks(
             }
         )
     chunker = Chunker(tokenizer_path(tokenizer), ChunkConfig(max_tokens=chunk_tokens))
-    corpus = Corpus([], inputs, stats)
+    corpus = Corpus([], inputs, stats, pii=dict(sorted(Counter(kind for kind, _ in found).items())))
     seen: set[str] = set()
     for (name, _), pieces in zip(docs, chunker.chunks_batch([t for _, t in docs]), strict=True):
         for index, (text, _) in enumerate(pieces):

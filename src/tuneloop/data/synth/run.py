@@ -69,7 +69,7 @@ def synthesize(
     eval_index = (
         EvalIndex(load_eval_questions(cfg.eval), cfg.leak_ngram, cfg.leak_overlap) if cfg.eval else None
     )
-    corpus = read_chunks(docs, cfg.chunk_tokens, cfg.tokenizer, exclude=out)
+    corpus = read_chunks(docs, cfg.chunk_tokens, cfg.tokenizer, exclude=out, pii=cfg.pii == "redact")
     chunks = corpus.chunks[: cfg.max_chunks] if cfg.max_chunks else corpus.chunks
     settings = {**_settings(cfg), "verifier": verifier.identity if verifier else None}
     progress = Progress(out, settings, fresh)
@@ -105,6 +105,7 @@ def _settings(cfg: SynthConfig) -> dict[str, Any]:
         "guided",
         "min_support",
         "answer_chars",
+        "pii",
     )
     return {"teacher": cfg.teacher_identity(), **{k: getattr(cfg, k) for k in keys}}
 
@@ -294,6 +295,7 @@ def _write(
                 "chunks": dict(sorted((corpus.dropped | removed_chunks).items())),
                 "rows": dict(sorted(removed_rows.items())),
             },
+            "pii": {"mode": cfg.pii, **corpus.pii},
             "grounding": {
                 "checked": checked,
                 "grounded": grounded,
