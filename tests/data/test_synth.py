@@ -70,6 +70,7 @@ def test_rows_are_chat_rows_with_their_source_in_the_prepare_layout(docs, tok_di
     assert m["kind"] == "sft" and m["counts"]["chunks"] == 3 and m["counts"]["rows"] == 6
     assert m["counts"]["train_rows"] + m["counts"]["val_rows"] == 6 and m["counts"]["val_chunks"] == 1
     assert m["grounding"] == {"checked": 6, "grounded": 6, "fraction": 1.0}
+    assert m["pii"] == {"mode": "redact", "email": 1}
     table = pq.read_table(tmp_path / "out" / "train" / "part-00000.parquet")
     assert table.column_names == ["messages", "tools", "source"]
     assert json.loads(table.column("source")[0].as_py())["doc"].endswith(".md")
