@@ -83,6 +83,8 @@ def synthesize(
                 _verify(records, {c.id: c for c in wave}, verifier)
             progress.save(records)
         except _Fatal as e:  # keep what finished, so the rerun after the fix resumes from there
+            if verifier is not None and e.finished:
+                _verify(e.finished, {c.id: c for c in wave}, verifier)
             progress.save(e.finished)
             raise TuneloopError(e.message, hint=e.hint) from None
         if on_wave:
