@@ -41,8 +41,17 @@ def run(teacher: EngineTeacher, cfg: SynthConfig, work: Path, name: str) -> dict
         "teacher_seconds": round(r.seconds, 1),
         "rows_per_s": round(r.rows / r.seconds, 3),
         "chunks_per_s": round(m["counts"]["chunks"] / r.seconds, 3),
+        "candidate_rows": m["counts"]["candidate_rows"],
+        "candidate_rows_per_s": round(m["counts"]["candidate_rows"] / r.seconds, 3),
         "grounded_fraction": m["grounding"]["fraction"],
         "removed": m["removed"],
+        "samples": {
+            why: [s.get("question") or s.get("error") for s in items[:3]]
+            for why, items in m["samples"].items()
+        },
+        "rows_seen": [
+            json.loads(line) for line in (work / name / "train" / "part-00000.jsonl").read_text().splitlines()
+        ][:3],
     }
 
 

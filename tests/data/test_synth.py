@@ -307,3 +307,8 @@ def test_the_cli_writes_the_dataset_and_prints_counts(docs, tok_dir, tmp_path):
         app, ["data", "synth", str(docs), "--out", str(tmp_path / "o2"), "--teacher", "http://x/v1"]
     )
     assert bad.exit_code != 0 and "teacher_model" in bad.output
+    (tmp_path / "empty").mkdir()
+    empty = CliRunner().invoke(app, ["data", "synth", str(tmp_path / "empty"), "--out", str(tmp_path / "o3")])
+    output = " ".join(empty.output.split())
+    assert empty.exit_code == 2 and f"docs folder '{tmp_path / 'empty'}' is empty" in output
+    assert "Traceback" not in output

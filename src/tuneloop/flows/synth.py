@@ -46,7 +46,7 @@ def run_synth(
 ) -> SynthResult:
     """The dataset from `docs` into `out` (resumed unless `fresh`); with `judge`, the LLM judge
     confirms each answer against its chunk."""
-    teacher = make_teacher(cfg)
+    teacher = _Lazy(cfg)
     verifier = JudgeVerifier(judge) if judge is not None else None
     try:
         return synthesize(docs, out, cfg, teacher, fresh=fresh, on_wave=on_wave, verifier=verifier)
@@ -58,6 +58,29 @@ def run_synth(
 
 def make_teacher(cfg: SynthConfig) -> Teacher:
     return UpstreamTeacher(cfg) if cfg.upstream else EngineTeacher(cfg)
+
+
+class _Lazy:
+    """The teacher, made at its first question: bad docs fail before a model loads, and a rerun with
+    every chunk done loads none."""
+
+    def __init__(self, cfg: SynthConfig):
+        self.cfg = cfg
+        self.teacher: Teacher | None = None
+        self.identity = _identity(cfg)
+
+    def ask(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
+        if self.teacher is None:
+            self.teacher = make_teacher(self.cfg)
+        return self.teacher.ask(requests)
+
+    def close(self) -> None:
+        if self.teacher is not None:
+            self.teacher.close()
+
+
+def _identity(cfg: SynthConfig) -> str:
+    return f"openai:{cfg.teacher}:{cfg.teacher_model}" if cfg.upstream else f"engine:{cfg.teacher}"
 
 
 # ------------------------------------------------------------------ our engine, in-process
@@ -85,7 +108,7 @@ class EngineTeacher:
             folder, device=pick_device(cfg.device), kv_cache_gib=cfg.kv_cache_gib
         )
         self.max_model_len = self.engine.runner.max_model_len
-        self.identity = f"engine:{ref}"
+        self.identity = _identity(cfg)
 
     def ask(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
         from tuneloop.engine import GuidedDecoding, SamplingParams
@@ -156,7 +179,7 @@ class UpstreamTeacher:
                     hint=f"export {cfg.api_key_env}=... (the upstream's API key)",
                 )
         self.api_key = key
-        self.identity = f"openai:{cfg.teacher}:{cfg.teacher_model}"
+        self.identity = _identity(cfg)
 
     def ask(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
         return _run(self._all(requests))
