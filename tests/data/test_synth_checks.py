@@ -17,9 +17,9 @@ ZH = "所有 Nimbus 路由器享有 24 个月保修。保修期内，设备故�
 
 
 def test_json_in_fences_after_chatter_or_as_a_bare_list_parses():
-    item = {"kind": "fact", "question": "Q?", "answer": "A.", "paraphrases": ["Q2?"]}
+    item = {"kind": "fact", "question": "Which port?", "answer": "WAN.", "paraphrases": ["Port?", "..."]}
     fenced = "Here you go:\n```json\n" + json.dumps({"items": [item]}) + "\n```"
-    assert parse_reply(fenced, ["fact"])[0][0].paraphrases == ["Q2?"]
+    assert parse_reply(fenced, ["fact"])[0][0].paraphrases == ["Port?"]  # not the placeholder
     bare, bad = parse_reply("[" + json.dumps(item) + ', {"question": ""}]', ["number", "fact"])
     assert len(bare) == 1 and bad == 1
     unknown_kind, _ = parse_reply(json.dumps({"items": [{**item, "kind": "trivia"}]}), ["number"])
@@ -27,7 +27,14 @@ def test_json_in_fences_after_chatter_or_as_a_bare_list_parses():
 
 
 @pytest.mark.parametrize(
-    "text", ["no json here", '{"items": "x"}', '{"items": [{"question": "Q"}]}', '{"ite']
+    "text",
+    [
+        "no json here",
+        '{"items": "x"}',
+        '{"items": [{"question": "Q"}]}',
+        '{"ite',
+        '{"items": [{"question": "...", "answer": "..."}]}',  # a prompt's placeholders copied
+    ],
 )
 def test_a_reply_without_a_usable_item_is_malformed(text):
     with pytest.raises(MalformedReply):

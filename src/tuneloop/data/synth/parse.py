@@ -59,14 +59,19 @@ def _item(item: Any, default_kind: str, kinds: list[str]) -> QA | None:
     if not isinstance(item, dict):
         return None
     q, a = item.get("question"), item.get("answer")
-    if not (isinstance(q, str) and q.strip() and isinstance(a, str | int | float) and str(a).strip()):
+    if not (isinstance(q, str) and _wordy(q) and isinstance(a, str | int | float) and _wordy(str(a), 1)):
         return None
     kind = item.get("kind") if item.get("kind") in kinds else default_kind
     raw = item.get("paraphrases") or []
     paraphrases = (
-        [p.strip() for p in raw if isinstance(p, str) and p.strip()] if isinstance(raw, list) else []
+        [p.strip() for p in raw if isinstance(p, str) and _wordy(p)] if isinstance(raw, list) else []
     )
     return QA(kind, q.strip(), str(a).strip(), paraphrases)
+
+
+def _wordy(text: str, least: int = 3) -> bool:
+    """At least `least` letters or digits: a placeholder ("...", "?") copied from the prompt is no question."""
+    return sum(c.isalnum() for c in text) >= least
 
 
 def _short(text: str, n: int = 120) -> str:

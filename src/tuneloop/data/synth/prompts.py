@@ -43,16 +43,16 @@ USER = {
         "For each: the question as a customer would ask it, standalone (name the product or topic, "
         'never "the passage"); the answer in one or two sentences, using the passage\'s exact names '
         'and numbers; {p} rewording(s) of the question in "paraphrases".\n'
-        'Reply as JSON: {{"items": [{{"kind": "{k0}", "question": "...", "answer": "...", '
-        '"paraphrases": ["..."]}}]}}'
+        'Reply as JSON: an object with "items", a list with one object per question, each with '
+        '"kind" ({kind_names}), "question", "answer" and "paraphrases" (a list of strings).'
     ),
     "zh": (
         '段落（来自「{doc}」）：\n"""\n{chunk}\n"""\n\n'
         "用中文写 {n} 个客户可能会问、且这个段落能回答的问题。按顺序的类型：\n{kinds}\n"
         "每个问题：像客户那样提问，独立成句（写出产品或主题名称，不要说“段落”）；答案一到两句话，"
         '使用段落中的原样名称和数字；在 "paraphrases" 中给出 {p} 个问题的改写。\n'
-        '用 JSON 回复：{{"items": [{{"kind": "{k0}", "question": "……", "answer": "……", '
-        '"paraphrases": ["……"]}}]}}'
+        '用 JSON 回复：一个含 "items" 的对象，"items" 是列表，每个问题一个对象，包含 "kind"（{kind_names}）、'
+        '"question"、"answer" 和 "paraphrases"（字符串列表）。'
     ),
 }
 
@@ -72,7 +72,9 @@ def kinds_for(n: int, kinds: list[str], start: int = 0) -> list[str]:
 def messages(chunk: str, doc: str, lang: str, asked: list[str], paraphrases: int) -> Messages:
     n = len(asked)
     listed = "\n".join(f"{i + 1}. {k}: {KIND_TEXT[lang][k]}" for i, k in enumerate(asked))
-    user = USER[lang].format(doc=doc, chunk=chunk.strip(), n=n, kinds=listed, p=paraphrases, k0=asked[0])
+    # the format in words, not as a JSON example: small models copy an example's "..." placeholders
+    names = ", ".join(dict.fromkeys(asked))
+    user = USER[lang].format(doc=doc, chunk=chunk.strip(), n=n, kinds=listed, p=paraphrases, kind_names=names)
     return [{"role": "system", "content": SYSTEM[lang]}, {"role": "user", "content": user}]
 
 
