@@ -1,6 +1,7 @@
 """`tuneloop data`: turn raw documents into a training-ready dataset folder.
 
 tuneloop data prepare docs/ faq.csv chats.jsonl.gz --out data/v1 --kind sft chunk.max_tokens=1024
+tuneloop data synth docs/ --out data/qa --teacher https://api.openai.com/v1 --teacher-model gpt-4o-mini
 """
 
 from __future__ import annotations
@@ -94,6 +95,107 @@ def prepare(
         typer.echo(json.dumps(manifest, ensure_ascii=False, indent=2))
         return
     _report(manifest, out)
+
+
+@app.command()
+def synth(
+    docs: list[str] = typer.Argument(
+        ..., help="Document files, folders or globs; trailing key=value items override the config."
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output dataset folder (train/, val/, manifest.json)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="synth.yaml (see SynthConfig)."),
+    teacher: str | None = typer.Option(
+        None,
+        "--teacher",
+        help="Model reference run by our engine (default smollm2-135m-instruct: offline, for trying it "
+        "out), or an OpenAI-compatible base URL (http(s)://host/v1) with --teacher-model.",
+    ),
+    teacher_model: str | None = typer.Option(None, "--teacher-model", help="Model name an upstream serves."),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="Environment variable holding the upstream's API key."
+    ),
+    questions_per_chunk: int | None = typer.Option(
+        None, "--questions-per-chunk", "-q", min=1, help="Questions per chunk (default 3)."
+    ),
+    concurrency: int | None = typer.Option(
+        None, "--concurrency", min=1, help="Chunks in flight: one engine batch, or concurrent requests."
+    ),
+    max_chunks: int | None = typer.Option(None, "--max-chunks", min=1, help="Only the first N chunks."),
+    eval_sets: list[str] = typer.Option(
+        [], "--eval", help="Held-out JSONL whose questions must not leak into the rows (repeatable)."
+    ),
+    guided: bool | None = typer.Option(
+        None,
+        "--guided/--no-guided",
+        help="Ask for the reply's JSON schema as structured output (default on).",
+    ),
+    judge: str | None = typer.Option(
+        None,
+        "--judge",
+        help="Also ask an LLM judge whether each answer agrees with its chunk: a model reference run "
+        "by our engine, or a judge YAML (base_url + model_name for an upstream), as `eval --judge`.",
+    ),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over instead of resuming OUT/.synth/progress."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON instead of a table."),
+) -> None:
+    """Generate question-answer SFT rows from DOCS... with a teacher model: questions of several
+    kinds per chunk, answers checked against the chunk, no evaluation question leaked; resumable."""
+    from tuneloop.data.synth import SynthConfig  # the data extra (numpy, tokenizers)
+    from tuneloop.evaluation.judge_eval import load_judge_config
+    from tuneloop.flows.synth import run_synth
+
+    paths, overrides = _split_args(docs)
+    flags = {
+        "teacher": teacher,
+        "teacher_model": teacher_model,
+        "api_key_env": api_key_env,
+        "questions_per_chunk": questions_per_chunk,
+        "concurrency": concurrency,
+        "max_chunks": max_chunks,
+        "guided": guided,
+    }
+    overrides = [f"{k}={v}" for k, v in flags.items() if v is not None] + overrides
+    if not paths:
+        raise TuneloopError(
+            "no DOCS given", hint="pass the folder of your documents before key=value overrides"
+        )
+    cfg = load_config(SynthConfig, config, overrides)
+    if eval_sets:
+        cfg.eval = [*cfg.eval, *eval_sets]
+    judge_config = load_judge_config(judge) if judge else None
+    check_writable_dir(out, "--out")
+    logging.getLogger("tuneloop.data.synth").setLevel(logging.INFO)
+
+    def wave(done: int, total: int) -> None:
+        if progress:
+            console.print(f"asked the teacher about {done}/{total} chunks", highlight=False)
+
+    result = run_synth(paths, out, cfg, fresh=fresh, on_wave=wave, judge=judge_config)
+    if as_json:
+        typer.echo(json.dumps(result.manifest, ensure_ascii=False, indent=2))
+        return
+    _synth_report(result.manifest, out, result.asked, result.seconds)
+
+
+def _synth_report(m: dict, out: Path, asked: int, seconds: float) -> None:
+    c, g = m["counts"], m["grounding"]
+    table = Table(title=f"data synth: {m['teacher']}", show_header=True)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("chunks (asked this run)", f"{c['chunks']} ({asked})")
+    table.add_row("chunks with rows", str(c["chunks_with_rows"]))
+    for why, n in m["removed"]["chunks"].items():
+        table.add_row(f"  chunks skipped: {why}", str(n))
+    table.add_row("candidate rows", str(c["candidate_rows"]))
+    for why, n in m["removed"]["rows"].items():
+        table.add_row(f"  rows removed: {why}", str(n))
+    table.add_row("grounded fraction", f"{g['fraction']:.2f}")
+    table.add_row("rows train / val", f"{c['train_rows']} / {c['val_rows']}")
+    Console().print(table)
+    if asked:
+        typer.echo(f"teacher time: {seconds:.1f}s for {asked} chunks")
+    typer.echo(f"wrote {out}: train/ and val/ shards, manifest.json  fingerprint {m['fingerprint']}")
 
 
 def _split_args(items: list[str]) -> tuple[list[str], list[str]]:

@@ -3,7 +3,8 @@
 Rows are serialized one way only (`dump_row`), so the local and Spark engines write identical bytes;
 Parquet gets an explicit schema per kind so an empty split still has the right columns. Tool use
 survives it: messages keep `tool_calls`, `tool_call_id` and `name`; an SFT row's `tools` (JSON schemas
-of any shape, which no fixed Arrow type holds) is a JSON string column.
+of any shape, which no fixed Arrow type holds) is a JSON string column. Synthesized SFT rows
+(`data synth`, kind "sft+source") also carry where they came from: `source`, a JSON string column.
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ def schema(kind: str) -> pa.Schema:
     messages = pa.list_(pa.struct(message))
     if kind == "pretrain":
         return pa.schema([("text", pa.string())])
-    if kind == "sft":
+    if kind in ("sft", "sft+source"):
         tool_fields = [("tool_calls", pa.list_(call)), ("tool_call_id", pa.string()), ("name", pa.string())]
-        return pa.schema([("messages", pa.list_(pa.struct(message + tool_fields))), ("tools", pa.string())])
+        sft = [("messages", pa.list_(pa.struct(message + tool_fields))), ("tools", pa.string())]
+        return pa.schema([*sft, ("source", pa.string())] if kind == "sft+source" else sft)
     return pa.schema([("prompt", messages), ("chosen", messages), ("rejected", messages)])
 
 
@@ -62,8 +64,9 @@ def write_parquet(jsonl: Path, kind: str) -> Path:
 
 
 def _parquet_row(row: dict[str, Any]) -> dict[str, Any]:
-    if row.get("tools") is not None:
-        return {**row, "tools": dump_row(row["tools"])}
+    for key in ("tools", "source"):  # free-form JSON: a string column
+        if row.get(key) is not None:
+            row = {**row, key: dump_row(row[key])}
     return row
 
 
