@@ -120,4 +120,15 @@ def _torchrun(config: str, overrides: list[str], launch: _Launch) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", *_torchrun_args(launch)]
     cmd += ["-m", "tuneloop.train.launch", config, *overrides]
     console.print(f"[bold cyan]==>[/] {' '.join(cmd)}")
-    return subprocess.call(cmd)
+    return subprocess.call(cmd, env=_torchrun_env(launch))
+
+
+def _torchrun_env(launch: _Launch) -> dict[str, str]:
+    """Across nodes, the rendezvous store is not shared with the workers' process group: with it
+    shared (torchrun's default since torch 2.4), a replacement node that joins a restarted job waits
+    forever for a MASTER_ADDR that the surviving rank 0 never writes again (pytorch/pytorch#135712;
+    tests/train/test_multinode.py kills a node and brings it back). A value the user set is kept."""
+    env = dict(os.environ)
+    if launch.nnodes > 1:
+        env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    return env
