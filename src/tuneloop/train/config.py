@@ -236,7 +236,12 @@ class TrainConfig(Config):
     output_dir: str | None = Field(None, description="default: TUNELOOP_HOME/runs/<name>")
     profile: bool = Field(False, description="record a torch profiler trace for a few steps")
     num_workers: int = Field(
-        0, ge=0, description="processes that tokenize the dataset (0/1: in this process)"
+        0,
+        ge=0,
+        description="in-memory data: processes that tokenize the dataset (0/1: this process); streamed "
+        "data: DataLoader workers that read, tokenize and pack ahead of the training loop (0: in this "
+        "process; 1 keeps its order; >= 2 partitions the rows per worker: another order, so it shapes "
+        "the run)",
     )
     device: str = Field("auto", description="auto | cpu | cuda")
     log_every: int = Field(1, gt=0)
