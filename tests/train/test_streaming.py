@@ -21,7 +21,7 @@ from tuneloop.models.loading import load_tokenizer
 from tuneloop.train import segments
 from tuneloop.train import trainer as trainer_module
 from tuneloop.train.config import TrainConfig
-from tuneloop.train.loader import LoadedMixture, Sources
+from tuneloop.train.loader import LoadedMixture, Sources, data_workers
 from tuneloop.train.mixture import Entry, Mixture
 from tuneloop.train.recipe import run
 from tuneloop.train.streaming import RowFiles, ShardStream, Tokenizing
@@ -292,6 +292,16 @@ def test_num_workers_shapes_a_streamed_run_from_two_on():
         segments.continue_segments(cfg(3), two, 3, "ck", explicit=False)
     in_memory = load_config(TrainConfig, {"data": {"path": "d", "streaming": False}, "num_workers": 4})
     assert "num_workers" not in segments.shaping_values(in_memory)
+    assert segments.continue_segments(cfg("auto"), kept, 3, "ck", explicit=False)[-1]["starts"] == 2
+
+
+def test_auto_workers_are_one_when_streaming_on_cuda_only():
+    assert load_config(TrainConfig, {"data": {"path": "d"}}).num_workers == "auto"
+    assert data_workers("auto", True, "cuda:0") == 1
+    assert data_workers("auto", True, "cpu") == 0 and data_workers("auto", False, "cuda") == 0
+    assert data_workers(3, True, "cpu") == 3 and data_workers(3, False, "cpu") == 0
+    with pytest.raises(ConfigError, match=r"num_workers.*0 or more, or auto"):
+        load_config(TrainConfig, {"data": {"path": "d"}, "num_workers": -1})
 
 
 def test_a_run_with_workers_gives_the_same_batches_twice(tiny_llama, tmp_path, monkeypatch):

@@ -82,6 +82,17 @@ class _Slots(torch.utils.data.IterableDataset):
             yield Failure(e.message, e.hint)
 
 
+def data_workers(num_workers: int | str, streamed: bool, device: str) -> int:
+    """DataLoader workers for the streamed data: num_workers, or for auto 1 when streaming on CUDA
+    (the step runs on the GPU, so a worker takes tokenizing off its critical path on a core of its
+    own; one worker keeps the in-process order) and 0 otherwise (on a CPU it competes with the step)."""
+    if not streamed:
+        return 0
+    if num_workers == "auto":
+        return 1 if device.startswith("cuda") else 0
+    return int(num_workers)
+
+
 def _as_is(item: Any) -> Any:
     return item
 
@@ -138,7 +149,8 @@ class LoadedMixture:
             batch_size=None,
             num_workers=self.workers,
             persistent_workers=True,
-            prefetch_factor=max(2, 2 * math.ceil(self.per_step / self.workers)),  # two steps ahead
+            # a window's worth ahead: the consumer keeps going while a worker builds its next window
+            prefetch_factor=max(2 * math.ceil(self.per_step / self.workers), self.sources.buffer),
             collate_fn=_as_is,
         )
 

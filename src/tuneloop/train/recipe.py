@@ -359,14 +359,15 @@ def _peek_state(folder: Path | None) -> dict[str, Any]:
 def _examples(
     cfg: TrainConfig, rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, packing: bool
 ) -> Prepared:
-    if cfg.num_workers > 1 and len(rows) >= 64 * cfg.num_workers:  # small sets: process start-up costs more
+    workers = cfg.num_workers if isinstance(cfg.num_workers, int) else 0  # auto: in this process
+    if workers > 1 and len(rows) >= 64 * workers:  # small sets: process start-up costs more
         prepared = tokenize_parallel(
             rows,
             tokenizer.name_or_path,
             cfg.objective,
             cfg.data.max_length,
             cfg.data.overlong,
-            cfg.num_workers,
+            workers,
         )
     else:
         prepared = tokenize(rows, tokenizer, cfg.objective, cfg.data.max_length, cfg.data.overlong)

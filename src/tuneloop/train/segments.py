@@ -15,7 +15,8 @@ act on the validation loss), checkpoint.*, tracking.*, log_every, profile, name,
 
 A streamed run (data.mix, or data.streaming=true) partitions the rows over its DataLoader workers
 (loader.py): num_workers 0 and 1 give the same order, 2 or more another one each, so there
-num_workers >= 2 shapes training (recorded only then, so 0 <-> 1 and older checkpoints compare equal).
+num_workers >= 2 shapes training (recorded only then, so 0 <-> 1 <-> auto and older checkpoints
+compare equal).
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def shaping_keys(cfg: TrainConfig) -> tuple[str, ...]:
     # (data.streaming=auto decides from the dataset, which data.path already names)
     if cfg.data.mix or cfg.data.streaming is True:
         keys += STREAMING
-        if cfg.num_workers >= 2:  # rows partitioned per worker: another order (0 and 1: the same one)
+        # rows partitioned per worker: another order (0, 1 and auto, which is 0 or 1: the same one)
+        if isinstance(cfg.num_workers, int) and cfg.num_workers >= 2:
             keys.append("num_workers")
     return tuple(keys)
 

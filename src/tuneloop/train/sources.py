@@ -20,7 +20,7 @@ from tuneloop.train import distributed
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import dataset_files, read_rows
 from tuneloop.train.distributed import Dist
-from tuneloop.train.loader import LoadedMixture, Sources
+from tuneloop.train.loader import LoadedMixture, Sources, data_workers
 from tuneloop.train.mixture import Entry, Mixture
 from tuneloop.train.streaming import RowFiles, ShardStream, Tokenizing, is_large
 
@@ -132,11 +132,10 @@ def open_stream(
         streams.append(stream)
         estimate += files.total() * stream.examples_per_row()
     estimate = distributed.sum_scalars([estimate], dist, device)[0] / dist.world
-    if cfg.num_workers >= 1:
+    workers = data_workers(cfg.num_workers, True, device)
+    if workers >= 1:
         files = [s.files for s in streams]
         sources = Sources(files, how, cfg.seed, cfg.data.shuffle_buffer, data.entries)
         per_step = cfg.batch.global_batch // dist.world
-        return LoadedMixture(
-            sources, max(1, round(estimate)), dist.rank, dist.world, cfg.num_workers, per_step
-        )
+        return LoadedMixture(sources, max(1, round(estimate)), dist.rank, dist.world, workers, per_step)
     return Mixture(streams, data.entries, max(1, round(estimate)))
