@@ -18,8 +18,10 @@ from tuneloop.config import load_config
 from tuneloop.data.layout import open_split
 from tuneloop.errors import ConfigError, TuneloopError
 from tuneloop.models.loading import load_tokenizer
+from tuneloop.train import segments
 from tuneloop.train import trainer as trainer_module
 from tuneloop.train.config import TrainConfig
+from tuneloop.train.loader import LoadedMixture, Sources, data_workers
 from tuneloop.train.mixture import Entry, Mixture
 from tuneloop.train.recipe import run
 from tuneloop.train.streaming import RowFiles, ShardStream, Tokenizing
@@ -217,6 +219,133 @@ def test_a_run_streamed_from_s3_resumes_exactly_after_kill_9(tiny_llama, tmp_pat
     resumed = run(load_config(TrainConfig, None, args))  # resume=auto is the default
     assert [x for _, x in resumed.metrics["train_loss"]] == pytest.approx(
         [x for _, x in full.metrics["train_loss"]], rel=1e-5, abs=1e-6
+    )
+
+
+# ---------------------------------------------------------------- DataLoader workers (num_workers)
+
+
+def loaded(folder: Path, tokenizer, workers: int, buffer: int = 5) -> LoadedMixture:
+    split = open_split(str(folder), "train")
+    how = Tokenizing(tokenizer, "pretrain", 64, "truncate", False)
+    sources = Sources([RowFiles(split)], how, 42, buffer, [Entry(str(folder), 1.0)])
+    return LoadedMixture(sources, 1, 0, 1, workers, per_step=3)
+
+
+def test_workers_cover_every_row_once_per_epoch(tiny_llama, tmp_path):
+    tok = load_tokenizer(tiny_llama)
+    data = write_sharded(tmp_path / "d", text_rows(40), shard_rows=9)
+    m = loaded(data, tok, workers=2)
+    epochs = [[row_of(tok, e) for e in m.take(40)] for _ in range(2)]
+    m.close()
+    assert sorted(epochs[0]) == list(range(40)) and sorted(epochs[1]) == list(range(40))
+    assert epochs[0] != epochs[1], "every epoch is shuffled anew"
+    assert m.tokens[0] > 0 and m.state()["workers"] == 2
+
+
+def test_workers_resume_from_what_the_trainer_consumed_not_what_they_made_ahead(tiny_llama, tmp_path):
+    tok = load_tokenizer(tiny_llama)
+    data = write_sharded(tmp_path / "d", text_rows(40), shard_rows=9)
+    a = loaded(data, tok, workers=3)
+    a.take(13)  # the workers have prefetched far past 13; worker 1 is next in turn
+    saved = {"world": 1, "ranks": [a.state()]}
+    assert saved["ranks"][0]["next"] == 13 % 3
+    b = loaded(data, tok, workers=3)
+    b.restore(saved, 0, 1)
+    assert [e.input_ids for e in b.take(50)] == [e.input_ids for e in a.take(50)]
+    a.close(), b.close()
+
+
+def test_one_worker_keeps_the_in_process_order_and_its_checkpoints(tiny_llama, tmp_path):
+    tok = load_tokenizer(tiny_llama)
+    data = write_sharded(tmp_path / "d", text_rows(30), shard_rows=7)
+    plain = Mixture([stream(data, tok, buffer=5)], [Entry(str(data), 1.0)], 1)
+    one = loaded(data, tok, workers=1)
+    assert [e.input_ids for e in one.take(17)] == [e.input_ids for e in plain.take(17)]
+    resumed = loaded(data, tok, workers=1)  # a num_workers=0 checkpoint, continued by one worker
+    resumed.restore({"world": 1, "ranks": [plain.state()]}, 0, 1)
+    assert [e.input_ids for e in resumed.take(20)] == [e.input_ids for e in plain.take(20)]
+    one.close(), resumed.close()
+
+
+def test_a_bad_row_read_in_a_worker_is_named_without_a_traceback(tiny_llama, tmp_path):
+    tok = load_tokenizer(tiny_llama)
+    rows = text_rows(20)
+    rows[12] = {"txt": "no text field"}
+    data = write_sharded(tmp_path / "d", rows, shard_rows=10)
+    m = loaded(data, tok, workers=2)
+    with pytest.raises(TuneloopError, match=r"part-00001\.jsonl:3: row has neither") as caught:
+        m.take(40)
+    assert "Traceback" not in str(caught.value) and "DataLoader worker" not in str(caught.value)
+
+
+def test_num_workers_shapes_a_streamed_run_from_two_on():
+    def cfg(workers: int) -> TrainConfig:
+        return load_config(TrainConfig, {"data": {"path": "d", "streaming": True}, "num_workers": workers})
+
+    kept = [segments.new_segment(cfg(0), 0)]
+    assert segments.continue_segments(cfg(1), kept, 3, "ck", explicit=False)[-1]["starts"] == 2
+    with pytest.raises(TuneloopError, match=r"num_workers: null -> 2"):
+        segments.continue_segments(cfg(2), kept, 3, "ck", explicit=False)
+    two = [segments.new_segment(cfg(2), 0)]
+    with pytest.raises(TuneloopError, match=r"num_workers: 2 -> 3"):
+        segments.continue_segments(cfg(3), two, 3, "ck", explicit=False)
+    in_memory = load_config(TrainConfig, {"data": {"path": "d", "streaming": False}, "num_workers": 4})
+    assert "num_workers" not in segments.shaping_values(in_memory)
+    assert segments.continue_segments(cfg("auto"), kept, 3, "ck", explicit=False)[-1]["starts"] == 2
+
+
+def test_auto_workers_are_one_when_streaming_on_cuda_only():
+    assert load_config(TrainConfig, {"data": {"path": "d"}}).num_workers == "auto"
+    assert data_workers("auto", True, "cuda:0") == 1
+    assert data_workers("auto", True, "cpu") == 0 and data_workers("auto", False, "cuda") == 0
+    assert data_workers(3, True, "cpu") == 3 and data_workers(3, False, "cpu") == 0
+    with pytest.raises(ConfigError, match=r"num_workers.*0 or more, or auto"):
+        load_config(TrainConfig, {"data": {"path": "d"}, "num_workers": -1})
+
+
+def test_a_run_with_workers_gives_the_same_batches_twice(tiny_llama, tmp_path, monkeypatch):
+    data = write_sharded(tmp_path / "d", sft_rows(30), shard_rows=7)
+    kw = {"max_steps": 4, "data.streaming": "true", "data.shuffle_buffer": 5, "num_workers": 2,
+          "batch.global_batch": 3, "batch.micro_batch": 3}  # fmt: skip
+    seen = record_batches(monkeypatch)
+    first = train(tiny_llama, data, tmp_path / "a", **kw)
+    once = list(seen)
+    seen.clear()
+    second = train(tiny_llama, data, tmp_path / "b", **kw)
+    assert len(once) == 4 and seen == once
+    assert second.metrics["train_loss"] == first.metrics["train_loss"]
+
+
+def test_a_run_with_workers_stopped_mid_step_resumes_to_the_uninterrupted_batches(
+    tiny_llama, tmp_path, monkeypatch
+):
+    data = write_sharded(tmp_path / "d", sft_rows(30), shard_rows=7)
+    # 3 examples a step over 2 workers: the checkpoint at step 5 has worker 1 next in turn
+    kw = {"max_steps": 8, "data.streaming": "true", "data.shuffle_buffer": 5, "checkpoint.every": 3,
+          "num_workers": 2, "batch.global_batch": 3, "batch.micro_batch": 3}  # fmt: skip
+    seen = record_batches(monkeypatch)
+    full = train(tiny_llama, data, tmp_path / "full", **kw)
+    uninterrupted = list(seen)
+    seen.clear()
+    original = trainer_module.Trainer._my_examples
+
+    def stop_at_5(self, step):  # the trainer's side: the workers have already made the next examples
+        mine = original(self, step)
+        if step == 5:
+            raise KeyboardInterrupt
+        return mine
+
+    monkeypatch.setattr(trainer_module.Trainer, "_my_examples", stop_at_5)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_llama, data, tmp_path / "cut", **kw)
+    state = json.loads((tmp_path / "cut" / "checkpoints" / "step-00000005" / "state.json").read_text())
+    assert state["data_position"]["ranks"][0]["next"] == 1
+    monkeypatch.setattr(trainer_module.Trainer, "_my_examples", original)
+    resumed = train(tiny_llama, data, tmp_path / "cut", **kw)  # resume=auto
+    assert seen == uninterrupted, "the stopped and resumed run saw other batches"
+    assert [x for _, x in resumed.metrics["train_loss"]] == pytest.approx(
+        [x for _, x in full.metrics["train_loss"]], rel=1e-5
     )
 
 

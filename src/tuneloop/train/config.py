@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tuneloop.config import Config
 
@@ -235,9 +235,22 @@ class TrainConfig(Config):
     name: str | None = Field(None, description="run name (default: derived from model/objective/method)")
     output_dir: str | None = Field(None, description="default: TUNELOOP_HOME/runs/<name>")
     profile: bool = Field(False, description="record a torch profiler trace for a few steps")
-    num_workers: int = Field(
-        0, ge=0, description="processes that tokenize the dataset (0/1: in this process)"
+    num_workers: int | Literal["auto"] = Field(
+        "auto",
+        description="in-memory data: processes that tokenize the dataset (0/1: this process); streamed "
+        "data: DataLoader workers that read, tokenize and pack ahead of the training loop (0: in this "
+        "process; 1 keeps its order; >= 2 partitions the rows per worker: another order, so it shapes "
+        "the run). auto: 1 worker when streaming on CUDA, else 0 (on a CPU the worker competes with "
+        "the step for the cores)",
     )
+
+    @field_validator("num_workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("must be 0 or more, or auto")
+        return v
+
     device: str = Field("auto", description="auto | cpu | cuda")
     log_every: int = Field(1, gt=0)
 

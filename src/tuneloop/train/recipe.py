@@ -35,6 +35,7 @@ from tuneloop.train import checkpoint, distributed, fsdp, segments, sources
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import Prepared, pack, tokenize, tokenize_parallel
 from tuneloop.train.distributed import Dist
+from tuneloop.train.loader import LoadedMixture
 from tuneloop.train.mixture import Mixture
 from tuneloop.train.model_setup import (
     Precision,
@@ -189,6 +190,9 @@ def _train(setup: _Setup) -> RunResult:
     except BaseException:
         tracker.finish("FAILED")
         raise
+    finally:
+        if isinstance(stream, LoadedMixture):
+            stream.close()  # its worker processes; what it consumed stays for the metrics
     restored = trainer.restore_best()
     model_dir = run_dir / "model"
     metrics: dict[str, Any] = {}
@@ -355,14 +359,15 @@ def _peek_state(folder: Path | None) -> dict[str, Any]:
 def _examples(
     cfg: TrainConfig, rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, packing: bool
 ) -> Prepared:
-    if cfg.num_workers > 1 and len(rows) >= 64 * cfg.num_workers:  # small sets: process start-up costs more
+    workers = cfg.num_workers if isinstance(cfg.num_workers, int) else 0  # auto: in this process
+    if workers > 1 and len(rows) >= 64 * workers:  # small sets: process start-up costs more
         prepared = tokenize_parallel(
             rows,
             tokenizer.name_or_path,
             cfg.objective,
             cfg.data.max_length,
             cfg.data.overlong,
-            cfg.num_workers,
+            workers,
         )
     else:
         prepared = tokenize(rows, tokenizer, cfg.objective, cfg.data.max_length, cfg.data.overlong)
@@ -391,7 +396,7 @@ def _mix_params(data: TrainData) -> dict[str, Any]:
     return out
 
 
-def _stream_metrics(stream: Mixture, d: Dist, device: str) -> dict[str, Any]:
+def _stream_metrics(stream: Mixture | LoadedMixture, d: Dist, device: str) -> dict[str, Any]:
     """What a streamed run knows only at its end: each dataset's share of the input tokens drawn
     (every process's draws) and tokenize's counts over the windows this process read."""
     tokens = distributed.sum_scalars([float(t) for t in stream.tokens], d, device)

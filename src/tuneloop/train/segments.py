@@ -10,8 +10,13 @@ Shaping keys change the weights a run produces from the same data. Excluded, bec
 only speed, memory or bookkeeping: batch.micro_batch (gradient accumulation sums to the same global
 batch; the trainer halves it on OOM by itself), the number of processes and nodes, strategy,
 device, compile, liger, fused_loss, padding_free, gradient_checkpointing, checkpoint_layers,
-memory_budget_gib, fit_check, num_workers, eval.* (unless early stopping or plateau act on the
-validation loss), checkpoint.*, tracking.*, log_every, profile, name, output_dir and resume.
+memory_budget_gib, fit_check, num_workers (except below), eval.* (unless early stopping or plateau
+act on the validation loss), checkpoint.*, tracking.*, log_every, profile, name, output_dir and resume.
+
+A streamed run (data.mix, or data.streaming=true) partitions the rows over its DataLoader workers
+(loader.py): num_workers 0 and 1 give the same order, 2 or more another one each, so there
+num_workers >= 2 shapes training (recorded only then, so 0 <-> 1 <-> auto and older checkpoints
+compare equal).
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ EVERY_KEY = (
     *VALIDATION,
     "master_weights",
     *STREAMING,
+    "num_workers",
     *(k for v in BY_OBJECTIVE.values() for k in v),
 )
 
@@ -91,6 +97,9 @@ def shaping_keys(cfg: TrainConfig) -> tuple[str, ...]:
     # (data.streaming=auto decides from the dataset, which data.path already names)
     if cfg.data.mix or cfg.data.streaming is True:
         keys += STREAMING
+        # rows partitioned per worker: another order (0, 1 and auto, which is 0 or 1: the same one)
+        if isinstance(cfg.num_workers, int) and cfg.num_workers >= 2:
+            keys.append("num_workers")
     return tuple(keys)
 
 

@@ -20,6 +20,7 @@ from tuneloop.train import distributed
 from tuneloop.train.config import TrainConfig
 from tuneloop.train.dataset import dataset_files, read_rows
 from tuneloop.train.distributed import Dist
+from tuneloop.train.loader import LoadedMixture, Sources, data_workers
 from tuneloop.train.mixture import Entry, Mixture
 from tuneloop.train.streaming import RowFiles, ShardStream, Tokenizing, is_large
 
@@ -114,11 +115,15 @@ def _val(cfg: TrainConfig, vals: list[Path | Split | None]) -> Path | Split | No
     return found[0] if found else None
 
 
-def open_stream(cfg: TrainConfig, data: TrainData, tokenizer: Any, dist: Dist, device: str) -> Mixture:
-    """This process's stream of the training examples, every dataset partitioned over the processes.
+def open_stream(
+    cfg: TrainConfig, data: TrainData, tokenizer: Any, dist: Dist, device: str
+) -> Mixture | LoadedMixture:
+    """This process's stream of the training examples, every dataset partitioned over the processes
+    (and over its num_workers DataLoader workers, which then read and tokenize ahead: loader.py).
 
     The epoch length (for `epochs` and the lr schedule) is estimated from the row counts and the
-    examples per row of each process's first window, averaged over the processes so all agree."""
+    examples per row of each process's first window, averaged over the processes so all agree; it
+    does not depend on num_workers."""
     how = Tokenizing(tokenizer, cfg.objective, cfg.data.max_length, cfg.data.overlong, cfg.data.packing)
     streams, estimate = [], 0.0
     for source in data.sources:
@@ -127,4 +132,10 @@ def open_stream(cfg: TrainConfig, data: TrainData, tokenizer: Any, dist: Dist, d
         streams.append(stream)
         estimate += files.total() * stream.examples_per_row()
     estimate = distributed.sum_scalars([estimate], dist, device)[0] / dist.world
+    workers = data_workers(cfg.num_workers, True, device)
+    if workers >= 1:
+        files = [s.files for s in streams]
+        sources = Sources(files, how, cfg.seed, cfg.data.shuffle_buffer, data.entries)
+        per_step = cfg.batch.global_batch // dist.world
+        return LoadedMixture(sources, max(1, round(estimate)), dist.rank, dist.world, workers, per_step)
     return Mixture(streams, data.entries, max(1, round(estimate)))

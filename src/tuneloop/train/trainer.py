@@ -27,6 +27,7 @@ from tuneloop.train.dataset import IGNORE, Example, PairExample
 from tuneloop.train.distributed import Dist
 from tuneloop.train.fsdp import is_sharded
 from tuneloop.train.kto import KtoStep
+from tuneloop.train.loader import LoadedMixture
 from tuneloop.train.mixture import Mixture
 from tuneloop.train.model_setup import Precision, use_padding_free
 from tuneloop.train.objectives import dpo_losses, sequence_logps, token_loss_sum
@@ -107,7 +108,7 @@ class Trainer:
         self,
         cfg: TrainConfig,
         model: torch.nn.Module,
-        train: list[Any] | Mixture,
+        train: list[Any] | Mixture | LoadedMixture,
         val: list[Any],
         *,
         pad_id: int,
@@ -130,8 +131,9 @@ class Trainer:
             **_fused_optimizer(self.params, device),
         )
         self.scaler = torch.amp.GradScaler("cuda") if precision.needs_scaler else None
-        # streamed data (a Mixture) hands each process its share of a step; a list is indexed by the plan
-        self.stream = train if isinstance(train, Mixture) else None
+        # streamed data (a Mixture, or one in DataLoader workers) hands each process its share of a step;
+        # a list is indexed by the plan
+        self.stream = train if isinstance(train, (Mixture, LoadedMixture)) else None
         self._data_at: dict[int, dict[str, Any]] = {}  # step -> the stream's position when it starts
         n = self.stream.estimated_examples if self.stream else len(train)
         self.plan = StepPlan.build(n, cfg.batch.global_batch, cfg.seed, cfg.epochs, cfg.max_steps)
