@@ -425,28 +425,17 @@ def test_gpu_split_kv_decode_gives_the_same_tokens_as_one_program_per_sequence(t
     partials are combined; greedy tokens must be those of the unsplit kernel (fp32, eager and graphs)."""
     ps = prompts(3, seed=42, lengths=(300, 420))
     script = {0: [("add", f"r{i}", p, MIXED[0]) for i, p in enumerate(ps)]}
-    split = engine(tiny_llama, False, device="cuda", dtype="float32", compile_ops=False, kv_cache_gib=0.05)
+
+    def fp32(**kw) -> LLMEngine:
+        return engine(
+            tiny_llama, False, device="cuda", dtype="float32", compile_ops=False, kv_cache_gib=0.05, **kw
+        )
+
+    split = fp32()
     if split.runner.graphs is None:
         pytest.skip("needs triton (the decode kernel and its CUDA graphs)")
     assert split.runner.decode_splits(3) > 1  # 3 sequences x 2 KV heads leave the SMs idle
-    whole = engine(
-        tiny_llama,
-        False,
-        device="cuda",
-        dtype="float32",
-        compile_ops=False,
-        kv_cache_gib=0.05,
-        split_kv_decode=False,
-    )
+    whole, eager = fp32(split_kv_decode=False), fp32(enforce_eager=True)
     assert whole.runner.decode_splits(3) == 1
-    eager = engine(
-        tiny_llama,
-        False,
-        device="cuda",
-        dtype="float32",
-        compile_ops=False,
-        kv_cache_gib=0.05,
-        enforce_eager=True,
-    )
     expected = drive(whole, script)
     assert drive(split, script) == expected and drive(eager, script) == expected

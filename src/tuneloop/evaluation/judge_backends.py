@@ -9,26 +9,21 @@ retries) is `fatal`, and the judge raises once it has cached what did complete.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import hashlib
 import json
-import os
-import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from tuneloop.errors import TuneloopError, missing_extra
 from tuneloop.evaluation.judge_config import JudgeConfig
 from tuneloop.evaluation.perplexity import render_chat
 from tuneloop.models.formats import folder_format, require_complete
 from tuneloop.models.loading import load_tokenizer, pick_device
+from tuneloop.models.remote import api_key, error_message, gather_paced, run_sync
 from tuneloop.models.resolve import resolve_model
 
 Messages = list[dict[str, str]]
-T = TypeVar("T")
 
 
 @dataclass
@@ -179,21 +174,13 @@ class OpenAIBackend:
             raise missing_extra("openai", "serve") from None
         self.openai = openai
         self.config = config
-        key = "EMPTY"  # servers without auth still need the client to send something
-        if config.api_key_env:
-            key = os.environ.get(config.api_key_env, "")
-            if not key:
-                raise TuneloopError(
-                    f"judge.api_key_env: the environment variable {config.api_key_env} is not set",
-                    hint=f"export {config.api_key_env}=... (the upstream's API key), or drop api_key_env",
-                )
-        self.api_key = key
+        self.api_key = api_key(config.api_key_env, "judge.api_key_env", ", or drop api_key_env")
         self.identity = f"openai:{config.base_url}:{config.model_name}"
 
     def complete(
         self, conversations: list[Messages], max_tokens: int, temperature: float
     ) -> list[Completion]:
-        return _run(self._all(conversations, max_tokens, temperature))
+        return run_sync(self._all(conversations, max_tokens, temperature))
 
     async def _all(
         self, conversations: list[Messages], max_tokens: int, temperature: float
@@ -204,15 +191,13 @@ class OpenAIBackend:
         client = self.openai.AsyncOpenAI(
             base_url=c.base_url, api_key=self.api_key, max_retries=c.max_retries, timeout=c.timeout_s
         )
-        slots, pace = asyncio.Semaphore(c.concurrency), _Pace(c.requests_per_minute)
-
-        async def one(messages: Messages) -> Completion:
-            async with slots:
-                await pace.wait()
-                return await self._one(client, messages, max_tokens, temperature)
-
         try:
-            return list(await asyncio.gather(*(one(m) for m in conversations)))
+            return await gather_paced(
+                conversations,
+                lambda m: self._one(client, m, max_tokens, temperature),
+                c.concurrency,
+                c.requests_per_minute,
+            )
         finally:
             await client.close()
 
@@ -224,20 +209,21 @@ class OpenAIBackend:
                 model=c.model_name, messages=messages, max_tokens=max_tokens, temperature=temperature
             )
         except errors.BadRequestError as e:  # this prompt (too long for the context, ...): this item only
-            return Completion("", error=f"the upstream refused the prompt: {_message(e)}")
+            return Completion("", error=f"the upstream refused the prompt: {error_message(e)}")
         except errors.AuthenticationError as e:
             return _fatal(
-                f"the upstream judge at {c.base_url} refused the key ({_message(e)})", "judge.api_key_env"
+                f"the upstream judge at {c.base_url} refused the key ({error_message(e)})",
+                "judge.api_key_env",
             )
         except errors.NotFoundError as e:
             return _fatal(
-                f"the upstream judge at {c.base_url} has no model '{c.model_name}' ({_message(e)})",
+                f"the upstream judge at {c.base_url} has no model '{c.model_name}' ({error_message(e)})",
                 "judge.model_name",
             )
         except errors.APIStatusError as e:
             return _fatal(
                 f"the upstream judge at {c.base_url} answered {e.status_code} after {c.max_retries} "
-                f"retries: {_message(e)}",
+                f"retries: {error_message(e)}",
                 "judge.max_retries, or try later",
             )
         except errors.APIError as e:  # connection refused, timeouts: after the retries
@@ -258,41 +244,5 @@ class OpenAIBackend:
         pass
 
 
-def _message(e: Exception) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(e, "message", e))
-
-
 def _fatal(message: str, check: str) -> Completion:
     return Completion("", error=f"{message} (check {check})", fatal=True)
-
-
-class _Pace:
-    """At most `per_minute` request starts a minute, evenly spaced (no bursts that would earn 429s)."""
-
-    def __init__(self, per_minute: float | None):
-        self.interval = 60.0 / per_minute if per_minute else 0.0
-        self.next = 0.0
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        start = max(now, self.next)  # single-threaded event loop: no lock needed between these lines
-        self.next = start + self.interval
-        await asyncio.sleep(start - now)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to its end from sync code, also when this thread already runs an event loop
-    (a caller inside the gateway or a notebook): then on a thread of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()

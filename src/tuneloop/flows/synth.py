@@ -13,14 +13,10 @@ The teachers sit here, above the stages, because the data stage imports no engin
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import json
-import os
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tuneloop.data.synth import SynthConfig, SynthResult, Teacher, TeacherReply, TeacherRequest, synthesize
 from tuneloop.data.synth.teacher import Claim
@@ -30,9 +26,8 @@ from tuneloop.evaluation.judge_config import JudgeConfig
 from tuneloop.models.chat import render_chat
 from tuneloop.models.formats import folder_format, require_complete
 from tuneloop.models.loading import load_tokenizer, pick_device
+from tuneloop.models.remote import api_key, error_message, gather_paced, run_sync
 from tuneloop.models.resolve import resolve_model
-
-T = TypeVar("T")
 
 
 def run_synth(
@@ -170,19 +165,11 @@ class UpstreamTeacher:
         except ImportError:
             raise missing_extra("openai", "serve") from None
         self.openai, self.cfg = openai, cfg
-        key = "EMPTY"  # servers without auth still need the client to send something
-        if cfg.api_key_env:
-            key = os.environ.get(cfg.api_key_env, "")
-            if not key:
-                raise TuneloopError(
-                    f"--api-key-env: the environment variable {cfg.api_key_env} is not set",
-                    hint=f"export {cfg.api_key_env}=... (the upstream's API key)",
-                )
-        self.api_key = key
+        self.api_key = api_key(cfg.api_key_env, "--api-key-env")
         self.identity = _identity(cfg)
 
     def ask(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
-        return _run(self._all(requests))
+        return run_sync(self._all(requests))
 
     async def _all(self, requests: list[TeacherRequest]) -> list[TeacherReply]:
         c = self.cfg
@@ -191,15 +178,10 @@ class UpstreamTeacher:
         client = self.openai.AsyncOpenAI(
             base_url=c.teacher, api_key=self.api_key, max_retries=c.http_retries, timeout=c.timeout_s
         )
-        slots, pace = asyncio.Semaphore(c.concurrency), _Pace(c.requests_per_minute)
-
-        async def one(req: TeacherRequest) -> TeacherReply:
-            async with slots:
-                await pace.wait()
-                return await self._one(client, req)
-
         try:
-            return list(await asyncio.gather(*(one(r) for r in requests)))
+            return await gather_paced(
+                requests, lambda r: self._one(client, r), c.concurrency, c.requests_per_minute
+            )
         finally:
             await client.close()
 
@@ -220,13 +202,15 @@ class UpstreamTeacher:
             )
         except (e.AuthenticationError, e.PermissionDeniedError) as err:
             return _fatal(
-                f"the teacher at {c.teacher} refused the key ({_message(err)}); check --api-key-env"
+                f"the teacher at {c.teacher} refused the key ({error_message(err)}); check --api-key-env"
             )
         except e.NotFoundError as err:
-            return _fatal(f"the teacher at {c.teacher} has no model '{c.teacher_model}' ({_message(err)})")
+            return _fatal(
+                f"the teacher at {c.teacher} has no model '{c.teacher_model}' ({error_message(err)})"
+            )
         except e.BadRequestError as err:
             hint = " (an upstream without structured outputs: pass --no-guided)" if req.schema else ""
-            return TeacherReply("", error=f"the teacher refused the prompt: {_message(err)}{hint}")
+            return TeacherReply("", error=f"the teacher refused the prompt: {error_message(err)}{hint}")
         except e.APIStatusError as err:
             return TeacherReply(
                 "", error=f"the teacher answered {err.status_code} after {c.http_retries} retries"
@@ -243,38 +227,3 @@ class UpstreamTeacher:
 
 def _fatal(message: str) -> TeacherReply:
     return TeacherReply("", error=message, fatal=True)
-
-
-def _message(e: Exception) -> str:
-    body = getattr(e, "body", None)
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("message"):
-            return str(inner["message"])
-    return str(getattr(e, "message", e))
-
-
-class _Pace:
-    """At most `per_minute` request starts a minute, evenly spaced (bursts earn 429s)."""
-
-    def __init__(self, per_minute: float | None):
-        self.interval = 60.0 / per_minute if per_minute else 0.0
-        self.next = 0.0
-
-    async def wait(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        start = max(now, self.next)  # one event loop: no lock needed between these lines
-        self.next = start + self.interval
-        await asyncio.sleep(start - now)
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine from sync code, also from a thread that already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coro).result()
