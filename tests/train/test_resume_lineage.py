@@ -158,8 +158,9 @@ def test_killed_run_is_marked_failed_in_mlflow_at_the_next_start(
     proc = subprocess.Popen([sys.executable, "-m", "tuneloop.train.launch", "-", *args],
                             env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
+    deadline = time.time() + 300  # a loaded CI machine takes minutes to import torch and MLflow
     while time.time() < deadline and not _running(tuneloop_home):
+        assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
