@@ -183,20 +183,15 @@ def test_resume_after_a_stop_sees_the_batches_of_an_uninterrupted_run(tiny_llama
     )
 
 
-def test_a_run_streamed_from_s3_resumes_exactly_after_kill_9(tiny_llama, tmp_path, s3_endpoint, monkeypatch):
+def test_a_run_streamed_from_s3_resumes_exactly_after_kill_9(tiny_llama, tmp_path, s3_env):
     """The issue's test: the data on (moto) S3, read in windows much smaller than the dataset; the
     process is killed with SIGKILL after a checkpoint; `resume=auto` gives the uninterrupted losses."""
-    pytest.importorskip("s3fs")
     import time
 
     import boto3
 
-    aws = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}  # fmt: skip
-    for key, value in aws.items():
-        monkeypatch.setenv(key, value)
     data = write_sharded(tmp_path / "d", sft_rows(120), shard_rows=15)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_env)
     s3.create_bucket(Bucket="train")
     for p in sorted(data.rglob("*")):
         if p.is_file():
@@ -447,15 +442,11 @@ def test_streaming_50k_rows_keeps_memory_flat(tiny_llama, tmp_path):
     assert growth < 8, f"RSS grew {growth:.1f} MB streaming {size_mb:.1f} MB of rows"
 
 
-def test_streaming_from_s3_covers_rows_with_flat_memory(tiny_llama, tmp_path, s3_endpoint, monkeypatch):
-    pytest.importorskip("s3fs")
+def test_streaming_from_s3_covers_rows_with_flat_memory(tiny_llama, tmp_path, s3_env):
     import boto3
 
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_endpoint}.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
     data = write_sharded(tmp_path / "d", text_rows(6_000, width=60), shard_rows=1_000)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+    s3 = boto3.client("s3", endpoint_url=s3_env)
     s3.create_bucket(Bucket="stream")
     for p in sorted(data.rglob("*")):
         if p.is_file():
