@@ -21,13 +21,13 @@ def test_the_default_model_as_teacher_replies_json_that_parses_for_every_chunk(d
         paraphrases=0,
         answer_chars=40,
         max_tokens=64,
-        max_chunks=2,
+        max_chunks=1,  # one chunk: the check is that guided decoding makes the small model's reply parse
         retries=0,
         min_support=0.0,
         device="cpu",
     )
     m = run_synth([str(DOCS / "arc-r5-product-overview.md")], tmp_path / "out", cfg).manifest
     assert m["teacher"] == f"engine:{default_model}"
-    assert m["counts"]["chunks"] == 2 and "malformed" not in m["removed"]["chunks"]
-    assert m["counts"]["candidate_rows"] == 2  # one item per chunk, both parsed
+    assert m["counts"]["chunks"] == 1 and "malformed" not in m["removed"]["chunks"]
+    assert m["counts"]["candidate_rows"] == 1  # the chunk's one item parsed
     assert m["counts"]["rows"] >= 1 and (tmp_path / "out" / "train" / "part-00000.jsonl").is_file()
