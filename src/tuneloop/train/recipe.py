@@ -217,9 +217,8 @@ def _train(setup: _Setup) -> RunResult:
             tracker.artifact(run_dir / name)
         if cfg.method != "full":
             tracker.artifact(model_dir, "adapter")
-        speed = state.throughput()
-        tracker.log(
-            {f"run/{k}": float(speed[k]) for k in ("tokens_per_s", "tokens_per_s_overall")}, state.step
+        tracker.log(  # the summary metrics.json already holds (state.throughput())
+            {f"run/{k}": float(metrics[k]) for k in ("tokens_per_s", "tokens_per_s_overall")}, state.step
         )
         tracker.set_tags({"tuneloop.stopped_early": state.stopped_early})
         for n, share in enumerate(streamed.get("data_mix_token_share", {}).values()):
